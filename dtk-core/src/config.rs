@@ -1,0 +1,229 @@
+//! Local configuration (`.dkt/config`) and secrets (`.dkt/secrets/`): never committed,
+//! never recorded, never logged.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::IoResultExt;
+use crate::{Error, Result};
+
+/// The local configuration of a project, read from `.dkt/config` (TOML).
+///
+/// ```toml
+/// [worker]
+/// labels = ["linux", "x86_64", "test"]
+///
+/// [run]
+/// timeout = "2h"
+///
+/// [vars]
+/// ESX_USER = "builder"
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This machine as a worker.
+    pub worker: WorkerConfig,
+    /// Defaults for runs.
+    pub run: RunConfig,
+    /// Private variables, available to commands as `${NAME}`.
+    pub vars: BTreeMap<String, String>,
+}
+
+/// `[worker]` of the configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// The labels of this machine; default: the OS and the architecture.
+    pub labels: Option<Vec<String>>,
+}
+
+/// `[run]` of the configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Default time limit of a run, such as `"30m"` or `"2h"`; none by default.
+    pub timeout: Option<String>,
+}
+
+/// The default labels of this machine: its OS and architecture (`linux`, `x86_64`).
+pub fn default_labels() -> Vec<String> {
+    vec![std::env::consts::OS.to_owned(), std::env::consts::ARCH.to_owned()]
+}
+
+impl Config {
+    /// Read the configuration from `path`; a missing file is the default configuration.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        toml::from_str(&text).map_err(|e| {
+            Error::invalid(
+                "configuration file",
+                path.display().to_string(),
+                e.to_string().trim_end().to_owned(),
+            )
+        })
+    }
+
+    /// The labels of this machine (configured, or the default).
+    pub fn labels(&self) -> Vec<String> {
+        self.worker.labels.clone().unwrap_or_else(default_labels)
+    }
+}
+
+/// The project's secrets (tokens), one file each in `.dkt/secrets/` with mode 0600.
+///
+/// `Debug` shows the secrets' names, never their values.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets {
+    values: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("names", &self.values.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The secret holding the GitHub token (`dkt init --github-token`).
+pub const GITHUB_TOKEN: &str = "GITHUB_TOKEN";
+/// The secret holding the Docker token (`dkt init --docker-token`).
+pub const DOCKER_TOKEN: &str = "DOCKER_TOKEN";
+
+impl Secrets {
+    /// Read every secret in `dir`; a missing directory has none.
+    pub fn load(dir: &Path) -> Result<Secrets> {
+        let mut values = BTreeMap::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Secrets::default()),
+            Err(e) => return Err(Error::io(dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.at(dir)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            let value = std::fs::read_to_string(&path).at(&path)?;
+            values.insert(name, value.trim_end_matches(['\n', '\r']).to_owned());
+        }
+        Ok(Secrets { values })
+    }
+
+    /// Store secret `name` in `dir` (atomically, mode 0600) and in this set.
+    pub fn set(&mut self, dir: &Path, name: &str, value: &str) -> Result<()> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(Error::invalid(
+                "secret name",
+                name,
+                "use letters, digits, '_' and '-' only",
+            ));
+        }
+        create_private_dir(dir)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .permissions(private_file())
+            .tempfile_in(dir)
+            .at(dir)?;
+        tmp.write_all(value.as_bytes()).at(tmp.path().to_owned())?;
+        tmp.as_file().sync_all().at(dir)?;
+        let path = dir.join(name);
+        tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+        self.values.insert(name.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    /// The secret called `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
+    /// Every secret, by name (for redaction and for `${NAME}` variables).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Replace every secret value in `text` by `***`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for v in self.values.values().filter(|v| !v.is_empty()) {
+            out = out.replace(v.as_str(), "***");
+        }
+        out
+    }
+}
+
+#[cfg(unix)]
+fn private_file() -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::Permissions::from_mode(0o600)
+}
+
+#[cfg(not(unix))]
+fn private_file() -> std::fs::Permissions {
+    std::fs::metadata(".").map(|m| m.permissions()).unwrap_or_else(|_| unreachable!())
+}
+
+/// Create `dir` readable by its owner only.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir).at(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_private_and_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let sdir = dir.path().join("secrets");
+        let mut s = Secrets::default();
+        s.set(&sdir, GITHUB_TOKEN, "ghp_canary123").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(sdir.join(GITHUB_TOKEN)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let loaded = Secrets::load(&sdir).unwrap();
+        assert_eq!(loaded.get(GITHUB_TOKEN), Some("ghp_canary123"));
+        assert!(!format!("{loaded:?}").contains("canary"));
+        assert_eq!(loaded.redact("token=ghp_canary123!"), "token=***!");
+        assert!(s.set(&sdir, "../x", "v").is_err());
+    }
+
+    #[test]
+    fn config_parses_and_rejects_typos() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config");
+        assert_eq!(Config::load(&p).unwrap(), Config::default());
+        std::fs::write(&p, "[worker]\nlabels = [\"a\"]\n[vars]\nESX_USER = \"u\"\n").unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.labels(), vec!["a"]);
+        assert_eq!(c.vars["ESX_USER"], "u");
+        std::fs::write(&p, "[wroker]\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("wroker"), "{e}");
+    }
+}

@@ -1,0 +1,193 @@
+//! The one error type of `dtk-core`.
+
+use std::path::PathBuf;
+
+/// A `Result` whose error defaults to [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in dtk.
+///
+/// Variants say what happened in terms a caller can act on; the cause, where there is one,
+/// is kept as the error's [`source`](std::error::Error::source) so the whole chain can be shown.
+/// [`Error::is_user_error`] tells bad input (exit code 2 in `dkt`) from failures outside the
+/// user's control (exit code 1).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A value given by the user is malformed. `what` names the kind of value, `value` quotes it.
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        /// What kind of value it is ("source name", "version", ...).
+        what: &'static str,
+        /// The value, as given.
+        value: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
+    /// Something named does not exist.
+    #[error("{what} {name:?} not found{hint}")]
+    NotFound {
+        /// What kind of thing ("source", "node", "version", ...).
+        what: &'static str,
+        /// Its name or ID, as given.
+        name: String,
+        /// Extra help, starting with its own separator (may be empty).
+        hint: String,
+    },
+    /// A prefix matches more than one candidate.
+    #[error("{what} prefix {prefix:?} is ambiguous: it matches {}", .matches.join(", "))]
+    Ambiguous {
+        /// What kind of thing ("version", "node", ...).
+        what: &'static str,
+        /// The prefix, as given.
+        prefix: String,
+        /// Everything it matches.
+        matches: Vec<String>,
+    },
+    /// Something with that name already exists.
+    #[error("{what} {name:?} already exists")]
+    AlreadyExists {
+        /// What kind of thing.
+        what: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The operation would break an invariant of the project (a cycle, a source in use, ...).
+    #[error("{0}")]
+    Conflict(String),
+    /// The kind does not support this operation.
+    #[error("source kind {kind:?} does not support {operation}")]
+    NotSupported {
+        /// The kind's name.
+        kind: String,
+        /// The operation ("publish", "list versions", ...).
+        operation: &'static str,
+    },
+    /// No kind of that name is registered.
+    #[error("unknown source kind {kind:?}{hint}")]
+    UnknownKind {
+        /// The kind, as given.
+        kind: String,
+        /// Which kinds are known, or which cargo feature brings it.
+        hint: String,
+    },
+    /// No dtk project here.
+    #[error("not a dtk project (or any parent up to /): {}\n  create one with `dkt init` or `dkt clone REPO`", .0.display())]
+    NoProject(PathBuf),
+    /// A source kind failed (network, remote, data) while doing something for a source.
+    #[error("{kind} source {source_name:?}: {message}")]
+    Backend {
+        /// The kind's name.
+        kind: String,
+        /// The source's name.
+        source_name: String,
+        /// What failed.
+        message: String,
+        /// The cause, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The metadata store failed or holds something it cannot read.
+    #[error("metadata store: {message}")]
+    Store {
+        /// What failed.
+        message: String,
+        /// The cause, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// An I/O error on a named path.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The path that was being read or written.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// True when the error was caused by bad input (usage, names, unknown things), as opposed
+    /// to a failure outside the user's control.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            Error::Invalid { .. }
+                | Error::NotFound { .. }
+                | Error::Ambiguous { .. }
+                | Error::AlreadyExists { .. }
+                | Error::Conflict(_)
+                | Error::NotSupported { .. }
+                | Error::UnknownKind { .. }
+                | Error::NoProject(_)
+        )
+    }
+
+    /// An [`Error::Invalid`] for `value`.
+    pub fn invalid(what: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Invalid {
+            what,
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// An [`Error::NotFound`] without a hint.
+    pub fn not_found(what: &'static str, name: impl Into<String>) -> Self {
+        Error::NotFound {
+            what,
+            name: name.into(),
+            hint: String::new(),
+        }
+    }
+
+    /// An [`Error::Store`] with a cause.
+    pub fn store(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Store {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// An [`Error::Store`] without a cause (a corrupt or unexpected record).
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        Error::Store {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// An [`Error::Backend`] without a cause.
+    pub fn backend(kind: &str, source_name: &str, message: impl Into<String>) -> Self {
+        Error::Backend {
+            kind: kind.to_owned(),
+            source_name: source_name.to_owned(),
+            message: message.into(),
+            source: None,
+        }
+    }
+}
+
+/// Attach a path to I/O results: `fs::read(p).at(p)?`.
+pub trait IoResultExt<T> {
+    /// Turn an `io::Result` into a dtk [`Result`] naming `path`.
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoResultExt<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

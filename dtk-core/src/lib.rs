@@ -1,0 +1,53 @@
+//! # dtk-core: the model, store and plugin contract of Datakit
+//!
+//! Datakit (dtk) is a version-controlled data-flow manager. A pipeline is a directed
+//! acyclic *bipartite* graph: **data sources** (git repositories, local paths, docker
+//! images, S3 buckets, ...) feed **compute nodes** (commands), which write into other data
+//! sources. dtk records every version it sees or produces, and for each produced version
+//! exactly which run of which node made it from which input versions.
+//!
+//! This crate holds what every consumer and every plugin shares:
+//!
+//! - the identifiers: [`Version`] (`ALGO:HEX`), [`Name`], [`NodeId`], [`RunId`];
+//! - the records: [`SourceSpec`], [`NodeSpec`], [`RunRecord`], [`VersionRecord`], [`Link`];
+//! - the [`Graph`] that keeps the flow bipartite and acyclic;
+//! - the plugin contract: the [`Kind`] and [`Source`] traits and the [`Registry`];
+//! - the metadata [`Store`], a bare git repository in `.dkt/.git`;
+//! - the [`Project`] handle that ties them together;
+//! - behind the `conformance` feature, the checks every `Source` must pass.
+//!
+//! Most users want the `dtk` facade crate, which re-exports this one together with the
+//! source kinds. A plugin author depends on `dtk-core` alone: implement [`Kind`] and
+//! [`Source`], register the kind into a [`Registry`], and run
+//! `dtk_core::conformance::check_all` in the plugin's tests.
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod clone;
+pub mod config;
+mod error;
+pub mod graph;
+pub mod id;
+pub mod model;
+mod name;
+pub mod project;
+pub mod source;
+pub mod store;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use config::{Config, Secrets};
+pub use error::{Error, IoResultExt, Result};
+pub use graph::Graph;
+pub use id::{resolve_version, Algo, Version};
+pub use model::{
+    Command, Link, NodeId, NodeSpec, RunId, RunRecord, RunStatus, SourceSpec, SourceVersion,
+    VersionRecord,
+};
+pub use name::Name;
+pub use project::{AddSource, InitOptions, Project, UpdateOutcome};
+pub use source::{Capabilities, Context, Fields, Kind, NewSource, Registry, Source, VersionInfo};
+pub use store::Store;
+
+/// Re-exported so plugins use the same `async_trait` as the traits.
+pub use async_trait::async_trait;

@@ -1,0 +1,503 @@
+//! The records of a project: sources, nodes, runs, versions and links.
+//!
+//! Every type here is what the metadata store keeps, serialized as JSON (see
+//! `docs/format.md` for the layout).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::hex;
+use crate::{Error, Name, Result, Version};
+
+/// What a user said about a source: where it is and which part of it to follow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceSpec {
+    /// The source's name, unique in the project.
+    pub name: Name,
+    /// The kind's name (`git`, `path`, ...). Stored as given so that projects can hold kinds
+    /// this build does not know.
+    pub kind: String,
+    /// Where the source is, normalized by its kind (an absolute path, a URL, ...).
+    pub location: String,
+    /// The tag (branch, tag, docker tag, ...), if the kind has tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// A sub-path inside the source, relative, `/`-separated, without `..`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The source this one was derived from (`dkt source add NEW PARENT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Name>,
+    /// The version the source is pinned to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<Version>,
+    /// A frozen source is never polled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub frozen: bool,
+    /// The latest version known from the last poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<Version>,
+    /// True when dtk created the location (a temporary directory) and removes it with the
+    /// source.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub owned: bool,
+}
+
+impl SourceSpec {
+    /// A spec with only name, kind and location set.
+    pub fn new(name: Name, kind: impl Into<String>, location: impl Into<String>) -> Self {
+        SourceSpec {
+            name,
+            kind: kind.into(),
+            location: location.into(),
+            tag: None,
+            path: None,
+            parent: None,
+            pinned: None,
+            frozen: false,
+            latest: None,
+            owned: false,
+        }
+    }
+
+    /// The version runs use: the pinned one, else the latest known.
+    pub fn current(&self) -> Option<&Version> {
+        self.pinned.as_ref().or(self.latest.as_ref())
+    }
+}
+
+/// A source at one version, written `SOURCE:VERSION`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SourceVersion {
+    /// The source's name.
+    pub source: Name,
+    /// The version.
+    pub version: Version,
+}
+
+impl fmt::Display for SourceVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.source, self.version)
+    }
+}
+
+/// What a compute node runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "type", content = "value")]
+pub enum Command {
+    /// A program and its arguments (`dkt node run CMD ARGS...`). A single argument that
+    /// contains spaces or shell syntax runs through `sh -c`.
+    Argv(Vec<String>),
+    /// Shell lines run in order, stopping at the first failure (the `run:` list of a
+    /// node file).
+    Script(Vec<String>),
+}
+
+impl Command {
+    /// A one-line rendering for listings.
+    pub fn display_line(&self) -> String {
+        match self {
+            Command::Argv(a) => a.join(" "),
+            Command::Script(l) => l.join("; "),
+        }
+    }
+}
+
+/// A compute node: a command, the sources it reads and writes, where it may run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// What to run.
+    pub command: Command,
+    /// Labels a worker must all have to run the node (sorted, unique).
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Sources put in scope (sorted, unique).
+    #[serde(default)]
+    pub inputs: Vec<Name>,
+    /// Sources the node writes (sorted, unique).
+    #[serde(default)]
+    pub outputs: Vec<Name>,
+    /// Shell command run after a successful run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<String>,
+    /// Shell command run after a failed run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
+}
+
+/// The version of the canonical node encoding; part of every node ID.
+pub const NODE_ENCODING_VERSION: u32 = 1;
+
+impl NodeSpec {
+    /// A node running `command`, with no labels, inputs, outputs or hooks.
+    pub fn new(command: Command) -> Self {
+        NodeSpec {
+            command,
+            labels: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            on_success: None,
+            on_failure: None,
+        }
+    }
+
+    /// Sort and deduplicate labels, inputs and outputs, so that the same node written in
+    /// another order is the same node.
+    pub fn normalize(&mut self) {
+        self.labels.sort();
+        self.labels.dedup();
+        self.inputs.sort();
+        self.inputs.dedup();
+        self.outputs.sort();
+        self.outputs.dedup();
+    }
+
+    /// The canonical encoding hashed into the node ID (documented in `docs/format.md`).
+    ///
+    /// ```text
+    /// "dtk-node\n" VERSION "\n"
+    /// then, for each field in this order: command-type, command, labels, inputs, outputs,
+    /// on-success, on-failure:
+    ///     FIELD-NAME " " COUNT "\n"  and for each item:  BYTE-LENGTH " " BYTES "\n"
+    /// ```
+    /// Labels, inputs and outputs are sorted and unique; absent hooks have count 0.
+    pub fn canonical_encoding(&self) -> Vec<u8> {
+        let mut n = self.clone();
+        n.normalize();
+        let mut out = format!("dtk-node\n{NODE_ENCODING_VERSION}\n").into_bytes();
+        let mut field = |name: &str, items: &[&str]| {
+            out.extend_from_slice(format!("{name} {}\n", items.len()).as_bytes());
+            for i in items {
+                out.extend_from_slice(format!("{} ", i.len()).as_bytes());
+                out.extend_from_slice(i.as_bytes());
+                out.push(b'\n');
+            }
+        };
+        let (ty, cmd) = match &n.command {
+            Command::Argv(a) => ("argv", a),
+            Command::Script(l) => ("script", l),
+        };
+        field("command-type", &[ty]);
+        field("command", &cmd.iter().map(String::as_str).collect::<Vec<_>>());
+        field(
+            "labels",
+            &n.labels.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        field("inputs", &n.inputs.iter().map(Name::as_str).collect::<Vec<_>>());
+        field(
+            "outputs",
+            &n.outputs.iter().map(Name::as_str).collect::<Vec<_>>(),
+        );
+        field("on-success", &n.on_success.as_deref().into_iter().collect::<Vec<_>>());
+        field("on-failure", &n.on_failure.as_deref().into_iter().collect::<Vec<_>>());
+        out
+    }
+
+    /// The node's deterministic ID: BLAKE3 of [`canonical_encoding`](Self::canonical_encoding).
+    pub fn id(&self) -> NodeId {
+        NodeId(*blake3::hash(&self.canonical_encoding()).as_bytes())
+    }
+}
+
+macro_rules! hash_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub [u8; 32]);
+
+        impl $name {
+            /// The full ID, 64 lower-case hex digits.
+            pub fn to_hex(&self) -> String {
+                hex(&self.0)
+            }
+            /// The short ID shown to users: the first 8 hex digits.
+            pub fn short(&self) -> String {
+                hex(&self.0[..4])
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.short())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.to_hex())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            /// Parse a full 64-digit ID.
+            fn from_str(s: &str) -> Result<Self> {
+                let bytes = parse_hex32(s).ok_or_else(|| {
+                    Error::invalid($what, s, "expected 64 hex digits")
+                })?;
+                Ok($name(bytes))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_hex())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+hash_id!(
+    /// A node's deterministic ID (BLAKE3 of its canonical encoding).
+    NodeId,
+    "node ID"
+);
+hash_id!(
+    /// A run's deterministic ID (BLAKE3 of the node ID, its input versions and the attempt).
+    RunId,
+    "run ID"
+);
+
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        let hi = (chunk[0] as char).to_digit(16)?;
+        let lo = (chunk[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+impl RunId {
+    /// The run ID of `node` on `inputs` (sorted by source name); `attempt` is 0 for the
+    /// first run and counts forced reruns.
+    pub fn compute(node: &NodeId, inputs: &[SourceVersion], attempt: u32) -> RunId {
+        let mut h = blake3::Hasher::new();
+        h.update(b"dtk-run\n1\n");
+        h.update(node.to_hex().as_bytes());
+        h.update(b"\n");
+        for i in inputs {
+            h.update(format!("{} {}\n", i.source.as_str().len(), i.source).as_bytes());
+            h.update(i.version.to_string().as_bytes());
+            h.update(b"\n");
+        }
+        h.update(format!("attempt {attempt}\n").as_bytes());
+        RunId(*h.finalize().as_bytes())
+    }
+}
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Waiting for a worker whose labels match.
+    Pending,
+    /// Claimed by a worker and running.
+    Running,
+    /// Finished with exit status 0; outputs published.
+    Success,
+    /// Finished with a non-zero status or could not start; nothing published.
+    Failure,
+    /// Its worker stopped or died before it finished; nothing published.
+    Interrupted,
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RunStatus::Pending => "pending",
+            RunStatus::Running => "running",
+            RunStatus::Success => "success",
+            RunStatus::Failure => "failure",
+            RunStatus::Interrupted => "interrupted",
+        })
+    }
+}
+
+/// One execution of a node on given input versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The run's ID.
+    pub id: RunId,
+    /// The node it ran.
+    pub node: NodeId,
+    /// The attempt number (0 unless forced reruns).
+    #[serde(default)]
+    pub attempt: u32,
+    /// The exact input versions, sorted by source.
+    pub inputs: Vec<SourceVersion>,
+    /// The versions it published, sorted by source (empty unless it succeeded).
+    #[serde(default)]
+    pub outputs: Vec<SourceVersion>,
+    /// Its status.
+    pub status: RunStatus,
+    /// The exit code of the command, if it ended on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it failed, when it did not get as far as an exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Which worker ran it (host name and process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// When it was queued, in milliseconds since the Unix epoch.
+    pub queued_ms: u64,
+    /// When it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<u64>,
+    /// Until when the worker's claim holds (renewed while it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_until_ms: Option<u64>,
+}
+
+/// A version of a source that the project has seen or produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// The source.
+    pub source: Name,
+    /// The version.
+    pub version: Version,
+    /// When it was first recorded, in milliseconds since the Unix epoch.
+    pub recorded_ms: u64,
+    /// Order of recording within the source (larger is newer).
+    pub seq: u64,
+    /// The run that produced it, for outputs of nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunId>,
+    /// The node that produced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
+    /// The input versions it was made from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<SourceVersion>,
+    /// Extra columns the kind reports (`BUILD`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, String>,
+}
+
+/// An out-of-band relation between two versions, asserted by a user (`dkt source link`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    /// The first version (typically what the second was made from).
+    pub from: SourceVersion,
+    /// The second version.
+    pub to: SourceVersion,
+    /// When it was recorded, in milliseconds since the Unix epoch.
+    pub recorded_ms: u64,
+}
+
+impl Link {
+    /// The link's ID: BLAKE3 of both ends.
+    pub fn id(&self) -> String {
+        let h = blake3::hash(format!("{}\n{}\n", self.from, self.to).as_bytes());
+        hex(&h.as_bytes()[..16])
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    fn design_node() -> NodeSpec {
+        let mut node = NodeSpec::new(Command::Argv(vec!["test.sh".into()]));
+        node.labels = vec!["test".into(), "osx".into()];
+        node.inputs = vec![n("dmg"), n("pitfall")];
+        node.outputs = vec![n("tests")];
+        node
+    }
+
+    #[test]
+    fn node_id_is_stable() {
+        // A fixed expected ID: if this changes, the canonical encoding changed, and every
+        // project's node IDs with it. Bump NODE_ENCODING_VERSION instead.
+        assert_eq!(
+            design_node().id().to_hex(),
+            "02da6ad3dcc37108aa5b585f0812bffd56b6990bdb47e2c2dd7e039d4e0fde8c"
+        );
+    }
+
+    #[test]
+    fn node_id_ignores_order_but_not_content() {
+        let a = design_node();
+        let mut b = design_node();
+        b.labels.reverse();
+        b.inputs.reverse();
+        b.labels.push("osx".into());
+        assert_eq!(a.id(), b.id());
+        let mut c = design_node();
+        c.command = Command::Argv(vec!["test.sh".into(), "".into()]);
+        assert_ne!(a.id(), c.id());
+        let mut d = design_node();
+        d.on_failure = Some(String::new());
+        assert_ne!(a.id(), d.id(), "an empty hook differs from no hook");
+        let e = NodeSpec {
+            command: Command::Script(vec!["test.sh".into()]),
+            ..design_node()
+        };
+        assert_ne!(a.id(), e.id());
+    }
+
+    #[test]
+    fn node_id_round_trips() {
+        let id = design_node().id();
+        assert_eq!(id.to_hex().parse::<NodeId>().unwrap(), id);
+        assert_eq!(id.short().len(), 8);
+        assert!("xyz".parse::<NodeId>().is_err());
+    }
+
+    #[test]
+    fn records_round_trip_json() {
+        let node = design_node();
+        let run = RunRecord {
+            id: RunId::compute(&node.id(), &[], 0),
+            node: node.id(),
+            attempt: 0,
+            inputs: vec![SourceVersion {
+                source: n("dmg"),
+                version: "md5:0e500a4eb2a162f8098575daced142e1".parse().unwrap(),
+            }],
+            outputs: vec![],
+            status: RunStatus::Pending,
+            exit_code: None,
+            error: None,
+            worker: None,
+            queued_ms: 1,
+            started_ms: None,
+            ended_ms: None,
+            lease_until_ms: None,
+        };
+        let json = serde_json::to_string(&run).unwrap();
+        assert!(json.contains("\"status\":\"pending\""));
+        assert_eq!(serde_json::from_str::<RunRecord>(&json).unwrap(), run);
+        let json = serde_json::to_string(&node).unwrap();
+        assert_eq!(serde_json::from_str::<NodeSpec>(&json).unwrap(), node);
+    }
+}

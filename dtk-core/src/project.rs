@@ -1,0 +1,1033 @@
+//! A dtk project: its `.dkt` directory, metadata store, configuration and kinds.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{create_private_dir, Config, Secrets, DOCKER_TOKEN, GITHUB_TOKEN};
+use crate::error::IoResultExt;
+use crate::graph::{Edge, Graph, Vertex};
+use crate::model::now_ms;
+use crate::source::{Context, NewSource, Registry, Source, VersionInfo};
+use crate::store::{Snapshot, Store, Tx};
+use crate::{
+    resolve_version, Error, Link, Name, NodeId, NodeSpec, Result, SourceSpec, SourceVersion, Version,
+    VersionRecord,
+};
+
+/// The name of a project's directory.
+pub const DKT_DIR: &str = ".dkt";
+
+/// Options of [`Project::init`] and [`Project::clone_from`].
+#[derive(Default, Clone, PartialEq, Eq)]
+pub struct InitOptions {
+    /// A GitHub token, stored as the secret `GITHUB_TOKEN`.
+    pub github_token: Option<String>,
+    /// A Docker registry token, stored as the secret `DOCKER_TOKEN`.
+    pub docker_token: Option<String>,
+}
+
+impl std::fmt::Debug for InitOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InitOptions")
+            .field("github_token", &self.github_token.as_ref().map(|_| "***"))
+            .field("docker_token", &self.docker_token.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl InitOptions {
+    /// No tokens.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// With a GitHub token.
+    pub fn with_github_token(mut self, token: impl Into<String>) -> Self {
+        self.github_token = Some(token.into());
+        self
+    }
+    /// With a Docker token.
+    pub fn with_docker_token(mut self, token: impl Into<String>) -> Self {
+        self.docker_token = Some(token.into());
+        self
+    }
+}
+
+/// What to add with [`Project::add_source`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddSource {
+    /// The new source's name.
+    pub name: String,
+    /// `LOCATION[:TAG]` as typed, or the name of an existing source to derive from;
+    /// `None` for a new temporary directory.
+    pub location: Option<String>,
+    /// The kind (`-k`), if given.
+    pub kind: Option<String>,
+    /// The sub-path (`-p`), if given.
+    pub path: Option<String>,
+}
+
+impl AddSource {
+    /// A source called `name` at `location`.
+    pub fn new(name: impl Into<String>, location: Option<String>) -> Self {
+        AddSource {
+            name: name.into(),
+            location,
+            kind: None,
+            path: None,
+        }
+    }
+    /// With an explicit kind.
+    pub fn with_kind(mut self, kind: impl Into<String>) -> Self {
+        self.kind = Some(kind.into());
+        self
+    }
+    /// With a sub-path.
+    pub fn with_path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+}
+
+/// What [`Project::update_sources`] found for one source.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UpdateOutcome {
+    /// The source.
+    pub source: Name,
+    /// Its latest version before the poll.
+    pub previous: Option<Version>,
+    /// Its latest version now (unchanged when the poll failed).
+    pub latest: Option<Version>,
+    /// Why the poll failed, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// True when the source was skipped (frozen).
+    pub skipped: bool,
+}
+
+/// An open dtk project.
+#[derive(Debug, Clone)]
+pub struct Project {
+    root: PathBuf,
+    dkt: PathBuf,
+    store: Store,
+    registry: Arc<Registry>,
+    config: Config,
+    secrets: Secrets,
+    cwd: PathBuf,
+}
+
+/// Paths of records in the store (see `docs/format.md`).
+#[allow(dead_code)] // run paths are used by the engine
+pub(crate) mod paths {
+    use crate::{Name, NodeId, RunId, Version};
+
+    pub(crate) fn source(name: &Name) -> String {
+        format!("sources/{name}.json")
+    }
+    pub(crate) fn versions_dir(name: &Name) -> String {
+        format!("versions/{name}")
+    }
+    pub(crate) fn version(name: &Name, v: &Version) -> String {
+        format!("versions/{name}/{}-{}.json", v.algo(), v.hex())
+    }
+    pub(crate) fn node(id: &NodeId) -> String {
+        format!("nodes/{}.json", id.to_hex())
+    }
+    pub(crate) fn run(id: &RunId) -> String {
+        let h = id.to_hex();
+        format!("runs/{}/{h}.json", &h[..2])
+    }
+    pub(crate) fn run_log(id: &RunId) -> String {
+        let h = id.to_hex();
+        format!("runs/{}/{h}.log", &h[..2])
+    }
+    pub(crate) fn node_run(node: &NodeId, run: &RunId) -> String {
+        format!("node-runs/{}/{}.json", node.to_hex(), run.to_hex())
+    }
+    pub(crate) fn link(id: &str) -> String {
+        format!("links/{id}.json")
+    }
+}
+
+fn absolute(cwd: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        cwd.join(p)
+    }
+}
+
+impl Project {
+    /// Create a project in `dir` (its `.dkt` must not exist yet). Prints nothing; the path
+    /// of the new `.dkt` is [`Project::dkt_dir`].
+    pub fn init(dir: &Path, registry: Arc<Registry>, options: InitOptions) -> Result<Project> {
+        let cwd = std::env::current_dir().at(".")?;
+        let root = absolute(&cwd, dir);
+        let dkt = root.join(DKT_DIR);
+        if dkt.exists() {
+            return Err(Error::AlreadyExists {
+                what: "dtk project",
+                name: dkt.display().to_string(),
+            });
+        }
+        std::fs::create_dir_all(&root).at(&root)?;
+        // Build everything in a temporary directory beside the final one, then rename it
+        // into place: a killed `init` leaves no half-made project.
+        let staging = tempfile::Builder::new()
+            .prefix(".dkt-init-")
+            .tempdir_in(&root)
+            .at(&root)?;
+        Self::lay_out(staging.path(), &options)?;
+        Store::init(&staging.path().join(".git"))?;
+        let staged = staging.keep();
+        std::fs::rename(&staged, &dkt).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&staged);
+            Error::io(&dkt, e)
+        })?;
+        Project::open(&root, registry)
+    }
+
+    fn lay_out(dkt: &Path, options: &InitOptions) -> Result<()> {
+        for d in ["cache", "tmp"] {
+            std::fs::create_dir_all(dkt.join(d)).at(dkt.join(d))?;
+        }
+        let mut secrets = Secrets::default();
+        create_private_dir(&dkt.join("secrets"))?;
+        if let Some(t) = &options.github_token {
+            secrets.set(&dkt.join("secrets"), GITHUB_TOKEN, t)?;
+        }
+        if let Some(t) = &options.docker_token {
+            secrets.set(&dkt.join("secrets"), DOCKER_TOKEN, t)?;
+        }
+        let config = dkt.join("config");
+        if !config.exists() {
+            std::fs::write(
+                &config,
+                "# Local configuration of this dtk project: never committed.\n\
+                 # [worker]\n# labels = [\"linux\", \"x86_64\"]\n\
+                 # [run]\n# timeout = \"2h\"\n\
+                 # [vars]\n# ESX_USER = \"builder\"\n",
+            )
+            .at(&config)?;
+        }
+        // Keep the user's own git repository, if the project lives in one, away from .dkt.
+        std::fs::write(dkt.join(".gitignore"), "*\n").at(dkt.join(".gitignore"))?;
+        Ok(())
+    }
+
+    /// Clone the metadata of the project at `url` (a path or git URL of a `.dkt/.git`, or
+    /// of any bare copy of it) into `dir/.dkt`.
+    pub fn clone_from(
+        url: &str,
+        dir: &Path,
+        registry: Arc<Registry>,
+        options: InitOptions,
+    ) -> Result<Project> {
+        let cwd = std::env::current_dir().at(".")?;
+        let root = absolute(&cwd, dir);
+        let dkt = root.join(DKT_DIR);
+        if dkt.exists() {
+            return Err(Error::AlreadyExists {
+                what: "dtk project",
+                name: dkt.display().to_string(),
+            });
+        }
+        // A local path: make it absolute and accept a project directory or its .dkt too.
+        let mut source = url.to_owned();
+        let as_path = absolute(&cwd, Path::new(url));
+        if !url.contains("://") && as_path.exists() {
+            let candidates = [
+                as_path.join(DKT_DIR).join(".git"),
+                as_path.join(".git"),
+                as_path.clone(),
+            ];
+            let found = candidates
+                .iter()
+                .find(|p| p.join("HEAD").is_file())
+                .ok_or_else(|| {
+                    Error::invalid("repository", url, "not a dtk project nor a git repository")
+                })?;
+            source = found.display().to_string();
+        }
+        std::fs::create_dir_all(&root).at(&root)?;
+        let staging = tempfile::Builder::new()
+            .prefix(".dkt-clone-")
+            .tempdir_in(&root)
+            .at(&root)?;
+        Self::lay_out(staging.path(), &options)?;
+        crate::clone::clone_bare(&source, &staging.path().join(".git"), url)?;
+        Store::open(&staging.path().join(".git"))?
+            .snapshot()
+            .and_then(|s| match s.read("format")? {
+                Some(f) if f.starts_with(b"dtk-store ") => Ok(()),
+                _ => Err(Error::invalid(
+                    "repository",
+                    url,
+                    "it is a git repository but not a dtk project (no dtk records on main)",
+                )),
+            })?;
+        let staged = staging.keep();
+        std::fs::rename(&staged, &dkt).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&staged);
+            Error::io(&dkt, e)
+        })?;
+        Project::open(&root, registry)
+    }
+
+    /// Open the project whose `.dkt` is directly in `root`.
+    pub fn open(root: &Path, registry: Arc<Registry>) -> Result<Project> {
+        let cwd = std::env::current_dir().at(".")?;
+        let root = absolute(&cwd, root);
+        let dkt = root.join(DKT_DIR);
+        if !dkt.join(".git").is_dir() {
+            return Err(Error::NoProject(root));
+        }
+        let store = Store::open(&dkt.join(".git"))?;
+        let config = Config::load(&dkt.join("config"))?;
+        let secrets = Secrets::load(&dkt.join("secrets"))?;
+        let project = Project {
+            root,
+            dkt,
+            store,
+            registry,
+            config,
+            secrets,
+            cwd,
+        };
+        project.check_kinds()?;
+        Ok(project)
+    }
+
+    /// Find the project from `start` upwards, like git does, and open it.
+    pub fn discover(start: &Path, registry: Arc<Registry>) -> Result<Project> {
+        let cwd = std::env::current_dir().at(".")?;
+        let start = absolute(&cwd, start);
+        let mut dir = Some(start.as_path());
+        while let Some(d) = dir {
+            if d.join(DKT_DIR).join(".git").is_dir() {
+                return Project::open(d, registry);
+            }
+            dir = d.parent();
+        }
+        Err(Error::NoProject(start))
+    }
+
+    fn check_kinds(&self) -> Result<()> {
+        let mut unknown: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for s in self.sources()? {
+            if self.registry.get(&s.kind).is_err() {
+                unknown.entry(s.kind.clone()).or_default().push(s.name.to_string());
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let kinds: Vec<String> = unknown.keys().cloned().collect();
+        let detail: Vec<String> = unknown
+            .iter()
+            .map(|(k, names)| {
+                let hint = match self.registry.get(k) {
+                    Err(Error::UnknownKind { hint, .. }) => hint,
+                    _ => String::new(),
+                };
+                format!("{k:?} (used by {}){hint}", names.join(", "))
+            })
+            .collect();
+        Err(Error::UnknownKind {
+            kind: kinds.join(", "),
+            hint: format!(
+                ": this project uses kinds that are not registered: {}",
+                detail.join("; ")
+            ),
+        })
+    }
+
+    /// The directory holding `.dkt`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The `.dkt` directory.
+    pub fn dkt_dir(&self) -> &Path {
+        &self.dkt
+    }
+
+    /// The metadata store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The local configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The secrets.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// The registry of kinds.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Resolve relative locations against `cwd` instead of the process's directory.
+    pub fn with_cwd(mut self, cwd: impl Into<PathBuf>) -> Self {
+        self.cwd = cwd.into();
+        self
+    }
+
+    /// The context kinds get.
+    pub fn context(&self) -> Context {
+        let mut c = Context::new(&self.dkt, self.secrets.clone());
+        c.cwd = self.cwd.clone();
+        c
+    }
+
+    // ---------------------------------------------------------------- reading
+
+    /// Every source, sorted by name.
+    pub fn sources(&self) -> Result<Vec<SourceSpec>> {
+        self.store.snapshot()?.read_dir_json("sources")
+    }
+
+    /// The source called `name`.
+    pub fn source(&self, name: &str) -> Result<SourceSpec> {
+        let name = Name::new(name)?;
+        read_source(&self.store.snapshot()?, &name)
+    }
+
+    /// Every node, sorted by ID.
+    pub fn nodes(&self) -> Result<Vec<(NodeId, NodeSpec)>> {
+        let nodes: Vec<NodeSpec> = self.store.snapshot()?.read_dir_json("nodes")?;
+        Ok(nodes.into_iter().map(|n| (n.id(), n)).collect())
+    }
+
+    /// The graph of sources, nodes and links.
+    pub fn graph(&self) -> Result<Graph> {
+        let snap = self.store.snapshot()?;
+        build_graph(&snap)
+    }
+
+    /// Open a source of the project through its kind.
+    pub fn open_source(&self, spec: &SourceSpec) -> Result<Arc<dyn Source>> {
+        self.registry.get(&spec.kind)?.open(&self.context(), spec)
+    }
+
+    /// The versions recorded for `name` (polled or produced), newest first.
+    pub fn recorded_versions(&self, name: &str) -> Result<Vec<VersionRecord>> {
+        let name = Name::new(name)?;
+        let snap = self.store.snapshot()?;
+        read_source(&snap, &name)?;
+        let mut v: Vec<VersionRecord> = snap.read_dir_json(&paths::versions_dir(&name))?;
+        v.sort_by(|a, b| b.seq.cmp(&a.seq));
+        Ok(v)
+    }
+
+    /// The versions of `name`, newest first: the kind's history where it has one, else
+    /// what dtk recorded.
+    pub async fn source_log(&self, name: &str) -> Result<Vec<VersionInfo>> {
+        let spec = self.source(name)?;
+        let source = self.open_source(&spec)?;
+        if source.capabilities().history {
+            return source.versions().await;
+        }
+        Ok(self
+            .recorded_versions(name)?
+            .into_iter()
+            .map(|r| VersionInfo {
+                version: r.version,
+                extra: r.extra,
+            })
+            .collect())
+    }
+
+    /// The links recorded between versions.
+    pub fn links(&self) -> Result<Vec<Link>> {
+        self.store.snapshot()?.read_dir_json("links")
+    }
+
+    // ---------------------------------------------------------------- sources
+
+    /// Add a source and poll it once, so its latest version is known at once.
+    ///
+    /// Nothing is recorded unless everything succeeds: the name is free and valid, the
+    /// kind is known, the location, tag and sub-path resolve, and the poll works.
+    pub async fn add_source(&self, add: AddSource) -> Result<SourceSpec> {
+        let name = Name::new(&add.name)?;
+        let snap = self.store.snapshot()?;
+        if snap.blob_id(&paths::source(&name))?.is_some() {
+            return Err(Error::AlreadyExists {
+                what: "source",
+                name: name.to_string(),
+            });
+        }
+        let path = match &add.path {
+            Some(p) => Some(normalize_subpath(p)?),
+            None => None,
+        };
+        // LOCATION may name another source: inherit from it.
+        let parent = match add.location.as_deref().map(Name::new) {
+            Some(Ok(n)) => match read_source(&snap, &n) {
+                Ok(spec) => Some(spec),
+                Err(Error::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            },
+            _ => None,
+        };
+        let new = match &parent {
+            Some(p) => {
+                let kind = add.kind.clone().unwrap_or_else(|| p.kind.clone());
+                let path = match (&p.path, path) {
+                    (Some(base), Some(sub)) => Some(normalize_subpath(&format!("{base}/{sub}"))?),
+                    (base, sub) => sub.or_else(|| base.clone()),
+                };
+                NewSource {
+                    name: name.clone(),
+                    kind,
+                    location: Some(p.location.clone()),
+                    tag: p.tag.clone(),
+                    path,
+                }
+            }
+            None => {
+                let (kind, location, tag) = match (&add.kind, &add.location) {
+                    (Some(k), Some(loc)) => {
+                        let kind = self.registry.get(k)?;
+                        let (loc, tag) = split_tag(loc, kind.capabilities().tags);
+                        (k.clone(), Some(loc), tag)
+                    }
+                    (Some(k), None) => (k.clone(), None, None),
+                    (None, Some(loc)) => {
+                        let whole = self.registry.infer(loc);
+                        let (l, tag) = split_tag(loc, true);
+                        match (whole, tag) {
+                            (Ok(k), _) if k.capabilities().tags || !loc.contains(':') => {
+                                let (l, t) = split_tag(loc, k.capabilities().tags);
+                                (k.name().to_owned(), Some(l), t)
+                            }
+                            (Ok(k), _) => (k.name().to_owned(), Some(loc.clone()), None),
+                            (Err(e), Some(t)) => match self.registry.infer(&l) {
+                                Ok(k) if k.capabilities().tags => (k.name().to_owned(), Some(l), Some(t)),
+                                _ => return Err(e),
+                            },
+                            (Err(e), None) => return Err(e),
+                        }
+                    }
+                    (None, None) => ("path".to_owned(), None, None),
+                };
+                NewSource {
+                    name: name.clone(),
+                    kind,
+                    location,
+                    tag,
+                    path,
+                }
+            }
+        };
+        let kind = self.registry.get(&new.kind)?;
+        if new.path.is_some() && !kind.capabilities().subpath {
+            return Err(Error::NotSupported {
+                kind: kind.name().to_owned(),
+                operation: "sub-paths (-p)",
+            });
+        }
+        let mut spec = kind.resolve(&self.context(), new).await?;
+        spec.parent = parent.map(|p| p.name);
+        let source = kind.open(&self.context(), &spec)?;
+        let latest = match source.latest().await {
+            Ok(l) => l,
+            Err(e) => {
+                if spec.owned {
+                    let _ = source.remove().await;
+                }
+                return Err(e);
+            }
+        };
+        spec.latest = Some(latest.version.clone());
+        let message = format!("source add {name} ({} {})", spec.kind, spec.location);
+        let result = self.store.transact(&message, |tx| {
+            if tx.exists(&paths::source(&spec.name))? {
+                return Err(Error::AlreadyExists {
+                    what: "source",
+                    name: spec.name.to_string(),
+                });
+            }
+            tx.put_json(&paths::source(&spec.name), &spec)?;
+            record_version(tx, &spec.name, &latest, None)?;
+            Ok(())
+        });
+        if let Err(e) = result {
+            if spec.owned {
+                let _ = source.remove().await;
+            }
+            return Err(e);
+        }
+        Ok(spec)
+    }
+
+    /// Poll the named sources (all when `names` is empty) and record new latest versions.
+    /// Frozen sources are skipped; a failing poll is reported in its outcome and does not
+    /// stop the others. All new versions land in one commit.
+    pub async fn update_sources(&self, names: &[String]) -> Result<Vec<UpdateOutcome>> {
+        let all = self.sources()?;
+        let selected: Vec<SourceSpec> = if names.is_empty() {
+            all
+        } else {
+            let mut out = Vec::new();
+            for n in names {
+                let n = Name::new(n)?;
+                out.push(
+                    all.iter()
+                        .find(|s| s.name == n)
+                        .cloned()
+                        .ok_or_else(|| Error::not_found("source", n.as_str()))?,
+                );
+            }
+            out
+        };
+        let polls = selected.iter().map(|spec| async move {
+            if spec.frozen && !spec.pinned.is_some() {
+                return (spec, None);
+            }
+            let r = match self.open_source(spec) {
+                Ok(s) => s.latest().await,
+                Err(e) => Err(e),
+            };
+            (spec, Some(r))
+        });
+        let results = futures::future::join_all(polls).await;
+        let mut outcomes = Vec::new();
+        let mut found: Vec<(Name, VersionInfo)> = Vec::new();
+        for (spec, r) in results {
+            let mut o = UpdateOutcome {
+                source: spec.name.clone(),
+                previous: spec.latest.clone(),
+                latest: spec.latest.clone(),
+                error: None,
+                skipped: r.is_none(),
+            };
+            match r {
+                Some(Ok(info)) => {
+                    o.latest = Some(info.version.clone());
+                    found.push((spec.name.clone(), info));
+                }
+                Some(Err(e)) => o.error = Some(error_chain(&e)),
+                None => {}
+            }
+            outcomes.push(o);
+        }
+        let changed: Vec<&(Name, VersionInfo)> = found
+            .iter()
+            .filter(|(n, info)| {
+                outcomes
+                    .iter()
+                    .any(|o| &o.source == n && o.previous.as_ref() != Some(&info.version))
+            })
+            .collect();
+        if !changed.is_empty() {
+            let message = format!(
+                "source update: {}",
+                changed
+                    .iter()
+                    .map(|(n, i)| format!("{n} -> {}", i.version.short()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            self.store.transact(&message, |tx| {
+                for (name, info) in &changed {
+                    let Some(mut spec) = tx.read_json::<SourceSpec>(&paths::source(name))? else {
+                        continue; // removed meanwhile
+                    };
+                    spec.latest = Some(info.version.clone());
+                    tx.put_json(&paths::source(name), &spec)?;
+                    record_version(tx, name, info, None)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Pin `name` to a version given in full or as a unique prefix, resolved against the
+    /// source's versions.
+    pub async fn pin(&self, name: &str, version: &str) -> Result<Version> {
+        let spec = self.source(name)?;
+        let mut known: Vec<Version> = self
+            .recorded_versions(name)?
+            .into_iter()
+            .map(|r| r.version)
+            .collect();
+        let source = self.open_source(&spec)?;
+        if source.capabilities().history {
+            known.extend(source.versions().await?.into_iter().map(|i| i.version));
+        }
+        let v = resolve_version(version, &known)
+            .map_err(|e| match e {
+                Error::NotFound { what, name: n, .. } => Error::NotFound {
+                    what,
+                    name: n,
+                    hint: format!(" among the versions of source {:?} (see `dkt source log {}`)", spec.name.as_str(), spec.name),
+                },
+                e => e,
+            })?
+            .clone();
+        let message = format!("source pin {} {}", spec.name, v);
+        self.store.transact(&message, |tx| {
+            let mut s = tx
+                .read_json::<SourceSpec>(&paths::source(&spec.name))?
+                .ok_or_else(|| Error::not_found("source", spec.name.as_str()))?;
+            s.pinned = Some(v.clone());
+            tx.put_json(&paths::source(&spec.name), &s)?;
+            Ok(())
+        })?;
+        Ok(v)
+    }
+
+    /// Remove the pin of `name`.
+    pub fn unpin(&self, name: &str) -> Result<()> {
+        self.edit_source(name, &format!("source unpin {name}"), |s| {
+            s.pinned = None;
+            Ok(())
+        })
+    }
+
+    /// Freeze (`true`) or thaw (`false`) a source: a frozen source is never polled.
+    pub fn set_frozen(&self, name: &str, frozen: bool) -> Result<()> {
+        let verb = if frozen { "freeze" } else { "thaw" };
+        self.edit_source(name, &format!("source {verb} {name}"), |s| {
+            s.frozen = frozen;
+            Ok(())
+        })
+    }
+
+    fn edit_source(
+        &self,
+        name: &str,
+        message: &str,
+        mut f: impl FnMut(&mut SourceSpec) -> Result<()>,
+    ) -> Result<()> {
+        let name = Name::new(name)?;
+        self.store.transact(message, |tx| {
+            let mut s = tx
+                .read_json::<SourceSpec>(&paths::source(&name))?
+                .ok_or_else(|| Error::not_found("source", name.as_str()))?;
+            f(&mut s)?;
+            tx.put_json(&paths::source(&name), &s)?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Move `name` to another location (a local mirror, say), keeping its name, history
+    /// and tag; `kind` changes its kind too.
+    pub async fn relocate(&self, name: &str, location: &str, kind: Option<&str>) -> Result<SourceSpec> {
+        let old = self.source(name)?;
+        let kind_name = kind.map(str::to_owned).unwrap_or_else(|| old.kind.clone());
+        let k = self.registry.get(&kind_name)?;
+        let (loc, tag) = split_tag(location, k.capabilities().tags);
+        let new = NewSource {
+            name: old.name.clone(),
+            kind: kind_name,
+            location: Some(loc),
+            tag: tag.or_else(|| old.tag.clone()),
+            path: old.path.clone(),
+        };
+        let mut spec = k.resolve(&self.context(), new).await?;
+        spec.parent = old.parent.clone();
+        spec.pinned = old.pinned.clone();
+        spec.frozen = old.frozen;
+        let latest = k.open(&self.context(), &spec)?.latest().await?;
+        spec.latest = Some(latest.version.clone());
+        let message = format!("source pin {} {} (relocated from {})", spec.name, spec.location, old.location);
+        self.store.transact(&message, |tx| {
+            if !tx.exists(&paths::source(&spec.name))? {
+                return Err(Error::not_found("source", spec.name.as_str()));
+            }
+            tx.put_json(&paths::source(&spec.name), &spec)?;
+            record_version(tx, &spec.name, &latest, None)?;
+            Ok(())
+        })?;
+        Ok(spec)
+    }
+
+    /// Resolve `SRC:PREFIX` to a recorded or listed version of that source.
+    pub async fn resolve_source_version(&self, text: &str) -> Result<SourceVersion> {
+        let (name, prefix) = text.split_once(':').ok_or_else(|| {
+            Error::invalid("source version", text, "expected SOURCE:VERSION, e.g. pinata:3dd2cc1d")
+        })?;
+        let spec = self.source(name)?;
+        let mut known: Vec<Version> = self
+            .recorded_versions(name)?
+            .into_iter()
+            .map(|r| r.version)
+            .collect();
+        let source = self.open_source(&spec)?;
+        if source.capabilities().history {
+            known.extend(source.versions().await?.into_iter().map(|i| i.version));
+        }
+        let v = resolve_version(prefix, &known).map_err(|e| match e {
+            Error::NotFound { what, name: n, .. } => Error::NotFound {
+                what,
+                name: format!("{}:{n}", spec.name),
+                hint: String::new(),
+            },
+            e => e,
+        })?;
+        Ok(SourceVersion {
+            source: spec.name,
+            version: v.clone(),
+        })
+    }
+
+    /// Record an out-of-band relation between two existing versions (`SRC:ID`).
+    pub async fn link(&self, from: &str, to: &str) -> Result<Link> {
+        let from = self.resolve_source_version(from).await?;
+        let to = self.resolve_source_version(to).await?;
+        let link = Link {
+            from,
+            to,
+            recorded_ms: now_ms(),
+        };
+        let message = format!("source link {} {}", short_sv(&link.from), short_sv(&link.to));
+        self.store.transact(&message, |tx| {
+            let path = paths::link(&link.id());
+            if !tx.exists(&path)? {
+                tx.put_json(&path, &link)?;
+            }
+            Ok(())
+        })?;
+        Ok(link)
+    }
+
+    /// Remove a source. Refused while a node reads or writes it (the error names the
+    /// nodes) or another source derives from it.
+    pub async fn remove_source(&self, name: &str) -> Result<SourceSpec> {
+        let spec = self.source(name)?;
+        let message = format!("source rm {}", spec.name);
+        self.store.transact(&message, |tx| {
+            let snap = tx.base();
+            let graph = build_graph(snap)?;
+            let mut users: Vec<String> = graph
+                .readers(&spec.name)
+                .iter()
+                .chain(graph.writers(&spec.name).iter())
+                .map(|id| id.short())
+                .collect();
+            users.sort();
+            users.dedup();
+            if !users.is_empty() {
+                return Err(Error::Conflict(format!(
+                    "source {:?} is used by node{} {}: remove {} first",
+                    spec.name.as_str(),
+                    if users.len() > 1 { "s" } else { "" },
+                    users.join(", "),
+                    if users.len() > 1 { "them" } else { "it" },
+                )));
+            }
+            tx.remove(&paths::source(&spec.name));
+            for f in tx.list_names(&paths::versions_dir(&spec.name))? {
+                tx.remove(&format!("{}/{f}", paths::versions_dir(&spec.name)));
+            }
+            Ok(())
+        })?;
+        if let Ok(source) = self.open_source(&spec) {
+            source.remove().await?;
+        }
+        Ok(spec)
+    }
+
+    /// Record a node (idempotent: the same node gives the same ID and no new commit).
+    /// Inputs and outputs must exist, outputs must be of kinds that publish, and the node
+    /// must not close a cycle.
+    pub fn define_node(&self, mut node: NodeSpec) -> Result<NodeId> {
+        node.normalize();
+        let id = node.id();
+        let snap = self.store.snapshot()?;
+        for o in &node.outputs {
+            let spec = read_source(&snap, o)?;
+            let kind = self.registry.get(&spec.kind)?;
+            if !kind.capabilities().publish {
+                return Err(Error::NotSupported {
+                    kind: spec.kind.clone(),
+                    operation: "publishing (being a node's output)",
+                });
+            }
+        }
+        let message = format!("node add {} ({})", id.short(), node.command.display_line());
+        self.store.transact(&message, |tx| {
+            let mut graph = build_graph(tx.base())?;
+            if tx.exists(&paths::node(&id))? {
+                return Ok(());
+            }
+            graph.add_node(id, &node.inputs, &node.outputs)?;
+            tx.put_json(&paths::node(&id), &node)?;
+            Ok(())
+        })?;
+        Ok(id)
+    }
+}
+
+fn short_sv(sv: &SourceVersion) -> String {
+    format!("{}:{}", sv.source, sv.version.short())
+}
+
+/// The error and its causes on one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+pub(crate) fn read_source(snap: &Snapshot, name: &Name) -> Result<SourceSpec> {
+    snap.read_json(&paths::source(name))?.ok_or_else(|| Error::NotFound {
+        what: "source",
+        name: name.to_string(),
+        hint: " (see `dkt source list`)".to_owned(),
+    })
+}
+
+pub(crate) fn build_graph(snap: &Snapshot) -> Result<Graph> {
+    let mut g = Graph::new();
+    let sources: Vec<SourceSpec> = snap.read_dir_json("sources")?;
+    for s in &sources {
+        g.add_source(&s.name);
+    }
+    let nodes: Vec<NodeSpec> = snap.read_dir_json("nodes")?;
+    for n in &nodes {
+        g.add_node(n.id(), &n.inputs, &n.outputs)?;
+    }
+    let links: Vec<Link> = snap.read_dir_json("links")?;
+    for l in &links {
+        let (a, b) = (Vertex::Source(l.from.source.clone()), Vertex::Source(l.to.source.clone()));
+        if g.has_source(&l.from.source) && g.has_source(&l.to.source) {
+            g.add_edge(&a, &b, Edge::Link)?;
+        }
+    }
+    Ok(g)
+}
+
+/// Record `info` as a version of `name` if it is not recorded yet.
+pub(crate) fn record_version(
+    tx: &mut Tx,
+    name: &Name,
+    info: &VersionInfo,
+    produced: Option<(crate::RunId, NodeId, Vec<SourceVersion>)>,
+) -> Result<()> {
+    let path = paths::version(name, &info.version);
+    if let Some(existing) = tx.read_json::<VersionRecord>(&path)? {
+        if produced.is_none() || existing.run.is_some() {
+            return Ok(());
+        }
+    }
+    let dir = paths::versions_dir(name);
+    let mut seq = 0;
+    for f in tx.list_names(&dir)? {
+        if let Some(r) = tx.read_json::<VersionRecord>(&format!("{dir}/{f}"))? {
+            seq = seq.max(r.seq + 1);
+        }
+    }
+    let (run, node, inputs) = match produced {
+        Some((r, n, i)) => (Some(r), Some(n), i),
+        None => (None, None, Vec::new()),
+    };
+    tx.put_json(
+        &path,
+        &VersionRecord {
+            source: name.clone(),
+            version: info.version.clone(),
+            recorded_ms: now_ms(),
+            seq,
+            run,
+            node,
+            inputs,
+            extra: info.extra.clone(),
+        },
+    )?;
+    Ok(())
+}
+
+/// Split `LOCATION[:TAG]`. Only a final `:TAG` without `/` counts, so URLs
+/// (`https://...`), `git@host:path` and `host:port/repo` keep their colons; a Windows-like
+/// `C:\...` and digit-only suffixes (ports) are not tags either.
+pub fn split_tag(location: &str, kind_has_tags: bool) -> (String, Option<String>) {
+    if !kind_has_tags {
+        return (location.to_owned(), None);
+    }
+    if let Some((loc, tag)) = location.rsplit_once(':') {
+        let scp_like = loc.contains('@') && !loc.contains('/');
+        if !tag.is_empty()
+            && !tag.contains('/')
+            && !tag.contains('\\')
+            && !tag.chars().all(|c| c.is_ascii_digit())
+            && !loc.is_empty()
+            && !loc.ends_with(':')
+            && !scp_like
+            && loc.contains(['/', '.'])
+        {
+            return (loc.to_owned(), Some(tag.to_owned()));
+        }
+    }
+    (location.to_owned(), None)
+}
+
+/// Normalize a sub-path: `/`-separated, relative, no `.` or `..` or empty parts.
+pub fn normalize_subpath(p: &str) -> Result<String> {
+    let mut parts = Vec::new();
+    for part in p.split(['/', '\\']) {
+        match part {
+            "" | "." => {}
+            ".." => {
+                return Err(Error::invalid(
+                    "sub-path",
+                    p,
+                    "it must stay inside the source (no \"..\")",
+                ))
+            }
+            part if part.chars().any(char::is_control) => {
+                return Err(Error::invalid("sub-path", p, "control characters are not allowed"))
+            }
+            part => parts.push(part),
+        }
+    }
+    if parts.is_empty() {
+        return Err(Error::invalid("sub-path", p, "it names no sub-directory"));
+    }
+    Ok(parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_split_only_where_meant() {
+        assert_eq!(split_tag("docker/pinata:beta12", true), ("docker/pinata".into(), Some("beta12".into())));
+        assert_eq!(split_tag("https://github.com/a/b", true), ("https://github.com/a/b".into(), None));
+        assert_eq!(split_tag("https://github.com/a/b:dev", true), ("https://github.com/a/b".into(), Some("dev".into())));
+        assert_eq!(split_tag("git@github.com:a/b", true), ("git@github.com:a/b".into(), None));
+        assert_eq!(split_tag("localhost:5000/repo", true), ("localhost:5000/repo".into(), None));
+        assert_eq!(split_tag("localhost:5000/repo:v1", true), ("localhost:5000/repo".into(), Some("v1".into())));
+        assert_eq!(split_tag("/tmp/x:y", false), ("/tmp/x:y".into(), None));
+    }
+
+    #[test]
+    fn subpaths_never_escape() {
+        assert_eq!(normalize_subpath("/v1/pitfall/").unwrap(), "v1/pitfall");
+        assert_eq!(normalize_subpath("./a//b").unwrap(), "a/b");
+        for bad in ["..", "a/../../b", "/", "", "a/\n"] {
+            let e = normalize_subpath(bad).unwrap_err();
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+}

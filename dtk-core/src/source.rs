@@ -1,0 +1,340 @@
+//! The plugin traits: [`Kind`] (what a kind of source is) and [`Source`] (one source of
+//! that kind), and the [`Registry`] that kinds are registered into.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Secrets;
+use crate::{Error, Name, Result, SourceSpec, Version};
+
+/// What a kind can do. Operations a kind does not support return
+/// [`Error::NotSupported`] naming the kind and the operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// [`Source::versions`] lists the source's history (git commits, registry tags seen),
+    /// not only what dtk has recorded.
+    pub history: bool,
+    /// [`Source::publish`] works: the kind can be a node's output.
+    pub publish: bool,
+    /// The kind accepts a sub-path (`-p PATH`).
+    pub subpath: bool,
+    /// The kind has tags (branches, docker tags, ...).
+    pub tags: bool,
+}
+
+impl Capabilities {
+    /// No capability at all.
+    pub fn none() -> Self {
+        Self::default()
+    }
+    /// With [`history`](Self::history).
+    pub fn with_history(mut self, yes: bool) -> Self {
+        self.history = yes;
+        self
+    }
+    /// With [`publish`](Self::publish).
+    pub fn with_publish(mut self, yes: bool) -> Self {
+        self.publish = yes;
+        self
+    }
+    /// With [`subpath`](Self::subpath).
+    pub fn with_subpath(mut self, yes: bool) -> Self {
+        self.subpath = yes;
+        self
+    }
+    /// With [`tags`](Self::tags).
+    pub fn with_tags(mut self, yes: bool) -> Self {
+        self.tags = yes;
+        self
+    }
+}
+
+/// A version as a kind reports it, with the kind's extra columns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// The version.
+    pub version: Version,
+    /// Extra columns shown by `dkt source log` (`BUILD` for HockeyApp, ...), by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, String>,
+}
+
+impl VersionInfo {
+    /// A version without extra columns.
+    pub fn new(version: Version) -> Self {
+        VersionInfo {
+            version,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// The fields of a source at a version (`ROOT`, `COMMIT`, `BUILD`, ...), by name.
+pub type Fields = BTreeMap<String, String>;
+
+/// What a kind may use: where to keep caches, secrets, time limits.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// A directory the kind may use for caches (`.dkt/cache/<kind>`), created on demand.
+    pub cache_dir: PathBuf,
+    /// A directory for temporary files on the same file system as the project.
+    pub tmp_dir: PathBuf,
+    /// The project's secrets (tokens); never to be logged or recorded.
+    pub secrets: Secrets,
+    /// The bound on any one network operation.
+    pub network_timeout: Duration,
+    /// The directory relative locations are resolved against (the user's working directory).
+    pub cwd: PathBuf,
+}
+
+impl Context {
+    /// A context for a project rooted at `dkt_dir` (`.dkt`).
+    pub fn new(dkt_dir: &Path, secrets: Secrets) -> Self {
+        Context {
+            cache_dir: dkt_dir.join("cache"),
+            tmp_dir: dkt_dir.join("tmp"),
+            secrets,
+            network_timeout: Duration::from_secs(30),
+            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        }
+    }
+}
+
+/// What a user asked for when adding a source, before its kind normalizes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSource {
+    /// The new source's name.
+    pub name: Name,
+    /// The kind name or alias as given (`github`), or the inferred kind.
+    pub kind: String,
+    /// The location as given, if any (no location: a kind may create one, as `path` does).
+    pub location: Option<String>,
+    /// The tag as given.
+    pub tag: Option<String>,
+    /// The sub-path as given (already joined with a parent's path).
+    pub path: Option<String>,
+}
+
+/// A kind of source: turns what a user typed into a [`SourceSpec`] and opens sources.
+///
+/// Register kinds into a [`Registry`]. A kind's [`name`](Kind::name) is stored with every
+/// source of that kind, so it must never change.
+#[async_trait]
+pub trait Kind: Debug + Send + Sync + 'static {
+    /// The kind's name (`git`, `path`, ...): lower case, stable forever.
+    fn name(&self) -> &'static str;
+
+    /// Other names that select this kind, each with its own location shortcut
+    /// (`github` for `git`).
+    fn aliases(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// What sources of this kind can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// How sure the kind is that `location` is one of its own, when the user gave no kind:
+    /// `None` for no, higher is surer. The registry picks the highest.
+    ///
+    /// # Behavior
+    /// - Must not touch the network; may look at the local file system.
+    fn infer(&self, location: &str) -> Option<u8>;
+
+    /// Normalize what the user asked for into a spec: expand shortcuts, make paths
+    /// absolute, choose the default tag, check that the location exists and that the tag
+    /// and the sub-path resolve.
+    ///
+    /// # Behavior
+    /// - Errors quote the bad value: [`Error::Invalid`] or [`Error::NotFound`] for bad
+    ///   input, [`Error::Backend`] for an unreachable location (within
+    ///   [`Context::network_timeout`]).
+    /// - May create the location when none is given (a temporary directory for `path`),
+    ///   setting [`SourceSpec::owned`].
+    async fn resolve(&self, ctx: &Context, new: NewSource) -> Result<SourceSpec>;
+
+    /// Open a source of this kind. Cheap: no network, no heavy I/O.
+    fn open(&self, ctx: &Context, spec: &SourceSpec) -> Result<Arc<dyn Source>>;
+}
+
+/// One source: polls its versions, puts a version in scope, publishes new versions.
+///
+/// Implementations must be usable from several tasks at once (`Send + Sync`); every
+/// method is cancel-safe in the sense that a dropped future leaves no partial state that a
+/// later call would mistake for a complete one.
+#[async_trait]
+pub trait Source: Debug + Send + Sync + 'static {
+    /// The spec this source was opened with.
+    fn spec(&self) -> &SourceSpec;
+
+    /// What the source can do (its kind's capabilities).
+    fn capabilities(&self) -> Capabilities;
+
+    /// Poll the source now and return its latest version.
+    ///
+    /// # Behavior
+    /// - Calling it twice with no change in between returns the same version.
+    /// - An unreachable location is an [`Error::Backend`] within a bounded time.
+    async fn latest(&self) -> Result<VersionInfo>;
+
+    /// The source's versions, newest first, as far as the kind knows them.
+    ///
+    /// # Behavior
+    /// - Kinds without [`Capabilities::history`] return [`Error::NotSupported`]; dtk then
+    ///   lists the versions it recorded.
+    /// - Does not poll the remote: uses what the last [`latest`](Source::latest) fetched.
+    async fn versions(&self) -> Result<Vec<VersionInfo>>;
+
+    /// The fields of `version` (`ROOT` must be among them, pointing at `root`, where the
+    /// version was materialized or where an output is written).
+    fn fields(&self, version: Option<&Version>, root: &Path) -> Result<Fields>;
+
+    /// Put `version` in scope: return a directory (or file) holding its content, either
+    /// the source's own location when it is at that version, or `scratch` (an empty
+    /// directory the caller owns) after writing the content there.
+    ///
+    /// # Behavior
+    /// - A version the source cannot produce any more (a path whose content changed since)
+    ///   is [`Error::NotFound`] naming the version.
+    async fn materialize(&self, version: &Version, scratch: &Path) -> Result<PathBuf>;
+
+    /// Make `dir` (what a node wrote) the source's new content and return its version.
+    ///
+    /// # Behavior
+    /// - Kinds without [`Capabilities::publish`] return [`Error::NotSupported`].
+    /// - Atomic as far as the kind allows: on error the source's previous content stays.
+    async fn publish(&self, dir: &Path) -> Result<VersionInfo>;
+
+    /// Forget the source (`dkt source rm`): remove what dtk created for it (its cache, a
+    /// temporary directory it owns). The default does nothing.
+    async fn remove(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The kinds that dtk knows of but that may be compiled out, with the cargo feature of the
+/// `dtk` crate that brings each.
+pub const KNOWN_KINDS: &[(&str, &str)] = &[
+    ("path", "path"),
+    ("git", "git"),
+    ("github", "git"),
+    ("docker", "docker"),
+    ("s3", "s3"),
+    ("http", "http"),
+    ("hockeyapp", "hockeyapp"),
+];
+
+/// The kinds a project can use, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn Kind>>,
+    aliases: BTreeMap<&'static str, &'static str>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Register `kind` under its name and aliases, replacing any kind of the same name.
+    pub fn register(&mut self, kind: Arc<dyn Kind>) -> &mut Self {
+        for a in kind.aliases() {
+            self.aliases.insert(a, kind.name());
+        }
+        self.kinds.insert(kind.name(), kind);
+        self
+    }
+
+    /// The registered kind names, sorted.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.kinds.keys().copied().collect()
+    }
+
+    /// The kind called `name` (or an alias of it, case-insensitive).
+    pub fn get(&self, name: &str) -> Result<Arc<dyn Kind>> {
+        let lower = name.to_ascii_lowercase();
+        let canonical = self.aliases.get(lower.as_str()).copied().unwrap_or(&lower);
+        if let Some(k) = self.kinds.get(canonical) {
+            return Ok(k.clone());
+        }
+        let hint = match KNOWN_KINDS.iter().find(|(k, _)| *k == lower) {
+            Some((_, feature)) => format!(
+                ": this build of dtk was compiled without it (enable the cargo feature {feature:?} of the dtk crate)"
+            ),
+            None => format!(" (known kinds: {})", self.names().join(", ")),
+        };
+        Err(Error::UnknownKind {
+            kind: name.to_owned(),
+            hint,
+        })
+    }
+
+    /// The kind whose [`Kind::infer`] is surest about `location`.
+    pub fn infer(&self, location: &str) -> Result<Arc<dyn Kind>> {
+        self.kinds
+            .values()
+            .filter_map(|k| k.infer(location).map(|score| (score, k)))
+            .max_by_key(|(score, _)| *score)
+            .map(|(_, k)| k.clone())
+            .ok_or_else(|| {
+                Error::invalid(
+                    "location",
+                    location,
+                    format!(
+                        "cannot tell its kind; give one with -k (known kinds: {})",
+                        self.names().join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+/// Forwarding so `Arc<S>` and `Box<S>` are sources too.
+macro_rules! forward_source {
+    ($t:ty) => {
+        #[async_trait]
+        impl<S: Source + ?Sized> Source for $t {
+            fn spec(&self) -> &SourceSpec {
+                (**self).spec()
+            }
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+            async fn latest(&self) -> Result<VersionInfo> {
+                (**self).latest().await
+            }
+            async fn versions(&self) -> Result<Vec<VersionInfo>> {
+                (**self).versions().await
+            }
+            fn fields(&self, version: Option<&Version>, root: &Path) -> Result<Fields> {
+                (**self).fields(version, root)
+            }
+            async fn materialize(&self, version: &Version, scratch: &Path) -> Result<PathBuf> {
+                (**self).materialize(version, scratch).await
+            }
+            async fn publish(&self, dir: &Path) -> Result<VersionInfo> {
+                (**self).publish(dir).await
+            }
+            async fn remove(&self) -> Result<()> {
+                (**self).remove().await
+            }
+        }
+    };
+}
+forward_source!(Arc<S>);
+forward_source!(Box<S>);
+
+/// The [`Error::NotSupported`] for `operation` on `source`.
+pub fn not_supported(source: &dyn Source, operation: &'static str) -> Error {
+    Error::NotSupported {
+        kind: source.spec().kind.clone(),
+        operation,
+    }
+}

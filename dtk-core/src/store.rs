@@ -1,0 +1,545 @@
+//! The metadata store: every record of a project, committed to a bare git repository.
+//!
+//! The store is one branch, `refs/heads/main`, of the repository in `.dkt/.git`. Its tree
+//! holds one JSON file per record (layout in `docs/format.md`). Each change is one
+//! commit; the branch is moved by compare-and-swap, so concurrent writers retry on top of
+//! each other instead of losing updates, and objects are always written before the ref,
+//! so a process killed at any point leaves the last committed state intact.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use gix::bstr::ByteSlice;
+use gix::objs::tree::EntryKind;
+use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
+use gix::refs::Target;
+use gix::ObjectId;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+/// The branch holding the project's records.
+pub const BRANCH: &str = "refs/heads/main";
+
+/// The content of the `format` file at the root of every store.
+pub const FORMAT: &str = "dtk-store 1\n";
+
+/// How long a writer keeps retrying a contended update before giving up.
+const CAS_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A ref lock file older than this was left by a dead process (a live writer holds it for
+/// well under a millisecond).
+const STALE_LOCK_AGE: Duration = Duration::from_secs(10);
+
+fn gix_err(message: impl Into<String>) -> impl FnOnce(gix::Error) -> Error {
+    let message = message.into();
+    move |e| Error::store(message, e)
+}
+
+/// The git-backed metadata store of a project.
+#[derive(Clone)]
+pub struct Store {
+    repo: gix::ThreadSafeRepository,
+    git_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("git_dir", &self.git_dir).finish()
+    }
+}
+
+/// The signature of every commit: fixed, so commits never depend on the user's git
+/// identity (CI has none).
+fn signature() -> gix::actor::Signature {
+    gix::actor::Signature {
+        name: "dtk".into(),
+        email: "dtk@localhost".into(),
+        time: gix::date::Time::now_utc(),
+    }
+}
+
+impl Store {
+    /// Create a new store in `git_dir` (which must not exist yet) with its first commit.
+    pub fn init(git_dir: &Path) -> Result<Store> {
+        if git_dir.exists() {
+            return Err(Error::AlreadyExists {
+                what: "metadata repository",
+                name: git_dir.display().to_string(),
+            });
+        }
+        let repo = gix::init_bare(git_dir).map_err(gix_err(format!(
+            "cannot create a git repository in {}",
+            git_dir.display()
+        )))?;
+        drop(repo);
+        let head = git_dir.join("HEAD");
+        std::fs::write(&head, format!("ref: {BRANCH}\n")).map_err(|e| Error::io(&head, e))?;
+        let store = Store::open(git_dir)?;
+        store.commit_initial()?;
+        Ok(store)
+    }
+
+    /// Open the store in `git_dir`, ignoring the user's and the system's git configuration.
+    pub fn open(git_dir: &Path) -> Result<Store> {
+        let repo = gix::open_opts(git_dir, gix::open::Options::isolated()).map_err(gix_err(
+            format!("cannot open the metadata repository {}", git_dir.display()),
+        ))?;
+        Ok(Store {
+            repo: repo.into_sync(),
+            git_dir: git_dir.to_owned(),
+        })
+    }
+
+    /// The repository's directory (`.dkt/.git`).
+    pub fn git_dir(&self) -> &Path {
+        &self.git_dir
+    }
+
+    fn repo(&self) -> gix::Repository {
+        let mut r = self.repo.to_thread_local();
+        r.object_cache_size_if_unset(16 * 1024 * 1024);
+        r
+    }
+
+    fn tip(&self, repo: &gix::Repository) -> Result<Option<ObjectId>> {
+        let r = repo
+            .try_find_reference(BRANCH)
+            .map_err(gix_err(format!("cannot read {BRANCH}")))?;
+        Ok(r.and_then(|r| r.target().try_id().map(|id| id.to_owned())))
+    }
+
+    /// A read-only view of the records at the current tip.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let repo = self.repo();
+        let commit = self
+            .tip(&repo)?
+            .ok_or_else(|| Error::corrupt(format!("{BRANCH} is missing in {}", self.git_dir.display())))?;
+        Snapshot::at(repo, commit)
+    }
+
+    fn commit_initial(&self) -> Result<()> {
+        let repo = self.repo();
+        let blob = repo
+            .write_blob(FORMAT)
+            .map_err(gix_err("cannot write the format record"))?
+            .detach();
+        let mut editor = repo
+            .edit_tree(ObjectId::empty_tree(repo.object_hash()))
+            .map_err(gix_err("cannot edit the empty tree"))?;
+        editor
+            .upsert("format", EntryKind::Blob, blob)
+            .map_err(gix_err("cannot add the format record"))?;
+        let tree = editor.write().map_err(gix_err("cannot write a tree"))?.detach();
+        let sig = signature();
+        let mut buf = gix::date::parse::TimeBuf::default();
+        let commit = repo
+            .new_commit_as(
+                sig.to_ref(&mut buf),
+                sig.to_ref(&mut gix::date::parse::TimeBuf::default()),
+                "init: empty Datakit project",
+                tree,
+                Vec::<ObjectId>::new(),
+            )
+            .map_err(gix_err("cannot write the first commit"))?
+            .id;
+        self.move_branch(&repo, None, commit)
+    }
+
+    /// Apply `change` atomically as one commit whose message is `message`.
+    ///
+    /// `change` stages edits in a [`Tx`] that starts from the current tip. If another
+    /// process moved the branch in the meantime, `change` runs again on the new tip
+    /// (so it must compute everything from what it reads in the `Tx`), until it lands.
+    /// When `change` stages nothing, or stages what is already there, no commit is made.
+    /// Returns what `change` returned and the new commit, if one was made.
+    pub fn transact<T>(
+        &self,
+        message: &str,
+        mut change: impl FnMut(&mut Tx) -> Result<T>,
+    ) -> Result<(T, Option<ObjectId>)> {
+        let repo = self.repo();
+        let started = Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            let base = self
+                .tip(&repo)?
+                .ok_or_else(|| Error::corrupt(format!("{BRANCH} is missing")))?;
+            let mut tx = Tx {
+                snap: Snapshot::at(repo.clone(), base)?,
+                staged: BTreeMap::new(),
+            };
+            let value = change(&mut tx)?;
+            if tx.staged.is_empty() {
+                return Ok((value, None));
+            }
+            let base_tree = tx.snap.tree;
+            let mut editor = repo
+                .edit_tree(base_tree)
+                .map_err(gix_err("cannot edit the records tree"))?;
+            for (path, entry) in &tx.staged {
+                match entry {
+                    Some(id) => editor.upsert(path.as_str(), EntryKind::Blob, *id),
+                    None => editor.remove(path.as_str()),
+                }
+                .map_err(gix_err(format!("cannot stage {path}")))?;
+            }
+            let tree = editor
+                .write()
+                .map_err(gix_err("cannot write the records tree"))?
+                .detach();
+            if tree == base_tree {
+                return Ok((value, None));
+            }
+            let sig = signature();
+            let mut b1 = gix::date::parse::TimeBuf::default();
+            let mut b2 = gix::date::parse::TimeBuf::default();
+            let commit = repo
+                .new_commit_as(sig.to_ref(&mut b1), sig.to_ref(&mut b2), message, tree, [base])
+                .map_err(gix_err("cannot write a commit"))?
+                .id;
+            match self.move_branch(&repo, Some(base), commit) {
+                Ok(()) => return Ok((value, Some(commit))),
+                Err(e) => {
+                    let moved = self.tip(&repo)? != Some(base);
+                    let locked = self.lock_held()?;
+                    if !(moved || locked) {
+                        return Err(e);
+                    }
+                    if started.elapsed() > CAS_TIMEOUT {
+                        return Err(Error::Store {
+                            message: format!(
+                                "gave up updating {BRANCH} after {}s of contention",
+                                CAS_TIMEOUT.as_secs()
+                            ),
+                            source: Some(Box::new(e)),
+                        });
+                    }
+                    attempt += 1;
+                    backoff(attempt);
+                }
+            }
+        }
+    }
+
+    /// True when the branch's lock file exists. A lock older than [`STALE_LOCK_AGE`] was
+    /// left by a killed process: it is removed (the update it guarded never happened, since
+    /// the lock is renamed into place on success) and `true` is returned so the caller
+    /// retries.
+    fn lock_held(&self) -> Result<bool> {
+        let lock = self.git_dir.join(format!("{BRANCH}.lock"));
+        match std::fs::metadata(&lock) {
+            Ok(m) => {
+                let age = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .unwrap_or_default();
+                if age > STALE_LOCK_AGE {
+                    tracing::warn!(lock = %lock.display(), "removing a stale lock left by a dead process");
+                    match std::fs::remove_file(&lock) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io(&lock, e)),
+                    }
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(&lock, e)),
+        }
+    }
+
+    fn move_branch(&self, repo: &gix::Repository, old: Option<ObjectId>, new: ObjectId) -> Result<()> {
+        let expected = match old {
+            Some(id) => PreviousValue::MustExistAndMatch(Target::Object(id)),
+            None => PreviousValue::MustNotExist,
+        };
+        let edit = RefEdit {
+            change: Change::Update {
+                log: LogChange {
+                    mode: RefLog::AndReference,
+                    force_create_reflog: false,
+                    message: "dtk".into(),
+                },
+                expected,
+                new: Target::Object(new),
+            },
+            name: BRANCH.try_into().map_err(|e| Error::store("bad branch name", e))?,
+            deref: false,
+        };
+        let sig = signature();
+        let mut buf = gix::date::parse::TimeBuf::default();
+        repo.edit_references_as([edit], Some(sig.to_ref(&mut buf)))
+            .map_err(gix_err(format!("cannot move {BRANCH}")))?;
+        Ok(())
+    }
+
+    /// The commit history of the branch, newest first, as (commit id, message) pairs.
+    pub fn history(&self, limit: usize) -> Result<Vec<(ObjectId, String)>> {
+        let repo = self.repo();
+        let Some(tip) = self.tip(&repo)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut cur = Some(tip);
+        while let Some(id) = cur {
+            if out.len() >= limit {
+                break;
+            }
+            let c = repo.find_commit(id).map_err(gix_err("cannot read a commit"))?;
+            let msg = c
+                .message_raw()
+                .map_err(gix_err("cannot read a commit message"))?
+                .to_str_lossy()
+                .trim_end()
+                .to_owned();
+            cur = c.parent_ids().next().map(|p| p.detach());
+            out.push((id, msg));
+        }
+        Ok(out)
+    }
+}
+
+fn backoff(attempt: u32) {
+    // Exponential with jitter from the clock, capped at 50 ms.
+    let base = 1u64 << attempt.min(5);
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64 % 1000)
+        .unwrap_or(0);
+    std::thread::sleep(Duration::from_micros((base * 1000 + jitter * base).min(50_000)));
+}
+
+/// A read-only view of the store at one commit.
+pub struct Snapshot {
+    repo: gix::Repository,
+    commit: ObjectId,
+    tree: ObjectId,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").field("commit", &self.commit).finish()
+    }
+}
+
+/// One entry of a directory of the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The entry's file name.
+    pub name: String,
+    /// The object it points to.
+    pub id: ObjectId,
+    /// True for a sub-directory.
+    pub is_dir: bool,
+}
+
+impl Snapshot {
+    fn at(repo: gix::Repository, commit: ObjectId) -> Result<Snapshot> {
+        let tree = repo
+            .find_commit(commit)
+            .map_err(gix_err(format!("cannot read commit {commit}")))?
+            .tree_id()
+            .map_err(gix_err(format!("cannot read the tree of commit {commit}")))?
+            .detach();
+        Ok(Snapshot { repo, commit, tree })
+    }
+
+    /// The commit this view shows.
+    pub fn commit(&self) -> ObjectId {
+        self.commit
+    }
+
+    fn entry(&self, path: &str) -> Result<Option<(ObjectId, bool)>> {
+        let tree = self
+            .repo
+            .find_tree(self.tree)
+            .map_err(gix_err("cannot read the records tree"))?;
+        let e = tree
+            .lookup_entry_by_path(path)
+            .map_err(gix_err(format!("cannot look up {path}")))?;
+        Ok(e.map(|e| (e.object_id(), e.mode().is_tree())))
+    }
+
+    /// The object id of the record at `path`.
+    pub fn blob_id(&self, path: &str) -> Result<Option<ObjectId>> {
+        Ok(self.entry(path)?.filter(|(_, dir)| !dir).map(|(id, _)| id))
+    }
+
+    /// The bytes of the record at `path`, if it exists.
+    pub fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        match self.blob_id(path)? {
+            Some(id) => self.read_blob(id, path).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn read_blob(&self, id: ObjectId, path: &str) -> Result<Vec<u8>> {
+        Ok(self
+            .repo
+            .find_blob(id)
+            .map_err(gix_err(format!("cannot read record {path} ({id})")))?
+            .data
+            .clone())
+    }
+
+    /// The record at `path`, decoded from JSON.
+    pub fn read_json<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        match self.read(path)? {
+            Some(bytes) => decode(path, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The entries of directory `dir` ("" for the root), sorted by name; empty when the
+    /// directory does not exist.
+    pub fn list(&self, dir: &str) -> Result<Vec<DirEntry>> {
+        let tree_id = if dir.is_empty() {
+            self.tree
+        } else {
+            match self.entry(dir)? {
+                Some((id, true)) => id,
+                _ => return Ok(Vec::new()),
+            }
+        };
+        let tree = self
+            .repo
+            .find_tree(tree_id)
+            .map_err(gix_err(format!("cannot read directory {dir}")))?;
+        let decoded = tree
+            .decode()
+            .map_err(|e| Error::store(format!("cannot decode directory {dir}"), e))?;
+        Ok(decoded
+            .entries
+            .iter()
+            .map(|e| DirEntry {
+                name: e.filename.to_str_lossy().into_owned(),
+                id: e.oid.to_owned(),
+                is_dir: e.mode.is_tree(),
+            })
+            .collect())
+    }
+
+    /// Every record in `dir` decoded from JSON (files ending in `.json` only).
+    pub fn read_dir_json<T: DeserializeOwned>(&self, dir: &str) -> Result<Vec<T>> {
+        self.list(dir)?
+            .into_iter()
+            .filter(|e| !e.is_dir && e.name.ends_with(".json"))
+            .map(|e| {
+                let path = format!("{dir}/{}", e.name);
+                decode(&path, &self.read_blob(e.id, &path)?)
+            })
+            .collect()
+    }
+}
+
+fn decode<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::store(format!("record {path} is corrupt"), e))
+}
+
+/// Encode a record as the store keeps it: pretty JSON with a final newline, so that
+/// `git show` and `git diff` of the metadata repository read well.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    let mut v = serde_json::to_vec_pretty(value).map_err(|e| Error::store("cannot encode a record", e))?;
+    v.push(b'\n');
+    Ok(v)
+}
+
+/// Staged edits on top of a snapshot; see [`Store::transact`].
+pub struct Tx {
+    snap: Snapshot,
+    staged: BTreeMap<String, Option<ObjectId>>,
+}
+
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field("base", &self.snap.commit)
+            .field("staged", &self.staged.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Tx {
+    /// The state this transaction started from.
+    pub fn base(&self) -> &Snapshot {
+        &self.snap
+    }
+
+    /// The record at `path`, including what this transaction staged.
+    pub fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        match self.staged.get(path) {
+            Some(Some(id)) => self.snap.read_blob(*id, path).map(Some),
+            Some(None) => Ok(None),
+            None => self.snap.read(path),
+        }
+    }
+
+    /// The record at `path` decoded from JSON, including what this transaction staged.
+    pub fn read_json<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        match self.read(path)? {
+            Some(bytes) => decode(path, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// True when a record exists at `path`.
+    pub fn exists(&self, path: &str) -> Result<bool> {
+        match self.staged.get(path) {
+            Some(e) => Ok(e.is_some()),
+            None => Ok(self.snap.blob_id(path)?.is_some()),
+        }
+    }
+
+    /// The names of the files in `dir`, including staged ones, sorted.
+    pub fn list_names(&self, dir: &str) -> Result<Vec<String>> {
+        let mut names: std::collections::BTreeSet<String> = self
+            .snap
+            .list(dir)?
+            .into_iter()
+            .filter(|e| !e.is_dir)
+            .map(|e| e.name)
+            .collect();
+        let prefix = format!("{dir}/");
+        for (path, entry) in &self.staged {
+            if let Some(name) = path.strip_prefix(&prefix).filter(|n| !n.contains('/')) {
+                if entry.is_some() {
+                    names.insert(name.to_owned());
+                } else {
+                    names.remove(name);
+                }
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// Stage `bytes` at `path`, returning the blob's id.
+    pub fn put(&mut self, path: &str, bytes: &[u8]) -> Result<ObjectId> {
+        let id = self
+            .snap
+            .repo
+            .write_blob(bytes)
+            .map_err(gix_err(format!("cannot write record {path}")))?
+            .detach();
+        self.staged.insert(path.to_owned(), Some(id));
+        Ok(id)
+    }
+
+    /// Stage `value` as JSON at `path`.
+    pub fn put_json<T: Serialize>(&mut self, path: &str, value: &T) -> Result<ObjectId> {
+        self.put(path, &encode(value)?)
+    }
+
+    /// Stage an existing blob at `path` (an index entry pointing at a record).
+    pub fn put_id(&mut self, path: &str, id: ObjectId) {
+        self.staged.insert(path.to_owned(), Some(id));
+    }
+
+    /// Stage the removal of `path`.
+    pub fn remove(&mut self, path: &str) {
+        self.staged.insert(path.to_owned(), None);
+    }
+}
