@@ -1,1 +1,59 @@
-fn main(){}
+//! `dkt`: the Datakit command-line tool. A thin consumer of the `dtk` library.
+
+mod cli;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit codes, as documented in the README.
+mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// A failure outside the user's control (network, disk, a failed run).
+    pub const FAILURE: u8 = 1;
+    /// Bad usage or bad input.
+    pub const USAGE: u8 = 2;
+}
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    output::init_tracing(args.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dkt: error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(commands::run(args)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => report(&e),
+    }
+}
+
+fn report(e: &anyhow::Error) -> ExitCode {
+    // A closed pipe (`dkt source log x | head`) is not an error worth a word.
+    if e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    }) {
+        return ExitCode::from(exit::OK);
+    }
+    let mut msg = format!("dkt: error: {e}");
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(&format!("\n  caused by: {c}"));
+        }
+    }
+    eprintln!("{msg}");
+    let user = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<dtk::Error>())
+        .is_some_and(dtk::Error::is_user_error)
+        || e.chain().any(|c| c.downcast_ref::<commands::UsageError>().is_some());
+    ExitCode::from(if user { exit::USAGE } else { exit::FAILURE })
+}

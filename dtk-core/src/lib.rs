@@ -24,9 +24,11 @@
 
 mod clone;
 pub mod config;
+pub mod engine;
 mod error;
 pub mod graph;
 pub mod id;
+pub mod inspect;
 pub mod model;
 mod name;
 pub mod project;
@@ -37,6 +39,7 @@ pub mod store;
 pub mod conformance;
 
 pub use config::{Config, Secrets};
+pub use engine::{NodeFile, RunOptions, RunOutcome};
 pub use error::{Error, IoResultExt, Result};
 pub use graph::Graph;
 pub use id::{resolve_version, Algo, Version};
@@ -46,7 +49,9 @@ pub use model::{
 };
 pub use name::Name;
 pub use project::{AddSource, InitOptions, Project, UpdateOutcome};
-pub use source::{Capabilities, Context, Fields, Kind, NewSource, Registry, Source, VersionInfo};
+pub use source::{
+    Capabilities, Context, Fields, Kind, NewSource, Registry, Source, Verification, VersionInfo,
+};
 pub use store::Store;
 
 /// Re-exported so plugins use the same `async_trait` as the traits.

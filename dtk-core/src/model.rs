@@ -364,6 +364,35 @@ pub struct RunRecord {
     /// Until when the worker's claim holds (renewed while it runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_until_ms: Option<u64>,
+    /// The [`digest`](VersionRecord::digest)s of the inputs' version records, in the
+    /// order of `inputs` (empty string where an input version has no record): the links
+    /// of the provenance hash chain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input_digests: Vec<String>,
+    /// BLAKE3 of this record's JSON without this field (see [`seal`](Self::seal)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// BLAKE3 hex of `value`'s JSON: the records' self-digest.
+fn record_digest<T: Serialize>(value: &T) -> String {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    blake3::hash(&bytes).to_hex().to_string()
+}
+
+impl RunRecord {
+    /// Set [`digest`](Self::digest) to the hash of the rest of the record.
+    pub fn seal(&mut self) {
+        self.digest = None;
+        self.digest = Some(record_digest(self));
+    }
+
+    /// The digest the record should carry, computed from its content.
+    pub fn computed_digest(&self) -> String {
+        let mut c = self.clone();
+        c.digest = None;
+        record_digest(&c)
+    }
 }
 
 /// A version of a source that the project has seen or produced.
@@ -389,6 +418,27 @@ pub struct VersionRecord {
     /// Extra columns the kind reports (`BUILD`, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
+    /// The [`digest`](RunRecord::digest) of the producing run's record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_digest: Option<String>,
+    /// BLAKE3 of this record's JSON without this field (see [`seal`](Self::seal)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+impl VersionRecord {
+    /// Set [`digest`](Self::digest) to the hash of the rest of the record.
+    pub fn seal(&mut self) {
+        self.digest = None;
+        self.digest = Some(record_digest(self));
+    }
+
+    /// The digest the record should carry, computed from its content.
+    pub fn computed_digest(&self) -> String {
+        let mut c = self.clone();
+        c.digest = None;
+        record_digest(&c)
+    }
 }
 
 /// An out-of-band relation between two versions, asserted by a user (`dkt source link`).
@@ -445,6 +495,14 @@ mod tests {
     }
 
     #[test]
+    fn canonical_encoding_is_the_documented_one() {
+        let expected = "dtk-node\n1\ncommand-type 1\n4 argv\ncommand 1\n7 test.sh\nlabels 2\n3 osx\n4 test\ninputs 2\n3 dmg\n7 pitfall\noutputs 1\n5 tests\non-success 0\non-failure 0\n";
+        assert_eq!(String::from_utf8(design_node().canonical_encoding()).unwrap(), expected);
+        let docs = include_str!("../../docs/format.md");
+        assert!(docs.contains(&expected.replace("\n", "\n")), "docs/format.md shows the encoding");
+    }
+
+    #[test]
     fn node_id_ignores_order_but_not_content() {
         let a = design_node();
         let mut b = design_node();
@@ -493,7 +551,14 @@ mod tests {
             started_ms: None,
             ended_ms: None,
             lease_until_ms: None,
+            input_digests: vec![],
+            digest: None,
         };
+        let mut sealed = run.clone();
+        sealed.seal();
+        assert_eq!(sealed.digest.as_deref(), Some(run.computed_digest().as_str()));
+        sealed.status = RunStatus::Success;
+        assert_ne!(sealed.digest.as_deref(), Some(sealed.computed_digest().as_str()));
         let json = serde_json::to_string(&run).unwrap();
         assert!(json.contains("\"status\":\"pending\""));
         assert_eq!(serde_json::from_str::<RunRecord>(&json).unwrap(), run);

@@ -145,6 +145,15 @@ pub(crate) mod paths {
     pub(crate) fn node_run(node: &NodeId, run: &RunId) -> String {
         format!("node-runs/{}/{}.json", node.to_hex(), run.to_hex())
     }
+    pub(crate) fn consumer(input: &crate::SourceVersion, run: &RunId) -> String {
+        format!(
+            "consumers/{}/{}-{}/{}.json",
+            input.source,
+            input.version.algo(),
+            input.version.hex(),
+            run.to_hex()
+        )
+    }
     pub(crate) fn link(id: &str) -> String {
         format!("links/{id}.json")
     }
@@ -250,29 +259,39 @@ impl Project {
                 })?;
             source = found.display().to_string();
         }
+        let created = !root.exists();
         std::fs::create_dir_all(&root).at(&root)?;
+        let result = Self::clone_into(&source, url, &root, &dkt, &options);
+        if result.is_err() && created {
+            let _ = std::fs::remove_dir(&root);
+        }
+        result?;
+        Project::open(&root, registry)
+    }
+
+    fn clone_into(source: &str, url: &str, root: &Path, dkt: &Path, options: &InitOptions) -> Result<()> {
         let staging = tempfile::Builder::new()
             .prefix(".dkt-clone-")
-            .tempdir_in(&root)
-            .at(&root)?;
-        Self::lay_out(staging.path(), &options)?;
-        crate::clone::clone_bare(&source, &staging.path().join(".git"), url)?;
-        Store::open(&staging.path().join(".git"))?
-            .snapshot()
-            .and_then(|s| match s.read("format")? {
-                Some(f) if f.starts_with(b"dtk-store ") => Ok(()),
-                _ => Err(Error::invalid(
-                    "repository",
-                    url,
-                    "it is a git repository but not a dtk project (no dtk records on main)",
-                )),
-            })?;
+            .tempdir_in(root)
+            .at(root)?;
+        Self::lay_out(staging.path(), options)?;
+        crate::clone::clone_bare(source, &staging.path().join(".git"), url)?;
+        let is_dtk = Store::open(&staging.path().join(".git"))
+            .and_then(|s| s.snapshot())
+            .and_then(|s| s.read("format"))
+            .is_ok_and(|f| f.is_some_and(|f| f.starts_with(b"dtk-store ")));
+        if !is_dtk {
+            return Err(Error::invalid(
+                "repository",
+                url,
+                "it is a git repository but not a dtk project (no dtk records on its main branch)",
+            ));
+        }
         let staged = staging.keep();
-        std::fs::rename(&staged, &dkt).map_err(|e| {
+        std::fs::rename(&staged, dkt).map_err(|e| {
             let _ = std::fs::remove_dir_all(&staged);
-            Error::io(&dkt, e)
-        })?;
-        Project::open(&root, registry)
+            Error::io(dkt, e)
+        })
     }
 
     /// Open the project whose `.dkt` is directly in `root`.
@@ -377,6 +396,11 @@ impl Project {
     pub fn with_cwd(mut self, cwd: impl Into<PathBuf>) -> Self {
         self.cwd = cwd.into();
         self
+    }
+
+    /// The directory relative locations are resolved against.
+    pub fn cwd(&self) -> &Path {
+        &self.cwd
     }
 
     /// The context kinds get.
@@ -774,6 +798,7 @@ impl Project {
                 name: format!("{}:{n}", spec.name),
                 hint: String::new(),
             },
+            Error::Invalid { reason, .. } => Error::invalid("source version", text, reason),
             e => e,
         })?;
         Ok(SourceVersion {
@@ -856,6 +881,10 @@ impl Project {
                 });
             }
         }
+        for s in node.inputs.iter() {
+            read_source(&snap, s)?;
+        }
+        self.check_variables(&node)?;
         let message = format!("node add {} ({})", id.short(), node.command.display_line());
         self.store.transact(&message, |tx| {
             let mut graph = build_graph(tx.base())?;
@@ -917,18 +946,15 @@ pub(crate) fn build_graph(snap: &Snapshot) -> Result<Graph> {
     Ok(g)
 }
 
-/// Record `info` as a version of `name` if it is not recorded yet.
-pub(crate) fn record_version(
-    tx: &mut Tx,
-    name: &Name,
-    info: &VersionInfo,
-    produced: Option<(crate::RunId, NodeId, Vec<SourceVersion>)>,
-) -> Result<()> {
+/// The provenance of a produced version: the sealed run record that made it.
+pub(crate) type Produced<'a> = Option<&'a crate::RunRecord>;
+
+/// Record `info` as a version of `name` if it is not recorded yet. Records are never
+/// rewritten: a record's digest is part of the hash chain of everything made from it.
+pub(crate) fn record_version(tx: &mut Tx, name: &Name, info: &VersionInfo, produced: Produced<'_>) -> Result<()> {
     let path = paths::version(name, &info.version);
-    if let Some(existing) = tx.read_json::<VersionRecord>(&path)? {
-        if produced.is_none() || existing.run.is_some() {
-            return Ok(());
-        }
+    if tx.exists(&path)? {
+        return Ok(());
     }
     let dir = paths::versions_dir(name);
     let mut seq = 0;
@@ -937,23 +963,20 @@ pub(crate) fn record_version(
             seq = seq.max(r.seq + 1);
         }
     }
-    let (run, node, inputs) = match produced {
-        Some((r, n, i)) => (Some(r), Some(n), i),
-        None => (None, None, Vec::new()),
+    let mut record = VersionRecord {
+        source: name.clone(),
+        version: info.version.clone(),
+        recorded_ms: now_ms(),
+        seq,
+        run: produced.map(|r| r.id),
+        node: produced.map(|r| r.node),
+        inputs: produced.map(|r| r.inputs.clone()).unwrap_or_default(),
+        extra: info.extra.clone(),
+        run_digest: produced.and_then(|r| r.digest.clone()),
+        digest: None,
     };
-    tx.put_json(
-        &path,
-        &VersionRecord {
-            source: name.clone(),
-            version: info.version.clone(),
-            recorded_ms: now_ms(),
-            seq,
-            run,
-            node,
-            inputs,
-            extra: info.extra.clone(),
-        },
-    )?;
+    record.seal();
+    tx.put_json(&path, &record)?;
     Ok(())
 }
 

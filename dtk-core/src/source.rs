@@ -76,6 +76,23 @@ impl VersionInfo {
     }
 }
 
+/// What [`Source::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "result", content = "detail")]
+pub enum Verification {
+    /// The content was re-hashed and matches the version.
+    Verified,
+    /// The content hashes to `found` instead.
+    Mismatch {
+        /// What was recorded.
+        expected: Version,
+        /// What the content hashes to now.
+        found: Version,
+    },
+    /// The content cannot be read any more; why.
+    Unavailable(String),
+}
+
 /// The fields of a source at a version (`ROOT`, `COMMIT`, `BUILD`, ...), by name.
 pub type Fields = BTreeMap<String, String>;
 
@@ -211,6 +228,23 @@ pub trait Source: Debug + Send + Sync + 'static {
     /// - Atomic as far as the kind allows: on error the source's previous content stays.
     async fn publish(&self, dir: &Path) -> Result<VersionInfo>;
 
+    /// Re-check the content of `version` against its digest, where the content can still
+    /// be read (`dkt verify`).
+    ///
+    /// # Behavior
+    /// - [`Verification::Verified`] when the content was re-hashed and matches.
+    /// - [`Verification::Mismatch`] when content that should be this version hashes to
+    ///   something else (tampering, corruption).
+    /// - [`Verification::Unavailable`] when the content cannot be read any more (replaced
+    ///   since, or the kind cannot re-read it). The default says so.
+    async fn verify(&self, version: &Version) -> Result<Verification> {
+        let _ = version;
+        Ok(Verification::Unavailable(format!(
+            "kind {:?} cannot re-check content",
+            self.spec().kind
+        )))
+    }
+
     /// Forget the source (`dkt source rm`): remove what dtk created for it (its cache, a
     /// temporary directory it owns). The default does nothing.
     async fn remove(&self) -> Result<()> {
@@ -324,6 +358,9 @@ macro_rules! forward_source {
             }
             async fn remove(&self) -> Result<()> {
                 (**self).remove().await
+            }
+            async fn verify(&self, version: &Version) -> Result<Verification> {
+                (**self).verify(version).await
             }
         }
     };

@@ -1,0 +1,234 @@
+//! Command-line syntax.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Datakit: a version-controlled data-flow manager.
+///
+/// Describe where data comes from (sources), what runs on it (nodes), and dkt records,
+/// in a git repository under .dkt/, every version it sees or makes and exactly what each
+/// was made from.
+///
+/// Exit codes: 0 success, 1 failure (outside the user's control, or a failed run),
+/// 2 bad usage or bad input.
+#[derive(Debug, Parser)]
+#[command(name = "dkt", version, propagate_version = true, max_term_width = 100)]
+pub(crate) struct Cli {
+    /// Run as if dkt was started in DIR.
+    #[arg(short = 'C', global = true, value_name = "DIR")]
+    pub(crate) chdir: Option<PathBuf>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// Log more to stderr (-v info, -vv debug); DKT_LOG=... overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Tokens {
+    /// A GitHub token for HTTPS fetches, kept in .dkt/secrets (never committed).
+    #[arg(long, value_name = "TOKEN", env = "DKT_GITHUB_TOKEN", hide_env_values = true)]
+    pub(crate) github_token: Option<String>,
+    /// A Docker registry token, kept in .dkt/secrets (never committed).
+    #[arg(long, value_name = "TOKEN", env = "DKT_DOCKER_TOKEN", hide_env_values = true)]
+    pub(crate) docker_token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create an empty project (.dkt/) in the current directory.
+    Init {
+        #[command(flatten)]
+        tokens: Tokens,
+    },
+    /// Clone a project's metadata (a path or git URL of its .dkt/.git) into DIR/.dkt.
+    Clone {
+        /// The project to clone: a project directory, its .dkt/.git, or any git URL of a copy.
+        repo: String,
+        /// Where to put the project (default: the current directory).
+        #[arg(value_name = "DIR")]
+        into: Option<PathBuf>,
+        #[command(flatten)]
+        tokens: Tokens,
+    },
+    /// Manage data sources.
+    #[command(subcommand)]
+    Source(SourceCommand),
+    /// Define, run and list compute nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Show the provenance of an artifact: everything it was made from.
+    ///
+    /// WHAT is SOURCE:VERSION (any unique prefix, e.g. tests:d41d8cd9), a node ID or a
+    /// run ID. Prints `# manifest for WHAT` and a JSON array of every version and run in
+    /// its ancestry, ancestors first (with --json: the array alone).
+    Inspect {
+        /// SOURCE:VERSION, NODE-ID or RUN-ID.
+        what: String,
+        /// Print the graph in Graphviz dot (same as --format dot).
+        #[arg(long)]
+        dot: bool,
+        /// Show what was derived from WHAT instead of what it derives from.
+        #[arg(long)]
+        downstream: bool,
+        /// Output format: manifest, dot, slsa (in-toto Statement, SLSA Provenance v1), prov (W3C PROV-JSON).
+        #[arg(long, value_enum, default_value_t = Format::Manifest)]
+        format: Format,
+    },
+    /// Check an artifact's provenance against the records and the data.
+    ///
+    /// Every record's own digest and the hash chain between records are checked, node
+    /// and run IDs recomputed, and every version whose content can still be read
+    /// re-hashed. Exits 1 when anything does not match.
+    Verify {
+        /// SOURCE:VERSION, NODE-ID or RUN-ID.
+        what: String,
+    },
+}
+
+/// `dkt inspect --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// The design's manifest (a JSON array).
+    Manifest,
+    /// Graphviz dot.
+    Dot,
+    /// An in-toto Statement with a SLSA Provenance v1 predicate.
+    Slsa,
+    /// A W3C PROV-JSON document.
+    Prov,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeCommand {
+    /// Define a node and run it on the current versions of its inputs; prints its ID.
+    ///
+    /// COMMAND is a shell line (one argument, run by `sh -c`), a script file of the
+    /// project (rendered with its variables, never modified), a program with arguments,
+    /// or a node file FILE.yml (labels, inputs, outputs, run, on-success, on-failure).
+    /// `${SOURCE:FIELD}` names a field of an input or output (ROOT, COMMIT, ...), `${NAME}`
+    /// a variable of .dkt/config [vars] or a secret; they reach the command as environment
+    /// variables, so values are never parsed as shell code.
+    Run {
+        /// Labels a machine must all have to run the node.
+        #[arg(long, value_delimiter = ',', value_name = "L,...")]
+        labels: Vec<String>,
+        /// Input sources.
+        #[arg(long, value_delimiter = ',', value_name = "S,...")]
+        input: Vec<String>,
+        /// Output sources.
+        #[arg(long, value_delimiter = ',', value_name = "S,...")]
+        output: Vec<String>,
+        /// Shell command run after a successful run.
+        #[arg(long, value_name = "CMD")]
+        on_success: Option<String>,
+        /// Shell command run after a failed run.
+        #[arg(long, value_name = "CMD")]
+        on_failure: Option<String>,
+        /// Only define the node; do not run it.
+        #[arg(long)]
+        no_run: bool,
+        /// Run again even if a run on the same inputs succeeded.
+        #[arg(long)]
+        force: bool,
+        /// End the run after this long (90s, 30m, 2h); default: .dkt/config [run] timeout.
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+        /// The command and its arguments, or FILE.yml.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// List nodes.
+    #[command(alias = "ls")]
+    List,
+    /// List a node's runs, newest first.
+    Log {
+        /// The node's ID (or a unique prefix of at least 4 digits).
+        id: String,
+    },
+    /// Show a run's record and its log.
+    Show {
+        /// The run's ID (or a unique prefix of at least 4 digits).
+        run: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SourceCommand {
+    /// Add a source: dkt source add NAME [LOCATION[:TAG]] [-k KIND] [-p PATH].
+    ///
+    /// The kind is inferred from LOCATION (git URLs and repositories: git; paths: path);
+    /// `-k github` expands user/repo to https://github.com/user/repo. LOCATION may name
+    /// another source, whose kind, location, tag and path are inherited (-p is then
+    /// relative to its path). Without LOCATION, a new temporary directory.
+    Add {
+        /// The new source's name.
+        name: String,
+        /// LOCATION[:TAG], or an existing source to derive from.
+        location: Option<String>,
+        /// The kind (path, git, github, ...).
+        #[arg(short, long)]
+        kind: Option<String>,
+        /// A sub-path inside the source.
+        #[arg(short, long)]
+        path: Option<String>,
+    },
+    /// List sources with their latest known (or pinned, marked *) version.
+    #[command(alias = "ls")]
+    List,
+    /// List a source's versions, newest first.
+    Log {
+        /// The source.
+        name: String,
+        /// Show at most N versions.
+        #[arg(short = 'n', long, value_name = "N")]
+        max_count: Option<usize>,
+    },
+    /// Pin a source to a version (full or unique prefix), or move it: pin NAME LOCATION -k KIND.
+    Pin {
+        /// The source.
+        name: String,
+        /// A version (sha1:..., or a unique prefix), or a new location.
+        target: String,
+        /// Treat TARGET as a new location of this kind.
+        #[arg(short, long)]
+        kind: Option<String>,
+    },
+    /// Remove a source's pin.
+    Unpin {
+        /// The source.
+        name: String,
+    },
+    /// Record an out-of-band relation between two versions: link SRC:ID SRC:ID.
+    Link {
+        /// The first version, SRC:ID.
+        from: String,
+        /// The second version, SRC:ID.
+        to: String,
+    },
+    /// Remove a source (refused while a node uses it).
+    #[command(alias = "remove")]
+    Rm {
+        /// The source.
+        name: String,
+    },
+    /// Poll sources now (all, or those named) and record new versions.
+    Update {
+        /// The sources to poll (default: all that are not frozen).
+        names: Vec<String>,
+    },
+    /// Stop polling a source; its latest version stays as it is.
+    Freeze {
+        /// The source.
+        name: String,
+    },
+    /// Poll a frozen source again.
+    Thaw {
+        /// The source.
+        name: String,
+    },
+}

@@ -1,0 +1,412 @@
+//! What each command does: parse, call the library, print.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use dtk::{AddSource, InitOptions, Project};
+use serde_json::json;
+
+use crate::cli::{Cli, Command, Format, NodeCommand, SourceCommand, Tokens};
+use crate::exit;
+use crate::output::{json, or_dash, Table};
+
+/// Bad usage found by the CLI itself (exit code 2).
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn cwd(cli_dir: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let here = std::env::current_dir().context("cannot read the current directory")?;
+    Ok(match cli_dir {
+        Some(d) if d.is_absolute() => d.clone(),
+        Some(d) => here.join(d),
+        None => here,
+    })
+}
+
+fn init_options(t: Tokens) -> InitOptions {
+    InitOptions {
+        github_token: t.github_token,
+        docker_token: t.docker_token,
+    }
+}
+
+fn open(dir: &Path) -> anyhow::Result<Project> {
+    Ok(Project::discover(dir, dtk::default_registry())?.with_cwd(dir))
+}
+
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let dir = cwd(&cli.chdir)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let out: &mut dyn Write = &mut out;
+    let as_json = cli.json;
+    match cli.command {
+        Command::Init { tokens } => {
+            let p = Project::init(&dir, dtk::default_registry(), init_options(tokens))?;
+            if as_json {
+                json(out, &json!({ "dkt_dir": p.dkt_dir() }))?;
+            } else {
+                writeln!(out, "Initialized empty Datakit repository in {}/", p.dkt_dir().display())?;
+            }
+        }
+        Command::Clone { repo, into: target, tokens } => {
+            let target = match target {
+                Some(t) if t.is_absolute() => t,
+                Some(t) => dir.join(t),
+                None => dir.clone(),
+            };
+            let p = Project::clone_from(&repo, &target, dtk::default_registry(), init_options(tokens))?;
+            if as_json {
+                json(out, &json!({ "dkt_dir": p.dkt_dir(), "from": repo }))?;
+            } else {
+                writeln!(out, "Cloned Datakit repository {repo} into {}/", p.dkt_dir().display())?;
+            }
+        }
+        Command::Source(cmd) => return source(open(&dir)?, cmd, as_json, out).await,
+        Command::Node(cmd) => return node(open(&dir)?, cmd, as_json, out).await,
+        Command::Inspect { what, dot, downstream, format } => {
+            let p = open(&dir)?;
+            let m = p
+                .inspect(&what, dtk::inspect::InspectOptions::new().with_downstream(downstream))
+                .await?;
+            let format = if dot { Format::Dot } else { format };
+            match format {
+                Format::Dot => write!(out, "{}", m.to_dot())?,
+                Format::Slsa => json(out, &m.to_slsa(&p)?)?,
+                Format::Prov => json(out, &m.to_prov())?,
+                Format::Manifest => {
+                    if !as_json {
+                        writeln!(out, "# manifest for {what}{}", if downstream { " (downstream)" } else { "" })?;
+                        if let Some(d) = &m.root_digest {
+                            writeln!(out, "# root record digest blake3:{d}")?;
+                        }
+                    }
+                    json(out, &m.to_json())?;
+                }
+            }
+        }
+        Command::Verify { what } => {
+            let p = open(&dir)?;
+            let report = p.verify(&what).await?;
+            if as_json {
+                json(out, &report)?;
+            } else {
+                let mut t = Table::new(&["SUBJECT", "CHECK", "RESULT"]);
+                for c in &report.checks {
+                    let result = match (c.result, &c.expected, &c.found) {
+                        ("mismatch", Some(e), Some(f)) => format!("MISMATCH: expected {e}, found {f}"),
+                        ("skipped", _, Some(why)) => format!("skipped ({why})"),
+                        (r, _, _) => r.to_owned(),
+                    };
+                    t.row(vec![c.subject.clone(), c.check.clone(), result]);
+                }
+                t.print(out)?;
+                let bad = report.mismatches().count();
+                if bad == 0 {
+                    writeln!(out, "verified: {} checks passed, {} skipped", report.checks.iter().filter(|c| c.result == "ok").count(), report.checks.iter().filter(|c| c.result == "skipped").count())?;
+                } else {
+                    writeln!(out, "FAILED: {bad} mismatch(es)")?;
+                }
+            }
+            if !report.is_ok() {
+                return Ok(exit::FAILURE);
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn source_row(s: &dtk::SourceSpec) -> Vec<String> {
+    vec![
+        s.name.to_string(),
+        s.kind.clone(),
+        s.location.clone(),
+        or_dash(s.tag.as_ref()),
+        or_dash(s.path.as_ref().map(|p| format!("/{p}"))),
+    ]
+}
+
+async fn source(p: Project, cmd: SourceCommand, as_json: bool, out: &mut dyn Write) -> anyhow::Result<u8> {
+    match cmd {
+        SourceCommand::Add { name, location, kind, path } => {
+            let add = AddSource { name, location, kind, path };
+            let spec = p.add_source(add).await?;
+            if as_json {
+                json(out, &spec)?;
+            } else {
+                let mut t = Table::new(&["NAME", "KIND", "LOCATION", "TAG", "PATH"]);
+                t.row(source_row(&spec));
+                t.print(out)?;
+            }
+        }
+        SourceCommand::List => {
+            let sources = p.sources()?;
+            if as_json {
+                let list: Vec<_> = sources
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "name": s.name, "kind": s.kind, "location": s.location,
+                            "tag": s.tag, "path": s.path, "pinned": s.pinned.is_some(),
+                            "frozen": s.frozen, "latest": s.current(),
+                        })
+                    })
+                    .collect();
+                json(out, &list)?;
+            } else {
+                let mut t = Table::new(&["NAME", "LATEST"]);
+                for s in &sources {
+                    let name = if s.pinned.is_some() { format!("{}*", s.name) } else { s.name.to_string() };
+                    t.row(vec![name, or_dash(s.current())]);
+                }
+                t.print(out)?;
+            }
+        }
+        SourceCommand::Log { name, max_count } => {
+            let mut versions = p.source_log(&name).await?;
+            if let Some(n) = max_count {
+                versions.truncate(n);
+            }
+            if as_json {
+                json(out, &versions)?;
+            } else {
+                let extra: Vec<String> = versions
+                    .iter()
+                    .flat_map(|v| v.extra.keys().cloned())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let mut header = vec!["ID"];
+                header.extend(extra.iter().map(String::as_str));
+                header.push("FULL");
+                let mut t = Table::new(&header);
+                for v in &versions {
+                    let mut row = vec![v.version.short().to_owned()];
+                    row.extend(extra.iter().map(|k| or_dash(v.extra.get(k))));
+                    row.push(v.version.to_string());
+                    t.row(row);
+                }
+                t.print(out)?;
+            }
+        }
+        SourceCommand::Pin { name, target, kind } => {
+            let is_version = kind.is_none() && dtk::id::validate_prefix(&target).is_ok();
+            if is_version {
+                let v = p.pin(&name, &target).await?;
+                if as_json {
+                    json(out, &json!({ "name": name, "pinned": v }))?;
+                }
+            } else {
+                let spec = p.relocate(&name, &target, kind.as_deref()).await?;
+                if as_json {
+                    json(out, &spec)?;
+                } else {
+                    let mut t = Table::new(&["NAME", "KIND", "LOCATION", "TAG", "PATH"]);
+                    t.row(source_row(&spec));
+                    t.print(out)?;
+                }
+            }
+        }
+        SourceCommand::Unpin { name } => p.unpin(&name)?,
+        SourceCommand::Link { from, to } => {
+            let link = p.link(&from, &to).await?;
+            if as_json {
+                json(out, &link)?;
+            }
+        }
+        SourceCommand::Rm { name } => {
+            let spec = p.remove_source(&name).await?;
+            if as_json {
+                json(out, &spec)?;
+            }
+        }
+        SourceCommand::Update { names } => {
+            let outcomes = p.update_sources(&names).await?;
+            let failed = outcomes.iter().any(|o| o.error.is_some());
+            if as_json {
+                json(out, &outcomes)?;
+            } else {
+                let mut t = Table::new(&["NAME", "STATUS", "LATEST"]);
+                for o in &outcomes {
+                    let status = match (&o.error, o.skipped, o.previous == o.latest) {
+                        (Some(e), _, _) => format!("error: {e}"),
+                        (None, true, _) => "frozen".to_owned(),
+                        (None, false, true) => "unchanged".to_owned(),
+                        (None, false, false) => format!("updated from {}", or_dash(o.previous.as_ref().map(|v| v.short().to_owned()))),
+                    };
+                    t.row(vec![o.source.to_string(), status, or_dash(o.latest.as_ref())]);
+                }
+                t.print(out)?;
+            }
+            if failed {
+                return Ok(exit::FAILURE);
+            }
+        }
+        SourceCommand::Freeze { name } => p.set_frozen(&name, true)?,
+        SourceCommand::Thaw { name } => p.set_frozen(&name, false)?,
+    }
+    Ok(exit::OK)
+}
+
+fn sv_list(list: &[dtk::SourceVersion]) -> String {
+    if list.is_empty() {
+        return "-".to_owned();
+    }
+    list.iter()
+        .map(|sv| format!("{}:{}", sv.source, sv.version.short()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn names(list: &[dtk::Name]) -> String {
+    if list.is_empty() {
+        return "-".to_owned();
+    }
+    list.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(",")
+}
+
+async fn node(p: Project, cmd: NodeCommand, as_json: bool, out: &mut dyn Write) -> anyhow::Result<u8> {
+    match cmd {
+        NodeCommand::Run { labels, input, output, on_success, on_failure, no_run, force, timeout, command } => {
+            let is_file = command.len() == 1
+                && (command[0].ends_with(".yml") || command[0].ends_with(".yaml"));
+            let spec = if is_file {
+                if !labels.is_empty() || !input.is_empty() || !output.is_empty() || on_success.is_some() || on_failure.is_some() {
+                    return Err(UsageError(format!(
+                        "{}: a node file holds the labels, inputs, outputs and hooks; do not give them as options too",
+                        command[0]
+                    ))
+                    .into());
+                }
+                let path = p.cwd().join(&command[0]);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| dtk::Error::io(&path, e))?;
+                dtk::NodeFile::parse(&command[0], &text)?.to_spec()?
+            } else {
+                dtk::engine::validate_labels(&labels)?;
+                let to_names = |v: &[String]| v.iter().map(|s| dtk::Name::new(s)).collect::<Result<Vec<_>, _>>();
+                let mut spec = dtk::NodeSpec::new(dtk::Command::Argv(command));
+                spec.labels = labels;
+                spec.inputs = to_names(&input)?;
+                spec.outputs = to_names(&output)?;
+                spec.on_success = on_success;
+                spec.on_failure = on_failure;
+                spec
+            };
+            let timeout = timeout.as_deref().map(dtk::engine::parse_duration).transpose()?;
+            let id = p.define_node(spec)?;
+            if no_run {
+                if as_json {
+                    json(out, &json!({ "node": id.short(), "node_full": id.to_hex() }))?;
+                } else {
+                    writeln!(out, "{}", id.short())?;
+                }
+                return Ok(exit::OK);
+            }
+            if !as_json {
+                writeln!(out, "{}", id.short())?;
+                out.flush()?;
+            }
+            let outcome = p
+                .run_node(&id, dtk::RunOptions::new().with_force(force).with_timeout(timeout))
+                .await?;
+            let rec = outcome.record();
+            if as_json {
+                json(out, &json!({ "node": id.short(), "node_full": id.to_hex(), "outcome": outcome }))?;
+            } else {
+                let what = match &outcome {
+                    dtk::RunOutcome::UpToDate(_) => "up to date (a run on these inputs succeeded)".to_owned(),
+                    dtk::RunOutcome::Pending(_) => "pending: this machine lacks some of the node's labels".to_owned(),
+                    dtk::RunOutcome::Ran(r) => match (&r.status, r.exit_code, &r.error) {
+                        (dtk::RunStatus::Success, _, _) => format!("success, outputs {}", sv_list(&r.outputs)),
+                        (_, Some(c), _) => format!("{} (exit status {c}); see `dkt node show {}`", r.status, r.id.short()),
+                        (_, None, Some(e)) => format!("{} ({e}); see `dkt node show {}`", r.status, r.id.short()),
+                        (s, None, None) => s.to_string(),
+                    },
+                };
+                eprintln!("run {}: {what}", rec.id.short());
+            }
+            if matches!(&outcome, dtk::RunOutcome::Ran(r) if r.status != dtk::RunStatus::Success) {
+                return Ok(exit::FAILURE);
+            }
+        }
+        NodeCommand::List => {
+            let nodes = p.nodes()?;
+            if as_json {
+                let list: Vec<_> = nodes
+                    .iter()
+                    .map(|(id, n)| json!({ "id": id.short(), "id_full": id.to_hex(), "spec": n }))
+                    .collect();
+                json(out, &list)?;
+            } else {
+                let mut t = Table::new(&["ID", "CMD", "LABEL(S)", "INPUT(S)", "OUTPUT(S)"]);
+                for (id, n) in &nodes {
+                    let labels = if n.labels.is_empty() { "-".to_owned() } else { n.labels.join(",") };
+                    t.row(vec![id.short(), n.command.display_line(), labels, names(&n.inputs), names(&n.outputs)]);
+                }
+                t.print(out)?;
+            }
+        }
+        NodeCommand::Log { id } => {
+            let (id, _) = p.node(&id)?;
+            let runs = p.node_runs(&id)?;
+            if as_json {
+                let list: Vec<_> = runs
+                    .iter()
+                    .map(|r| {
+                        let mut v = serde_json::to_value(r).unwrap_or_default();
+                        v["status"] = json!(p.effective_status(r));
+                        v
+                    })
+                    .collect();
+                json(out, &list)?;
+            } else {
+                let mut t = Table::new(&["ID", "STATUS", "INPUT(S)", "OUTPUT(S)"]);
+                for r in &runs {
+                    t.row(vec![r.id.short(), p.effective_status(r).to_string(), sv_list(&r.inputs), sv_list(&r.outputs)]);
+                }
+                t.print(out)?;
+            }
+        }
+        NodeCommand::Show { run } => {
+            let rec = p.run_record(&run)?;
+            let log = p.run_log(&rec.id)?;
+            let status = p.effective_status(&rec);
+            if as_json {
+                let mut v = serde_json::to_value(&rec)?;
+                v["status"] = json!(status);
+                v["log"] = json!(log);
+                json(out, &v)?;
+            } else {
+                writeln!(out, "run      {}", rec.id.to_hex())?;
+                writeln!(out, "node     {}", rec.node.to_hex())?;
+                writeln!(out, "status   {status}")?;
+                if let Some(c) = rec.exit_code {
+                    writeln!(out, "exit     {c}")?;
+                }
+                if let Some(e) = &rec.error {
+                    writeln!(out, "error    {e}")?;
+                }
+                writeln!(out, "worker   {}", or_dash(rec.worker.as_ref()))?;
+                writeln!(out, "inputs   {}", sv_list(&rec.inputs))?;
+                writeln!(out, "outputs  {}", sv_list(&rec.outputs))?;
+                writeln!(out, "--- log")?;
+                write!(out, "{log}")?;
+                if !log.is_empty() && !log.ends_with('\n') {
+                    writeln!(out)?;
+                }
+            }
+        }
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,153 @@
+//! Helpers shared by the CLI tests: a project in a temp dir, the real `dkt` binary, and
+//! git repositories made with the real `git`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub out: Output,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    pub fn code(&self) -> i32 {
+        self.out.status.code().unwrap_or(-1)
+    }
+    /// Assert success and return stdout.
+    #[track_caller]
+    pub fn ok(&self) -> String {
+        assert!(
+            self.out.status.success(),
+            "expected success, got {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.out.status,
+            self.stdout(),
+            self.stderr()
+        );
+        self.stdout()
+    }
+    /// Assert exit code `code` and return stderr.
+    #[track_caller]
+    pub fn fails(&self, code: i32) -> String {
+        assert_eq!(
+            self.code(),
+            code,
+            "expected exit {code}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self.stderr()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok()).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", self.stdout()))
+    }
+}
+
+pub fn dkt_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dkt")
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A new env with an initialized project.
+    pub fn project() -> Env {
+        let e = Env::new();
+        e.dkt(&["init"]).ok();
+        e
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(dkt_bin());
+        c.current_dir(self.path())
+            .env_remove("DKT_GITHUB_TOKEN")
+            .env_remove("DKT_DOCKER_TOKEN")
+            .env("DKT_LOG", "warn");
+        c
+    }
+
+    pub fn dkt(&self, args: &[&str]) -> Run {
+        Run {
+            out: self.cmd().args(args).output().unwrap(),
+        }
+    }
+
+    /// The metadata repository's commit count.
+    pub fn commits(&self) -> usize {
+        let out = git(self.path(), &["--git-dir", ".dkt/.git", "rev-list", "--count", "main"]);
+        out.trim().parse().unwrap()
+    }
+
+    pub fn write(&self, rel: &str, content: &str) -> PathBuf {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+}
+
+/// Run git in `dir` with a fixed identity; returns stdout.
+#[track_caller]
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A git repository at `dir` with the design's layout: `v1/pitfall/pitfall` (a script)
+/// and a README, on branch `master`, two commits. Returns the commit ids, newest first.
+pub fn pinata_repo(dir: &Path) -> Vec<String> {
+    std::fs::create_dir_all(dir.join("v1/pitfall")).unwrap();
+    git(dir, &["init", "-q", "-b", "master"]);
+    std::fs::write(dir.join("README.md"), "pinata\n").unwrap();
+    std::fs::write(
+        dir.join("v1/pitfall/pitfall"),
+        "#!/bin/sh\necho \"pitfall $*\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("v1/pitfall/pitfall"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "first"]);
+    std::fs::write(dir.join("README.md"), "pinata v2\n").unwrap();
+    git(dir, &["commit", "-q", "-am", "second"]);
+    git(dir, &["log", "--format=%H"])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}

@@ -1,0 +1,848 @@
+//! Running compute nodes: inputs in scope, variables, outputs with provenance.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use crate::error::IoResultExt;
+use crate::model::now_ms;
+use crate::project::{paths, read_source, record_version};
+use crate::store::Snapshot;
+use crate::{
+    resolve_version, Command, Error, Fields, Name, NodeId, NodeSpec, Project, Result, RunId,
+    RunRecord, RunStatus, Source, SourceSpec, SourceVersion,
+};
+
+/// How long a claim on a run holds without renewal.
+pub const LEASE: Duration = Duration::from_secs(30);
+
+/// Options of [`Project::run_node`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// Run even if a successful run on the same input versions exists.
+    pub force: bool,
+    /// End the run (and its process group) after this long.
+    pub timeout: Option<Duration>,
+    /// The labels of the machine running it (default: configured, else OS and arch).
+    pub labels: Option<Vec<String>>,
+}
+
+impl RunOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Run even if an earlier run succeeded on the same inputs.
+    pub fn with_force(mut self, force: bool) -> Self {
+        self.force = force;
+        self
+    }
+    /// With a time limit.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+    /// As a machine with these labels.
+    pub fn with_labels(mut self, labels: Vec<String>) -> Self {
+        self.labels = Some(labels);
+        self
+    }
+}
+
+/// What [`Project::run_node`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunOutcome {
+    /// The node ran; here is its record.
+    Ran(RunRecord),
+    /// A run on the same inputs already succeeded; nothing was run.
+    UpToDate(RunRecord),
+    /// This machine lacks some of the node's labels: the run waits, `pending`.
+    Pending(RunRecord),
+}
+
+impl RunOutcome {
+    /// The run's record.
+    pub fn record(&self) -> &RunRecord {
+        match self {
+            RunOutcome::Ran(r) | RunOutcome::UpToDate(r) | RunOutcome::Pending(r) => r,
+        }
+    }
+}
+
+/// A node described in a YAML file (`dkt node run FILE.yml`, and the `nodes:` of a
+/// pipeline file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeFile {
+    /// Labels a worker must have.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Input sources.
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// Output sources.
+    #[serde(default)]
+    pub outputs: Vec<String>,
+    /// Shell lines, run in order, stopping at the first failure.
+    pub run: StringOrList,
+    /// Shell command after success.
+    #[serde(default)]
+    pub on_success: Option<String>,
+    /// Shell command after failure.
+    #[serde(default)]
+    pub on_failure: Option<String>,
+}
+
+/// One string or a list of strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    /// One line.
+    One(String),
+    /// Several lines.
+    Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for StringOrList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StringOrList;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a shell line or a list of shell lines (quote lines such as \"true\")")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                Ok(StringOrList::One(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(StringOrList::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl NodeFile {
+    /// Parse a node file; errors name `file`, the line and the field.
+    pub fn parse(file: &str, text: &str) -> Result<NodeFile> {
+        serde_norway::from_str(text)
+            .map_err(|e| Error::invalid("node file", file, e.to_string()))
+    }
+
+    /// The node it describes.
+    pub fn to_spec(&self) -> Result<NodeSpec> {
+        let lines = match &self.run {
+            StringOrList::One(s) => vec![s.clone()],
+            StringOrList::Many(v) => v.clone(),
+        };
+        if lines.is_empty() {
+            return Err(Error::invalid("node file", "run", "`run` lists no command"));
+        }
+        let names = |v: &[String]| v.iter().map(|s| Name::new(s)).collect::<Result<Vec<_>>>();
+        let mut spec = NodeSpec::new(Command::Script(lines));
+        spec.labels = self.labels.clone();
+        spec.inputs = names(&self.inputs)?;
+        spec.outputs = names(&self.outputs)?;
+        spec.on_success = self.on_success.clone();
+        spec.on_failure = self.on_failure.clone();
+        validate_labels(&spec.labels)?;
+        Ok(spec)
+    }
+}
+
+/// Labels are non-empty and made of letters, digits, `_`, `-`, `.`.
+pub fn validate_labels(labels: &[String]) -> Result<()> {
+    for l in labels {
+        if l.is_empty() || !l.chars().all(|c| c.is_alphanumeric() || "_-.".contains(c)) {
+            return Err(Error::invalid(
+                "label",
+                l,
+                "use letters, digits, '_', '-' and '.'",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parse a duration such as `90`, `90s`, `30m`, `2h`, `1d`.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| Error::invalid("duration", s, "expected a number with s, m, h or d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(Error::invalid("duration", s, "expected a number with s, m, h or d")),
+    };
+    if secs == 0 {
+        return Err(Error::invalid("duration", s, "must be more than zero"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// `host:pid` of this process.
+pub fn worker_id() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for its length; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let host = if rc == 0 {
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "localhost".to_owned()
+    };
+    format!("{host}:{}", std::process::id())
+}
+
+fn pid_alive(worker: &str) -> Option<bool> {
+    let me = worker_id();
+    let (host, pid) = worker.rsplit_once(':')?;
+    let (my_host, _) = me.rsplit_once(':')?;
+    if host != my_host {
+        return None;
+    }
+    let pid: i32 = pid.parse().ok()?;
+    // SAFETY: signal 0 only checks for existence.
+    let rc = unsafe { libc::kill(pid, 0) };
+    Some(rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
+impl Project {
+    fn lease_dir(&self) -> PathBuf {
+        self.dkt_dir().join("leases")
+    }
+
+    fn lease_path(&self, run: &RunId) -> PathBuf {
+        self.lease_dir().join(run.to_hex())
+    }
+
+    /// The status of a run as it stands: a `running` run whose worker is gone (dead
+    /// process, or lease not renewed in time) is `interrupted`.
+    pub fn effective_status(&self, run: &RunRecord) -> RunStatus {
+        if run.status != RunStatus::Running {
+            return run.status;
+        }
+        if let Some(false) = run.worker.as_deref().and_then(pid_alive) {
+            return RunStatus::Interrupted;
+        }
+        let fresh = std::fs::metadata(self.lease_path(&run.id))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < LEASE);
+        let lease_ok = run.lease_until_ms.is_some_and(|l| l > now_ms());
+        if fresh || lease_ok {
+            RunStatus::Running
+        } else {
+            RunStatus::Interrupted
+        }
+    }
+
+    /// Find a node by ID prefix (at least 4 hex digits, or the full ID).
+    pub fn node(&self, prefix: &str) -> Result<(NodeId, NodeSpec)> {
+        let p = prefix.to_ascii_lowercase();
+        if p.len() < 4 || !p.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::invalid("node ID", prefix, "expected at least 4 hex digits"));
+        }
+        let nodes = self.nodes()?;
+        let found = crate::id::resolve_prefix(
+            "node",
+            &p,
+            &nodes,
+            |(id, _)| id.short(),
+            |(id, _), p| id.to_hex().starts_with(p),
+        )?;
+        Ok(found.clone())
+    }
+
+    /// Every run of `node`, newest first.
+    pub fn node_runs(&self, node: &NodeId) -> Result<Vec<RunRecord>> {
+        let snap = self.store().snapshot()?;
+        let mut runs: Vec<RunRecord> =
+            snap.read_dir_json(&format!("node-runs/{}", node.to_hex()))?;
+        runs.sort_by(|a, b| {
+            b.queued_ms
+                .cmp(&a.queued_ms)
+                .then(b.attempt.cmp(&a.attempt))
+                .then(b.id.cmp(&a.id))
+        });
+        Ok(runs)
+    }
+
+    /// Find a run by ID prefix (at least 4 hex digits).
+    pub fn run_record(&self, prefix: &str) -> Result<RunRecord> {
+        let p = prefix.to_ascii_lowercase();
+        if p.len() < 4 || !p.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::invalid("run ID", prefix, "expected at least 4 hex digits"));
+        }
+        let snap = self.store().snapshot()?;
+        let dir = format!("runs/{}", &p[..2]);
+        let candidates: Vec<String> = snap
+            .list(&dir)?
+            .into_iter()
+            .filter(|e| e.name.ends_with(".json") && e.name.starts_with(&p))
+            .map(|e| e.name)
+            .collect();
+        let name = crate::id::resolve_prefix("run", &p, &candidates, |n| n[..8].to_owned(), |_, _| true)?;
+        snap.read_json(&format!("{dir}/{name}"))?
+            .ok_or_else(|| Error::not_found("run", prefix))
+    }
+
+    /// The captured output of a run (secrets replaced by `***`).
+    pub fn run_log(&self, run: &RunId) -> Result<String> {
+        let snap = self.store().snapshot()?;
+        Ok(snap
+            .read(&paths::run_log(run))?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default())
+    }
+
+    /// The input versions a node would run on now (pinned where pinned, else latest).
+    pub fn current_inputs(&self, node: &NodeSpec) -> Result<Vec<SourceVersion>> {
+        let snap = self.store().snapshot()?;
+        current_inputs(&snap, node)
+    }
+
+    /// Run `node` on the current versions of its inputs, recording the run, its log and,
+    /// on success, the new versions of its outputs with their provenance.
+    pub async fn run_node(&self, node_id: &NodeId, options: RunOptions) -> Result<RunOutcome> {
+        let snap = self.store().snapshot()?;
+        let node: NodeSpec = snap
+            .read_json(&paths::node(node_id))?
+            .ok_or_else(|| Error::not_found("node", node_id.short()))?;
+        let inputs = current_inputs(&snap, &node)?;
+        let earlier = self.node_runs(node_id)?;
+        let same: Vec<&RunRecord> = earlier.iter().filter(|r| r.inputs == inputs).collect();
+        if !options.force {
+            if let Some(ok) = same.iter().find(|r| r.status == RunStatus::Success) {
+                return Ok(RunOutcome::UpToDate((*ok).clone()));
+            }
+        }
+        self.check_variables(&node)?;
+        let labels = options.labels.clone().unwrap_or_else(|| self.config().labels());
+        let runnable = node.labels.iter().all(|l| labels.contains(l));
+        // Settle runs whose worker died before going on.
+        self.settle_interrupted(&same)?;
+        if !runnable {
+            if let Some(p) = same.iter().find(|r| r.status == RunStatus::Pending) {
+                return Ok(RunOutcome::Pending((*p).clone()));
+            }
+        }
+        let attempt = same.iter().map(|r| r.attempt + 1).max().unwrap_or(0);
+        let reuse_pending = same
+            .iter()
+            .find(|r| r.status == RunStatus::Pending)
+            .map(|r| (*r).clone());
+        let mut record = reuse_pending.unwrap_or_else(|| RunRecord {
+            id: RunId::compute(node_id, &inputs, attempt),
+            node: *node_id,
+            attempt,
+            inputs: inputs.clone(),
+            outputs: Vec::new(),
+            status: RunStatus::Pending,
+            exit_code: None,
+            error: None,
+            worker: None,
+            queued_ms: now_ms(),
+            started_ms: None,
+            ended_ms: None,
+            lease_until_ms: None,
+            input_digests: Vec::new(),
+            digest: None,
+        });
+        record.input_digests = input_digests(&snap, &record.inputs)?;
+        if !runnable {
+            self.put_run(&record, None, &format!("run {} of node {}: pending (labels {})", record.id.short(), node_id.short(), node.labels.join(",")))?;
+            return Ok(RunOutcome::Pending(record));
+        }
+        // Claim it: `running`, with this worker and a lease.
+        record.status = RunStatus::Running;
+        record.worker = Some(worker_id());
+        record.started_ms = Some(now_ms());
+        record.lease_until_ms = Some(now_ms() + LEASE.as_millis() as u64);
+        std::fs::create_dir_all(self.lease_dir()).at(self.lease_dir())?;
+        std::fs::write(self.lease_path(&record.id), worker_id()).at(self.lease_path(&record.id))?;
+        self.put_run(&record, None, &format!("run {} of node {}: started", record.id.short(), node_id.short()))?;
+
+        let timeout = match options.timeout {
+            Some(t) => Some(t),
+            None => self.config().run.timeout.as_deref().map(parse_duration).transpose()?,
+        };
+        let result = self.execute(&node, &record, timeout).await;
+        let _ = std::fs::remove_file(self.lease_path(&record.id));
+        let (log, outcome) = match result {
+            Ok(x) => x,
+            Err(e) => (String::new(), Exec::Error(crate::project::error_chain(&e))),
+        };
+        let log = self.secrets().redact(&log);
+        record.ended_ms = Some(now_ms());
+        record.lease_until_ms = None;
+        match outcome {
+            Exec::Success(outputs) => {
+                record.status = RunStatus::Success;
+                record.exit_code = Some(0);
+                record.outputs = outputs.iter().map(|(sv, _)| sv.clone()).collect();
+                let message = format!(
+                    "run {} of node {}: success{}",
+                    record.id.short(),
+                    node_id.short(),
+                    if record.outputs.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" -> {}", record.outputs.iter().map(|o| format!("{}:{}", o.source, o.version.short())).collect::<Vec<_>>().join(", "))
+                    }
+                );
+                let mut rec = record.clone();
+                rec.seal();
+                self.store().transact(&message, |tx| {
+                    write_run(tx, &rec, Some(&log))?;
+                    for (sv, info) in &outputs {
+                        if let Some(mut spec) = tx.read_json::<SourceSpec>(&paths::source(&sv.source))? {
+                            spec.latest = Some(sv.version.clone());
+                            tx.put_json(&paths::source(&sv.source), &spec)?;
+                        }
+                        record_version(tx, &sv.source, info, Some(&rec))?;
+                    }
+                    Ok(())
+                })?;
+                if let Some(hook) = &node.on_success {
+                    self.hook(hook, &record, "success").await;
+                }
+            }
+            Exec::Failed { code, error } => {
+                record.status = RunStatus::Failure;
+                record.exit_code = code;
+                record.error = error.map(|e| self.secrets().redact(&e));
+                self.put_run(&record, Some(&log), &format!("run {} of node {}: failure", record.id.short(), node_id.short()))?;
+                if let Some(hook) = &node.on_failure {
+                    self.hook(hook, &record, "failure").await;
+                }
+            }
+            Exec::Error(e) => {
+                record.status = RunStatus::Failure;
+                record.error = Some(self.secrets().redact(&e));
+                self.put_run(&record, Some(&log), &format!("run {} of node {}: failure", record.id.short(), node_id.short()))?;
+                if let Some(hook) = &node.on_failure {
+                    self.hook(hook, &record, "failure").await;
+                }
+            }
+        }
+        Ok(RunOutcome::Ran(record))
+    }
+
+    fn settle_interrupted(&self, runs: &[&RunRecord]) -> Result<()> {
+        for r in runs {
+            if r.status == RunStatus::Running && self.effective_status(r) == RunStatus::Interrupted {
+                let mut rec = (*r).clone();
+                rec.status = RunStatus::Interrupted;
+                rec.lease_until_ms = None;
+                self.put_run(&rec, None, &format!("run {} of node {}: interrupted", rec.id.short(), rec.node.short()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn put_run(&self, record: &RunRecord, log: Option<&str>, message: &str) -> Result<()> {
+        self.store().transact(message, |tx| write_run(tx, record, log))?;
+        Ok(())
+    }
+
+    async fn hook(&self, hook: &str, record: &RunRecord, status: &str) {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(hook)
+            .current_dir(self.root())
+            .env("DKT_RUN_ID", record.id.to_hex())
+            .env("DKT_NODE_ID", record.node.to_hex())
+            .env("DKT_RUN_STATUS", status)
+            .stdin(Stdio::null());
+        match cmd.status().await {
+            Ok(s) if s.success() => {}
+            Ok(s) => tracing::warn!(hook, status = %s, "hook failed"),
+            Err(e) => tracing::warn!(hook, error = %e, "hook could not start"),
+        }
+    }
+
+    async fn execute(&self, node: &NodeSpec, record: &RunRecord, timeout: Option<Duration>) -> Result<(String, Exec)> {
+        let snap = self.store().snapshot()?;
+        let scratch = tempfile::Builder::new()
+            .prefix(&format!("run-{}-", record.id.short()))
+            .tempdir_in(ensure_dir(&self.dkt_dir().join("tmp"))?)
+            .at(self.dkt_dir().join("tmp"))?;
+        let work = ensure_dir(&scratch.path().join("work"))?;
+        let mut scope = Scope::default();
+        // Inputs at their versions.
+        for sv in &record.inputs {
+            let spec = read_source(&snap, &sv.source)?;
+            let source = self.open_source(&spec)?;
+            let dir = ensure_dir(&scratch.path().join(format!("in-{}", sv.source)))?;
+            let root = source.materialize(&sv.version, &dir).await?;
+            let fields = source.fields(Some(&sv.version), &root)?;
+            scope.add(&sv.source, fields)?;
+        }
+        // Outputs: a staging copy of their current content, published on success.
+        let mut outputs: Vec<(Name, Arc<dyn Source>, PathBuf)> = Vec::new();
+        for name in &node.outputs {
+            let spec = read_source(&snap, name)?;
+            let source = self.open_source(&spec)?;
+            let stage = scratch.path().join(format!("out-{name}"));
+            if let Some(v) = spec.current() {
+                let tmp = ensure_dir(&scratch.path().join(format!("cur-{name}")))?;
+                match source.materialize(v, &tmp).await {
+                    Ok(root) => copy_tree(&root, &stage)?,
+                    Err(e) => return Ok((String::new(), Exec::Error(format!(
+                        "output {name}: its current version {v} cannot be read back: {}",
+                        crate::project::error_chain(&e)
+                    )))),
+                }
+            }
+            ensure_dir(&stage)?;
+            let fields = source.fields(None, &stage)?;
+            scope.add(name, fields)?;
+            outputs.push((name.clone(), source, stage));
+        }
+        self.add_private(&mut scope);
+        let steps = self.plan(node, &scope, Some(scratch.path()))?;
+        let mut log = String::new();
+        for step in steps {
+            let mut cmd = tokio::process::Command::new(&step[0]);
+            cmd.args(&step[1..])
+                .current_dir(&work)
+                .env("DKT_PROJECT_ROOT", self.root())
+                .env("DKT_RUN_ID", record.id.to_hex())
+                .env("DKT_NODE_ID", record.node.to_hex())
+                .envs(scope.env.iter())
+                .envs(scope.private.iter())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .kill_on_drop(true);
+            let mut child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => return Ok((log, Exec::Failed { code: None, error: Some(format!("cannot start {:?}: {e}", step[0])) })),
+            };
+            let pgid = child.id().map(|p| p as i32);
+            let mut stdout = child.stdout.take();
+            let mut stderr = child.stderr.take();
+            let collect = async {
+                let mut a = Vec::new();
+                let mut b = Vec::new();
+                let ra = async {
+                    if let Some(s) = stdout.as_mut() {
+                        let _ = s.read_to_end(&mut a).await;
+                    }
+                };
+                let rb = async {
+                    if let Some(s) = stderr.as_mut() {
+                        let _ = s.read_to_end(&mut b).await;
+                    }
+                };
+                tokio::join!(ra, rb);
+                let status = child.wait().await;
+                (a, b, status)
+            };
+            let finished = match timeout {
+                Some(t) => tokio::time::timeout(t, collect).await.ok(),
+                None => Some(collect.await),
+            };
+            let Some((a, b, status)) = finished else {
+                if let Some(pg) = pgid {
+                    // SAFETY: killing our own child's process group.
+                    unsafe { libc::killpg(pg, libc::SIGKILL) };
+                }
+                let secs = timeout.map(|t| t.as_secs()).unwrap_or(0);
+                log.push_str(&format!("\n[dkt: timed out after {secs}s; process group killed]\n"));
+                return Ok((log, Exec::Failed { code: None, error: Some(format!("timed out after {secs}s")) }));
+            };
+            log.push_str(&String::from_utf8_lossy(&a));
+            log.push_str(&String::from_utf8_lossy(&b));
+            let status = status.at(&step[0])?;
+            if !status.success() {
+                use std::os::unix::process::ExitStatusExt;
+                let error = status.signal().map(|s| format!("killed by signal {s}"));
+                return Ok((log, Exec::Failed { code: status.code(), error }));
+            }
+        }
+        let mut published = Vec::new();
+        for (name, source, stage) in outputs {
+            let info = source.publish(&stage).await?;
+            published.push((
+                SourceVersion { source: name, version: info.version.clone() },
+                info,
+            ));
+        }
+        Ok((log, Exec::Success(published)))
+    }
+
+    /// Check every `${...}` of the node's command (and script file) against the fields of
+    /// its sources and the known variables, without running anything.
+    pub fn check_variables(&self, node: &NodeSpec) -> Result<()> {
+        let snap = self.store().snapshot()?;
+        let mut scope = Scope::default();
+        for name in node.inputs.iter().chain(&node.outputs) {
+            let spec = read_source(&snap, name)?;
+            let source = self.open_source(&spec)?;
+            let fields = source.fields(spec.current(), Path::new("/nonexistent"))?;
+            scope.add(name, fields)?;
+        }
+        self.add_private(&mut scope);
+        self.plan(node, &scope, None).map(|_| ())
+    }
+
+    fn add_private(&self, scope: &mut Scope) {
+        for (k, v) in &self.config().vars {
+            scope.private.insert(k.clone(), v.clone());
+        }
+        for (k, v) in self.secrets().iter() {
+            scope.private.insert(k.to_owned(), v.to_owned());
+        }
+    }
+
+    /// The processes to run, as argv lists; script files are rendered into `scratch`
+    /// (with `None`, only checked).
+    fn plan(&self, node: &NodeSpec, scope: &Scope, scratch: Option<&Path>) -> Result<Vec<Vec<String>>> {
+        match &node.command {
+            Command::Script(lines) => lines
+                .iter()
+                .map(|l| Ok(vec!["sh".into(), "-c".into(), scope.rewrite(l)?]))
+                .collect(),
+            Command::Argv(argv) => {
+                let first = argv.first().ok_or_else(|| Error::invalid("command", "", "empty command"))?;
+                let script = {
+                    let p = Path::new(first);
+                    let p = if p.is_absolute() { p.to_owned() } else { self.root().join(p) };
+                    p.is_file().then_some(p)
+                };
+                if let Some(path) = script {
+                    let text = std::fs::read(&path).at(&path)?;
+                    let text = String::from_utf8(text).map_err(|_| {
+                        Error::invalid("script", path.display().to_string(), "not UTF-8 text")
+                    })?;
+                    let rendered = scope.rewrite(&text)?;
+                    let copy = scratch.unwrap_or(Path::new("/nonexistent")).join("script");
+                    if scratch.is_some() {
+                        std::fs::write(&copy, rendered).at(&copy)?;
+                    }
+                    let mut out = if text.starts_with("#!") {
+                        use std::os::unix::fs::PermissionsExt;
+                        if scratch.is_some() {
+                            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).at(&copy)?;
+                        }
+                        vec![copy.display().to_string()]
+                    } else {
+                        vec!["sh".into(), copy.display().to_string()]
+                    };
+                    for a in &argv[1..] {
+                        out.push(scope.substitute(a)?);
+                    }
+                    Ok(vec![out])
+                } else if argv.len() == 1 {
+                    Ok(vec![vec!["sh".into(), "-c".into(), scope.rewrite(first)?]])
+                } else {
+                    Ok(vec![argv.iter().map(|a| scope.substitute(a)).collect::<Result<_>>()?])
+                }
+            }
+        }
+    }
+}
+
+enum Exec {
+    Success(Vec<(SourceVersion, crate::VersionInfo)>),
+    Failed { code: Option<i32>, error: Option<String> },
+    Error(String),
+}
+
+fn ensure_dir(p: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(p).at(p)?;
+    Ok(p.to_owned())
+}
+
+fn input_digests(snap: &Snapshot, inputs: &[SourceVersion]) -> Result<Vec<String>> {
+    inputs
+        .iter()
+        .map(|sv| {
+            let r: Option<crate::VersionRecord> = snap.read_json(&paths::version(&sv.source, &sv.version))?;
+            Ok(r.and_then(|r| r.digest).unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Write a run record (sealing it first) and its indexes, and its log if given.
+fn write_run(tx: &mut crate::store::Tx, record: &RunRecord, log: Option<&str>) -> Result<()> {
+    let mut record = record.clone();
+    record.seal();
+    let id = tx.put_json(&paths::run(&record.id), &record)?;
+    tx.put_id(&paths::node_run(&record.node, &record.id), id);
+    if record.status == RunStatus::Success {
+        for sv in &record.inputs {
+            tx.put_id(&paths::consumer(sv, &record.id), id);
+        }
+    }
+    if let Some(log) = log {
+        tx.put(&paths::run_log(&record.id), log.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn current_inputs(snap: &Snapshot, node: &NodeSpec) -> Result<Vec<SourceVersion>> {
+    let mut inputs = Vec::new();
+    for name in &node.inputs {
+        let spec = read_source(snap, name)?;
+        let version = spec.current().cloned().ok_or_else(|| {
+            Error::Conflict(format!(
+                "input {name:?} has no version yet: run `dkt source update {name}`"
+            ))
+        })?;
+        inputs.push(SourceVersion { source: name.clone(), version });
+    }
+    inputs.sort();
+    Ok(inputs)
+}
+
+/// The variables of a run.
+#[derive(Default)]
+struct Scope {
+    /// `${SOURCE:FIELD}` -> environment variable name.
+    names: BTreeMap<(String, String), String>,
+    /// Exported variables `DKT_SOURCE_FIELD` -> value.
+    env: BTreeMap<String, String>,
+    /// `${NAME}` private variables and secrets.
+    private: BTreeMap<String, String>,
+    /// Which variable name came from which `SOURCE:FIELD`, to detect collisions.
+    owners: BTreeMap<String, String>,
+}
+
+/// `DKT_<SOURCE>_<FIELD>`: upper case, other characters as `_`.
+pub fn env_name(source: &str, field: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .collect()
+    };
+    format!("DKT_{}_{}", clean(source), clean(field))
+}
+
+impl Scope {
+    fn add(&mut self, source: &Name, fields: Fields) -> Result<()> {
+        for (field, value) in fields {
+            let var = env_name(source.as_str(), &field);
+            let owner = format!("{source}:{field}");
+            if let Some(other) = self.owners.get(&var) {
+                if other != &owner {
+                    return Err(Error::Conflict(format!(
+                        "${{{owner}}} and ${{{other}}} would both be exported as {var}: rename one of the sources"
+                    )));
+                }
+            }
+            self.owners.insert(var.clone(), owner);
+            self.names.insert((source.to_string(), field), var.clone());
+            self.env.insert(var, value);
+        }
+        Ok(())
+    }
+
+    /// Visit each `${...}` of `text`, replacing it with what `f` returns (`None`: keep).
+    fn each_var(&self, text: &str, mut f: impl FnMut(&str) -> Result<Option<String>>) -> Result<String> {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                out.push_str(&rest[start..]);
+                return Ok(out);
+            };
+            let inner = &after[..end];
+            match f(inner)? {
+                Some(rep) => out.push_str(&rep),
+                None => out.push_str(&rest[start..start + 2 + end + 1]),
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    /// Classify `${inner}`: Some(var name) to export, None to leave to the shell.
+    fn resolve(&self, inner: &str) -> Result<Option<(String, String)>> {
+        if let Some((src, field)) = inner.split_once(':') {
+            if let Some(var) = self.names.get(&(src.to_owned(), field.to_owned())) {
+                return Ok(Some((var.clone(), self.env[var].clone())));
+            }
+            // Shell operators such as ${VAR:-default} are the shell's business.
+            if field.starts_with(['-', '=', '?', '+']) || field.starts_with(|c: char| c.is_ascii_digit()) {
+                return Ok(None);
+            }
+            if self.names.keys().any(|(s, _)| s == src) {
+                let known: Vec<&str> = self.names.keys().filter(|(s, _)| s == src).map(|(_, f)| f.as_str()).collect();
+                return Err(Error::invalid("variable", format!("${{{inner}}}"), format!("source {src:?} has no field {field:?} (it has {})", known.join(", "))));
+            }
+            return Err(Error::invalid("variable", format!("${{{inner}}}"), format!("{src:?} is not an input or output of this node")));
+        }
+        if !inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            if let Some(v) = self.private.get(inner) {
+                return Ok(Some((inner.to_owned(), v.clone())));
+            }
+            if std::env::var_os(inner).is_some() || self.env.contains_key(inner) || inner.starts_with("DKT_") {
+                return Ok(None);
+            }
+            return Err(Error::invalid("variable", format!("${{{inner}}}"), "not a variable of .dkt/config [vars], a secret, nor set in the environment"));
+        }
+        Ok(None)
+    }
+
+    /// For shell text: `${SRC:FIELD}` becomes `${DKT_SRC_FIELD}`, expanded by the shell.
+    fn rewrite(&self, text: &str) -> Result<String> {
+        self.each_var(text, |inner| Ok(self.resolve(inner)?.map(|(var, _)| format!("${{{var}}}"))))
+    }
+
+    /// For an argument passed without a shell: the value itself.
+    fn substitute(&self, text: &str) -> Result<String> {
+        self.each_var(text, |inner| Ok(self.resolve(inner)?.map(|(_, value)| value)))
+    }
+}
+
+/// Copy a tree (files, directories, symlinks as symlinks, permissions).
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(from).at(from)?;
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(from).at(from)?;
+        std::os::unix::fs::symlink(&target, to).at(to)?;
+    } else if meta.is_dir() {
+        std::fs::create_dir_all(to).at(to)?;
+        for entry in std::fs::read_dir(from).at(from)? {
+            let entry = entry.at(from)?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        std::fs::set_permissions(to, meta.permissions()).at(to)?;
+    } else {
+        std::fs::copy(from, to).at(to)?;
+    }
+    Ok(())
+}
+
+/// Resolve `SRC:PREFIX` among recorded versions only (no kind history).
+pub fn resolve_recorded(project: &Project, text: &str) -> Result<SourceVersion> {
+    let (name, prefix) = text.split_once(':').ok_or_else(|| {
+        Error::invalid("source version", text, "expected SOURCE:VERSION")
+    })?;
+    let versions: Vec<_> = project.recorded_versions(name)?.into_iter().map(|r| r.version).collect();
+    let v = resolve_version(prefix, &versions)?;
+    Ok(SourceVersion { source: Name::new(name)?, version: v.clone() })
+}

@@ -1,0 +1,858 @@
+//! Provenance: manifests (`dkt inspect`), Graphviz, SLSA and W3C PROV exports, and
+//! verification (`dkt verify`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::project::{paths, read_source};
+use crate::store::Snapshot;
+use crate::{
+    Error, Link, Name, NodeId, NodeSpec, Project, Result, RunId, RunRecord, SourceSpec,
+    SourceVersion, Verification, VersionRecord,
+};
+
+/// Options of [`Project::inspect`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InspectOptions {
+    /// Show what was derived from the target instead of what it derives from.
+    pub downstream: bool,
+}
+
+impl InspectOptions {
+    /// Upstream (the default).
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Downstream instead of upstream.
+    pub fn with_downstream(mut self, yes: bool) -> Self {
+        self.downstream = yes;
+        self
+    }
+}
+
+/// What a manifest is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "type", content = "id")]
+pub enum Target {
+    /// A version of a source.
+    Version(SourceVersion),
+    /// A run.
+    Run(RunId),
+    /// A node (its runs and what they used and made).
+    Node(NodeId),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Version(sv) => write!(f, "{}:{}", sv.source, sv.version.short()),
+            Target::Run(r) => write!(f, "run {}", r.short()),
+            Target::Node(n) => write!(f, "node {}", n.short()),
+        }
+    }
+}
+
+/// A version in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionEntry {
+    /// The short ID (8 hex digits).
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// The source's name.
+    pub source: Name,
+    /// The source's kind.
+    pub kind: String,
+    /// The source's location.
+    pub url: String,
+    /// The full version, for git sources.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// The full version, for other kinds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Short IDs of the versions it was computed from (by its run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
+    /// The short ID of the run that produced it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// The digest of its record (the hash chain's link).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+    /// The full `SOURCE:VERSION`.
+    #[serde(skip)]
+    pub full: SourceVersion,
+}
+
+/// A run in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunEntry {
+    /// The short run ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// The short node ID.
+    pub node: String,
+    /// The command.
+    pub command: crate::Command,
+    /// The node's labels.
+    pub labels: Vec<String>,
+    /// Who ran it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Its status.
+    pub status: crate::RunStatus,
+    /// When it started (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    /// When it ended (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+    /// Short IDs of its input versions.
+    pub inputs: Vec<String>,
+    /// Short IDs of its output versions.
+    pub outputs: Vec<String>,
+    /// The digest of its record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+    /// The full record.
+    #[serde(skip)]
+    pub full: RunRecord,
+}
+
+/// An out-of-band relation (`dkt source link`): asserted by a user, not computed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkEntry {
+    /// Always `"asserted"`.
+    pub relation: &'static str,
+    /// `SOURCE:SHORTID` of the first version.
+    pub from: String,
+    /// `SOURCE:SHORTID` of the second version.
+    pub to: String,
+    /// The link.
+    #[serde(skip)]
+    pub full: Link,
+}
+
+/// One entry of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Entry {
+    /// A version.
+    Version(VersionEntry),
+    /// A run.
+    Run(RunEntry),
+    /// A link.
+    Link(LinkEntry),
+}
+
+/// Everything an artifact was made from (or, downstream, everything made from it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// What the manifest is about.
+    pub target: Target,
+    /// Upstream or downstream.
+    pub downstream: bool,
+    /// The entries, in a deterministic order (upstream: ancestors first).
+    pub entries: Vec<Entry>,
+    /// The digest of the target's record: it covers the whole ancestry by the hash chain.
+    pub root_digest: Option<String>,
+}
+
+struct Walker<'a> {
+    project: &'a Project,
+    snap: Snapshot,
+    sources: BTreeMap<Name, Option<SourceSpec>>,
+    links: Option<Vec<Link>>,
+    seen_versions: BTreeSet<SourceVersion>,
+    seen_runs: BTreeSet<RunId>,
+    entries: Vec<Entry>,
+}
+
+fn rfc3339(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+impl<'a> Walker<'a> {
+    fn new(project: &'a Project) -> Result<Self> {
+        Ok(Walker {
+            project,
+            snap: project.store().snapshot()?,
+            sources: BTreeMap::new(),
+            links: None,
+            seen_versions: BTreeSet::new(),
+            seen_runs: BTreeSet::new(),
+            entries: Vec::new(),
+        })
+    }
+
+    fn source(&mut self, name: &Name) -> Result<Option<SourceSpec>> {
+        if let Some(s) = self.sources.get(name) {
+            return Ok(s.clone());
+        }
+        let s = match read_source(&self.snap, name) {
+            Ok(s) => Some(s),
+            Err(Error::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        self.sources.insert(name.clone(), s.clone());
+        Ok(s)
+    }
+
+    fn links(&mut self) -> Result<Vec<Link>> {
+        if self.links.is_none() {
+            let mut l: Vec<Link> = self.snap.read_dir_json("links")?;
+            l.sort_by(|a, b| (&a.from, &a.to).cmp(&(&b.from, &b.to)));
+            self.links = Some(l);
+        }
+        Ok(self.links.clone().unwrap_or_default())
+    }
+
+    fn version_record(&self, sv: &SourceVersion) -> Result<Option<VersionRecord>> {
+        self.snap.read_json(&paths::version(&sv.source, &sv.version))
+    }
+
+    fn run_record(&self, id: &RunId) -> Result<RunRecord> {
+        self.snap
+            .read_json(&paths::run(id))?
+            .ok_or_else(|| Error::corrupt(format!("run record {} is missing", paths::run(id))))
+    }
+
+    fn version_entry(&mut self, sv: &SourceVersion, rec: &Option<VersionRecord>) -> Result<VersionEntry> {
+        let spec = self.source(&sv.source)?;
+        let kind = spec.as_ref().map(|s| s.kind.clone()).unwrap_or_else(|| "-".into());
+        let is_commit = sv.version.algo() == crate::Algo::Sha1 && kind == "git";
+        Ok(VersionEntry {
+            id: sv.version.short().to_owned(),
+            source: sv.source.clone(),
+            url: spec.as_ref().map(|s| s.location.clone()).unwrap_or_else(|| "-".into()),
+            kind,
+            commit: is_commit.then(|| sv.version.to_string()),
+            digest: (!is_commit).then(|| sv.version.to_string()),
+            inputs: rec
+                .as_ref()
+                .map(|r| r.inputs.iter().map(|i| i.version.short().to_owned()).collect())
+                .unwrap_or_default(),
+            run: rec.as_ref().and_then(|r| r.run.map(|r| r.short())),
+            record: rec.as_ref().and_then(|r| r.digest.clone()),
+            full: sv.clone(),
+        })
+    }
+
+    fn run_entry(&self, run: &RunRecord) -> Result<RunEntry> {
+        let node: Option<NodeSpec> = self.snap.read_json(&paths::node(&run.node))?;
+        Ok(RunEntry {
+            id: run.id.short(),
+            node: run.node.short(),
+            command: node
+                .as_ref()
+                .map(|n| n.command.clone())
+                .unwrap_or(crate::Command::Argv(Vec::new())),
+            labels: node.map(|n| n.labels).unwrap_or_default(),
+            worker: run.worker.clone(),
+            status: self.project.effective_status(run),
+            started: run.started_ms.map(rfc3339),
+            ended: run.ended_ms.map(rfc3339),
+            inputs: run.inputs.iter().map(|i| i.version.short().to_owned()).collect(),
+            outputs: run.outputs.iter().map(|o| o.version.short().to_owned()).collect(),
+            record: run.digest.clone(),
+            full: run.clone(),
+        })
+    }
+
+    /// Ancestors first (post-order), inputs in source order.
+    fn up_version(&mut self, sv: &SourceVersion) -> Result<()> {
+        if !self.seen_versions.insert(sv.clone()) {
+            return Ok(());
+        }
+        let rec = self.version_record(sv)?;
+        if let Some(run) = rec.as_ref().and_then(|r| r.run) {
+            self.up_run(&run)?;
+        }
+        for link in self.links()? {
+            if &link.to == sv {
+                self.up_version(&link.from)?;
+            }
+        }
+        let entry = self.version_entry(sv, &rec)?;
+        self.entries.push(Entry::Version(entry));
+        for link in self.links()? {
+            if &link.to == sv {
+                self.push_link(link);
+            }
+        }
+        Ok(())
+    }
+
+    fn push_link(&mut self, link: Link) {
+        self.entries.push(Entry::Link(LinkEntry {
+            relation: "asserted",
+            from: format!("{}:{}", link.from.source, link.from.version.short()),
+            to: format!("{}:{}", link.to.source, link.to.version.short()),
+            full: link,
+        }));
+    }
+
+    fn up_run(&mut self, id: &RunId) -> Result<()> {
+        if !self.seen_runs.insert(*id) {
+            return Ok(());
+        }
+        let run = self.run_record(id)?;
+        for i in &run.inputs {
+            self.up_version(i)?;
+        }
+        let e = self.run_entry(&run)?;
+        self.entries.push(Entry::Run(e));
+        Ok(())
+    }
+
+    /// Descendants after (pre-order).
+    fn down_version(&mut self, sv: &SourceVersion) -> Result<()> {
+        if !self.seen_versions.insert(sv.clone()) {
+            return Ok(());
+        }
+        let rec = self.version_record(sv)?;
+        let entry = self.version_entry(sv, &rec)?;
+        self.entries.push(Entry::Version(entry));
+        let dir = format!("consumers/{}/{}-{}", sv.source, sv.version.algo(), sv.version.hex());
+        let runs: Vec<RunRecord> = self.snap.read_dir_json(&dir)?;
+        for run in runs {
+            self.down_run(&run)?;
+        }
+        for link in self.links()? {
+            if &link.from == sv {
+                self.push_link(link.clone());
+                self.down_version(&link.to)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn down_run(&mut self, run: &RunRecord) -> Result<()> {
+        if !self.seen_runs.insert(run.id) {
+            return Ok(());
+        }
+        let e = self.run_entry(run)?;
+        self.entries.push(Entry::Run(e));
+        for o in &run.outputs {
+            self.down_version(o)?;
+        }
+        Ok(())
+    }
+}
+
+impl Project {
+    /// Resolve what `dkt inspect`/`dkt verify` were given: `SRC:ID` (any unique prefix),
+    /// a node ID or a run ID (prefixes of at least 4 digits).
+    pub async fn resolve_target(&self, what: &str) -> Result<Target> {
+        if what.contains(':') {
+            return self.resolve_source_version(what).await.map(Target::Version);
+        }
+        let run = self.run_record(what);
+        let node = self.node(what);
+        match (run, node) {
+            (Ok(r), Err(_)) => Ok(Target::Run(r.id)),
+            (Err(_), Ok((n, _))) => Ok(Target::Node(n)),
+            (Ok(r), Ok((n, _))) => Err(Error::Ambiguous {
+                what: "ID",
+                prefix: what.to_owned(),
+                matches: vec![format!("run {}", r.id.short()), format!("node {}", n.short())],
+            }),
+            (Err(e @ Error::Invalid { .. }), Err(_)) => Err(Error::invalid(
+                "inspect target",
+                what,
+                format!("expected SOURCE:VERSION, a node ID or a run ID ({e})"),
+            )),
+            (Err(_), Err(_)) => Err(Error::NotFound {
+                what: "node or run",
+                name: what.to_owned(),
+                hint: " (give SOURCE:VERSION for a version)".into(),
+            }),
+        }
+    }
+
+    /// The provenance manifest of `what` (see [`Project::resolve_target`]).
+    pub async fn inspect(&self, what: &str, options: InspectOptions) -> Result<Manifest> {
+        let target = self.resolve_target(what).await?;
+        self.manifest(target, options)
+    }
+
+    /// The provenance manifest of a resolved target. Reads only the records on the
+    /// target's ancestry (or descendants): never every record of the project.
+    pub fn manifest(&self, target: Target, options: InspectOptions) -> Result<Manifest> {
+        let mut w = Walker::new(self)?;
+        let root_digest;
+        match &target {
+            Target::Version(sv) => {
+                root_digest = w.version_record(sv)?.and_then(|r| r.digest);
+                if options.downstream {
+                    w.down_version(sv)?;
+                } else {
+                    w.up_version(sv)?;
+                }
+            }
+            Target::Run(id) => {
+                let run = w.run_record(id)?;
+                root_digest = run.digest.clone();
+                if options.downstream {
+                    w.down_run(&run)?;
+                } else {
+                    w.up_run(id)?;
+                    for o in &run.outputs {
+                        let rec = w.version_record(o)?;
+                        if w.seen_versions.insert(o.clone()) {
+                            let e = w.version_entry(o, &rec)?;
+                            w.entries.push(Entry::Version(e));
+                        }
+                    }
+                }
+            }
+            Target::Node(id) => {
+                root_digest = None;
+                let runs = self.node_runs(id)?;
+                for run in runs.iter().rev() {
+                    if options.downstream {
+                        w.down_run(run)?;
+                    } else {
+                        w.up_run(&run.id)?;
+                    }
+                }
+            }
+        }
+        Ok(Manifest {
+            target,
+            downstream: options.downstream,
+            entries: w.entries,
+            root_digest,
+        })
+    }
+
+    /// Check an artifact's provenance against the records and the data: every record's
+    /// own digest, every link of the hash chain, node IDs and run IDs recomputed, and
+    /// every version whose content can still be read re-hashed.
+    pub async fn verify(&self, what: &str) -> Result<VerifyReport> {
+        let target = self.resolve_target(what).await?;
+        let manifest = self.manifest(target, InspectOptions::new())?;
+        let snap = self.store().snapshot()?;
+        let mut report = VerifyReport {
+            target: manifest.target.to_string(),
+            checks: Vec::new(),
+        };
+        let mut digests: BTreeMap<SourceVersion, Option<String>> = BTreeMap::new();
+        for entry in &manifest.entries {
+            match entry {
+                Entry::Version(v) => {
+                    let subject = format!("{}:{}", v.full.source, v.full.version.short());
+                    let path = paths::version(&v.full.source, &v.full.version);
+                    let rec: Option<VersionRecord> = snap.read_json(&path)?;
+                    match &rec {
+                        Some(r) => {
+                            report.record(&subject, "record digest", r.digest.clone().unwrap_or_default(), r.computed_digest());
+                            report.record(&subject, "record names its version", v.full.to_string(), format!("{}:{}", r.source, r.version));
+                            digests.insert(v.full.clone(), r.digest.clone());
+                            if let Some(run_id) = r.run {
+                                let run: Option<RunRecord> = snap.read_json(&paths::run(&run_id))?;
+                                let found = run.and_then(|r| r.digest).unwrap_or_else(|| "missing run record".into());
+                                report.record(&subject, "producing run's digest", r.run_digest.clone().unwrap_or_default(), found);
+                            }
+                        }
+                        None => report.skip(&subject, "record", "no record (a version dtk did not poll or produce)"),
+                    }
+                    let spec = snap.read_json::<SourceSpec>(&paths::source(&v.full.source))?;
+                    match spec {
+                        Some(spec) => match self.open_source(&spec) {
+                            Ok(source) => match source.verify(&v.full.version).await {
+                                Ok(Verification::Verified) => report.ok(&subject, "content"),
+                                Ok(Verification::Mismatch { expected, found }) => {
+                                    report.record(&subject, "content", expected.to_string(), found.to_string())
+                                }
+                                Ok(Verification::Unavailable(why)) => report.skip(&subject, "content", &why),
+                                Err(e) => report.skip(&subject, "content", &crate::project::error_chain(&e)),
+                            },
+                            Err(e) => report.skip(&subject, "content", &e.to_string()),
+                        },
+                        None => report.skip(&subject, "content", "the source was removed"),
+                    }
+                }
+                Entry::Run(r) => {
+                    let subject = format!("run {}", r.full.id.short());
+                    let run = &r.full;
+                    report.record(&subject, "record digest", run.digest.clone().unwrap_or_default(), run.computed_digest());
+                    report.record(
+                        &subject,
+                        "run ID",
+                        run.id.to_hex(),
+                        RunId::compute(&run.node, &run.inputs, run.attempt).to_hex(),
+                    );
+                    let node: Option<NodeSpec> = snap.read_json(&paths::node(&run.node))?;
+                    match node {
+                        Some(n) => report.record(&subject, "node ID", run.node.to_hex(), n.id().to_hex()),
+                        None => report.record(&subject, "node ID", run.node.to_hex(), "missing node record".into()),
+                    }
+                    for (i, input) in run.inputs.iter().enumerate() {
+                        let expected = run.input_digests.get(i).cloned().unwrap_or_default();
+                        if expected.is_empty() {
+                            continue;
+                        }
+                        let found = match digests.get(input) {
+                            Some(d) => d.clone(),
+                            None => snap
+                                .read_json::<VersionRecord>(&paths::version(&input.source, &input.version))?
+                                .and_then(|r| r.digest),
+                        };
+                        report.record(
+                            &subject,
+                            &format!("input {}:{} digest", input.source, input.version.short()),
+                            expected,
+                            found.unwrap_or_else(|| "missing version record".into()),
+                        );
+                    }
+                }
+                Entry::Link(_) => {}
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// One check of [`Project::verify`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// What was checked (`tests:9b3e1c07`, `run 5f1c0a9e`).
+    pub subject: String,
+    /// Which check.
+    pub check: String,
+    /// `ok`, `mismatch` or `skipped`.
+    pub result: &'static str,
+    /// For mismatches: what was recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    /// For mismatches: what was found; for skips: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub found: Option<String>,
+}
+
+/// What [`Project::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// The artifact.
+    pub target: String,
+    /// Every check, in manifest order.
+    pub checks: Vec<Check>,
+}
+
+impl VerifyReport {
+    fn record(&mut self, subject: &str, check: &str, expected: String, found: String) {
+        let ok = expected == found;
+        self.checks.push(Check {
+            subject: subject.to_owned(),
+            check: check.to_owned(),
+            result: if ok { "ok" } else { "mismatch" },
+            expected: (!ok).then_some(expected),
+            found: (!ok).then_some(found),
+        });
+    }
+    fn ok(&mut self, subject: &str, check: &str) {
+        self.record(subject, check, String::new(), String::new());
+    }
+    fn skip(&mut self, subject: &str, check: &str, why: &str) {
+        self.checks.push(Check {
+            subject: subject.to_owned(),
+            check: check.to_owned(),
+            result: "skipped",
+            expected: None,
+            found: Some(why.to_owned()),
+        });
+    }
+    /// The mismatches.
+    pub fn mismatches(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|c| c.result == "mismatch")
+    }
+    /// True when nothing mismatched.
+    pub fn is_ok(&self) -> bool {
+        self.mismatches().next().is_none()
+    }
+}
+
+fn dot_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Manifest {
+    /// The entries as the JSON array of the design's manifest.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.entries).unwrap_or_default()
+    }
+
+    /// The graph in Graphviz dot: versions as ellipses labelled `source:short`, runs as
+    /// boxes, asserted links dashed.
+    pub fn to_dot(&self) -> String {
+        let vid = |sv: &SourceVersion| format!("v_{}_{}", sv.version.algo(), sv.version.hex());
+        let mut out = String::from("digraph provenance {\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n");
+        let mut present: BTreeSet<String> = BTreeSet::new();
+        for e in &self.entries {
+            match e {
+                Entry::Version(v) => {
+                    let id = vid(&v.full);
+                    present.insert(id.clone());
+                    out.push_str(&format!(
+                        "  \"{id}\" [shape=ellipse, label=\"{}:{}\\n{}\"];\n",
+                        dot_escape(v.full.source.as_str()),
+                        v.id,
+                        dot_escape(&v.kind)
+                    ));
+                }
+                Entry::Run(r) => {
+                    let id = format!("r_{}", r.full.id.to_hex());
+                    present.insert(id.clone());
+                    out.push_str(&format!(
+                        "  \"{id}\" [shape=box, style=filled, fillcolor=\"#eeeeee\", label=\"node {}\\nrun {} ({})\"];\n",
+                        r.node, r.id, r.status
+                    ));
+                }
+                Entry::Link(_) => {}
+            }
+        }
+        for e in &self.entries {
+            match e {
+                Entry::Run(r) => {
+                    let id = format!("r_{}", r.full.id.to_hex());
+                    for i in &r.full.inputs {
+                        if present.contains(&vid(i)) {
+                            out.push_str(&format!("  \"{}\" -> \"{id}\";\n", vid(i)));
+                        }
+                    }
+                    for o in &r.full.outputs {
+                        if present.contains(&vid(o)) {
+                            out.push_str(&format!("  \"{id}\" -> \"{}\";\n", vid(o)));
+                        }
+                    }
+                }
+                Entry::Link(l) => {
+                    let (a, b) = (vid(&l.full.from), vid(&l.full.to));
+                    if present.contains(&a) && present.contains(&b) {
+                        out.push_str(&format!("  \"{a}\" -> \"{b}\" [style=dashed, label=\"asserted\"];\n"));
+                    }
+                }
+                Entry::Version(_) => {}
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    fn target_version(&self) -> Result<&VersionEntry> {
+        let Target::Version(sv) = &self.target else {
+            return Err(Error::invalid("export target", self.target.to_string(), "exports describe a version: give SOURCE:VERSION"));
+        };
+        self.entries
+            .iter()
+            .find_map(|e| match e {
+                Entry::Version(v) if &v.full == sv => Some(v),
+                _ => None,
+            })
+            .ok_or_else(|| Error::not_found("version", sv.to_string()))
+    }
+
+    fn run(&self, id: &RunId) -> Option<&RunEntry> {
+        self.entries.iter().find_map(|e| match e {
+            Entry::Run(r) if &r.full.id == id => Some(r),
+            _ => None,
+        })
+    }
+
+    fn kind_of(&self, sv: &SourceVersion) -> (String, String) {
+        self.entries
+            .iter()
+            .find_map(|e| match e {
+                Entry::Version(v) if &v.full == sv => Some((v.kind.clone(), v.url.clone())),
+                _ => None,
+            })
+            .unwrap_or_else(|| ("-".into(), "-".into()))
+    }
+
+    /// An in-toto Statement (v1) with a SLSA Provenance v1 predicate for the target
+    /// version, which must have been produced by a run.
+    pub fn to_slsa(&self, project: &Project) -> Result<serde_json::Value> {
+        let v = self.target_version()?;
+        let snap = project.store().snapshot()?;
+        let rec: VersionRecord = snap
+            .read_json(&paths::version(&v.full.source, &v.full.version))?
+            .ok_or_else(|| Error::not_found("version record", v.full.to_string()))?;
+        let run_id = rec.run.ok_or_else(|| {
+            Error::invalid(
+                "export target",
+                v.full.to_string(),
+                "this version was not produced by a run (it is a global source's version): it has no build to describe",
+            )
+        })?;
+        let run = self
+            .run(&run_id)
+            .ok_or_else(|| Error::corrupt(format!("run {} is missing from the manifest", run_id.short())))?;
+        let digest = |sv: &SourceVersion| {
+            let (kind, _) = self.kind_of(sv);
+            let key = if kind == "git" && sv.version.algo() == crate::Algo::Sha1 {
+                "gitCommit".to_owned()
+            } else {
+                sv.version.algo().to_string()
+            };
+            json!({ key: sv.version.hex() })
+        };
+        let deps: Vec<_> = run
+            .full
+            .inputs
+            .iter()
+            .map(|i| {
+                let (kind, url) = self.kind_of(i);
+                let uri = if kind == "git" { format!("git+{url}@{}", i.version.hex()) } else { url };
+                json!({ "name": i.source, "uri": uri, "digest": digest(i),
+                        "annotations": { "dtk.kind": kind, "dtk.version": i.version.to_string() } })
+            })
+            .collect();
+        let node: Option<NodeSpec> = snap.read_json(&paths::node(&run.full.node))?;
+        let mut metadata = json!({ "invocationId": run.full.id.to_hex() });
+        if let Some(t) = run.full.started_ms {
+            metadata["startedOn"] = json!(rfc3339(t));
+        }
+        if let Some(t) = run.full.ended_ms {
+            metadata["finishedOn"] = json!(rfc3339(t));
+        }
+        Ok(json!({
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [ { "name": format!("{}:{}", v.full.source, v.full.version), "digest": digest(&v.full) } ],
+            "predicateType": "https://slsa.dev/provenance/v1",
+            "predicate": {
+                "buildDefinition": {
+                    "buildType": "https://github.com/dtk-project/dtk/node-run/v1",
+                    "externalParameters": {
+                        "node": run.full.node.to_hex(),
+                        "command": node.as_ref().map(|n| &n.command),
+                        "inputs": run.full.inputs.iter().map(|i| i.source.as_str()).collect::<Vec<_>>(),
+                        "outputs": run.full.outputs.iter().map(|o| o.source.as_str()).collect::<Vec<_>>(),
+                    },
+                    "internalParameters": { "labels": node.as_ref().map(|n| &n.labels), "attempt": run.full.attempt },
+                    "resolvedDependencies": deps,
+                },
+                "runDetails": {
+                    "builder": { "id": format!("https://github.com/dtk-project/dtk/worker/{}", run.full.worker.as_deref().unwrap_or("unknown")) },
+                    "metadata": metadata,
+                }
+            }
+        }))
+    }
+
+    /// A W3C PROV-JSON document: versions are entities, runs activities, with `used`,
+    /// `wasGeneratedBy`, `wasDerivedFrom` and (for asserted links) `wasInfluencedBy`.
+    pub fn to_prov(&self) -> serde_json::Value {
+        let ent = |sv: &SourceVersion| {
+            let safe: String = sv
+                .source
+                .as_str()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+                .collect();
+            format!("dtk:{safe}.{}.{}", sv.version.algo(), sv.version.hex())
+        };
+        let act = |r: &RunId| format!("dtk:run.{}", r.to_hex());
+        let mut entity = serde_json::Map::new();
+        let mut activity = serde_json::Map::new();
+        let mut used = serde_json::Map::new();
+        let mut generated = serde_json::Map::new();
+        let mut derived = serde_json::Map::new();
+        let mut influenced = serde_json::Map::new();
+        let mut n = 0;
+        let mut next = |p: &str| {
+            n += 1;
+            format!("_:{p}{n}")
+        };
+        for e in &self.entries {
+            match e {
+                Entry::Version(v) => {
+                    entity.insert(
+                        ent(&v.full),
+                        json!({ "prov:label": format!("{}:{}", v.full.source, v.id),
+                                "dtk:source": v.full.source, "dtk:kind": v.kind,
+                                "dtk:location": v.url, "dtk:version": v.full.version.to_string() }),
+                    );
+                }
+                Entry::Run(r) => {
+                    let mut a = json!({ "prov:label": format!("run {} of node {}", r.id, r.node),
+                                        "dtk:node": r.full.node.to_hex(), "dtk:status": r.status.to_string() });
+                    if let Some(t) = r.full.started_ms {
+                        a["prov:startTime"] = json!(rfc3339(t));
+                    }
+                    if let Some(t) = r.full.ended_ms {
+                        a["prov:endTime"] = json!(rfc3339(t));
+                    }
+                    activity.insert(act(&r.full.id), a);
+                    for i in &r.full.inputs {
+                        used.insert(next("u"), json!({ "prov:activity": act(&r.full.id), "prov:entity": ent(i) }));
+                    }
+                    for o in &r.full.outputs {
+                        generated.insert(next("g"), json!({ "prov:entity": ent(o), "prov:activity": act(&r.full.id) }));
+                        for i in &r.full.inputs {
+                            derived.insert(
+                                next("d"),
+                                json!({ "prov:generatedEntity": ent(o), "prov:usedEntity": ent(i), "prov:activity": act(&r.full.id) }),
+                            );
+                        }
+                    }
+                }
+                Entry::Link(l) => {
+                    influenced.insert(
+                        next("l"),
+                        json!({ "prov:influencee": ent(&l.full.to), "prov:influencer": ent(&l.full.from), "dtk:relation": "asserted" }),
+                    );
+                }
+            }
+        }
+        // Entities referenced by runs but outside the manifest (downstream views).
+        let mut doc = json!({
+            "prefix": { "dtk": "https://github.com/dtk-project/dtk/ns#" },
+            "entity": entity,
+        });
+        for (k, v) in [
+            ("activity", activity),
+            ("used", used),
+            ("wasGeneratedBy", generated),
+            ("wasDerivedFrom", derived),
+            ("wasInfluencedBy", influenced),
+        ] {
+            if !v.is_empty() {
+                doc[k] = serde_json::Value::Object(v);
+            }
+        }
+        doc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_formats() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::rfc3339(1_764_170_000_123), "2025-11-26T15:13:20.123Z");
+        assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,237 @@
+//! The metadata store: round trips, concurrent writers (threads and processes), and a
+//! writer killed with SIGKILL in the middle of commits.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use dtk_core::{Error, Store};
+
+fn counter(store: &Store) -> u64 {
+    store
+        .snapshot()
+        .unwrap()
+        .read("counter")
+        .unwrap()
+        .map(|b| String::from_utf8(b).unwrap().trim().parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// One increment: read the counter, write it plus one, and add a file of our own.
+fn increment(store: &Store, who: &str, i: u64) {
+    store
+        .transact(&format!("increment by {who} #{i}"), |tx| {
+            let n: u64 = tx
+                .read("counter")?
+                .map(|b| String::from_utf8_lossy(&b).trim().parse().unwrap_or(0))
+                .unwrap_or(0);
+            tx.put("counter", format!("{}\n", n + 1).as_bytes())?;
+            tx.put(&format!("writes/{who}-{i}"), b"x")?;
+            Ok(())
+        })
+        .unwrap();
+}
+
+fn git_fsck(git_dir: &Path) {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(git_dir)
+        .args(["fsck", "--strict", "--no-dangling"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git fsck failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn round_trip_and_no_empty_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = dir.path().join(".git");
+    let store = Store::init(&git).unwrap();
+    assert!(matches!(Store::init(&git), Err(Error::AlreadyExists { .. })));
+    let (_, c1) = store
+        .transact("add a", |tx| {
+            tx.put_json("things/a.json", &serde_json::json!({"v": 1}))?;
+            tx.put("things/b.txt", b"bee")?;
+            Ok(())
+        })
+        .unwrap();
+    assert!(c1.is_some());
+    let snap = store.snapshot().unwrap();
+    assert_eq!(snap.read("things/b.txt").unwrap().unwrap(), b"bee");
+    let v: serde_json::Value = snap.read_json("things/a.json").unwrap().unwrap();
+    assert_eq!(v["v"], 1);
+    let names: Vec<String> = snap.list("things").unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["a.json", "b.txt"]);
+    assert!(snap.read("things/missing").unwrap().is_none());
+    assert!(snap.list("nowhere").unwrap().is_empty());
+
+    // Writing what is already there makes no commit.
+    let (_, c2) = store
+        .transact("same again", |tx| {
+            tx.put("things/b.txt", b"bee")?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(c2, None);
+    // An error inside the change leaves the store as it was.
+    let before = store.snapshot().unwrap().commit();
+    let r: Result<((), _), _> = store.transact("fails", |tx| {
+        tx.put("things/c.txt", b"sea")?;
+        Err(Error::Conflict("no".into()))
+    });
+    assert!(r.is_err());
+    assert_eq!(store.snapshot().unwrap().commit(), before);
+
+    // Removal, and the history is git's own log.
+    store
+        .transact("remove b", |tx| {
+            tx.remove("things/b.txt");
+            Ok(())
+        })
+        .unwrap();
+    assert!(store.snapshot().unwrap().read("things/b.txt").unwrap().is_none());
+    let log = Command::new("git")
+        .arg("--git-dir")
+        .arg(&git)
+        .args(["log", "--format=%s"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8(log.stdout).unwrap();
+    assert_eq!(log, "remove b\nadd a\ninit: empty Datakit project\n");
+    let hist: Vec<String> = store.history(10).unwrap().into_iter().map(|(_, m)| m).collect();
+    assert_eq!(hist, ["remove b", "add a", "init: empty Datakit project"]);
+    git_fsck(&git);
+}
+
+#[test]
+fn corrupt_record_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(&dir.path().join(".git")).unwrap();
+    store
+        .transact("bad", |tx| {
+            tx.put("sources/x.json", b"{not json")?;
+            Ok(())
+        })
+        .unwrap();
+    let e = store
+        .snapshot()
+        .unwrap()
+        .read_json::<serde_json::Value>("sources/x.json")
+        .unwrap_err();
+    assert!(e.to_string().contains("sources/x.json"), "{e}");
+}
+
+#[test]
+fn concurrent_threads_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(&dir.path().join(".git")).unwrap();
+    let threads = 8;
+    let per = 25;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let store = store.clone();
+            s.spawn(move || {
+                for i in 0..per {
+                    increment(&store, &format!("t{t}"), i);
+                }
+            });
+        }
+    });
+    assert_eq!(counter(&store), threads * per);
+    assert_eq!(
+        store.snapshot().unwrap().list("writes").unwrap().len() as u64,
+        threads * per
+    );
+    git_fsck(store.git_dir());
+}
+
+/// Child mode for the multi-process tests: does nothing unless DTK_STORE_CHILD is set.
+#[test]
+fn child_writer() {
+    let Ok(git) = std::env::var("DTK_STORE_CHILD") else {
+        return;
+    };
+    let n: u64 = std::env::var("DTK_STORE_N").unwrap().parse().unwrap();
+    let store = Store::open(Path::new(&git)).unwrap();
+    let me = std::process::id().to_string();
+    for i in 0..n {
+        increment(&store, &me, i);
+    }
+}
+
+fn spawn_child(git: &Path, n: u64) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
+        .env("DTK_STORE_CHILD", git)
+        .env("DTK_STORE_N", n.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn concurrent_processes_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = dir.path().join(".git");
+    let store = Store::init(&git).unwrap();
+    let procs = 4;
+    let per = 40;
+    let children: Vec<_> = (0..procs).map(|_| spawn_child(&git, per)).collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    assert_eq!(counter(&store), procs * per);
+    let commits = store.history(usize::MAX).unwrap().len() as u64;
+    assert_eq!(commits, procs * per + 1, "one commit per change, plus init");
+    git_fsck(&git);
+}
+
+#[test]
+fn sigkill_mid_commit_leaves_a_readable_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = dir.path().join(".git");
+    let store = Store::init(&git).unwrap();
+    for round in 0..6u64 {
+        let mut child = spawn_child(&git, 100_000);
+        // Let it commit for a while, then kill it at an arbitrary point.
+        std::thread::sleep(Duration::from_millis(150 + round * 37));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Whatever it managed, the store reads, and the counter agrees with the records.
+        let snap = store.snapshot().unwrap();
+        let writes = snap.list("writes").unwrap().len() as u64;
+        assert_eq!(counter(&store), writes);
+        git_fsck(&git);
+    }
+    // A new writer gets through even if the kill left a lock behind (stale-lock recovery).
+    let start = Instant::now();
+    increment(&store, "after", 0);
+    assert!(start.elapsed() < Duration::from_secs(60));
+    let writes = store.snapshot().unwrap().list("writes").unwrap().len() as u64;
+    assert_eq!(counter(&store), writes);
+}
+
+#[test]
+fn stale_lock_is_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = dir.path().join(".git");
+    let store = Store::init(&git).unwrap();
+    let lock = git.join("refs/heads/main.lock");
+    std::fs::write(&lock, b"").unwrap();
+    // Age the lock as if its process died long ago.
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&lock)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    increment(&store, "x", 0);
+    assert_eq!(counter(&store), 1);
+    assert!(!lock.exists());
+}

@@ -1,0 +1,548 @@
+//! The `git` kind (and its `github` shortcut): a branch, tag or commit of a git
+//! repository, optionally limited to a sub-path.
+//!
+//! ```text
+//! dkt source add data /path/to/repo               # local repository, default branch
+//! dkt source add data https://host/repo.git -t v1  # a tag
+//! dkt source add code -k github rust-lang/rust     # https://github.com/rust-lang/rust
+//! dkt source add docs code -p src/doc              # only what changes under src/doc
+//! ```
+//!
+//! - **Locations**: `https://`, `http://` (with the `https` cargo feature), `ssh://`,
+//!   `git://`, `file://` URLs, scp-like `user@host:path`, and local paths (made absolute).
+//!   With kind `github`, `USER/REPO` stands for `https://github.com/USER/REPO`; the kind
+//!   is then stored as `git`.
+//! - **Mirror**: every location is fetched into one bare mirror under
+//!   `<cache>/git/<md5 of the location>` (all branches and tags), shared by the sources
+//!   and processes that follow it. [`Source::latest`] fetches; the other operations read
+//!   the mirror (and fetch only when it is missing or lacks a requested commit).
+//! - **Tags**: the tag is a branch, a tag (annotated tags peel to their commit) or a commit
+//!   id (full, or at least 4 hex digits). The default is the remote's default branch.
+//! - **Versions**: `sha1:` commit ids. [`Source::versions`] lists the commits reachable from
+//!   the tag, in `git log` order (see [`walk`](self) notes below); with a sub-path only the
+//!   commits that changed it, as `git log -- PATH` lists them.
+//! - **Tokens**: the `GITHUB_TOKEN` secret is sent, as an HTTP `Authorization` header, to
+//!   `https://github.com` only; it never appears in a spec, an error, a log line or a
+//!   `Debug` output.
+//!
+//! Log order: git's default order is a queue on the committer timestamp where ties go to
+//! the commit queued first; gix's own time sort breaks ties differently, so this kind walks
+//! commits itself. With a path it follows git's default history simplification (a merge
+//! that is TREESAME to a parent follows only that parent). See `docs/git-kind.md`.
+
+mod location;
+mod mirror;
+mod tree;
+mod walk;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use dtk_core::source::not_supported;
+use dtk_core::{
+    Algo, Capabilities, Context, Error, Fields, Kind, NewSource, Result, Source, SourceSpec,
+    Version, VersionInfo,
+};
+use gix::ObjectId;
+
+use location::redact_url;
+use mirror::Mirror;
+
+/// The kind's name, stored in every spec.
+const KIND: &str = "git";
+/// The alias that expands `USER/REPO`.
+const GITHUB: &str = "github";
+
+/// The `git` kind, with its `github` alias. Register it into a [`dtk_core::Registry`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GitKind;
+
+fn capabilities() -> Capabilities {
+    Capabilities::none()
+        .with_history(true)
+        .with_subpath(true)
+        .with_tags(true)
+}
+
+fn backend(
+    name: &str,
+    message: impl Into<String>,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    Error::Backend {
+        kind: KIND.to_owned(),
+        source_name: name.to_owned(),
+        message: message.into(),
+        source: Some(Box::new(e)),
+    }
+}
+
+/// Run blocking work off the async threads.
+async fn blocking<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| backend(name, "a background task failed", e))?
+}
+
+#[async_trait]
+impl Kind for GitKind {
+    fn name(&self) -> &'static str {
+        KIND
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &[GITHUB]
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    fn infer(&self, location: &str) -> Option<u8> {
+        location::infer(location)
+    }
+
+    async fn resolve(&self, ctx: &Context, new: NewSource) -> Result<SourceSpec> {
+        let name = new.name.as_str().to_owned();
+        let given = new.location.as_deref().ok_or_else(|| {
+            Error::invalid(
+                "location",
+                "",
+                "a git source needs a location (a URL or a local repository)",
+            )
+        })?;
+        let normalized = if new.kind.eq_ignore_ascii_case(GITHUB) {
+            let url = location::expand_github(given.trim())?;
+            location::normalize(&url, &ctx.cwd)?
+        } else {
+            location::normalize(given, &ctx.cwd)?
+        };
+        if let Some(dir) = &normalized.local {
+            if !dir.exists() {
+                return Err(Error::NotFound {
+                    what: "git repository",
+                    name: dir.display().to_string(),
+                    hint: String::new(),
+                });
+            }
+            if !location::is_local_repository(dir) {
+                return Err(Error::invalid(
+                    "git location",
+                    dir.display().to_string(),
+                    "not a git repository",
+                ));
+            }
+        }
+        let mirror = Mirror::new(
+            &ctx.cache_dir,
+            &normalized.location,
+            ctx.secrets.get(dtk_core::config::GITHUB_TOKEN),
+            ctx.network_timeout,
+        );
+        mirror.fetch(KIND, &name).await?;
+        let tag = new.tag.clone();
+        let path = new.path.clone();
+        let m = mirror.clone();
+        let n = name.clone();
+        let tag = blocking(&name, move || {
+            let repo = m.open().map_err(|e| open_error(&n, &m, e))?;
+            let tag = match tag {
+                Some(t) => t,
+                None => default_branch(&repo, &n, &m)?,
+            };
+            let commit = resolve_tag(&repo, &n, &m, &tag)?;
+            if let Some(p) = &path {
+                let tree = commit_tree(&repo, &n, commit)?;
+                let found = tree::lookup(&repo.objects, repo.object_hash(), tree, p)
+                    .map_err(|e| backend(&n, format!("cannot read commit {commit}"), e))?;
+                if found.is_none() {
+                    return Err(Error::NotFound {
+                        what: "path",
+                        name: p.clone(),
+                        hint: format!(" in {} at {tag} ({commit})", redact_url(&m.location)),
+                    });
+                }
+            }
+            Ok(tag)
+        })
+        .await?;
+        let mut spec = SourceSpec::new(new.name, KIND, normalized.location);
+        spec.tag = Some(tag);
+        spec.path = new.path;
+        Ok(spec)
+    }
+
+    fn open(&self, ctx: &Context, spec: &SourceSpec) -> Result<Arc<dyn Source>> {
+        Ok(Arc::new(GitSource::new(ctx, spec)))
+    }
+}
+
+type Reachable = Option<(ObjectId, Arc<gix::hashtable::HashSet<ObjectId>>)>;
+
+fn lock(r: &Mutex<Reachable>) -> std::sync::MutexGuard<'_, Reachable> {
+    match r.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// A source of kind `git`: one tag (and optionally one sub-path) of one location.
+#[derive(Debug, Clone)]
+pub struct GitSource {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    spec: SourceSpec,
+    mirror: Mirror,
+    /// The commits reachable from the last tip seen by `materialize`.
+    reachable: Mutex<Reachable>,
+}
+
+impl GitSource {
+    /// The source of `spec`, with its mirror under `ctx.cache_dir`. Does no I/O.
+    pub fn new(ctx: &Context, spec: &SourceSpec) -> Self {
+        let mirror = Mirror::new(
+            &ctx.cache_dir,
+            &spec.location,
+            ctx.secrets.get(dtk_core::config::GITHUB_TOKEN),
+            ctx.network_timeout,
+        );
+        GitSource {
+            inner: Arc::new(Inner {
+                spec: spec.clone(),
+                mirror,
+                reachable: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The directory of the bare mirror this source reads (it may not exist yet).
+    pub fn mirror_dir(&self) -> &Path {
+        &self.inner.mirror.dir
+    }
+
+    fn name(&self) -> &str {
+        self.inner.spec.name.as_str()
+    }
+
+    async fn ensure_mirror(&self) -> Result<()> {
+        if self.inner.mirror.exists() {
+            return Ok(());
+        }
+        self.inner.mirror.fetch(KIND, self.name()).await
+    }
+
+    /// The commit the source's tag names now, with the repository.
+    fn tip(inner: &Inner) -> Result<(gix::Repository, ObjectId)> {
+        let name = inner.spec.name.as_str();
+        let repo = inner.mirror.open().map_err(|e| open_error(name, &inner.mirror, e))?;
+        let tag = match &inner.spec.tag {
+            Some(t) => t.clone(),
+            None => default_branch(&repo, name, &inner.mirror)?,
+        };
+        let tip = resolve_tag(&repo, name, &inner.mirror, &tag)?;
+        Ok((repo, tip))
+    }
+
+    /// Walk from the tip in `git log` order, stopping after `limit` commits.
+    fn log(inner: &Inner, limit: Option<usize>) -> Result<Vec<ObjectId>> {
+        let name = inner.spec.name.as_str();
+        let (repo, tip) = Self::tip(inner)?;
+        let walk_err = |e: walk::WalkError| backend(name, format!("cannot walk the history of {tip}"), e);
+        let mut walk = walk::LogWalk::new(&repo.objects, repo.object_hash(), tip, inner.spec.path.as_deref())
+            .map_err(walk_err)?;
+        let mut out = Vec::new();
+        while limit.is_none_or(|l| out.len() < l) {
+            match walk.next_commit().map_err(walk_err)? {
+                Some(id) => out.push(id),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every commit reachable from `tip` (cached for the last tip).
+    fn reachable(inner: &Inner, repo: &gix::Repository, tip: ObjectId) -> Result<Arc<gix::hashtable::HashSet<ObjectId>>> {
+        if let Some((t, set)) = lock(&inner.reachable).as_ref() {
+            if *t == tip {
+                return Ok(set.clone());
+            }
+        }
+        let name = inner.spec.name.as_str();
+        let walk_err = |e: walk::WalkError| backend(name, format!("cannot walk the history of {tip}"), e);
+        let mut walk = walk::LogWalk::new(&repo.objects, repo.object_hash(), tip, None).map_err(walk_err)?;
+        let mut set = gix::hashtable::HashSet::default();
+        while let Some(id) = walk.next_commit().map_err(walk_err)? {
+            set.insert(id);
+        }
+        let set = Arc::new(set);
+        *lock(&inner.reachable) = Some((tip, set.clone()));
+        Ok(set)
+    }
+
+    fn materialize_blocking(inner: &Inner, commit: ObjectId, version: &Version, scratch: &Path) -> Result<PathBuf> {
+        let name = inner.spec.name.as_str();
+        let (repo, tip) = Self::tip(inner)?;
+        let tag = inner.spec.tag.as_deref().unwrap_or("HEAD");
+        if !Self::reachable(inner, &repo, tip)?.contains(&commit) {
+            return Err(Error::NotFound {
+                what: "version",
+                name: version.to_string(),
+                hint: format!(
+                    ": commit {commit} is not on the history of {tag} in {}",
+                    redact_url(&inner.mirror.location)
+                ),
+            });
+        }
+        let tree = commit_tree(&repo, name, commit)?;
+        let hash = repo.object_hash();
+        let write_err = |e: tree::WriteError| backend(name, format!("cannot write {version} into {}", scratch.display()), e);
+        let (kind, id, dest) = match inner.spec.path.as_deref().filter(|p| !p.is_empty()) {
+            None => (gix::objs::tree::EntryKind::Tree, tree, scratch.to_owned()),
+            Some(p) => {
+                let (kind, id) = tree::lookup(&repo.objects, hash, tree, p)
+                    .map_err(write_err)?
+                    .ok_or_else(|| Error::NotFound {
+                        what: "version",
+                        name: version.to_string(),
+                        hint: format!(": the path {p:?} does not exist in commit {commit}"),
+                    })?;
+                let dest = match kind {
+                    gix::objs::tree::EntryKind::Tree => scratch.to_owned(),
+                    _ => scratch.join(p.rsplit('/').next().unwrap_or(p)),
+                };
+                (kind, id, dest)
+            }
+        };
+        tree::write_entry(&repo.objects, hash, kind, id, &dest).map_err(write_err)?;
+        Ok(dest)
+    }
+}
+
+fn open_error(name: &str, mirror: &Mirror, e: gix::Error) -> Error {
+    backend(
+        name,
+        format!(
+            "cannot open the mirror of {} in {}",
+            redact_url(&mirror.location),
+            mirror.dir.display()
+        ),
+        e,
+    )
+}
+
+fn to_version(id: ObjectId) -> Result<VersionInfo> {
+    Ok(VersionInfo::new(Version::from_bytes(Algo::Sha1, id.as_bytes())?))
+}
+
+/// The commit id a `sha1:` version names.
+fn commit_of(version: &Version) -> Result<ObjectId> {
+    if version.algo() != Algo::Sha1 {
+        return Err(Error::invalid(
+            "version",
+            version.to_string(),
+            "git versions are sha1: commit ids",
+        ));
+    }
+    ObjectId::from_hex(version.hex().as_bytes())
+        .map_err(|_| Error::invalid("version", version.to_string(), "not a commit id"))
+}
+
+/// The branch the mirror's `HEAD` names (the remote's default branch), without `refs/heads/`.
+fn default_branch(repo: &gix::Repository, name: &str, mirror: &Mirror) -> Result<String> {
+    let shown = redact_url(&mirror.location);
+    let head = repo
+        .head_name()
+        .map_err(|e| backend(name, format!("cannot read the default branch of {shown}"), e))?;
+    let Some(head) = head else {
+        return Err(Error::invalid(
+            "git location",
+            shown,
+            "its HEAD is detached: give a tag (-t BRANCH, TAG or COMMIT)",
+        ));
+    };
+    let full = head.as_bstr().to_string();
+    let short = full.strip_prefix("refs/heads/").unwrap_or(&full).to_owned();
+    if repo
+        .try_find_reference(full.as_str())
+        .map_err(|e| backend(name, format!("cannot read {full} of {shown}"), e))?
+        .is_none()
+    {
+        return Err(Error::invalid(
+            "git location",
+            shown,
+            format!("the repository has no commits (its default branch {short:?} is unborn)"),
+        ));
+    }
+    Ok(short)
+}
+
+/// The commit `tag` names: a branch, a tag (peeled) or a commit id (full or abbreviated).
+fn resolve_tag(repo: &gix::Repository, name: &str, mirror: &Mirror, tag: &str) -> Result<ObjectId> {
+    let shown = redact_url(&mirror.location);
+    let not_found = |hint: String| Error::NotFound {
+        what: "tag",
+        name: tag.to_owned(),
+        hint,
+    };
+    let peel_err = |e: gix::Error| backend(name, format!("cannot peel {tag:?} of {shown} to a commit"), e);
+    if tag.is_empty() {
+        return Err(Error::invalid("tag", tag, "it is empty"));
+    }
+    let reference = match repo.try_find_reference(tag) {
+        Ok(r) => r,
+        // Not a valid ref name: it can still be a commit id.
+        Err(_) => None,
+    };
+    if let Some(mut r) = reference {
+        let commit = r.peel_to_commit().map_err(peel_err)?;
+        return Ok(commit.id);
+    }
+    let is_hex = (4..=40).contains(&tag.len()) && tag.bytes().all(|b| b.is_ascii_hexdigit());
+    if !is_hex {
+        return Err(not_found(format!(
+            ": no branch or tag of that name in {shown}"
+        )));
+    }
+    let prefix = gix::hash::Prefix::from_hex(&tag.to_ascii_lowercase())
+        .map_err(|e| backend(name, format!("cannot read {tag:?} as a commit id"), e))?;
+    let mut candidates = std::collections::HashSet::new();
+    repo.objects
+        .lookup_prefix(prefix, Some(&mut candidates))
+        .map_err(|e| backend(name, format!("cannot look up {tag:?} in {shown}"), e))?;
+    let mut commits = Vec::new();
+    for id in candidates {
+        let Ok(obj) = repo.find_object(id) else { continue };
+        if let Ok(c) = obj.peel_to_commit() {
+            if !commits.contains(&c.id) {
+                commits.push(c.id);
+            }
+        }
+    }
+    match commits.len() {
+        0 => Err(not_found(format!(": no branch, tag or commit of that name in {shown}"))),
+        1 => Ok(commits[0]),
+        _ => Err(Error::Ambiguous {
+            what: "commit",
+            prefix: tag.to_owned(),
+            matches: commits.iter().map(|c| c.to_string()).collect(),
+        }),
+    }
+}
+
+/// The tree of `commit`, or NotFound when the mirror has no such commit.
+fn commit_tree(repo: &gix::Repository, name: &str, commit: ObjectId) -> Result<ObjectId> {
+    let obj = repo
+        .try_find_object(commit)
+        .map_err(|e| backend(name, format!("cannot read commit {commit}"), e))?
+        .ok_or_else(|| Error::not_found("commit", commit.to_string()))?;
+    let commit_obj = obj
+        .try_into_commit()
+        .map_err(|e| backend(name, format!("{commit} is not a commit"), e))?;
+    Ok(commit_obj
+        .tree_id()
+        .map_err(|e| backend(name, format!("cannot read the tree of commit {commit}"), e))?
+        .detach())
+}
+
+#[async_trait]
+impl Source for GitSource {
+    fn spec(&self) -> &SourceSpec {
+        &self.inner.spec
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    async fn latest(&self) -> Result<VersionInfo> {
+        self.inner.mirror.fetch(KIND, self.name()).await?;
+        let inner = self.inner.clone();
+        let path = inner.spec.path.clone();
+        let ids = blocking(self.name(), move || Self::log(&inner, Some(1))).await?;
+        match ids.first() {
+            Some(id) => to_version(*id),
+            None => Err(Error::NotFound {
+                what: "path",
+                name: path.unwrap_or_default(),
+                hint: format!(
+                    ": no commit of {} at {} touches it",
+                    redact_url(&self.inner.mirror.location),
+                    self.inner.spec.tag.as_deref().unwrap_or("HEAD")
+                ),
+            }),
+        }
+    }
+
+    async fn versions(&self) -> Result<Vec<VersionInfo>> {
+        self.ensure_mirror().await?;
+        let inner = self.inner.clone();
+        let ids = blocking(self.name(), move || Self::log(&inner, None)).await?;
+        ids.into_iter().map(to_version).collect()
+    }
+
+    fn fields(&self, version: Option<&Version>, root: &Path) -> Result<Fields> {
+        let mut f = Fields::new();
+        f.insert("ROOT".to_owned(), root.display().to_string());
+        if let Some(v) = version {
+            f.insert("COMMIT".to_owned(), commit_of(v)?.to_string());
+        }
+        if let Some(t) = &self.inner.spec.tag {
+            f.insert("REF".to_owned(), t.clone());
+        }
+        f.insert("URL".to_owned(), redact_url(&self.inner.spec.location));
+        Ok(f)
+    }
+
+    async fn materialize(&self, version: &Version, scratch: &Path) -> Result<PathBuf> {
+        let commit = commit_of(version)?;
+        self.ensure_mirror().await?;
+        let has = {
+            let inner = self.inner.clone();
+            blocking(self.name(), move || {
+                let repo = inner
+                    .mirror
+                    .open()
+                    .map_err(|e| open_error(inner.spec.name.as_str(), &inner.mirror, e))?;
+                Ok(repo.has_object(commit))
+            })
+            .await?
+        };
+        if !has {
+            // A version recorded elsewhere may be newer than this mirror.
+            self.inner.mirror.fetch(KIND, self.name()).await?;
+        }
+        let inner = self.inner.clone();
+        let version = version.clone();
+        let scratch = scratch.to_owned();
+        blocking(self.name(), move || {
+            let repo = inner
+                .mirror
+                .open()
+                .map_err(|e| open_error(inner.spec.name.as_str(), &inner.mirror, e))?;
+            if !repo.has_object(commit) {
+                return Err(Error::NotFound {
+                    what: "version",
+                    name: version.to_string(),
+                    hint: format!(
+                        ": no commit {commit} in {}",
+                        redact_url(&inner.mirror.location)
+                    ),
+                });
+            }
+            drop(repo);
+            Self::materialize_blocking(&inner, commit, &version, &scratch)
+        })
+        .await
+    }
+
+    async fn publish(&self, _dir: &Path) -> Result<VersionInfo> {
+        Err(not_supported(self, "publish"))
+    }
+}
