@@ -38,7 +38,12 @@ fn stream() -> Vec<u8> {
     let mut mark = 0usize;
     let mut main_tip = 0usize;
     let mut n = 0usize;
-    let mut commit = |out: &mut Vec<u8>, branch: &str, from: usize, merge: Option<usize>, path: String, time: u64| {
+    let mut commit = |out: &mut Vec<u8>,
+                      branch: &str,
+                      from: usize,
+                      merge: Option<usize>,
+                      path: String,
+                      time: u64| {
         mark += 1;
         let msg = format!("commit {mark}");
         write!(
@@ -55,7 +60,12 @@ fn stream() -> Vec<u8> {
             writeln!(out, "merge :{m}").unwrap();
         }
         let content = format!("{path} changed by commit {mark}\n");
-        write!(out, "M 100644 inline {path}\ndata {}\n{content}\n\n", content.len()).unwrap();
+        write!(
+            out,
+            "M 100644 inline {path}\ndata {}\n{content}\n\n",
+            content.len()
+        )
+        .unwrap();
         mark
     };
     while n < COMMITS {
@@ -72,7 +82,11 @@ fn stream() -> Vec<u8> {
         if n % 1000 == 0 && main_tip > 0 {
             let mut side = main_tip;
             for i in 0..3 {
-                let p = if i == 1 { format!("{SUB_PATH}/side") } else { format!("side/f{i}") };
+                let p = if i == 1 {
+                    format!("{SUB_PATH}/side")
+                } else {
+                    format!("side/f{i}")
+                };
                 side = commit(&mut out, "side", side, None, p, time);
                 n += 1;
             }
@@ -92,7 +106,11 @@ fn fixture() -> (PathBuf, Context) {
     if !done.exists() {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&origin).unwrap();
-        assert!(git(&origin).args(["init", "-q", "--bare", "-b", "main"]).status().unwrap().success());
+        assert!(git(&origin)
+            .args(["init", "-q", "--bare", "-b", "main"])
+            .status()
+            .unwrap()
+            .success());
         eprintln!("generating {COMMITS} commits in {}", origin.display());
         let mut child = git(&origin)
             .args(["fast-import", "--quiet"])
@@ -124,8 +142,8 @@ fn bench(c: &mut Criterion) {
             tag: Some("main".into()),
             path: path.map(str::to_owned),
         };
-        let spec = rt.block_on(GitKind.resolve(&ctx, new)).unwrap();
-        GitKind.open(&ctx, &spec).unwrap()
+        let spec = rt.block_on(GitKind::default().resolve(&ctx, new)).unwrap();
+        GitKind::default().open(&ctx, &spec).unwrap()
     };
     let whole = open(None);
     let sub = open(Some(SUB_PATH));
@@ -140,20 +158,34 @@ fn bench(c: &mut Criterion) {
         }
         let out = cmd.output().unwrap();
         assert!(out.status.success());
-        out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count()
+        out.stdout
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count()
     };
     let n_whole = rt.block_on(whole.versions()).unwrap().len();
     let n_sub = rt.block_on(sub.versions()).unwrap().len();
     assert_eq!(n_whole, git_log(None));
     assert_eq!(n_sub, git_log(Some(SUB_PATH)));
-    eprintln!("{n_whole} commits, {n_sub} of them change {SUB_PATH}; mirror {}", mirror.display());
+    eprintln!(
+        "{n_whole} commits, {n_sub} of them change {SUB_PATH}; mirror {}",
+        mirror.display()
+    );
 
     let mut g = c.benchmark_group("git_log_80k");
-    g.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(1));
-    g.bench_function("dtk versions", |b| b.iter(|| rt.block_on(whole.versions()).unwrap().len()));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(8))
+        .warm_up_time(Duration::from_secs(1));
+    g.bench_function("dtk versions", |b| {
+        b.iter(|| rt.block_on(whole.versions()).unwrap().len())
+    });
     g.bench_function("git log --format=%H", |b| b.iter(|| git_log(None)));
-    g.bench_function("dtk versions -p data/sub", |b| b.iter(|| rt.block_on(sub.versions()).unwrap().len()));
-    g.bench_function("git log --format=%H -- data/sub", |b| b.iter(|| git_log(Some(SUB_PATH))));
+    g.bench_function("dtk versions -p data/sub", |b| {
+        b.iter(|| rt.block_on(sub.versions()).unwrap().len())
+    });
+    g.bench_function("git log --format=%H -- data/sub", |b| {
+        b.iter(|| git_log(Some(SUB_PATH)))
+    });
     g.finish();
 }
 

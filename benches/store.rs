@@ -35,15 +35,19 @@ fn record(i: usize) -> RunRecord {
 }
 
 fn path(id: &RunId) -> String {
-    let h = id.to_hex();
-    format!("runs/{}/{h}.json", &h[..2])
+    dtk::project::paths::run(id)
 }
 
 fn big_store() -> Store {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data/store-100k");
     let git = dir.join(".git");
     if let Ok(s) = Store::open(&git) {
-        if s.snapshot().and_then(|s| s.read("complete")).ok().flatten().is_some() {
+        if s.snapshot()
+            .and_then(|s| s.read("complete"))
+            .ok()
+            .flatten()
+            .is_some()
+        {
             return s;
         }
     }
@@ -109,7 +113,7 @@ fn bench(c: &mut Criterion) {
             let hex = ids[k].to_hex();
             let snap = store.snapshot().unwrap();
             let m: Vec<_> = snap
-                .list(&format!("runs/{}", &hex[..2]))
+                .list(&dtk::project::paths::run_dir(&hex))
                 .unwrap()
                 .into_iter()
                 .filter(|e| e.name.starts_with(&hex[..8]))

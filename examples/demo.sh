@@ -10,6 +10,8 @@ dkt="${CARGO_TARGET_DIR:-$root/target}/release/dkt"
 work=$(mktemp -d "${TMPDIR:-/tmp}/dkt-demo.XXXXXX")
 [ -n "${KEEP:-}" ] || trap 'rm -rf "$work"' EXIT
 cd "$work"
+# Temporary sources (`dkt source add tests`) are made under $TMPDIR: keep them in the demo dir.
+export TMPDIR="$work/tmp"; mkdir -p "$TMPDIR"
 say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 g() { git -c user.name=demo -c user.email=demo@localhost "$@"; }
 
@@ -55,5 +57,8 @@ say dkt node run --labels=test --input=dmg,pitfall --output=tests test.sh
 "$dkt" node run --labels=test --input=dmg,pitfall --output=tests test.sh
 say dkt node log "$node"; "$dkt" node log "$node"
 say dkt source log pitfall; "$dkt" source log pitfall
+tests=$("$dkt" --json source list | sed -n 's/.*"latest": "md5:\([0-9a-f]\{8\}\).*/\1/p' | tail -1)
+say dkt inspect "tests:$tests"; "$dkt" inspect "tests:$tests"
+say dkt verify "tests:$tests";  "$dkt" verify "tests:$tests"
 say "git --git-dir .dkt/.git log --oneline   # the audit log is plain git"
 git --git-dir .dkt/.git log --oneline

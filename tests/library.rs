@@ -5,14 +5,17 @@ use std::sync::Arc;
 use dtk::{AddSource, Error, InitOptions, NodeSpec, Project, Registry, RunOptions, RunOutcome};
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
 fn init_open_discover() {
     let dir = tempfile::tempdir().unwrap();
     let p = Project::init(dir.path(), dtk::default_registry(), InitOptions::new()).unwrap();
-    assert!(p.dkt_dir().ends_with(".dkt"));
+    assert_eq!(p.dkt_dir().file_name().unwrap(), ".dkt");
     assert!(matches!(
         Project::init(dir.path(), dtk::default_registry(), InitOptions::new()),
         Err(Error::AlreadyExists { .. })
@@ -33,7 +36,8 @@ fn unregistered_kinds_are_named_when_opening() {
     let p = Project::init(dir.path(), dtk::default_registry(), InitOptions::new()).unwrap();
     p.store()
         .transact("plugin source", |tx| {
-            let spec = dtk::SourceSpec::new(dtk::Name::new("feed").unwrap(), "rss", "file:///feed.json");
+            let spec =
+                dtk::SourceSpec::new(dtk::Name::new("feed").unwrap(), "rss", "file:///feed.json");
             tx.put_json("sources/feed.json", &spec)?;
             Ok(())
         })
@@ -56,15 +60,24 @@ fn define_and_run_a_node_with_provenance() {
         .unwrap()
         .with_cwd(dir.path());
     rt().block_on(async {
-        let input = p.add_source(AddSource::new("in", Some("in".into()))).await.unwrap();
-        p.add_source(AddSource::new("out", Some("out".into()))).await.unwrap();
-        let mut node = NodeSpec::new(dtk::Command::Argv(vec!["cp ${in:ROOT}/x ${out:ROOT}/y".into()]));
+        let input = p
+            .add_source(AddSource::new("in", Some("in".into())))
+            .await
+            .unwrap();
+        p.add_source(AddSource::new("out", Some("out".into())))
+            .await
+            .unwrap();
+        let mut node = NodeSpec::new(dtk::Command::Argv(vec![
+            "cp ${in:ROOT}/x ${out:ROOT}/y".into()
+        ]));
         node.inputs = vec![input.name.clone()];
         node.outputs = vec![dtk::Name::new("out").unwrap()];
         let id = p.define_node(node.clone()).unwrap();
         assert_eq!(p.define_node(node).unwrap(), id, "idempotent");
         let outcome = p.run_node(&id, RunOptions::new()).await.unwrap();
-        let RunOutcome::Ran(run) = outcome else { panic!("{outcome:?}") };
+        let RunOutcome::Ran(run) = outcome else {
+            panic!("{outcome:?}")
+        };
         assert_eq!(run.status, dtk::RunStatus::Success);
         assert_eq!(run.inputs[0].version, input.latest.clone().unwrap());
         let out_v = &run.outputs[0].version;
@@ -77,7 +90,13 @@ fn define_and_run_a_node_with_provenance() {
         assert_eq!(rec.run, Some(run.id));
         assert_eq!(rec.node, Some(id));
         assert_eq!(rec.inputs, run.inputs);
-        assert!(matches!(p.run_node(&id, RunOptions::new()).await.unwrap(), RunOutcome::UpToDate(_)));
+        assert!(matches!(
+            p.run_node(&id, RunOptions::new()).await.unwrap(),
+            RunOutcome::UpToDate(_)
+        ));
     });
-    assert_eq!(std::fs::read_to_string(dir.path().join("out/y")).unwrap(), "data");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/y")).unwrap(),
+        "data"
+    );
 }

@@ -31,10 +31,20 @@ pub(crate) struct Cli {
 #[derive(Debug, Args)]
 pub(crate) struct Tokens {
     /// A GitHub token for HTTPS fetches, kept in .dkt/secrets (never committed).
-    #[arg(long, value_name = "TOKEN", env = "DKT_GITHUB_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "DKT_GITHUB_TOKEN",
+        hide_env_values = true
+    )]
     pub(crate) github_token: Option<String>,
     /// A Docker registry token, kept in .dkt/secrets (never committed).
-    #[arg(long, value_name = "TOKEN", env = "DKT_DOCKER_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "DKT_DOCKER_TOKEN",
+        hide_env_values = true
+    )]
     pub(crate) docker_token: Option<String>,
 }
 
@@ -61,6 +71,68 @@ pub(crate) enum Command {
     /// Define, run and list compute nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Create or update, in one commit, the sources and nodes a pipeline file declares.
+    ///
+    /// Applying the same file again changes nothing. Sources and nodes the file does not
+    /// mention are left alone. The format is described in docs/pipeline.md.
+    Apply {
+        /// The pipeline file (YAML), relative to the current directory.
+        file: PathBuf,
+    },
+    /// One scheduling pass: poll sources, run every node whose inputs moved.
+    ///
+    /// Sources that are neither pinned nor frozen are polled; then every node whose current
+    /// input versions have no successful run yet runs, in topological order (a node sees
+    /// the new outputs of the nodes upstream within the same pass), independent nodes in
+    /// parallel. Exits 1 when a run fails.
+    Run {
+        /// At most N runs at once.
+        #[arg(short = 'j', long, value_name = "N", default_value_t = 1)]
+        jobs: usize,
+        /// Say what would run and why (which input moved from which version to which);
+        /// change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Suppose SRC moved to VERSION (an impact query, with --dry-run).
+        #[arg(long = "if", value_name = "SRC=VERSION")]
+        assume: Vec<String>,
+        /// End each run after this long (90s, 30m, 2h).
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+    },
+    /// Run scheduling passes forever (poll, run what changed), every --interval.
+    ///
+    /// SIGINT or SIGTERM stops it cleanly: the pass in progress finishes (its runs are
+    /// recorded), then dkt exits 0. A second signal exits at once; runs cut short are
+    /// then found `interrupted`.
+    Daemon {
+        /// Time between the start of two passes (30s, 5m, ...).
+        #[arg(long, value_name = "DURATION", default_value = "60s")]
+        interval: String,
+        /// At most N runs at once.
+        #[arg(short = 'j', long, value_name = "N", default_value_t = 1)]
+        jobs: usize,
+        /// Stop after this many passes (default: never).
+        #[arg(long, value_name = "N")]
+        passes: Option<u64>,
+    },
+    /// Take pending runs whose node labels this worker has, run them, record the results.
+    ///
+    /// Several workers share the work: a run is claimed atomically and never executed twice
+    /// at once; a run whose worker died goes back to pending. While a worker is alive,
+    /// `dkt run` and `dkt daemon` queue runs for workers instead of running them.
+    /// SIGINT/SIGTERM: stop taking runs, finish the ones in progress, exit.
+    Worker {
+        /// The worker's labels (default: .dkt/config [worker] labels, else OS and arch).
+        #[arg(long, value_delimiter = ',', value_name = "L,...")]
+        labels: Vec<String>,
+        /// At most N runs at once.
+        #[arg(short = 'j', long, value_name = "N", default_value_t = 1)]
+        jobs: usize,
+        /// Exit after N runs.
+        #[arg(long, value_name = "N")]
+        max_runs: Option<usize>,
+    },
     /// Show the provenance of an artifact: everything it was made from.
     ///
     /// WHAT is SOURCE:VERSION (any unique prefix, e.g. tests:d41d8cd9), a node ID or a
@@ -139,8 +211,24 @@ pub(crate) enum NodeCommand {
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
         /// The command and its arguments, or FILE.yml.
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
         command: Vec<String>,
+    },
+    /// Run a node again on its current inputs, even if a run on them succeeded.
+    Rerun {
+        /// The node's ID (or a unique prefix of at least 4 digits).
+        id: String,
+        /// Then rerun every node below it, in topological order.
+        #[arg(long)]
+        downstream: bool,
+        /// End each run after this long (90s, 30m, 2h).
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
     },
     /// List nodes.
     #[command(alias = "ls")]
@@ -216,9 +304,11 @@ pub(crate) enum SourceCommand {
         /// The source.
         name: String,
     },
-    /// Poll sources now (all, or those named) and record new versions.
+    /// Poll sources now (all, or those named) and record new versions; or record a given
+    /// version: update NAME VERSION.
     Update {
-        /// The sources to poll (default: all that are not frozen).
+        /// The sources to poll (default: all that are not frozen), or NAME VERSION.
+        #[arg(value_name = "NAME")]
         names: Vec<String>,
     },
     /// Stop polling a source; its latest version stays as it is.

@@ -15,7 +15,6 @@ use crate::output::{json, or_dash, Table};
 #[derive(Debug)]
 pub(crate) struct UsageError(pub(crate) String);
 
-
 impl std::fmt::Display for UsageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -56,28 +55,75 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             if as_json {
                 json(out, &json!({ "dkt_dir": p.dkt_dir() }))?;
             } else {
-                writeln!(out, "Initialized empty Datakit repository in {}/", p.dkt_dir().display())?;
+                writeln!(
+                    out,
+                    "Initialized empty Datakit repository in {}/",
+                    p.dkt_dir().display()
+                )?;
             }
         }
-        Command::Clone { repo, into: target, tokens } => {
+        Command::Clone {
+            repo,
+            into: target,
+            tokens,
+        } => {
             let target = match target {
                 Some(t) if t.is_absolute() => t,
                 Some(t) => dir.join(t),
                 None => dir.clone(),
             };
-            let p = Project::clone_from(&repo, &target, dtk::default_registry(), init_options(tokens))?;
+            let p = Project::clone_from(
+                &repo,
+                &target,
+                dtk::default_registry(),
+                init_options(tokens),
+            )?;
             if as_json {
                 json(out, &json!({ "dkt_dir": p.dkt_dir(), "from": repo }))?;
             } else {
-                writeln!(out, "Cloned Datakit repository {repo} into {}/", p.dkt_dir().display())?;
+                writeln!(
+                    out,
+                    "Cloned Datakit repository {repo} into {}/",
+                    p.dkt_dir().display()
+                )?;
             }
         }
         Command::Source(cmd) => return source(open(&dir)?, cmd, as_json, out).await,
         Command::Node(cmd) => return node(open(&dir)?, cmd, as_json, out).await,
-        Command::Inspect { what, dot, downstream, format } => {
+        Command::Apply { file } => {
+            let p = open(&dir)?;
+            let path = p.cwd().join(&file);
+            let text = std::fs::read_to_string(&path).map_err(|e| dtk::Error::io(&path, e))?;
+            let report = p.apply(&file.display().to_string(), &text).await?;
+            if as_json {
+                json(out, &report)?;
+            } else {
+                let mut t = Table::new(&["WHAT", "NAME", "STATUS"]);
+                for s in &report.sources {
+                    t.row(vec![
+                        "source".into(),
+                        s.name.to_string(),
+                        s.status.to_string(),
+                    ]);
+                }
+                for n in &report.nodes {
+                    t.row(vec!["node".into(), n.id.short(), n.status.to_string()]);
+                }
+                t.print(out)?;
+            }
+        }
+        Command::Inspect {
+            what,
+            dot,
+            downstream,
+            format,
+        } => {
             let p = open(&dir)?;
             let m = p
-                .inspect(&what, dtk::inspect::InspectOptions::new().with_downstream(downstream))
+                .inspect(
+                    &what,
+                    dtk::inspect::InspectOptions::new().with_downstream(downstream),
+                )
                 .await?;
             let format = if dot { Format::Dot } else { format };
             match format {
@@ -86,7 +132,11 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                 Format::Prov => json(out, &m.to_prov())?,
                 Format::Manifest => {
                     if !as_json {
-                        writeln!(out, "# manifest for {what}{}", if downstream { " (downstream)" } else { "" })?;
+                        writeln!(
+                            out,
+                            "# manifest for {what}{}",
+                            if downstream { " (downstream)" } else { "" }
+                        )?;
                         if let Some(d) = &m.root_digest {
                             writeln!(out, "# root record digest blake3:{d}")?;
                         }
@@ -94,6 +144,116 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                     json(out, &m.to_json())?;
                 }
             }
+        }
+        Command::Run {
+            jobs,
+            dry_run,
+            assume,
+            timeout,
+        } => {
+            let p = open(&dir)?;
+            let timeout = timeout
+                .as_deref()
+                .map(dtk::engine::parse_duration)
+                .transpose()?;
+            if !assume.is_empty() && !dry_run {
+                return Err(
+                    UsageError("--if is an impact query: use it with --dry-run".into()).into(),
+                );
+            }
+            let mut options = dtk::scheduler::PassOptions::new()
+                .with_jobs(jobs)
+                .with_dry_run(dry_run);
+            options.run = dtk::RunOptions::new().with_timeout(timeout);
+            for a in &assume {
+                let (src, ver) = a
+                    .split_once('=')
+                    .ok_or_else(|| UsageError(format!("--if {a:?}: expected SRC=VERSION")))?;
+                let version = match ver.parse::<dtk::Version>() {
+                    Ok(v) => v,
+                    Err(_) => {
+                        p.resolve_source_version(&format!("{src}:{ver}"))
+                            .await?
+                            .version
+                    }
+                };
+                options = options.assuming(dtk::Name::new(src)?, version);
+            }
+            let report = p.run_pass(options).await?;
+            if as_json {
+                json(out, &report)?;
+            } else {
+                for o in report.polled.iter().filter(|o| o.error.is_some()) {
+                    eprintln!(
+                        "poll {}: {}",
+                        o.source,
+                        o.error.as_deref().unwrap_or_default()
+                    );
+                }
+                let mut t = Table::new(&["NODE", "RUN", "STATUS", "WHY"]);
+                for i in &report.items {
+                    let (run, status) = match (&i.outcome, &i.error) {
+                        (_, Some(e)) => ("-".to_owned(), format!("error: {e}")),
+                        (None, None) => ("-".to_owned(), "would run".to_owned()),
+                        (Some(o), None) => {
+                            let r = o.record();
+                            let s = match o {
+                                dtk::RunOutcome::UpToDate(_) => "up to date".to_owned(),
+                                _ => r.status.to_string(),
+                            };
+                            (r.id.short(), s)
+                        }
+                    };
+                    t.row(vec![i.node.short(), run, status, i.reason.to_string()]);
+                }
+                if report.items.is_empty() {
+                    writeln!(out, "nothing to run")?;
+                } else {
+                    t.print(out)?;
+                }
+            }
+            if !report.is_ok() {
+                return Ok(exit::FAILURE);
+            }
+        }
+        Command::Worker {
+            labels,
+            jobs,
+            max_runs,
+        } => {
+            let p = open(&dir)?;
+            dtk::engine::validate_labels(&labels)?;
+            let mut options = dtk::worker::WorkerOptions::new()
+                .with_jobs(jobs)
+                .with_max_runs(max_runs);
+            if !labels.is_empty() {
+                options = options.with_labels(labels);
+            }
+            let stop = stop_on_signals()?;
+            let report = p.work(options, stop).await?;
+            if as_json {
+                json(out, &report)?;
+            } else {
+                for r in &report.runs {
+                    writeln!(
+                        out,
+                        "run {} of node {}: {} {}",
+                        r.id.short(),
+                        r.node.short(),
+                        r.status,
+                        sv_list(&r.outputs)
+                    )?;
+                }
+            }
+        }
+        Command::Daemon {
+            interval,
+            jobs,
+            passes,
+        } => {
+            let p = open(&dir)?;
+            let interval = dtk::engine::parse_duration(&interval)?;
+            return daemon(p, interval, jobs, passes, out).await;
         }
         Command::Verify { what } => {
             let p = open(&dir)?;
@@ -104,7 +264,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                 let mut t = Table::new(&["SUBJECT", "CHECK", "RESULT"]);
                 for c in &report.checks {
                     let result = match (c.result, &c.expected, &c.found) {
-                        ("mismatch", Some(e), Some(f)) => format!("MISMATCH: expected {e}, found {f}"),
+                        ("mismatch", Some(e), Some(f)) => {
+                            format!("MISMATCH: expected {e}, found {f}")
+                        }
                         ("skipped", _, Some(why)) => format!("skipped ({why})"),
                         (r, _, _) => r.to_owned(),
                     };
@@ -113,7 +275,16 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                 t.print(out)?;
                 let bad = report.mismatches().count();
                 if bad == 0 {
-                    writeln!(out, "verified: {} checks passed, {} skipped", report.checks.iter().filter(|c| c.result == "ok").count(), report.checks.iter().filter(|c| c.result == "skipped").count())?;
+                    writeln!(
+                        out,
+                        "verified: {} checks passed, {} skipped",
+                        report.checks.iter().filter(|c| c.result == "ok").count(),
+                        report
+                            .checks
+                            .iter()
+                            .filter(|c| c.result == "skipped")
+                            .count()
+                    )?;
                 } else {
                     writeln!(out, "FAILED: {bad} mismatch(es)")?;
                 }
@@ -136,10 +307,25 @@ fn source_row(s: &dtk::SourceSpec) -> Vec<String> {
     ]
 }
 
-async fn source(p: Project, cmd: SourceCommand, as_json: bool, out: &mut dyn Write) -> anyhow::Result<u8> {
+async fn source(
+    p: Project,
+    cmd: SourceCommand,
+    as_json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
     match cmd {
-        SourceCommand::Add { name, location, kind, path } => {
-            let add = AddSource { name, location, kind, path };
+        SourceCommand::Add {
+            name,
+            location,
+            kind,
+            path,
+        } => {
+            let add = AddSource {
+                name,
+                location,
+                kind,
+                path,
+            };
             let spec = p.add_source(add).await?;
             if as_json {
                 json(out, &spec)?;
@@ -166,7 +352,11 @@ async fn source(p: Project, cmd: SourceCommand, as_json: bool, out: &mut dyn Wri
             } else {
                 let mut t = Table::new(&["NAME", "LATEST"]);
                 for s in &sources {
-                    let name = if s.pinned.is_some() { format!("{}*", s.name) } else { s.name.to_string() };
+                    let name = if s.pinned.is_some() {
+                        format!("{}*", s.name)
+                    } else {
+                        s.name.to_string()
+                    };
                     t.row(vec![name, or_dash(s.current())]);
                 }
                 t.print(out)?;
@@ -231,6 +421,21 @@ async fn source(p: Project, cmd: SourceCommand, as_json: bool, out: &mut dyn Wri
             }
         }
         SourceCommand::Update { names } => {
+            // NAME VERSION: record a given version instead of polling.
+            if names.len() == 2
+                && dtk::id::validate_prefix(&names[1]).is_ok()
+                && p.source(&names[1]).is_err()
+            {
+                let v = p.set_latest(&names[0], &names[1]).await?;
+                if as_json {
+                    json(out, &json!({ "name": names[0], "latest": v }))?;
+                } else {
+                    let mut t = Table::new(&["NAME", "STATUS", "LATEST"]);
+                    t.row(vec![names[0].clone(), "set".into(), v.to_string()]);
+                    t.print(out)?;
+                }
+                return Ok(exit::OK);
+            }
             let outcomes = p.update_sources(&names).await?;
             let failed = outcomes.iter().any(|o| o.error.is_some());
             if as_json {
@@ -242,9 +447,16 @@ async fn source(p: Project, cmd: SourceCommand, as_json: bool, out: &mut dyn Wri
                         (Some(e), _, _) => format!("error: {e}"),
                         (None, true, _) => "frozen".to_owned(),
                         (None, false, true) => "unchanged".to_owned(),
-                        (None, false, false) => format!("updated from {}", or_dash(o.previous.as_ref().map(|v| v.short().to_owned()))),
+                        (None, false, false) => format!(
+                            "updated from {}",
+                            or_dash(o.previous.as_ref().map(|v| v.short().to_owned()))
+                        ),
                     };
-                    t.row(vec![o.source.to_string(), status, or_dash(o.latest.as_ref())]);
+                    t.row(vec![
+                        o.source.to_string(),
+                        status,
+                        or_dash(o.latest.as_ref()),
+                    ]);
                 }
                 t.print(out)?;
             }
@@ -272,16 +484,39 @@ fn names(list: &[dtk::Name]) -> String {
     if list.is_empty() {
         return "-".to_owned();
     }
-    list.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(",")
+    list.iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-async fn node(p: Project, cmd: NodeCommand, as_json: bool, out: &mut dyn Write) -> anyhow::Result<u8> {
+async fn node(
+    p: Project,
+    cmd: NodeCommand,
+    as_json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
     match cmd {
-        NodeCommand::Run { labels, input, output, on_success, on_failure, no_run, force, timeout, command } => {
+        NodeCommand::Run {
+            labels,
+            input,
+            output,
+            on_success,
+            on_failure,
+            no_run,
+            force,
+            timeout,
+            command,
+        } => {
             let is_file = command.len() == 1
                 && (command[0].ends_with(".yml") || command[0].ends_with(".yaml"));
             let spec = if is_file {
-                if !labels.is_empty() || !input.is_empty() || !output.is_empty() || on_success.is_some() || on_failure.is_some() {
+                if !labels.is_empty()
+                    || !input.is_empty()
+                    || !output.is_empty()
+                    || on_success.is_some()
+                    || on_failure.is_some()
+                {
                     return Err(UsageError(format!(
                         "{}: a node file holds the labels, inputs, outputs and hooks; do not give them as options too",
                         command[0]
@@ -289,12 +524,15 @@ async fn node(p: Project, cmd: NodeCommand, as_json: bool, out: &mut dyn Write) 
                     .into());
                 }
                 let path = p.cwd().join(&command[0]);
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| dtk::Error::io(&path, e))?;
+                let text = std::fs::read_to_string(&path).map_err(|e| dtk::Error::io(&path, e))?;
                 dtk::NodeFile::parse(&command[0], &text)?.to_spec()?
             } else {
                 dtk::engine::validate_labels(&labels)?;
-                let to_names = |v: &[String]| v.iter().map(|s| dtk::Name::new(s)).collect::<Result<Vec<_>, _>>();
+                let to_names = |v: &[String]| {
+                    v.iter()
+                        .map(|s| dtk::Name::new(s))
+                        .collect::<Result<Vec<_>, _>>()
+                };
                 let mut spec = dtk::NodeSpec::new(dtk::Command::Argv(command));
                 spec.labels = labels;
                 spec.inputs = to_names(&input)?;
@@ -303,11 +541,17 @@ async fn node(p: Project, cmd: NodeCommand, as_json: bool, out: &mut dyn Write) 
                 spec.on_failure = on_failure;
                 spec
             };
-            let timeout = timeout.as_deref().map(dtk::engine::parse_duration).transpose()?;
+            let timeout = timeout
+                .as_deref()
+                .map(dtk::engine::parse_duration)
+                .transpose()?;
             let id = p.define_node(spec)?;
             if no_run {
                 if as_json {
-                    json(out, &json!({ "node": id.short(), "node_full": id.to_hex() }))?;
+                    json(
+                        out,
+                        &json!({ "node": id.short(), "node_full": id.to_hex() }),
+                    )?;
                 } else {
                     writeln!(out, "{}", id.short())?;
                 }
@@ -318,25 +562,90 @@ async fn node(p: Project, cmd: NodeCommand, as_json: bool, out: &mut dyn Write) 
                 out.flush()?;
             }
             let outcome = p
-                .run_node(&id, dtk::RunOptions::new().with_force(force).with_timeout(timeout))
+                .run_node(
+                    &id,
+                    dtk::RunOptions::new()
+                        .with_force(force)
+                        .with_timeout(timeout),
+                )
                 .await?;
             let rec = outcome.record();
             if as_json {
-                json(out, &json!({ "node": id.short(), "node_full": id.to_hex(), "outcome": outcome }))?;
+                json(
+                    out,
+                    &json!({ "node": id.short(), "node_full": id.to_hex(), "outcome": outcome }),
+                )?;
             } else {
                 let what = match &outcome {
-                    dtk::RunOutcome::UpToDate(_) => "up to date (a run on these inputs succeeded)".to_owned(),
-                    dtk::RunOutcome::Pending(_) => "pending: this machine lacks some of the node's labels".to_owned(),
+                    dtk::RunOutcome::UpToDate(_) => {
+                        "up to date (a run on these inputs succeeded)".to_owned()
+                    }
+                    dtk::RunOutcome::Pending(_) => {
+                        "pending: waiting for a worker with the node's labels (`dkt worker`)"
+                            .to_owned()
+                    }
+                    dtk::RunOutcome::Busy(r) => {
+                        format!("already running on {}", or_dash(r.worker.as_ref()))
+                    }
                     dtk::RunOutcome::Ran(r) => match (&r.status, r.exit_code, &r.error) {
-                        (dtk::RunStatus::Success, _, _) => format!("success, outputs {}", sv_list(&r.outputs)),
-                        (_, Some(c), _) => format!("{} (exit status {c}); see `dkt node show {}`", r.status, r.id.short()),
-                        (_, None, Some(e)) => format!("{} ({e}); see `dkt node show {}`", r.status, r.id.short()),
+                        (dtk::RunStatus::Success, _, _) => {
+                            format!("success, outputs {}", sv_list(&r.outputs))
+                        }
+                        (_, Some(c), _) => format!(
+                            "{} (exit status {c}); see `dkt node show {}`",
+                            r.status,
+                            r.id.short()
+                        ),
+                        (_, None, Some(e)) => {
+                            format!("{} ({e}); see `dkt node show {}`", r.status, r.id.short())
+                        }
                         (s, None, None) => s.to_string(),
                     },
                 };
                 eprintln!("run {}: {what}", rec.id.short());
             }
             if matches!(&outcome, dtk::RunOutcome::Ran(r) if r.status != dtk::RunStatus::Success) {
+                return Ok(exit::FAILURE);
+            }
+        }
+        NodeCommand::Rerun {
+            id,
+            downstream,
+            timeout,
+        } => {
+            let (id, _) = p.node(&id)?;
+            let timeout = timeout
+                .as_deref()
+                .map(dtk::engine::parse_duration)
+                .transpose()?;
+            let runs = p
+                .rerun(
+                    &id,
+                    downstream,
+                    dtk::RunOptions::new().with_timeout(timeout),
+                )
+                .await?;
+            let failed = runs.iter().any(|(_, o)| matches!(o, dtk::RunOutcome::Ran(r) if r.status != dtk::RunStatus::Success));
+            if as_json {
+                let list: Vec<_> = runs
+                    .iter()
+                    .map(|(n, o)| json!({ "node": n.short(), "outcome": o }))
+                    .collect();
+                json(out, &list)?;
+            } else {
+                let mut t = Table::new(&["NODE", "RUN", "STATUS", "OUTPUT(S)"]);
+                for (n, o) in &runs {
+                    let r = o.record();
+                    t.row(vec![
+                        n.short(),
+                        r.id.short(),
+                        r.status.to_string(),
+                        sv_list(&r.outputs),
+                    ]);
+                }
+                t.print(out)?;
+            }
+            if failed {
                 return Ok(exit::FAILURE);
             }
         }
@@ -351,8 +660,18 @@ async fn node(p: Project, cmd: NodeCommand, as_json: bool, out: &mut dyn Write) 
             } else {
                 let mut t = Table::new(&["ID", "CMD", "LABEL(S)", "INPUT(S)", "OUTPUT(S)"]);
                 for (id, n) in &nodes {
-                    let labels = if n.labels.is_empty() { "-".to_owned() } else { n.labels.join(",") };
-                    t.row(vec![id.short(), n.command.display_line(), labels, names(&n.inputs), names(&n.outputs)]);
+                    let labels = if n.labels.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        n.labels.join(",")
+                    };
+                    t.row(vec![
+                        id.short(),
+                        n.command.display_line(),
+                        labels,
+                        names(&n.inputs),
+                        names(&n.outputs),
+                    ]);
                 }
                 t.print(out)?;
             }
@@ -373,7 +692,12 @@ async fn node(p: Project, cmd: NodeCommand, as_json: bool, out: &mut dyn Write) 
             } else {
                 let mut t = Table::new(&["ID", "STATUS", "INPUT(S)", "OUTPUT(S)"]);
                 for r in &runs {
-                    t.row(vec![r.id.short(), p.effective_status(r).to_string(), sv_list(&r.inputs), sv_list(&r.outputs)]);
+                    t.row(vec![
+                        r.id.short(),
+                        p.effective_status(r).to_string(),
+                        sv_list(&r.inputs),
+                        sv_list(&r.outputs),
+                    ]);
                 }
                 t.print(out)?;
             }
@@ -409,4 +733,86 @@ async fn node(p: Project, cmd: NodeCommand, as_json: bool, out: &mut dyn Write) 
         }
     }
     Ok(exit::OK)
+}
+
+/// Passes forever (or `passes` times); SIGINT/SIGTERM end it after the current pass.
+async fn daemon(
+    p: Project,
+    interval: std::time::Duration,
+    jobs: usize,
+    passes: Option<u64>,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let stop = stop_on_signals()?;
+    let mut n = 0u64;
+    let mut failed = false;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let started = std::time::Instant::now();
+        match p
+            .run_pass(dtk::scheduler::PassOptions::new().with_jobs(jobs))
+            .await
+        {
+            Ok(report) => {
+                for o in report.polled.iter().filter(|o| o.error.is_some()) {
+                    writeln!(
+                        out,
+                        "poll {}: {}",
+                        o.source,
+                        o.error.as_deref().unwrap_or_default()
+                    )?;
+                }
+                for i in &report.items {
+                    let what = match (&i.outcome, &i.error) {
+                        (_, Some(e)) => format!("error: {e}"),
+                        (Some(o), None) => {
+                            format!("run {} {}", o.record().id.short(), o.record().status)
+                        }
+                        (None, None) => "skipped".into(),
+                    };
+                    writeln!(out, "node {} ({}): {what}", i.node.short(), i.reason)?;
+                }
+                failed |= !report.is_ok();
+            }
+            Err(e) => {
+                writeln!(out, "pass failed: {}", dtk::project::error_chain(&e))?;
+                failed = true;
+            }
+        }
+        out.flush()?;
+        n += 1;
+        if passes.is_some_and(|max| n >= max) {
+            break;
+        }
+        while started.elapsed() < interval && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    Ok(if failed && passes.is_some() {
+        exit::FAILURE
+    } else {
+        exit::OK
+    })
+}
+
+/// A flag set by the first SIGINT/SIGTERM; a second one exits at once.
+fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = sigint.recv() => {}
+                _ = sigterm.recv() => {}
+            }
+            if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                eprintln!("dkt: second signal, exiting now");
+                std::process::exit(130);
+            }
+            eprintln!("dkt: stopping: finishing what is in progress (signal again to exit now)");
+        }
+    });
+    Ok(stop)
 }

@@ -21,7 +21,10 @@ mod exit {
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     output::init_tracing(args.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("dkt: error: cannot start the async runtime: {e}");
@@ -54,6 +57,7 @@ fn report(e: &anyhow::Error) -> ExitCode {
         .chain()
         .find_map(|c| c.downcast_ref::<dtk::Error>())
         .is_some_and(dtk::Error::is_user_error)
-        || e.chain().any(|c| c.downcast_ref::<commands::UsageError>().is_some());
+        || e.chain()
+            .any(|c| c.downcast_ref::<commands::UsageError>().is_some());
     ExitCode::from(if user { exit::USAGE } else { exit::FAILURE })
 }

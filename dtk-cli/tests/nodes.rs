@@ -28,47 +28,83 @@ fn design_example_end_to_end() {
     let repo = e.path().join("pinata-src");
     let commits = pinata_repo(&repo);
     e.dkt(&["source", "add", "pinata", "pinata-src"]).ok();
-    e.dkt(&["source", "add", "pitfall", "pinata", "--path", "/v1/pitfall"]).ok();
+    e.dkt(&[
+        "source",
+        "add",
+        "pitfall",
+        "pinata",
+        "--path",
+        "/v1/pitfall",
+    ])
+    .ok();
     e.write("dmg/build-2246/Docker.dmg", "dmg bytes\n");
     e.dkt(&["source", "add", "dmg", "dmg"]).ok();
     e.dkt(&["source", "add", "tests", "./results"]).fails(2); // does not exist yet
     std::fs::create_dir_all(e.path().join("results")).unwrap();
     e.dkt(&["source", "add", "tests", "./results"]).ok();
     // This machine has the node's label.
-    std::fs::write(e.path().join(".dkt/config"), "[worker]\nlabels = [\"linux\", \"test\"]\n").unwrap();
+    std::fs::write(
+        e.path().join(".dkt/config"),
+        "[worker]\nlabels = [\"linux\", \"test\"]\n",
+    )
+    .unwrap();
     e.write(
         "test.sh",
         "mkdir -p ${tests:ROOT}/run\n${pitfall:ROOT}/pitfall --os=linux --commit=${pitfall:COMMIT} > ${tests:ROOT}/run/STDOUT\nls ${dmg:ROOT} >> ${tests:ROOT}/run/STDOUT\n",
     );
     let before = latest(&e, "tests");
     let id = e
-        .dkt(&["node", "run", "--labels=test", "--input=dmg,pitfall", "--output=tests", "test.sh"])
+        .dkt(&[
+            "node",
+            "run",
+            "--labels=test",
+            "--input=dmg,pitfall",
+            "--output=tests",
+            "test.sh",
+        ])
         .ok();
     let id = id.trim().to_owned();
     assert_eq!(id.len(), 8);
     // Same node again: same ID, no new node, nothing rerun (inputs unchanged).
     let commits_before = e.commits();
-    let again = e
-        .dkt(&["node", "run", "--labels=test", "--input=pitfall,dmg", "--output=tests", "test.sh"]);
+    let again = e.dkt(&[
+        "node",
+        "run",
+        "--labels=test",
+        "--input=pitfall,dmg",
+        "--output=tests",
+        "test.sh",
+    ]);
     assert_eq!(again.ok().trim(), id);
     assert!(again.stderr().contains("up to date"), "{}", again.stderr());
     assert_eq!(e.commits(), commits_before);
     // The script ran on the materialized sub-tree and wrote into the output.
     let out = std::fs::read_to_string(e.path().join("results/run/STDOUT")).unwrap();
-    assert_eq!(out, format!("pitfall --os=linux --commit={}\nbuild-2246\n", commits[1]));
+    assert_eq!(
+        out,
+        format!("pitfall --os=linux --commit={}\nbuild-2246\n", commits[1])
+    );
     // The user's script is not modified.
-    assert!(std::fs::read_to_string(e.path().join("test.sh")).unwrap().contains("${tests:ROOT}"));
+    assert!(std::fs::read_to_string(e.path().join("test.sh"))
+        .unwrap()
+        .contains("${tests:ROOT}"));
     let after = latest(&e, "tests");
     assert_ne!(before, after);
     // Listings.
     let list = e.dkt(&["node", "list"]).ok();
     let row: Vec<&str> = list.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(row, [id.as_str(), "test.sh", "test", "dmg,pitfall", "tests"]);
+    assert_eq!(
+        row,
+        [id.as_str(), "test.sh", "test", "dmg,pitfall", "tests"]
+    );
     let log = e.dkt(&["node", "log", &id]).ok();
     let row: Vec<&str> = log.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(row[1], "success");
     let dmg = latest(&e, "dmg");
-    assert_eq!(row[2], format!("dmg:{},pitfall:{}", &dmg[4..12], &commits[1][..8]));
+    assert_eq!(
+        row[2],
+        format!("dmg:{},pitfall:{}", &dmg[4..12], &commits[1][..8])
+    );
     assert_eq!(row[3], format!("tests:{}", &after[4..12]));
     // The output version records its provenance.
     let versions = e.dkt(&["--json", "node", "log", &id]).json();
@@ -88,16 +124,25 @@ fn yaml_node_file() {
     let r = e.dkt(&["node", "run", "node.yml"]);
     r.fails(1);
     assert!(r.stderr().contains("exit status 3"), "{}", r.stderr());
-    assert!(!e.path().join("out/b.txt").exists(), "nothing published on failure");
+    assert!(
+        !e.path().join("out/b.txt").exists(),
+        "nothing published on failure"
+    );
     e.write(
         "node.yml",
         "inputs: [in]\noutputs: [out]\nrun:\n  - cp ${in:ROOT}/a.txt ${out:ROOT}/b.txt\n  - echo second >> ${out:ROOT}/b.txt\n",
     );
     e.dkt(&["node", "run", "node.yml"]).ok();
-    assert_eq!(std::fs::read_to_string(e.path().join("out/b.txt")).unwrap(), "hello\nsecond\n");
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("out/b.txt")).unwrap(),
+        "hello\nsecond\n"
+    );
     e.write("bad.yml", "inputs: [in]\nrun: [\"true\"]\nlabelz: [x]\n");
     let err = e.dkt(&["node", "run", "bad.yml"]).fails(2);
-    assert!(err.contains("bad.yml") && err.contains("labelz") && err.contains("line"), "{err}");
+    assert!(
+        err.contains("bad.yml") && err.contains("labelz") && err.contains("line"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -107,7 +152,8 @@ fn hostile_values_are_never_code() {
     std::fs::create_dir_all(e.path().join(evil_dir)).unwrap();
     e.write(&format!("{evil_dir}/f"), "x");
     std::fs::create_dir_all(e.path().join("out")).unwrap();
-    e.dkt(&["source", "add", "evil", &format!("./{evil_dir}")]).ok();
+    e.dkt(&["source", "add", "evil", &format!("./{evil_dir}")])
+        .ok();
     e.dkt(&["source", "add", "out", "out"]).ok();
     let value = "v; touch INJECTED3 $(touch INJECTED4) `touch INJECTED5` \"q\" 'q' # c\nline2 && touch INJECTED6";
     let config = format!("[vars]\nEVIL = {}\n", toml_string(value));
@@ -117,14 +163,40 @@ fn hostile_values_are_never_code() {
         "printf '%s\\n' \"${EVIL}\" > \"${out:ROOT}/quoted\"; echo ${EVIL} > \"${out:ROOT}/bare\"; ls \"${evil:ROOT}\" > \"${out:ROOT}/ls\"",
     ])
     .ok();
-    assert_eq!(std::fs::read_to_string(e.path().join("out/quoted")).unwrap(), format!("{value}\n"));
-    assert_eq!(std::fs::read_to_string(e.path().join("out/ls")).unwrap(), "f\n");
-    assert!(std::fs::read_to_string(e.path().join("out/bare")).unwrap().contains("$(touch INJECTED4)"));
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("out/quoted")).unwrap(),
+        format!("{value}\n")
+    );
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("out/ls")).unwrap(),
+        "f\n"
+    );
+    assert!(std::fs::read_to_string(e.path().join("out/bare"))
+        .unwrap()
+        .contains("$(touch INJECTED4)"));
     // Programs with arguments get the values as arguments, no shell at all.
-    e.dkt(&["node", "run", "--output=out", "--", "sh", "-c", "printf %s \"$1\" > \"$2\"", "sh", "${EVIL}", "${out:ROOT}/argv"]).ok();
-    assert_eq!(std::fs::read_to_string(e.path().join("out/argv")).unwrap(), value);
+    e.dkt(&[
+        "node",
+        "run",
+        "--output=out",
+        "--",
+        "sh",
+        "-c",
+        "printf %s \"$1\" > \"$2\"",
+        "sh",
+        "${EVIL}",
+        "${out:ROOT}/argv",
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("out/argv")).unwrap(),
+        value
+    );
     let found = walk_names(e.path());
-    assert!(!found.iter().any(|n| n.starts_with("INJECTED")), "{found:?}");
+    assert!(
+        !found.iter().any(|n| n.starts_with("INJECTED")),
+        "{found:?}"
+    );
     // Unknown source, field or variable: an error before anything runs.
     let commits = e.commits();
     for (cmd, quoted) in [
@@ -136,11 +208,29 @@ fn hostile_values_are_never_code() {
         assert!(err.contains(quoted), "{cmd}: {err}");
     }
     // (Defining a node is recorded; no run of them is.)
-    let runs = git(e.path(), &["--git-dir", ".dkt/.git", "log", "--format=%s", &format!("HEAD~{}..HEAD", e.commits() - commits)]);
+    let runs = git(
+        e.path(),
+        &[
+            "--git-dir",
+            ".dkt/.git",
+            "log",
+            "--format=%s",
+            &format!("HEAD~{}..HEAD", e.commits() - commits),
+        ],
+    );
     assert!(!runs.contains("started"), "{runs}");
     // Shell defaults are the shell's business.
-    e.dkt(&["node", "run", "--output=out", "echo ${UNSET_THING:-fallback} > ${out:ROOT}/def"]).ok();
-    assert_eq!(std::fs::read_to_string(e.path().join("out/def")).unwrap(), "fallback\n");
+    e.dkt(&[
+        "node",
+        "run",
+        "--output=out",
+        "echo ${UNSET_THING:-fallback} > ${out:ROOT}/def",
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("out/def")).unwrap(),
+        "fallback\n"
+    );
 }
 
 fn toml_string(s: &str) -> String {
@@ -173,22 +263,50 @@ fn walk_names(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn secrets_never_reach_records_logs_or_history() {
     let e = Env::new();
-    e.dkt(&["init", "--github-token=ghp_CANARY_node_secret_42"]).ok();
+    e.dkt(&["init", "--github-token=ghp_CANARY_node_secret_42"])
+        .ok();
     setup_io(&e);
     let id = e
         .dkt(&["node", "run", "--input=in", "--output=out", "echo token=${GITHUB_TOKEN}; echo ${GITHUB_TOKEN} >&2; printf %s ${GITHUB_TOKEN} | wc -c > ${out:ROOT}/len"])
         .ok();
-    assert_eq!(std::fs::read_to_string(e.path().join("out/len")).unwrap().trim(), "25");
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("out/len"))
+            .unwrap()
+            .trim(),
+        "25"
+    );
     let log = e.dkt(&["node", "log", id.trim()]).ok();
-    let run = log.lines().nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let run = log
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
     let show = e.dkt(&["node", "show", &run]).ok();
     assert!(show.contains("token=***"), "{show}");
     assert!(!show.contains("CANARY"));
     // A failing run's error and hooks too.
-    e.dkt(&["node", "run", "--on-failure=echo ${GITHUB_TOKEN}", "echo ${GITHUB_TOKEN}; exit 1"]).fails(1);
+    e.dkt(&[
+        "node",
+        "run",
+        "--on-failure=echo ${GITHUB_TOKEN}",
+        "echo ${GITHUB_TOKEN}; exit 1",
+    ])
+    .fails(1);
     let history = git(e.path(), &["--git-dir", ".dkt/.git", "log", "-p", "--all"]);
     assert!(!history.contains("CANARY"));
-    let objects = git(e.path(), &["--git-dir", ".dkt/.git", "cat-file", "--batch-all-objects", "--batch"]);
+    let objects = git(
+        e.path(),
+        &[
+            "--git-dir",
+            ".dkt/.git",
+            "cat-file",
+            "--batch-all-objects",
+            "--batch",
+        ],
+    );
     assert!(!objects.contains("CANARY"), "a git object holds the secret");
 }
 
@@ -197,7 +315,14 @@ fn failing_command_records_failure_and_publishes_nothing() {
     let e = Env::project();
     setup_io(&e);
     let before = latest(&e, "out");
-    let r = e.dkt(&["node", "run", "--input=in", "--output=out", "--on-failure=touch hook-ran", "echo partial > ${out:ROOT}/p; echo oops >&2; exit 7"]);
+    let r = e.dkt(&[
+        "node",
+        "run",
+        "--input=in",
+        "--output=out",
+        "--on-failure=touch hook-ran",
+        "echo partial > ${out:ROOT}/p; echo oops >&2; exit 7",
+    ]);
     r.fails(1);
     let id = r.stdout().trim().to_owned();
     assert_eq!(latest(&e, "out"), before);
@@ -209,20 +334,44 @@ fn failing_command_records_failure_and_publishes_nothing() {
     let run = log[0]["id"].as_str().unwrap()[..8].to_owned();
     assert!(e.dkt(&["node", "show", &run]).ok().contains("oops"));
     // Running again retries (a new attempt), since nothing succeeded.
-    e.dkt(&["node", "run", "--input=in", "--output=out", "--on-failure=touch hook-ran", "echo partial > ${out:ROOT}/p; echo oops >&2; exit 7"]).fails(1);
-    assert_eq!(e.dkt(&["--json", "node", "log", &id]).json().as_array().unwrap().len(), 2);
+    e.dkt(&[
+        "node",
+        "run",
+        "--input=in",
+        "--output=out",
+        "--on-failure=touch hook-ran",
+        "echo partial > ${out:ROOT}/p; echo oops >&2; exit 7",
+    ])
+    .fails(1);
+    assert_eq!(
+        e.dkt(&["--json", "node", "log", &id])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[test]
 fn timeout_ends_the_process_group() {
     let e = Env::project();
     setup_io(&e);
-    let r = e.dkt(&["node", "run", "--timeout=1s", "--output=out", "sleep 600 & sleep 600; echo done > ${out:ROOT}/x"]);
+    let r = e.dkt(&[
+        "node",
+        "run",
+        "--timeout=1s",
+        "--output=out",
+        "sleep 600 & sleep 600; echo done > ${out:ROOT}/x",
+    ]);
     r.fails(1);
     assert!(r.stderr().contains("timed out"), "{}", r.stderr());
     assert!(!e.path().join("out/x").exists());
     let id = r.stdout().trim().to_owned();
-    assert_eq!(e.dkt(&["--json", "node", "log", &id]).json()[0]["status"], "failure");
+    assert_eq!(
+        e.dkt(&["--json", "node", "log", &id]).json()[0]["status"],
+        "failure"
+    );
     e.dkt(&["node", "run", "--timeout=soon", "true"]).fails(2);
 }
 
@@ -233,7 +382,13 @@ fn a_killed_run_is_interrupted_and_publishes_nothing() {
     let before = latest(&e, "out");
     let mut child = e
         .cmd()
-        .args(["node", "run", "--input=in", "--output=out", "echo x > ${out:ROOT}/x; sleep 3"])
+        .args([
+            "node",
+            "run",
+            "--input=in",
+            "--output=out",
+            "echo x > ${out:ROOT}/x; sleep 3",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -257,9 +412,21 @@ fn a_killed_run_is_interrupted_and_publishes_nothing() {
     assert_eq!(latest(&e, "out"), before);
     assert!(!e.path().join("out/x").exists());
     // Running again records the interruption and then runs.
-    e.dkt(&["node", "run", "--input=in", "--output=out", "echo x > ${out:ROOT}/x; sleep 3"]).ok();
+    e.dkt(&[
+        "node",
+        "run",
+        "--input=in",
+        "--output=out",
+        "echo x > ${out:ROOT}/x; sleep 3",
+    ])
+    .ok();
     let log = e.dkt(&["--json", "node", "log", &id]).json();
-    let statuses: Vec<&str> = log.as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    let statuses: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
     assert_eq!(statuses, ["success", "interrupted"]);
     git(e.path(), &["--git-dir", ".dkt/.git", "fsck", "--strict"]);
 }
@@ -268,18 +435,52 @@ fn a_killed_run_is_interrupted_and_publishes_nothing() {
 fn labels_that_do_not_match_leave_the_run_pending() {
     let e = Env::project();
     setup_io(&e);
-    let r = e.dkt(&["node", "run", "--labels=osx,test", "--input=in", "--output=out", "touch ${out:ROOT}/ran"]);
+    let r = e.dkt(&[
+        "node",
+        "run",
+        "--labels=osx,test",
+        "--input=in",
+        "--output=out",
+        "touch ${out:ROOT}/ran",
+    ]);
     let id = r.ok().trim().to_owned();
     assert!(r.stderr().contains("pending"), "{}", r.stderr());
     assert!(!e.path().join("out/ran").exists());
     let log = e.dkt(&["node", "log", &id]).ok();
     assert!(log.lines().nth(1).unwrap().contains("pending"), "{log}");
     // Same again: still one pending run.
-    e.dkt(&["node", "run", "--labels=osx,test", "--input=in", "--output=out", "touch ${out:ROOT}/ran"]).ok();
-    assert_eq!(e.dkt(&["--json", "node", "log", &id]).json().as_array().unwrap().len(), 1);
+    e.dkt(&[
+        "node",
+        "run",
+        "--labels=osx,test",
+        "--input=in",
+        "--output=out",
+        "touch ${out:ROOT}/ran",
+    ])
+    .ok();
+    assert_eq!(
+        e.dkt(&["--json", "node", "log", &id])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     // A machine with those labels runs it.
-    std::fs::write(e.path().join(".dkt/config"), "[worker]\nlabels = [\"osx\", \"test\", \"linux\"]\n").unwrap();
-    e.dkt(&["node", "run", "--labels=osx,test", "--input=in", "--output=out", "touch ${out:ROOT}/ran"]).ok();
+    std::fs::write(
+        e.path().join(".dkt/config"),
+        "[worker]\nlabels = [\"osx\", \"test\", \"linux\"]\n",
+    )
+    .unwrap();
+    e.dkt(&[
+        "node",
+        "run",
+        "--labels=osx,test",
+        "--input=in",
+        "--output=out",
+        "touch ${out:ROOT}/ran",
+    ])
+    .ok();
     assert!(e.path().join("out/ran").exists());
     let log = e.dkt(&["--json", "node", "log", &id]).json();
     assert_eq!(log.as_array().unwrap().len(), 1);
@@ -290,29 +491,98 @@ fn labels_that_do_not_match_leave_the_run_pending() {
 fn unchanged_inputs_do_nothing_and_new_inputs_run_again() {
     let e = Env::project();
     setup_io(&e);
-    let id = e.dkt(&["node", "run", "--input=in", "--output=out", "cat ${in:ROOT}/a.txt >> ${out:ROOT}/all"]).ok();
+    let id = e
+        .dkt(&[
+            "node",
+            "run",
+            "--input=in",
+            "--output=out",
+            "cat ${in:ROOT}/a.txt >> ${out:ROOT}/all",
+        ])
+        .ok();
     let commits = e.commits();
-    e.dkt(&["node", "run", "--input=in", "--output=out", "cat ${in:ROOT}/a.txt >> ${out:ROOT}/all"]).ok();
+    e.dkt(&[
+        "node",
+        "run",
+        "--input=in",
+        "--output=out",
+        "cat ${in:ROOT}/a.txt >> ${out:ROOT}/all",
+    ])
+    .ok();
     assert_eq!(e.commits(), commits);
     e.write("in/a.txt", "again\n");
     e.dkt(&["source", "update", "in"]).ok();
-    e.dkt(&["node", "run", "--input=in", "--output=out", "cat ${in:ROOT}/a.txt >> ${out:ROOT}/all"]).ok();
-    assert_eq!(std::fs::read_to_string(e.path().join("out/all")).unwrap(), "hello\nagain\n");
-    assert_eq!(e.dkt(&["--json", "node", "log", id.trim()]).json().as_array().unwrap().len(), 2);
+    e.dkt(&[
+        "node",
+        "run",
+        "--input=in",
+        "--output=out",
+        "cat ${in:ROOT}/a.txt >> ${out:ROOT}/all",
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("out/all")).unwrap(),
+        "hello\nagain\n"
+    );
+    assert_eq!(
+        e.dkt(&["--json", "node", "log", id.trim()])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     // --force runs again on the same inputs.
-    e.dkt(&["node", "run", "--force", "--input=in", "--output=out", "cat ${in:ROOT}/a.txt >> ${out:ROOT}/all"]).ok();
-    assert_eq!(e.dkt(&["--json", "node", "log", id.trim()]).json().as_array().unwrap().len(), 3);
+    e.dkt(&[
+        "node",
+        "run",
+        "--force",
+        "--input=in",
+        "--output=out",
+        "cat ${in:ROOT}/a.txt >> ${out:ROOT}/all",
+    ])
+    .ok();
+    assert_eq!(
+        e.dkt(&["--json", "node", "log", id.trim()])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
 }
 
 #[test]
 fn graph_rules() {
     let e = Env::project();
     setup_io(&e);
-    let err = e.dkt(&["node", "run", "--input=in", "--output=in", "true"]).fails(2);
+    let err = e
+        .dkt(&["node", "run", "--input=in", "--output=in", "true"])
+        .fails(2);
     assert!(err.contains("cycle"), "{err}");
-    e.dkt(&["node", "run", "--no-run", "--input=in", "--output=out", "true"]).ok();
-    let err = e.dkt(&["node", "run", "--no-run", "--input=out", "--output=in", "true"]).fails(2);
-    assert!(err.contains("cycle") && err.contains("source in") && err.contains("source out"), "{err}");
+    e.dkt(&[
+        "node",
+        "run",
+        "--no-run",
+        "--input=in",
+        "--output=out",
+        "true",
+    ])
+    .ok();
+    let err = e
+        .dkt(&[
+            "node",
+            "run",
+            "--no-run",
+            "--input=out",
+            "--output=in",
+            "true",
+        ])
+        .fails(2);
+    assert!(
+        err.contains("cycle") && err.contains("source in") && err.contains("source out"),
+        "{err}"
+    );
     let err = e.dkt(&["node", "run", "--input=nosuch", "true"]).fails(2);
     assert!(err.contains("\"nosuch\""), "{err}");
     let repo = e.path().join("g");

@@ -8,12 +8,21 @@ fn init_prints_the_design_message_and_lays_out_dkt() {
     let e = Env::new();
     let out = e.dkt(&["init"]).ok();
     let dkt = std::fs::canonicalize(e.path()).unwrap().join(".dkt");
-    assert_eq!(out, format!("Initialized empty Datakit repository in {}/\n", dkt.display()));
+    assert_eq!(
+        out,
+        format!(
+            "Initialized empty Datakit repository in {}/\n",
+            dkt.display()
+        )
+    );
     assert!(dkt.join(".git/HEAD").is_file());
     assert!(dkt.join("config").is_file());
     assert!(dkt.join("secrets").is_dir());
     // The history is plain git and needs no identity.
-    let log = git(e.path(), &["--git-dir", ".dkt/.git", "log", "--format=%an %s"]);
+    let log = git(
+        e.path(),
+        &["--git-dir", ".dkt/.git", "log", "--format=%an %s"],
+    );
     assert_eq!(log, "dtk init: empty Datakit project\n");
 }
 
@@ -55,17 +64,31 @@ fn project_is_found_from_subdirectories_and_with_dash_c() {
 #[test]
 fn tokens_are_secret_files_never_committed() {
     let e = Env::new();
-    e.dkt(&["init", "--github-token=ghp_CANARY_init_1234", "--docker-token", "dck_CANARY_5678"])
-        .ok();
+    e.dkt(&[
+        "init",
+        "--github-token=ghp_CANARY_init_1234",
+        "--docker-token",
+        "dck_CANARY_5678",
+    ])
+    .ok();
     use std::os::unix::fs::PermissionsExt;
     let f = e.path().join(".dkt/secrets/GITHUB_TOKEN");
-    assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "ghp_CANARY_init_1234");
     let all = git(e.path(), &["--git-dir", ".dkt/.git", "log", "-p", "--all"]);
     assert!(!all.contains("CANARY"));
     let objects = git(
         e.path(),
-        &["--git-dir", ".dkt/.git", "cat-file", "--batch-all-objects", "--batch"],
+        &[
+            "--git-dir",
+            ".dkt/.git",
+            "cat-file",
+            "--batch-all-objects",
+            "--batch",
+        ],
     );
     assert!(!objects.contains("CANARY"));
 }
@@ -100,7 +123,9 @@ fn clone_of_a_non_dtk_repository_is_refused() {
     let plain = Env::new();
     pinata_repo(plain.path());
     let d = Env::new();
-    let err = d.dkt(&["clone", plain.path().to_str().unwrap(), "x"]).fails(2);
+    let err = d
+        .dkt(&["clone", plain.path().to_str().unwrap(), "x"])
+        .fails(2);
     assert!(err.contains("not a dtk project"), "{err}");
     assert!(!d.path().join("x/.dkt").exists());
 }
@@ -118,7 +143,8 @@ fn a_closed_pipe_is_quiet() {
     let e = Env::project();
     for i in 0..30 {
         std::fs::create_dir_all(e.path().join(format!("d{i}"))).unwrap();
-        e.dkt(&["source", "add", &format!("s{i}"), &format!("d{i}")]).ok();
+        e.dkt(&["source", "add", &format!("s{i}"), &format!("d{i}")])
+            .ok();
     }
     let out = std::process::Command::new("sh")
         .current_dir(e.path())

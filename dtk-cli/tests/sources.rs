@@ -30,7 +30,10 @@ fn path_sources_add_list_log() {
     assert!(up.contains("updated"), "{up}");
     let log = e.dkt(&["source", "log", "data"]).ok();
     let lines: Vec<&str> = log.lines().collect();
-    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["ID", "FULL"]);
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["ID", "FULL"]
+    );
     assert_eq!(lines.len(), 3, "{log}");
     assert!(lines[2].ends_with(&latest), "{log}");
     let newest = lines[1].split_whitespace().nth(1).unwrap();
@@ -56,7 +59,10 @@ fn temporary_source_when_no_location() {
     let loc = out["location"].as_str().unwrap().to_owned();
     assert!(std::path::Path::new(&loc).is_dir());
     e.dkt(&["source", "rm", "tests"]).ok();
-    assert!(!std::path::Path::new(&loc).exists(), "owned temp dir removed with the source");
+    assert!(
+        !std::path::Path::new(&loc).exists(),
+        "owned temp dir removed with the source"
+    );
 }
 
 #[test]
@@ -72,9 +78,15 @@ fn bad_input_is_rejected_quoted_and_changes_nothing() {
         (&["source", "add", "--", "-x", "data"], "\"-x\""),
         (&["source", "add", "data", "data"], "\"data\""),
         (&["source", "add", "x", "./no/such/dir"], "no/such/dir"),
-        (&["source", "add", "x", "data", "-p", "../etc"], "\"../etc\""),
+        (
+            &["source", "add", "x", "data", "-p", "../etc"],
+            "\"../etc\"",
+        ),
         (&["source", "add", "x", "data", "-p", "missing"], "missing"),
-        (&["source", "add", "x", "data", "-k", "nosuchkind"], "\"nosuchkind\""),
+        (
+            &["source", "add", "x", "data", "-k", "nosuchkind"],
+            "\"nosuchkind\"",
+        ),
         (&["source", "pin", "data", "md5:ffff"], "md5:ffff"),
         (&["source", "pin", "nosuch", "md5:ffff"], "\"nosuch\""),
         (&["source", "log", "nosuch"], "\"nosuch\""),
@@ -94,7 +106,10 @@ fn pin_unpin_freeze_thaw() {
     let e = Env::project();
     e.write("data/a", "1");
     e.dkt(&["source", "add", "data", "data"]).ok();
-    let first = e.dkt(&["--json", "source", "list"]).json()[0]["latest"].as_str().unwrap().to_owned();
+    let first = e.dkt(&["--json", "source", "list"]).json()[0]["latest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     e.write("data/a", "2");
     e.dkt(&["source", "update"]).ok();
     e.dkt(&["source", "pin", "data", &first[..10]]).ok();
@@ -108,10 +123,24 @@ fn pin_unpin_freeze_thaw() {
     e.write("data/a", "3");
     let up = e.dkt(&["source", "update"]).ok();
     assert!(up.contains("frozen"), "{up}");
-    assert_eq!(e.dkt(&["--json", "source", "log", "data"]).json().as_array().unwrap().len(), 2);
+    assert_eq!(
+        e.dkt(&["--json", "source", "log", "data"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     e.dkt(&["source", "thaw", "data"]).ok();
     e.dkt(&["source", "update"]).ok();
-    assert_eq!(e.dkt(&["--json", "source", "log", "data"]).json().as_array().unwrap().len(), 3);
+    assert_eq!(
+        e.dkt(&["--json", "source", "log", "data"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
 }
 
 #[test]
@@ -129,7 +158,10 @@ fn ambiguous_prefix_lists_matches() {
             .iter()
             .map(|v| v["version"].as_str().unwrap().chars().nth(4).unwrap())
             .collect();
-        if let Some(c) = firsts.iter().find(|c| firsts.iter().filter(|d| d == c).count() > 1) {
+        if let Some(c) = firsts
+            .iter()
+            .find(|c| firsts.iter().filter(|d| d == c).count() > 1)
+        {
             let err = e.dkt(&["source", "pin", "data", &c.to_string()]).fails(2);
             assert!(err.contains("ambiguous"), "{err}");
             assert!(err.contains(", "), "lists the matches: {err}");
@@ -151,7 +183,16 @@ fn git_sources_design_example() {
     assert_eq!(row[1], "git");
     assert_eq!(row[3], "master");
     // Derived source: inherits kind, location and tag; -p relative to the parent's path.
-    let out = e.dkt(&["source", "add", "pitfall", "pinata", "--path", "/v1/pitfall"]).ok();
+    let out = e
+        .dkt(&[
+            "source",
+            "add",
+            "pitfall",
+            "pinata",
+            "--path",
+            "/v1/pitfall",
+        ])
+        .ok();
     let row = table_row(&out, "pitfall");
     assert_eq!(&row[1..], ["git", row[2], "master", "/v1/pitfall"]);
     let out = e.dkt(&["source", "add", "v1", "pinata", "-p", "v1"]).ok();
@@ -159,12 +200,28 @@ fn git_sources_design_example() {
     let out = e.dkt(&["source", "add", "pf2", "v1", "-p", "pitfall"]).ok();
     assert_eq!(table_row(&out, "pf2")[4], "/v1/pitfall");
     let list = e.dkt(&["source", "list"]).ok();
-    assert_eq!(table_row(&list, "pinata")[1], format!("sha1:{}", commits[0]));
+    assert_eq!(
+        table_row(&list, "pinata")[1],
+        format!("sha1:{}", commits[0])
+    );
     // pitfall's newest commit is the one that changed v1/pitfall: the first.
-    assert_eq!(table_row(&list, "pitfall")[1], format!("sha1:{}", commits[1]));
+    assert_eq!(
+        table_row(&list, "pitfall")[1],
+        format!("sha1:{}", commits[1])
+    );
     let log = e.dkt(&["source", "log", "pinata"]).ok();
-    let ids: Vec<&str> = log.lines().skip(1).map(|l| l.split_whitespace().nth(1).unwrap()).collect();
-    assert_eq!(ids, commits.iter().map(|c| format!("sha1:{c}")).collect::<Vec<_>>());
+    let ids: Vec<&str> = log
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        commits
+            .iter()
+            .map(|c| format!("sha1:{c}"))
+            .collect::<Vec<_>>()
+    );
     // A tag in LOCATION:TAG form and pins by prefix.
     git(&repo, &["tag", "beta12", &commits[1]]);
     let loc = format!("file://{}:beta12", repo.display());
@@ -172,16 +229,37 @@ fn git_sources_design_example() {
     assert_eq!(table_row(&out, "beta12")[3], "beta12");
     e.dkt(&["source", "pin", "pinata", &commits[1][..8]]).ok();
     let list = e.dkt(&["source", "list"]).ok();
-    assert_eq!(table_row(&list, "pinata*")[1], format!("sha1:{}", commits[1]));
+    assert_eq!(
+        table_row(&list, "pinata*")[1],
+        format!("sha1:{}", commits[1])
+    );
     // Links need both versions to exist.
     e.write("dmg/app.dmg", "dmg");
     e.dkt(&["source", "add", "dmg", "dmg"]).ok();
     let dmg = e.dkt(&["--json", "source", "list"]).json();
-    let dmg_v = dmg.as_array().unwrap().iter().find(|s| s["name"] == "dmg").unwrap()["latest"].as_str().unwrap()[4..12].to_owned();
-    e.dkt(&["source", "link", &format!("pinata:{}", &commits[1][..8]), &format!("dmg:{dmg_v}")]).ok();
-    let msg = git(e.path(), &["--git-dir", ".dkt/.git", "log", "-1", "--format=%s"]);
+    let dmg_v = dmg
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "dmg")
+        .unwrap()["latest"]
+        .as_str()
+        .unwrap()[4..12]
+        .to_owned();
+    e.dkt(&[
+        "source",
+        "link",
+        &format!("pinata:{}", &commits[1][..8]),
+        &format!("dmg:{dmg_v}"),
+    ])
+    .ok();
+    let msg = git(
+        e.path(),
+        &["--git-dir", ".dkt/.git", "log", "-1", "--format=%s"],
+    );
     assert!(msg.starts_with("source link pinata:"), "{msg}");
-    e.dkt(&["source", "link", "pinata:ffffffff", &format!("dmg:{dmg_v}")]).fails(2);
+    e.dkt(&["source", "link", "pinata:ffffffff", &format!("dmg:{dmg_v}")])
+        .fails(2);
 }
 
 #[test]
@@ -196,13 +274,34 @@ fn git_source_sees_new_commits_and_moves_to_a_mirror() {
     let head = git(&repo, &["rev-parse", "HEAD"]).trim().to_owned();
     let up = e.dkt(&["source", "update", "up"]).ok();
     assert!(up.contains("updated"), "{up}");
-    assert_eq!(e.dkt(&["--json", "source", "list"]).json()[0]["latest"], format!("sha1:{head}"));
+    assert_eq!(
+        e.dkt(&["--json", "source", "list"]).json()[0]["latest"],
+        format!("sha1:{head}")
+    );
     // Move it to a mirror: same name, same history.
     let mirror = e.path().join("mirror.git");
-    git(e.path(), &["clone", "-q", "--mirror", repo.to_str().unwrap(), mirror.to_str().unwrap()]);
-    let out = e.dkt(&["source", "pin", "up", mirror.to_str().unwrap(), "-k", "git"]).ok();
+    git(
+        e.path(),
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            repo.to_str().unwrap(),
+            mirror.to_str().unwrap(),
+        ],
+    );
+    let out = e
+        .dkt(&["source", "pin", "up", mirror.to_str().unwrap(), "-k", "git"])
+        .ok();
     assert!(out.contains("mirror.git"), "{out}");
-    assert_eq!(e.dkt(&["--json", "source", "log", "up"]).json().as_array().unwrap().len(), 3);
+    assert_eq!(
+        e.dkt(&["--json", "source", "log", "up"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
 }
 
 #[test]
@@ -213,11 +312,17 @@ fn bad_git_input() {
     let commits = e.commits();
     let err = e.dkt(&["source", "add", "x", "r:nosuchtag"]).stderr();
     assert!(err.contains("nosuchtag"), "{err}");
-    let err = e.dkt(&["source", "add", "x", "r", "-p", "no/such/dir"]).fails(2);
+    let err = e
+        .dkt(&["source", "add", "x", "r", "-p", "no/such/dir"])
+        .fails(2);
     assert!(err.contains("no/such/dir"), "{err}");
-    let err = e.dkt(&["source", "add", "x", "file:///no/such/repo.git"]).stderr();
+    let err = e
+        .dkt(&["source", "add", "x", "file:///no/such/repo.git"])
+        .stderr();
     assert!(err.contains("/no/such/repo.git"), "{err}");
-    let err = e.dkt(&["source", "add", "x", "not a repo!", "-k", "github"]).fails(2);
+    let err = e
+        .dkt(&["source", "add", "x", "not a repo!", "-k", "github"])
+        .fails(2);
     assert!(err.contains("not a repo!"), "{err}");
     assert_eq!(e.commits(), commits);
 }
@@ -228,7 +333,11 @@ fn github_shortcut_expands() {
     // No network here: the expansion shows in the error that the fetch fails with.
     let r = e.dkt(&["source", "add", "pinata", "docker/pinata", "-k", "github"]);
     assert_ne!(r.code(), 0);
-    assert!(r.stderr().contains("https://github.com/docker/pinata"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("https://github.com/docker/pinata"),
+        "{}",
+        r.stderr()
+    );
 }
 
 #[test]
@@ -238,7 +347,16 @@ fn rm_refuses_while_a_node_uses_the_source() {
     std::fs::create_dir_all(e.path().join("out")).unwrap();
     e.dkt(&["source", "add", "in", "in"]).ok();
     e.dkt(&["source", "add", "out", "out"]).ok();
-    let id = e.dkt(&["node", "run", "--no-run", "--input=in", "--output=out", "true"]).ok();
+    let id = e
+        .dkt(&[
+            "node",
+            "run",
+            "--no-run",
+            "--input=in",
+            "--output=out",
+            "true",
+        ])
+        .ok();
     let err = e.dkt(&["source", "rm", "in"]).fails(2);
     assert!(err.contains(id.trim()), "names the node: {err}");
     assert!(e.dkt(&["source", "list"]).ok().contains("in"));

@@ -51,7 +51,10 @@ pub struct RunConfig {
 
 /// The default labels of this machine: its OS and architecture (`linux`, `x86_64`).
 pub fn default_labels() -> Vec<String> {
-    vec![std::env::consts::OS.to_owned(), std::env::consts::ARCH.to_owned()]
+    vec![
+        std::env::consts::OS.to_owned(),
+        std::env::consts::ARCH.to_owned(),
+    ]
 }
 
 impl Config {
@@ -175,7 +178,9 @@ fn private_file() -> std::fs::Permissions {
 
 #[cfg(not(unix))]
 fn private_file() -> std::fs::Permissions {
-    std::fs::metadata(".").map(|m| m.permissions()).unwrap_or_else(|_| unreachable!())
+    std::fs::metadata(".")
+        .map(|m| m.permissions())
+        .unwrap_or_else(|_| unreachable!())
 }
 
 /// Create `dir` readable by its owner only.
@@ -203,7 +208,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(sdir.join(GITHUB_TOKEN)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(sdir.join(GITHUB_TOKEN))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let loaded = Secrets::load(&sdir).unwrap();

@@ -60,10 +60,19 @@ fn fail<T>(what: impl Into<String>) -> Result<T, String> {
 
 /// `latest` returns the same version twice when nothing changed.
 pub async fn latest_is_stable(source: &dyn Source) -> Check {
-    let a = source.latest().await.map_err(|e| format!("latest failed: {e}"))?;
-    let b = source.latest().await.map_err(|e| format!("latest failed: {e}"))?;
+    let a = source
+        .latest()
+        .await
+        .map_err(|e| format!("latest failed: {e}"))?;
+    let b = source
+        .latest()
+        .await
+        .map_err(|e| format!("latest failed: {e}"))?;
     if a.version != b.version {
-        return fail(format!("latest changed without a change: {} then {}", a.version, b.version));
+        return fail(format!(
+            "latest changed without a change: {} then {}",
+            a.version, b.version
+        ));
     }
     Ok(())
 }
@@ -71,7 +80,10 @@ pub async fn latest_is_stable(source: &dyn Source) -> Check {
 /// With history, `versions` is non-empty, has no duplicates, and lists the latest version
 /// first; without, it returns `NotSupported`.
 pub async fn versions_agree_with_latest(source: &dyn Source) -> Check {
-    let latest = source.latest().await.map_err(|e| format!("latest failed: {e}"))?;
+    let latest = source
+        .latest()
+        .await
+        .map_err(|e| format!("latest failed: {e}"))?;
     match source.versions().await {
         Ok(vs) if source.capabilities().history => {
             let Some(first) = vs.first() else {
@@ -97,14 +109,20 @@ pub async fn versions_agree_with_latest(source: &dyn Source) -> Check {
 
 /// Materializing the latest version gives an existing path, and `fields` names it `ROOT`.
 pub async fn materialize_latest(source: &dyn Source, fixture: &Fixture) -> Check {
-    let latest = source.latest().await.map_err(|e| format!("latest failed: {e}"))?;
+    let latest = source
+        .latest()
+        .await
+        .map_err(|e| format!("latest failed: {e}"))?;
     let scratch = fixture.fresh("materialize")?;
     let root = source
         .materialize(&latest.version, &scratch)
         .await
         .map_err(|e| format!("materialize {} failed: {e}", latest.version))?;
     if !root.exists() {
-        return fail(format!("materialize returned {} which does not exist", root.display()));
+        return fail(format!(
+            "materialize returned {} which does not exist",
+            root.display()
+        ));
     }
     let fields = source
         .fields(Some(&latest.version), &root)
@@ -117,13 +135,19 @@ pub async fn materialize_latest(source: &dyn Source, fixture: &Fixture) -> Check
 
 /// Materializing a version that never existed is an error, not an empty directory.
 pub async fn materialize_unknown_fails(source: &dyn Source, fixture: &Fixture) -> Check {
-    let latest = source.latest().await.map_err(|e| format!("latest failed: {e}"))?;
+    let latest = source
+        .latest()
+        .await
+        .map_err(|e| format!("latest failed: {e}"))?;
     let algo = latest.version.algo();
     let bogus = crate::Version::from_bytes(algo, &vec![0x5a; algo.hex_len() / 2])
         .map_err(|e| e.to_string())?;
     let scratch = fixture.fresh("materialize-unknown")?;
     match source.materialize(&bogus, &scratch).await {
-        Ok(p) => fail(format!("materialize of unknown version {bogus} succeeded: {}", p.display())),
+        Ok(p) => fail(format!(
+            "materialize of unknown version {bogus} succeeded: {}",
+            p.display()
+        )),
         Err(_) => Ok(()),
     }
 }
@@ -145,9 +169,18 @@ pub async fn publish_contract(source: &dyn Source, fixture: &Fixture) -> Check {
     if !source.capabilities().publish {
         return fail("a publish directory was given but the kind does not publish");
     }
-    let before = source.latest().await.map_err(|e| format!("latest failed: {e}"))?;
-    let published = source.publish(dir).await.map_err(|e| format!("publish failed: {e}"))?;
-    let after = source.latest().await.map_err(|e| format!("latest failed: {e}"))?;
+    let before = source
+        .latest()
+        .await
+        .map_err(|e| format!("latest failed: {e}"))?;
+    let published = source
+        .publish(dir)
+        .await
+        .map_err(|e| format!("publish failed: {e}"))?;
+    let after = source
+        .latest()
+        .await
+        .map_err(|e| format!("latest failed: {e}"))?;
     if published.version != after.version {
         return fail(format!(
             "publish returned {} but latest is then {}",
@@ -164,9 +197,18 @@ pub async fn publish_contract(source: &dyn Source, fixture: &Fixture) -> Check {
 pub async fn check_all(source: &dyn Source, fixture: &Fixture) -> Result<(), String> {
     let named = |name: &str, r: Check| r.map_err(|e| format!("{name}: {e}"));
     named("latest_is_stable", latest_is_stable(source).await)?;
-    named("versions_agree_with_latest", versions_agree_with_latest(source).await)?;
-    named("materialize_latest", materialize_latest(source, fixture).await)?;
-    named("materialize_unknown_fails", materialize_unknown_fails(source, fixture).await)?;
+    named(
+        "versions_agree_with_latest",
+        versions_agree_with_latest(source).await,
+    )?;
+    named(
+        "materialize_latest",
+        materialize_latest(source, fixture).await,
+    )?;
+    named(
+        "materialize_unknown_fails",
+        materialize_unknown_fails(source, fixture).await,
+    )?;
     named("publish_contract", publish_contract(source, fixture).await)?;
     Ok(())
 }

@@ -31,6 +31,8 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
     /// The labels of the machine running it (default: configured, else OS and arch).
     pub labels: Option<Vec<String>>,
+    /// Only queue the run (`pending`) for a worker (`dkt worker`) to execute.
+    pub queue: bool,
 }
 
 impl RunOptions {
@@ -53,6 +55,11 @@ impl RunOptions {
         self.labels = Some(labels);
         self
     }
+    /// Only queue the run for a worker.
+    pub fn with_queue(mut self, queue: bool) -> Self {
+        self.queue = queue;
+        self
+    }
 }
 
 /// What [`Project::run_node`] did.
@@ -63,15 +70,21 @@ pub enum RunOutcome {
     Ran(RunRecord),
     /// A run on the same inputs already succeeded; nothing was run.
     UpToDate(RunRecord),
-    /// This machine lacks some of the node's labels: the run waits, `pending`.
+    /// The run waits, `pending`, for a worker (queued, or this machine lacks some of the
+    /// node's labels).
     Pending(RunRecord),
+    /// Another worker is running it right now.
+    Busy(RunRecord),
 }
 
 impl RunOutcome {
     /// The run's record.
     pub fn record(&self) -> &RunRecord {
         match self {
-            RunOutcome::Ran(r) | RunOutcome::UpToDate(r) | RunOutcome::Pending(r) => r,
+            RunOutcome::Ran(r)
+            | RunOutcome::UpToDate(r)
+            | RunOutcome::Pending(r)
+            | RunOutcome::Busy(r) => r,
         }
     }
 }
@@ -118,10 +131,16 @@ impl<'de> Deserialize<'de> for StringOrList {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a shell line or a list of shell lines (quote lines such as \"true\")")
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<Self::Value, E> {
                 Ok(StringOrList::One(v.to_owned()))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self::Value, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
                 let mut out = Vec::new();
                 while let Some(s) = seq.next_element::<String>()? {
                     out.push(s);
@@ -136,8 +155,7 @@ impl<'de> Deserialize<'de> for StringOrList {
 impl NodeFile {
     /// Parse a node file; errors name `file`, the line and the field.
     pub fn parse(file: &str, text: &str) -> Result<NodeFile> {
-        serde_norway::from_str(text)
-            .map_err(|e| Error::invalid("node file", file, e.to_string()))
+        serde_norway::from_str(text).map_err(|e| Error::invalid("node file", file, e.to_string()))
     }
 
     /// The node it describes.
@@ -175,24 +193,31 @@ pub fn validate_labels(labels: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Parse a duration such as `90`, `90s`, `30m`, `2h`, `1d`.
+/// Parse a duration such as `90`, `90s`, `500ms`, `30m`, `2h`, `1d`.
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let t = s.trim();
-    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| Error::invalid("duration", s, "expected a number with s, m, h or d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(Error::invalid("duration", s, "expected a number with s, m, h or d")),
+    let bad = || {
+        Error::invalid(
+            "duration",
+            s,
+            "expected a number with ms, s, m, h or d (e.g. 30s, 2h)",
+        )
     };
-    if secs == 0 {
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => return Err(bad()),
+    }
+    .ok_or_else(bad)?;
+    if ms == 0 {
         return Err(Error::invalid("duration", s, "must be more than zero"));
     }
-    Ok(Duration::from_secs(secs))
+    Ok(Duration::from_millis(ms))
 }
 
 /// `host:pid` of this process.
@@ -209,7 +234,7 @@ pub fn worker_id() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-fn pid_alive(worker: &str) -> Option<bool> {
+pub(crate) fn pid_alive(worker: &str) -> Option<bool> {
     let me = worker_id();
     let (host, pid) = worker.rsplit_once(':')?;
     let (my_host, _) = me.rsplit_once(':')?;
@@ -257,7 +282,11 @@ impl Project {
     pub fn node(&self, prefix: &str) -> Result<(NodeId, NodeSpec)> {
         let p = prefix.to_ascii_lowercase();
         if p.len() < 4 || !p.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(Error::invalid("node ID", prefix, "expected at least 4 hex digits"));
+            return Err(Error::invalid(
+                "node ID",
+                prefix,
+                "expected at least 4 hex digits",
+            ));
         }
         let nodes = self.nodes()?;
         let found = crate::id::resolve_prefix(
@@ -288,17 +317,22 @@ impl Project {
     pub fn run_record(&self, prefix: &str) -> Result<RunRecord> {
         let p = prefix.to_ascii_lowercase();
         if p.len() < 4 || !p.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(Error::invalid("run ID", prefix, "expected at least 4 hex digits"));
+            return Err(Error::invalid(
+                "run ID",
+                prefix,
+                "expected at least 4 hex digits",
+            ));
         }
         let snap = self.store().snapshot()?;
-        let dir = format!("runs/{}", &p[..2]);
+        let dir = paths::run_dir(&p);
         let candidates: Vec<String> = snap
             .list(&dir)?
             .into_iter()
             .filter(|e| e.name.ends_with(".json") && e.name.starts_with(&p))
             .map(|e| e.name)
             .collect();
-        let name = crate::id::resolve_prefix("run", &p, &candidates, |n| n[..8].to_owned(), |_, _| true)?;
+        let name =
+            crate::id::resolve_prefix("run", &p, &candidates, |n| n[..8].to_owned(), |_, _| true)?;
         snap.read_json(&format!("{dir}/{name}"))?
             .ok_or_else(|| Error::not_found("run", prefix))
     }
@@ -334,10 +368,19 @@ impl Project {
             }
         }
         self.check_variables(&node)?;
-        let labels = options.labels.clone().unwrap_or_else(|| self.config().labels());
+        let labels = options
+            .labels
+            .clone()
+            .unwrap_or_else(|| self.config().labels());
         let runnable = node.labels.iter().all(|l| labels.contains(l));
-        // Settle runs whose worker died before going on.
+        // Settle runs whose worker died before going on; one still running on these inputs
+        // (another worker, another `dkt`) is not started twice.
         self.settle_interrupted(&same)?;
+        if let Some(busy) = same.iter().find(|r| {
+            r.status == RunStatus::Running && self.effective_status(r) == RunStatus::Running
+        }) {
+            return Ok(RunOutcome::Busy((*busy).clone()));
+        }
         if !runnable {
             if let Some(p) = same.iter().find(|r| r.status == RunStatus::Pending) {
                 return Ok(RunOutcome::Pending((*p).clone()));
@@ -366,25 +409,99 @@ impl Project {
             digest: None,
         });
         record.input_digests = input_digests(&snap, &record.inputs)?;
-        if !runnable {
-            self.put_run(&record, None, &format!("run {} of node {}: pending (labels {})", record.id.short(), node_id.short(), node.labels.join(",")))?;
+        if !runnable || options.queue {
+            if record.status != RunStatus::Pending || !same.iter().any(|r| r.id == record.id) {
+                record.status = RunStatus::Pending;
+                let why = if runnable {
+                    "queued for a worker".to_owned()
+                } else {
+                    format!("labels {}", node.labels.join(","))
+                };
+                self.put_run(
+                    &record,
+                    None,
+                    &format!(
+                        "run {} of node {}: pending ({why})",
+                        record.id.short(),
+                        node_id.short()
+                    ),
+                )?;
+            }
             return Ok(RunOutcome::Pending(record));
         }
-        // Claim it: `running`, with this worker and a lease.
+        if !self.claim(&mut record)? {
+            return Ok(RunOutcome::Busy(record));
+        }
+        let timeout = match options.timeout {
+            Some(t) => Some(t),
+            None => self
+                .config()
+                .run
+                .timeout
+                .as_deref()
+                .map(parse_duration)
+                .transpose()?,
+        };
+        self.execute_claimed(&node, record, timeout)
+            .await
+            .map(RunOutcome::Ran)
+    }
+
+    /// Claim `record` for this process: atomically, it becomes `running` with this worker
+    /// and a lease, unless someone else claimed or finished it first (then `false`).
+    pub fn claim(&self, record: &mut RunRecord) -> Result<bool> {
         record.status = RunStatus::Running;
         record.worker = Some(worker_id());
         record.started_ms = Some(now_ms());
         record.lease_until_ms = Some(now_ms() + LEASE.as_millis() as u64);
         std::fs::create_dir_all(self.lease_dir()).at(self.lease_dir())?;
         std::fs::write(self.lease_path(&record.id), worker_id()).at(self.lease_path(&record.id))?;
-        self.put_run(&record, None, &format!("run {} of node {}: started", record.id.short(), node_id.short()))?;
+        let message = format!(
+            "run {} of node {}: started",
+            record.id.short(),
+            record.node.short()
+        );
+        let (claimed, _) = self.store().transact(&message, |tx| {
+            if let Some(existing) = tx.read_json::<RunRecord>(&paths::run(&record.id))? {
+                if existing.status != RunStatus::Pending {
+                    return Ok(false);
+                }
+            }
+            write_run(tx, record, None)?;
+            Ok(true)
+        })?;
+        if !claimed {
+            let _ = std::fs::remove_file(self.lease_path(&record.id));
+        }
+        Ok(claimed)
+    }
 
-        let timeout = match options.timeout {
-            Some(t) => Some(t),
-            None => self.config().run.timeout.as_deref().map(parse_duration).transpose()?,
-        };
+    /// Execute a run this process claimed and record how it ended (with its outputs and
+    /// their provenance on success). The lease is renewed while it runs.
+    pub async fn execute_claimed(
+        &self,
+        node: &NodeSpec,
+        mut record: RunRecord,
+        timeout: Option<Duration>,
+    ) -> Result<RunRecord> {
+        let node_id = &record.node.clone();
+        let lease = self.lease_path(&record.id);
+        let renew = tokio::spawn({
+            let lease = lease.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(LEASE / 6).await;
+                    let _ = std::fs::File::options()
+                        .write(true)
+                        .open(&lease)
+                        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                }
+            }
+        });
+        let node = node.clone();
         let result = self.execute(&node, &record, timeout).await;
-        let _ = std::fs::remove_file(self.lease_path(&record.id));
+        renew.abort();
+        let _ = std::fs::remove_file(&lease);
         let (log, outcome) = match result {
             Ok(x) => x,
             Err(e) => (String::new(), Exec::Error(crate::project::error_chain(&e))),
@@ -404,7 +521,15 @@ impl Project {
                     if record.outputs.is_empty() {
                         String::new()
                     } else {
-                        format!(" -> {}", record.outputs.iter().map(|o| format!("{}:{}", o.source, o.version.short())).collect::<Vec<_>>().join(", "))
+                        format!(
+                            " -> {}",
+                            record
+                                .outputs
+                                .iter()
+                                .map(|o| format!("{}:{}", o.source, o.version.short()))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
                     }
                 );
                 let mut rec = record.clone();
@@ -412,7 +537,9 @@ impl Project {
                 self.store().transact(&message, |tx| {
                     write_run(tx, &rec, Some(&log))?;
                     for (sv, info) in &outputs {
-                        if let Some(mut spec) = tx.read_json::<SourceSpec>(&paths::source(&sv.source))? {
+                        if let Some(mut spec) =
+                            tx.read_json::<SourceSpec>(&paths::source(&sv.source))?
+                        {
                             spec.latest = Some(sv.version.clone());
                             tx.put_json(&paths::source(&sv.source), &spec)?;
                         }
@@ -428,7 +555,15 @@ impl Project {
                 record.status = RunStatus::Failure;
                 record.exit_code = code;
                 record.error = error.map(|e| self.secrets().redact(&e));
-                self.put_run(&record, Some(&log), &format!("run {} of node {}: failure", record.id.short(), node_id.short()))?;
+                self.put_run(
+                    &record,
+                    Some(&log),
+                    &format!(
+                        "run {} of node {}: failure",
+                        record.id.short(),
+                        node_id.short()
+                    ),
+                )?;
                 if let Some(hook) = &node.on_failure {
                     self.hook(hook, &record, "failure").await;
                 }
@@ -436,29 +571,47 @@ impl Project {
             Exec::Error(e) => {
                 record.status = RunStatus::Failure;
                 record.error = Some(self.secrets().redact(&e));
-                self.put_run(&record, Some(&log), &format!("run {} of node {}: failure", record.id.short(), node_id.short()))?;
+                self.put_run(
+                    &record,
+                    Some(&log),
+                    &format!(
+                        "run {} of node {}: failure",
+                        record.id.short(),
+                        node_id.short()
+                    ),
+                )?;
                 if let Some(hook) = &node.on_failure {
                     self.hook(hook, &record, "failure").await;
                 }
             }
         }
-        Ok(RunOutcome::Ran(record))
+        Ok(record)
     }
 
     fn settle_interrupted(&self, runs: &[&RunRecord]) -> Result<()> {
         for r in runs {
-            if r.status == RunStatus::Running && self.effective_status(r) == RunStatus::Interrupted {
+            if r.status == RunStatus::Running && self.effective_status(r) == RunStatus::Interrupted
+            {
                 let mut rec = (*r).clone();
                 rec.status = RunStatus::Interrupted;
                 rec.lease_until_ms = None;
-                self.put_run(&rec, None, &format!("run {} of node {}: interrupted", rec.id.short(), rec.node.short()))?;
+                self.put_run(
+                    &rec,
+                    None,
+                    &format!(
+                        "run {} of node {}: interrupted",
+                        rec.id.short(),
+                        rec.node.short()
+                    ),
+                )?;
             }
         }
         Ok(())
     }
 
     fn put_run(&self, record: &RunRecord, log: Option<&str>, message: &str) -> Result<()> {
-        self.store().transact(message, |tx| write_run(tx, record, log))?;
+        self.store()
+            .transact(message, |tx| write_run(tx, record, log))?;
         Ok(())
     }
 
@@ -478,7 +631,12 @@ impl Project {
         }
     }
 
-    async fn execute(&self, node: &NodeSpec, record: &RunRecord, timeout: Option<Duration>) -> Result<(String, Exec)> {
+    async fn execute(
+        &self,
+        node: &NodeSpec,
+        record: &RunRecord,
+        timeout: Option<Duration>,
+    ) -> Result<(String, Exec)> {
         let snap = self.store().snapshot()?;
         let scratch = tempfile::Builder::new()
             .prefix(&format!("run-{}-", record.id.short()))
@@ -505,10 +663,15 @@ impl Project {
                 let tmp = ensure_dir(&scratch.path().join(format!("cur-{name}")))?;
                 match source.materialize(v, &tmp).await {
                     Ok(root) => copy_tree(&root, &stage)?,
-                    Err(e) => return Ok((String::new(), Exec::Error(format!(
-                        "output {name}: its current version {v} cannot be read back: {}",
-                        crate::project::error_chain(&e)
-                    )))),
+                    Err(e) => {
+                        return Ok((
+                            String::new(),
+                            Exec::Error(format!(
+                                "output {name}: its current version {v} cannot be read back: {}",
+                                crate::project::error_chain(&e)
+                            )),
+                        ))
+                    }
                 }
             }
             ensure_dir(&stage)?;
@@ -535,7 +698,15 @@ impl Project {
                 .kill_on_drop(true);
             let mut child = match cmd.spawn() {
                 Ok(c) => c,
-                Err(e) => return Ok((log, Exec::Failed { code: None, error: Some(format!("cannot start {:?}: {e}", step[0])) })),
+                Err(e) => {
+                    return Ok((
+                        log,
+                        Exec::Failed {
+                            code: None,
+                            error: Some(format!("cannot start {:?}: {e}", step[0])),
+                        },
+                    ))
+                }
             };
             let pgid = child.id().map(|p| p as i32);
             let mut stdout = child.stdout.take();
@@ -567,8 +738,16 @@ impl Project {
                     unsafe { libc::killpg(pg, libc::SIGKILL) };
                 }
                 let secs = timeout.map(|t| t.as_secs()).unwrap_or(0);
-                log.push_str(&format!("\n[dkt: timed out after {secs}s; process group killed]\n"));
-                return Ok((log, Exec::Failed { code: None, error: Some(format!("timed out after {secs}s")) }));
+                log.push_str(&format!(
+                    "\n[dkt: timed out after {secs}s; process group killed]\n"
+                ));
+                return Ok((
+                    log,
+                    Exec::Failed {
+                        code: None,
+                        error: Some(format!("timed out after {secs}s")),
+                    },
+                ));
             };
             log.push_str(&String::from_utf8_lossy(&a));
             log.push_str(&String::from_utf8_lossy(&b));
@@ -576,14 +755,23 @@ impl Project {
             if !status.success() {
                 use std::os::unix::process::ExitStatusExt;
                 let error = status.signal().map(|s| format!("killed by signal {s}"));
-                return Ok((log, Exec::Failed { code: status.code(), error }));
+                return Ok((
+                    log,
+                    Exec::Failed {
+                        code: status.code(),
+                        error,
+                    },
+                ));
             }
         }
         let mut published = Vec::new();
         for (name, source, stage) in outputs {
             let info = source.publish(&stage).await?;
             published.push((
-                SourceVersion { source: name, version: info.version.clone() },
+                SourceVersion {
+                    source: name,
+                    version: info.version.clone(),
+                },
                 info,
             ));
         }
@@ -594,9 +782,19 @@ impl Project {
     /// its sources and the known variables, without running anything.
     pub fn check_variables(&self, node: &NodeSpec) -> Result<()> {
         let snap = self.store().snapshot()?;
+        self.check_variables_with(node, |name| read_source(&snap, name))
+    }
+
+    /// [`Project::check_variables`] with the node's sources looked up by `lookup` (so
+    /// that sources not recorded yet, as in a pipeline file, can be checked too).
+    pub(crate) fn check_variables_with(
+        &self,
+        node: &NodeSpec,
+        lookup: impl Fn(&Name) -> Result<SourceSpec>,
+    ) -> Result<()> {
         let mut scope = Scope::default();
         for name in node.inputs.iter().chain(&node.outputs) {
-            let spec = read_source(&snap, name)?;
+            let spec = lookup(name)?;
             let source = self.open_source(&spec)?;
             let fields = source.fields(spec.current(), Path::new("/nonexistent"))?;
             scope.add(name, fields)?;
@@ -616,17 +814,28 @@ impl Project {
 
     /// The processes to run, as argv lists; script files are rendered into `scratch`
     /// (with `None`, only checked).
-    fn plan(&self, node: &NodeSpec, scope: &Scope, scratch: Option<&Path>) -> Result<Vec<Vec<String>>> {
+    fn plan(
+        &self,
+        node: &NodeSpec,
+        scope: &Scope,
+        scratch: Option<&Path>,
+    ) -> Result<Vec<Vec<String>>> {
         match &node.command {
             Command::Script(lines) => lines
                 .iter()
                 .map(|l| Ok(vec!["sh".into(), "-c".into(), scope.rewrite(l)?]))
                 .collect(),
             Command::Argv(argv) => {
-                let first = argv.first().ok_or_else(|| Error::invalid("command", "", "empty command"))?;
+                let first = argv
+                    .first()
+                    .ok_or_else(|| Error::invalid("command", "", "empty command"))?;
                 let script = {
                     let p = Path::new(first);
-                    let p = if p.is_absolute() { p.to_owned() } else { self.root().join(p) };
+                    let p = if p.is_absolute() {
+                        p.to_owned()
+                    } else {
+                        self.root().join(p)
+                    };
                     p.is_file().then_some(p)
                 };
                 if let Some(path) = script {
@@ -642,7 +851,8 @@ impl Project {
                     let mut out = if text.starts_with("#!") {
                         use std::os::unix::fs::PermissionsExt;
                         if scratch.is_some() {
-                            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).at(&copy)?;
+                            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+                                .at(&copy)?;
                         }
                         vec![copy.display().to_string()]
                     } else {
@@ -655,7 +865,10 @@ impl Project {
                 } else if argv.len() == 1 {
                     Ok(vec![vec!["sh".into(), "-c".into(), scope.rewrite(first)?]])
                 } else {
-                    Ok(vec![argv.iter().map(|a| scope.substitute(a)).collect::<Result<_>>()?])
+                    Ok(vec![argv
+                        .iter()
+                        .map(|a| scope.substitute(a))
+                        .collect::<Result<_>>()?])
                 }
             }
         }
@@ -664,7 +877,10 @@ impl Project {
 
 enum Exec {
     Success(Vec<(SourceVersion, crate::VersionInfo)>),
-    Failed { code: Option<i32>, error: Option<String> },
+    Failed {
+        code: Option<i32>,
+        error: Option<String>,
+    },
     Error(String),
 }
 
@@ -677,18 +893,39 @@ fn input_digests(snap: &Snapshot, inputs: &[SourceVersion]) -> Result<Vec<String
     inputs
         .iter()
         .map(|sv| {
-            let r: Option<crate::VersionRecord> = snap.read_json(&paths::version(&sv.source, &sv.version))?;
+            let r: Option<crate::VersionRecord> =
+                snap.read_json(&paths::version(&sv.source, &sv.version))?;
             Ok(r.and_then(|r| r.digest).unwrap_or_default())
         })
         .collect()
 }
 
-/// Write a run record (sealing it first) and its indexes, and its log if given.
-fn write_run(tx: &mut crate::store::Tx, record: &RunRecord, log: Option<&str>) -> Result<()> {
+/// Write a run record (sealing it first) and its indexes (by node; the queue of pending
+/// runs; the claimed runs; the consumers of versions), and its log if given.
+pub(crate) fn write_run(
+    tx: &mut crate::store::Tx,
+    record: &RunRecord,
+    log: Option<&str>,
+) -> Result<()> {
     let mut record = record.clone();
     record.seal();
     let id = tx.put_json(&paths::run(&record.id), &record)?;
     tx.put_id(&paths::node_run(&record.node, &record.id), id);
+    let (queued, claimed) = (paths::queued(&record.id), paths::claimed(&record.id));
+    match record.status {
+        RunStatus::Pending => {
+            tx.put_id(&queued, id);
+            tx.remove(&claimed);
+        }
+        RunStatus::Running => {
+            tx.remove(&queued);
+            tx.put_id(&claimed, id);
+        }
+        _ => {
+            tx.remove(&queued);
+            tx.remove(&claimed);
+        }
+    }
     if record.status == RunStatus::Success {
         for sv in &record.inputs {
             tx.put_id(&paths::consumer(sv, &record.id), id);
@@ -709,7 +946,10 @@ fn current_inputs(snap: &Snapshot, node: &NodeSpec) -> Result<Vec<SourceVersion>
                 "input {name:?} has no version yet: run `dkt source update {name}`"
             ))
         })?;
-        inputs.push(SourceVersion { source: name.clone(), version });
+        inputs.push(SourceVersion {
+            source: name.clone(),
+            version,
+        });
     }
     inputs.sort();
     Ok(inputs)
@@ -732,7 +972,13 @@ struct Scope {
 pub fn env_name(source: &str, field: &str) -> String {
     let clean = |s: &str| -> String {
         s.chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
             .collect()
     };
     format!("DKT_{}_{}", clean(source), clean(field))
@@ -758,7 +1004,11 @@ impl Scope {
     }
 
     /// Visit each `${...}` of `text`, replacing it with what `f` returns (`None`: keep).
-    fn each_var(&self, text: &str, mut f: impl FnMut(&str) -> Result<Option<String>>) -> Result<String> {
+    fn each_var(
+        &self,
+        text: &str,
+        mut f: impl FnMut(&str) -> Result<Option<String>>,
+    ) -> Result<String> {
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
         while let Some(start) = rest.find("${") {
@@ -786,35 +1036,64 @@ impl Scope {
                 return Ok(Some((var.clone(), self.env[var].clone())));
             }
             // Shell operators such as ${VAR:-default} are the shell's business.
-            if field.starts_with(['-', '=', '?', '+']) || field.starts_with(|c: char| c.is_ascii_digit()) {
+            if field.starts_with(['-', '=', '?', '+'])
+                || field.starts_with(|c: char| c.is_ascii_digit())
+            {
                 return Ok(None);
             }
             if self.names.keys().any(|(s, _)| s == src) {
-                let known: Vec<&str> = self.names.keys().filter(|(s, _)| s == src).map(|(_, f)| f.as_str()).collect();
-                return Err(Error::invalid("variable", format!("${{{inner}}}"), format!("source {src:?} has no field {field:?} (it has {})", known.join(", "))));
+                let known: Vec<&str> = self
+                    .names
+                    .keys()
+                    .filter(|(s, _)| s == src)
+                    .map(|(_, f)| f.as_str())
+                    .collect();
+                return Err(Error::invalid(
+                    "variable",
+                    format!("${{{inner}}}"),
+                    format!(
+                        "source {src:?} has no field {field:?} (it has {})",
+                        known.join(", ")
+                    ),
+                ));
             }
-            return Err(Error::invalid("variable", format!("${{{inner}}}"), format!("{src:?} is not an input or output of this node")));
+            return Err(Error::invalid(
+                "variable",
+                format!("${{{inner}}}"),
+                format!("{src:?} is not an input or output of this node"),
+            ));
         }
         if !inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             if let Some(v) = self.private.get(inner) {
                 return Ok(Some((inner.to_owned(), v.clone())));
             }
-            if std::env::var_os(inner).is_some() || self.env.contains_key(inner) || inner.starts_with("DKT_") {
+            if std::env::var_os(inner).is_some()
+                || self.env.contains_key(inner)
+                || inner.starts_with("DKT_")
+            {
                 return Ok(None);
             }
-            return Err(Error::invalid("variable", format!("${{{inner}}}"), "not a variable of .dkt/config [vars], a secret, nor set in the environment"));
+            return Err(Error::invalid(
+                "variable",
+                format!("${{{inner}}}"),
+                "not a variable of .dkt/config [vars], a secret, nor set in the environment",
+            ));
         }
         Ok(None)
     }
 
     /// For shell text: `${SRC:FIELD}` becomes `${DKT_SRC_FIELD}`, expanded by the shell.
     fn rewrite(&self, text: &str) -> Result<String> {
-        self.each_var(text, |inner| Ok(self.resolve(inner)?.map(|(var, _)| format!("${{{var}}}"))))
+        self.each_var(text, |inner| {
+            Ok(self.resolve(inner)?.map(|(var, _)| format!("${{{var}}}")))
+        })
     }
 
     /// For an argument passed without a shell: the value itself.
     fn substitute(&self, text: &str) -> Result<String> {
-        self.each_var(text, |inner| Ok(self.resolve(inner)?.map(|(_, value)| value)))
+        self.each_var(text, |inner| {
+            Ok(self.resolve(inner)?.map(|(_, value)| value))
+        })
     }
 }
 
@@ -839,10 +1118,17 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 
 /// Resolve `SRC:PREFIX` among recorded versions only (no kind history).
 pub fn resolve_recorded(project: &Project, text: &str) -> Result<SourceVersion> {
-    let (name, prefix) = text.split_once(':').ok_or_else(|| {
-        Error::invalid("source version", text, "expected SOURCE:VERSION")
-    })?;
-    let versions: Vec<_> = project.recorded_versions(name)?.into_iter().map(|r| r.version).collect();
+    let (name, prefix) = text
+        .split_once(':')
+        .ok_or_else(|| Error::invalid("source version", text, "expected SOURCE:VERSION"))?;
+    let versions: Vec<_> = project
+        .recorded_versions(name)?
+        .into_iter()
+        .map(|r| r.version)
+        .collect();
     let v = resolve_version(prefix, &versions)?;
-    Ok(SourceVersion { source: Name::new(name)?, version: v.clone() })
+    Ok(SourceVersion {
+        source: Name::new(name)?,
+        version: v.clone(),
+    })
 }

@@ -105,12 +105,39 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Something is wrong at a line of a file the user wrote (a pipeline file), shown as
+    /// `FILE:LINE: FIELD: MESSAGE`.
+    #[error("{file}:{line}: {}{message}", field_prefix(.field))]
+    InFile {
+        /// The file, as given.
+        file: String,
+        /// The line, counted from 1.
+        line: usize,
+        /// The field, as a path such as `nodes[0].inputs` (empty when the message names it).
+        field: String,
+        /// What is wrong.
+        message: String,
+        /// The cause, if any; a user error unless the cause says otherwise.
+        #[source]
+        source: Option<Box<Error>>,
+    },
+}
+
+fn field_prefix(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!("{field}: ")
+    }
 }
 
 impl Error {
     /// True when the error was caused by bad input (usage, names, unknown things), as opposed
     /// to a failure outside the user's control.
     pub fn is_user_error(&self) -> bool {
+        if let Error::InFile { source, .. } = self {
+            return source.as_ref().is_none_or(|e| e.is_user_error());
+        }
         matches!(
             self,
             Error::Invalid { .. }
@@ -125,7 +152,11 @@ impl Error {
     }
 
     /// An [`Error::Invalid`] for `value`.
-    pub fn invalid(what: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn invalid(
+        what: &'static str,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         Error::Invalid {
             what,
             value: value.into(),

@@ -75,7 +75,11 @@ impl Graph {
     /// Add an edge between two existing vertices, checking the bipartite and acyclic rules.
     pub fn add_edge(&mut self, from: &Vertex, to: &Vertex, kind: Edge) -> Result<()> {
         let (Some(&a), Some(&b)) = (self.index.get(from), self.index.get(to)) else {
-            let missing = if self.index.contains_key(from) { to } else { from };
+            let missing = if self.index.contains_key(from) {
+                to
+            } else {
+                from
+            };
             return Err(Error::not_found("graph vertex", missing.to_string()));
         };
         match (from, to, kind) {
@@ -99,11 +103,7 @@ impl Graph {
                 )));
             }
         }
-        if !self
-            .g
-            .edges_connecting(a, b)
-            .any(|e| *e.weight() == kind)
-        {
+        if !self.g.edges_connecting(a, b).any(|e| *e.weight() == kind) {
             self.g.add_edge(a, b, kind);
         }
         Ok(())
@@ -184,7 +184,11 @@ impl Graph {
             .edges_directed(i, dir)
             .filter(|e| *e.weight() == Edge::Flow)
             .filter_map(|e| {
-                let other = if dir == Direction::Outgoing { e.target() } else { e.source() };
+                let other = if dir == Direction::Outgoing {
+                    e.target()
+                } else {
+                    e.source()
+                };
                 match &self.g[other] {
                     Vertex::Node(id) => Some(*id),
                     Vertex::Source(_) => None,
@@ -287,7 +291,10 @@ mod tests {
         let e = g.add_node(id("z"), &[n("c")], &[n("a")]).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("cycle"), "{msg}");
-        assert!(msg.contains("source a") && msg.contains("source c"), "{msg}");
+        assert!(
+            msg.contains("source a") && msg.contains("source c"),
+            "{msg}"
+        );
         // Nothing of the failed node stays behind.
         assert!(g.readers(&n("c")).is_empty());
         let e = g.add_node(id("w"), &[n("a")], &[n("a")]).unwrap_err();
@@ -322,7 +329,10 @@ mod tests {
         g.add_node(id("first"), &[n("a")], &[n("b")]).unwrap();
         g.add_node(id("mid"), &[n("b")], &[n("c")]).unwrap();
         assert_eq!(g.topo_nodes(), vec![id("first"), id("mid"), id("last")]);
-        assert_eq!(g.downstream_nodes(&id("first")), vec![id("mid"), id("last")]);
+        assert_eq!(
+            g.downstream_nodes(&id("first")),
+            vec![id("mid"), id("last")]
+        );
         assert_eq!(g.readers(&n("b")), vec![id("mid")]);
         assert_eq!(g.writers(&n("b")), vec![id("first")]);
     }

@@ -137,9 +137,9 @@ impl fmt::Debug for Version {
 impl FromStr for Version {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let (algo, digits) = s
-            .split_once(':')
-            .ok_or_else(|| Error::invalid("version", s, "expected ALGO:HEX, e.g. sha1:1bf6cb20…"))?;
+        let (algo, digits) = s.split_once(':').ok_or_else(|| {
+            Error::invalid("version", s, "expected ALGO:HEX, e.g. sha1:1bf6cb20…")
+        })?;
         let algo = Algo::from_str(algo).map_err(|_| {
             Error::invalid(
                 "version",

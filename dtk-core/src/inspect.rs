@@ -143,7 +143,7 @@ pub enum Entry {
     /// A version.
     Version(VersionEntry),
     /// A run.
-    Run(RunEntry),
+    Run(Box<RunEntry>),
     /// A link.
     Link(LinkEntry),
 }
@@ -230,7 +230,8 @@ impl<'a> Walker<'a> {
     }
 
     fn version_record(&self, sv: &SourceVersion) -> Result<Option<VersionRecord>> {
-        self.snap.read_json(&paths::version(&sv.source, &sv.version))
+        self.snap
+            .read_json(&paths::version(&sv.source, &sv.version))
     }
 
     fn run_record(&self, id: &RunId) -> Result<RunRecord> {
@@ -239,20 +240,35 @@ impl<'a> Walker<'a> {
             .ok_or_else(|| Error::corrupt(format!("run record {} is missing", paths::run(id))))
     }
 
-    fn version_entry(&mut self, sv: &SourceVersion, rec: &Option<VersionRecord>) -> Result<VersionEntry> {
+    fn version_entry(
+        &mut self,
+        sv: &SourceVersion,
+        rec: &Option<VersionRecord>,
+    ) -> Result<VersionEntry> {
         let spec = self.source(&sv.source)?;
-        let kind = spec.as_ref().map(|s| s.kind.clone()).unwrap_or_else(|| "-".into());
+        let kind = spec
+            .as_ref()
+            .map(|s| s.kind.clone())
+            .unwrap_or_else(|| "-".into());
         let is_commit = sv.version.algo() == crate::Algo::Sha1 && kind == "git";
         Ok(VersionEntry {
             id: sv.version.short().to_owned(),
             source: sv.source.clone(),
-            url: spec.as_ref().map(|s| s.location.clone()).unwrap_or_else(|| "-".into()),
+            url: spec
+                .as_ref()
+                .map(|s| s.location.clone())
+                .unwrap_or_else(|| "-".into()),
             kind,
             commit: is_commit.then(|| sv.version.to_string()),
             digest: (!is_commit).then(|| sv.version.to_string()),
             inputs: rec
                 .as_ref()
-                .map(|r| r.inputs.iter().map(|i| i.version.short().to_owned()).collect())
+                .map(|r| {
+                    r.inputs
+                        .iter()
+                        .map(|i| i.version.short().to_owned())
+                        .collect()
+                })
                 .unwrap_or_default(),
             run: rec.as_ref().and_then(|r| r.run.map(|r| r.short())),
             record: rec.as_ref().and_then(|r| r.digest.clone()),
@@ -274,8 +290,16 @@ impl<'a> Walker<'a> {
             status: self.project.effective_status(run),
             started: run.started_ms.map(rfc3339),
             ended: run.ended_ms.map(rfc3339),
-            inputs: run.inputs.iter().map(|i| i.version.short().to_owned()).collect(),
-            outputs: run.outputs.iter().map(|o| o.version.short().to_owned()).collect(),
+            inputs: run
+                .inputs
+                .iter()
+                .map(|i| i.version.short().to_owned())
+                .collect(),
+            outputs: run
+                .outputs
+                .iter()
+                .map(|o| o.version.short().to_owned())
+                .collect(),
             record: run.digest.clone(),
             full: run.clone(),
         })
@@ -323,7 +347,19 @@ impl<'a> Walker<'a> {
             self.up_version(i)?;
         }
         let e = self.run_entry(&run)?;
-        self.entries.push(Entry::Run(e));
+        self.entries.push(Entry::Run(Box::new(e)));
+        Ok(())
+    }
+
+    /// The outputs of `run`, after it (for run and node targets).
+    fn outputs_of(&mut self, run: &RunRecord) -> Result<()> {
+        for o in &run.outputs {
+            if self.seen_versions.insert(o.clone()) {
+                let rec = self.version_record(o)?;
+                let e = self.version_entry(o, &rec)?;
+                self.entries.push(Entry::Version(e));
+            }
+        }
         Ok(())
     }
 
@@ -335,7 +371,12 @@ impl<'a> Walker<'a> {
         let rec = self.version_record(sv)?;
         let entry = self.version_entry(sv, &rec)?;
         self.entries.push(Entry::Version(entry));
-        let dir = format!("consumers/{}/{}-{}", sv.source, sv.version.algo(), sv.version.hex());
+        let dir = format!(
+            "consumers/{}/{}-{}",
+            sv.source,
+            sv.version.algo(),
+            sv.version.hex()
+        );
         let runs: Vec<RunRecord> = self.snap.read_dir_json(&dir)?;
         for run in runs {
             self.down_run(&run)?;
@@ -354,7 +395,7 @@ impl<'a> Walker<'a> {
             return Ok(());
         }
         let e = self.run_entry(run)?;
-        self.entries.push(Entry::Run(e));
+        self.entries.push(Entry::Run(Box::new(e)));
         for o in &run.outputs {
             self.down_version(o)?;
         }
@@ -377,7 +418,10 @@ impl Project {
             (Ok(r), Ok((n, _))) => Err(Error::Ambiguous {
                 what: "ID",
                 prefix: what.to_owned(),
-                matches: vec![format!("run {}", r.id.short()), format!("node {}", n.short())],
+                matches: vec![
+                    format!("run {}", r.id.short()),
+                    format!("node {}", n.short()),
+                ],
             }),
             (Err(e @ Error::Invalid { .. }), Err(_)) => Err(Error::invalid(
                 "inspect target",
@@ -419,13 +463,7 @@ impl Project {
                     w.down_run(&run)?;
                 } else {
                     w.up_run(id)?;
-                    for o in &run.outputs {
-                        let rec = w.version_record(o)?;
-                        if w.seen_versions.insert(o.clone()) {
-                            let e = w.version_entry(o, &rec)?;
-                            w.entries.push(Entry::Version(e));
-                        }
-                    }
+                    w.outputs_of(&run)?;
                 }
             }
             Target::Node(id) => {
@@ -436,6 +474,7 @@ impl Project {
                         w.down_run(run)?;
                     } else {
                         w.up_run(&run.id)?;
+                        w.outputs_of(run)?;
                     }
                 }
             }
@@ -468,27 +507,58 @@ impl Project {
                     let rec: Option<VersionRecord> = snap.read_json(&path)?;
                     match &rec {
                         Some(r) => {
-                            report.record(&subject, "record digest", r.digest.clone().unwrap_or_default(), r.computed_digest());
-                            report.record(&subject, "record names its version", v.full.to_string(), format!("{}:{}", r.source, r.version));
+                            report.record(
+                                &subject,
+                                "record digest",
+                                r.digest.clone().unwrap_or_default(),
+                                r.computed_digest(),
+                            );
+                            report.record(
+                                &subject,
+                                "record names its version",
+                                v.full.to_string(),
+                                format!("{}:{}", r.source, r.version),
+                            );
                             digests.insert(v.full.clone(), r.digest.clone());
                             if let Some(run_id) = r.run {
-                                let run: Option<RunRecord> = snap.read_json(&paths::run(&run_id))?;
-                                let found = run.and_then(|r| r.digest).unwrap_or_else(|| "missing run record".into());
-                                report.record(&subject, "producing run's digest", r.run_digest.clone().unwrap_or_default(), found);
+                                let run: Option<RunRecord> =
+                                    snap.read_json(&paths::run(&run_id))?;
+                                let found = run
+                                    .and_then(|r| r.digest)
+                                    .unwrap_or_else(|| "missing run record".into());
+                                report.record(
+                                    &subject,
+                                    "producing run's digest",
+                                    r.run_digest.clone().unwrap_or_default(),
+                                    found,
+                                );
                             }
                         }
-                        None => report.skip(&subject, "record", "no record (a version dtk did not poll or produce)"),
+                        None => report.skip(
+                            &subject,
+                            "record",
+                            "no record (a version dtk did not poll or produce)",
+                        ),
                     }
                     let spec = snap.read_json::<SourceSpec>(&paths::source(&v.full.source))?;
                     match spec {
                         Some(spec) => match self.open_source(&spec) {
                             Ok(source) => match source.verify(&v.full.version).await {
                                 Ok(Verification::Verified) => report.ok(&subject, "content"),
-                                Ok(Verification::Mismatch { expected, found }) => {
-                                    report.record(&subject, "content", expected.to_string(), found.to_string())
+                                Ok(Verification::Mismatch { expected, found }) => report.record(
+                                    &subject,
+                                    "content",
+                                    expected.to_string(),
+                                    found.to_string(),
+                                ),
+                                Ok(Verification::Unavailable(why)) => {
+                                    report.skip(&subject, "content", &why)
                                 }
-                                Ok(Verification::Unavailable(why)) => report.skip(&subject, "content", &why),
-                                Err(e) => report.skip(&subject, "content", &crate::project::error_chain(&e)),
+                                Err(e) => report.skip(
+                                    &subject,
+                                    "content",
+                                    &crate::project::error_chain(&e),
+                                ),
                             },
                             Err(e) => report.skip(&subject, "content", &e.to_string()),
                         },
@@ -498,7 +568,12 @@ impl Project {
                 Entry::Run(r) => {
                     let subject = format!("run {}", r.full.id.short());
                     let run = &r.full;
-                    report.record(&subject, "record digest", run.digest.clone().unwrap_or_default(), run.computed_digest());
+                    report.record(
+                        &subject,
+                        "record digest",
+                        run.digest.clone().unwrap_or_default(),
+                        run.computed_digest(),
+                    );
                     report.record(
                         &subject,
                         "run ID",
@@ -507,8 +582,15 @@ impl Project {
                     );
                     let node: Option<NodeSpec> = snap.read_json(&paths::node(&run.node))?;
                     match node {
-                        Some(n) => report.record(&subject, "node ID", run.node.to_hex(), n.id().to_hex()),
-                        None => report.record(&subject, "node ID", run.node.to_hex(), "missing node record".into()),
+                        Some(n) => {
+                            report.record(&subject, "node ID", run.node.to_hex(), n.id().to_hex())
+                        }
+                        None => report.record(
+                            &subject,
+                            "node ID",
+                            run.node.to_hex(),
+                            "missing node record".into(),
+                        ),
                     }
                     for (i, input) in run.inputs.iter().enumerate() {
                         let expected = run.input_digests.get(i).cloned().unwrap_or_default();
@@ -518,7 +600,10 @@ impl Project {
                         let found = match digests.get(input) {
                             Some(d) => d.clone(),
                             None => snap
-                                .read_json::<VersionRecord>(&paths::version(&input.source, &input.version))?
+                                .read_json::<VersionRecord>(&paths::version(
+                                    &input.source,
+                                    &input.version,
+                                ))?
                                 .and_then(|r| r.digest),
                         };
                         report.record(
@@ -596,7 +681,9 @@ impl VerifyReport {
 }
 
 fn dot_escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Manifest {
@@ -609,7 +696,8 @@ impl Manifest {
     /// boxes, asserted links dashed.
     pub fn to_dot(&self) -> String {
         let vid = |sv: &SourceVersion| format!("v_{}_{}", sv.version.algo(), sv.version.hex());
-        let mut out = String::from("digraph provenance {\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n");
+        let mut out =
+            String::from("digraph provenance {\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n");
         let mut present: BTreeSet<String> = BTreeSet::new();
         for e in &self.entries {
             match e {
@@ -652,7 +740,9 @@ impl Manifest {
                 Entry::Link(l) => {
                     let (a, b) = (vid(&l.full.from), vid(&l.full.to));
                     if present.contains(&a) && present.contains(&b) {
-                        out.push_str(&format!("  \"{a}\" -> \"{b}\" [style=dashed, label=\"asserted\"];\n"));
+                        out.push_str(&format!(
+                            "  \"{a}\" -> \"{b}\" [style=dashed, label=\"asserted\"];\n"
+                        ));
                     }
                 }
                 Entry::Version(_) => {}
@@ -664,7 +754,11 @@ impl Manifest {
 
     fn target_version(&self) -> Result<&VersionEntry> {
         let Target::Version(sv) = &self.target else {
-            return Err(Error::invalid("export target", self.target.to_string(), "exports describe a version: give SOURCE:VERSION"));
+            return Err(Error::invalid(
+                "export target",
+                self.target.to_string(),
+                "exports describe a version: give SOURCE:VERSION",
+            ));
         };
         self.entries
             .iter()
@@ -677,7 +771,7 @@ impl Manifest {
 
     fn run(&self, id: &RunId) -> Option<&RunEntry> {
         self.entries.iter().find_map(|e| match e {
-            Entry::Run(r) if &r.full.id == id => Some(r),
+            Entry::Run(r) if &r.full.id == id => Some(&**r),
             _ => None,
         })
     }
@@ -707,9 +801,12 @@ impl Manifest {
                 "this version was not produced by a run (it is a global source's version): it has no build to describe",
             )
         })?;
-        let run = self
-            .run(&run_id)
-            .ok_or_else(|| Error::corrupt(format!("run {} is missing from the manifest", run_id.short())))?;
+        let run = self.run(&run_id).ok_or_else(|| {
+            Error::corrupt(format!(
+                "run {} is missing from the manifest",
+                run_id.short()
+            ))
+        })?;
         let digest = |sv: &SourceVersion| {
             let (kind, _) = self.kind_of(sv);
             let key = if kind == "git" && sv.version.algo() == crate::Algo::Sha1 {
@@ -725,7 +822,11 @@ impl Manifest {
             .iter()
             .map(|i| {
                 let (kind, url) = self.kind_of(i);
-                let uri = if kind == "git" { format!("git+{url}@{}", i.version.hex()) } else { url };
+                let uri = if kind == "git" {
+                    format!("git+{url}@{}", i.version.hex())
+                } else {
+                    url
+                };
                 json!({ "name": i.source, "uri": uri, "digest": digest(i),
                         "annotations": { "dtk.kind": kind, "dtk.version": i.version.to_string() } })
             })
@@ -770,7 +871,13 @@ impl Manifest {
                 .source
                 .as_str()
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect();
             format!("dtk:{safe}.{}.{}", sv.version.algo(), sv.version.hex())
         };
@@ -807,10 +914,16 @@ impl Manifest {
                     }
                     activity.insert(act(&r.full.id), a);
                     for i in &r.full.inputs {
-                        used.insert(next("u"), json!({ "prov:activity": act(&r.full.id), "prov:entity": ent(i) }));
+                        used.insert(
+                            next("u"),
+                            json!({ "prov:activity": act(&r.full.id), "prov:entity": ent(i) }),
+                        );
                     }
                     for o in &r.full.outputs {
-                        generated.insert(next("g"), json!({ "prov:entity": ent(o), "prov:activity": act(&r.full.id) }));
+                        generated.insert(
+                            next("g"),
+                            json!({ "prov:entity": ent(o), "prov:activity": act(&r.full.id) }),
+                        );
                         for i in &r.full.inputs {
                             derived.insert(
                                 next("d"),
@@ -852,7 +965,10 @@ mod tests {
     #[test]
     fn rfc3339_formats() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(super::rfc3339(1_764_170_000_123), "2025-11-26T15:13:20.123Z");
+        assert_eq!(
+            super::rfc3339(1_764_170_000_123),
+            "2025-11-26T15:13:20.123Z"
+        );
         assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 }

@@ -31,9 +31,12 @@ pub mod id;
 pub mod inspect;
 pub mod model;
 mod name;
+pub mod pipeline;
 pub mod project;
+pub mod scheduler;
 pub mod source;
 pub mod store;
+pub mod worker;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -181,18 +181,30 @@ impl NodeSpec {
             Command::Script(l) => ("script", l),
         };
         field("command-type", &[ty]);
-        field("command", &cmd.iter().map(String::as_str).collect::<Vec<_>>());
+        field(
+            "command",
+            &cmd.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
         field(
             "labels",
             &n.labels.iter().map(String::as_str).collect::<Vec<_>>(),
         );
-        field("inputs", &n.inputs.iter().map(Name::as_str).collect::<Vec<_>>());
+        field(
+            "inputs",
+            &n.inputs.iter().map(Name::as_str).collect::<Vec<_>>(),
+        );
         field(
             "outputs",
             &n.outputs.iter().map(Name::as_str).collect::<Vec<_>>(),
         );
-        field("on-success", &n.on_success.as_deref().into_iter().collect::<Vec<_>>());
-        field("on-failure", &n.on_failure.as_deref().into_iter().collect::<Vec<_>>());
+        field(
+            "on-success",
+            &n.on_success.as_deref().into_iter().collect::<Vec<_>>(),
+        );
+        field(
+            "on-failure",
+            &n.on_failure.as_deref().into_iter().collect::<Vec<_>>(),
+        );
         out
     }
 
@@ -497,9 +509,12 @@ mod tests {
     #[test]
     fn canonical_encoding_is_the_documented_one() {
         let expected = "dtk-node\n1\ncommand-type 1\n4 argv\ncommand 1\n7 test.sh\nlabels 2\n3 osx\n4 test\ninputs 2\n3 dmg\n7 pitfall\noutputs 1\n5 tests\non-success 0\non-failure 0\n";
-        assert_eq!(String::from_utf8(design_node().canonical_encoding()).unwrap(), expected);
+        assert_eq!(
+            String::from_utf8(design_node().canonical_encoding()).unwrap(),
+            expected
+        );
         let docs = include_str!("../../docs/format.md");
-        assert!(docs.contains(&expected.replace("\n", "\n")), "docs/format.md shows the encoding");
+        assert!(docs.contains(expected), "docs/format.md shows the encoding");
     }
 
     #[test]
@@ -556,9 +571,15 @@ mod tests {
         };
         let mut sealed = run.clone();
         sealed.seal();
-        assert_eq!(sealed.digest.as_deref(), Some(run.computed_digest().as_str()));
+        assert_eq!(
+            sealed.digest.as_deref(),
+            Some(run.computed_digest().as_str())
+        );
         sealed.status = RunStatus::Success;
-        assert_ne!(sealed.digest.as_deref(), Some(sealed.computed_digest().as_str()));
+        assert_ne!(
+            sealed.digest.as_deref(),
+            Some(sealed.computed_digest().as_str())
+        );
         let json = serde_json::to_string(&run).unwrap();
         assert!(json.contains("\"status\":\"pending\""));
         assert_eq!(serde_json::from_str::<RunRecord>(&json).unwrap(), run);

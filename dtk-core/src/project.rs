@@ -11,9 +11,12 @@ use crate::model::now_ms;
 use crate::source::{Context, NewSource, Registry, Source, VersionInfo};
 use crate::store::{Snapshot, Store, Tx};
 use crate::{
-    resolve_version, Error, Link, Name, NodeId, NodeSpec, Result, SourceSpec, SourceVersion, Version,
-    VersionRecord,
+    resolve_version, Error, Link, Name, NodeId, NodeSpec, Result, SourceSpec, SourceVersion,
+    Version, VersionRecord,
 };
+
+/// The bound on polling one source.
+pub const POLL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The name of a project's directory.
 pub const DKT_DIR: &str = ".dkt";
@@ -117,35 +120,48 @@ pub struct Project {
     cwd: PathBuf,
 }
 
-/// Paths of records in the store (see `docs/format.md`).
-#[allow(dead_code)] // run paths are used by the engine
-pub(crate) mod paths {
+/// Paths of records in the store, as `docs/format.md` describes them.
+pub mod paths {
     use crate::{Name, NodeId, RunId, Version};
 
-    pub(crate) fn source(name: &Name) -> String {
+    /// `sources/<name>.json`
+    pub fn source(name: &Name) -> String {
         format!("sources/{name}.json")
     }
-    pub(crate) fn versions_dir(name: &Name) -> String {
+    /// `versions/<name>`
+    pub fn versions_dir(name: &Name) -> String {
         format!("versions/{name}")
     }
-    pub(crate) fn version(name: &Name, v: &Version) -> String {
+    /// `versions/<name>/<algo>-<hex>.json`
+    pub fn version(name: &Name, v: &Version) -> String {
         format!("versions/{name}/{}-{}.json", v.algo(), v.hex())
     }
-    pub(crate) fn node(id: &NodeId) -> String {
+    /// `nodes/<node-id>.json`
+    pub fn node(id: &NodeId) -> String {
         format!("nodes/{}.json", id.to_hex())
     }
-    pub(crate) fn run(id: &RunId) -> String {
+    /// `runs/<xx>/<yy>/<run-id>.json`, where `xxyy` are the run ID's first four hex
+    /// digits: two levels keep every tree small, so a commit rewrites little and a lookup
+    /// reads little.
+    pub fn run(id: &RunId) -> String {
         let h = id.to_hex();
-        format!("runs/{}/{h}.json", &h[..2])
+        format!("{}/{h}.json", run_dir(&h))
     }
-    pub(crate) fn run_log(id: &RunId) -> String {
+    /// `runs/<xx>/<yy>/<run-id>.log`
+    pub fn run_log(id: &RunId) -> String {
         let h = id.to_hex();
-        format!("runs/{}/{h}.log", &h[..2])
+        format!("{}/{h}.log", run_dir(&h))
     }
-    pub(crate) fn node_run(node: &NodeId, run: &RunId) -> String {
+    /// `runs/<xx>/<yy>` for a hex run ID (or a prefix of at least 4 digits).
+    pub fn run_dir(hex: &str) -> String {
+        format!("runs/{}/{}", &hex[..2], &hex[2..4])
+    }
+    /// `node-runs/<node-id>/<run-id>.json` (the run record's blob, indexed by node)
+    pub fn node_run(node: &NodeId, run: &RunId) -> String {
         format!("node-runs/{}/{}.json", node.to_hex(), run.to_hex())
     }
-    pub(crate) fn consumer(input: &crate::SourceVersion, run: &RunId) -> String {
+    /// `consumers/<source>/<algo>-<hex>/<run-id>.json` (successful runs that read a version)
+    pub fn consumer(input: &crate::SourceVersion, run: &RunId) -> String {
         format!(
             "consumers/{}/{}-{}/{}.json",
             input.source,
@@ -154,7 +170,16 @@ pub(crate) mod paths {
             run.to_hex()
         )
     }
-    pub(crate) fn link(id: &str) -> String {
+    /// `queue/<run-id>.json` (pending runs, for workers)
+    pub fn queued(run: &RunId) -> String {
+        format!("queue/{}.json", run.to_hex())
+    }
+    /// `claimed/<run-id>.json` (running runs, with a lease)
+    pub fn claimed(run: &RunId) -> String {
+        format!("claimed/{}.json", run.to_hex())
+    }
+    /// `links/<link-id>.json`
+    pub fn link(id: &str) -> String {
         format!("links/{id}.json")
     }
 }
@@ -269,7 +294,13 @@ impl Project {
         Project::open(&root, registry)
     }
 
-    fn clone_into(source: &str, url: &str, root: &Path, dkt: &Path, options: &InitOptions) -> Result<()> {
+    fn clone_into(
+        source: &str,
+        url: &str,
+        root: &Path,
+        dkt: &Path,
+        options: &InitOptions,
+    ) -> Result<()> {
         let staging = tempfile::Builder::new()
             .prefix(".dkt-clone-")
             .tempdir_in(root)
@@ -336,7 +367,10 @@ impl Project {
         let mut unknown: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for s in self.sources()? {
             if self.registry.get(&s.kind).is_err() {
-                unknown.entry(s.kind.clone()).or_default().push(s.name.to_string());
+                unknown
+                    .entry(s.kind.clone())
+                    .or_default()
+                    .push(s.name.to_string());
             }
         }
         if unknown.is_empty() {
@@ -446,7 +480,7 @@ impl Project {
         let snap = self.store.snapshot()?;
         read_source(&snap, &name)?;
         let mut v: Vec<VersionRecord> = snap.read_dir_json(&paths::versions_dir(&name))?;
-        v.sort_by(|a, b| b.seq.cmp(&a.seq));
+        v.sort_by_key(|r| std::cmp::Reverse(r.seq));
         Ok(v)
     }
 
@@ -488,89 +522,10 @@ impl Project {
                 name: name.to_string(),
             });
         }
-        let path = match &add.path {
-            Some(p) => Some(normalize_subpath(p)?),
-            None => None,
-        };
-        // LOCATION may name another source: inherit from it.
-        let parent = match add.location.as_deref().map(Name::new) {
-            Some(Ok(n)) => match read_source(&snap, &n) {
-                Ok(spec) => Some(spec),
-                Err(Error::NotFound { .. }) => None,
-                Err(e) => return Err(e),
-            },
-            _ => None,
-        };
-        let new = match &parent {
-            Some(p) => {
-                let kind = add.kind.clone().unwrap_or_else(|| p.kind.clone());
-                let path = match (&p.path, path) {
-                    (Some(base), Some(sub)) => Some(normalize_subpath(&format!("{base}/{sub}"))?),
-                    (base, sub) => sub.or_else(|| base.clone()),
-                };
-                NewSource {
-                    name: name.clone(),
-                    kind,
-                    location: Some(p.location.clone()),
-                    tag: p.tag.clone(),
-                    path,
-                }
-            }
-            None => {
-                let (kind, location, tag) = match (&add.kind, &add.location) {
-                    (Some(k), Some(loc)) => {
-                        let kind = self.registry.get(k)?;
-                        let (loc, tag) = split_tag(loc, kind.capabilities().tags);
-                        (k.clone(), Some(loc), tag)
-                    }
-                    (Some(k), None) => (k.clone(), None, None),
-                    (None, Some(loc)) => {
-                        let whole = self.registry.infer(loc);
-                        let (l, tag) = split_tag(loc, true);
-                        match (whole, tag) {
-                            (Ok(k), _) if k.capabilities().tags || !loc.contains(':') => {
-                                let (l, t) = split_tag(loc, k.capabilities().tags);
-                                (k.name().to_owned(), Some(l), t)
-                            }
-                            (Ok(k), _) => (k.name().to_owned(), Some(loc.clone()), None),
-                            (Err(e), Some(t)) => match self.registry.infer(&l) {
-                                Ok(k) if k.capabilities().tags => (k.name().to_owned(), Some(l), Some(t)),
-                                _ => return Err(e),
-                            },
-                            (Err(e), None) => return Err(e),
-                        }
-                    }
-                    (None, None) => ("path".to_owned(), None, None),
-                };
-                NewSource {
-                    name: name.clone(),
-                    kind,
-                    location,
-                    tag,
-                    path,
-                }
-            }
-        };
-        let kind = self.registry.get(&new.kind)?;
-        if new.path.is_some() && !kind.capabilities().subpath {
-            return Err(Error::NotSupported {
-                kind: kind.name().to_owned(),
-                operation: "sub-paths (-p)",
-            });
-        }
-        let mut spec = kind.resolve(&self.context(), new).await?;
-        spec.parent = parent.map(|p| p.name);
-        let source = kind.open(&self.context(), &spec)?;
-        let latest = match source.latest().await {
-            Ok(l) => l,
-            Err(e) => {
-                if spec.owned {
-                    let _ = source.remove().await;
-                }
-                return Err(e);
-            }
-        };
-        spec.latest = Some(latest.version.clone());
+        let mut spec = self
+            .resolve_source(&add, None, &snap, &BTreeMap::new())
+            .await?;
+        let (source, latest) = self.poll_resolved(&mut spec).await?;
         let message = format!("source add {name} ({} {})", spec.kind, spec.location);
         let result = self.store.transact(&message, |tx| {
             if tx.exists(&paths::source(&spec.name))? {
@@ -590,6 +545,139 @@ impl Project {
             return Err(e);
         }
         Ok(spec)
+    }
+
+    /// Turn what `add` asks for into a spec through its kind, as [`Project::add_source`]
+    /// does, without polling or recording anything (a kind may still create a temporary
+    /// directory: see [`SourceSpec::owned`]).
+    ///
+    /// `tag`, when given, is the tag, and `add.location` is then taken whole (no
+    /// `LOCATION:TAG` split). A location naming another source (not `add.name` itself)
+    /// derives from it: from `declared` (sources not recorded yet, such as those declared
+    /// earlier in a pipeline file) first, else from `snap`.
+    pub(crate) async fn resolve_source(
+        &self,
+        add: &AddSource,
+        tag: Option<&str>,
+        snap: &Snapshot,
+        declared: &BTreeMap<Name, SourceSpec>,
+    ) -> Result<SourceSpec> {
+        let name = Name::new(&add.name)?;
+        let path = match &add.path {
+            Some(p) => Some(normalize_subpath(p)?),
+            None => None,
+        };
+        // LOCATION may name another source: inherit from it.
+        let parent = match add.location.as_deref().map(Name::new) {
+            Some(Ok(n)) if n == name => None,
+            Some(Ok(n)) => match declared.get(&n) {
+                Some(spec) => Some(spec.clone()),
+                None => match read_source(snap, &n) {
+                    Ok(spec) => Some(spec),
+                    Err(Error::NotFound { .. }) => None,
+                    Err(e) => return Err(e),
+                },
+            },
+            _ => None,
+        };
+        let new = match &parent {
+            Some(p) => {
+                let kind = add.kind.clone().unwrap_or_else(|| p.kind.clone());
+                let path = match (&p.path, path) {
+                    (Some(base), Some(sub)) => Some(normalize_subpath(&format!("{base}/{sub}"))?),
+                    (base, sub) => sub.or_else(|| base.clone()),
+                };
+                NewSource {
+                    name: name.clone(),
+                    kind,
+                    location: Some(p.location.clone()),
+                    tag: tag.map(str::to_owned).or_else(|| p.tag.clone()),
+                    path,
+                }
+            }
+            None => {
+                let (kind, location, tag) = match (&add.kind, &add.location, tag) {
+                    (Some(k), Some(loc), Some(t)) => {
+                        self.registry.get(k)?;
+                        (k.clone(), Some(loc.clone()), Some(t.to_owned()))
+                    }
+                    (Some(k), Some(loc), None) => {
+                        let kind = self.registry.get(k)?;
+                        let (loc, tag) = split_tag(loc, kind.capabilities().tags);
+                        (k.clone(), Some(loc), tag)
+                    }
+                    (Some(k), None, t) => (k.clone(), None, t.map(str::to_owned)),
+                    (None, Some(loc), t) => {
+                        // Kinds look at the local file system relative to the process's
+                        // directory: show them the path relative to the project's.
+                        let local = self.cwd.join(loc);
+                        let probe = if !Path::new(loc).is_absolute() && local.exists() {
+                            local.display().to_string()
+                        } else {
+                            loc.clone()
+                        };
+                        let whole = self.registry.infer(&probe);
+                        let (l, split) = split_tag(loc, true);
+                        match (whole, split, t) {
+                            (Ok(k), _, Some(t)) => {
+                                (k.name().to_owned(), Some(loc.clone()), Some(t.to_owned()))
+                            }
+                            (Err(e), _, Some(_)) => return Err(e),
+                            (Ok(k), _, None) if k.capabilities().tags || !loc.contains(':') => {
+                                let (l, t) = split_tag(loc, k.capabilities().tags);
+                                (k.name().to_owned(), Some(l), t)
+                            }
+                            (Ok(k), _, None) => (k.name().to_owned(), Some(loc.clone()), None),
+                            (Err(e), Some(t), None) => match self.registry.infer(&l) {
+                                Ok(k) if k.capabilities().tags => {
+                                    (k.name().to_owned(), Some(l), Some(t))
+                                }
+                                _ => return Err(e),
+                            },
+                            (Err(e), None, None) => return Err(e),
+                        }
+                    }
+                    (None, None, t) => ("path".to_owned(), None, t.map(str::to_owned)),
+                };
+                NewSource {
+                    name: name.clone(),
+                    kind,
+                    location,
+                    tag,
+                    path,
+                }
+            }
+        };
+        let kind = self.registry.get(&new.kind)?;
+        if new.path.is_some() && !kind.capabilities().subpath {
+            return Err(Error::NotSupported {
+                kind: kind.name().to_owned(),
+                operation: "sub-paths (-p)",
+            });
+        }
+        let mut spec = kind.resolve(&self.context(), new).await?;
+        spec.parent = parent.map(|p| p.name);
+        Ok(spec)
+    }
+
+    /// Poll a resolved spec once and set its latest version; on failure, remove the
+    /// location the kind created for it, if any.
+    pub(crate) async fn poll_resolved(
+        &self,
+        spec: &mut SourceSpec,
+    ) -> Result<(Arc<dyn Source>, VersionInfo)> {
+        let source = self.open_source(spec)?;
+        let latest = match source.latest().await {
+            Ok(l) => l,
+            Err(e) => {
+                if spec.owned {
+                    let _ = source.remove().await;
+                }
+                return Err(e);
+            }
+        };
+        spec.latest = Some(latest.version.clone());
+        Ok((source, latest))
     }
 
     /// Poll the named sources (all when `names` is empty) and record new latest versions.
@@ -612,12 +700,29 @@ impl Project {
             }
             out
         };
+        self.poll(selected, true).await
+    }
+
+    /// Poll `selected` concurrently (frozen ones are skipped), each within
+    /// [`POLL_TIMEOUT`]; with `record`, new latest versions land in one commit.
+    pub(crate) async fn poll(
+        &self,
+        selected: Vec<SourceSpec>,
+        record: bool,
+    ) -> Result<Vec<UpdateOutcome>> {
         let polls = selected.iter().map(|spec| async move {
-            if spec.frozen && !spec.pinned.is_some() {
+            if spec.frozen {
                 return (spec, None);
             }
             let r = match self.open_source(spec) {
-                Ok(s) => s.latest().await,
+                Ok(s) => match tokio::time::timeout(POLL_TIMEOUT, s.latest()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::backend(
+                        &spec.kind,
+                        spec.name.as_str(),
+                        format!("polling took longer than {}s", POLL_TIMEOUT.as_secs()),
+                    )),
+                },
                 Err(e) => Err(e),
             };
             (spec, Some(r))
@@ -651,7 +756,7 @@ impl Project {
                     .any(|o| &o.source == n && o.previous.as_ref() != Some(&info.version))
             })
             .collect();
-        if !changed.is_empty() {
+        if record && !changed.is_empty() {
             let message = format!(
                 "source update: {}",
                 changed
@@ -693,7 +798,11 @@ impl Project {
                 Error::NotFound { what, name: n, .. } => Error::NotFound {
                     what,
                     name: n,
-                    hint: format!(" among the versions of source {:?} (see `dkt source log {}`)", spec.name.as_str(), spec.name),
+                    hint: format!(
+                        " among the versions of source {:?} (see `dkt source log {}`)",
+                        spec.name.as_str(),
+                        spec.name
+                    ),
                 },
                 e => e,
             })?
@@ -706,6 +815,52 @@ impl Project {
             s.pinned = Some(v.clone());
             tx.put_json(&paths::source(&spec.name), &s)?;
             Ok(())
+        })?;
+        Ok(v)
+    }
+
+    /// Record `version` (full, or a unique prefix of a version the kind lists) as the
+    /// latest version of `name`, without polling (`dkt source update NAME VERSION`).
+    pub async fn set_latest(&self, name: &str, version: &str) -> Result<Version> {
+        let spec = self.source(name)?;
+        let source = self.open_source(&spec)?;
+        let v = if source.capabilities().history {
+            let known: Vec<Version> = source
+                .versions()
+                .await?
+                .into_iter()
+                .map(|i| i.version)
+                .collect();
+            resolve_version(version, &known)
+                .map_err(|e| match e {
+                    Error::NotFound { what, name: n, .. } => Error::NotFound {
+                        what,
+                        name: n,
+                        hint: format!(" among the versions of source {:?}", spec.name.as_str()),
+                    },
+                    e => e,
+                })?
+                .clone()
+        } else {
+            let recorded: Vec<Version> = self
+                .recorded_versions(name)?
+                .into_iter()
+                .map(|r| r.version)
+                .collect();
+            match version.parse::<Version>() {
+                Ok(v) => v,
+                Err(_) => resolve_version(version, &recorded)?.clone(),
+            }
+        };
+        let info = VersionInfo::new(v.clone());
+        let message = format!("source update {} {} (given)", spec.name, v.short());
+        self.store.transact(&message, |tx| {
+            let mut s = tx
+                .read_json::<SourceSpec>(&paths::source(&spec.name))?
+                .ok_or_else(|| Error::not_found("source", spec.name.as_str()))?;
+            s.latest = Some(v.clone());
+            tx.put_json(&paths::source(&spec.name), &s)?;
+            record_version(tx, &spec.name, &info, None)
         })?;
         Ok(v)
     }
@@ -747,7 +902,12 @@ impl Project {
 
     /// Move `name` to another location (a local mirror, say), keeping its name, history
     /// and tag; `kind` changes its kind too.
-    pub async fn relocate(&self, name: &str, location: &str, kind: Option<&str>) -> Result<SourceSpec> {
+    pub async fn relocate(
+        &self,
+        name: &str,
+        location: &str,
+        kind: Option<&str>,
+    ) -> Result<SourceSpec> {
         let old = self.source(name)?;
         let kind_name = kind.map(str::to_owned).unwrap_or_else(|| old.kind.clone());
         let k = self.registry.get(&kind_name)?;
@@ -765,7 +925,10 @@ impl Project {
         spec.frozen = old.frozen;
         let latest = k.open(&self.context(), &spec)?.latest().await?;
         spec.latest = Some(latest.version.clone());
-        let message = format!("source pin {} {} (relocated from {})", spec.name, spec.location, old.location);
+        let message = format!(
+            "source pin {} {} (relocated from {})",
+            spec.name, spec.location, old.location
+        );
         self.store.transact(&message, |tx| {
             if !tx.exists(&paths::source(&spec.name))? {
                 return Err(Error::not_found("source", spec.name.as_str()));
@@ -780,7 +943,11 @@ impl Project {
     /// Resolve `SRC:PREFIX` to a recorded or listed version of that source.
     pub async fn resolve_source_version(&self, text: &str) -> Result<SourceVersion> {
         let (name, prefix) = text.split_once(':').ok_or_else(|| {
-            Error::invalid("source version", text, "expected SOURCE:VERSION, e.g. pinata:3dd2cc1d")
+            Error::invalid(
+                "source version",
+                text,
+                "expected SOURCE:VERSION, e.g. pinata:3dd2cc1d",
+            )
         })?;
         let spec = self.source(name)?;
         let mut known: Vec<Version> = self
@@ -816,7 +983,11 @@ impl Project {
             to,
             recorded_ms: now_ms(),
         };
-        let message = format!("source link {} {}", short_sv(&link.from), short_sv(&link.to));
+        let message = format!(
+            "source link {} {}",
+            short_sv(&link.from),
+            short_sv(&link.to)
+        );
         self.store.transact(&message, |tx| {
             let path = paths::link(&link.id());
             if !tx.exists(&path)? {
@@ -919,11 +1090,12 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 pub(crate) fn read_source(snap: &Snapshot, name: &Name) -> Result<SourceSpec> {
-    snap.read_json(&paths::source(name))?.ok_or_else(|| Error::NotFound {
-        what: "source",
-        name: name.to_string(),
-        hint: " (see `dkt source list`)".to_owned(),
-    })
+    snap.read_json(&paths::source(name))?
+        .ok_or_else(|| Error::NotFound {
+            what: "source",
+            name: name.to_string(),
+            hint: " (see `dkt source list`)".to_owned(),
+        })
 }
 
 pub(crate) fn build_graph(snap: &Snapshot) -> Result<Graph> {
@@ -938,7 +1110,10 @@ pub(crate) fn build_graph(snap: &Snapshot) -> Result<Graph> {
     }
     let links: Vec<Link> = snap.read_dir_json("links")?;
     for l in &links {
-        let (a, b) = (Vertex::Source(l.from.source.clone()), Vertex::Source(l.to.source.clone()));
+        let (a, b) = (
+            Vertex::Source(l.from.source.clone()),
+            Vertex::Source(l.to.source.clone()),
+        );
         if g.has_source(&l.from.source) && g.has_source(&l.to.source) {
             g.add_edge(&a, &b, Edge::Link)?;
         }
@@ -951,7 +1126,12 @@ pub(crate) type Produced<'a> = Option<&'a crate::RunRecord>;
 
 /// Record `info` as a version of `name` if it is not recorded yet. Records are never
 /// rewritten: a record's digest is part of the hash chain of everything made from it.
-pub(crate) fn record_version(tx: &mut Tx, name: &Name, info: &VersionInfo, produced: Produced<'_>) -> Result<()> {
+pub(crate) fn record_version(
+    tx: &mut Tx,
+    name: &Name,
+    info: &VersionInfo,
+    produced: Produced<'_>,
+) -> Result<()> {
     let path = paths::version(name, &info.version);
     if tx.exists(&path)? {
         return Ok(());
@@ -1018,7 +1198,11 @@ pub fn normalize_subpath(p: &str) -> Result<String> {
                 ))
             }
             part if part.chars().any(char::is_control) => {
-                return Err(Error::invalid("sub-path", p, "control characters are not allowed"))
+                return Err(Error::invalid(
+                    "sub-path",
+                    p,
+                    "control characters are not allowed",
+                ))
             }
             part => parts.push(part),
         }
@@ -1035,12 +1219,30 @@ mod tests {
 
     #[test]
     fn tags_split_only_where_meant() {
-        assert_eq!(split_tag("docker/pinata:beta12", true), ("docker/pinata".into(), Some("beta12".into())));
-        assert_eq!(split_tag("https://github.com/a/b", true), ("https://github.com/a/b".into(), None));
-        assert_eq!(split_tag("https://github.com/a/b:dev", true), ("https://github.com/a/b".into(), Some("dev".into())));
-        assert_eq!(split_tag("git@github.com:a/b", true), ("git@github.com:a/b".into(), None));
-        assert_eq!(split_tag("localhost:5000/repo", true), ("localhost:5000/repo".into(), None));
-        assert_eq!(split_tag("localhost:5000/repo:v1", true), ("localhost:5000/repo".into(), Some("v1".into())));
+        assert_eq!(
+            split_tag("docker/pinata:beta12", true),
+            ("docker/pinata".into(), Some("beta12".into()))
+        );
+        assert_eq!(
+            split_tag("https://github.com/a/b", true),
+            ("https://github.com/a/b".into(), None)
+        );
+        assert_eq!(
+            split_tag("https://github.com/a/b:dev", true),
+            ("https://github.com/a/b".into(), Some("dev".into()))
+        );
+        assert_eq!(
+            split_tag("git@github.com:a/b", true),
+            ("git@github.com:a/b".into(), None)
+        );
+        assert_eq!(
+            split_tag("localhost:5000/repo", true),
+            ("localhost:5000/repo".into(), None)
+        );
+        assert_eq!(
+            split_tag("localhost:5000/repo:v1", true),
+            ("localhost:5000/repo".into(), Some("v1".into()))
+        );
         assert_eq!(split_tag("/tmp/x:y", false), ("/tmp/x:y".into(), None));
     }
 

@@ -47,7 +47,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("git_dir", &self.git_dir).finish()
+        f.debug_struct("Store")
+            .field("git_dir", &self.git_dir)
+            .finish()
     }
 }
 
@@ -114,9 +116,9 @@ impl Store {
     /// A read-only view of the records at the current tip.
     pub fn snapshot(&self) -> Result<Snapshot> {
         let repo = self.repo();
-        let commit = self
-            .tip(&repo)?
-            .ok_or_else(|| Error::corrupt(format!("{BRANCH} is missing in {}", self.git_dir.display())))?;
+        let commit = self.tip(&repo)?.ok_or_else(|| {
+            Error::corrupt(format!("{BRANCH} is missing in {}", self.git_dir.display()))
+        })?;
         Snapshot::at(repo, commit)
     }
 
@@ -132,7 +134,10 @@ impl Store {
         editor
             .upsert("format", EntryKind::Blob, blob)
             .map_err(gix_err("cannot add the format record"))?;
-        let tree = editor.write().map_err(gix_err("cannot write a tree"))?.detach();
+        let tree = editor
+            .write()
+            .map_err(gix_err("cannot write a tree"))?
+            .detach();
         let sig = signature();
         let mut buf = gix::date::parse::TimeBuf::default();
         let commit = repo
@@ -197,7 +202,13 @@ impl Store {
             let mut b1 = gix::date::parse::TimeBuf::default();
             let mut b2 = gix::date::parse::TimeBuf::default();
             let commit = repo
-                .new_commit_as(sig.to_ref(&mut b1), sig.to_ref(&mut b2), message, tree, [base])
+                .new_commit_as(
+                    sig.to_ref(&mut b1),
+                    sig.to_ref(&mut b2),
+                    message,
+                    tree,
+                    [base],
+                )
                 .map_err(gix_err("cannot write a commit"))?
                 .id;
             match self.move_branch(&repo, Some(base), commit) {
@@ -252,7 +263,12 @@ impl Store {
         }
     }
 
-    fn move_branch(&self, repo: &gix::Repository, old: Option<ObjectId>, new: ObjectId) -> Result<()> {
+    fn move_branch(
+        &self,
+        repo: &gix::Repository,
+        old: Option<ObjectId>,
+        new: ObjectId,
+    ) -> Result<()> {
         let expected = match old {
             Some(id) => PreviousValue::MustExistAndMatch(Target::Object(id)),
             None => PreviousValue::MustNotExist,
@@ -267,7 +283,9 @@ impl Store {
                 expected,
                 new: Target::Object(new),
             },
-            name: BRANCH.try_into().map_err(|e| Error::store("bad branch name", e))?,
+            name: BRANCH
+                .try_into()
+                .map_err(|e| Error::store("bad branch name", e))?,
             deref: false,
         };
         let sig = signature();
@@ -289,7 +307,9 @@ impl Store {
             if out.len() >= limit {
                 break;
             }
-            let c = repo.find_commit(id).map_err(gix_err("cannot read a commit"))?;
+            let c = repo
+                .find_commit(id)
+                .map_err(gix_err("cannot read a commit"))?;
             let msg = c
                 .message_raw()
                 .map_err(gix_err("cannot read a commit message"))?
@@ -310,7 +330,9 @@ fn backoff(attempt: u32) {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() as u64 % 1000)
         .unwrap_or(0);
-    std::thread::sleep(Duration::from_micros((base * 1000 + jitter * base).min(50_000)));
+    std::thread::sleep(Duration::from_micros(
+        (base * 1000 + jitter * base).min(50_000),
+    ));
 }
 
 /// A read-only view of the store at one commit.
@@ -318,11 +340,18 @@ pub struct Snapshot {
     repo: gix::Repository,
     commit: ObjectId,
     tree: ObjectId,
+    /// Decoded directories, by path: each tree object is decoded at most once per view.
+    dirs: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Dir>>>,
 }
+
+/// A decoded directory: entry name -> (object, is a directory).
+type Dir = std::collections::HashMap<String, (ObjectId, bool)>;
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Snapshot").field("commit", &self.commit).finish()
+        f.debug_struct("Snapshot")
+            .field("commit", &self.commit)
+            .finish()
     }
 }
 
@@ -345,7 +374,12 @@ impl Snapshot {
             .tree_id()
             .map_err(gix_err(format!("cannot read the tree of commit {commit}")))?
             .detach();
-        Ok(Snapshot { repo, commit, tree })
+        Ok(Snapshot {
+            repo,
+            commit,
+            tree,
+            dirs: Default::default(),
+        })
     }
 
     /// The commit this view shows.
@@ -354,14 +388,51 @@ impl Snapshot {
     }
 
     fn entry(&self, path: &str) -> Result<Option<(ObjectId, bool)>> {
-        let tree = self
-            .repo
-            .find_tree(self.tree)
-            .map_err(gix_err("cannot read the records tree"))?;
-        let e = tree
-            .lookup_entry_by_path(path)
-            .map_err(gix_err(format!("cannot look up {path}")))?;
-        Ok(e.map(|e| (e.object_id(), e.mode().is_tree())))
+        let (dir, name) = match path.rsplit_once('/') {
+            Some((d, n)) => (d, n),
+            None => ("", path),
+        };
+        Ok(self.dir(dir)?.and_then(|d| d.get(name).copied()))
+    }
+
+    /// The decoded directory at `path` ("" for the root), if it exists.
+    fn dir(&self, path: &str) -> Result<Option<std::sync::Arc<Dir>>> {
+        if let Some(d) = self.dirs.lock().ok().and_then(|m| m.get(path).cloned()) {
+            return Ok(Some(d));
+        }
+        let id = if path.is_empty() {
+            self.tree
+        } else {
+            let (parent, name) = match path.rsplit_once('/') {
+                Some((p, n)) => (p, n),
+                None => ("", path),
+            };
+            match self.dir(parent)?.and_then(|d| d.get(name).copied()) {
+                Some((id, true)) => id,
+                _ => return Ok(None),
+            }
+        };
+        let tree = self.repo.find_tree(id).map_err(gix_err(format!(
+            "cannot read directory {path:?} of the records"
+        )))?;
+        let decoded = tree
+            .decode()
+            .map_err(|e| Error::store(format!("cannot decode directory {path:?}"), e))?;
+        let map: Dir = decoded
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.filename.to_str_lossy().into_owned(),
+                    (e.oid.to_owned(), e.mode.is_tree()),
+                )
+            })
+            .collect();
+        let map = std::sync::Arc::new(map);
+        if let Ok(mut m) = self.dirs.lock() {
+            m.insert(path.to_owned(), map.clone());
+        }
+        Ok(Some(map))
     }
 
     /// The object id of the record at `path`.
@@ -443,7 +514,8 @@ fn decode<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T> {
 /// Encode a record as the store keeps it: pretty JSON with a final newline, so that
 /// `git show` and `git diff` of the metadata repository read well.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    let mut v = serde_json::to_vec_pretty(value).map_err(|e| Error::store("cannot encode a record", e))?;
+    let mut v =
+        serde_json::to_vec_pretty(value).map_err(|e| Error::store("cannot encode a record", e))?;
     v.push(b'\n');
     Ok(v)
 }

@@ -52,7 +52,10 @@ fn round_trip_and_no_empty_commits() {
     let dir = tempfile::tempdir().unwrap();
     let git = dir.path().join(".git");
     let store = Store::init(&git).unwrap();
-    assert!(matches!(Store::init(&git), Err(Error::AlreadyExists { .. })));
+    assert!(matches!(
+        Store::init(&git),
+        Err(Error::AlreadyExists { .. })
+    ));
     let (_, c1) = store
         .transact("add a", |tx| {
             tx.put_json("things/a.json", &serde_json::json!({"v": 1}))?;
@@ -65,7 +68,12 @@ fn round_trip_and_no_empty_commits() {
     assert_eq!(snap.read("things/b.txt").unwrap().unwrap(), b"bee");
     let v: serde_json::Value = snap.read_json("things/a.json").unwrap().unwrap();
     assert_eq!(v["v"], 1);
-    let names: Vec<String> = snap.list("things").unwrap().into_iter().map(|e| e.name).collect();
+    let names: Vec<String> = snap
+        .list("things")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(names, ["a.json", "b.txt"]);
     assert!(snap.read("things/missing").unwrap().is_none());
     assert!(snap.list("nowhere").unwrap().is_empty());
@@ -94,7 +102,12 @@ fn round_trip_and_no_empty_commits() {
             Ok(())
         })
         .unwrap();
-    assert!(store.snapshot().unwrap().read("things/b.txt").unwrap().is_none());
+    assert!(store
+        .snapshot()
+        .unwrap()
+        .read("things/b.txt")
+        .unwrap()
+        .is_none());
     let log = Command::new("git")
         .arg("--git-dir")
         .arg(&git)
@@ -103,7 +116,12 @@ fn round_trip_and_no_empty_commits() {
         .unwrap();
     let log = String::from_utf8(log.stdout).unwrap();
     assert_eq!(log, "remove b\nadd a\ninit: empty Datakit project\n");
-    let hist: Vec<String> = store.history(10).unwrap().into_iter().map(|(_, m)| m).collect();
+    let hist: Vec<String> = store
+        .history(10)
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
     assert_eq!(hist, ["remove b", "add a", "init: empty Datakit project"]);
     git_fsck(&git);
 }

@@ -39,7 +39,10 @@ fn git_env(dir: &Path, args: &[&str], date: Option<u64>) -> String {
         dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).expect("utf-8").trim_end().to_owned()
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim_end()
+        .to_owned()
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -66,7 +69,10 @@ fn commit(dir: &Path, msg: &str, date: Option<u64>) -> String {
 }
 
 fn lines(s: &str) -> Vec<String> {
-    s.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect()
+    s.lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 struct Env {
@@ -102,13 +108,25 @@ fn new_source(kind: &str, location: &str, tag: Option<&str>, path: Option<&str>)
     }
 }
 
-async fn resolve(ctx: &Context, location: &str, tag: Option<&str>, path: Option<&str>) -> dtk_core::Result<SourceSpec> {
-    GitKind.resolve(ctx, new_source("git", location, tag, path)).await
+async fn resolve(
+    ctx: &Context,
+    location: &str,
+    tag: Option<&str>,
+    path: Option<&str>,
+) -> dtk_core::Result<SourceSpec> {
+    GitKind::default()
+        .resolve(ctx, new_source("git", location, tag, path))
+        .await
 }
 
-async fn open(ctx: &Context, location: &str, tag: Option<&str>, path: Option<&str>) -> Arc<dyn Source> {
+async fn open(
+    ctx: &Context,
+    location: &str,
+    tag: Option<&str>,
+    path: Option<&str>,
+) -> Arc<dyn Source> {
     let spec = resolve(ctx, location, tag, path).await.expect("resolve");
-    GitKind.open(ctx, &spec).expect("open")
+    GitKind::default().open(ctx, &spec).expect("open")
 }
 
 fn hexes(vs: &[dtk_core::VersionInfo]) -> Vec<String> {
@@ -138,11 +156,19 @@ fn small_repo(root: &Path) -> Small {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.join("sub/run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            dir.join("sub/run.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("a.txt", dir.join("sub/link")).unwrap();
     }
     let c2 = commit(&dir, "two", Some(1_700_000_100));
-    git_env(&dir, &["tag", "-a", "v1", "-m", "version one"], Some(1_700_000_100));
+    git_env(
+        &dir,
+        &["tag", "-a", "v1", "-m", "version one"],
+        Some(1_700_000_100),
+    );
     write(&dir, "README", "hello again\n");
     let c3 = commit(&dir, "three", Some(1_700_000_200));
     git(&dir, &["checkout", "-q", "-b", "dev", &c1]);
@@ -210,7 +236,11 @@ fn git_archive(repo: &Path, treeish: &str, dest: &Path) {
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
-    tar.stdin.take().unwrap().write_all(&archive.stdout).unwrap();
+    tar.stdin
+        .take()
+        .unwrap()
+        .write_all(&archive.stdout)
+        .unwrap();
     assert!(tar.wait().unwrap().success());
 }
 
@@ -232,7 +262,16 @@ async fn conformance_sub_path_and_bare_file_url() {
     let e = env();
     let r = small_repo(&e.root);
     let bare = e.root.join("bare.git");
-    git(&e.root, &["clone", "-q", "--bare", r.dir.to_str().unwrap(), bare.to_str().unwrap()]);
+    git(
+        &e.root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            r.dir.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
     let url = format!("file://{}", bare.display());
     let source = open(&e.ctx, &url, None, Some("sub")).await;
     assert_eq!(source.spec().location, url);
@@ -243,13 +282,13 @@ async fn conformance_sub_path_and_bare_file_url() {
 
 #[test]
 fn kind_metadata() {
-    let k = GitKind;
+    let k = GitKind::default();
     assert_eq!(k.name(), "git");
     assert_eq!(k.aliases(), &["github"]);
     let c = k.capabilities();
     assert!(c.history && c.subpath && c.tags && !c.publish);
     let mut registry = dtk_core::Registry::new();
-    registry.register(Arc::new(GitKind));
+    registry.register(Arc::new(GitKind::default()));
     assert_eq!(registry.get("GitHub").unwrap().name(), "git");
 }
 
@@ -258,10 +297,19 @@ fn infer_cases() {
     let e = env();
     let r = small_repo(&e.root);
     let bare = e.root.join("bare");
-    git(&e.root, &["clone", "-q", "--bare", r.dir.to_str().unwrap(), bare.to_str().unwrap()]);
+    git(
+        &e.root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            r.dir.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
     let plain = e.root.join("plain");
     std::fs::create_dir_all(&plain).unwrap();
-    let k = GitKind;
+    let k = GitKind::default();
     for yes in [
         "https://github.com/user/repo",
         "http://host/x",
@@ -295,14 +343,27 @@ async fn github_shortcut_expands_and_rejects() {
     let mut e = env();
     e.ctx.network_timeout = Duration::from_secs(5);
     // No network here: the fetch fails, naming the expanded URL.
-    let err = GitKind
-        .resolve(&e.ctx, new_source("github", "someone/some-repo", None, None))
+    let err = GitKind::default()
+        .resolve(
+            &e.ctx,
+            new_source("github", "someone/some-repo", None, None),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Backend { .. }), "{err}");
-    assert!(err.to_string().contains("https://github.com/someone/some-repo"), "{err}");
-    for bad in ["someone", "a/b/c", "https://github.com/a/b", "a b/c", "a/.."] {
-        let err = GitKind
+    assert!(
+        err.to_string()
+            .contains("https://github.com/someone/some-repo"),
+        "{err}"
+    );
+    for bad in [
+        "someone",
+        "a/b/c",
+        "https://github.com/a/b",
+        "a b/c",
+        "a/..",
+    ] {
+        let err = GitKind::default()
             .resolve(&e.ctx, new_source("github", bad, None, None))
             .await
             .unwrap_err();
@@ -324,11 +385,13 @@ async fn default_branch_is_the_remote_head() {
         write(&dir, "f", "other");
         commit(&dir, "other", None);
         git(&dir, &["checkout", "-q", branch]);
-        let spec = resolve(&e.ctx, dir.to_str().unwrap(), None, None).await.unwrap();
+        let spec = resolve(&e.ctx, dir.to_str().unwrap(), None, None)
+            .await
+            .unwrap();
         assert_eq!(spec.tag.as_deref(), Some(branch));
         assert_eq!(spec.kind, "git");
         assert_eq!(spec.location, dir.display().to_string());
-        let s = GitKind.open(&e.ctx, &spec).unwrap();
+        let s = GitKind::default().open(&e.ctx, &spec).unwrap();
         assert_eq!(s.latest().await.unwrap().version.hex(), c);
     }
 }
@@ -337,7 +400,9 @@ async fn default_branch_is_the_remote_head() {
 async fn relative_locations_become_absolute() {
     let e = env();
     let r = small_repo(&e.root);
-    let spec = resolve(&e.ctx, "./origin/../origin", None, None).await.unwrap();
+    let spec = resolve(&e.ctx, "./origin/../origin", None, None)
+        .await
+        .unwrap();
     assert_eq!(Path::new(&spec.location), r.dir);
     let spec = resolve(&e.ctx, "file://origin", None, None).await.unwrap();
     assert_eq!(spec.location, format!("file://{}", r.dir.display()));
@@ -360,8 +425,12 @@ async fn tags_branches_and_commit_ids_resolve() {
     for (tag, expected) in cases {
         let spec = resolve(&e.ctx, loc, Some(tag), None).await.unwrap();
         assert_eq!(spec.tag.as_deref(), Some(tag));
-        let s = GitKind.open(&e.ctx, &spec).unwrap();
-        assert_eq!(&s.latest().await.unwrap().version.hex(), expected, "tag {tag}");
+        let s = GitKind::default().open(&e.ctx, &spec).unwrap();
+        assert_eq!(
+            &s.latest().await.unwrap().version.hex(),
+            expected,
+            "tag {tag}"
+        );
         let vs = s.versions().await.unwrap();
         assert_eq!(&vs[0].version.hex(), expected, "tag {tag}");
     }
@@ -374,18 +443,28 @@ async fn unknown_tag_and_path_are_not_found_quoting_them() {
     let loc = r.dir.to_str().unwrap();
     for tag in ["nope", "v9.9", "deadbeef", "bad..name"] {
         let err = resolve(&e.ctx, loc, Some(tag), None).await.unwrap_err();
-        assert!(matches!(err, Error::NotFound { what: "tag", .. }), "{tag}: {err}");
+        assert!(
+            matches!(err, Error::NotFound { what: "tag", .. }),
+            "{tag}: {err}"
+        );
         assert!(err.to_string().contains(&format!("{tag:?}")), "{err}");
     }
     for path in ["missing", "sub/missing.txt", "README/x"] {
         let err = resolve(&e.ctx, loc, None, Some(path)).await.unwrap_err();
-        assert!(matches!(err, Error::NotFound { what: "path", .. }), "{path}: {err}");
+        assert!(
+            matches!(err, Error::NotFound { what: "path", .. }),
+            "{path}: {err}"
+        );
         assert!(err.to_string().contains(&format!("{path:?}")), "{err}");
     }
     // `sub/run.sh` exists only from the second commit on.
-    let err = resolve(&e.ctx, loc, Some("light"), Some("sub/run.sh")).await.unwrap_err();
+    let err = resolve(&e.ctx, loc, Some("light"), Some("sub/run.sh"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
-    resolve(&e.ctx, loc, Some("v1"), Some("sub/run.sh")).await.unwrap();
+    resolve(&e.ctx, loc, Some("v1"), Some("sub/run.sh"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -393,26 +472,44 @@ async fn missing_or_invalid_locations_fail_fast() {
     let e = env();
     let start = Instant::now();
     let missing = e.root.join("nowhere/repo");
-    let err = resolve(&e.ctx, missing.to_str().unwrap(), None, None).await.unwrap_err();
+    let err = resolve(&e.ctx, missing.to_str().unwrap(), None, None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
     assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
-    let err = resolve(&e.ctx, "file:///nowhere/at/all", None, None).await.unwrap_err();
+    let err = resolve(&e.ctx, "file:///nowhere/at/all", None, None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
     let plain = e.root.join("plain");
     std::fs::create_dir_all(&plain).unwrap();
-    let err = resolve(&e.ctx, plain.to_str().unwrap(), None, None).await.unwrap_err();
-    assert!(matches!(err, Error::Invalid { .. }), "{err}");
-    assert!(err.to_string().contains(plain.to_str().unwrap()), "{err}");
-    let err = GitKind
-        .resolve(&e.ctx, NewSource { location: None, ..new_source("git", "", None, None) })
+    let err = resolve(&e.ctx, plain.to_str().unwrap(), None, None)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Invalid { .. }), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(err.to_string().contains(plain.to_str().unwrap()), "{err}");
+    let err = GitKind::default()
+        .resolve(
+            &e.ctx,
+            NewSource {
+                location: None,
+                ..new_source("git", "", None, None)
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid { .. }), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
     // An empty repository has no default branch to follow.
     let empty = e.root.join("empty");
     init_repo(&empty, "main");
-    let err = resolve(&e.ctx, empty.to_str().unwrap(), None, None).await.unwrap_err();
+    let err = resolve(&e.ctx, empty.to_str().unwrap(), None, None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Invalid { .. }), "{err}");
     assert!(err.to_string().contains("no commits"), "{err}");
 }
@@ -431,7 +528,11 @@ async fn unreachable_remotes_fail_within_the_timeout() {
     let err = resolve(&e.ctx, &url, None, None).await.unwrap_err();
     assert!(matches!(err, Error::Backend { .. }), "{err}");
     assert!(err.to_string().contains(&url), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
     // A server that accepts and never answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("git://{}/repo.git", silent.local_addr().unwrap());
@@ -440,14 +541,20 @@ async fn unreachable_remotes_fail_within_the_timeout() {
     let took = start.elapsed();
     assert!(matches!(err, Error::Backend { .. }), "{err}");
     assert!(err.to_string().contains(&url), "{err}");
-    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(6), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
     // Nothing half-made is left where the mirror would be.
     let git_cache = e.ctx.cache_dir.join("git");
     let leftovers: Vec<_> = std::fs::read_dir(&git_cache)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(
-        leftovers.iter().all(|n| n.to_string_lossy().ends_with(".lock") || n.to_string_lossy().starts_with(".tmp-")),
+        leftovers
+            .iter()
+            .all(|n| n.to_string_lossy().ends_with(".lock")
+                || n.to_string_lossy().starts_with(".tmp-")),
         "{leftovers:?}"
     );
     drop(silent);
@@ -462,33 +569,48 @@ async fn token_never_shows() {
     let mut e = env();
     let mut secrets = Secrets::default();
     secrets
-        .set(&e.root.join("secrets"), dtk_core::config::GITHUB_TOKEN, CANARY)
+        .set(
+            &e.root.join("secrets"),
+            dtk_core::config::GITHUB_TOKEN,
+            CANARY,
+        )
         .unwrap();
     e.ctx.secrets = secrets;
     e.ctx.network_timeout = Duration::from_secs(3);
     let r = small_repo(&e.root);
-    let spec = resolve(&e.ctx, r.dir.to_str().unwrap(), None, None).await.unwrap();
+    let spec = resolve(&e.ctx, r.dir.to_str().unwrap(), None, None)
+        .await
+        .unwrap();
     let json = serde_json::to_string(&spec).unwrap();
     assert!(!json.contains(CANARY));
-    let source = GitKind.open(&e.ctx, &spec).unwrap();
+    let source = GitKind::default().open(&e.ctx, &spec).unwrap();
     assert!(!format!("{source:?}").contains(CANARY), "{source:?}");
     let direct = GitSource::new(&e.ctx, &spec);
     assert!(!format!("{direct:?}").contains(CANARY));
-    assert!(!format!("{:?}", GitKind).contains(CANARY));
+    assert!(!format!("{:?}", GitKind::default()).contains(CANARY));
     let fields = source.fields(None, &e.root).unwrap();
     assert!(!format!("{fields:?}").contains(CANARY));
     let mut errors = Vec::new();
-    errors.push(resolve(&e.ctx, r.dir.to_str().unwrap(), Some("nope"), None).await.unwrap_err());
     errors.push(
-        GitKind
+        resolve(&e.ctx, r.dir.to_str().unwrap(), Some("nope"), None)
+            .await
+            .unwrap_err(),
+    );
+    errors.push(
+        GitKind::default()
             .resolve(&e.ctx, new_source("github", "someone/private", None, None))
             .await
             .unwrap_err(),
     );
     errors.push(
-        resolve(&e.ctx, &format!("https://x-access-token:{CANARY}@github.com/a/b"), None, None)
-            .await
-            .unwrap_err(),
+        resolve(
+            &e.ctx,
+            &format!("https://x-access-token:{CANARY}@github.com/a/b"),
+            None,
+            None,
+        )
+        .await
+        .unwrap_err(),
     );
     for err in errors {
         let mut chain = format!("{err} {err:?}");
@@ -515,11 +637,20 @@ async fn latest_sees_new_commits() {
     write(&r.dir, "sub/a.txt", "a2\n");
     let c4 = commit(&r.dir, "four", Some(1_700_000_400));
     // versions() does not fetch.
-    assert_eq!(source.versions().await.unwrap()[0].version.hex(), r.commits[2]);
+    assert_eq!(
+        source.versions().await.unwrap()[0].version.hex(),
+        r.commits[2]
+    );
     assert_eq!(source.latest().await.unwrap().version.hex(), c4);
     assert_eq!(sub.latest().await.unwrap().version.hex(), c4);
-    assert_eq!(hexes(&source.versions().await.unwrap())[..2], [c4.clone(), r.commits[2].clone()]);
-    assert_eq!(hexes(&sub.versions().await.unwrap()), [c4, r.commits[1].clone(), r.commits[0].clone()]);
+    assert_eq!(
+        hexes(&source.versions().await.unwrap())[..2],
+        [c4.clone(), r.commits[2].clone()]
+    );
+    assert_eq!(
+        hexes(&sub.versions().await.unwrap()),
+        [c4, r.commits[1].clone(), r.commits[0].clone()]
+    );
     // A force-moved tag is followed too.
     git(&r.dir, &["tag", "-f", "light", &r.commits[1]]);
     let light = open(&e.ctx, r.dir.to_str().unwrap(), Some("light"), None).await;
@@ -537,8 +668,10 @@ async fn concurrent_fetches_of_one_mirror() {
         let loc = loc.clone();
         tasks.push(tokio::spawn(async move {
             let path = (i % 2 == 0).then_some("sub");
-            let spec = GitKind.resolve(&ctx, new_source("git", &loc, None, path)).await?;
-            GitKind.open(&ctx, &spec)?.latest().await
+            let spec = GitKind::default()
+                .resolve(&ctx, new_source("git", &loc, None, path))
+                .await?;
+            GitKind::default().open(&ctx, &spec)?.latest().await
         }));
     }
     for t in tasks {
@@ -556,7 +689,9 @@ async fn concurrent_fetches_of_one_mirror() {
 async fn stale_temporaries_are_removed_and_lost_mirrors_refetched() {
     let e = env();
     let r = small_repo(&e.root);
-    let spec = resolve(&e.ctx, r.dir.to_str().unwrap(), None, None).await.unwrap();
+    let spec = resolve(&e.ctx, r.dir.to_str().unwrap(), None, None)
+        .await
+        .unwrap();
     let source = GitSource::new(&e.ctx, &spec);
     let mirror = source.mirror_dir().to_owned();
     let name = mirror.file_name().unwrap().to_string_lossy().into_owned();
@@ -612,16 +747,25 @@ async fn materialize_matches_git_archive() {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(got.join("run.sh")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(got.join("run.sh"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_ne!(mode & 0o100, 0, "exec bit kept");
-            assert_eq!(std::fs::read_link(got.join("link")).unwrap(), Path::new("a.txt"));
+            assert_eq!(
+                std::fs::read_link(got.join("link")).unwrap(),
+                Path::new("a.txt")
+            );
         }
 
         let scratch = e.root.join(format!("f{i}"));
         std::fs::create_dir_all(&scratch).unwrap();
         let got = file.materialize(&v, &scratch).await.unwrap();
         assert_eq!(got, scratch.join("run.sh"));
-        assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(expected.join("sub/run.sh")).unwrap());
+        assert_eq!(
+            std::fs::read(&got).unwrap(),
+            std::fs::read(expected.join("sub/run.sh")).unwrap()
+        );
     }
 }
 
@@ -644,7 +788,10 @@ async fn materialize_rejects_foreign_and_unknown_commits() {
     assert!(main.materialize(&md5, &scratch).await.is_err());
     // A sub-path that did not exist yet at that commit.
     let run = open(&e.ctx, r.dir.to_str().unwrap(), None, Some("sub/run.sh")).await;
-    let err = run.materialize(&sha1(&r.commits[0]), &scratch).await.unwrap_err();
+    let err = run
+        .materialize(&sha1(&r.commits[0]), &scratch)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
 }
 
@@ -658,7 +805,10 @@ async fn materialize_fetches_commits_recorded_elsewhere() {
     let scratch = e.root.join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     source.materialize(&sha1(&c4), &scratch).await.unwrap();
-    assert_eq!(std::fs::read_to_string(scratch.join("new.txt")).unwrap(), "new\n");
+    assert_eq!(
+        std::fs::read_to_string(scratch.join("new.txt")).unwrap(),
+        "new\n"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -670,7 +820,7 @@ async fn assert_log_matches(ctx: &Context, repo: &Path, branch: &str, path: Opti
     let mut spec = SourceSpec::new(Name::new("log").unwrap(), "git", repo.display().to_string());
     spec.tag = Some(branch.to_owned());
     spec.path = path.map(str::to_owned);
-    let source = GitKind.open(ctx, &spec).unwrap();
+    let source = GitKind::default().open(ctx, &spec).unwrap();
     let ours = hexes(&source.versions().await.unwrap());
     let mut args = vec!["log", "--format=%H", branch];
     if let Some(p) = path {
@@ -726,14 +876,24 @@ async fn log_order_merges_with_equal_timestamps() {
     write(&dir, "main-only", "m");
     commit(&dir, "main1", Some(t + 10));
     for b in ["x", "y", "z"] {
-        git_env(&dir, &["merge", "-q", "--no-ff", "-m", &format!("merge {b}"), b], Some(t + 10));
+        git_env(
+            &dir,
+            &["merge", "-q", "--no-ff", "-m", &format!("merge {b}"), b],
+            Some(t + 10),
+        );
     }
     // A merge that keeps the other side's version of sub/ (TREESAME to the second parent).
     git(&dir, &["checkout", "-q", "-b", "w", "main~3"]);
     write(&dir, "sub/a", "w");
     commit(&dir, "w1", Some(t + 5));
     git(&dir, &["checkout", "-q", "main"]);
-    git_env(&dir, &["merge", "-q", "--no-ff", "-X", "theirs", "-m", "merge w", "w"], Some(t + 20));
+    git_env(
+        &dir,
+        &[
+            "merge", "-q", "--no-ff", "-X", "theirs", "-m", "merge w", "w",
+        ],
+        Some(t + 20),
+    );
     // An octopus merge.
     for b in ["o1", "o2"] {
         git(&dir, &["checkout", "-q", "-b", b, "main~2"]);
@@ -741,8 +901,21 @@ async fn log_order_merges_with_equal_timestamps() {
         commit(&dir, b, Some(t + 20));
     }
     git(&dir, &["checkout", "-q", "main"]);
-    git_env(&dir, &["merge", "-q", "--no-ff", "-m", "octopus", "o1", "o2"], Some(t + 20));
-    for path in [None, Some("sub"), Some("sub/a"), Some("sub/b"), Some("top"), Some("zfile"), Some("main-only"), Some("none")] {
+    git_env(
+        &dir,
+        &["merge", "-q", "--no-ff", "-m", "octopus", "o1", "o2"],
+        Some(t + 20),
+    );
+    for path in [
+        None,
+        Some("sub"),
+        Some("sub/a"),
+        Some("sub/b"),
+        Some("top"),
+        Some("zfile"),
+        Some("main-only"),
+        Some("none"),
+    ] {
         assert_log_matches(&e.ctx, &dir, "main", path).await;
     }
     assert_log_matches(&e.ctx, &dir, "x", None).await;
@@ -797,7 +970,10 @@ fn random_history(dir: &Path, seed: u64, commits: usize) {
                 heads.retain(|&x| x != parents[0]);
             }
         }
-        let base = parents.first().map(|&p| states[p].clone()).unwrap_or_default();
+        let base = parents
+            .first()
+            .map(|&p| states[p].clone())
+            .unwrap_or_default();
         let mut state = base.clone();
         if let Some(&other) = parents.get(1) {
             for f in FILES {
@@ -879,7 +1055,14 @@ async fn log_order_random_histories() {
     for seed in 1..=12u64 {
         let dir = e.root.join(format!("random{seed}"));
         random_history(&dir, seed * 7919, 150);
-        for path in [None, Some("sub"), Some("sub/x"), Some("sub/deep"), Some("a"), Some("other/w")] {
+        for path in [
+            None,
+            Some("sub"),
+            Some("sub/x"),
+            Some("sub/deep"),
+            Some("a"),
+            Some("other/w"),
+        ] {
             assert_log_matches(&e.ctx, &dir, "main", path).await;
         }
     }

@@ -145,6 +145,10 @@ fn docs_reference_implementation_agrees() {
     )
     .unwrap();
     mkfifo(&root.join("data/pipe"));
+    // Names that sort differently as whole paths than directory by directory.
+    for p in ["x/y/z", "x-y/q", "x.z", "x0", "x/y.w", "x/y-/k", "x/y/"] {
+        write(&root.join(p).join("f"), p.as_bytes(), 0o644);
+    }
     let single = root.join("bin/run.sh");
     let py = tmp.path().join("ref.py");
     fs::write(&py, script).unwrap();
@@ -504,6 +508,23 @@ async fn conformance_sub_path() {
     .unwrap();
     assert!(loc.join("data/new.csv").exists());
     assert!(loc.join("README").exists(), "only the sub-path is replaced");
+}
+
+#[tokio::test]
+async fn a_sub_path_may_be_a_link_inside_the_location() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = ctx(tmp.path());
+    let loc = tmp.path().join("repo");
+    fixed_tree(&loc);
+    symlink("data/a.csv", loc.join("current.csv")).unwrap();
+    symlink("data", loc.join("current")).unwrap();
+    let file = open(&ctx, &loc, Some("current.csv")).await;
+    assert_eq!(
+        file.latest().await.unwrap().version.to_string(),
+        format!("md5:{:x}", Md5::digest(b"x,y\n1,2\n"))
+    );
+    let dir = open(&ctx, &loc, Some("current")).await;
+    assert_eq!(dir.latest().await.unwrap().version, v(&loc.join("data")));
 }
 
 #[tokio::test]

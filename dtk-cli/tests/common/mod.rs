@@ -48,12 +48,19 @@ impl Run {
         self.stderr()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.ok()).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", self.stdout()))
+        serde_json::from_str(&self.ok())
+            .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", self.stdout()))
     }
 }
 
 pub fn dkt_bin() -> &'static str {
     env!("CARGO_BIN_EXE_dkt")
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Env::new()
+    }
 }
 
 impl Env {
@@ -91,7 +98,10 @@ impl Env {
 
     /// The metadata repository's commit count.
     pub fn commits(&self) -> usize {
-        let out = git(self.path(), &["--git-dir", ".dkt/.git", "rev-list", "--count", "main"]);
+        let out = git(
+            self.path(),
+            &["--git-dir", ".dkt/.git", "rev-list", "--count", "main"],
+        );
         out.trim().parse().unwrap()
     }
 

@@ -57,8 +57,8 @@ fn is_scp_like_with_user(location: &str) -> bool {
     };
     let plain = |s: &str| !s.is_empty() && !s.contains(['/', ':', ' ', '\t', '\n']);
     let digest_algo = host.len() > 3
-        && host[..3].eq_ignore_ascii_case("sha")
-        && host[3..].bytes().all(|b| b.is_ascii_digit());
+        && host.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("sha"))
+        && host.bytes().skip(3).all(|b| b.is_ascii_digit());
     plain(user) && plain(host) && !digest_algo && !path.is_empty() && !path.starts_with("//")
 }
 
@@ -93,7 +93,9 @@ pub(crate) fn expand_github(location: &str) -> Result<String> {
     };
     let (user, repo) = location.split_once('/').ok_or_else(bad)?;
     let user_ok = !user.is_empty()
-        && user.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     let repo_ok = !repo.is_empty()
         && repo != "."
         && repo != ".."
@@ -120,10 +122,13 @@ pub(crate) fn normalize(location: &str, cwd: &Path) -> Result<Normalized> {
             "it holds a control character",
         ));
     }
-    if trimmed.len() >= 7 && trimmed[..7].eq_ignore_ascii_case("file://") {
-        let path = &trimmed[7..];
+    if let Some(path) = strip_file_scheme(trimmed) {
         if path.is_empty() {
-            return Err(Error::invalid("git location", location, "the file:// URL has no path"));
+            return Err(Error::invalid(
+                "git location",
+                location,
+                "the file:// URL has no path",
+            ));
         }
         let abs = absolute(Path::new(path), cwd);
         return Ok(Normalized {
@@ -132,10 +137,12 @@ pub(crate) fn normalize(location: &str, cwd: &Path) -> Result<Normalized> {
         });
     }
     if has_url_scheme(trimmed) || is_scp_like(trimmed) {
-        let url = gix::url::parse(gix::bstr::BStr::new(trimmed.as_bytes())).map_err(|e| Error::Invalid {
-            what: "git location",
-            value: redact_url(trimmed),
-            reason: format!("not a URL git understands: {e}"),
+        let url = gix::url::parse(gix::bstr::BStr::new(trimmed.as_bytes())).map_err(|e| {
+            Error::Invalid {
+                what: "git location",
+                value: redact_url(trimmed),
+                reason: format!("not a URL git understands: {e}"),
+            }
         })?;
         if url.password().is_some() {
             return Err(Error::invalid(
@@ -187,13 +194,22 @@ pub(crate) fn redact_url(location: &str) -> String {
 
 /// The local directory a stored location names, if it is local.
 pub(crate) fn local_dir(location: &str) -> Option<PathBuf> {
-    if location.len() >= 7 && location[..7].eq_ignore_ascii_case("file://") {
-        return Some(PathBuf::from(&location[7..]));
+    if let Some(path) = strip_file_scheme(location) {
+        return Some(PathBuf::from(path));
     }
     if has_url_scheme(location) || is_scp_like(location) {
         return None;
     }
     Some(PathBuf::from(location))
+}
+
+/// What follows `file://` (in any case), if `location` starts with it.
+fn strip_file_scheme(location: &str) -> Option<&str> {
+    const FILE: &str = "file://";
+    let prefix = location.get(..FILE.len())?;
+    prefix
+        .eq_ignore_ascii_case(FILE)
+        .then(|| &location[FILE.len()..])
 }
 
 /// `path` made absolute against `cwd`, with `.` and `..` resolved lexically.
@@ -232,6 +248,7 @@ mod tests {
             "someone@host:repo",
             "../x/repo.git",
             "repo.git/",
+            "é@shé:x",
         ] {
             assert_eq!(infer(yes), Some(20), "{yes}");
         }
@@ -240,6 +257,7 @@ mod tests {
             "ubuntu@sha256:abcdef",
             "s3://bucket/x",
             "/nonexistent/dir/x",
+            "filé://x",
             "data",
         ] {
             assert_eq!(infer(no), None, "{no}");
@@ -268,12 +286,25 @@ mod tests {
         assert_eq!(local_dir("file:///a/b"), Some(PathBuf::from("/a/b")));
         assert_eq!(local_dir("https://h/a"), None);
         assert_eq!(local_dir("h:a"), None);
+        assert!(normalize("filé:/x", cwd).is_ok());
+        assert!(normalize("é", cwd).is_ok());
     }
 
     #[test]
     fn github_shortcut() {
-        assert_eq!(expand_github("a-b/c.d_e").unwrap(), "https://github.com/a-b/c.d_e");
-        for bad in ["a", "a/b/c", "/b", "a/", "https://github.com/a/b", "a/..", "a b/c"] {
+        assert_eq!(
+            expand_github("a-b/c.d_e").unwrap(),
+            "https://github.com/a-b/c.d_e"
+        );
+        for bad in [
+            "a",
+            "a/b/c",
+            "/b",
+            "a/",
+            "https://github.com/a/b",
+            "a/..",
+            "a b/c",
+        ] {
             let e = expand_github(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }

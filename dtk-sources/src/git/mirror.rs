@@ -127,7 +127,12 @@ impl Mirror {
 
     /// Open the mirror for reading, ignoring the user's git configuration.
     pub(crate) fn open(&self) -> std::result::Result<gix::Repository, gix::Error> {
-        let mut repo = gix::open_opts(&self.dir, gix::open::Options::isolated())?;
+        // A delta-base cache as large as git's default, in a hash map: walks read each tree
+        // once, but trees are long delta chains in a pack.
+        let mut repo = gix::open_opts(
+            &self.dir,
+            gix::open::Options::isolated().config_overrides(["core.deltaBaseCacheLimit=96m"]),
+        )?;
         repo.object_cache_size_if_unset(4 * 1024 * 1024);
         Ok(repo)
     }
@@ -194,7 +199,9 @@ impl Mirror {
         let shown = redact_url(&self.location);
         if let Some(dir) = local_dir(&self.location) {
             if !dir.exists() {
-                return Err(FetchFailure::new(format!("the repository {shown} does not exist")));
+                return Err(FetchFailure::new(format!(
+                    "the repository {shown} does not exist"
+                )));
             }
         }
         std::fs::create_dir_all(&self.root)
@@ -211,13 +218,22 @@ impl Mirror {
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".tmp-{}-", self.key))
             .tempdir_in(&self.root)
-            .map_err(|e| FetchFailure::with(format!("cannot create a directory in {}", self.root.display()), e))?;
+            .map_err(|e| {
+                FetchFailure::with(
+                    format!("cannot create a directory in {}", self.root.display()),
+                    e,
+                )
+            })?;
         let git_dir = tmp.path().join("mirror");
-        gix::init_bare(&git_dir)
-            .map_err(gix_fail(format!("cannot create a repository in {}", git_dir.display())))?;
+        gix::init_bare(&git_dir).map_err(gix_fail(format!(
+            "cannot create a repository in {}",
+            git_dir.display()
+        )))?;
         self.fetch_into(&git_dir, shared)?;
         if shared.interrupt.load(Ordering::SeqCst) {
-            return Err(FetchFailure::new(format!("the fetch of {shown} was interrupted")));
+            return Err(FetchFailure::new(format!(
+                "the fetch of {shown} was interrupted"
+            )));
         }
         match std::fs::rename(&git_dir, &self.dir) {
             Ok(()) => Ok(()),
@@ -257,17 +273,28 @@ impl Mirror {
             match try_lock(&file) {
                 Ok(true) => return Ok(MirrorLock(file)),
                 Ok(false) => {}
-                Err(e) => return Err(FetchFailure::with(format!("cannot lock {}", path.display()), e)),
+                Err(e) => {
+                    return Err(FetchFailure::with(
+                        format!("cannot lock {}", path.display()),
+                        e,
+                    ))
+                }
             }
             if shared.interrupt.load(Ordering::SeqCst) {
-                return Err(FetchFailure::new("interrupted while waiting for the mirror's lock"));
+                return Err(FetchFailure::new(
+                    "interrupted while waiting for the mirror's lock",
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Fetch branches, tags and the default branch into the repository at `git_dir`.
-    fn fetch_into(&self, git_dir: &Path, shared: &Arc<Shared>) -> std::result::Result<(), FetchFailure> {
+    fn fetch_into(
+        &self,
+        git_dir: &Path,
+        shared: &Arc<Shared>,
+    ) -> std::result::Result<(), FetchFailure> {
         use gix::remote::Direction;
         let shown = redact_url(&self.location);
         let fetch_fail = || gix_fail(format!("cannot fetch {shown}"));
@@ -284,7 +311,10 @@ impl Mirror {
             git_dir,
             gix::open::Options::isolated().config_overrides([format!("core.sshCommand={ssh}")]),
         )
-        .map_err(gix_fail(format!("cannot open the mirror {}", git_dir.display())))?;
+        .map_err(gix_fail(format!(
+            "cannot open the mirror {}",
+            git_dir.display()
+        )))?;
         repo.committer_or_set_generic_fallback()
             .map_err(gix_fail("cannot set up the mirror's identity"))?;
         let url = gix::url::parse(self.location.as_bytes().as_bstr())
@@ -349,10 +379,21 @@ impl Mirror {
         let configured = repo
             .transport_options(url.to_bstring().as_bstr(), None)
             .map_err(gix_fail("cannot configure the HTTP transport"))?;
-        let mut opts = configured
+        let opts = configured
             .and_then(|o| o.downcast::<http::Options>().ok())
             .map(|o| *o)
             .unwrap_or_default();
+        connection.set_transport_options(Box::new(self.http_options(opts, url)));
+        Ok(())
+    }
+
+    /// `opts` with dtk's time limits and, for `https://github.com`, the token.
+    #[cfg(feature = "https")]
+    fn http_options(
+        &self,
+        mut opts: gix::protocol::transport::client::blocking_io::http::Options,
+        url: &gix::Url,
+    ) -> gix::protocol::transport::client::blocking_io::http::Options {
         opts.connect_timeout = Some(self.timeout);
         opts.low_speed_limit_bytes_per_second = 1;
         opts.low_speed_time_seconds = self.timeout.as_secs().max(1);
@@ -360,19 +401,20 @@ impl Mirror {
         if let Some(token) = &self.token {
             if url.scheme == gix::url::Scheme::Https && is_github(url) {
                 let basic = base64(format!("x-access-token:{}", token.0).as_bytes());
-                opts.extra_headers.push(format!("Authorization: Basic {basic}"));
+                opts.extra_headers
+                    .push(format!("Authorization: Basic {basic}"));
             }
         }
-        connection.set_transport_options(Box::new(opts));
-        Ok(())
+        opts
     }
 }
 
 /// True for github.com (the only host the GitHub token is sent to).
 #[cfg_attr(not(feature = "https"), allow(dead_code))]
 fn is_github(url: &gix::Url) -> bool {
-    url.host()
-        .is_some_and(|h| h.eq_ignore_ascii_case("github.com") || h.eq_ignore_ascii_case("www.github.com"))
+    url.host().is_some_and(|h| {
+        h.eq_ignore_ascii_case("github.com") || h.eq_ignore_ascii_case("www.github.com")
+    })
 }
 
 /// Standard base64 with padding.
@@ -381,7 +423,11 @@ pub(crate) fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -583,7 +629,11 @@ impl gix::progress::NestedProgress for Activity {
     fn add_child(&mut self, _name: impl Into<String>) -> Self::SubProgress {
         Activity::new(self.shared.clone())
     }
-    fn add_child_with_id(&mut self, _name: impl Into<String>, _id: gix::progress::Id) -> Self::SubProgress {
+    fn add_child_with_id(
+        &mut self,
+        _name: impl Into<String>,
+        _id: gix::progress::Id,
+    ) -> Self::SubProgress {
         Activity::new(self.shared.clone())
     }
 }
@@ -607,9 +657,37 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "https")]
+    #[test]
+    fn token_goes_to_github_https_only() {
+        let token = "ghp_canary";
+        let expected = format!(
+            "Authorization: Basic {}",
+            base64(b"x-access-token:ghp_canary")
+        );
+        for (url, sent) in [
+            ("https://github.com/a/b", true),
+            ("https://GitHub.com/a/b.git", true),
+            ("http://github.com/a/b", false),
+            ("https://github.com.evil.example/a/b", false),
+            ("https://gitlab.com/a/b", false),
+        ] {
+            let m = Mirror::new(Path::new("/c"), url, Some(token), Duration::from_secs(7));
+            let parsed = gix::url::parse(url.as_bytes().as_bstr()).unwrap();
+            let opts = m.http_options(Default::default(), &parsed);
+            assert_eq!(opts.extra_headers.contains(&expected), sent, "{url}");
+            assert_eq!(opts.connect_timeout, Some(Duration::from_secs(7)));
+        }
+    }
+
     #[test]
     fn token_is_not_in_debug() {
-        let m = Mirror::new(Path::new("/c"), "https://github.com/a/b", Some("ghp_canary"), Duration::from_secs(1));
+        let m = Mirror::new(
+            Path::new("/c"),
+            "https://github.com/a/b",
+            Some("ghp_canary"),
+            Duration::from_secs(1),
+        );
         let d = format!("{m:?}");
         assert!(!d.contains("ghp_canary"), "{d}");
         assert!(d.contains("Token(***)"), "{d}");

@@ -19,7 +19,7 @@
 //! - **Tags**: the tag is a branch, a tag (annotated tags peel to their commit) or a commit
 //!   id (full, or at least 4 hex digits). The default is the remote's default branch.
 //! - **Versions**: `sha1:` commit ids. [`Source::versions`] lists the commits reachable from
-//!   the tag, in `git log` order (see [`walk`](self) notes below); with a sub-path only the
+//!   the tag, in `git log` order (see "Log order" below); with a sub-path only the
 //!   commits that changed it, as `git log -- PATH` lists them.
 //! - **Tokens**: the `GITHUB_TOKEN` secret is sent, as an HTTP `Authorization` header, to
 //!   `https://github.com` only; it never appears in a spec, an error, a log line or a
@@ -47,6 +47,17 @@ use dtk_core::{
 use gix::ObjectId;
 
 use location::redact_url;
+
+/// SHA-1 of a byte string, through gix's own hasher.
+mod sha1 {
+    pub(super) fn sha1_hex(bytes: &[u8]) -> String {
+        let mut h = gix::hash::hasher(gix::hash::Kind::Sha1);
+        h.update(bytes);
+        h.try_finalize()
+            .map(|id| id.to_hex().to_string())
+            .unwrap_or_default()
+    }
+}
 use mirror::Mirror;
 
 /// The kind's name, stored in every spec.
@@ -54,9 +65,18 @@ const KIND: &str = "git";
 /// The alias that expands `USER/REPO`.
 const GITHUB: &str = "github";
 
-/// The `git` kind, with its `github` alias. Register it into a [`dtk_core::Registry`].
+/// The `git` kind, with its `github` alias. Register it into a [`dtk_core::Registry`]:
+///
+/// ```
+/// let mut registry = dtk_core::Registry::new();
+/// registry.register(std::sync::Arc::new(dtk_sources::git::GitKind::default()));
+/// assert_eq!(registry.get("github").unwrap().name(), "git");
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
-pub struct GitKind;
+pub struct GitKind {
+    /// Room for options without breaking `GitKind::default()`.
+    _private: (),
+}
 
 fn capabilities() -> Capabilities {
     Capabilities::none()
@@ -144,8 +164,9 @@ impl Kind for GitKind {
             ctx.network_timeout,
         );
         mirror.fetch(KIND, &name).await?;
-        let tag = new.tag.clone();
-        let path = new.path.clone();
+        let tag = new.tag.clone().filter(|t| !t.trim().is_empty());
+        let path = new.path.clone().filter(|p| !p.is_empty() && p != ".");
+        let spec_path = path.clone();
         let m = mirror.clone();
         let n = name.clone();
         let tag = blocking(&name, move || {
@@ -172,7 +193,7 @@ impl Kind for GitKind {
         .await?;
         let mut spec = SourceSpec::new(new.name, KIND, normalized.location);
         spec.tag = Some(tag);
-        spec.path = new.path;
+        spec.path = spec_path;
         Ok(spec)
     }
 
@@ -191,12 +212,20 @@ fn lock(r: &Mutex<Reachable>) -> std::sync::MutexGuard<'_, Reachable> {
 }
 
 /// A source of kind `git`: one tag (and optionally one sub-path) of one location.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GitSource {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for GitSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitSource")
+            .field("spec", &self.inner.spec)
+            .field("mirror", &self.inner.mirror)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     spec: SourceSpec,
     mirror: Mirror,
@@ -241,7 +270,10 @@ impl GitSource {
     /// The commit the source's tag names now, with the repository.
     fn tip(inner: &Inner) -> Result<(gix::Repository, ObjectId)> {
         let name = inner.spec.name.as_str();
-        let repo = inner.mirror.open().map_err(|e| open_error(name, &inner.mirror, e))?;
+        let repo = inner
+            .mirror
+            .open()
+            .map_err(|e| open_error(name, &inner.mirror, e))?;
         let tag = match &inner.spec.tag {
             Some(t) => t.clone(),
             None => default_branch(&repo, name, &inner.mirror)?,
@@ -253,10 +285,16 @@ impl GitSource {
     /// Walk from the tip in `git log` order, stopping after `limit` commits.
     fn log(inner: &Inner, limit: Option<usize>) -> Result<Vec<ObjectId>> {
         let name = inner.spec.name.as_str();
-        let (repo, tip) = Self::tip(inner)?;
-        let walk_err = |e: walk::WalkError| backend(name, format!("cannot walk the history of {tip}"), e);
-        let mut walk = walk::LogWalk::new(&repo.objects, repo.object_hash(), tip, inner.spec.path.as_deref())
-            .map_err(walk_err)?;
+        let (mut repo, tip) = Self::tip(inner)?;
+        let walk_err =
+            |e: walk::WalkError| backend(name, format!("cannot walk the history of {tip}"), e);
+        let hash = repo.object_hash();
+        let path = inner
+            .spec
+            .path
+            .as_deref()
+            .filter(|p| !p.is_empty() && *p != ".");
+        let mut walk = walk::LogWalk::new(&mut repo.objects, hash, tip, path).map_err(walk_err)?;
         let mut out = Vec::new();
         while limit.is_none_or(|l| out.len() < l) {
             match walk.next_commit().map_err(walk_err)? {
@@ -268,15 +306,21 @@ impl GitSource {
     }
 
     /// Every commit reachable from `tip` (cached for the last tip).
-    fn reachable(inner: &Inner, repo: &gix::Repository, tip: ObjectId) -> Result<Arc<gix::hashtable::HashSet<ObjectId>>> {
+    fn reachable(
+        inner: &Inner,
+        repo: &mut gix::Repository,
+        tip: ObjectId,
+    ) -> Result<Arc<gix::hashtable::HashSet<ObjectId>>> {
         if let Some((t, set)) = lock(&inner.reachable).as_ref() {
             if *t == tip {
                 return Ok(set.clone());
             }
         }
         let name = inner.spec.name.as_str();
-        let walk_err = |e: walk::WalkError| backend(name, format!("cannot walk the history of {tip}"), e);
-        let mut walk = walk::LogWalk::new(&repo.objects, repo.object_hash(), tip, None).map_err(walk_err)?;
+        let walk_err =
+            |e: walk::WalkError| backend(name, format!("cannot walk the history of {tip}"), e);
+        let hash = repo.object_hash();
+        let mut walk = walk::LogWalk::new(&mut repo.objects, hash, tip, None).map_err(walk_err)?;
         let mut set = gix::hashtable::HashSet::default();
         while let Some(id) = walk.next_commit().map_err(walk_err)? {
             set.insert(id);
@@ -286,11 +330,16 @@ impl GitSource {
         Ok(set)
     }
 
-    fn materialize_blocking(inner: &Inner, commit: ObjectId, version: &Version, scratch: &Path) -> Result<PathBuf> {
+    fn materialize_blocking(
+        inner: &Inner,
+        commit: ObjectId,
+        version: &Version,
+        scratch: &Path,
+    ) -> Result<PathBuf> {
         let name = inner.spec.name.as_str();
-        let (repo, tip) = Self::tip(inner)?;
+        let (mut repo, tip) = Self::tip(inner)?;
         let tag = inner.spec.tag.as_deref().unwrap_or("HEAD");
-        if !Self::reachable(inner, &repo, tip)?.contains(&commit) {
+        if !Self::reachable(inner, &mut repo, tip)?.contains(&commit) {
             return Err(Error::NotFound {
                 what: "version",
                 name: version.to_string(),
@@ -302,8 +351,19 @@ impl GitSource {
         }
         let tree = commit_tree(&repo, name, commit)?;
         let hash = repo.object_hash();
-        let write_err = |e: tree::WriteError| backend(name, format!("cannot write {version} into {}", scratch.display()), e);
-        let (kind, id, dest) = match inner.spec.path.as_deref().filter(|p| !p.is_empty()) {
+        let write_err = |e: tree::WriteError| {
+            backend(
+                name,
+                format!("cannot write {version} into {}", scratch.display()),
+                e,
+            )
+        };
+        let (kind, id, dest) = match inner
+            .spec
+            .path
+            .as_deref()
+            .filter(|p| !p.is_empty() && *p != ".")
+        {
             None => (gix::objs::tree::EntryKind::Tree, tree, scratch.to_owned()),
             Some(p) => {
                 let (kind, id) = tree::lookup(&repo.objects, hash, tree, p)
@@ -338,7 +398,10 @@ fn open_error(name: &str, mirror: &Mirror, e: gix::Error) -> Error {
 }
 
 fn to_version(id: ObjectId) -> Result<VersionInfo> {
-    Ok(VersionInfo::new(Version::from_bytes(Algo::Sha1, id.as_bytes())?))
+    Ok(VersionInfo::new(Version::from_bytes(
+        Algo::Sha1,
+        id.as_bytes(),
+    )?))
 }
 
 /// The commit id a `sha1:` version names.
@@ -357,9 +420,13 @@ fn commit_of(version: &Version) -> Result<ObjectId> {
 /// The branch the mirror's `HEAD` names (the remote's default branch), without `refs/heads/`.
 fn default_branch(repo: &gix::Repository, name: &str, mirror: &Mirror) -> Result<String> {
     let shown = redact_url(&mirror.location);
-    let head = repo
-        .head_name()
-        .map_err(|e| backend(name, format!("cannot read the default branch of {shown}"), e))?;
+    let head = repo.head_name().map_err(|e| {
+        backend(
+            name,
+            format!("cannot read the default branch of {shown}"),
+            e,
+        )
+    })?;
     let Some(head) = head else {
         return Err(Error::invalid(
             "git location",
@@ -391,15 +458,18 @@ fn resolve_tag(repo: &gix::Repository, name: &str, mirror: &Mirror, tag: &str) -
         name: tag.to_owned(),
         hint,
     };
-    let peel_err = |e: gix::Error| backend(name, format!("cannot peel {tag:?} of {shown} to a commit"), e);
+    let peel_err = |e: gix::Error| {
+        backend(
+            name,
+            format!("cannot peel {tag:?} of {shown} to a commit"),
+            e,
+        )
+    };
     if tag.is_empty() {
         return Err(Error::invalid("tag", tag, "it is empty"));
     }
-    let reference = match repo.try_find_reference(tag) {
-        Ok(r) => r,
-        // Not a valid ref name: it can still be a commit id.
-        Err(_) => None,
-    };
+    // Not a valid ref name (an error): it can still be a commit id.
+    let reference = repo.try_find_reference(tag).unwrap_or_default();
     if let Some(mut r) = reference {
         let commit = r.peel_to_commit().map_err(peel_err)?;
         return Ok(commit.id);
@@ -418,7 +488,9 @@ fn resolve_tag(repo: &gix::Repository, name: &str, mirror: &Mirror, tag: &str) -
         .map_err(|e| backend(name, format!("cannot look up {tag:?} in {shown}"), e))?;
     let mut commits = Vec::new();
     for id in candidates {
-        let Ok(obj) = repo.find_object(id) else { continue };
+        let Ok(obj) = repo.find_object(id) else {
+            continue;
+        };
         if let Ok(c) = obj.peel_to_commit() {
             if !commits.contains(&c.id) {
                 commits.push(c.id);
@@ -426,7 +498,9 @@ fn resolve_tag(repo: &gix::Repository, name: &str, mirror: &Mirror, tag: &str) -
         }
     }
     match commits.len() {
-        0 => Err(not_found(format!(": no branch, tag or commit of that name in {shown}"))),
+        0 => Err(not_found(format!(
+            ": no branch, tag or commit of that name in {shown}"
+        ))),
         1 => Ok(commits[0]),
         _ => Err(Error::Ambiguous {
             what: "commit",
@@ -544,5 +618,38 @@ impl Source for GitSource {
 
     async fn publish(&self, _dir: &Path) -> Result<VersionInfo> {
         Err(not_supported(self, "publish"))
+    }
+
+    /// Re-hash the commit object in the mirror (`sha1("commit <len>\0" + data)`) and compare
+    /// it with the version; a commit missing from the mirror is unavailable.
+    async fn verify(&self, version: &Version) -> Result<dtk_core::Verification> {
+        use sha1::sha1_hex;
+        let commit = commit_of(version)?;
+        let inner = self.inner.clone();
+        let version = version.clone();
+        blocking(self.name(), move || {
+            let repo = inner
+                .mirror
+                .open()
+                .map_err(|e| open_error(inner.spec.name.as_str(), &inner.mirror, e))?;
+            let Ok(object) = repo.find_object(commit) else {
+                return Ok(dtk_core::Verification::Unavailable(format!(
+                    "commit {commit} is not in the mirror of {}",
+                    redact_url(&inner.mirror.location)
+                )));
+            };
+            let mut framed = format!("{} {}\0", object.kind, object.data.len()).into_bytes();
+            framed.extend_from_slice(&object.data);
+            let found = sha1_hex(&framed);
+            if found == version.hex() {
+                Ok(dtk_core::Verification::Verified)
+            } else {
+                Ok(dtk_core::Verification::Mismatch {
+                    expected: version.clone(),
+                    found: format!("sha1:{found}").parse()?,
+                })
+            }
+        })
+        .await
     }
 }

@@ -88,7 +88,9 @@ fn check_name(name: &[u8]) -> Result<&std::ffi::OsStr, WriteError> {
         || name.contains(&b'/')
         || name.contains(&0);
     if bad {
-        return Err(WriteError::UnsafeName(String::from_utf8_lossy(name).into_owned()));
+        return Err(WriteError::UnsafeName(
+            String::from_utf8_lossy(name).into_owned(),
+        ));
     }
     Ok(os_str(name))
 }
@@ -136,11 +138,19 @@ fn write_blob(
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(if executable { 0o777 } else { 0o666 });
     }
-    let mut f = opts.open(path).map_err(|e| WriteError::Io(path.to_owned(), e))?;
-    f.write_all(data).map_err(|e| WriteError::Io(path.to_owned(), e))
+    let mut f = opts
+        .open(path)
+        .map_err(|e| WriteError::Io(path.to_owned(), e))?;
+    f.write_all(data)
+        .map_err(|e| WriteError::Io(path.to_owned(), e))
 }
 
-fn write_link(odb: &impl Find, id: &ObjectId, path: &Path, buf: &mut Vec<u8>) -> Result<(), WriteError> {
+fn write_link(
+    odb: &impl Find,
+    id: &ObjectId,
+    path: &Path,
+    buf: &mut Vec<u8>,
+) -> Result<(), WriteError> {
     let target = read(odb, id, buf, gix::objs::Kind::Blob)?;
     #[cfg(unix)]
     let written = std::os::unix::fs::symlink(os_str(target), path);
@@ -188,9 +198,13 @@ pub(crate) fn write_entry(
                     std::fs::create_dir(&path).map_err(|e| WriteError::Io(path.clone(), e))?;
                     stack.push((oid, path));
                 }
-                EntryKind::Blob | EntryKind::BlobExecutable => {
-                    write_blob(odb, &oid, kind == EntryKind::BlobExecutable, &path, &mut buf)?
-                }
+                EntryKind::Blob | EntryKind::BlobExecutable => write_blob(
+                    odb,
+                    &oid,
+                    kind == EntryKind::BlobExecutable,
+                    &path,
+                    &mut buf,
+                )?,
                 EntryKind::Link => write_link(odb, &oid, &path, &mut buf)?,
                 EntryKind::Commit => {
                     std::fs::create_dir(&path).map_err(|e| WriteError::Io(path.clone(), e))?

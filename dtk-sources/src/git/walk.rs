@@ -5,7 +5,7 @@
 //! commits with the same timestamp the one queued first wins (git's
 //! `commit_list_insert_by_date` inserts after every entry with the same date, and its newer
 //! `prio_queue` breaks ties by insertion order). A commit's parents are queued in their
-//! order (first parent first) when it is shown, unless already queued. gix's own
+//! order (first parent first) when it leaves the queue, unless already queued. gix's own
 //! `ByCommitTime` sorting breaks ties differently, hence this walk.
 //!
 //! With a path, this follows git's default history simplification (`git log -- PATH`,
@@ -15,13 +15,26 @@
 //! commit is not shown. A commit with no TREESAME parent is shown; a root commit is shown
 //! when PATH exists in it. This matches git for a literal path (no glob magic) as long as
 //! no `--remove-empty`, `--full-history`, `--simplify-merges` or `--first-parent` is given.
+//!
+//! Speed: commits are parsed from their raw header (tree, parents, committer time) once
+//! each; the entry at PATH is cached per (depth, tree id), so an unchanged sub-tree is read
+//! once. Packs whose delta chains run from older to newer objects (as `git fast-import`
+//! writes them, and as fetches serve them when they reuse such deltas) make gix resolve a
+//! whole chain for every tree read newest-first, because its delta cache keeps only the
+//! objects asked for, where git's also keeps every intermediate base. When the walk sees
+//! that layout, a [`Primer`] reads each tree's missing bases oldest-first, so each is
+//! inflated once.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::ops::Range;
 
 use gix::objs::Find;
+use gix::odb::pack::Find as PackFind;
 use gix::ObjectId;
+
+/// The object database walks read (a repository's `objects`).
+pub(crate) type Odb = gix::OdbHandle;
 
 /// Why the walk stopped.
 #[derive(Debug)]
@@ -112,9 +125,10 @@ impl PathFilter {
 
     fn entry(
         &mut self,
-        odb: &impl Find,
+        odb: &Odb,
         hash: gix::hash::Kind,
         buf: &mut Vec<u8>,
+        primer: &mut Option<Primer>,
         tree: ObjectId,
     ) -> WalkResult<PathEntry> {
         if self.components.is_empty() {
@@ -130,8 +144,10 @@ impl PathFilter {
                 break;
             }
             self.trail.push(cur);
-            let data = odb
-                .try_find(&cur, buf)
+            if let Some(p) = primer {
+                p.prime(odb, hash, cur);
+            }
+            let data = Find::try_find(odb, &cur, buf)
                 .map_err(|e| WalkError::Odb(cur, e))?
                 .ok_or(WalkError::Missing(cur))?;
             if data.kind != gix::objs::Kind::Tree {
@@ -162,8 +178,8 @@ impl PathFilter {
 }
 
 /// The walk: call [`LogWalk::next_commit`] until it returns `None`.
-pub(crate) struct LogWalk<'a, F: Find> {
-    odb: &'a F,
+pub(crate) struct LogWalk<'a> {
+    odb: &'a Odb,
     hash: gix::hash::Kind,
     buf: Vec<u8>,
     queue: BinaryHeap<Queued>,
@@ -171,16 +187,22 @@ pub(crate) struct LogWalk<'a, F: Find> {
     commits: gix::hashtable::HashMap<ObjectId, CommitInfo>,
     parents: Vec<ObjectId>,
     path: Option<PathFilter>,
+    primer: Option<Primer>,
 }
 
-impl<'a, F: Find> LogWalk<'a, F> {
+impl<'a> LogWalk<'a> {
     /// A walk from `tip` over `odb`, limited to commits that changed `path` if given.
     pub(crate) fn new(
-        odb: &'a F,
+        odb: &'a mut Odb,
         hash: gix::hash::Kind,
         tip: ObjectId,
         path: Option<&str>,
     ) -> WalkResult<Self> {
+        // Pack locations stay valid for the walk (needed by the primer), and replacement
+        // objects are not followed (a mirror fetches no `refs/replace/`).
+        odb.prevent_pack_unload();
+        odb.ignore_replacements = true;
+        let odb: &'a Odb = odb;
         let mut walk = LogWalk {
             odb,
             hash,
@@ -190,9 +212,26 @@ impl<'a, F: Find> LogWalk<'a, F> {
             commits: Default::default(),
             parents: Vec::new(),
             path: path.map(PathFilter::new),
+            primer: None,
         };
         walk.enqueue(tip)?;
+        if walk.path.is_some() {
+            walk.primer = walk.detect_layout(tip);
+        }
         Ok(walk)
+    }
+
+    /// A primer when the tip's tree is stored as a delta against its first parent's tree.
+    fn detect_layout(&mut self, tip: ObjectId) -> Option<Primer> {
+        let info = self.commits.get(&tip)?;
+        let tree = info.tree;
+        let parent = *self
+            .parents
+            .get(info.parents.start as usize..info.parents.end as usize)?
+            .first()?;
+        self.parse(parent).ok()?;
+        let parent_tree = self.commits.get(&parent)?.tree;
+        Primer::detect(self.odb, self.hash, tree, parent_tree)
     }
 
     /// Parse `id` unless already parsed.
@@ -200,9 +239,7 @@ impl<'a, F: Find> LogWalk<'a, F> {
         if self.commits.contains_key(&id) {
             return Ok(());
         }
-        let data = self
-            .odb
-            .try_find(&id, &mut self.buf)
+        let data = Find::try_find(self.odb, &id, &mut self.buf)
             .map_err(|e| WalkError::Odb(id, e))?
             .ok_or(WalkError::Missing(id))?;
         if data.kind != gix::objs::Kind::Commit {
@@ -271,12 +308,16 @@ impl<'a, F: Find> LogWalk<'a, F> {
 
     /// git's `try_to_simplify_commit` for one path: whether to show the commit, and which
     /// of its parents to walk.
-    fn simplify(&mut self, tree: ObjectId, parents: Range<usize>) -> WalkResult<(bool, Range<usize>)> {
+    fn simplify(
+        &mut self,
+        tree: ObjectId,
+        parents: Range<usize>,
+    ) -> WalkResult<(bool, Range<usize>)> {
         let Some(mut filter) = self.path.take() else {
             return Ok((true, parents));
         };
         let result = (|| {
-            let mine = filter.entry(self.odb, self.hash, &mut self.buf, tree)?;
+            let mine = filter.entry(self.odb, self.hash, &mut self.buf, &mut self.primer, tree)?;
             if parents.is_empty() {
                 return Ok((mine.is_some(), parents));
             }
@@ -284,7 +325,9 @@ impl<'a, F: Find> LogWalk<'a, F> {
                 let p = self.parents[i];
                 self.parse(p)?;
                 let ptree = self.info(&p)?.tree;
-                if filter.entry(self.odb, self.hash, &mut self.buf, ptree)? == mine {
+                if filter.entry(self.odb, self.hash, &mut self.buf, &mut self.primer, ptree)?
+                    == mine
+                {
                     return Ok((false, i..i + 1));
                 }
             }
@@ -292,6 +335,147 @@ impl<'a, F: Find> LogWalk<'a, F> {
         })();
         self.path = Some(filter);
         result
+    }
+}
+
+/// Reads the delta bases of a tree, oldest first, before the tree itself, so gix's delta
+/// cache resolves each chain link once (see the module notes).
+struct Primer {
+    /// Per pack: every object's offset and id, sorted by offset.
+    packs: std::collections::HashMap<u32, Vec<(u64, ObjectId)>>,
+    /// Where each object of the loaded packs is.
+    locations: gix::hashtable::HashMap<ObjectId, (u32, u64)>,
+    /// Objects already read during this walk (so in gix's cache, unless evicted).
+    read: gix::hashtable::HashSet<ObjectId>,
+    chain: Vec<ObjectId>,
+    buf: Vec<u8>,
+}
+
+/// Enough bytes for any pack entry header (type and size, then a base offset or id).
+const ENTRY_HEADER_MAX: usize = 64;
+
+/// Packs with more objects are not primed (the maps cost about 70 bytes per object).
+const MAX_PRIMED_PACK_OBJECTS: usize = 4_000_000;
+
+/// Chains longer than this are left to gix (git's default maximum depth is 50).
+const MAX_CHAIN: usize = 4096;
+
+impl Primer {
+    /// A primer if `tree` is stored as a delta whose base is `parent_tree`; `None` for the
+    /// usual layout (newer objects whole, older ones deltas), or when unsure.
+    fn detect(
+        odb: &Odb,
+        hash: gix::hash::Kind,
+        tree: ObjectId,
+        parent_tree: ObjectId,
+    ) -> Option<Primer> {
+        let mut buf = Vec::new();
+        let loc = PackFind::location_by_oid(&**odb, &tree, &mut buf).ok()??;
+        let base = base_offset(odb, hash, loc.pack_id, loc.pack_offset)?;
+        let parent = PackFind::location_by_oid(&**odb, &parent_tree, &mut buf).ok()??;
+        if parent.pack_id != loc.pack_id || parent.pack_offset != base {
+            return None;
+        }
+        let mut primer = Primer {
+            packs: Default::default(),
+            locations: Default::default(),
+            read: Default::default(),
+            chain: Vec::new(),
+            buf,
+        };
+        primer.load(odb, loc.pack_id)?;
+        tracing::debug!(
+            pack = loc.pack_id,
+            "delta chains run from older to newer objects: priming"
+        );
+        Some(primer)
+    }
+
+    fn load(&mut self, odb: &Odb, pack_id: u32) -> Option<()> {
+        let mut entries = PackFind::pack_offsets_and_oid(&**odb, pack_id).ok()??;
+        if entries.len() > MAX_PRIMED_PACK_OBJECTS {
+            return None;
+        }
+        self.locations.reserve(entries.len());
+        for (offset, id) in &entries {
+            self.locations.insert(*id, (pack_id, *offset));
+        }
+        entries.sort_unstable_by_key(|(offset, _)| *offset);
+        self.packs.insert(pack_id, entries);
+        Some(())
+    }
+
+    /// The id of the delta base of the object at `offset` in `pack_id`, if it is a delta.
+    fn base_of(
+        &self,
+        odb: &Odb,
+        hash: gix::hash::Kind,
+        pack_id: u32,
+        offset: u64,
+    ) -> Option<ObjectId> {
+        let location = gix::odb::pack::data::entry::Location {
+            pack_id,
+            entry_size: ENTRY_HEADER_MAX,
+            pack_offset: offset,
+        };
+        let entry = PackFind::entry_by_location(&**odb, &location)?;
+        let header = gix::odb::pack::data::Entry::from_bytes(&entry.data, offset, hash)
+            .ok()?
+            .header;
+        match header {
+            gix::odb::pack::data::entry::Header::OfsDelta { base_distance } => {
+                let base = offset.checked_sub(base_distance)?;
+                let entries = self.packs.get(&pack_id)?;
+                let i = entries.binary_search_by_key(&base, |(o, _)| *o).ok()?;
+                Some(entries[i].1)
+            }
+            gix::odb::pack::data::entry::Header::RefDelta { base_id } => Some(base_id),
+            _ => None,
+        }
+    }
+
+    /// Read the bases of `id` not read yet, oldest first. Best effort: failures only
+    /// make the following read slower.
+    fn prime(&mut self, odb: &Odb, hash: gix::hash::Kind, id: ObjectId) {
+        self.chain.clear();
+        let mut cur = id;
+        while self.chain.len() < MAX_CHAIN {
+            let Some(&(pack_id, offset)) = self.locations.get(&cur) else {
+                break;
+            };
+            let Some(base) = self.base_of(odb, hash, pack_id, offset) else {
+                break;
+            };
+            if self.read.contains(&base) {
+                break;
+            }
+            self.chain.push(base);
+            cur = base;
+        }
+        while let Some(base) = self.chain.pop() {
+            let _ = Find::try_find(odb, &base, &mut self.buf);
+            self.read.insert(base);
+        }
+        self.read.insert(id);
+    }
+}
+
+/// The pack offset of the delta base of the object at `offset`, for an offset delta.
+fn base_offset(odb: &Odb, hash: gix::hash::Kind, pack_id: u32, offset: u64) -> Option<u64> {
+    let location = gix::odb::pack::data::entry::Location {
+        pack_id,
+        entry_size: ENTRY_HEADER_MAX,
+        pack_offset: offset,
+    };
+    let entry = PackFind::entry_by_location(&**odb, &location)?;
+    match gix::odb::pack::data::Entry::from_bytes(&entry.data, offset, hash)
+        .ok()?
+        .header
+    {
+        gix::odb::pack::data::entry::Header::OfsDelta { base_distance } => {
+            offset.checked_sub(base_distance)
+        }
+        _ => None,
     }
 }
 
@@ -364,7 +548,8 @@ mod tests {
             "tree {t}\nparent {p1}\nparent {p2}\nauthor A <a@x> 5 +0000\ncommitter C <c@x>  1700000000 +0200\n\nmsg\n"
         );
         let mut parents = Vec::new();
-        let (tree, time) = parse_commit(raw.as_bytes(), gix::hash::Kind::Sha1, &mut parents).unwrap();
+        let (tree, time) =
+            parse_commit(raw.as_bytes(), gix::hash::Kind::Sha1, &mut parents).unwrap();
         assert_eq!(tree.to_string(), t);
         assert_eq!(parents.len(), 2);
         assert_eq!(parents[1].to_string(), p2);

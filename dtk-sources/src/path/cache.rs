@@ -433,9 +433,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let before = ns_since_epoch(SystemTime::now());
         let p = Pending::begin(&dir.path().join("sub/c")).unwrap();
+        let after = ns_since_epoch(SystemTime::now());
         assert_eq!(p.threshold_ns % NS_PER_SEC, 0);
-        assert!(p.threshold_ns <= before + NS_PER_SEC);
-        assert!(p.threshold_ns > before - 2 * NS_PER_SEC);
+        assert!(p.threshold_ns <= after, "not after the digest began");
+        assert!(
+            p.threshold_ns > before - 2 * NS_PER_SEC,
+            "about a second before at most"
+        );
         assert_eq!(floor_to_second(-1), -NS_PER_SEC);
     }
 }

@@ -16,6 +16,7 @@
 //! source's version is the md5 of its content, as `md5sum` prints it.
 
 use std::cell::RefCell;
+use std::cmp::Ordering;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -32,6 +33,9 @@ use super::cache::{self, Stat};
 /// The first line of the encoding of a directory tree; the number is the encoding's
 /// version, to be bumped if the encoding ever changes.
 pub const TREE_HEADER: &[u8] = b"dtk-path-tree 1\n";
+
+/// How much of the encoding is gathered before it is hashed.
+const ENCODE_CHUNK: usize = 1 << 16;
 
 /// The read buffer of one hashing thread.
 const BUF_SIZE: usize = 1 << 20;
@@ -86,28 +90,42 @@ pub fn digest(root: &Path, cache: Option<&Path>) -> Result<TreeDigest> {
         }
     });
     let md = fs::metadata(root).map_err(|e| Error::io(root, e))?;
+    // `root` itself is followed: if it is a link, read through its target (files are
+    // opened with O_NOFOLLOW). The cache stays keyed by `root` as given.
+    let resolved;
+    let root = match fs::symlink_metadata(root) {
+        Ok(m) if m.file_type().is_symlink() => {
+            resolved = fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
+            resolved.as_path()
+        }
+        _ => root,
+    };
     let single_file = md.is_file();
-    let mut entries = if md.is_dir() {
-        walk_dir(root, &[])?
-    } else if single_file {
-        vec![Entry {
-            path: Vec::new(),
-            node: Node::File(Stat::of(&md)),
-        }]
-    } else {
+    if !single_file && !md.is_dir() {
         return Err(Error::invalid(
             "path",
             root.display().to_string(),
             "is neither a file nor a directory",
         ));
-    };
-    entries.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
-
-    // Take what the cache trusts; hash the rest in parallel.
-    let loaded = match (cache, &pending) {
+    }
+    // Walk the tree and load the cache at the same time.
+    let load = || match (cache, &pending) {
         (Some(c), Some(_)) => cache::Loaded::load(c, root_bytes),
         _ => cache::Loaded::default(),
     };
+    let (entries, loaded) = if single_file {
+        let file = Entry {
+            path: Vec::new(),
+            node: Node::File(Stat::of(&md)),
+        };
+        (vec![file], load())
+    } else {
+        let (walked, loaded) = rayon::join(|| walk_dir(root, &[]), load);
+        (walked?, loaded)
+    };
+    debug_assert!(entries.windows(2).all(|w| w[0].path < w[1].path));
+
+    // Take what the cache trusts; hash the rest in parallel.
     let mut md5s: Vec<Option<[u8; 16]>> = vec![None; entries.len()];
     let mut todo = Vec::new();
     let mut ci = 0;
@@ -149,25 +167,33 @@ pub fn digest(root: &Path, cache: Option<&Path>) -> Result<TreeDigest> {
         Version::from_bytes(Algo::Md5, &m)?
     } else {
         let mut h = Md5::new();
-        h.update(TREE_HEADER);
+        // Records are gathered into a buffer and hashed by the chunk: md5's `update` costs
+        // more per call than per byte for such short pieces.
+        let mut buf = Vec::with_capacity(ENCODE_CHUNK + 4096);
+        buf.extend_from_slice(TREE_HEADER);
         let mut hexbuf = [0u8; 32];
         for (e, m) in entries.iter().zip(&md5s) {
-            let (ty, payload): (&[u8], &[u8]) = match &e.node {
-                Node::Dir => (b"d", b""),
+            let (ty, payload): (u8, &[u8]) = match &e.node {
+                Node::Dir => (b'd', b""),
                 Node::File(s) => {
                     hex_into(&m.unwrap_or_default(), &mut hexbuf);
-                    (if s.mode & 0o100 != 0 { b"x" } else { b"f" }, &hexbuf)
+                    (if s.mode & 0o100 != 0 { b'x' } else { b'f' }, &hexbuf)
                 }
-                Node::Link(target) => (b"l", target),
-                Node::Other(what) => (b"o", what.as_bytes()),
+                Node::Link(target) => (b'l', target),
+                Node::Other(what) => (b'o', what.as_bytes()),
             };
-            h.update(ty);
-            h.update(b" ");
-            h.update(&e.path);
-            h.update(b"\0");
-            h.update(payload);
-            h.update(b"\0");
+            buf.push(ty);
+            buf.push(b' ');
+            buf.extend_from_slice(&e.path);
+            buf.push(0);
+            buf.extend_from_slice(payload);
+            buf.push(0);
+            if buf.len() >= ENCODE_CHUNK {
+                h.update(&buf);
+                buf.clear();
+            }
         }
+        h.update(&buf);
         Version::from_bytes(Algo::Md5, &h.finalize())?
     };
 
@@ -261,29 +287,88 @@ fn changed(path: &Path, what: &str) -> Error {
     )
 }
 
-/// The entries below `dir` (whose relative path is `rel`), unsorted; sub-directories are
-/// walked in parallel.
+/// One entry of a directory and, for a sub-directory, everything below it.
+struct Child {
+    entry: Entry,
+    below: Option<Vec<Entry>>,
+}
+
+/// The entries below `dir` (whose relative path is `rel`), sorted byte-wise by path;
+/// sub-directories are walked in parallel.
+///
+/// Sorting each directory's children is enough for the global order: the entries below a
+/// sub-directory `a` all start with `a/`, so they sort as one block under the key `a/`,
+/// after `a` itself and after siblings such as `a-b` or `a.txt`.
 fn walk_dir(dir: &Path, rel: &[u8]) -> Result<Vec<Entry>> {
     let list = fs::read_dir(dir)
         .map_err(|e| walk_error(dir, e))?
         .collect::<io::Result<Vec<_>>>()
         .map_err(|e| walk_error(dir, e))?;
-    list.into_par_iter()
+    let children = list
+        .into_par_iter()
         .with_min_len(16)
-        .try_fold(Vec::new, |mut acc, de| {
-            visit(&de, rel, &mut acc)?;
-            Ok(acc)
-        })
-        .try_reduce(Vec::new, |mut a, mut b| {
-            if a.len() < b.len() {
-                std::mem::swap(&mut a, &mut b);
-            }
-            a.append(&mut b);
-            Ok(a)
-        })
+        .map(|de| visit(&de, rel))
+        .collect::<Result<Vec<Child>>>()?;
+    // Each child contributes its entry (key: its path) and, for a directory, the block
+    // below it (key: its path and '/').
+    let mut keys: Vec<(usize, bool)> = Vec::with_capacity(children.len() * 2);
+    for (i, c) in children.iter().enumerate() {
+        keys.push((i, false));
+        if c.below.as_ref().is_some_and(|b| !b.is_empty()) {
+            keys.push((i, true));
+        }
+    }
+    keys.sort_unstable_by(|&(i, bi), &(j, bj)| {
+        key_cmp(&children[i].entry.path, bi, &children[j].entry.path, bj)
+    });
+    let total = children.len()
+        + children
+            .iter()
+            .filter_map(|c| c.below.as_ref())
+            .map(Vec::len)
+            .sum::<usize>();
+    let (mut entries, mut belows): (Vec<Option<Entry>>, Vec<Option<Vec<Entry>>>) = children
+        .into_iter()
+        .map(|c| (Some(c.entry), c.below))
+        .unzip();
+    let mut out = Vec::with_capacity(total);
+    for (i, block) in keys {
+        if block {
+            out.extend(belows[i].take().unwrap_or_default());
+        } else {
+            out.extend(entries[i].take());
+        }
+    }
+    Ok(out)
 }
 
-fn visit(de: &fs::DirEntry, rel: &[u8], acc: &mut Vec<Entry>) -> Result<()> {
+/// Compare `a` (followed by `/` when `slash_a`) with `b` (likewise), byte-wise.
+fn key_cmp(a: &[u8], slash_a: bool, b: &[u8], slash_b: bool) -> Ordering {
+    let n = a.len().min(b.len());
+    match a[..n].cmp(&b[..n]) {
+        Ordering::Equal => {}
+        o => return o,
+    }
+    // One is a prefix of the other: compare what follows it.
+    match (a.get(n), b.get(n)) {
+        (None, None) => slash_a.cmp(&slash_b),
+        (None, Some(&c)) if slash_a => b'/'.cmp(&c).then(if b.len() == n + 1 && !slash_b {
+            Ordering::Equal
+        } else {
+            Ordering::Less
+        }),
+        (None, Some(_)) => Ordering::Less,
+        (Some(&c), None) if slash_b => c.cmp(&b'/').then(if a.len() == n + 1 && !slash_a {
+            Ordering::Equal
+        } else {
+            Ordering::Greater
+        }),
+        (Some(_), None) => Ordering::Greater,
+        (Some(_), Some(_)) => Ordering::Equal, // unreachable: a[..n] == b[..n] with n = min
+    }
+}
+
+fn visit(de: &fs::DirEntry, rel: &[u8]) -> Result<Child> {
     let name = de.file_name();
     let mut path = Vec::with_capacity(rel.len() + 1 + name.len());
     if !rel.is_empty() {
@@ -291,11 +376,16 @@ fn visit(de: &fs::DirEntry, rel: &[u8], acc: &mut Vec<Entry>) -> Result<()> {
         path.push(b'/');
     }
     path.extend_from_slice(name.as_bytes());
-    let abs = de.path();
-    let ft = de.file_type().map_err(|e| walk_error(&abs, e))?;
+    let abs = || de.path();
+    let ft = de.file_type().map_err(|e| walk_error(&abs(), e))?;
+    let child = |path, node| Child {
+        entry: Entry { path, node },
+        below: None,
+    };
     if ft.is_dir() {
         // read_dir follows links: make sure that what is listed is the same directory
         // before and after, not a link swapped in meanwhile.
+        let abs = abs();
         let before = fs::symlink_metadata(&abs).map_err(|e| walk_error(&abs, e))?;
         let below = walk_dir(&abs, &path)?;
         let after = fs::symlink_metadata(&abs).map_err(|e| walk_error(&abs, e))?;
@@ -305,26 +395,23 @@ fn visit(de: &fs::DirEntry, rel: &[u8], acc: &mut Vec<Entry>) -> Result<()> {
         {
             return Err(changed(&abs, "a directory was replaced"));
         }
-        acc.push(Entry {
-            path,
-            node: Node::Dir,
-        });
-        acc.extend(below);
+        Ok(Child {
+            entry: Entry {
+                path,
+                node: Node::Dir,
+            },
+            below: Some(below),
+        })
     } else if ft.is_symlink() {
+        let abs = abs();
         let target = fs::read_link(&abs).map_err(|e| walk_error(&abs, e))?;
-        acc.push(Entry {
-            path,
-            node: Node::Link(target.into_os_string().into_vec()),
-        });
+        Ok(child(path, Node::Link(target.into_os_string().into_vec())))
     } else if ft.is_file() {
-        let md = de.metadata().map_err(|e| walk_error(&abs, e))?;
+        let md = de.metadata().map_err(|e| walk_error(&abs(), e))?;
         if !md.is_file() {
-            return Err(changed(&abs, "a file was replaced"));
+            return Err(changed(&abs(), "a file was replaced"));
         }
-        acc.push(Entry {
-            path,
-            node: Node::File(Stat::of(&md)),
-        });
+        Ok(child(path, Node::File(Stat::of(&md))))
     } else {
         let what = if ft.is_fifo() {
             "fifo"
@@ -337,12 +424,8 @@ fn visit(de: &fs::DirEntry, rel: &[u8], acc: &mut Vec<Entry>) -> Result<()> {
         } else {
             "unknown"
         };
-        acc.push(Entry {
-            path,
-            node: Node::Other(what),
-        });
+        Ok(child(path, Node::Other(what)))
     }
-    Ok(())
 }
 
 thread_local! {
@@ -363,6 +446,19 @@ pub(crate) fn hash_file(path: &Path) -> Result<([u8; 16], u64)> {
     let md = f.metadata().map_err(|e| walk_error(path, e))?;
     if !md.is_file() {
         return Err(changed(path, "a file was replaced"));
+    }
+    #[cfg(target_os = "linux")]
+    if md.len() > BUF_SIZE as u64 {
+        // A hint for a bigger read-ahead; failing it changes nothing.
+        // SAFETY: the descriptor is open for as long as `f` lives.
+        let _ = unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+                0,
+                libc::POSIX_FADV_SEQUENTIAL,
+            )
+        };
     }
     BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
@@ -415,6 +511,22 @@ mod tests {
         // A file where a directory is expected cannot be listed.
         let e = walk_dir(&file, b"").unwrap_err().to_string();
         assert!(e.contains("plain"), "{e}");
+    }
+
+    #[test]
+    fn keys_sort_like_the_joined_bytes() {
+        let names: [&[u8]; 8] = [b"a", b"a-b", b"a.txt", b"a0", b"", b"ab", b"a/", b"\xff"];
+        for a in names {
+            for b in names {
+                for sa in [false, true] {
+                    for sb in [false, true] {
+                        let ka = [a, if sa { b"/" } else { b"" }].concat();
+                        let kb = [b, if sb { b"/" } else { b"" }].concat();
+                        assert_eq!(key_cmp(a, sa, b, sb), ka.cmp(&kb), "{ka:?} {kb:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use dtk_core::source::not_supported;
 use dtk_core::{
     async_trait, Capabilities, Context, Error, Fields, IoResultExt, Kind, Name, NewSource, Result,
-    Source, SourceSpec, Version, VersionInfo,
+    Source, SourceSpec, Verification, Version, VersionInfo,
 };
 
 pub use digest::{cache_file, digest, TreeDigest, TREE_HEADER};
@@ -371,6 +371,27 @@ impl Source for PathSource {
                 self.spec.name.as_str(),
             ),
         })
+    }
+
+    /// Re-digest the content: [`Verification::Verified`] when it is `version`; a mismatch
+    /// when `version` is the source's recorded latest version (the content should still be
+    /// there: it was changed behind dtk's back); otherwise unavailable (a path keeps only
+    /// its current content).
+    async fn verify(&self, version: &Version) -> Result<Verification> {
+        let now = self.digest().await?.version;
+        if &now == version {
+            Ok(Verification::Verified)
+        } else if self.spec.latest.as_ref() == Some(version) {
+            Ok(Verification::Mismatch {
+                expected: version.clone(),
+                found: now,
+            })
+        } else {
+            Ok(Verification::Unavailable(format!(
+                "{} now holds {now}; a path source keeps only its current content",
+                self.root.display()
+            )))
+        }
     }
 
     /// Swap `dir`'s content into `ROOT`: `dir` is moved there when on the same file system

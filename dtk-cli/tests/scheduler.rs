@@ -1,0 +1,370 @@
+//! `dkt run`, `dkt daemon`, `dkt worker`, `dkt node rerun`, `dkt source update NAME VERSION`,
+//! and a chaos test killing daemon and workers.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+fn chain(e: &Env) -> (String, String) {
+    e.write("a/x", "1\n");
+    for d in ["b", "c"] {
+        std::fs::create_dir_all(e.path().join(d)).unwrap();
+    }
+    for s in ["a", "b", "c"] {
+        e.dkt(&["source", "add", s, s]).ok();
+    }
+    let n1 = e
+        .dkt(&[
+            "node",
+            "run",
+            "--no-run",
+            "--input=a",
+            "--output=b",
+            "cat ${a:ROOT}/x > ${b:ROOT}/y",
+        ])
+        .ok();
+    let n2 = e
+        .dkt(&[
+            "node",
+            "run",
+            "--no-run",
+            "--input=b",
+            "--output=c",
+            "cat ${b:ROOT}/y > ${c:ROOT}/z",
+        ])
+        .ok();
+    (n1.trim().to_owned(), n2.trim().to_owned())
+}
+
+fn runs(e: &Env, node: &str) -> Vec<Value> {
+    e.dkt(&["--json", "node", "log", node])
+        .json()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn successes(e: &Env, node: &str) -> usize {
+    runs(e, node)
+        .iter()
+        .filter(|r| r["status"] == "success")
+        .count()
+}
+
+#[test]
+fn a_pass_runs_what_changed_in_topological_order() {
+    let e = Env::project();
+    let (n1, n2) = chain(&e);
+    let commits = e.commits();
+    let dry = e.dkt(&["run", "--dry-run"]).ok();
+    assert!(
+        dry.contains(&n1) && dry.contains(&n2) && dry.contains("never ran"),
+        "{dry}"
+    );
+    assert_eq!(e.commits(), commits, "a dry run changes nothing");
+    let out = e.dkt(&["run"]).ok();
+    assert_eq!(out.matches("success").count(), 2, "{out}");
+    // Within one pass the downstream node saw the upstream node's output.
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("c/z")).unwrap(),
+        "1\n"
+    );
+    assert_eq!(e.dkt(&["run"]).ok(), "nothing to run\n");
+    // A change upstream: the dry run says which input moved, and that n2 follows.
+    e.write("a/x", "2\n");
+    let dry = e.dkt(&["run", "--dry-run"]).ok();
+    let line1 = dry.lines().find(|l| l.starts_with(&n1)).unwrap();
+    assert!(line1.contains("a ") && line1.contains(" -> "), "{dry}");
+    let line2 = dry.lines().find(|l| l.starts_with(&n2)).unwrap();
+    assert!(line2.contains(&format!("upstream node {n1}")), "{dry}");
+    e.dkt(&["run", "-j", "2"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("c/z")).unwrap(),
+        "2\n"
+    );
+    assert_eq!(successes(&e, &n1), 2);
+    assert_eq!(successes(&e, &n2), 2);
+    // Impact query: which nodes would run if `a` moved to some version.
+    let v = format!("md5:{}", "0".repeat(32));
+    let dry = e.dkt(&["run", "--dry-run", "--if", &format!("a={v}")]).ok();
+    assert!(dry.contains(&n1) && dry.contains(&n2), "{dry}");
+    e.dkt(&["run", "--if", &format!("a={v}")]).fails(2);
+    e.dkt(&["run", "--dry-run", "--if", "nosuch=md5:0"])
+        .fails(2);
+}
+
+#[test]
+fn independent_nodes_run_in_parallel() {
+    let e = Env::project();
+    // Each node waits (up to 20 s) until all three have started: only a parallel pass
+    // lets them all finish.
+    for i in 0..3 {
+        std::fs::create_dir_all(e.path().join(format!("o{i}"))).unwrap();
+        e.dkt(&["source", "add", &format!("o{i}"), &format!("o{i}")])
+            .ok();
+        let cmd = format!(
+            "touch $DKT_PROJECT_ROOT/started-{i}; for k in $(seq 200); do [ -e $DKT_PROJECT_ROOT/started-0 ] && [ -e $DKT_PROJECT_ROOT/started-1 ] && [ -e $DKT_PROJECT_ROOT/started-2 ] && exit 0; sleep 0.1; done; exit 1"
+        );
+        e.dkt(&["node", "run", "--no-run", &format!("--output=o{i}"), &cmd])
+            .ok();
+    }
+    let out = e.dkt(&["run", "-j", "3"]).ok();
+    assert_eq!(out.matches("success").count(), 3, "{out}");
+}
+
+#[test]
+fn rerun_forces_a_node_and_optionally_what_is_below() {
+    let e = Env::project();
+    let (n1, n2) = chain(&e);
+    e.dkt(&["run"]).ok();
+    e.dkt(&["node", "rerun", &n1]).ok();
+    assert_eq!(successes(&e, &n1), 2);
+    assert_eq!(successes(&e, &n2), 1);
+    let out = e.dkt(&["node", "rerun", &n1, "--downstream"]).ok();
+    assert!(out.contains(&n2), "{out}");
+    assert_eq!(successes(&e, &n1), 3);
+    assert_eq!(successes(&e, &n2), 2);
+    e.dkt(&["node", "rerun", "ffff"]).fails(2);
+}
+
+#[test]
+fn update_records_a_given_version() {
+    let e = Env::project();
+    let commits = pinata_repo(&e.path().join("r"));
+    e.dkt(&["source", "add", "r", "r"]).ok();
+    e.dkt(&["source", "freeze", "r"]).ok();
+    let out = e.dkt(&["source", "update", "r", &commits[1][..8]]).ok();
+    assert!(out.contains(&commits[1]), "{out}");
+    let list = e.dkt(&["--json", "source", "list"]).json();
+    assert_eq!(list[0]["latest"], format!("sha1:{}", commits[1]));
+    // Frozen: a pass does not poll it back to the newest commit.
+    e.dkt(&["run"]).ok();
+    assert_eq!(
+        e.dkt(&["--json", "source", "list"]).json()[0]["latest"],
+        format!("sha1:{}", commits[1])
+    );
+    let err = e.dkt(&["source", "update", "r", "ffffffff"]).fails(2);
+    assert!(err.contains("ffffffff"), "{err}");
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn daemon_stops_cleanly_on_sigterm() {
+    let e = Env::project();
+    let (n1, n2) = chain(&e);
+    let mut daemon = e
+        .cmd()
+        .args(["daemon", "--interval", "1s"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the first pass", || successes(&e, &n2) == 1);
+    e.write("a/x", "3\n");
+    wait_until("the second pass", || successes(&e, &n2) == 2);
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(successes(&e, &n1), 2);
+    git(e.path(), &["--git-dir", ".dkt/.git", "fsck", "--strict"]);
+}
+
+#[test]
+fn workers_take_queued_runs_and_recover_from_a_dead_worker() {
+    let e = Env::project();
+    e.write("in/x", "1\n");
+    e.dkt(&["source", "add", "in", "in"]).ok();
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        std::fs::create_dir_all(e.path().join(format!("o{i}"))).unwrap();
+        e.dkt(&["source", "add", &format!("o{i}"), &format!("o{i}")])
+            .ok();
+        let cmd = format!("sleep 1; cat ${{in:ROOT}}/x > ${{o{i}:ROOT}}/y");
+        nodes.push(
+            e.dkt(&[
+                "node",
+                "run",
+                "--no-run",
+                "--labels=gpu",
+                "--input=in",
+                &format!("--output=o{i}"),
+                &cmd,
+            ])
+            .ok()
+            .trim()
+            .to_owned(),
+        );
+    }
+    // A worker that will be killed mid-run, and one that stays.
+    let mut doomed = e
+        .cmd()
+        .args(["worker", "--labels=gpu"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the worker's heartbeat", || {
+        e.path()
+            .join(".dkt/workers")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some())
+    });
+    let out = e.dkt(&["run"]).ok();
+    assert_eq!(
+        out.matches("pending").count(),
+        4,
+        "queued for workers: {out}"
+    );
+    wait_until("a claimed run", || {
+        nodes
+            .iter()
+            .any(|n| runs(&e, n).iter().any(|r| r["status"] == "running"))
+    });
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let mut w1 = e
+        .cmd()
+        .args(["worker", "--labels=gpu", "-j", "2"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut w2 = e
+        .cmd()
+        .args(["worker", "--labels=gpu"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("every node to succeed", || {
+        nodes.iter().all(|n| successes(&e, n) == 1)
+    });
+    for w in [&mut w1, &mut w2] {
+        unsafe { libc::kill(w.id() as i32, libc::SIGTERM) };
+        assert!(w.wait().unwrap().success());
+    }
+    let all: Vec<Value> = nodes.iter().flat_map(|n| runs(&e, n)).collect();
+    // Exactly one success per node, and the killed worker's run was recorded interrupted.
+    for n in &nodes {
+        assert_eq!(successes(&e, n), 1, "{n}: {:?}", runs(&e, n));
+    }
+    assert!(all.iter().any(|r| r["status"] == "interrupted"), "{all:?}");
+    assert!(all
+        .iter()
+        .filter(|r| r["status"] == "interrupted")
+        .all(|r| r["outputs"].as_array().unwrap().is_empty()));
+    git(e.path(), &["--git-dir", ".dkt/.git", "fsck", "--strict"]);
+}
+
+/// Kill the daemon and workers with SIGKILL at random moments over many passes of a
+/// 20-node pipeline fed by a git source that gets new commits: no run is doubled, killed
+/// runs publish nothing, and the store stays readable.
+#[test]
+fn chaos_kills_lose_and_double_nothing() {
+    let e = Env::project();
+    let repo = e.path().join("upstream");
+    pinata_repo(&repo);
+    e.dkt(&["source", "add", "up", "upstream"]).ok();
+    let mut nodes = Vec::new();
+    for i in 0..20 {
+        let out = format!("p{i}");
+        std::fs::create_dir_all(e.path().join(&out)).unwrap();
+        e.dkt(&["source", "add", &out, &out]).ok();
+        // Five first-level nodes read the git source; the others read a first-level output.
+        let (input, cmd) = if i < 5 {
+            (
+                "up".to_owned(),
+                format!(
+                    "cat ${{up:ROOT}}/README.md > ${{{out}:ROOT}}/r; echo {i} >> ${{{out}:ROOT}}/r"
+                ),
+            )
+        } else {
+            let up = format!("p{}", i % 5);
+            (up.clone(), format!("sleep 0.$(( $$ % 3 )); cat ${{{up}:ROOT}}/r > ${{{out}:ROOT}}/r; echo {i} >> ${{{out}:ROOT}}/r"))
+        };
+        nodes.push(
+            e.dkt(&[
+                "node",
+                "run",
+                "--no-run",
+                &format!("--input={input}"),
+                &format!("--output={out}"),
+                &cmd,
+            ])
+            .ok()
+            .trim()
+            .to_owned(),
+        );
+    }
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for round in 0..6 {
+        std::fs::write(repo.join("README.md"), format!("round {round}\n")).unwrap();
+        git(&repo, &["commit", "-q", "-am", &format!("round {round}")]);
+        let mut procs = vec![e
+            .cmd()
+            .args(["daemon", "--interval", "200ms", "-j", "2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()];
+        if round % 2 == 1 {
+            for _ in 0..2 {
+                procs.push(
+                    e.cmd()
+                        .args(["worker", "-j", "2"])
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .unwrap(),
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300 + rand(1500)));
+        for p in &mut procs {
+            p.kill().unwrap();
+            p.wait().unwrap();
+        }
+        // Whatever the kill hit, the store reads.
+        e.dkt(&["source", "list"]).ok();
+    }
+    // A last pass, undisturbed, brings everything up to date.
+    e.dkt(&["run", "-j", "2"]).ok();
+    e.dkt(&["run"]).ok();
+    assert_eq!(e.dkt(&["run", "--dry-run"]).ok(), "nothing to run\n");
+    for n in &nodes {
+        let rs = runs(&e, n);
+        let mut seen = std::collections::BTreeMap::new();
+        for r in rs.iter().filter(|r| r["status"] == "success") {
+            *seen.entry(r["inputs"].to_string()).or_insert(0) += 1;
+        }
+        assert!(
+            seen.values().all(|c| *c == 1),
+            "node {n}: a run was doubled: {}",
+            serde_json::to_string_pretty(&rs).unwrap()
+        );
+        assert!(!seen.is_empty(), "node {n} never succeeded");
+        for r in rs.iter().filter(|r| r["status"] != "success") {
+            assert!(
+                r["outputs"].as_array().unwrap().is_empty(),
+                "an unsuccessful run published: {r}"
+            );
+        }
+    }
+    // The final outputs come from the last upstream commit, through both levels.
+    let last = std::fs::read_to_string(e.path().join("p7/r")).unwrap();
+    assert_eq!(last, "round 5\n2\n7\n");
+    git(e.path(), &["--git-dir", ".dkt/.git", "fsck", "--strict"]);
+}

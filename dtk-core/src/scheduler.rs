@@ -1,0 +1,369 @@
+//! One scheduling pass: poll the sources, then run every node whose current inputs have
+//! no successful run yet, in topological order, independent nodes in parallel.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::engine::{RunOptions, RunOutcome};
+use crate::project::UpdateOutcome;
+use crate::{Error, Name, NodeId, NodeSpec, Project, Result, RunStatus, SourceVersion, Version};
+
+/// Options of [`Project::run_pass`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PassOptions {
+    /// At most this many runs at once (at least 1).
+    pub jobs: usize,
+    /// Only say what would run and why; change nothing (sources are polled, but nothing
+    /// is recorded).
+    pub dry_run: bool,
+    /// Suppose these sources moved to these versions (with `dry_run`: an impact query).
+    pub assume: Vec<(Name, Version)>,
+    /// Skip polling (use the versions already known).
+    pub no_poll: bool,
+    /// Options for each run.
+    pub run: RunOptions,
+}
+
+impl Default for PassOptions {
+    fn default() -> Self {
+        PassOptions {
+            jobs: 1,
+            dry_run: false,
+            assume: Vec::new(),
+            no_poll: false,
+            run: RunOptions::new(),
+        }
+    }
+}
+
+impl PassOptions {
+    /// One job at a time, for real.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// At most `jobs` runs at once.
+    pub fn with_jobs(mut self, jobs: usize) -> Self {
+        self.jobs = jobs.max(1);
+        self
+    }
+    /// Only report what would run.
+    pub fn with_dry_run(mut self, yes: bool) -> Self {
+        self.dry_run = yes;
+        self
+    }
+    /// Suppose `source` moved to `version`.
+    pub fn assuming(mut self, source: Name, version: Version) -> Self {
+        self.assume.push((source, version));
+        self
+    }
+    /// Do not poll the sources first.
+    pub fn without_polling(mut self, yes: bool) -> Self {
+        self.no_poll = yes;
+        self
+    }
+}
+
+/// Why a node runs (or would).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "why")]
+pub enum Reason {
+    /// The node never ran successfully.
+    NeverRan,
+    /// Inputs moved since its last successful run.
+    InputsMoved {
+        /// Each input that moved: source, from, to.
+        changes: Vec<InputChange>,
+    },
+    /// A node upstream runs (or would) first, so its outputs will move.
+    Upstream {
+        /// The upstream nodes.
+        nodes: Vec<String>,
+    },
+}
+
+/// One input that moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InputChange {
+    /// The input source.
+    pub source: Name,
+    /// Its version at the last successful run.
+    pub from: Option<Version>,
+    /// Its version now.
+    pub to: Version,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::NeverRan => f.write_str("never ran"),
+            Reason::InputsMoved { changes } => {
+                let parts: Vec<String> = changes
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {} -> {}",
+                            c.source,
+                            c.from
+                                .as_ref()
+                                .map(|v| v.short().to_owned())
+                                .unwrap_or_else(|| "-".into()),
+                            c.to.short()
+                        )
+                    })
+                    .collect();
+                write!(f, "{}", parts.join(", "))
+            }
+            Reason::Upstream { nodes } => {
+                write!(f, "upstream node {} runs first", nodes.join(", "))
+            }
+        }
+    }
+}
+
+/// One node of a pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PassItem {
+    /// The node.
+    pub node: NodeId,
+    /// Why it runs.
+    pub reason: Reason,
+    /// What happened (`None` in a dry run).
+    pub outcome: Option<RunOutcome>,
+    /// Why it could not run (an input with no version, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PassReport {
+    /// The polls.
+    pub polled: Vec<UpdateOutcome>,
+    /// The nodes that ran (or would), in the order they started.
+    pub items: Vec<PassItem>,
+}
+
+impl PassReport {
+    /// True when every run succeeded or is pending for another machine.
+    pub fn is_ok(&self) -> bool {
+        self.items.iter().all(|i| {
+            i.error.is_none()
+                && !matches!(&i.outcome, Some(RunOutcome::Ran(r)) if r.status != RunStatus::Success)
+        })
+    }
+}
+
+impl Project {
+    /// One scheduling pass (see the module docs).
+    pub async fn run_pass(&self, options: PassOptions) -> Result<PassReport> {
+        for (name, _) in &options.assume {
+            crate::project::read_source(&self.store().snapshot()?, name)?;
+        }
+        let polled = if options.no_poll {
+            Vec::new()
+        } else {
+            let to_poll = self
+                .sources()?
+                .into_iter()
+                .filter(|s| s.pinned.is_none())
+                .collect();
+            self.poll(to_poll, !options.dry_run).await?
+        };
+        // In a dry run, polled-but-unrecorded versions count as current.
+        let mut assumed: BTreeMap<Name, Version> = BTreeMap::new();
+        if options.dry_run {
+            for o in &polled {
+                if let Some(v) = &o.latest {
+                    assumed.insert(o.source.clone(), v.clone());
+                }
+            }
+        }
+        for (n, v) in &options.assume {
+            assumed.insert(n.clone(), v.clone());
+        }
+        // With workers alive, the pass queues runs for them instead of running them here.
+        let mut options = options;
+        if !options.dry_run && !self.live_workers()?.is_empty() {
+            options.run.queue = true;
+        }
+        let graph = self.graph()?;
+        let nodes: BTreeMap<NodeId, NodeSpec> = self.nodes()?.into_iter().collect();
+        let order = graph.topo_nodes();
+        // Level of each node: 1 + the highest level of the nodes writing its inputs.
+        let mut level: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for id in &order {
+            let spec = &nodes[id];
+            let l = spec
+                .inputs
+                .iter()
+                .flat_map(|i| graph.writers(i))
+                .filter_map(|w| level.get(&w))
+                .map(|l| l + 1)
+                .max()
+                .unwrap_or(0);
+            level.insert(*id, l);
+        }
+        let mut by_level: BTreeMap<usize, Vec<NodeId>> = BTreeMap::new();
+        for id in &order {
+            by_level.entry(level[id]).or_default().push(*id);
+        }
+        let mut items = Vec::new();
+        let mut moving: BTreeSet<NodeId> = BTreeSet::new();
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(options.jobs.max(1)));
+        for (_, ids) in by_level {
+            let mut planned = Vec::new();
+            for id in ids {
+                let spec = &nodes[&id];
+                let upstream: Vec<String> = spec
+                    .inputs
+                    .iter()
+                    .flat_map(|i| graph.writers(i))
+                    .filter(|w| moving.contains(w))
+                    .map(|w| w.short())
+                    .collect();
+                match self.reason(&id, spec, &assumed) {
+                    Ok(Some(reason)) => planned.push((id, reason)),
+                    Ok(None) if !upstream.is_empty() && options.dry_run => {
+                        planned.push((id, Reason::Upstream { nodes: upstream }))
+                    }
+                    Ok(None) => {}
+                    Err(e) => items.push(PassItem {
+                        node: id,
+                        reason: Reason::NeverRan,
+                        outcome: None,
+                        error: Some(crate::project::error_chain(&e)),
+                    }),
+                }
+            }
+            if options.dry_run {
+                for (id, reason) in planned {
+                    moving.insert(id);
+                    items.push(PassItem {
+                        node: id,
+                        reason,
+                        outcome: None,
+                        error: None,
+                    });
+                }
+                continue;
+            }
+            let runs = planned.into_iter().map(|(id, reason)| {
+                let sem = semaphore.clone();
+                let run = options.run.clone();
+                async move {
+                    let _permit = sem.acquire().await;
+                    let r = self.run_node(&id, run).await;
+                    (id, reason, r)
+                }
+            });
+            for (id, reason, r) in futures::future::join_all(runs).await {
+                match r {
+                    Ok(outcome) => {
+                        if matches!(&outcome, RunOutcome::Ran(rec) if rec.status == RunStatus::Success)
+                        {
+                            moving.insert(id);
+                        }
+                        items.push(PassItem {
+                            node: id,
+                            reason,
+                            outcome: Some(outcome),
+                            error: None,
+                        });
+                    }
+                    Err(e) => items.push(PassItem {
+                        node: id,
+                        reason,
+                        outcome: None,
+                        error: Some(crate::project::error_chain(&e)),
+                    }),
+                }
+            }
+        }
+        Ok(PassReport { polled, items })
+    }
+
+    /// Why `node` needs a run on its current inputs (with `assumed` versions), if it does.
+    fn reason(
+        &self,
+        id: &NodeId,
+        node: &NodeSpec,
+        assumed: &BTreeMap<Name, Version>,
+    ) -> Result<Option<Reason>> {
+        let mut inputs = Vec::new();
+        for name in &node.inputs {
+            let version = match assumed.get(name) {
+                Some(v) => v.clone(),
+                None => {
+                    let spec = self.source(name.as_str())?;
+                    spec.current().cloned().ok_or_else(|| {
+                        Error::Conflict(format!("input {name:?} has no version yet"))
+                    })?
+                }
+            };
+            inputs.push(SourceVersion {
+                source: name.clone(),
+                version,
+            });
+        }
+        inputs.sort();
+        let runs = self.node_runs(id)?;
+        if runs
+            .iter()
+            .any(|r| r.status == RunStatus::Success && r.inputs == inputs)
+        {
+            return Ok(None);
+        }
+        let last_ok = runs.iter().find(|r| r.status == RunStatus::Success);
+        Ok(Some(match last_ok {
+            None => Reason::NeverRan,
+            Some(r) => Reason::InputsMoved {
+                changes: inputs
+                    .iter()
+                    .filter(|i| !r.inputs.contains(i))
+                    .map(|i| InputChange {
+                        source: i.source.clone(),
+                        from: r
+                            .inputs
+                            .iter()
+                            .find(|o| o.source == i.source)
+                            .map(|o| o.version.clone()),
+                        to: i.version.clone(),
+                    })
+                    .collect(),
+            },
+        }))
+    }
+}
+
+impl Project {
+    /// Run `node` again on its current inputs even where a successful run exists; with
+    /// `downstream`, then every node below it, in topological order. Stops at the first
+    /// run that does not succeed.
+    pub async fn rerun(
+        &self,
+        node: &NodeId,
+        downstream: bool,
+        options: RunOptions,
+    ) -> Result<Vec<(NodeId, RunOutcome)>> {
+        let options = options.with_force(true);
+        let mut order = vec![*node];
+        if downstream {
+            let graph = self.graph()?;
+            let below: BTreeSet<NodeId> = graph.downstream_nodes(node).into_iter().collect();
+            order.extend(graph.topo_nodes().into_iter().filter(|n| below.contains(n)));
+        }
+        let mut out = Vec::new();
+        for id in order {
+            let outcome = self.run_node(&id, options.clone()).await?;
+            let failed = matches!(&outcome, RunOutcome::Ran(r) if r.status != RunStatus::Success);
+            out.push((id, outcome));
+            if failed {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
