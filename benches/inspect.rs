@@ -190,6 +190,8 @@ fn project() -> Project {
             Ok(())
         })
         .unwrap();
+    // The steady state of a long-lived project: dtk packs in the background as git does.
+    p.store().pack().unwrap();
     Project::open(&dir, dtk::default_registry()).unwrap()
 }
 

@@ -66,11 +66,7 @@ fn big_store() -> Store {
             .unwrap();
     }
     // Pack the loose objects, as `git gc` would in a long-lived project.
-    let _ = std::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(&git)
-        .args(["gc", "-q"])
-        .status();
+    store.pack().unwrap();
     store
         .transact("complete", |tx| {
             tx.put("complete", b"1")?;

@@ -601,6 +601,7 @@ async fn node(
                         }
                         (s, None, None) => s.to_string(),
                     },
+                    other => other.record().status.to_string(),
                 };
                 eprintln!("run {}: {what}", rec.id.short());
             }

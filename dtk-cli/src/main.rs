@@ -1,4 +1,6 @@
 //! `dkt`: the Datakit command-line tool. A thin consumer of the `dtk` library.
+// Doc comments here are `--help` text (clap), not rustdoc: brackets are literal.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::bare_urls)]
 
 mod cli;
 mod commands;

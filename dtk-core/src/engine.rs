@@ -65,6 +65,7 @@ impl RunOptions {
 /// What [`Project::run_node`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum RunOutcome {
     /// The node ran; here is its record.
     Ran(RunRecord),
@@ -927,6 +928,7 @@ pub(crate) fn write_run(
         }
     }
     if record.status == RunStatus::Success {
+        tx.put_id(&paths::done(&record.node, &record.inputs), id);
         for sv in &record.inputs {
             tx.put_id(&paths::consumer(sv, &record.id), id);
         }

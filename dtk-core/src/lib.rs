@@ -46,16 +46,19 @@ pub use engine::{NodeFile, RunOptions, RunOutcome};
 pub use error::{Error, IoResultExt, Result};
 pub use graph::Graph;
 pub use id::{resolve_version, Algo, Version};
+pub use inspect::{InspectOptions, Manifest, VerifyReport};
 pub use model::{
     Command, Link, NodeId, NodeSpec, RunId, RunRecord, RunStatus, SourceSpec, SourceVersion,
     VersionRecord,
 };
 pub use name::Name;
 pub use project::{AddSource, InitOptions, Project, UpdateOutcome};
+pub use scheduler::{PassOptions, PassReport};
 pub use source::{
     Capabilities, Context, Fields, Kind, NewSource, Registry, Source, Verification, VersionInfo,
 };
 pub use store::Store;
+pub use worker::{WorkerOptions, WorkerReport};
 
 /// Re-exported so plugins use the same `async_trait` as the traits.
 pub use async_trait::async_trait;

@@ -311,6 +311,17 @@ impl RunId {
     }
 }
 
+/// A key naming a set of input versions (sorted by source): the first 32 hex digits of
+/// BLAKE3 over `"dtk-inputs\n1\n"` and, per input, `LEN " " NAME "\n" VERSION "\n"`.
+pub fn inputs_key(inputs: &[SourceVersion]) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"dtk-inputs\n1\n");
+    for i in inputs {
+        h.update(format!("{} {}\n{}\n", i.source.as_str().len(), i.source, i.version).as_bytes());
+    }
+    hex(&h.finalize().as_bytes()[..16])
+}
+
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

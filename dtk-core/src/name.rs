@@ -12,7 +12,7 @@ pub(crate) const MAX_NAME_LEN: usize = 200;
 
 /// A validated source name.
 ///
-/// A name is valid UTF-8, non-empty, at most [`MAX_NAME_LEN`] bytes, and contains none of
+/// A name is valid UTF-8, non-empty, at most 200 bytes, and contains none of
 /// `:` `/` `\` `*` (the design's rule), no control characters, no bidirectional-text
 /// overrides, no whitespace, and no `@{`; it does not start with `-` or `.` and does not
 /// end with `.lock`. These rules keep a name from ever becoming a path, a git ref

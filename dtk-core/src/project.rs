@@ -170,6 +170,16 @@ pub mod paths {
             run.to_hex()
         )
     }
+    /// `done/<node-id>/<inputs-key>.json`: the successful run of a node on a set of input
+    /// versions (see [`inputs_key`](crate::model::inputs_key)), so "is this up to date?"
+    /// is one lookup.
+    pub fn done(node: &NodeId, inputs: &[crate::SourceVersion]) -> String {
+        format!(
+            "done/{}/{}.json",
+            node.to_hex(),
+            crate::model::inputs_key(inputs)
+        )
+    }
     /// `queue/<run-id>.json` (pending runs, for workers)
     pub fn queued(run: &RunId) -> String {
         format!("queue/{}.json", run.to_hex())

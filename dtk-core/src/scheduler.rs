@@ -212,6 +212,13 @@ impl Project {
         }
         let mut items = Vec::new();
         let mut moving: BTreeSet<NodeId> = BTreeSet::new();
+        // One view of the records until something runs (then the next level needs a new one).
+        let mut snap = self.store().snapshot()?;
+        let mut sources: BTreeMap<Name, crate::SourceSpec> = snap
+            .read_dir_json::<crate::SourceSpec>("sources")?
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
         let semaphore = Arc::new(tokio::sync::Semaphore::new(options.jobs.max(1)));
         for (_, ids) in by_level {
             let mut planned = Vec::new();
@@ -224,7 +231,7 @@ impl Project {
                     .filter(|w| moving.contains(w))
                     .map(|w| w.short())
                     .collect();
-                match self.reason(&id, spec, &assumed) {
+                match self.reason(&snap, &sources, &id, spec, &assumed) {
                     Ok(Some(reason)) => planned.push((id, reason)),
                     Ok(None) if !upstream.is_empty() && options.dry_run => {
                         planned.push((id, Reason::Upstream { nodes: upstream }))
@@ -259,7 +266,16 @@ impl Project {
                     (id, reason, r)
                 }
             });
-            for (id, reason, r) in futures::future::join_all(runs).await {
+            let results = futures::future::join_all(runs).await;
+            if !results.is_empty() {
+                snap = self.store().snapshot()?;
+                sources = snap
+                    .read_dir_json::<crate::SourceSpec>("sources")?
+                    .into_iter()
+                    .map(|s| (s.name.clone(), s))
+                    .collect();
+            }
+            for (id, reason, r) in results {
                 match r {
                     Ok(outcome) => {
                         if matches!(&outcome, RunOutcome::Ran(rec) if rec.status == RunStatus::Success)
@@ -288,6 +304,8 @@ impl Project {
     /// Why `node` needs a run on its current inputs (with `assumed` versions), if it does.
     fn reason(
         &self,
+        snap: &crate::store::Snapshot,
+        sources: &BTreeMap<Name, crate::SourceSpec>,
         id: &NodeId,
         node: &NodeSpec,
         assumed: &BTreeMap<Name, Version>,
@@ -296,12 +314,12 @@ impl Project {
         for name in &node.inputs {
             let version = match assumed.get(name) {
                 Some(v) => v.clone(),
-                None => {
-                    let spec = self.source(name.as_str())?;
-                    spec.current().cloned().ok_or_else(|| {
-                        Error::Conflict(format!("input {name:?} has no version yet"))
-                    })?
-                }
+                None => sources
+                    .get(name)
+                    .ok_or_else(|| Error::not_found("source", name.as_str()))?
+                    .current()
+                    .cloned()
+                    .ok_or_else(|| Error::Conflict(format!("input {name:?} has no version yet")))?,
             };
             inputs.push(SourceVersion {
                 source: name.clone(),
@@ -309,13 +327,15 @@ impl Project {
             });
         }
         inputs.sort();
-        let runs = self.node_runs(id)?;
-        if runs
-            .iter()
-            .any(|r| r.status == RunStatus::Success && r.inputs == inputs)
+        if snap
+            .blob_id(&crate::project::paths::done(id, &inputs))?
+            .is_some()
         {
             return Ok(None);
         }
+        let mut runs: Vec<crate::RunRecord> =
+            snap.read_dir_json(&format!("node-runs/{}", id.to_hex()))?;
+        runs.sort_by_key(|r| std::cmp::Reverse((r.queued_ms, r.attempt)));
         let last_ok = runs.iter().find(|r| r.status == RunStatus::Success);
         Ok(Some(match last_ok {
             None => Reason::NeverRan,

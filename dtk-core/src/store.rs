@@ -212,7 +212,10 @@ impl Store {
                 .map_err(gix_err("cannot write a commit"))?
                 .id;
             match self.move_branch(&repo, Some(base), commit) {
-                Ok(()) => return Ok((value, Some(commit))),
+                Ok(()) => {
+                    self.maybe_pack();
+                    return Ok((value, Some(commit)));
+                }
                 Err(e) => {
                     let moved = self.tip(&repo)? != Some(base);
                     let locked = self.lock_held()?;
@@ -232,6 +235,52 @@ impl Store {
                     backoff(attempt);
                 }
             }
+        }
+    }
+
+    /// Keep reads fast as records accumulate: when there are many loose objects (estimated
+    /// as git does, from one of the 256 object directories), start `git gc --auto` in the
+    /// background, detached. gix cannot pack; without git installed this does nothing.
+    fn maybe_pack(&self) {
+        let sample = self.git_dir.join("objects/17");
+        let loose = std::fs::read_dir(&sample).map(|d| d.count()).unwrap_or(0);
+        // git's own gc.auto default: about 6,700 loose objects, i.e. 27 in one directory.
+        if loose <= 27 {
+            return;
+        }
+        let script = "git --git-dir \"$1\" -c gc.autoDetach=false gc --auto --quiet </dev/null >/dev/null 2>&1 &";
+        let _ = std::process::Command::new("sh")
+            .args(["-c", script, "sh"])
+            .arg(&self.git_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+
+    /// Pack the repository now (`git gc`), as the background maintenance does; waits for a
+    /// background `git gc` that is already running.
+    pub fn pack(&self) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let out = std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(&self.git_dir)
+                .args(["gc", "--quiet"])
+                .output()
+                .map_err(|e| Error::io("git", e))?;
+            if out.status.success() {
+                return Ok(());
+            }
+            let busy = self.git_dir.join("gc.pid").exists();
+            if !busy || started.elapsed() > Duration::from_secs(600) {
+                return Err(Error::corrupt(format!(
+                    "git gc failed in {}: {}",
+                    self.git_dir.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
 

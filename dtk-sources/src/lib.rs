@@ -4,8 +4,8 @@
 //!
 //! | feature | module | kind names | versions |
 //! |---------|--------|------------|----------|
-//! | `path`  | [`path`] | `path` | `md5:` Merkle digest of the tree |
-//! | `git`   | [`git`]  | `git`, `github` | `sha1:` commits |
+//! | `path`  | `dtk_sources::path` | `path` | `md5:` Merkle digest of the tree |
+//! | `git`   | `dtk_sources::git` | `git`, `github` | `sha1:` commits |
 //!
 //! [`register_all`] registers every kind compiled in.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]

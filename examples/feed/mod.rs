@@ -31,8 +31,6 @@
 //! registry.register(std::sync::Arc::new(feed::FeedKind));
 //! ```
 
-mod sha256;
-
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStringExt;
@@ -45,7 +43,7 @@ use dtk::{
     Source, SourceSpec, Verification, Version, VersionInfo,
 };
 
-use self::sha256::Sha256;
+use sha2::{Digest, Sha256};
 
 /// The kind's name. It is stored with every source of the kind: it must never change.
 pub const KIND: &str = "feed";
