@@ -368,3 +368,41 @@ fn chaos_kills_lose_and_double_nothing() {
     assert_eq!(last, "round 5\n2\n7\n");
     git(e.path(), &["--git-dir", ".dkt/.git", "fsck", "--strict"]);
 }
+
+#[test]
+fn concurrent_commands_lose_nothing() {
+    let e = Env::project();
+    let before = e.commits();
+    let mut children = Vec::new();
+    for i in 0..8 {
+        e.write(&format!("d{i}/f"), &i.to_string());
+        children.push(
+            e.cmd()
+                .args(["source", "add", &format!("s{i}"), &format!("d{i}")])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    // Meanwhile, passes and listings.
+    for _ in 0..3 {
+        children.push(
+            e.cmd()
+                .args(["run"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let list = e.dkt(&["--json", "source", "list"]).json();
+    assert_eq!(list.as_array().unwrap().len(), 8);
+    assert_eq!(
+        e.commits(),
+        before + 8,
+        "one commit per source add, none lost"
+    );
+    git(e.path(), &["--git-dir", ".dkt/.git", "fsck", "--strict"]);
+}

@@ -34,7 +34,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dtk_core::{IoResultExt, Result};
 use md5::{Digest as _, Md5};
-use tempfile::NamedTempFile;
 
 const MAGIC: &[u8; 8] = b"DTKPATHC";
 const FORMAT: u32 = 1;
@@ -229,30 +228,19 @@ fn parse(buf: Vec<u8>, root: &[u8]) -> Result<Loaded, &'static str> {
 /// racy threshold), filled and renamed into place when the digest ends.
 #[derive(Debug)]
 pub(crate) struct Pending {
-    tmp: NamedTempFile,
     dest: PathBuf,
     threshold_ns: i64,
 }
 
 impl Pending {
     /// Start writing the cache file `dest`; call this before looking at any file.
+    ///
+    /// The racy-git threshold is the start of the current second by the system clock (the
+    /// clock local file systems stamp files with); no file is created until
+    /// [`commit`](Self::commit), so an unchanged tree costs no write at all.
     pub(crate) fn begin(dest: &Path) -> Result<Self> {
-        let now = SystemTime::now();
-        let dir = dest.parent().unwrap_or_else(|| Path::new("."));
-        fs::create_dir_all(dir).at(dir)?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(dir)
-            .at(dir)?;
-        let stamp = tmp
-            .as_file()
-            .metadata()
-            .at(tmp.path())?
-            .modified()
-            .at(tmp.path())?;
-        let threshold_ns = floor_to_second(ns_since_epoch(now.min(stamp)));
+        let threshold_ns = floor_to_second(ns_since_epoch(SystemTime::now()));
         Ok(Pending {
-            tmp,
             dest: dest.to_owned(),
             threshold_ns,
         })
@@ -266,11 +254,13 @@ impl Pending {
         count: usize,
         entries: impl Iterator<Item = (&'a [u8], &'a Stat, &'a [u8; 16])>,
     ) -> Result<()> {
-        let Pending {
-            tmp,
-            dest,
-            threshold_ns,
-        } = self;
+        let Pending { dest, threshold_ns } = self;
+        let dir = dest.parent().unwrap_or_else(|| Path::new("."));
+        fs::create_dir_all(dir).at(dir)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(dir)
+            .at(dir)?;
         write_to(tmp.as_file(), threshold_ns, root, count, entries).at(tmp.path())?;
         tmp.persist(&dest)
             .map_err(|e| dtk_core::Error::io(&dest, e.error))?;
