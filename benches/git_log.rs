@@ -121,13 +121,9 @@ fn fixture() -> (PathBuf, Context) {
         assert!(child.wait().unwrap().success());
         std::fs::write(&done, "").unwrap();
     }
-    let ctx = Context {
-        cache_dir: root.join("cache"),
-        tmp_dir: root.join("tmp"),
-        secrets: Secrets::default(),
-        network_timeout: Duration::from_secs(120),
-        cwd: root.clone(),
-    };
+    let mut ctx = Context::new(&root, Secrets::default());
+    ctx.network_timeout = Duration::from_secs(120);
+    ctx.cwd = root.clone();
     (origin, ctx)
 }
 

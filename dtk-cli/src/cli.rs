@@ -46,6 +46,25 @@ pub(crate) struct Tokens {
         hide_env_values = true
     )]
     pub(crate) docker_token: Option<String>,
+    /// A HockeyApp API token (sent as X-HockeyAppToken), kept in .dkt/secrets.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "DKT_HOCKEYAPP_TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) hockeyapp_token: Option<String>,
+    /// An S3 access key ID, kept in .dkt/secrets (else AWS_ACCESS_KEY_ID is used).
+    #[arg(long, value_name = "ID")]
+    pub(crate) aws_access_key_id: Option<String>,
+    /// An S3 secret access key, kept in .dkt/secrets (else AWS_SECRET_ACCESS_KEY is used).
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "DKT_AWS_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    pub(crate) aws_secret_access_key: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

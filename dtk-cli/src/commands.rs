@@ -33,14 +33,28 @@ fn cwd(cli_dir: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 fn init_options(t: Tokens) -> InitOptions {
-    InitOptions {
+    use dtk::config::{AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, HOCKEYAPP_TOKEN};
+    let mut o = InitOptions {
         github_token: t.github_token,
         docker_token: t.docker_token,
+        ..InitOptions::default()
+    };
+    for (name, value) in [
+        (HOCKEYAPP_TOKEN, t.hockeyapp_token),
+        (AWS_ACCESS_KEY_ID, t.aws_access_key_id),
+        (AWS_SECRET_ACCESS_KEY, t.aws_secret_access_key),
+    ] {
+        if let Some(v) = value {
+            o = o.with_secret(name, v);
+        }
     }
+    o
 }
 
 fn open(dir: &Path) -> anyhow::Result<Project> {
-    Ok(Project::discover(dir, dtk::default_registry())?.with_cwd(dir))
+    Ok(Project::discover(dir, dtk::default_registry())?
+        .with_cwd(dir)
+        .with_progress(crate::progress::for_terminal()))
 }
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {

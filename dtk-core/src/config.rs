@@ -21,6 +21,10 @@ use crate::{Error, Result};
 ///
 /// [vars]
 /// ESX_USER = "builder"
+///
+/// [kind.s3]
+/// endpoint = "http://127.0.0.1:9000"
+/// region = "us-east-1"
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -31,6 +35,9 @@ pub struct Config {
     pub run: RunConfig,
     /// Private variables, available to commands as `${NAME}`.
     pub vars: BTreeMap<String, String>,
+    /// Settings of source kinds, by kind then key (`[kind.s3] endpoint = "..."`); each
+    /// kind documents its keys. Given to kinds as [`Context::settings`](crate::Context).
+    pub kind: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// `[worker]` of the configuration.
@@ -100,6 +107,12 @@ impl std::fmt::Debug for Secrets {
 pub const GITHUB_TOKEN: &str = "GITHUB_TOKEN";
 /// The secret holding the Docker token (`dkt init --docker-token`).
 pub const DOCKER_TOKEN: &str = "DOCKER_TOKEN";
+/// The secret holding the HockeyApp API token (`dkt init --hockeyapp-token`).
+pub const HOCKEYAPP_TOKEN: &str = "HOCKEYAPP_TOKEN";
+/// The secret holding the S3 access key ID (`dkt init --aws-access-key-id`).
+pub const AWS_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+/// The secret holding the S3 secret access key (`dkt init --aws-secret-access-key`).
+pub const AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
 
 impl Secrets {
     /// Read every secret in `dir`; a missing directory has none.

@@ -361,8 +361,15 @@ impl Project {
             .read_json(&paths::node(node_id))?
             .ok_or_else(|| Error::not_found("node", node_id.short()))?;
         let inputs = current_inputs(&snap, &node)?;
-        let earlier = self.node_runs(node_id)?;
-        let same: Vec<&RunRecord> = earlier.iter().filter(|r| r.inputs == inputs).collect();
+        if !options.force {
+            if let Some(ok) = snap.read_json::<RunRecord>(&paths::done(node_id, &inputs))? {
+                return Ok(RunOutcome::UpToDate(ok));
+            }
+        }
+        // Only the newest attempt on these inputs can be pending or running: a new attempt
+        // starts only once the one before it has ended (or was found dead and settled).
+        let last = last_attempt(&snap, node_id, &inputs)?;
+        let same: Vec<&RunRecord> = last.iter().collect();
         if !options.force {
             if let Some(ok) = same.iter().find(|r| r.status == RunStatus::Success) {
                 return Ok(RunOutcome::UpToDate((*ok).clone()));
@@ -1133,4 +1140,36 @@ pub fn resolve_recorded(project: &Project, text: &str) -> Result<SourceVersion> 
         source: Name::new(name)?,
         version: v.clone(),
     })
+}
+
+/// The newest attempt of `node` on `inputs`, if any. Attempts are numbered 0, 1, 2, ...
+/// without gaps and their IDs are computed, so this probes O(log n) paths instead of
+/// reading every run of the node.
+fn last_attempt(
+    snap: &Snapshot,
+    node: &NodeId,
+    inputs: &[SourceVersion],
+) -> Result<Option<RunRecord>> {
+    let path = |a: u32| paths::run(&RunId::compute(node, inputs, a));
+    let exists = |a: u32| -> Result<bool> { Ok(snap.blob_id(&path(a))?.is_some()) };
+    if !exists(0)? {
+        return Ok(None);
+    }
+    let (mut lo, mut hi) = (0u32, 1u32);
+    while exists(hi)? {
+        lo = hi;
+        hi = hi.saturating_mul(2);
+        if lo == u32::MAX {
+            break;
+        }
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if exists(mid)? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    snap.read_json(&path(lo))
 }

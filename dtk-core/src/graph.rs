@@ -74,6 +74,16 @@ impl Graph {
 
     /// Add an edge between two existing vertices, checking the bipartite and acyclic rules.
     pub fn add_edge(&mut self, from: &Vertex, to: &Vertex, kind: Edge) -> Result<()> {
+        self.try_add_edge(from, to, kind).map(|_| ())
+    }
+
+    /// [`add_edge`](Self::add_edge), returning the new edge (`None` if it was there).
+    fn try_add_edge(
+        &mut self,
+        from: &Vertex,
+        to: &Vertex,
+        kind: Edge,
+    ) -> Result<Option<petgraph::stable_graph::EdgeIndex>> {
         let (Some(&a), Some(&b)) = (self.index.get(from), self.index.get(to)) else {
             let missing = if self.index.contains_key(from) {
                 to
@@ -103,10 +113,10 @@ impl Graph {
                 )));
             }
         }
-        if !self.g.edges_connecting(a, b).any(|e| *e.weight() == kind) {
-            self.g.add_edge(a, b, kind);
+        if self.g.edges_connecting(a, b).any(|e| *e.weight() == kind) {
+            return Ok(None);
         }
-        Ok(())
+        Ok(Some(self.g.add_edge(a, b, kind)))
     }
 
     /// Add a node with its inputs and outputs (all sources must exist). Either the whole
@@ -122,21 +132,35 @@ impl Graph {
                 "node {id} would read and write source {s}: a cycle source {s} -> node {id} -> source {s}"
             )));
         }
-        let before = self.clone();
         let v = Vertex::Node(id);
-        self.vertex(v.clone());
-        let result = inputs
+        let existed = self.index.contains_key(&v);
+        let i = self.vertex(v.clone());
+        // Undo by hand on error (cloning the graph per node would make loading quadratic).
+        let mut added = Vec::new();
+        let edges = inputs
             .iter()
-            .try_for_each(|s| self.add_edge(&Vertex::Source(s.clone()), &v, Edge::Flow))
-            .and_then(|()| {
+            .map(|s| (Vertex::Source(s.clone()), v.clone()))
+            .chain(
                 outputs
                     .iter()
-                    .try_for_each(|s| self.add_edge(&v, &Vertex::Source(s.clone()), Edge::Flow))
-            });
-        if result.is_err() {
-            *self = before;
+                    .map(|s| (v.clone(), Vertex::Source(s.clone()))),
+            );
+        for (from, to) in edges {
+            match self.try_add_edge(&from, &to, Edge::Flow) {
+                Ok(e) => added.extend(e),
+                Err(e) => {
+                    for edge in added {
+                        self.g.remove_edge(edge);
+                    }
+                    if !existed {
+                        self.g.remove_node(i);
+                        self.index.remove(&v);
+                    }
+                    return Err(e);
+                }
+            }
         }
-        result
+        Ok(())
     }
 
     /// A path of flow edges from `a` to `b`, if any (BFS, so the shortest).

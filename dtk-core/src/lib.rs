@@ -55,7 +55,8 @@ pub use name::Name;
 pub use project::{AddSource, InitOptions, Project, UpdateOutcome};
 pub use scheduler::{PassOptions, PassReport};
 pub use source::{
-    Capabilities, Context, Fields, Kind, NewSource, Registry, Source, Verification, VersionInfo,
+    Capabilities, Context, Fields, Kind, NewSource, NoProgress, Progress, Registry, Source,
+    Transfer, Verification, VersionInfo,
 };
 pub use store::Store;
 pub use worker::{WorkerOptions, WorkerReport};

@@ -28,6 +28,8 @@ pub struct InitOptions {
     pub github_token: Option<String>,
     /// A Docker registry token, stored as the secret `DOCKER_TOKEN`.
     pub docker_token: Option<String>,
+    /// Other secrets by name (`HOCKEYAPP_TOKEN`, `AWS_SECRET_ACCESS_KEY`, ...).
+    pub secrets: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for InitOptions {
@@ -35,6 +37,7 @@ impl std::fmt::Debug for InitOptions {
         f.debug_struct("InitOptions")
             .field("github_token", &self.github_token.as_ref().map(|_| "***"))
             .field("docker_token", &self.docker_token.as_ref().map(|_| "***"))
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -52,6 +55,11 @@ impl InitOptions {
     /// With a Docker token.
     pub fn with_docker_token(mut self, token: impl Into<String>) -> Self {
         self.docker_token = Some(token.into());
+        self
+    }
+    /// With the secret `name` (such as [`HOCKEYAPP_TOKEN`](crate::config::HOCKEYAPP_TOKEN)).
+    pub fn with_secret(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.secrets.insert(name.into(), value.into());
         self
     }
 }
@@ -118,6 +126,7 @@ pub struct Project {
     config: Config,
     secrets: Secrets,
     cwd: PathBuf,
+    progress: Arc<dyn crate::Progress>,
 }
 
 /// Paths of records in the store, as `docs/format.md` describes them.
@@ -244,6 +253,9 @@ impl Project {
         if let Some(t) = &options.docker_token {
             secrets.set(&dkt.join("secrets"), DOCKER_TOKEN, t)?;
         }
+        for (name, value) in &options.secrets {
+            secrets.set(&dkt.join("secrets"), name, value)?;
+        }
         let config = dkt.join("config");
         if !config.exists() {
             std::fs::write(
@@ -251,7 +263,8 @@ impl Project {
                 "# Local configuration of this dtk project: never committed.\n\
                  # [worker]\n# labels = [\"linux\", \"x86_64\"]\n\
                  # [run]\n# timeout = \"2h\"\n\
-                 # [vars]\n# ESX_USER = \"builder\"\n",
+                 # [vars]\n# ESX_USER = \"builder\"\n\
+                 # [kind.s3]\n# endpoint = \"http://127.0.0.1:9000\"\n# region = \"us-east-1\"\n",
             )
             .at(&config)?;
         }
@@ -354,6 +367,7 @@ impl Project {
             config,
             secrets,
             cwd,
+            progress: Arc::new(crate::NoProgress),
         };
         project.check_kinds()?;
         Ok(project)
@@ -442,6 +456,12 @@ impl Project {
         self
     }
 
+    /// With `progress` receiving the progress of long transfers (downloads, uploads).
+    pub fn with_progress(mut self, progress: Arc<dyn crate::Progress>) -> Self {
+        self.progress = progress;
+        self
+    }
+
     /// The directory relative locations are resolved against.
     pub fn cwd(&self) -> &Path {
         &self.cwd
@@ -451,6 +471,8 @@ impl Project {
     pub fn context(&self) -> Context {
         let mut c = Context::new(&self.dkt, self.secrets.clone());
         c.cwd = self.cwd.clone();
+        c.settings = self.config.kind.clone();
+        c.progress = self.progress.clone();
         c
     }
 

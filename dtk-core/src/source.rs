@@ -96,8 +96,39 @@ pub enum Verification {
 /// The fields of a source at a version (`ROOT`, `COMMIT`, `BUILD`, ...), by name.
 pub type Fields = BTreeMap<String, String>;
 
+/// Where kinds report the progress of long transfers (downloads, uploads), so that a
+/// front end can draw it; [`NoProgress`] ignores it.
+pub trait Progress: Debug + Send + Sync {
+    /// A transfer called `what` (a file, a layer, ...) of `total` bytes, if known, starts;
+    /// the returned handle counts bytes as they go and ends the transfer when dropped.
+    fn start(&self, what: &str, total: Option<u64>) -> Box<dyn Transfer>;
+}
+
+/// One transfer under way (see [`Progress::start`]); dropping it ends it.
+pub trait Transfer: Send {
+    /// `bytes` more were transferred.
+    fn advance(&mut self, bytes: u64);
+}
+
+/// A [`Progress`] that shows nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _what: &str, _total: Option<u64>) -> Box<dyn Transfer> {
+        struct Nothing;
+        impl Transfer for Nothing {
+            fn advance(&mut self, _bytes: u64) {}
+        }
+        Box::new(Nothing)
+    }
+}
+
 /// What a kind may use: where to keep caches, secrets, time limits.
+///
+/// Made with [`Context::new`], then adjusted field by field (more fields may come).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Context {
     /// A directory the kind may use for caches (`.dkt/cache/<kind>`), created on demand.
     pub cache_dir: PathBuf,
@@ -109,6 +140,11 @@ pub struct Context {
     pub network_timeout: Duration,
     /// The directory relative locations are resolved against (the user's working directory).
     pub cwd: PathBuf,
+    /// Settings of each kind from the `[kind.NAME]` tables of `.dkt/config`, by kind then
+    /// key (see [`Context::setting`]).
+    pub settings: BTreeMap<String, BTreeMap<String, String>>,
+    /// Where to report the progress of long transfers.
+    pub progress: Arc<dyn Progress>,
 }
 
 impl Context {
@@ -120,7 +156,23 @@ impl Context {
             secrets,
             network_timeout: Duration::from_secs(30),
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+            settings: BTreeMap::new(),
+            progress: Arc::new(NoProgress),
         }
+    }
+
+    /// The setting `key` of `kind` (`[kind.s3] endpoint = "..."` in `.dkt/config`).
+    pub fn setting(&self, kind: &str, key: &str) -> Option<&str> {
+        self.settings.get(kind)?.get(key).map(String::as_str)
+    }
+
+    /// With setting `key` of `kind` set to `value`.
+    pub fn with_setting(mut self, kind: &str, key: &str, value: impl Into<String>) -> Self {
+        self.settings
+            .entry(kind.to_owned())
+            .or_default()
+            .insert(key.to_owned(), value.into());
+        self
     }
 }
 

@@ -6,14 +6,28 @@
 //! |---------|--------|------------|----------|
 //! | `path`  | `dtk_sources::path` | `path` | `md5:` Merkle digest of the tree |
 //! | `git`   | `dtk_sources::git` | `git`, `github` | `sha1:` commits |
+//! | `docker` | `dtk_sources::docker` | `docker` | `sha256:` manifest digests |
+//! | `s3`    | `dtk_sources::s3` | `s3` | `md5:` of the prefix's listing |
+//! | `http`  | `dtk_sources::http` | `http` | `sha256:` of the content |
+//! | `hockeyapp` | `dtk_sources::hockeyapp` | `hockeyapp` | `md5:` of each build's file |
 //!
 //! [`register_all`] registers every kind compiled in.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+#[cfg(feature = "docker")]
+pub mod docker;
 #[cfg(feature = "git")]
 pub mod git;
+#[cfg(feature = "hockeyapp")]
+pub mod hockeyapp;
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(any(feature = "docker", feature = "http", feature = "hockeyapp"))]
+mod net;
 #[cfg(feature = "path")]
 pub mod path;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 use dtk_core::Registry;
 
@@ -23,6 +37,14 @@ pub fn register_all(registry: &mut Registry) -> &mut Registry {
     registry.register(std::sync::Arc::new(path::PathKind::default()));
     #[cfg(feature = "git")]
     registry.register(std::sync::Arc::new(git::GitKind::default()));
+    #[cfg(feature = "docker")]
+    registry.register(std::sync::Arc::new(docker::DockerKind::default()));
+    #[cfg(feature = "s3")]
+    registry.register(std::sync::Arc::new(s3::S3Kind::default()));
+    #[cfg(feature = "http")]
+    registry.register(std::sync::Arc::new(http::HttpKind::default()));
+    #[cfg(feature = "hockeyapp")]
+    registry.register(std::sync::Arc::new(hockeyapp::HockeyAppKind::default()));
     registry
 }
 

@@ -84,13 +84,9 @@ struct Env {
 fn env() -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().canonicalize().unwrap();
-    let ctx = Context {
-        cache_dir: root.join("dkt/cache"),
-        tmp_dir: root.join("dkt/tmp"),
-        secrets: Secrets::default(),
-        network_timeout: Duration::from_secs(20),
-        cwd: root.clone(),
-    };
+    let mut ctx = Context::new(&root.join("dkt"), Secrets::default());
+    ctx.network_timeout = Duration::from_secs(20);
+    ctx.cwd = root.clone();
     Env {
         _tmp: tmp,
         root,

@@ -1,0 +1,358 @@
+//! `dkt` with `docker` sources against a real registry (Debian's `docker-registry`), images
+//! built here as OCI layouts and pushed with `skopeo`.
+
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const INSTALL: &str = "apt-get install docker-registry skopeo";
+/// `tester` / `s3cret-pass`, bcrypt (made with libxcrypt's `crypt`).
+const HTPASSWD: &str = "tester:$2b$04$xZjSFytewRz1fx5IA2ckhOK7KPSCJGfo3JRTSE/uLerAe5HVbzncm\n";
+const CREDS: &str = "tester:s3cret-pass";
+
+fn bin(name: &str) -> PathBuf {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .chain([Path::new("/usr/bin").join(name)])
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is not installed: these tests need it ({INSTALL})"))
+}
+
+/// A `docker-registry serve` on a free loopback port, killed on drop.
+struct Registry {
+    _dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+    auth: bool,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn answers(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"HTTP/"))
+}
+
+impl Registry {
+    fn start(auth: bool) -> Registry {
+        let exe = bin("docker-registry");
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut config = format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            );
+            if auth {
+                std::fs::write(dir.path().join("htpasswd"), HTPASSWD).unwrap();
+                config.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: dtk-test\n    path: {}\n",
+                    dir.path().join("htpasswd").display()
+                ));
+            }
+            std::fs::write(dir.path().join("config.yml"), config).unwrap();
+            let child = Command::new(&exe)
+                .arg("serve")
+                .arg(dir.path().join("config.yml"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start docker-registry: {e} ({INSTALL})"));
+            let mut reg = Registry {
+                _dir: dir,
+                port,
+                child,
+                auth,
+            };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if answers(port) {
+                    return reg;
+                }
+                if let Ok(Some(_)) = reg.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("docker-registry did not start");
+    }
+
+    fn location(&self, repo: &str) -> String {
+        format!("127.0.0.1:{}/{repo}", self.port)
+    }
+
+    /// Push the layout at `dir` (its manifest named `tag`) to `repo:tag` with skopeo.
+    fn push(&self, dir: &Path, repo: &str, tag: &str) {
+        let mut cmd = Command::new(bin("skopeo"));
+        cmd.args(["--insecure-policy", "copy", "--quiet", "--preserve-digests"])
+            .arg("--dest-tls-verify=false");
+        if self.auth {
+            cmd.arg(format!("--dest-creds={CREDS}"));
+        }
+        cmd.arg(format!("oci:{}:{tag}", dir.display()))
+            .arg(format!("docker://{}:{tag}", self.location(repo)));
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// sha256 of `bytes`, through `sha256sum`.
+fn sha256(bytes: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let hex = String::from_utf8_lossy(&out.stdout)[..64].to_owned();
+    format!("sha256:{hex}")
+}
+
+/// A one-file tar archive, written by hand (ustar).
+fn tar(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    let mut put = |at: usize, len: usize, v: u64| {
+        h[at..at + len].copy_from_slice(format!("{v:0w$o}\0", w = len - 1).as_bytes());
+    };
+    put(100, 8, 0o644);
+    put(108, 8, 0);
+    put(116, 8, 0);
+    put(124, 12, content.len() as u64);
+    put(136, 12, 1_700_000_000);
+    h[148..156].copy_from_slice(b"        ");
+    h[156] = b'0';
+    h[257..265].copy_from_slice(b"ustar\x0000");
+    let sum: u32 = h.iter().map(|&b| b as u32).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut out = h.to_vec();
+    out.extend_from_slice(content);
+    out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
+    out
+}
+
+/// Write a one-layer image whose content depends on `seed` as an OCI layout at `dir`,
+/// named `tag`; returns its manifest digest.
+fn image_layout(dir: &Path, seed: &str, tag: &str) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> serde_json::Value {
+        let d = sha256(bytes);
+        std::fs::write(blobs.join(&d[7..]), bytes).unwrap();
+        serde_json::json!({"digest": d, "size": bytes.len()})
+    };
+    let layer = tar("seed.txt", format!("{seed}\n").as_bytes());
+    let mut l = put(&layer);
+    l["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [l["digest"].clone()]},
+    });
+    let mut c = put(&serde_json::to_vec(&config).unwrap());
+    c["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": c, "layers": [l],
+    });
+    let mut m = put(&serde_json::to_vec(&manifest).unwrap());
+    m["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
+    m["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [m.clone()]});
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    m["digest"].as_str().unwrap().to_owned()
+}
+
+fn source<'a>(list: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no source {name} in {list}"))
+}
+
+#[test]
+fn docker_sources_poll_feed_nodes_and_publish() {
+    let reg = Registry::start(false);
+    let e = Env::project();
+    let d1 = image_layout(&e.path().join("img1"), "one", "v1");
+    reg.push(&e.path().join("img1"), "team/app", "v1");
+    let loc = reg.location("team/app");
+    e.dkt(&["source", "add", "img", &format!("{loc}:v1"), "-k", "docker"])
+        .ok();
+    let list = e.dkt(&["--json", "source", "list"]).json();
+    let img = source(&list, "img");
+    assert_eq!(img["kind"], "docker");
+    assert_eq!(img["location"], loc);
+    assert_eq!(img["tag"], "v1");
+    assert_eq!(img["latest"], d1);
+    // The kind is inferred for a location naming a registry.
+    let j = e
+        .dkt(&["--json", "source", "add", "inferred", &format!("{loc}:v1")])
+        .json();
+    assert_eq!(j["kind"], "docker");
+    // A new push to the tag: update finds it, log lists both, newest first.
+    let d2 = image_layout(&e.path().join("img2"), "two", "v1");
+    reg.push(&e.path().join("img2"), "team/app", "v1");
+    let up = e.dkt(&["source", "update", "img"]).ok();
+    assert!(up.contains("updated"), "{up}");
+    let log = e.dkt(&["--json", "source", "log", "img"]).json();
+    let versions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, [d2.as_str(), d1.as_str()], "{log}");
+    // A node reads the image's fields and its materialized layout.
+    std::fs::create_dir_all(e.path().join("out")).unwrap();
+    e.dkt(&["source", "add", "out", "out"]).ok();
+    let id = e
+        .dkt(&[
+            "node",
+            "run",
+            "--input=img",
+            "--output=out",
+            "echo ${img:IMAGE} > ${out:ROOT}/image; cat ${img:ROOT}/index.json > ${out:ROOT}/index.json; ls ${img:ROOT}/blobs/sha256 | wc -l > ${out:ROOT}/blobs",
+        ])
+        .ok()
+        .trim()
+        .to_owned();
+    let read = |p: &str| std::fs::read_to_string(e.path().join(p)).unwrap();
+    assert_eq!(read("out/image").trim(), format!("{loc}@{d2}"));
+    assert!(read("out/index.json").contains(&d2));
+    assert_eq!(read("out/blobs").trim(), "3");
+    // Provenance: the run records the image's digest as its input.
+    let runs = e.dkt(&["--json", "node", "log", &id]).json();
+    let inputs = runs[0]["inputs"].to_string();
+    assert!(inputs.contains(&d2), "{runs}");
+    // A node writing an OCI layout into a docker output publishes it.
+    let d0 = image_layout(&e.path().join("img0"), "zero", "v1");
+    reg.push(&e.path().join("img0"), "team/pub", "v1");
+    e.dkt(&[
+        "source",
+        "add",
+        "pub",
+        &reg.location("team/pub:v1"),
+        "-k",
+        "docker",
+    ])
+    .ok();
+    let list = e.dkt(&["--json", "source", "list"]).json();
+    assert_eq!(source(&list, "pub")["latest"], d0);
+    e.dkt(&[
+        "node",
+        "run",
+        "--input=img",
+        "--output=pub",
+        "rm -rf ${pub:ROOT}/* && cp -R ${img:ROOT}/. ${pub:ROOT}/",
+    ])
+    .ok();
+    let list = e.dkt(&["--json", "source", "list"]).json();
+    assert_eq!(source(&list, "pub")["latest"], d2);
+    let log = e.dkt(&["--json", "source", "log", "pub"]).json();
+    let versions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, [d2.as_str(), d0.as_str()], "{log}");
+    // The registry has it under the tag: polling again finds nothing new.
+    let up = e.dkt(&["source", "update", "pub"]).ok();
+    assert!(up.contains("unchanged"), "{up}");
+    // A bad location is a user error quoting it.
+    let err = e
+        .dkt(&[
+            "source",
+            "add",
+            "bad",
+            "127.0.0.1:1/Bad/Name",
+            "-k",
+            "docker",
+        ])
+        .fails(2);
+    assert!(err.contains("127.0.0.1:1/Bad/Name"), "{err}");
+    // A missing tag too.
+    let err = e
+        .dkt(&[
+            "source",
+            "add",
+            "none",
+            &format!("{loc}:nope"),
+            "-k",
+            "docker",
+        ])
+        .fails(2);
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[test]
+fn docker_token_from_init() {
+    let reg = Registry::start(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let digest = image_layout(tmp.path(), "secure", "v1");
+    reg.push(tmp.path(), "team/secure", "v1");
+    let loc = format!("{}:v1", reg.location("team/secure"));
+    // With the right credentials.
+    let e = Env::new();
+    e.dkt(&["init", "--docker-token", CREDS]).ok();
+    e.dkt(&["source", "add", "img", &loc, "-k", "docker"]).ok();
+    let list = e.dkt(&["--json", "source", "list"]).json();
+    assert_eq!(source(&list, "img")["latest"], digest);
+    // The password is nowhere in the metadata history.
+    let history = git(e.path(), &["--git-dir", ".dkt/.git", "log", "-p", "--all"]);
+    assert!(!history.contains("s3cret-pass"));
+    // A wrong password: unauthorized, naming the source, never the password.
+    let bad = Env::new();
+    bad.dkt(&["init", "--docker-token", "tester:Wr0ngPass"])
+        .ok();
+    let err = bad
+        .dkt(&["source", "add", "img", &loc, "-k", "docker"])
+        .fails(1);
+    assert!(err.contains("unauthorized"), "{err}");
+    assert!(err.contains("\"img\""), "{err}");
+    assert!(!err.contains("Wr0ngPass"), "{err}");
+    // No token at all.
+    let anon = Env::project();
+    let err = anon
+        .dkt(&["source", "add", "img", &loc, "-k", "docker"])
+        .fails(1);
+    assert!(
+        err.contains("unauthorized") && err.contains("DOCKER_TOKEN"),
+        "{err}"
+    );
+}

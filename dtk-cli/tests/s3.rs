@@ -1,0 +1,168 @@
+//! `dkt` with `s3` sources end to end, against `moto_server` on loopback: add, list,
+//! update after a remote change, log, a node reading one prefix and publishing into
+//! another, and the provenance of what it wrote.
+
+mod common;
+#[path = "../../dtk-sources/tests/moto/mod.rs"]
+mod moto;
+
+use common::*;
+use moto::Moto;
+use serde_json::Value;
+
+const KEY_ID: &str = "AKIACLITESTKEY000000";
+const SECRET: &str = "cli-canary-secret-0123456789";
+
+fn latest(e: &Env, name: &str) -> String {
+    let list = e.dkt(&["--json", "source", "list"]).json();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no source {name} in {list}"))["latest"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn s3_sources_feed_a_node_that_publishes_to_s3() {
+    let m = Moto::start();
+    m.create_bucket("bkt");
+    m.put("bkt", "in/a.txt", b"a-");
+    m.put("bkt", "elsewhere/x", b"x");
+
+    let e = Env::new();
+    e.dkt(&[
+        "init",
+        "--aws-access-key-id",
+        KEY_ID,
+        "--aws-secret-access-key",
+        SECRET,
+    ])
+    .ok();
+    let config = e.path().join(".dkt/config");
+    let mut text = std::fs::read_to_string(&config).unwrap_or_default();
+    text.push_str(&format!(
+        "\n[kind.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = \"true\"\n",
+        m.endpoint
+    ));
+    std::fs::write(&config, text).unwrap();
+
+    // Add and list.
+    let out = e
+        .dkt(&["--json", "source", "add", "data", "s3://bkt/in"])
+        .json();
+    assert_eq!(out["kind"], "s3");
+    assert_eq!(out["location"], "s3://bkt/in");
+    let v1 = latest(&e, "data");
+    assert!(v1.starts_with("md5:") && v1.len() == 36, "{v1}");
+    // A bare bucket name with -k s3, and -p.
+    e.dkt(&["source", "add", "whole", "bkt", "-k", "s3", "-p", "in"])
+        .ok();
+    assert_eq!(latest(&e, "whole"), v1);
+    // Bad input is quoted; a missing bucket is named.
+    let err = e.dkt(&["source", "add", "bad", "s3://Bad_Bucket"]).fails(2);
+    assert!(err.contains("\"s3://Bad_Bucket\""), "{err}");
+    let err = e
+        .dkt(&["source", "add", "bad", "s3://no-such-bkt"])
+        .stderr();
+    assert!(err.contains("no-such-bkt"), "{err}");
+
+    // A remote change is a new version after update; log lists both.
+    m.put("bkt", "in/b.txt", b"b");
+    let up = e.dkt(&["source", "update", "data"]).ok();
+    assert!(up.contains("updated"), "{up}");
+    let v2 = latest(&e, "data");
+    assert_ne!(v1, v2);
+    let log = e.dkt(&["--json", "source", "log", "data"]).json();
+    let versions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, [v2.as_str(), v1.as_str()], "{log}");
+    // Outside the prefix: unchanged.
+    m.put("bkt", "elsewhere/y", b"y");
+    let up = e.dkt(&["source", "update", "data"]).ok();
+    assert!(up.contains("unchanged"), "{up}");
+
+    // A node reads data and publishes into an s3 output.
+    e.dkt(&["source", "add", "out", "s3://bkt/out"]).ok();
+    let node = e
+        .dkt(&[
+            "node",
+            "run",
+            "--input=data",
+            "--output=out",
+            "cat ${data:ROOT}/a.txt ${data:ROOT}/b.txt > ${out:ROOT}/joined.txt; echo ${data:URL} > ${out:ROOT}/from.txt",
+        ])
+        .ok()
+        .trim()
+        .to_owned();
+    assert!(!node.is_empty());
+    assert_eq!(m.get("bkt", "out/joined.txt"), "a-b");
+    assert_eq!(m.get("bkt", "out/from.txt"), "s3://bkt/in\n");
+    let out_v = latest(&e, "out");
+
+    // Provenance: the output's manifest names the s3 input at its version.
+    let manifest = e
+        .dkt(&["--json", "inspect", &format!("out:{}", &out_v[4..12])])
+        .json();
+    let entries = manifest.as_array().unwrap();
+    let find = |id: &str| -> &Value {
+        entries
+            .iter()
+            .find(|x| x["ID"] == id)
+            .unwrap_or_else(|| panic!("no {id} in {manifest}"))
+    };
+    let input = find(&v2[4..12]);
+    assert_eq!(input["kind"], "s3");
+    assert_eq!(input["source"], "data");
+    assert_eq!(input["digest"], v2);
+    assert_eq!(input["url"], "s3://bkt/in");
+    let output = find(&out_v[4..12]);
+    assert_eq!(output["kind"], "s3");
+    assert_eq!(output["inputs"][0], &v2[4..12]);
+    let human = e.dkt(&["inspect", &format!("out:{}", &out_v[4..12])]).ok();
+    assert!(human.contains("s3://bkt/out"), "{human}");
+
+    // verify re-lists and re-checks the content.
+    let verify = e.dkt(&["verify", &format!("out:{}", &out_v[4..12])]);
+    assert!(verify.out.status.success(), "{}", verify.stderr());
+
+    // The secret key never reaches the records.
+    let history = git(e.path(), &["--git-dir", ".dkt/.git", "log", "-p", "--all"]);
+    assert!(!history.contains(SECRET));
+}
+
+#[test]
+fn unreachable_endpoint_is_a_clear_error() {
+    let e = Env::new();
+    e.dkt(&[
+        "init",
+        "--aws-access-key-id",
+        KEY_ID,
+        "--aws-secret-access-key",
+        SECRET,
+    ])
+    .ok();
+    let port = moto::free_port();
+    let config = e.path().join(".dkt/config");
+    let mut text = std::fs::read_to_string(&config).unwrap_or_default();
+    text.push_str(&format!(
+        "\n[kind.s3]\nendpoint = \"http://127.0.0.1:{port}\"\nallow_http = \"true\"\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+    let started = std::time::Instant::now();
+    let r = e.dkt(&["source", "add", "data", "s3://bkt/in"]);
+    assert_ne!(r.code(), 0);
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    let err = r.stderr();
+    assert!(
+        err.contains("cannot connect") && err.contains("\"data\""),
+        "{err}"
+    );
+    assert!(!err.contains(SECRET), "{err}");
+}

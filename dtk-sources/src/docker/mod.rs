@@ -1,0 +1,467 @@
+//! The `docker` kind: one tag of an image repository in an OCI/Docker registry, versioned
+//! by the `sha256:` digest of the manifest (or index, for multi-arch images) it names.
+//!
+//! ```text
+//! dkt source add base ubuntu:22.04 -k docker                 # Docker Hub, library/ubuntu
+//! dkt source add app registry.example.com:5000/team/app:v1   # any registry (inferred)
+//! dkt source add img 127.0.0.1:5000/team/app -k docker        # tag `latest`
+//! ```
+//!
+//! - **Locations**: `[REGISTRY[:PORT]/]REPO[:TAG]`, read as docker reads them: the first
+//!   component names a registry when it holds a `.` or a `:` or is `localhost`; otherwise the
+//!   image is on Docker Hub (`registry-1.docker.io`), with `library/` before one-component
+//!   names. A `docker://` prefix is accepted. The spec stores `REGISTRY/REPO`
+//!   (`docker.io/library/ubuntu`) and the tag (default `latest`).
+//! - **Transport**: HTTPS, except plain HTTP for `localhost`, `127.0.0.1`, `[::1]` (as
+//!   docker does) and the hosts of the `insecure` setting (`[kind.docker] insecure =
+//!   "host:port,host2"` in `.dkt/config`).
+//! - **Versions**: [`Source::latest`] fetches the tag's manifest with the OCI index, OCI
+//!   manifest, docker manifest list and docker manifest types accepted, and hashes the bytes
+//!   received (the `Docker-Content-Digest` header is only checked against them). The
+//!   registry keeps no history of a tag, so the kind has no `history` capability:
+//!   `dkt source log` lists the digests dtk recorded at each poll or publish.
+//! - **Fields**: `ROOT`, `IMAGE` (`REPO@sha256:...`, with the registry for registries other
+//!   than Docker Hub: what a build should `docker pull`), `DIGEST`, `TAG`, `REGISTRY`.
+//! - **Materialize** writes the image as an OCI image layout (`oci-layout`, `index.json`,
+//!   `blobs/sha256/...` with every manifest, config and layer), each blob streamed to disk
+//!   and checked against its digest and size.
+//! - **Publish** pushes an OCI image layout: missing blobs (streamed from disk), then the
+//!   manifests, then the manifest under the tag; the version is the `sha256:` of the exact
+//!   manifest bytes pushed.
+//! - **Credentials**: the `DOCKER_TOKEN` secret, `USER:PASSWORD` (or `USER:ACCESS_TOKEN`),
+//!   is sent as Basic credentials to the token realm a registry names, or to the registry
+//!   when it asks for Basic; a value without `:` is sent as a bearer token. It never
+//!   appears in a spec, an error, a log line or a `Debug` output.
+//!
+//! See `docs/docker-kind.md` for the details, the errors, and how to run a registry for tests.
+
+mod client;
+mod layout;
+mod reference;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use dtk_core::source::not_supported;
+use dtk_core::{
+    Capabilities, Context, Error, Fields, Kind, NewSource, Result, Source, SourceSpec,
+    Verification, Version, VersionInfo,
+};
+
+use client::Client;
+use layout::{Children, Descriptor, Layout};
+use reference::{Reference, DEFAULT_TAG};
+
+/// The kind's name, stored in every spec.
+const KIND: &str = "docker";
+/// How deep indexes may nest (index → index → manifest).
+const MAX_DEPTH: usize = 3;
+
+/// The `docker` kind. Register it into a [`dtk_core::Registry`]:
+///
+/// ```
+/// let mut registry = dtk_core::Registry::new();
+/// registry.register(std::sync::Arc::new(dtk_sources::docker::DockerKind::default()));
+/// assert_eq!(registry.get("docker").unwrap().name(), "docker");
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DockerKind {
+    /// Room for options without breaking `DockerKind::default()`.
+    _private: (),
+}
+
+fn capabilities() -> Capabilities {
+    Capabilities::none().with_publish(true).with_tags(true)
+}
+
+#[async_trait]
+impl Kind for DockerKind {
+    fn name(&self) -> &'static str {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    /// Only locations that clearly name a registry (`docker://...`, or a first component
+    /// with a `.`, a `:PORT` or `localhost`, that is not a local path, a URL or a git
+    /// forge): `user/repo` is ambiguous with GitHub, so give `-k docker` for Docker Hub.
+    fn infer(&self, location: &str) -> Option<u8> {
+        reference::infer(location)
+    }
+
+    async fn resolve(&self, ctx: &Context, new: NewSource) -> Result<SourceSpec> {
+        if new
+            .path
+            .as_deref()
+            .is_some_and(|p| !p.is_empty() && p != ".")
+        {
+            return Err(Error::NotSupported {
+                kind: KIND.to_owned(),
+                operation: "sub-paths (-p)",
+            });
+        }
+        let given = new.location.as_deref().ok_or_else(|| {
+            Error::invalid(
+                "location",
+                "",
+                "a docker source needs a location ([REGISTRY[:PORT]/]REPO[:TAG])",
+            )
+        })?;
+        let r = Reference::parse(given)?;
+        let asked = new.tag.as_deref().map(str::trim).filter(|t| !t.is_empty());
+        let tag = match (asked, r.tag.as_deref()) {
+            (Some(t), Some(l)) if t != l => {
+                return Err(Error::invalid(
+                    "docker tag",
+                    t,
+                    format!("the location {given:?} already names tag {l:?}"),
+                ))
+            }
+            (Some(t), _) | (None, Some(t)) => t.to_owned(),
+            (None, None) => DEFAULT_TAG.to_owned(),
+        };
+        reference::check_tag(&tag)?;
+        let client = Client::new(ctx, new.name.as_str(), r.clone())?;
+        if client.manifest(&tag).await?.is_none() {
+            return Err(tag_not_found(&tag, &client));
+        }
+        let mut spec = SourceSpec::new(new.name, KIND, r.location());
+        spec.tag = Some(tag);
+        Ok(spec)
+    }
+
+    fn open(&self, ctx: &Context, spec: &SourceSpec) -> Result<Arc<dyn Source>> {
+        Ok(Arc::new(DockerSource::new(ctx, spec)?))
+    }
+}
+
+fn tag_not_found(tag: &str, client: &Client) -> Error {
+    Error::NotFound {
+        what: "docker tag",
+        name: tag.to_owned(),
+        hint: format!(
+            " in {} (the registry has no such tag, or no such repository)",
+            client.shown()
+        ),
+    }
+}
+
+/// A source of kind `docker`: one tag of one repository.
+pub struct DockerSource {
+    spec: SourceSpec,
+    reference: Reference,
+    ctx: Context,
+    client: OnceLock<Client>,
+}
+
+impl std::fmt::Debug for DockerSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerSource")
+            .field("spec", &self.spec)
+            .field("client", &self.client.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DockerSource {
+    /// The source of `spec` (its location must be a docker reference). Does no I/O.
+    pub fn new(ctx: &Context, spec: &SourceSpec) -> Result<Self> {
+        let mut reference = Reference::parse(&spec.location)?;
+        reference.tag = None;
+        Ok(DockerSource {
+            spec: spec.clone(),
+            reference,
+            ctx: ctx.clone(),
+            client: OnceLock::new(),
+        })
+    }
+
+    fn name(&self) -> &str {
+        self.spec.name.as_str()
+    }
+
+    fn tag(&self) -> &str {
+        self.spec.tag.as_deref().unwrap_or(DEFAULT_TAG)
+    }
+
+    fn client(&self) -> Result<&Client> {
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        let c = Client::new(&self.ctx, self.name(), self.reference.clone())?;
+        let _ = self.client.set(c);
+        self.client
+            .get()
+            .ok_or_else(|| Error::backend(KIND, self.name(), "cannot set up the registry client"))
+    }
+
+    fn err(&self, message: impl Into<String>) -> Error {
+        Error::backend(KIND, self.name(), message)
+    }
+
+    /// Write manifest `m` and everything it points at into the layout at `root`.
+    async fn pull_tree(&self, client: &Client, top: client::Fetched, root: &Path) -> Result<()> {
+        let mut queue = vec![(top, 0usize)];
+        while let Some((m, depth)) = queue.pop() {
+            let hex = layout::digest_hex(&m.digest).map_err(|e| self.err(e))?;
+            let path = layout::blob_path(root, hex);
+            if !path.exists() {
+                layout::write_atomic(&path, &m.bytes)?;
+            }
+            let children = layout::children(&m.bytes, &m.media_type).map_err(|e| {
+                self.err(format!("manifest {} of {}: {e}", m.digest, client.shown()))
+            })?;
+            match children {
+                Children::Index(ds) => {
+                    for d in ds {
+                        let is_manifest = d.media_type.as_deref().is_none_or(layout::is_manifest);
+                        if !is_manifest {
+                            self.pull_blob(client, &d, root).await?;
+                            continue;
+                        }
+                        if depth + 1 > MAX_DEPTH {
+                            return Err(self.err(format!(
+                                "index {} of {} nests indexes deeper than {MAX_DEPTH}",
+                                m.digest,
+                                client.shown()
+                            )));
+                        }
+                        let child = client.manifest(&d.digest).await?.ok_or_else(|| {
+                            self.err(format!(
+                                "index {} of {} lists manifest {} which the registry does not have",
+                                m.digest,
+                                client.shown(),
+                                d.digest
+                            ))
+                        })?;
+                        check_fetched(self, &child, &d)?;
+                        queue.push((child, depth + 1));
+                    }
+                }
+                Children::Image(ds) => {
+                    for d in ds {
+                        self.pull_blob(client, &d, root).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn pull_blob(&self, client: &Client, d: &Descriptor, root: &Path) -> Result<()> {
+        let hex = d.hex().map_err(|e| self.err(e))?;
+        let path = layout::blob_path(root, hex);
+        if path.exists() {
+            return Ok(());
+        }
+        client.download_blob(d, &path).await
+    }
+}
+
+/// Check that a manifest fetched by digest is what descriptor `d` says.
+fn check_fetched(src: &DockerSource, m: &client::Fetched, d: &Descriptor) -> Result<()> {
+    if m.digest != d.digest || m.bytes.len() as u64 != d.size {
+        return Err(src.err(format!(
+            "manifest {}: received {} bytes hashing to {}, expected {} bytes",
+            d.digest,
+            m.bytes.len(),
+            m.digest,
+            d.size
+        )));
+    }
+    Ok(())
+}
+
+/// The `sha256:` digest a version names.
+fn digest_of(version: &Version) -> Result<String> {
+    if version.algo() != dtk_core::Algo::Sha256 {
+        return Err(Error::invalid(
+            "version",
+            version.to_string(),
+            "docker versions are sha256: manifest digests",
+        ));
+    }
+    Ok(version.to_string())
+}
+
+fn to_version(src: &DockerSource, digest: &str) -> Result<VersionInfo> {
+    digest
+        .parse::<Version>()
+        .map(VersionInfo::new)
+        .map_err(|_| src.err(format!("the registry gave an invalid digest {digest:?}")))
+}
+
+#[async_trait]
+impl Source for DockerSource {
+    fn spec(&self) -> &SourceSpec {
+        &self.spec
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    async fn latest(&self) -> Result<VersionInfo> {
+        let client = self.client()?;
+        match client.manifest(self.tag()).await? {
+            Some(m) => to_version(self, &m.digest),
+            None => Err(tag_not_found(self.tag(), client)),
+        }
+    }
+
+    /// A registry keeps no history of a tag: `NotSupported`, and dtk lists the digests it
+    /// recorded.
+    async fn versions(&self) -> Result<Vec<VersionInfo>> {
+        Err(not_supported(self, "listing versions"))
+    }
+
+    fn fields(&self, version: Option<&Version>, root: &Path) -> Result<Fields> {
+        let mut f = Fields::new();
+        f.insert("ROOT".to_owned(), root.display().to_string());
+        let name = self.reference.pull_name();
+        match version {
+            Some(v) => {
+                let d = digest_of(v)?;
+                f.insert("IMAGE".to_owned(), format!("{name}@{d}"));
+                f.insert("DIGEST".to_owned(), d);
+            }
+            None => {
+                f.insert("IMAGE".to_owned(), format!("{name}:{}", self.tag()));
+                f.insert("DIGEST".to_owned(), String::new());
+            }
+        }
+        f.insert("TAG".to_owned(), self.tag().to_owned());
+        f.insert("REGISTRY".to_owned(), self.reference.registry.clone());
+        Ok(f)
+    }
+
+    /// Write the image at `version` into `scratch` as an OCI image layout and return
+    /// `scratch`. `oci-layout` and `index.json` are written last.
+    async fn materialize(&self, version: &Version, scratch: &Path) -> Result<PathBuf> {
+        let digest = digest_of(version)?;
+        let client = self.client()?;
+        let top = client
+            .manifest(&digest)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: "version",
+                name: version.to_string(),
+                hint: format!(": {} no longer has that manifest", client.shown()),
+            })?;
+        if top.digest != digest {
+            return Err(self.err(format!(
+                "manifest {digest} of {}: the bytes received hash to {}",
+                client.shown(),
+                top.digest
+            )));
+        }
+        let desc = top.descriptor();
+        self.pull_tree(client, top, scratch).await?;
+        layout::write_atomic(&scratch.join("oci-layout"), layout::oci_layout_file())?;
+        layout::write_atomic(
+            &scratch.join("index.json"),
+            &layout::index_json(&desc, self.tag()),
+        )?;
+        Ok(scratch.to_owned())
+    }
+
+    /// Push the OCI image layout `dir` under the source's tag. Its `index.json` must list
+    /// one manifest, or exactly one named after the tag.
+    async fn publish(&self, dir: &Path) -> Result<VersionInfo> {
+        let layout = Layout::open(dir)?;
+        let top = layout.pick(self.tag())?;
+        // Every manifest, parents before children, and every blob, once.
+        let mut manifests: Vec<(Descriptor, Vec<u8>, String)> = Vec::new();
+        let mut blobs: Vec<(Descriptor, PathBuf)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![(top.clone(), 0usize)];
+        while let Some((d, depth)) = stack.pop() {
+            if !seen.insert(d.digest.clone()) {
+                continue;
+            }
+            let (bytes, media_type) = layout.manifest(&d)?;
+            let children = layout::children(&bytes, &media_type).map_err(|e| {
+                Error::invalid(
+                    "OCI image layout",
+                    dir.display().to_string(),
+                    format!("manifest {}: {e}", d.digest),
+                )
+            })?;
+            match children {
+                Children::Index(ds) => {
+                    for c in ds {
+                        if c.media_type.as_deref().is_none_or(layout::is_manifest) {
+                            if depth + 1 > MAX_DEPTH {
+                                return Err(Error::invalid(
+                                    "OCI image layout",
+                                    dir.display().to_string(),
+                                    format!("indexes nest deeper than {MAX_DEPTH}"),
+                                ));
+                            }
+                            stack.push((c, depth + 1));
+                        } else if seen.insert(c.digest.clone()) {
+                            let p = layout.blob(&c)?;
+                            blobs.push((c, p));
+                        }
+                    }
+                }
+                Children::Image(ds) => {
+                    for c in ds {
+                        if seen.insert(c.digest.clone()) {
+                            let p = layout.blob(&c)?;
+                            blobs.push((c, p));
+                        }
+                    }
+                }
+            }
+            manifests.push((d, bytes, media_type));
+        }
+        let client = self.client()?;
+        // Check what must be uploaded before uploading anything.
+        let mut missing = Vec::new();
+        for (d, p) in blobs {
+            if !client.has_blob(&d.digest).await? {
+                let (root, path, desc) = (dir.to_owned(), p.clone(), d.clone());
+                tokio::task::spawn_blocking(move || layout::check_blob_file(&root, &path, &desc))
+                    .await
+                    .map_err(|e| self.err(format!("a background task failed: {e}")))??;
+                missing.push((d, p));
+            }
+        }
+        for (d, p) in &missing {
+            client.upload_blob(d, p).await?;
+        }
+        // Children first, then the top manifest under the tag.
+        let Some((_, top_bytes, top_type)) = manifests.first().cloned() else {
+            return Err(self.err("nothing to publish"));
+        };
+        for (d, bytes, media_type) in manifests.iter().skip(1).rev() {
+            client.put_manifest(&d.digest, media_type, bytes).await?;
+        }
+        client
+            .put_manifest(self.tag(), &top_type, &top_bytes)
+            .await?;
+        to_version(self, &layout::sha256_digest(&top_bytes))
+    }
+
+    /// Fetch the manifest by digest and re-hash the bytes.
+    async fn verify(&self, version: &Version) -> Result<Verification> {
+        let digest = digest_of(version)?;
+        let client = self.client()?;
+        match client.manifest(&digest).await {
+            Ok(Some(m)) if m.digest == digest => Ok(Verification::Verified),
+            Ok(Some(m)) => Ok(Verification::Mismatch {
+                expected: version.clone(),
+                found: to_version(self, &m.digest)?.version,
+            }),
+            Ok(None) => Ok(Verification::Unavailable(format!(
+                "{} no longer has manifest {digest}",
+                client.shown()
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+}

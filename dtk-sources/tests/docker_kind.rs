@@ -1,0 +1,1006 @@
+//! The `docker` kind against a real registry (CNCF distribution, Debian's
+//! `docker-registry`), with images built here as OCI layouts and pushed with `skopeo`.
+#![cfg(feature = "docker")]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dtk_core::conformance::{check_all, Fixture};
+use dtk_core::source::{Progress, Transfer};
+use dtk_core::{
+    Context, Error, Kind, Name, NewSource, Secrets, Source, SourceSpec, Verification, Version,
+};
+use dtk_sources::docker::DockerKind;
+use sha2::Digest as _;
+
+// ---------------------------------------------------------------------------------------
+// A real registry
+
+const INSTALL: &str = "apt-get install docker-registry skopeo";
+
+/// `tester` / `s3cret-pass`, bcrypt (made with libxcrypt's `crypt`).
+const HTPASSWD: &str = "tester:$2b$04$xZjSFytewRz1fx5IA2ckhOK7KPSCJGfo3JRTSE/uLerAe5HVbzncm\n";
+const USER: &str = "tester";
+const PASSWORD: &str = "s3cret-pass";
+
+fn find_bin(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    let p = Path::new("/usr/bin").join(name);
+    if p.is_file() {
+        return p;
+    }
+    panic!("{name} is not installed: the docker kind's tests need it ({INSTALL})");
+}
+
+/// A free port on `ip` (bound then released).
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `docker-registry serve` on a free loopback port with its storage in a temp dir;
+/// killed on drop.
+struct Registry {
+    dir: tempfile::TempDir,
+    ip: &'static str,
+    port: u16,
+    child: Child,
+    auth: bool,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        Registry::start_with(false, "127.0.0.1")
+    }
+
+    fn start_htpasswd() -> Registry {
+        Registry::start_with(true, "127.0.0.1")
+    }
+
+    fn start_with(auth: bool, ip: &'static str) -> Registry {
+        let bin = find_bin("docker-registry");
+        let mut dir = tempfile::tempdir().unwrap();
+        let mut last = String::new();
+        for _attempt in 0..5 {
+            let port = free_port(ip);
+            let mut config = format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: {ip}:{port}\n",
+                dir.path().join("data").display()
+            );
+            if auth {
+                let h = dir.path().join("htpasswd");
+                std::fs::write(&h, HTPASSWD).unwrap();
+                config.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: dtk-test\n    path: {}\n",
+                    h.display()
+                ));
+            }
+            let cfg = dir.path().join("config.yml");
+            std::fs::write(&cfg, config).unwrap();
+            let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+            let child = Command::new(&bin)
+                .arg("serve")
+                .arg(&cfg)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e} ({INSTALL})", bin.display()));
+            let mut reg = Registry {
+                dir,
+                ip,
+                port,
+                child,
+                auth,
+            };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Some(status) = http_status(ip, port, "/v2/") {
+                    assert!(status == 200 || status == 401, "registry answered {status}");
+                    return reg;
+                }
+                if let Ok(Some(_)) = reg.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // The port may have been taken in between: try another.
+            last = std::fs::read_to_string(reg.dir.path().join("registry.log")).unwrap_or_default();
+            dir = tempfile::tempdir().unwrap();
+            drop(reg);
+        }
+        panic!("docker-registry did not start: {last}");
+    }
+
+    fn host(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+
+    fn location(&self, repo: &str) -> String {
+        format!("{}/{repo}", self.host())
+    }
+
+    /// Push the layout at `dir` (its manifest named `tag`) to `repo:tag` with skopeo.
+    fn push(&self, dir: &Path, tag: &str, repo: &str) {
+        let mut cmd = Command::new(find_bin("skopeo"));
+        cmd.args(["--insecure-policy", "copy", "--quiet", "--preserve-digests"])
+            .args(["--all", "--dest-tls-verify=false"]);
+        if self.auth {
+            cmd.arg(format!("--dest-creds={USER}:{PASSWORD}"));
+        }
+        cmd.arg(format!("oci:{}:{tag}", dir.display()))
+            .arg(format!("docker://{}/{repo}:{tag}", self.host()));
+        run(cmd);
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[track_caller]
+fn run(mut cmd: Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} ({INSTALL})"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The status of `GET path` on the loopback port, if something answers HTTP.
+fn http_status(ip: &str, port: u16, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect((ip, port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------
+// Images, built by hand as OCI layouts
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+
+fn sha256(bytes: &[u8]) -> String {
+    let d = sha2::Sha256::digest(bytes);
+    format!(
+        "sha256:{}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// A tar archive of `files`, written by hand (ustar).
+fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, content) in files {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        let octal = |h: &mut [u8; 512], at: usize, len: usize, v: u64| {
+            let s = format!("{v:0w$o}\0", w = len - 1);
+            h[at..at + len].copy_from_slice(s.as_bytes());
+        };
+        octal(&mut h, 100, 8, 0o644);
+        octal(&mut h, 108, 8, 0);
+        octal(&mut h, 116, 8, 0);
+        octal(&mut h, 124, 12, content.len() as u64);
+        octal(&mut h, 136, 12, 1_700_000_000);
+        h[148..156].copy_from_slice(b"        ");
+        h[156] = b'0';
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        let s = format!("{sum:06o}\0 ");
+        h[148..156].copy_from_slice(s.as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(content);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+fn descriptor(media_type: &str, bytes: &[u8]) -> serde_json::Value {
+    serde_json::json!({"mediaType": media_type, "digest": sha256(bytes), "size": bytes.len()})
+}
+
+/// An image: its top manifest (or index) and every blob it needs, by digest.
+#[derive(Clone)]
+struct Image {
+    media_type: &'static str,
+    manifest: Vec<u8>,
+    blobs: BTreeMap<String, Vec<u8>>,
+}
+
+impl Image {
+    fn digest(&self) -> String {
+        sha256(&self.manifest)
+    }
+
+    fn version(&self) -> Version {
+        self.digest().parse().unwrap()
+    }
+
+    /// A single-platform image whose content depends on `seed`, with two layers.
+    fn single(seed: &str, arch: &str) -> Image {
+        let l1 = tar(&[("hello.txt", format!("hello {seed}\n").as_bytes())]);
+        let l2 = tar(&[
+            ("data/a.bin", &vec![seed.len() as u8; 3000]),
+            ("data/seed", seed.as_bytes()),
+        ]);
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Env": [format!("SEED={seed}")]},
+            "rootfs": {"type": "layers", "diff_ids": [sha256(&l1), sha256(&l2)]},
+        }))
+        .unwrap();
+        let manifest = serde_json::to_vec_pretty(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(OCI_CONFIG, &config),
+            "layers": [descriptor(OCI_LAYER, &l1), descriptor(OCI_LAYER, &l2)],
+        }))
+        .unwrap();
+        let blobs = [config, l1, l2]
+            .into_iter()
+            .map(|b| (sha256(&b), b))
+            .collect();
+        Image {
+            media_type: OCI_MANIFEST,
+            manifest,
+            blobs,
+        }
+    }
+
+    /// A multi-arch index of amd64 and arm64 images.
+    fn multi(seed: &str) -> Image {
+        let a = Image::single(&format!("{seed}-amd64"), "amd64");
+        let b = Image::single(&format!("{seed}-arm64"), "arm64");
+        let entry = |i: &Image, arch: &str| {
+            let mut d = descriptor(OCI_MANIFEST, &i.manifest);
+            d["platform"] = serde_json::json!({"architecture": arch, "os": "linux"});
+            d
+        };
+        let manifest = serde_json::to_vec_pretty(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [entry(&a, "amd64"), entry(&b, "arm64")],
+        }))
+        .unwrap();
+        let mut blobs = BTreeMap::new();
+        for i in [a, b] {
+            blobs.insert(i.digest(), i.manifest.clone());
+            blobs.extend(i.blobs);
+        }
+        Image {
+            media_type: OCI_INDEX,
+            manifest,
+            blobs,
+        }
+    }
+
+    /// Write the image as an OCI layout at `dir`, named `tag`.
+    fn write_layout(&self, dir: &Path, tag: &str) -> PathBuf {
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        for (d, b) in self.blobs.iter().chain([(&self.digest(), &self.manifest)]) {
+            std::fs::write(blobs.join(&d[7..]), b).unwrap();
+        }
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        let mut top = descriptor(self.media_type, &self.manifest);
+        top["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [top]});
+        std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+        dir.to_owned()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Contexts and sources
+
+struct Env {
+    tmp: tempfile::TempDir,
+    ctx: Context,
+}
+
+fn env() -> Env {
+    env_with(None)
+}
+
+fn env_with(token: Option<&str>) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let mut secrets = Secrets::default();
+    if let Some(t) = token {
+        secrets
+            .set(&root.join("secrets"), dtk_core::config::DOCKER_TOKEN, t)
+            .unwrap();
+    }
+    let mut ctx = Context::new(&root.join("dkt"), secrets);
+    ctx.network_timeout = Duration::from_secs(5);
+    ctx.cwd = root;
+    Env { tmp, ctx }
+}
+
+impl Env {
+    fn dir(&self, name: &str) -> PathBuf {
+        let d = self.tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
+
+fn new_source(location: &str, tag: Option<&str>) -> NewSource {
+    NewSource {
+        name: Name::new("src").unwrap(),
+        kind: "docker".to_owned(),
+        location: Some(location.to_owned()),
+        tag: tag.map(str::to_owned),
+        path: None,
+    }
+}
+
+async fn resolve(ctx: &Context, location: &str, tag: Option<&str>) -> dtk_core::Result<SourceSpec> {
+    DockerKind::default()
+        .resolve(ctx, new_source(location, tag))
+        .await
+}
+
+async fn open(ctx: &Context, location: &str, tag: Option<&str>) -> Arc<dyn Source> {
+    let spec = resolve(ctx, location, tag).await.expect("resolve");
+    DockerKind::default().open(ctx, &spec).expect("open")
+}
+
+/// A registry with `team/app:latest` = image "one" and `team/app:v1` = image "v1".
+fn seeded(env: &Env) -> (Registry, Image, Image) {
+    let reg = Registry::start();
+    let one = Image::single("one", "amd64");
+    let v1 = Image::single("v1", "amd64");
+    reg.push(
+        &one.write_layout(&env.dir("l-one"), "latest"),
+        "latest",
+        "team/app",
+    );
+    reg.push(&v1.write_layout(&env.dir("l-v1"), "v1"), "v1", "team/app");
+    (reg, one, v1)
+}
+
+/// Every blob of the layout at `dir` hashes to its name; returns the digests.
+fn check_layout(dir: &Path) -> Vec<String> {
+    assert!(dir.join("oci-layout").is_file());
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let bytes = std::fs::read(e.path()).unwrap();
+        assert_eq!(sha256(&bytes), format!("sha256:{name}"), "blob {name}");
+        out.push(format!("sha256:{name}"));
+    }
+    out.sort();
+    out
+}
+
+fn expected_blobs(img: &Image) -> Vec<String> {
+    let mut v: Vec<String> = img.blobs.keys().cloned().collect();
+    v.push(img.digest());
+    v.sort();
+    v
+}
+
+// ---------------------------------------------------------------------------------------
+// Resolve
+
+#[tokio::test]
+async fn resolve_forms_and_default_tag() {
+    let env = env();
+    let (reg, _, _) = seeded(&env);
+    let loc = reg.location("team/app");
+    let spec = resolve(&env.ctx, &loc, None).await.unwrap();
+    assert_eq!(spec.kind, "docker");
+    assert_eq!(spec.location, loc);
+    assert_eq!(spec.tag.as_deref(), Some("latest"));
+    let spec = resolve(&env.ctx, &format!("{loc}:v1"), None).await.unwrap();
+    assert_eq!(
+        (spec.location.as_str(), spec.tag.as_deref()),
+        (loc.as_str(), Some("v1"))
+    );
+    let spec = resolve(&env.ctx, &loc, Some("v1")).await.unwrap();
+    assert_eq!(spec.tag.as_deref(), Some("v1"));
+    let spec = resolve(&env.ctx, &format!("docker://{loc}:v1"), Some("v1"))
+        .await
+        .unwrap();
+    assert_eq!(spec.location, loc);
+    // Conflicting tags.
+    let e = resolve(&env.ctx, &format!("{loc}:v1"), Some("v2"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Invalid { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn resolve_rejects_bad_locations_quoting_them() {
+    let env = env();
+    for bad in [
+        "127.0.0.1:5000/Team/App",
+        "https://127.0.0.1:5000/team/app",
+        "127.0.0.1:5000/team/app@sha256:0000",
+        "",
+    ] {
+        let e = resolve(&env.ctx, bad, None).await.unwrap_err();
+        assert!(matches!(e, Error::Invalid { .. }), "{bad}: {e}");
+        assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+    }
+    let e = resolve(&env.ctx, "127.0.0.1:5000/team/app:-bad", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Invalid { .. }), "{e}");
+    assert!(e.to_string().contains("\"-bad\""), "{e}");
+    let e = resolve(&env.ctx, "127.0.0.1:5000/team/app", Some("bad tag"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Invalid { .. }), "{e}");
+    let mut with_path = new_source("127.0.0.1:5000/team/app", None);
+    with_path.path = Some("sub".into());
+    let e = DockerKind::default()
+        .resolve(&env.ctx, with_path)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotSupported { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn resolve_missing_tag_or_repository() {
+    let env = env();
+    let (reg, _, _) = seeded(&env);
+    let e = resolve(&env.ctx, &reg.location("team/app:nope"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
+    eprintln!("{e}");
+    assert!(e.to_string().contains("\"nope\""), "{e}");
+    assert!(e.to_string().contains(&reg.location("team/app")), "{e}");
+    let e = resolve(&env.ctx, &reg.location("team/none"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
+    assert!(e.to_string().contains("team/none"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Polling, fields
+
+#[tokio::test]
+async fn latest_is_the_manifest_digest_and_follows_pushes() {
+    let env = env();
+    let (reg, one, v1) = seeded(&env);
+    let src = open(&env.ctx, &reg.location("team/app"), None).await;
+    let a = src.latest().await.unwrap();
+    assert_eq!(a.version, one.version());
+    assert_eq!(src.latest().await.unwrap().version, a.version);
+    let tagged = open(&env.ctx, &reg.location("team/app:v1"), None).await;
+    assert_eq!(tagged.latest().await.unwrap().version, v1.version());
+    // A new push to the tag: a new digest.
+    let two = Image::single("two", "amd64");
+    reg.push(
+        &two.write_layout(&env.dir("l-two"), "latest"),
+        "latest",
+        "team/app",
+    );
+    let b = src.latest().await.unwrap();
+    assert_eq!(b.version, two.version());
+    assert_ne!(a.version, b.version);
+    // No remote history: dtk lists what it recorded.
+    assert!(!src.capabilities().history);
+    assert!(matches!(
+        src.versions().await.unwrap_err(),
+        Error::NotSupported { .. }
+    ));
+}
+
+#[tokio::test]
+async fn multi_arch_index_digest_is_the_version() {
+    let env = env();
+    let reg = Registry::start();
+    let multi = Image::multi("m");
+    reg.push(
+        &multi.write_layout(&env.dir("l-multi"), "multi"),
+        "multi",
+        "team/multi",
+    );
+    let src = open(&env.ctx, &reg.location("team/multi:multi"), None).await;
+    let v = src.latest().await.unwrap().version;
+    assert_eq!(v, multi.version());
+    // Materialize writes the index, both manifests and all their blobs.
+    let out = env.dir("m-out");
+    let root = src.materialize(&v, &out).await.unwrap();
+    assert_eq!(check_layout(&root), expected_blobs(&multi));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], multi.digest());
+    assert_eq!(index["manifests"][0]["mediaType"], OCI_INDEX);
+    // And it publishes back under another tag with the same digest.
+    let other = open(&env.ctx, &reg.location("team/multi:multi"), None).await;
+    let spec = SourceSpec {
+        tag: Some("copy".into()),
+        ..other.spec().clone()
+    };
+    let copy = DockerKind::default().open(&env.ctx, &spec).unwrap();
+    assert_eq!(copy.publish(&root).await.unwrap().version, multi.version());
+    assert_eq!(copy.latest().await.unwrap().version, multi.version());
+}
+
+#[tokio::test]
+async fn fields_name_the_image() {
+    let env = env();
+    let (reg, one, _) = seeded(&env);
+    let src = open(&env.ctx, &reg.location("team/app"), None).await;
+    let f = src
+        .fields(Some(&one.version()), Path::new("/some/root"))
+        .unwrap();
+    assert_eq!(f["ROOT"], "/some/root");
+    assert_eq!(
+        f["IMAGE"],
+        format!("{}@{}", reg.location("team/app"), one.digest())
+    );
+    assert_eq!(f["DIGEST"], one.digest());
+    assert_eq!(f["TAG"], "latest");
+    assert_eq!(f["REGISTRY"], reg.host());
+    let f = src.fields(None, Path::new("/out")).unwrap();
+    assert_eq!(f["IMAGE"], format!("{}:latest", reg.location("team/app")));
+    assert_eq!(f["DIGEST"], "");
+    // Docker Hub names: no registry in IMAGE.
+    let hub = DockerKind::default()
+        .open(
+            &env.ctx,
+            &SourceSpec {
+                tag: Some("22.04".into()),
+                ..SourceSpec::new(
+                    Name::new("hub").unwrap(),
+                    "docker",
+                    "docker.io/library/ubuntu",
+                )
+            },
+        )
+        .unwrap();
+    let f = hub.fields(Some(&one.version()), Path::new("/r")).unwrap();
+    assert_eq!(f["IMAGE"], format!("library/ubuntu@{}", one.digest()));
+    assert_eq!(f["REGISTRY"], "docker.io");
+    // A version of another algorithm is refused.
+    let md5: Version = "md5:00000000000000000000000000000000".parse().unwrap();
+    assert!(matches!(
+        src.fields(Some(&md5), Path::new("/r")).unwrap_err(),
+        Error::Invalid { .. }
+    ));
+}
+
+// ---------------------------------------------------------------------------------------
+// Materialize, publish, verify
+
+#[tokio::test]
+async fn materialize_writes_a_layout_skopeo_accepts() {
+    let env = env();
+    let (reg, one, _) = seeded(&env);
+    let src = open(&env.ctx, &reg.location("team/app"), None).await;
+    let scratch = env.dir("scratch");
+    let root = src.materialize(&one.version(), &scratch).await.unwrap();
+    assert_eq!(root, scratch);
+    assert_eq!(check_layout(&root), expected_blobs(&one));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        "latest"
+    );
+    // No leftovers.
+    for e in std::fs::read_dir(root.join("blobs/sha256")).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert_eq!(n.len(), 64, "{n}");
+    }
+    // skopeo reads it and pushes it elsewhere, unchanged.
+    reg.push(&root, "latest", "team/other");
+    let other = open(&env.ctx, &reg.location("team/other"), None).await;
+    assert_eq!(other.latest().await.unwrap().version, one.version());
+}
+
+#[tokio::test]
+async fn materialize_unknown_version_is_not_found() {
+    let env = env();
+    let (reg, _, _) = seeded(&env);
+    let src = open(&env.ctx, &reg.location("team/app"), None).await;
+    let bogus: Version = format!("sha256:{}", "5a".repeat(32)).parse().unwrap();
+    let scratch = env.dir("scratch");
+    let e = src.materialize(&bogus, &scratch).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
+    assert!(e.to_string().contains(&bogus.to_string()), "{e}");
+    assert!(!scratch.join("index.json").exists());
+}
+
+#[tokio::test]
+async fn publish_round_trip() {
+    let env = env();
+    let (reg, one, _) = seeded(&env);
+    let src = open(&env.ctx, &reg.location("team/app"), None).await;
+    let new = Image::single("published", "amd64");
+    let dir = new.write_layout(&env.dir("pub"), "whatever");
+    let v = src.publish(&dir).await.unwrap().version;
+    assert_eq!(v, new.version());
+    assert_eq!(src.latest().await.unwrap().version, v);
+    let back = src.materialize(&v, &env.dir("back")).await.unwrap();
+    assert_eq!(check_layout(&back), expected_blobs(&new));
+    // Publishing again (every blob already there) gives the same version.
+    assert_eq!(src.publish(&dir).await.unwrap().version, v);
+    // The old version is still there by digest.
+    assert_eq!(
+        src.verify(&one.version()).await.unwrap(),
+        Verification::Verified
+    );
+}
+
+#[tokio::test]
+async fn publish_picks_the_manifest_named_after_the_tag() {
+    let env = env();
+    let (reg, one, _) = seeded(&env);
+    let src = open(&env.ctx, &reg.location("team/app"), None).await;
+    let a = Image::single("a", "amd64");
+    let b = Image::single("b", "amd64");
+    let dir = env.dir("two");
+    a.write_layout(&dir, "latest");
+    let index_a: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    b.write_layout(&dir, "other");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let first = index_a["manifests"][0].clone();
+    index["manifests"].as_array_mut().unwrap().push(first);
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    assert_eq!(src.publish(&dir).await.unwrap().version, a.version());
+    // Two manifests and none named after the tag: refused, nothing pushed.
+    let tagged = open(&env.ctx, &reg.location("team/app:v1"), None).await;
+    let before = tagged.latest().await.unwrap().version;
+    let e = tagged.publish(&dir).await.unwrap_err();
+    assert!(matches!(e, Error::Invalid { .. }), "{e}");
+    assert!(e.to_string().contains("index.json"), "{e}");
+    assert_eq!(tagged.latest().await.unwrap().version, before);
+    let _ = one;
+}
+
+#[tokio::test]
+async fn publish_refuses_what_is_not_a_layout() {
+    let env = env();
+    let (reg, one, _) = seeded(&env);
+    let src = open(&env.ctx, &reg.location("team/app"), None).await;
+    let empty = env.dir("empty");
+    let e = src.publish(&empty).await.unwrap_err();
+    assert!(matches!(e, Error::Invalid { .. }), "{e}");
+    assert!(e.to_string().contains(&empty.display().to_string()), "{e}");
+    // Garbage index.json.
+    let bad = env.dir("bad");
+    std::fs::write(bad.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(bad.join("index.json"), "<html>").unwrap();
+    let e = src.publish(&bad).await.unwrap_err();
+    assert!(matches!(e, Error::Invalid { .. }), "{e}");
+    // A layer whose bytes do not match its digest: refused before the tag moves.
+    let img = Image::single("corrupt", "amd64");
+    let dir = img.write_layout(&env.dir("corrupt"), "latest");
+    let layer = img
+        .blobs
+        .iter()
+        .find(|(_, b)| b.len() > 3000)
+        .map(|(d, _)| d.clone())
+        .unwrap();
+    let p = dir.join("blobs/sha256").join(&layer[7..]);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[600] ^= 0xff;
+    std::fs::write(&p, bytes).unwrap();
+    let e = src.publish(&dir).await.unwrap_err();
+    assert!(matches!(e, Error::Invalid { .. }), "{e}");
+    eprintln!("{e}");
+    assert!(e.to_string().contains(&layer), "{e}");
+    // A missing blob.
+    let img = Image::single("missing", "amd64");
+    let dir = img.write_layout(&env.dir("missing"), "latest");
+    let (d, _) = img.blobs.iter().next().unwrap();
+    std::fs::remove_file(dir.join("blobs/sha256").join(&d[7..])).unwrap();
+    let e = src.publish(&dir).await.unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
+    assert_eq!(src.latest().await.unwrap().version, one.version());
+}
+
+#[tokio::test]
+async fn verify_rehashes_the_manifest() {
+    let env = env();
+    let (reg, one, _) = seeded(&env);
+    let src = open(&env.ctx, &reg.location("team/app"), None).await;
+    assert_eq!(
+        src.verify(&one.version()).await.unwrap(),
+        Verification::Verified
+    );
+    let gone: Version = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+    assert!(matches!(
+        src.verify(&gone).await.unwrap(),
+        Verification::Unavailable(_)
+    ));
+}
+
+#[tokio::test]
+async fn conformance() {
+    let env = env();
+    let (reg, _, _) = seeded(&env);
+    let src = open(&env.ctx, &reg.location("team/app"), None).await;
+    let publish = Image::single("conformance", "amd64").write_layout(&env.dir("pub"), "latest");
+    let fixture = Fixture::new(env.dir("fixture")).with_publish_dir(publish);
+    check_all(&*src, &fixture).await.unwrap();
+}
+
+/// Counts the bytes reported through `Context::progress`.
+#[derive(Debug, Default)]
+struct Counting(Arc<Mutex<(usize, u64)>>);
+
+impl Progress for Counting {
+    fn start(&self, _what: &str, _total: Option<u64>) -> Box<dyn Transfer> {
+        struct T(Arc<Mutex<(usize, u64)>>);
+        impl Transfer for T {
+            fn advance(&mut self, bytes: u64) {
+                self.0.lock().unwrap().1 += bytes;
+            }
+        }
+        self.0.lock().unwrap().0 += 1;
+        Box::new(T(self.0.clone()))
+    }
+}
+
+#[tokio::test]
+async fn transfers_report_progress() {
+    let mut env = env();
+    let (reg, one, _) = seeded(&env);
+    let counter = Counting::default();
+    let seen = counter.0.clone();
+    env.ctx.progress = Arc::new(counter);
+    let src = open(&env.ctx, &reg.location("team/app"), None).await;
+    src.materialize(&one.version(), &env.dir("m"))
+        .await
+        .unwrap();
+    let blob_bytes: usize = one.blobs.values().map(Vec::len).sum();
+    assert_eq!(*seen.lock().unwrap(), (3, blob_bytes as u64));
+    let other = Image::single("progress", "amd64");
+    src.publish(&other.write_layout(&env.dir("p"), "latest"))
+        .await
+        .unwrap();
+    let pushed: usize = other.blobs.values().map(Vec::len).sum();
+    let (n, bytes) = *seen.lock().unwrap();
+    assert_eq!(n, 6);
+    assert_eq!(bytes, (blob_bytes + pushed) as u64);
+}
+
+// ---------------------------------------------------------------------------------------
+// Failures
+
+#[tokio::test]
+async fn unreachable_registry_fails_quickly() {
+    let env = env();
+    let port = free_port("127.0.0.1");
+    let t = Instant::now();
+    let e = resolve(&env.ctx, &format!("127.0.0.1:{port}/team/app"), None)
+        .await
+        .unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(matches!(e, Error::Backend { .. }), "{e}");
+    eprintln!("{e}");
+    assert!(e.to_string().contains("cannot connect"), "{e}");
+    // An opened source too.
+    let spec = SourceSpec {
+        tag: Some("v1".into()),
+        ..SourceSpec::new(
+            Name::new("src").unwrap(),
+            "docker",
+            format!("127.0.0.1:{port}/a"),
+        )
+    };
+    let src = DockerKind::default().open(&env.ctx, &spec).unwrap();
+    assert!(matches!(
+        src.latest().await.unwrap_err(),
+        Error::Backend { .. }
+    ));
+}
+
+/// A loopback server answering every connection with `reply` (then closing).
+fn junk_server(reply: &'static [u8]) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 4096];
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(reply);
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn garbage_answers_fail_cleanly() {
+    let env = env();
+    for reply in [
+        &b"\x00\x01garbage that is not HTTP\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 14\r\n\r\n<html>hi</html",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{\"schemaVersion\":2,",
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\n\r\noops!",
+        b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"not a url\"\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        let port = junk_server(reply);
+        let t = Instant::now();
+        let e = resolve(&env.ctx, &format!("127.0.0.1:{port}/team/app"), None)
+            .await
+            .unwrap_err();
+        eprintln!("{e}");
+        assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+        assert!(matches!(e, Error::Backend { .. }), "{e}");
+        assert!(e.to_string().contains("docker source \"src\""), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn silent_server_times_out() {
+    let mut env = env();
+    env.ctx.network_timeout = Duration::from_secs(1);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            h.lock().unwrap().push(s); // accept, never answer
+        }
+    });
+    let t = Instant::now();
+    let e = resolve(&env.ctx, &format!("127.0.0.1:{port}/team/app"), None)
+        .await
+        .unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(e.to_string().contains("timed out"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Authentication
+
+#[tokio::test]
+async fn basic_auth_with_docker_token() {
+    let reg = Registry::start_htpasswd();
+    let good = env_with(Some(&format!("{USER}:{PASSWORD}")));
+    let img = Image::single("auth", "amd64");
+    reg.push(&img.write_layout(&good.dir("l"), "v1"), "v1", "team/secure");
+    let loc = reg.location("team/secure:v1");
+    // Anonymous: unauthorized, with a hint.
+    let anon = env();
+    let e = resolve(&anon.ctx, &loc, None).await.unwrap_err();
+    eprintln!("{e}");
+    assert!(e.to_string().contains("unauthorized"), "{e}");
+    assert!(e.to_string().contains("DOCKER_TOKEN"), "{e}");
+    // Good credentials: everything works.
+    let src = open(&good.ctx, &loc, None).await;
+    assert_eq!(src.latest().await.unwrap().version, img.version());
+    let root = src
+        .materialize(&img.version(), &good.dir("m"))
+        .await
+        .unwrap();
+    assert_eq!(check_layout(&root), expected_blobs(&img));
+    let new = Image::single("auth-2", "amd64");
+    let v = src
+        .publish(&new.write_layout(&good.dir("p"), "v1"))
+        .await
+        .unwrap()
+        .version;
+    assert_eq!(v, new.version());
+    assert!(!format!("{src:?}").contains(PASSWORD));
+    // A wrong password: unauthorized, naming the source, never the password.
+    let wrong_pass = "wr0ng-Pa55word";
+    let bad = env_with(Some(&format!("{USER}:{wrong_pass}")));
+    let e = resolve(&bad.ctx, &loc, None).await.unwrap_err();
+    let msg = format!("{e} {e:?}");
+    eprintln!("{msg}");
+    assert!(msg.contains("unauthorized"), "{msg}");
+    assert!(msg.contains("\"src\""), "{msg}");
+    assert!(!msg.contains(wrong_pass), "{msg}");
+    let spec = SourceSpec {
+        tag: Some("v1".into()),
+        ..SourceSpec::new(
+            Name::new("src").unwrap(),
+            "docker",
+            reg.location("team/secure"),
+        )
+    };
+    let src = DockerKind::default().open(&bad.ctx, &spec).unwrap();
+    for e in [
+        src.latest().await.unwrap_err(),
+        src.materialize(&img.version(), &bad.dir("x"))
+            .await
+            .unwrap_err(),
+        src.publish(&new.write_layout(&bad.dir("p"), "v1"))
+            .await
+            .unwrap_err(),
+    ] {
+        let msg = format!("{e} {e:?}");
+        assert!(msg.contains("unauthorized"), "{msg}");
+        assert!(!msg.contains(wrong_pass), "{msg}");
+    }
+    assert!(!format!("{src:?}").contains(wrong_pass));
+}
+
+#[tokio::test]
+async fn insecure_setting_allows_plain_http() {
+    // 127.0.0.2 is not among the hosts reached over plain HTTP by default.
+    let reg = Registry::start_with(false, "127.0.0.2");
+    let env = env();
+    let img = Image::single("insecure", "amd64");
+    reg.push(
+        &img.write_layout(&env.dir("l"), "latest"),
+        "latest",
+        "team/app",
+    );
+    let loc = reg.location("team/app");
+    let e = resolve(&env.ctx, &loc, None).await.unwrap_err();
+    assert!(matches!(e, Error::Backend { .. }), "{e}");
+    assert!(e.to_string().contains("https://"), "{e}");
+    let ctx = env.ctx.clone().with_setting(
+        "docker",
+        "insecure",
+        format!("other.example.com, {}", reg.host()),
+    );
+    let src = open(&ctx, &loc, None).await;
+    assert_eq!(src.latest().await.unwrap().version, img.version());
+    let ctx = env
+        .ctx
+        .clone()
+        .with_setting("docker", "insecure", "127.0.0.2");
+    let src = open(&ctx, &loc, None).await;
+    assert_eq!(src.latest().await.unwrap().version, img.version());
+}
+
+#[test]
+fn infer_only_clear_registries() {
+    let k = DockerKind::default();
+    assert_eq!(k.infer("127.0.0.1:5000/team/app:v1"), Some(15));
+    assert_eq!(k.infer("registry.example.com/team/app"), Some(15));
+    assert_eq!(k.infer("docker://ubuntu"), Some(30));
+    assert_eq!(k.infer("user/repo"), None);
+    assert_eq!(k.infer("github.com/user/repo"), None);
+    // The git kind is surer of git URLs; the path kind of local paths.
+    assert_eq!(k.infer("https://example.com/repo.git"), None);
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("data.v1/x");
+    std::fs::create_dir_all(&local).unwrap();
+    assert_eq!(k.infer(&local.display().to_string()), None);
+}
