@@ -144,6 +144,11 @@
 //! - [`open`](Kind::open) makes a [`Source`] from a spec, cheaply (no network, no heavy
 //!   I/O).
 //!
+//! The [`Context`] a kind gets carries what it may use: a cache directory, the project's
+//! secrets, the bound on each network operation, its settings from the `[kind.NAME]` table
+//! of `.dkt/config` ([`Context::setting`]), and a [`Progress`] to report long transfers to
+//! (the front end draws it; `dkt` draws bars on a terminal).
+//!
 //! [`Source`] is one source (`Send + Sync`; a dropped future must leave nothing that a
 //! later call would take for complete):
 //!
@@ -309,12 +314,15 @@
 //!
 //! [vars]
 //! ESX_USER = "builder"                  # available to commands as ${ESX_USER}
+//!
+//! [kind.s3]                             # settings of a kind, given to it in its Context
+//! endpoint = "http://127.0.0.1:9000"
 //! ```
 //!
 //! A machine runs a node only if it has all the node's labels; otherwise the run stays
 //! pending ([`RunOutcome::Pending`]). Secrets are files in `.dkt/secrets/` (mode 0600;
-//! [`InitOptions::with_github_token`] and [`InitOptions::with_docker_token`] write the
-//! usual ones). Commands see them as `${NAME}`, through the environment; kinds get them as
+//! [`InitOptions::with_github_token`], [`InitOptions::with_docker_token`] and
+//! [`InitOptions::with_secret`] write them). Commands see them as `${NAME}`, through the environment; kinds get them as
 //! [`Context::secrets`]. They are never written into a record or the history, every
 //! secret value is replaced by `***` in run logs, and [`Secrets`]' `Debug` shows only
 //! their names.

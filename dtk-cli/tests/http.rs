@@ -1,6 +1,7 @@
 //! `dkt` with an `http` source against a local HTTP server.
 
 mod common;
+#[path = "../../dtk-sources/tests/support/server.rs"]
 mod fixture_server;
 
 use common::*;
@@ -58,8 +59,8 @@ fn tarball_feeds_a_node() {
     let up = e.dkt(&["source", "update", "tarball"]).ok();
     assert!(up.contains("unchanged"), "{up}");
     assert!(
-        server.log().lines().last().unwrap().contains(" 304 "),
-        "{}",
+        server.log().last().unwrap().contains(" 304 "),
+        "{:?}",
         server.log()
     );
 
