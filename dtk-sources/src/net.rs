@@ -74,9 +74,56 @@ pub(crate) fn check_status(
              check the token given to `dkt init`"
         ),
         404 => format!("{what} not found at {shown} (HTTP 404)"),
+        429 => format!("{what}: {shown} is rate limiting (HTTP 429); try again later"),
         _ => format!("{what}: {shown} answered HTTP {status}"),
     };
     Err(Error::backend(kind, source, message))
+}
+
+/// The slowest transfer [`download`] accepts, in bytes a second over a whole
+/// [`Context::network_timeout`].
+pub(crate) const LOW_SPEED: u64 = 1024;
+
+/// The longest `Retry-After` that [`send`] waits for.
+const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Send `req` to `url`. A `429 Too Many Requests` or `503 Service Unavailable` that says
+/// `Retry-After: SECONDS` (at most a minute) is waited out and the request sent again, at
+/// most twice; other answers are returned as they are, for [`check_status`].
+pub(crate) async fn send(
+    kind: &str,
+    source: &str,
+    url: &str,
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::Response> {
+    let (mut req, mut attempt) = (req, 0);
+    loop {
+        let again = req.try_clone();
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| request_error(kind, source, url, e))?;
+        let busy = matches!(resp.status().as_u16(), 429 | 503);
+        let wait = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(std::time::Duration::from_secs);
+        match (busy, wait, again) {
+            (true, Some(wait), Some(again)) if attempt < 2 && wait <= MAX_RETRY_AFTER => {
+                tracing::info!(
+                    kind,
+                    source,
+                    ?wait,
+                    "server busy; retrying after Retry-After"
+                );
+                tokio::time::sleep(wait).await;
+                (req, attempt) = (again, attempt + 1);
+            }
+            _ => return Ok(resp),
+        }
+    }
 }
 
 /// What [`download`] wrote.
@@ -110,17 +157,40 @@ pub(crate) async fn download(
     let mut md5 = md5::Md5::new();
     let mut size = 0u64;
     let url = resp.url().to_string();
+    // A server that trickles bytes passes every read timeout: abort below LOW_SPEED bytes
+    // a second over a whole network_timeout, as git's http.lowSpeedLimit does.
+    let window = ctx.network_timeout.max(std::time::Duration::from_secs(1));
+    let (mut window_start, mut window_bytes) = (std::time::Instant::now(), 0u64);
     loop {
-        let chunk = resp
-            .chunk()
-            .await
-            .map_err(|e| request_error(kind, source, &url, e))?;
+        let chunk = resp.chunk().await.map_err(|e| match expected {
+            Some(n) if n > size => Error::backend(
+                kind,
+                source,
+                format!("{what}: truncated download ({size} of {n} bytes): {e}"),
+            ),
+            _ => request_error(kind, source, &url, e),
+        })?;
         let Some(chunk) = chunk else { break };
         tmp.write_all(&chunk).at(tmp.path())?;
         sha.update(&chunk);
         md5.update(&chunk);
         size += chunk.len() as u64;
         transfer.advance(chunk.len() as u64);
+        window_bytes += chunk.len() as u64;
+        if window_start.elapsed() >= window {
+            let floor = LOW_SPEED * window.as_secs();
+            if window_bytes < floor {
+                return Err(Error::backend(
+                    kind,
+                    source,
+                    format!(
+                        "{what}: too slow ({window_bytes} bytes in {} s, below {LOW_SPEED} bytes/s); gave up",
+                        window.as_secs()
+                    ),
+                ));
+            }
+            (window_start, window_bytes) = (std::time::Instant::now(), 0);
+        }
     }
     if let Some(n) = expected {
         if n != size {
@@ -202,10 +272,7 @@ pub(crate) async fn get_following(
                 req = req.header(name, value.clone());
             }
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| request_error(kind, source, url.as_str(), e))?;
+        let resp = send(kind, source, url.as_str(), req).await?;
         let redirect = matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308);
         if !redirect {
             return Ok(resp);

@@ -275,10 +275,7 @@ impl Client {
         let mut answered = false;
         loop {
             let rb = self.authorize(build(&self.http)?, &scope);
-            let resp = rb
-                .send()
-                .await
-                .map_err(|e| net::request_error(KIND, &self.source, url, e))?;
+            let resp = net::send(KIND, &self.source, url, rb).await?;
             if resp.status() != StatusCode::UNAUTHORIZED || answered {
                 return Ok(resp);
             }
@@ -362,10 +359,7 @@ impl Client {
         if let Some(Credential::Basic { user, password }) = &self.credential {
             rb = rb.basic_auth(user, Some(password));
         }
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| net::request_error(KIND, &self.source, &shown, e))?;
+        let resp = net::send(KIND, &self.source, &shown, rb).await?;
         let resp = net::check_status(KIND, &self.source, "a registry token", resp)?;
         let body = self.read_limited(resp, 1 << 20, &shown).await?;
         #[derive(serde::Deserialize)]

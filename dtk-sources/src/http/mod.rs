@@ -352,10 +352,7 @@ impl HttpSource {
                 req = req.header(IF_MODIFIED_SINCE, lm);
             }
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| net::request_error(KIND, self.name(), self.url.as_str(), e))?;
+        let resp = net::send(KIND, self.name(), self.url.as_str(), req).await?;
         if resp.status() == StatusCode::NOT_MODIFIED {
             if let Some(c) = cached {
                 tracing::debug!(source = self.name(), "not modified");
@@ -556,12 +553,8 @@ impl Source for HttpSource {
     /// `version` but other bytes; otherwise unavailable (the URL serves a newer version).
     async fn verify(&self, version: &Version) -> Result<Verification> {
         std::fs::create_dir_all(&self.dir).at(&self.dir)?;
-        let resp = self
-            .client()?
-            .get(self.url.clone())
-            .send()
-            .await
-            .map_err(|e| net::request_error(KIND, self.name(), self.url.as_str(), e))?;
+        let req = self.client()?.get(self.url.clone());
+        let resp = net::send(KIND, self.name(), self.url.as_str(), req).await?;
         let resp = net::check_status(KIND, self.name(), "file", resp)?;
         let etag = resp
             .headers()

@@ -31,6 +31,9 @@ while the server runs:
       per_page            paginate app_versions with this many builds per page.
       etag                use this ETag for every file instead of one from the content.
       status              answer file requests with this HTTP status (401, 403, 500, ...).
+      busy                "N SECONDS": answer the next N file requests 429 with
+                          Retry-After: SECONDS.
+      trickle             send file bodies one byte every this many seconds.
   DIR/requests.log        one line per request: METHOD PATH STATUS AUTH, where AUTH is
                           token-ok, token-bad or no-token (the token itself is never
                           written).
@@ -105,6 +108,13 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 self.close_connection = True
                 return
+            trickle = ctl("trickle") if status == 200 else None
+            if trickle:
+                for i in range(len(body)):
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(float(trickle))
+                return
             self.wfile.write(body)
 
     def send_json(self, status, obj):
@@ -136,6 +146,13 @@ class Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ static files
     def static(self, path):
+        busy = ctl("busy")
+        if busy:
+            n, wait = busy.split()
+            if int(n) > 0:
+                with open(os.path.join(ROOT, "ctl", "busy"), "w") as f:
+                    f.write(f"{int(n) - 1} {wait}")
+                return self.send(429, b"slow down\n", {"Retry-After": wait})
         status = ctl("status")
         if status:
             return self.send(int(status), b"refused\n", {"Content-Type": "text/plain"})
