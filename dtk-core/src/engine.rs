@@ -303,8 +303,7 @@ impl Project {
     /// Every run of `node`, newest first.
     pub fn node_runs(&self, node: &NodeId) -> Result<Vec<RunRecord>> {
         let snap = self.store().snapshot()?;
-        let mut runs: Vec<RunRecord> =
-            snap.read_dir_json(&format!("node-runs/{}", node.to_hex()))?;
+        let mut runs: Vec<RunRecord> = snap.read_fanned_json(&paths::node_runs_dir(node))?;
         runs.sort_by(|a, b| {
             b.queued_ms
                 .cmp(&a.queued_ms)

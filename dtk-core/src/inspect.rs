@@ -371,12 +371,7 @@ impl<'a> Walker<'a> {
         let rec = self.version_record(sv)?;
         let entry = self.version_entry(sv, &rec)?;
         self.entries.push(Entry::Version(entry));
-        let dir = format!(
-            "consumers/{}/{}-{}",
-            sv.source,
-            sv.version.algo(),
-            sv.version.hex()
-        );
+        let dir = crate::project::paths::consumers_dir(sv);
         let runs: Vec<RunRecord> = self.snap.read_dir_json(&dir)?;
         for run in runs {
             self.down_run(&run)?;

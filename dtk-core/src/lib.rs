@@ -31,6 +31,7 @@ pub mod id;
 pub mod inspect;
 pub mod model;
 mod name;
+mod pack;
 pub mod pipeline;
 pub mod project;
 pub mod scheduler;

@@ -141,9 +141,20 @@ pub mod paths {
     pub fn versions_dir(name: &Name) -> String {
         format!("versions/{name}")
     }
-    /// `versions/<name>/<algo>-<hex>.json`
+    /// `versions/<name>/<xx>/<algo>-<hex>.json`, where `xx` are the version's first two
+    /// hex digits: a source gets a version per change, and a fanned-out directory keeps
+    /// the tree a commit rewrites small however many it has.
     pub fn version(name: &Name, v: &Version) -> String {
-        format!("versions/{name}/{}-{}.json", v.algo(), v.hex())
+        format!(
+            "versions/{name}/{}/{}-{}.json",
+            &v.hex()[..2],
+            v.algo(),
+            v.hex()
+        )
+    }
+    /// `versions/<name>/seq`: the `seq` the next recorded version of `name` gets.
+    pub fn version_seq(name: &Name) -> String {
+        format!("versions/{name}/seq")
     }
     /// `nodes/<node-id>.json`
     pub fn node(id: &NodeId) -> String {
@@ -165,29 +176,39 @@ pub mod paths {
     pub fn run_dir(hex: &str) -> String {
         format!("runs/{}/{}", &hex[..2], &hex[2..4])
     }
-    /// `node-runs/<node-id>/<run-id>.json` (the run record's blob, indexed by node)
+    /// `node-runs/<node-id>/<xx>/<run-id>.json` (the run record's blob, indexed by node;
+    /// `xx` are the run ID's first two hex digits, so a node with many runs keeps small
+    /// trees)
     pub fn node_run(node: &NodeId, run: &RunId) -> String {
-        format!("node-runs/{}/{}.json", node.to_hex(), run.to_hex())
+        let h = run.to_hex();
+        format!("node-runs/{}/{}/{h}.json", node.to_hex(), &h[..2])
     }
-    /// `consumers/<source>/<algo>-<hex>/<run-id>.json` (successful runs that read a version)
+    /// `node-runs/<node-id>`
+    pub fn node_runs_dir(node: &NodeId) -> String {
+        format!("node-runs/{}", node.to_hex())
+    }
+    /// `consumers/<source>/<xx>/<algo>-<hex>/<run-id>.json` (successful runs that read a
+    /// version; `xx` are the version's first two hex digits)
     pub fn consumer(input: &crate::SourceVersion, run: &RunId) -> String {
+        format!("{}/{}.json", consumers_dir(input), run.to_hex())
+    }
+    /// `consumers/<source>/<xx>/<algo>-<hex>`: the runs that read a version.
+    pub fn consumers_dir(input: &crate::SourceVersion) -> String {
+        let v = &input.version;
         format!(
-            "consumers/{}/{}-{}/{}.json",
+            "consumers/{}/{}/{}-{}",
             input.source,
-            input.version.algo(),
-            input.version.hex(),
-            run.to_hex()
+            &v.hex()[..2],
+            v.algo(),
+            v.hex()
         )
     }
     /// `done/<node-id>/<inputs-key>.json`: the successful run of a node on a set of input
     /// versions (see [`inputs_key`](crate::model::inputs_key)), so "is this up to date?"
     /// is one lookup.
     pub fn done(node: &NodeId, inputs: &[crate::SourceVersion]) -> String {
-        format!(
-            "done/{}/{}.json",
-            node.to_hex(),
-            crate::model::inputs_key(inputs)
-        )
+        let key = crate::model::inputs_key(inputs);
+        format!("done/{}/{}/{key}.json", node.to_hex(), &key[..2])
     }
     /// `queue/<run-id>.json` (pending runs, for workers)
     pub fn queued(run: &RunId) -> String {
@@ -357,6 +378,7 @@ impl Project {
             return Err(Error::NoProject(root));
         }
         let store = Store::open(&dkt.join(".git"))?;
+        upgrade_store(&store)?;
         let config = Config::load(&dkt.join("config"))?;
         let secrets = Secrets::load(&dkt.join("secrets"))?;
         let project = Project {
@@ -511,7 +533,7 @@ impl Project {
         let name = Name::new(name)?;
         let snap = self.store.snapshot()?;
         read_source(&snap, &name)?;
-        let mut v: Vec<VersionRecord> = snap.read_dir_json(&paths::versions_dir(&name))?;
+        let mut v: Vec<VersionRecord> = snap.read_fanned_json(&paths::versions_dir(&name))?;
         v.sort_by_key(|r| std::cmp::Reverse(r.seq));
         Ok(v)
     }
@@ -1056,9 +1078,7 @@ impl Project {
                 )));
             }
             tx.remove(&paths::source(&spec.name));
-            for f in tx.list_names(&paths::versions_dir(&spec.name))? {
-                tx.remove(&format!("{}/{f}", paths::versions_dir(&spec.name)));
-            }
+            tx.remove(&paths::versions_dir(&spec.name));
             Ok(())
         })?;
         if let Ok(source) = self.open_source(&spec) {
@@ -1168,13 +1188,16 @@ pub(crate) fn record_version(
     if tx.exists(&path)? {
         return Ok(());
     }
-    let dir = paths::versions_dir(name);
-    let mut seq = 0;
-    for f in tx.list_names(&dir)? {
-        if let Some(r) = tx.read_json::<VersionRecord>(&format!("{dir}/{f}"))? {
-            seq = seq.max(r.seq + 1);
-        }
-    }
+    let counter = paths::version_seq(name);
+    let seq = match tx.read(&counter)? {
+        Some(bytes) => std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .ok_or_else(|| Error::corrupt(format!("{counter} is not a number")))?,
+        // The first version of the source.
+        None => 0,
+    };
+    tx.put(&counter, format!("{}\n", seq + 1).as_bytes())?;
     let mut record = VersionRecord {
         source: name.clone(),
         version: info.version.clone(),
@@ -1189,6 +1212,114 @@ pub(crate) fn record_version(
     };
     record.seal();
     tx.put_json(&path, &record)?;
+    Ok(())
+}
+
+/// Bring a store written by an earlier release to the current layout ([`crate::store::FORMAT`]),
+/// in one commit; a store already current costs one lookup. Format 1 kept the versions of
+/// a source, the runs of a node, the successful runs of a node and the consumers of a
+/// source in flat directories, which a commit rewrites whole; format 2 fans them out by
+/// the first two hex digits (see `docs/format.md`). A store of a newer format than this
+/// program knows is refused rather than misread.
+fn upgrade_store(store: &Store) -> Result<()> {
+    const V1: &[u8] = b"dtk-store 1\n";
+    let current = store.snapshot()?.read("format")?;
+    match current.as_deref() {
+        Some(f) if f == crate::store::FORMAT.as_bytes() => return Ok(()),
+        Some(V1) => {}
+        other => {
+            let found = other.map_or("nothing".to_owned(), |f| {
+                format!("{:?}", String::from_utf8_lossy(f).trim())
+            });
+            return Err(Error::corrupt(format!(
+                "the metadata store in {} has format {found}; this dkt reads {:?} and \
+                 {:?}: use a newer dkt",
+                store.git_dir().display(),
+                "dtk-store 1",
+                crate::store::FORMAT.trim()
+            )));
+        }
+    }
+    store.transact("upgrade: store format 2 (fanned-out indexes)", |tx| {
+        if tx.read("format")?.as_deref() != Some(V1) {
+            return Ok(()); // another process upgraded it meanwhile
+        }
+        let base = tx.base();
+        // (from, to) for every record that moves.
+        let mut moves: Vec<(String, String, gix::ObjectId)> = Vec::new();
+        let files = |dir: &str| -> Result<Vec<crate::store::DirEntry>> {
+            Ok(base.list(dir)?.into_iter().filter(|e| !e.is_dir).collect())
+        };
+        let dirs = |dir: &str| -> Result<Vec<String>> {
+            Ok(base
+                .list(dir)?
+                .into_iter()
+                .filter(|e| e.is_dir)
+                .map(|e| e.name)
+                .collect())
+        };
+        let mut seqs: Vec<(String, u64)> = Vec::new();
+        for name in dirs("versions")? {
+            let dir = format!("versions/{name}");
+            let mut next = 0;
+            for e in files(&dir)? {
+                // <algo>-<hex>.json
+                let Some((_, hex)) = e.name.split_once('-') else {
+                    continue;
+                };
+                #[derive(serde::Deserialize)]
+                struct Seq {
+                    seq: u64,
+                }
+                if let Some(r) = base.read_json::<Seq>(&format!("{dir}/{}", e.name))? {
+                    next = next.max(r.seq + 1);
+                }
+                moves.push((
+                    format!("{dir}/{}", e.name),
+                    format!("{dir}/{}/{}", &hex[..2.min(hex.len())], e.name),
+                    e.id,
+                ));
+            }
+            seqs.push((format!("{dir}/seq"), next));
+        }
+        for top in ["node-runs", "done"] {
+            for node in dirs(top)? {
+                let dir = format!("{top}/{node}");
+                for e in files(&dir)? {
+                    moves.push((
+                        format!("{dir}/{}", e.name),
+                        format!("{dir}/{}/{}", &e.name[..2.min(e.name.len())], e.name),
+                        e.id,
+                    ));
+                }
+            }
+        }
+        for source in dirs("consumers")? {
+            for version in dirs(&format!("consumers/{source}"))? {
+                let Some((_, hex)) = version.split_once('-') else {
+                    continue;
+                };
+                let from = format!("consumers/{source}/{version}");
+                let to = format!("consumers/{source}/{}/{version}", &hex[..2.min(hex.len())]);
+                for e in files(&from)? {
+                    moves.push((
+                        format!("{from}/{}", e.name),
+                        format!("{to}/{}", e.name),
+                        e.id,
+                    ));
+                }
+            }
+        }
+        for (from, to, id) in moves {
+            tx.remove(&from);
+            tx.put_id(&to, id);
+        }
+        for (path, next) in seqs {
+            tx.put(&path, format!("{next}\n").as_bytes())?;
+        }
+        tx.put("format", crate::store::FORMAT.as_bytes())?;
+        Ok(())
+    })?;
     Ok(())
 }
 

@@ -334,7 +334,7 @@ impl Project {
             return Ok(None);
         }
         let mut runs: Vec<crate::RunRecord> =
-            snap.read_dir_json(&format!("node-runs/{}", id.to_hex()))?;
+            snap.read_fanned_json(&crate::project::paths::node_runs_dir(id))?;
         runs.sort_by_key(|r| std::cmp::Reverse((r.queued_ms, r.attempt)));
         let last_ok = runs.iter().find(|r| r.status == RunStatus::Success);
         Ok(Some(match last_ok {

@@ -24,14 +24,36 @@ use crate::{Error, Result};
 pub const BRANCH: &str = "refs/heads/main";
 
 /// The content of the `format` file at the root of every store.
-pub const FORMAT: &str = "dtk-store 1\n";
+pub const FORMAT: &str = "dtk-store 2\n";
 
 /// How long a writer keeps retrying a contended update before giving up.
 const CAS_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How many packs the store lets accumulate before merging them (see
+/// [`Store::maybe_pack`]).
+const PACK_LIMIT: usize = 24;
+
 /// A ref lock file older than this was left by a dead process (a live writer holds it for
 /// well under a millisecond).
 const STALE_LOCK_AGE: Duration = Duration::from_secs(10);
+
+/// Open the repository in `git_dir`, ignoring the user's and the system's git
+/// configuration.
+fn open_repo(git_dir: &Path) -> Result<gix::ThreadSafeRepository> {
+    // Every commit adds a small pack until they are merged: leave gix room for many (a
+    // slot per pack index).
+    let options = gix::open::Options::isolated().object_store_slots(
+        gix::odb::store::init::Slots::AsNeededByDiskState {
+            multiplier: 2.0,
+            minimum: 1024,
+        },
+    );
+    let repo = gix::open_opts(git_dir, options).map_err(gix_err(format!(
+        "cannot open the metadata repository {}",
+        git_dir.display()
+    )))?;
+    Ok(repo.into_sync())
+}
 
 fn gix_err(message: impl Into<String>) -> impl FnOnce(gix::Error) -> Error {
     let message = message.into();
@@ -41,9 +63,18 @@ fn gix_err(message: impl Into<String>) -> impl FnOnce(gix::Error) -> Error {
 /// The git-backed metadata store of a project.
 #[derive(Clone)]
 pub struct Store {
-    repo: gix::ThreadSafeRepository,
+    /// Replaced by a freshly opened one every [`REOPEN_EVERY`] commits and when a lookup
+    /// keeps failing (see [`Store::reopen`]); clones share it.
+    repo: std::sync::Arc<std::sync::RwLock<gix::ThreadSafeRepository>>,
+    /// Commits made through this handle (and its clones) since it was last opened.
+    commits: std::sync::Arc<std::sync::atomic::AtomicU32>,
     git_dir: PathBuf,
 }
+
+/// How many commits a long-lived handle makes before it opens the repository afresh. Every
+/// commit adds a pack and merging deletes packs; gix's object store tracks each in a slot
+/// and degrades (then fails to find new packs) after thousands of them in one process.
+const REOPEN_EVERY: u32 = 256;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,13 +117,32 @@ impl Store {
 
     /// Open the store in `git_dir`, ignoring the user's and the system's git configuration.
     pub fn open(git_dir: &Path) -> Result<Store> {
-        let repo = gix::open_opts(git_dir, gix::open::Options::isolated()).map_err(gix_err(
-            format!("cannot open the metadata repository {}", git_dir.display()),
-        ))?;
         Ok(Store {
-            repo: repo.into_sync(),
+            repo: std::sync::Arc::new(std::sync::RwLock::new(open_repo(git_dir)?)),
+            commits: Default::default(),
             git_dir: git_dir.to_owned(),
         })
+    }
+
+    /// Write the objects `repo` holds in memory as one pack.
+    fn persist(&self, repo: &gix::Repository) -> Result<()> {
+        let objects = repo.objects.reset_object_memory().unwrap_or_default();
+        crate::pack::write(
+            &self.git_dir.join("objects/pack"),
+            objects
+                .iter()
+                .map(|(id, (kind, data))| (*id, *kind, data.as_slice())),
+        )?;
+        Ok(())
+    }
+
+    /// Open the repository afresh for this handle and its clones (views already taken keep
+    /// the one they had).
+    fn reopen(&self) -> Result<()> {
+        let fresh = open_repo(&self.git_dir)?;
+        *self.repo.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        self.commits.store(0, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// The repository's directory (`.dkt/.git`).
@@ -101,7 +151,11 @@ impl Store {
     }
 
     fn repo(&self) -> gix::Repository {
-        let mut r = self.repo.to_thread_local();
+        let mut r = self
+            .repo
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .to_thread_local();
         r.object_cache_size_if_unset(16 * 1024 * 1024);
         r
     }
@@ -119,11 +173,20 @@ impl Store {
         let commit = self.tip(&repo)?.ok_or_else(|| {
             Error::corrupt(format!("{BRANCH} is missing in {}", self.git_dir.display()))
         })?;
-        Snapshot::at(repo, commit)
+        match Snapshot::at(repo, commit) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                // Perhaps gix lost track of the packs (see `REOPEN_EVERY`): look once more
+                // through a fresh handle before reporting the store as broken.
+                tracing::debug!(error = %e, "reading the tip failed; reopening the store");
+                self.reopen()?;
+                Snapshot::at(self.repo(), commit)
+            }
+        }
     }
 
     fn commit_initial(&self) -> Result<()> {
-        let repo = self.repo();
+        let repo = self.repo().with_object_memory();
         let blob = repo
             .write_blob(FORMAT)
             .map_err(gix_err("cannot write the format record"))?
@@ -150,6 +213,7 @@ impl Store {
             )
             .map_err(gix_err("cannot write the first commit"))?
             .id;
+        self.persist(&repo)?;
         self.move_branch(&repo, None, commit)
     }
 
@@ -165,7 +229,9 @@ impl Store {
         message: &str,
         mut change: impl FnMut(&mut Tx) -> Result<T>,
     ) -> Result<(T, Option<ObjectId>)> {
-        let repo = self.repo();
+        // New objects stay in memory until the commit is complete, then go to disk as one
+        // pack (see `pack`).
+        let repo = self.repo().with_object_memory();
         let started = Instant::now();
         let mut attempt: u32 = 0;
         loop {
@@ -180,21 +246,19 @@ impl Store {
             if tx.staged.is_empty() {
                 return Ok((value, None));
             }
+            let repo = &tx.snap.repo;
             let base_tree = tx.snap.tree;
-            let mut editor = repo
-                .edit_tree(base_tree)
-                .map_err(gix_err("cannot edit the records tree"))?;
-            for (path, entry) in &tx.staged {
-                match entry {
-                    Some(id) => editor.upsert(path.as_str(), EntryKind::Blob, *id),
-                    None => editor.remove(path.as_str()),
+            let tree = find_retrying(|| {
+                let mut editor = repo.edit_tree(base_tree)?;
+                for (path, entry) in &tx.staged {
+                    match entry {
+                        Some(id) => editor.upsert(path.as_str(), EntryKind::Blob, *id),
+                        None => editor.remove(path.as_str()),
+                    }?;
                 }
-                .map_err(gix_err(format!("cannot stage {path}")))?;
-            }
-            let tree = editor
-                .write()
-                .map_err(gix_err("cannot write the records tree"))?
-                .detach();
+                Ok(editor.write()?.detach())
+            })
+            .map_err(gix_err("cannot write the records tree"))?;
             if tree == base_tree {
                 return Ok((value, None));
             }
@@ -211,13 +275,20 @@ impl Store {
                 )
                 .map_err(gix_err("cannot write a commit"))?
                 .id;
-            match self.move_branch(&repo, Some(base), commit) {
+            self.persist(repo)?;
+            match self.move_branch(repo, Some(base), commit) {
                 Ok(()) => {
                     self.maybe_pack();
+                    let n = self
+                        .commits
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n + 1 >= REOPEN_EVERY {
+                        self.reopen()?;
+                    }
                     return Ok((value, Some(commit)));
                 }
                 Err(e) => {
-                    let moved = self.tip(&repo)? != Some(base);
+                    let moved = self.tip(repo)? != Some(base);
                     let locked = self.lock_held()?;
                     if !(moved || locked) {
                         return Err(e);
@@ -238,12 +309,29 @@ impl Store {
         }
     }
 
-    /// Keep reads fast as records accumulate: when there are many loose objects (estimated
-    /// as git does, from one of the 256 object directories), start `git gc --auto` in the
-    /// background, detached. gix cannot pack; without git installed this does nothing.
+    /// Keep reads fast as records accumulate. Each commit adds one small pack; when there
+    /// are more than [`PACK_LIMIT`], the smallest are merged (see `pack::maintain`: byte
+    /// copies, no decompression, geometric like `git repack --geometric=2`). Loose objects
+    /// (written by other tools) are left to `git gc --auto`, started in the background
+    /// when git's own estimate from one of the 256 object directories says so. Errors here
+    /// never fail the commit that has already landed.
     fn maybe_pack(&self) {
-        let sample = self.git_dir.join("objects/17");
-        let loose = std::fs::read_dir(&sample).map(|d| d.count()).unwrap_or(0);
+        let objects = self.git_dir.join("objects");
+        let packs = std::fs::read_dir(objects.join("pack"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().as_encoded_bytes().ends_with(b".idx"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if packs > PACK_LIMIT {
+            if let Err(e) = crate::pack::maintain(&objects.join("pack"), PACK_LIMIT) {
+                tracing::warn!(error = %e, "could not merge the store's packs");
+            }
+        }
+        let loose = std::fs::read_dir(objects.join("17"))
+            .map(|d| d.count())
+            .unwrap_or(0);
         // git's own gc.auto default: about 6,700 loose objects, i.e. 27 in one directory.
         if loose <= 27 {
             return;
@@ -356,9 +444,8 @@ impl Store {
             if out.len() >= limit {
                 break;
             }
-            let c = repo
-                .find_commit(id)
-                .map_err(gix_err("cannot read a commit"))?;
+            let c =
+                find_retrying(|| repo.find_commit(id)).map_err(gix_err("cannot read a commit"))?;
             let msg = c
                 .message_raw()
                 .map_err(gix_err("cannot read a commit message"))?
@@ -369,6 +456,26 @@ impl Store {
             out.push((id, msg));
         }
         Ok(out)
+    }
+}
+
+/// Look an object up, again after a short pause when that fails, up to about 30 ms in all.
+/// A concurrent repack moves objects from small packs into a merged one and then deletes
+/// the small ones; a lookup that lands in between can miss (git re-reads the pack
+/// directory and retries in the same way). An object that is really missing still fails.
+fn find_retrying<T>(
+    mut find: impl FnMut() -> std::result::Result<T, gix::Error>,
+) -> std::result::Result<T, gix::Error> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match find() {
+            Ok(v) => return Ok(v),
+            Err(e) if pause > Duration::from_millis(16) => return Err(e),
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+        }
     }
 }
 
@@ -417,8 +524,7 @@ pub struct DirEntry {
 
 impl Snapshot {
     fn at(repo: gix::Repository, commit: ObjectId) -> Result<Snapshot> {
-        let tree = repo
-            .find_commit(commit)
+        let tree = find_retrying(|| repo.find_commit(commit))
             .map_err(gix_err(format!("cannot read commit {commit}")))?
             .tree_id()
             .map_err(gix_err(format!("cannot read the tree of commit {commit}")))?
@@ -461,7 +567,7 @@ impl Snapshot {
                 _ => return Ok(None),
             }
         };
-        let tree = self.repo.find_tree(id).map_err(gix_err(format!(
+        let tree = find_retrying(|| self.repo.find_tree(id)).map_err(gix_err(format!(
             "cannot read directory {path:?} of the records"
         )))?;
         let decoded = tree
@@ -498,9 +604,7 @@ impl Snapshot {
     }
 
     fn read_blob(&self, id: ObjectId, path: &str) -> Result<Vec<u8>> {
-        Ok(self
-            .repo
-            .find_blob(id)
+        Ok(find_retrying(|| self.repo.find_blob(id))
             .map_err(gix_err(format!("cannot read record {path} ({id})")))?
             .data
             .clone())
@@ -525,9 +629,7 @@ impl Snapshot {
                 _ => return Ok(Vec::new()),
             }
         };
-        let tree = self
-            .repo
-            .find_tree(tree_id)
+        let tree = find_retrying(|| self.repo.find_tree(tree_id))
             .map_err(gix_err(format!("cannot read directory {dir}")))?;
         let decoded = tree
             .decode()
@@ -553,6 +655,16 @@ impl Snapshot {
                 decode(&path, &self.read_blob(e.id, &path)?)
             })
             .collect()
+    }
+
+    /// Every record of a fanned-out directory (`dir/<xx>/<file>.json`, as the versions of a
+    /// source and the runs of a node are kept), decoded from JSON.
+    pub fn read_fanned_json<T: DeserializeOwned>(&self, dir: &str) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for e in self.list(dir)?.into_iter().filter(|e| e.is_dir) {
+            out.extend(self.read_dir_json(&format!("{dir}/{}", e.name))?);
+        }
+        Ok(out)
     }
 }
 

@@ -253,3 +253,41 @@ fn stale_lock_is_recovered() {
     assert_eq!(counter(&store), 1);
     assert!(!lock.exists());
 }
+
+/// Every commit writes a small pack, and the smallest packs are merged as they pile up,
+/// while this handle keeps reading and writing. Nothing goes missing, the packs stay few,
+/// no loose object is written, and git agrees that the repository is sound.
+#[test]
+fn commits_stay_readable_while_packs_are_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = dir.path().join("store.git");
+    let store = Store::init(&git).unwrap();
+    let n = 1500u64;
+    for i in 0..n {
+        increment(&store, "me", i);
+        assert_eq!(counter(&store), i + 1, "after commit {i}");
+    }
+    let snap = store.snapshot().unwrap();
+    assert_eq!(snap.list("writes").unwrap().len() as u64, n);
+    let packs = std::fs::read_dir(git.join("objects/pack"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "idx")
+        })
+        .count();
+    // The store merges when there are more than 24.
+    assert!((2..=25).contains(&packs), "{packs} packs after {n} commits");
+    let loose = std::fs::read_dir(git.join("objects"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().len() == 2)
+        .count();
+    assert_eq!(loose, 0, "loose object directories");
+    git_fsck(&git);
+    // A fresh handle reads everything too.
+    let again = Store::open(&git).unwrap();
+    assert_eq!(counter(&again), n);
+}

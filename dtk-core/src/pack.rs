@@ -1,0 +1,524 @@
+//! Writing a transaction's new objects as one git pack (version 2) with its index
+//! (version 2), instead of one loose file per object.
+//!
+//! A run's records take about ten objects (blobs, the trees above them, the commit). As
+//! loose objects that is ten file creations, which dominate the cost of a commit on
+//! ordinary disks; as a pack it is two. Objects are stored whole (no deltas), compressed
+//! with zlib at the fastest level, which is what git itself reads everywhere. Packs
+//! accumulate one per commit and are merged in the background (see
+//! [`Store`](crate::store::Store)).
+//!
+//! The files appear in git's order: the `.pack` first, then the `.idx` (a reader looks for
+//! indices), each written under a temporary name and renamed into place, so a reader never
+//! sees a partial file and a killed process leaves at most an unreferenced pack behind.
+
+use std::path::{Path, PathBuf};
+
+use gix::objs::Kind;
+use gix::zlib::stream::deflate::{Compress, FlushCompress};
+use gix::zlib::{Compression, Status};
+use gix::ObjectId;
+
+use crate::{Error, Result};
+
+/// The pack type number of an object kind.
+fn type_number(kind: Kind) -> u8 {
+    match kind {
+        Kind::Commit => 1,
+        Kind::Tree => 2,
+        Kind::Blob => 3,
+        Kind::Tag => 4,
+    }
+}
+
+/// Append the zlib stream of `data` to `out`.
+fn deflate(c: &mut Compress, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    c.reset();
+    let start = out.len();
+    out.resize(start + data.len() + data.len() / 1000 + 64, 0);
+    loop {
+        let (done_in, done_out) = (c.total_in() as usize, c.total_out() as usize);
+        if out.len() - start - done_out < 64 {
+            out.resize(out.len() + data.len() / 2 + 64, 0);
+        }
+        let status = c
+            .compress(
+                &data[done_in..],
+                &mut out[start + done_out..],
+                FlushCompress::Finish,
+            )
+            .map_err(|e| Error::store("cannot compress an object", e))?;
+        if status == Status::StreamEnd {
+            out.truncate(start + c.total_out() as usize);
+            return Ok(());
+        }
+    }
+}
+
+fn sha1(parts: &[&[u8]]) -> Result<ObjectId> {
+    let mut h = gix::hash::hasher(gix::hash::Kind::Sha1);
+    for p in parts {
+        h.update(p);
+    }
+    h.try_finalize()
+        .map_err(|e| Error::store("cannot hash a pack", e))
+}
+
+/// The bytes of a pack holding `objects` and of its index, and the pack's checksum
+/// (which names both files).
+pub(crate) fn encode<'a>(
+    objects: impl ExactSizeIterator<Item = (ObjectId, Kind, &'a [u8])>,
+) -> Result<(Vec<u8>, Vec<u8>, ObjectId)> {
+    let count = objects.len();
+    let mut pack = Vec::with_capacity(64 + count * 256);
+    pack.extend_from_slice(b"PACK");
+    pack.extend_from_slice(&2u32.to_be_bytes());
+    pack.extend_from_slice(&(count as u32).to_be_bytes());
+    // (id, crc32 of the entry, offset of the entry)
+    let mut entries: Vec<(ObjectId, u32, u64)> = Vec::with_capacity(count);
+    let mut c = Compress::new(Compression::BEST_SPEED);
+    for (id, kind, data) in objects {
+        let offset = pack.len();
+        let mut size = data.len() as u64;
+        let mut byte = (type_number(kind) << 4) | (size & 0x0f) as u8;
+        size >>= 4;
+        while size > 0 {
+            pack.push(byte | 0x80);
+            byte = (size & 0x7f) as u8;
+            size >>= 7;
+        }
+        pack.push(byte);
+        deflate(&mut c, data, &mut pack)?;
+        entries.push((id, crc32fast::hash(&pack[offset..]), offset as u64));
+    }
+    let checksum = sha1(&[&pack])?;
+    pack.extend_from_slice(checksum.as_bytes());
+
+    let idx = index(entries, checksum)?;
+    Ok((pack, idx, checksum))
+}
+
+/// The index (version 2) of a pack whose entries are `entries` (id, CRC-32 of the entry,
+/// offset) and whose checksum is `checksum`.
+fn index(mut entries: Vec<(ObjectId, u32, u64)>, checksum: ObjectId) -> Result<Vec<u8>> {
+    let count = entries.len();
+    entries.sort_by_key(|e| e.0);
+    let mut idx = Vec::with_capacity(8 + 1024 + count * 28 + 40);
+    idx.extend_from_slice(&[0xff, b't', b'O', b'c']);
+    idx.extend_from_slice(&2u32.to_be_bytes());
+    let mut fanout = [0u32; 256];
+    for (id, _, _) in &entries {
+        fanout[id.as_bytes()[0] as usize] += 1;
+    }
+    let mut total = 0u32;
+    for n in fanout {
+        total += n;
+        idx.extend_from_slice(&total.to_be_bytes());
+    }
+    for (id, _, _) in &entries {
+        idx.extend_from_slice(id.as_bytes());
+    }
+    for (_, crc, _) in &entries {
+        idx.extend_from_slice(&crc.to_be_bytes());
+    }
+    let mut large = Vec::new();
+    for (_, _, offset) in &entries {
+        if *offset < 0x8000_0000 {
+            idx.extend_from_slice(&(*offset as u32).to_be_bytes());
+        } else {
+            idx.extend_from_slice(&(0x8000_0000 | large.len() as u32).to_be_bytes());
+            large.push(*offset);
+        }
+    }
+    for offset in large {
+        idx.extend_from_slice(&offset.to_be_bytes());
+    }
+    idx.extend_from_slice(checksum.as_bytes());
+    let idx_sum = sha1(&[&idx])?;
+    idx.extend_from_slice(idx_sum.as_bytes());
+    Ok(idx)
+}
+
+/// Write `objects` as a pack and its index into `pack_dir` (`objects/pack`); returns the
+/// path of the index. An empty set writes nothing.
+pub(crate) fn write<'a>(
+    pack_dir: &Path,
+    objects: impl ExactSizeIterator<Item = (ObjectId, Kind, &'a [u8])>,
+) -> Result<Option<PathBuf>> {
+    if objects.len() == 0 {
+        return Ok(None);
+    }
+    let (pack, idx, checksum) = encode(objects)?;
+    let name = format!("pack-{checksum}");
+    let pack_path = pack_dir.join(format!("{name}.pack"));
+    let idx_path = pack_dir.join(format!("{name}.idx"));
+    if idx_path.exists() {
+        // The same objects in the same order: already there.
+        return Ok(Some(idx_path));
+    }
+    put(pack_dir, &pack_path, &pack)?;
+    put(pack_dir, &idx_path, &idx)?;
+    Ok(Some(idx_path))
+}
+
+/// A pack of the directory: its path without extension and (from the size of its index)
+/// about how many objects it holds.
+#[derive(Debug)]
+struct Existing {
+    stem: PathBuf,
+    weight: u64,
+}
+
+/// Keep the number of packs in `pack_dir` low: when there are more than `limit`, merge the
+/// smallest ones, choosing them as `git repack --geometric=2` does (what remains forms a
+/// geometric progression, so each object is rewritten O(log n) times over the life of the
+/// store), and always at least half of `limit`, so merges are rare.
+///
+/// Merging copies entries byte for byte, without decompressing anything: an entry of a
+/// pack without deltas moves on its own (duplicates are dropped); a pack with deltas (as
+/// `git gc` writes) is copied whole, so the relative offsets of its deltas stay valid. The
+/// merged pack is in place before the old ones are deleted (index first), so every object
+/// stays readable throughout; a reader that looked between the two retries. One process
+/// merges at a time (`dtk-merge.lock`, taken with `O_EXCL`; one older than a minute was
+/// left by a killed process). Returns how many packs were merged.
+pub(crate) fn maintain(pack_dir: &Path, limit: usize) -> Result<usize> {
+    let mut packs = Vec::new();
+    for e in std::fs::read_dir(pack_dir).map_err(|e| Error::io(pack_dir, e))? {
+        let Ok(e) = e else { continue };
+        let name = e.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".idx")) else {
+            continue;
+        };
+        let stem = pack_dir.join(stem);
+        if stem.with_extension("keep").exists() {
+            continue; // git's marker: never repack this one
+        }
+        let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+        packs.push(Existing {
+            weight: size.saturating_sub(1072) / 28,
+            stem,
+        });
+    }
+    if packs.len() <= limit {
+        return Ok(0);
+    }
+    packs.sort_by_key(|p| p.weight);
+    let take = geometric_split(&packs, 2).max(limit / 2);
+    let lock = pack_dir.join("dtk-merge.lock");
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&lock)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let stale = std::fs::metadata(&lock)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(60));
+            if stale {
+                let _ = std::fs::remove_file(&lock);
+            }
+            return Ok(0);
+        }
+        Err(e) => return Err(Error::io(&lock, e)),
+    }
+    let result = merge(pack_dir, &packs[..take]);
+    let _ = std::fs::remove_file(&lock);
+    result
+}
+
+/// How many of `packs` (sorted by weight, ascending) to roll into one, as git's
+/// `split_pack_geometry` decides.
+fn geometric_split(packs: &[Existing], factor: u64) -> usize {
+    let n = packs.len();
+    let mut i = n.saturating_sub(1);
+    while i > 0 {
+        if packs[i].weight < factor.saturating_mul(packs[i - 1].weight) {
+            break;
+        }
+        i -= 1;
+    }
+    let mut split = if i > 0 { i + 1 } else { 0 };
+    let mut total: u64 = packs[..split].iter().map(|p| p.weight).sum();
+    while split < n && packs[split].weight < factor.saturating_mul(total) {
+        total += packs[split].weight;
+        split += 1;
+    }
+    split
+}
+
+/// The entries an index lists: (id, CRC-32, offset), or `None` when it is not an index
+/// of version 2.
+fn read_index(idx: &[u8]) -> Option<Vec<(ObjectId, u32, u64)>> {
+    let be32 = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(idx.get(at..at + 4)?.try_into().ok()?))
+    };
+    if idx.get(..4)? != [0xff, b't', b'O', b'c'] || be32(4)? != 2 {
+        return None;
+    }
+    let n = be32(8 + 255 * 4)? as usize;
+    let ids = 1032;
+    let crcs = ids + n * 20;
+    let offsets = crcs + n * 4;
+    let large = offsets + n * 4;
+    (0..n)
+        .map(|i| {
+            let id = ObjectId::try_from(idx.get(ids + i * 20..ids + i * 20 + 20)?).ok()?;
+            let crc = be32(crcs + i * 4)?;
+            let off = be32(offsets + i * 4)?;
+            let off = if off & 0x8000_0000 == 0 {
+                off as u64
+            } else {
+                let at = large + (off & 0x7fff_ffff) as usize * 8;
+                u64::from_be_bytes(idx.get(at..at + 8)?.try_into().ok()?)
+            };
+            Some((id, crc, off))
+        })
+        .collect()
+}
+
+/// Roll `packs` into one new pack, then delete them. A pack that cannot be read as
+/// expected stops the merge before anything is written or deleted.
+fn merge(pack_dir: &Path, packs: &[Existing]) -> Result<usize> {
+    let mut body = Vec::new();
+    let mut entries: Vec<(ObjectId, u32, u64)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for p in packs {
+        let (Ok(idx), Ok(data)) = (
+            std::fs::read(p.stem.with_extension("idx")),
+            std::fs::read(p.stem.with_extension("pack")),
+        ) else {
+            return Ok(0); // merged or removed by someone else meanwhile
+        };
+        let Some(mut listed) = read_index(&idx) else {
+            return Ok(0);
+        };
+        if data.len() < 32
+            || &data[..4] != b"PACK"
+            || data[8..12] != (listed.len() as u32).to_be_bytes()
+        {
+            return Ok(0);
+        }
+        let end = (data.len() - 20) as u64;
+        listed.sort_by_key(|e| e.2);
+        if listed.iter().any(|e| e.2 < 12 || e.2 >= end) {
+            return Ok(0);
+        }
+        let has_deltas = listed
+            .iter()
+            .any(|e| matches!((data[e.2 as usize] >> 4) & 7, 6 | 7));
+        if has_deltas {
+            if listed.iter().any(|e| seen.contains(&e.0)) {
+                return Ok(0);
+            }
+            let base = 12 + body.len() as u64;
+            body.extend_from_slice(&data[12..end as usize]);
+            for (id, crc, off) in listed {
+                seen.insert(id);
+                entries.push((id, crc, base + off - 12));
+            }
+        } else {
+            for (i, (id, crc, off)) in listed.iter().enumerate() {
+                let next = listed.get(i + 1).map_or(end, |e| e.2);
+                if seen.insert(*id) {
+                    entries.push((*id, *crc, 12 + body.len() as u64));
+                    body.extend_from_slice(&data[*off as usize..next as usize]);
+                }
+            }
+        }
+    }
+    let mut header = Vec::with_capacity(12);
+    header.extend_from_slice(b"PACK");
+    header.extend_from_slice(&2u32.to_be_bytes());
+    header.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    let checksum = sha1(&[&header, &body])?;
+    let idx = index(entries, checksum)?;
+    let stem = pack_dir.join(format!("pack-{checksum}"));
+    let mut pack = header;
+    pack.extend_from_slice(&body);
+    drop(body);
+    pack.extend_from_slice(checksum.as_bytes());
+    put(pack_dir, &stem.with_extension("pack"), &pack)?;
+    put(pack_dir, &stem.with_extension("idx"), &idx)?;
+    for p in packs {
+        if p.stem == stem {
+            continue;
+        }
+        // The index first: once it is gone, nobody looks for the pack.
+        for ext in ["idx", "pack", "rev", "bitmap", "mtimes", "promisor"] {
+            let _ = std::fs::remove_file(p.stem.with_extension(ext));
+        }
+    }
+    Ok(packs.len())
+}
+
+/// Write `bytes` to `path` through a temporary file in `dir` and a rename.
+fn put(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = match tempfile::Builder::new()
+        .prefix("tmp_pack_")
+        .tempfile_in(dir)
+    {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            tempfile::Builder::new()
+                .prefix("tmp_pack_")
+                .tempfile_in(dir)
+                .map_err(|e| Error::io(dir, e))?
+        }
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    std::io::Write::write_all(&mut tmp, bytes).map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// git itself verifies and reads what we write.
+    #[test]
+    fn git_reads_the_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(dir.path())
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        git(&["init", "--bare", "-q"]);
+        let big: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let blobs: Vec<(ObjectId, Kind, Vec<u8>)> = [b"hello\n".to_vec(), Vec::new(), big]
+            .into_iter()
+            .map(|data| {
+                let id = gix::objs::compute_hash(gix::hash::Kind::Sha1, Kind::Blob, &data).unwrap();
+                (id, Kind::Blob, data)
+            })
+            .collect();
+        let idx = write(
+            &dir.path().join("objects/pack"),
+            blobs.iter().map(|(id, k, d)| (*id, *k, d.as_slice())),
+        )
+        .unwrap()
+        .unwrap();
+        git(&["verify-pack", idx.to_str().unwrap()]);
+        for (id, _, data) in &blobs {
+            let out = std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(dir.path())
+                .args(["cat-file", "blob", &id.to_string()])
+                .output()
+                .unwrap();
+            assert_eq!(&out.stdout, data);
+        }
+        assert!(git(&["count-objects", "-v"]).contains("\nin-pack: 3\n"));
+    }
+
+    /// Small packs of ours and a pack `git gc` wrote (with deltas) are merged into one that
+    /// git verifies; every object is still there; the merged packs are gone.
+    #[test]
+    fn merging_keeps_every_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(dir.path())
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        git(&["init", "--bare", "-q"]);
+        // A pack with deltas: similar large blobs, packed by git.
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let mut text: String = (0..2000).map(|j| format!("line {j}\n")).collect();
+            text.push_str(&format!("version {i}\n"));
+            let mut child = std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(dir.path())
+                .args(["hash-object", "-w", "--stdin"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            ids.push(String::from_utf8(out.stdout).unwrap().trim().to_owned());
+        }
+        let mut child = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(dir.path())
+            .args(["pack-objects", "-q"])
+            .arg(dir.path().join("objects/pack/pack"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), ids.join("\n").as_bytes())
+            .unwrap();
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success());
+        assert!(git(&["verify-pack", "-v", &glob_idx(dir.path())[0]]).contains("chain length"));
+        // Ten small packs of ours, one object repeated in two of them.
+        let pack_dir = dir.path().join("objects/pack");
+        for i in 0..10 {
+            let data = [format!("record {i}\n"), "shared\n".to_owned()];
+            let objects: Vec<(ObjectId, Kind, &[u8])> = data
+                .iter()
+                .map(|d| {
+                    let id =
+                        gix::objs::compute_hash(gix::hash::Kind::Sha1, Kind::Blob, d.as_bytes())
+                            .unwrap();
+                    (id, Kind::Blob, d.as_bytes())
+                })
+                .collect();
+            ids.push(objects[0].0.to_string());
+            write(&pack_dir, objects.into_iter()).unwrap();
+        }
+        assert_eq!(glob_idx(dir.path()).len(), 11); // ours and git's
+        assert_eq!(
+            maintain(&pack_dir, 20).unwrap(),
+            0,
+            "under the limit: nothing to do"
+        );
+        let merged = maintain(&pack_dir, 4).unwrap();
+        assert!(merged >= 2, "{merged}");
+        let left = glob_idx(dir.path());
+        assert_eq!(left.len(), 11 - merged + 1);
+        for idx in &left {
+            git(&["verify-pack", idx]);
+        }
+        for id in &ids {
+            git(&["cat-file", "-e", id]);
+        }
+        // Everything into one, the pack with deltas included.
+        while glob_idx(dir.path()).len() > 1 {
+            assert!(maintain(&pack_dir, 0).unwrap() >= 2);
+        }
+        git(&["verify-pack", &glob_idx(dir.path())[0]]);
+        for id in &ids {
+            git(&["cat-file", "-e", id]);
+        }
+        assert!(!pack_dir.join("dtk-merge.lock").exists());
+    }
+
+    fn glob_idx(git_dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(git_dir.join("objects/pack"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
