@@ -186,6 +186,20 @@ pub(crate) fn maintain(pack_dir: &Path, limit: usize) -> Result<usize> {
     for e in std::fs::read_dir(pack_dir).map_err(|e| Error::io(pack_dir, e))? {
         let Ok(e) = e else { continue };
         let name = e.file_name();
+        if name.as_encoded_bytes().starts_with(b"tmp_pack_") {
+            // Left by a process killed while writing (git's `gc` removes them after two
+            // weeks; a writer is done within seconds).
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+            if old {
+                let _ = std::fs::remove_file(e.path());
+            }
+            continue;
+        }
         let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".idx")) else {
             continue;
         };
@@ -490,8 +504,20 @@ mod tests {
             0,
             "under the limit: nothing to do"
         );
+        // A temporary file of a killed writer: removed once it is old, kept while fresh.
+        let fresh = pack_dir.join("tmp_pack_fresh");
+        let stale = pack_dir.join("tmp_pack_stale");
+        std::fs::write(&fresh, b"partial").unwrap();
+        std::fs::write(&stale, b"partial").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+            .unwrap();
         let merged = maintain(&pack_dir, 4).unwrap();
         assert!(merged >= 2, "{merged}");
+        assert!(fresh.exists() && !stale.exists());
         let left = glob_idx(dir.path());
         assert_eq!(left.len(), 11 - merged + 1);
         for idx in &left {
