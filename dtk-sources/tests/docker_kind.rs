@@ -3,7 +3,7 @@
 #![cfg(feature = "docker")]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -51,27 +51,49 @@ fn free_port(ip: &str) -> u16 {
         .port()
 }
 
+/// How a test registry authenticates.
+enum Auth {
+    /// Anonymous access to everything.
+    None,
+    /// Basic, `USER`/`PASSWORD` in an htpasswd file.
+    Htpasswd,
+    /// Bearer tokens from a [`TokenServer`] (`auth: token`).
+    Token,
+}
+
 /// A `docker-registry serve` on a free loopback port with its storage in a temp dir;
-/// killed on drop.
+/// killed on drop (with its token server, if any).
 struct Registry {
     dir: tempfile::TempDir,
     ip: &'static str,
     port: u16,
     child: Child,
+    /// Pushes need `USER`/`PASSWORD`.
     auth: bool,
+    /// The realm of an `auth: token` registry.
+    tokens: Option<TokenServer>,
 }
 
 impl Registry {
     fn start() -> Registry {
-        Registry::start_with(false, "127.0.0.1")
+        Registry::start_with(Auth::None, "127.0.0.1")
     }
 
     fn start_htpasswd() -> Registry {
-        Registry::start_with(true, "127.0.0.1")
+        Registry::start_with(Auth::Htpasswd, "127.0.0.1")
     }
 
-    fn start_with(auth: bool, ip: &'static str) -> Registry {
+    /// A registry with `auth: token` and its token server, both on 127.0.0.1.
+    fn start_token() -> Registry {
+        Registry::start_with(Auth::Token, "127.0.0.1")
+    }
+
+    fn start_with(auth: Auth, ip: &'static str) -> Registry {
         let bin = find_bin("docker-registry");
+        let mut tokens = match auth {
+            Auth::Token => Some(TokenServer::start()),
+            _ => None,
+        };
         let mut dir = tempfile::tempdir().unwrap();
         let mut last = String::new();
         for _attempt in 0..5 {
@@ -82,13 +104,22 @@ impl Registry {
                  http:\n  addr: {ip}:{port}\n",
                 dir.path().join("data").display()
             );
-            if auth {
-                let h = dir.path().join("htpasswd");
-                std::fs::write(&h, HTPASSWD).unwrap();
-                config.push_str(&format!(
-                    "auth:\n  htpasswd:\n    realm: dtk-test\n    path: {}\n",
-                    h.display()
-                ));
+            match (&auth, &tokens) {
+                (Auth::Htpasswd, _) => {
+                    let h = dir.path().join("htpasswd");
+                    std::fs::write(&h, HTPASSWD).unwrap();
+                    config.push_str(&format!(
+                        "auth:\n  htpasswd:\n    realm: dtk-test\n    path: {}\n",
+                        h.display()
+                    ));
+                }
+                (Auth::Token, Some(t)) => config.push_str(&format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {TOKEN_SERVICE}\n    \
+                     issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                    t.realm(),
+                    t.cert().display()
+                )),
+                _ => {}
             }
             let cfg = dir.path().join("config.yml");
             std::fs::write(&cfg, config).unwrap();
@@ -106,12 +137,14 @@ impl Registry {
                 ip,
                 port,
                 child,
-                auth,
+                auth: !matches!(auth, Auth::None),
+                tokens: None,
             };
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if let Some(status) = http_status(ip, port, "/v2/") {
                     assert!(status == 200 || status == 401, "registry answered {status}");
+                    reg.tokens = tokens.take();
                     return reg;
                 }
                 if let Ok(Some(_)) = reg.child.try_wait() {
@@ -179,6 +212,152 @@ fn http_status(ip: &str, port: u16, path: &str) -> Option<u16> {
     let n = s.read(&mut buf).ok()?;
     let head = String::from_utf8_lossy(&buf[..n]).into_owned();
     head.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `GET path` on the loopback port over HTTP/1.0: the status, the headers (names in lower
+/// case) and the body.
+fn http_get(ip: &str, port: u16, path: &str) -> (u16, Vec<(String, String)>, String) {
+    let mut s = TcpStream::connect((ip, port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n").unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    let (head, body) = all.split_once("\r\n\r\n").unwrap_or((&all, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {all:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+// ---------------------------------------------------------------------------------------
+// A real token server (`tests/py/token_server.py`) for registries with `auth: token`
+
+/// The registry's `auth.token.service`: the audience of its tokens.
+const TOKEN_SERVICE: &str = "dtk-test-registry";
+/// The registry's `auth.token.issuer`.
+const TOKEN_ISSUER: &str = "dtk-test-token-issuer";
+
+/// The token service of `tests/py/token_server.py` (its docstring says what it grants),
+/// on a free port of 127.0.0.1, granting `USER`/`PASSWORD` everything they ask for and
+/// anonymous requests `pull`; killed on drop.
+struct TokenServer {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+/// One line of the token server's log.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct TokenRequest {
+    method: String,
+    path: String,
+    #[serde(default)]
+    service: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    /// `anonymous`, `valid` or `invalid` Basic credentials.
+    #[serde(default)]
+    auth: String,
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    granted: Vec<String>,
+    status: u16,
+}
+
+impl TokenServer {
+    fn start() -> TokenServer {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/token_server.py");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("ctl")).unwrap();
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg("--cert")
+            .arg(dir.path().join("cert.pem"))
+            .arg("--log")
+            .arg(dir.path().join("requests.log"))
+            .arg("--ctl")
+            .arg(dir.path().join("ctl"))
+            .args(["--issuer", TOKEN_ISSUER, "--service", TOKEN_SERVICE])
+            .args(["--user", USER, "--password", PASSWORD])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start python3 {}: {e}", script.display()));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let Ok(port) = line.trim().parse() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the token server printed {line:?} (it needs python3 with the `cryptography` \
+                 package: python3 -m pip install cryptography)"
+            );
+        };
+        TokenServer { child, port, dir }
+    }
+
+    /// `http://127.0.0.1:PORT/token`.
+    fn realm(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+
+    /// The certificate of the key signing the tokens (the registry's rootcertbundle).
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    /// The raw request log.
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("requests.log")).unwrap_or_default()
+    }
+
+    /// Every request so far.
+    fn log(&self) -> Vec<TokenRequest> {
+        self.log_text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// Turn switch `name` on (see the script's docstring).
+    fn set(&self, name: &str, value: &str) {
+        std::fs::write(self.dir.path().join("ctl").join(name), value).unwrap();
+    }
+
+    /// Turn switch `name` off.
+    fn clear(&self, name: &str) {
+        let _ = std::fs::remove_file(self.dir.path().join("ctl").join(name));
+    }
+
+    /// A token for `scope`, asked for anonymously (as `curl` would).
+    fn anonymous_token(&self, scope: &str) -> String {
+        let (status, _, body) = http_get(
+            "127.0.0.1",
+            self.port,
+            &format!("/token?service={TOKEN_SERVICE}&scope={scope}"),
+        );
+        assert_eq!(status, 200, "{body}");
+        let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+        reply["token"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -959,10 +1138,223 @@ async fn basic_auth_with_docker_token() {
     assert!(!format!("{src:?}").contains(wrong_pass));
 }
 
+/// The token server's requests after the first `n`.
+fn token_requests_since(tokens: &TokenServer, n: usize) -> Vec<TokenRequest> {
+    tokens.log().split_off(n)
+}
+
+/// The bearer-token dance against a real `auth: token` registry and a real token service:
+/// anonymous pulls with anonymous tokens, pushes with the `DOCKER_TOKEN` credentials sent
+/// to the realm, tokens cached per source and scope, refused tokens fetched again once.
+#[tokio::test]
+async fn bearer_token_from_a_token_server() {
+    let reg = Registry::start_token();
+    let tokens = reg.tokens.as_ref().unwrap();
+    let pull = "repository:team/public:pull";
+    let push = "repository:team/public:pull,push";
+    let loc = reg.location("team/public");
+
+    // The registry wants a token from the realm: a bare request gets a Bearer challenge.
+    let (status, headers, _) = http_get(reg.ip, reg.port, "/v2/team/public/manifests/latest");
+    assert_eq!(status, 401);
+    let challenge = headers
+        .iter()
+        .find(|(k, _)| k == "www-authenticate")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert!(challenge.starts_with("Bearer "), "{challenge}");
+    assert!(
+        challenge.contains(&format!("realm=\"{}\"", tokens.realm())),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains(&format!("service=\"{TOKEN_SERVICE}\"")),
+        "{challenge}"
+    );
+
+    // skopeo pushes through the realm with the credentials (and the registry trusts the
+    // token server's signatures).
+    let good = env_with(Some(&format!("{USER}:{PASSWORD}")));
+    let img = Image::single("bearer", "amd64");
+    reg.push(
+        &img.write_layout(&good.dir("l"), "latest"),
+        "latest",
+        "team/public",
+    );
+    let log = tokens.log();
+    assert!(
+        log.iter()
+            .any(|r| r.auth == "valid" && r.granted.iter().any(|g| g == push)),
+        "{log:#?}"
+    );
+
+    // Anonymous polling and materializing: the registry's 401, an anonymous pull token from
+    // the realm, the retry with it.
+    let n = tokens.log().len();
+    let anon = env();
+    let src = open(&anon.ctx, &loc, None).await;
+    assert_eq!(src.latest().await.unwrap().version, img.version());
+    let root = src
+        .materialize(&img.version(), &anon.dir("m"))
+        .await
+        .unwrap();
+    assert_eq!(check_layout(&root), expected_blobs(&img));
+    let log = token_requests_since(tokens, n);
+    // One token for `resolve`'s client, one for the source's: its five requests share it.
+    assert_eq!(log.len(), 2, "{log:#?}");
+    for r in &log {
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str(), r.status),
+            ("GET", "/token", 200),
+            "{r:?}"
+        );
+        assert_eq!(r.service, TOKEN_SERVICE, "{r:?}");
+        assert_eq!(r.auth, "anonymous", "{r:?}");
+        assert_eq!(r.scopes, [pull], "{r:?}");
+        assert_eq!(r.granted, [pull], "{r:?}");
+    }
+
+    // Anonymous publishing: the realm grants `pull` only, the registry refuses the upload.
+    let n = tokens.log().len();
+    let new = Image::single("bearer-pushed", "amd64");
+    let new_dir = new.write_layout(&anon.dir("p"), "latest");
+    let e = src.publish(&new_dir).await.unwrap_err();
+    let msg = e.to_string();
+    eprintln!("{msg}");
+    assert!(matches!(e, Error::Backend { .. }), "{msg}");
+    assert!(msg.contains("unauthorized"), "{msg}");
+    assert!(msg.contains("docker source \"src\""), "{msg}");
+    assert!(msg.contains("DOCKER_TOKEN"), "{msg}");
+    let log = token_requests_since(tokens, n);
+    assert!(
+        log.iter().any(|r| r.scopes.iter().any(|s| s == push)),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .all(|r| r.auth == "anonymous" && r.granted == [pull]),
+        "{log:#?}"
+    );
+    assert_eq!(src.latest().await.unwrap().version, img.version());
+
+    // With the credentials of `dkt init --docker-token USER:PASSWORD`: one token for
+    // `resolve`, one (pull,push) for the whole publish, both with valid Basic credentials.
+    let n = tokens.log().len();
+    let pusher = open(&good.ctx, &loc, None).await;
+    let v = pusher.publish(&new_dir).await.unwrap().version;
+    assert_eq!(v, new.version());
+    let log = token_requests_since(tokens, n);
+    assert_eq!(log.len(), 2, "{log:#?}");
+    for r in &log {
+        assert_eq!((r.auth.as_str(), r.user.as_str()), ("valid", USER), "{r:?}");
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(log[0].granted, [pull], "{log:#?}");
+    assert_eq!(log[1].scopes, [push], "{log:#?}");
+    assert_eq!(log[1].granted, [push], "{log:#?}");
+    assert!(!format!("{pusher:?}").contains(PASSWORD));
+    // The anonymous source sees the new version (its cached token still serves).
+    let n = tokens.log().len();
+    assert_eq!(src.latest().await.unwrap().version, v);
+    assert_eq!(tokens.log().len(), n);
+
+    // A wrong password: the realm answers 401; unauthorized, naming the source and the
+    // realm, never the password.
+    let wrong_pass = "wr0ng-Pa55word";
+    let bad = env_with(Some(&format!("{USER}:{wrong_pass}")));
+    let n = tokens.log().len();
+    let spec = SourceSpec {
+        tag: Some("latest".into()),
+        ..SourceSpec::new(Name::new("src").unwrap(), "docker", loc.clone())
+    };
+    let bad_src = DockerKind::default().open(&bad.ctx, &spec).unwrap();
+    let other = Image::single("bearer-refused", "amd64");
+    for e in [
+        resolve(&bad.ctx, &loc, None).await.unwrap_err(),
+        bad_src.latest().await.unwrap_err(),
+        bad_src
+            .publish(&other.write_layout(&bad.dir("p"), "latest"))
+            .await
+            .unwrap_err(),
+    ] {
+        let msg = format!("{e} {e:?}");
+        eprintln!("{e}");
+        assert!(matches!(e, Error::Backend { .. }), "{msg}");
+        assert!(msg.contains("unauthorized"), "{msg}");
+        assert!(msg.contains("docker source \"src\""), "{msg}");
+        assert!(msg.contains(&tokens.realm()), "{msg}");
+        assert!(!msg.contains(wrong_pass), "{msg}");
+    }
+    let log = token_requests_since(tokens, n);
+    assert_eq!(log.len(), 3, "{log:#?}");
+    for r in &log {
+        assert_eq!((r.auth.as_str(), r.status), ("invalid", 401), "{r:?}");
+        assert!(r.granted.is_empty(), "{r:?}");
+    }
+    assert!(!format!("{bad_src:?}").contains(wrong_pass));
+    assert_eq!(src.latest().await.unwrap().version, v);
+
+    // A token given as DOCKER_TOKEN (no `:`) is sent as it is: no trip to the realm. This
+    // one grants pull only, so publishing with it is refused, saying so.
+    let raw = tokens.anonymous_token(pull);
+    let viewer = env_with(Some(&raw));
+    let n = tokens.log().len();
+    let raw_src = open(&viewer.ctx, &loc, None).await;
+    assert_eq!(raw_src.latest().await.unwrap().version, v);
+    let e = raw_src
+        .publish(&other.write_layout(&viewer.dir("p"), "latest"))
+        .await
+        .unwrap_err();
+    let msg = format!("{e} {e:?}");
+    eprintln!("{e}");
+    assert!(msg.contains("unauthorized"), "{msg}");
+    assert!(msg.contains("insufficient_scope"), "{msg}");
+    assert!(!msg.contains(&raw), "{msg}");
+    assert!(!format!("{raw_src:?}").contains(&raw));
+    assert_eq!(tokens.log().len(), n);
+
+    // A realm answering as an OAuth2 endpoint (`access_token` only) will do; one answering
+    // no token at all is an error naming it.
+    tokens.set("fields", "access_token");
+    let n = tokens.log().len();
+    let oauth = open(&anon.ctx, &loc, None).await;
+    assert_eq!(oauth.latest().await.unwrap().version, v);
+    assert_eq!(token_requests_since(tokens, n).len(), 2);
+    tokens.set("fields", "none");
+    let e = resolve(&anon.ctx, &loc, None).await.unwrap_err();
+    eprintln!("{e}");
+    assert!(e.to_string().contains("answered no token"), "{e}");
+    assert!(e.to_string().contains(&tokens.realm()), "{e}");
+    tokens.clear("fields");
+
+    // Tokens the registry refuses (expired): fetched once per challenge, then the error
+    // says so, with no loop; a refused cached token is fetched again.
+    tokens.set("expired", "1");
+    let n = tokens.log().len();
+    let later = DockerKind::default().open(&anon.ctx, &spec).unwrap();
+    let e = later.latest().await.unwrap_err();
+    let msg = e.to_string();
+    eprintln!("{msg}");
+    assert!(msg.contains("unauthorized"), "{msg}");
+    assert!(msg.contains("invalid_token"), "{msg}");
+    assert!(msg.contains(&tokens.realm()), "{msg}");
+    assert_eq!(token_requests_since(tokens, n).len(), 1);
+    tokens.clear("expired");
+    let n = tokens.log().len();
+    assert_eq!(later.latest().await.unwrap().version, v);
+    assert_eq!(token_requests_since(tokens, n).len(), 1);
+
+    // The log names who asked, never a password.
+    let text = tokens.log_text();
+    assert!(text.contains(USER));
+    assert!(!text.contains(PASSWORD), "{text}");
+    assert!(!text.contains(wrong_pass), "{text}");
+}
+
 #[tokio::test]
 async fn insecure_setting_allows_plain_http() {
     // 127.0.0.2 is not among the hosts reached over plain HTTP by default.
-    let reg = Registry::start_with(false, "127.0.0.2");
+    let reg = Registry::start_with(Auth::None, "127.0.0.2");
     let env = env();
     let img = Image::single("insecure", "amd64");
     reg.push(

@@ -346,13 +346,17 @@ impl Client {
             if let Some(service) = challenge.params.get("service") {
                 q.append_pair("service", service);
             }
-            let wanted = challenge
-                .params
-                .get("scope")
-                .filter(|s| !s.is_empty())
-                .map(String::as_str)
-                .unwrap_or(scope);
-            q.append_pair("scope", wanted);
+            // The scope this client needs for the operation (so one token serves every
+            // request of a publish, the `HEAD`s that only need `pull` included), and any
+            // scope of the challenge that it does not cover.
+            q.append_pair("scope", scope);
+            if let Some(asked) = challenge.params.get("scope") {
+                for extra in asked.split_whitespace() {
+                    if !scope_covers(scope, extra) {
+                        q.append_pair("scope", extra);
+                    }
+                }
+            }
         }
         let shown = url.as_str().to_owned();
         let mut rb = self.http.get(url);
@@ -414,6 +418,9 @@ impl Client {
     async fn failure(&self, what: &str, resp: reqwest::Response) -> Error {
         let status = resp.status();
         if matches!(status.as_u16(), 401 | 403) {
+            if let Some(e) = self.refused_token(what, &resp) {
+                return e;
+            }
             if self.credential.is_none() {
                 let url = resp.url();
                 let shown = format!(
@@ -443,6 +450,56 @@ impl Client {
             "{what}: {}{url} answered HTTP {status}{detail}",
             self.base
         ))
+    }
+
+    /// The error for a bearer token the registry refused (its challenge says
+    /// `error="invalid_token"`, or `error="insufficient_scope"` when credentials were
+    /// given): which token, and why it may have been refused.
+    fn refused_token(&self, what: &str, resp: &reqwest::Response) -> Option<Error> {
+        let challenge = resp
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|h| h.to_str().ok())
+            .filter_map(parse_challenge)
+            .find(|c| c.scheme == "bearer")?;
+        let url = resp.url();
+        let shown = format!(
+            "{}://{}{}",
+            url.scheme(),
+            url.host_str().unwrap_or(""),
+            url.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ) + url.path();
+        let status = resp.status();
+        let from = match (&self.credential, challenge.params.get("realm")) {
+            (Some(Credential::Token(_)), _) => "the token given as DOCKER_TOKEN".to_owned(),
+            (_, Some(realm)) => {
+                let realm = realm.split('?').next().unwrap_or(realm);
+                format!("the token from {realm}")
+            }
+            (_, None) => "the token".to_owned(),
+        };
+        match challenge.params.get("error").map(String::as_str) {
+            Some("invalid_token") => Some(self.err(format!(
+                "unauthorized: {shown} refused {from} for {what} (HTTP {status}, \
+                 invalid_token): it may have expired, be meant for another registry \
+                 service, or be signed by a key the registry does not trust; check this \
+                 machine's clock"
+            ))),
+            Some("insufficient_scope") if self.credential.is_some() => {
+                let needed = challenge
+                    .params
+                    .get("scope")
+                    .map(|s| format!(" `{s}`"))
+                    .unwrap_or_default();
+                Some(self.err(format!(
+                    "unauthorized: {shown} refused {from} for {what} (HTTP {status}, \
+                     insufficient_scope): it does not grant{needed}; the DOCKER_TOKEN \
+                     secret (its account, or the token itself) may lack that access"
+                )))
+            }
+            _ => None,
+        }
     }
 
     /// `GET` the manifest `reference` (a tag or a digest); `None` when the registry has no
@@ -669,6 +726,25 @@ fn file_body(
     reqwest::Body::wrap_stream(stream)
 }
 
+/// True when the token scope `have` (`TYPE:NAME:ACTIONS`) grants everything `want` asks.
+fn scope_covers(have: &str, want: &str) -> bool {
+    fn split(s: &str) -> Option<(&str, &str, Vec<&str>)> {
+        let (kind, rest) = s.split_once(':')?;
+        let (name, actions) = rest.rsplit_once(':')?;
+        Some((
+            kind,
+            name,
+            actions.split(',').filter(|a| !a.is_empty()).collect(),
+        ))
+    }
+    match (split(have), split(want)) {
+        (Some((hk, hn, ha)), Some((wk, wn, wa))) => {
+            hk == wk && hn == wn && wa.iter().all(|a| ha.contains(a) || ha.contains(&"*"))
+        }
+        _ => have == want,
+    }
+}
+
 /// `sha256:` and the first 12 hex digits, for progress lines.
 fn short(digest: &str) -> &str {
     digest.get(..19).unwrap_or(digest)
@@ -731,6 +807,19 @@ mod tests {
         assert_eq!(odd.params["realm"], "x");
         assert_eq!(odd.params["error"], "insufficient_scope");
         assert!(parse_challenge("").is_none());
+    }
+
+    #[test]
+    fn scopes_cover() {
+        let push = "repository:team/app:pull,push";
+        assert!(scope_covers(push, "repository:team/app:pull"));
+        assert!(scope_covers(push, push));
+        assert!(scope_covers("repository:team/app:*", push));
+        assert!(!scope_covers("repository:team/app:pull", push));
+        assert!(!scope_covers(push, "repository:team/other:pull"));
+        assert!(!scope_covers(push, "registry:catalog:*"));
+        assert!(scope_covers("odd", "odd"));
+        assert!(!scope_covers("odd", "other"));
     }
 
     #[test]
