@@ -397,16 +397,7 @@ mod tests {
     #[test]
     fn git_reads_the_pack() {
         let dir = tempfile::tempdir().unwrap();
-        let git = |args: &[&str]| {
-            let out = std::process::Command::new("git")
-                .arg("--git-dir")
-                .arg(dir.path())
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{args:?}: {out:?}");
-            String::from_utf8(out.stdout).unwrap()
-        };
+        let git = |args: &[&str]| git_in(dir.path(), args);
         git(&["init", "--bare", "-q"]);
         let big: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
         let blobs: Vec<(ObjectId, Kind, Vec<u8>)> = [b"hello\n".to_vec(), Vec::new(), big]
@@ -440,16 +431,7 @@ mod tests {
     #[test]
     fn merging_keeps_every_object() {
         let dir = tempfile::tempdir().unwrap();
-        let git = |args: &[&str]| {
-            let out = std::process::Command::new("git")
-                .arg("--git-dir")
-                .arg(dir.path())
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{args:?}: {out:?}");
-            String::from_utf8(out.stdout).unwrap()
-        };
+        let git = |args: &[&str]| git_in(dir.path(), args);
         git(&["init", "--bare", "-q"]);
         // A pack with deltas: similar large blobs, packed by git.
         let mut ids = Vec::new();
@@ -535,6 +517,18 @@ mod tests {
             git(&["cat-file", "-e", id]);
         }
         assert!(!pack_dir.join("dtk-merge.lock").exists());
+    }
+
+    /// Run git on the repository `git_dir`; its standard output.
+    fn git_in(git_dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(git_dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
     }
 
     fn glob_idx(git_dir: &Path) -> Vec<String> {

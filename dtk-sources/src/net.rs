@@ -61,13 +61,7 @@ pub(crate) fn check_status(
     if status.is_success() {
         return Ok(resp);
     }
-    let url = resp.url().clone();
-    let shown = format!(
-        "{}://{}{}",
-        url.scheme(),
-        url.host_str().unwrap_or(""),
-        url.port().map(|p| format!(":{p}")).unwrap_or_default()
-    ) + url.path();
+    let shown = shown_url(resp.url());
     let message = match status.as_u16() {
         401 | 403 => format!(
             "unauthorized: {shown} refused the credentials for {what} (HTTP {status}); \
@@ -243,13 +237,14 @@ pub(crate) fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
-/// `url` without its query string and fragment (they may hold a signature or a token), for
-/// messages.
+/// `url` without its user information, query string and fragment (they may hold a
+/// credential, a signature or a token), for messages.
 pub(crate) fn shown_url(url: &reqwest::Url) -> String {
     let mut u = url.clone();
     u.set_query(None);
     u.set_fragment(None);
     let _ = u.set_password(None);
+    let _ = u.set_username("");
     u.to_string()
 }
 

@@ -422,13 +422,7 @@ impl Client {
                 return e;
             }
             if self.credential.is_none() {
-                let url = resp.url();
-                let shown = format!(
-                    "{}://{}{}",
-                    url.scheme(),
-                    url.host_str().unwrap_or(""),
-                    url.port().map(|p| format!(":{p}")).unwrap_or_default()
-                ) + url.path();
+                let shown = net::shown_url(resp.url());
                 return self.err(format!(
                     "unauthorized: {shown} requires credentials for {what} (HTTP {status}) and \
                      no DOCKER_TOKEN secret is set (give one with `dkt init --docker-token \
@@ -463,13 +457,7 @@ impl Client {
             .filter_map(|h| h.to_str().ok())
             .filter_map(parse_challenge)
             .find(|c| c.scheme == "bearer")?;
-        let url = resp.url();
-        let shown = format!(
-            "{}://{}{}",
-            url.scheme(),
-            url.host_str().unwrap_or(""),
-            url.port().map(|p| format!(":{p}")).unwrap_or_default()
-        ) + url.path();
+        let shown = net::shown_url(resp.url());
         let status = resp.status();
         let from = match (&self.credential, challenge.params.get("realm")) {
             (Some(Credential::Token(_)), _) => "the token given as DOCKER_TOKEN".to_owned(),
