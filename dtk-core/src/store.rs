@@ -283,7 +283,10 @@ impl Store {
                         .commits
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if n + 1 >= REOPEN_EVERY {
-                        self.reopen()?;
+                        // The commit has landed: a failure here must not report it as failed.
+                        if let Err(e) = self.reopen() {
+                            tracing::warn!(error = %e, "could not reopen the metadata store");
+                        }
                     }
                     return Ok((value, Some(commit)));
                 }
