@@ -280,13 +280,7 @@ impl Client {
                 return Ok(resp);
             }
             answered = true;
-            let challenge = resp
-                .headers()
-                .get_all(WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|h| h.to_str().ok())
-                .filter_map(parse_challenge)
-                .find(|c| c.scheme == "bearer" || c.scheme == "basic");
+            let challenge = challenges(&resp).find(|c| c.scheme == "bearer" || c.scheme == "basic");
             let Some(challenge) = challenge else {
                 return Ok(resp);
             };
@@ -450,13 +444,7 @@ impl Client {
     /// `error="invalid_token"`, or `error="insufficient_scope"` when credentials were
     /// given): which token, and why it may have been refused.
     fn refused_token(&self, what: &str, resp: &reqwest::Response) -> Option<Error> {
-        let challenge = resp
-            .headers()
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|h| h.to_str().ok())
-            .filter_map(parse_challenge)
-            .find(|c| c.scheme == "bearer")?;
+        let challenge = challenges(resp).find(|c| c.scheme == "bearer")?;
         let shown = net::shown_url(resp.url());
         let status = resp.status();
         let from = match (&self.credential, challenge.params.get("realm")) {
@@ -712,6 +700,15 @@ fn file_body(
         }
     });
     reqwest::Body::wrap_stream(stream)
+}
+
+/// The `WWW-Authenticate` challenges of a response that parse.
+fn challenges(resp: &reqwest::Response) -> impl Iterator<Item = Challenge> + '_ {
+    resp.headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .filter_map(parse_challenge)
 }
 
 /// True when the token scope `have` (`TYPE:NAME:ACTIONS`) grants everything `want` asks.
