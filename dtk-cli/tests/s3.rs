@@ -44,7 +44,7 @@ fn s3_sources_feed_a_node_that_publishes_to_s3() {
     let config = e.path().join(".dkt/config");
     let mut text = std::fs::read_to_string(&config).unwrap_or_default();
     text.push_str(&format!(
-        "\n[kind.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = \"true\"\n",
+        "\n[kind.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\n",
         m.endpoint
     ));
     std::fs::write(&config, text).unwrap();

@@ -181,6 +181,8 @@ fn git_sources_design_example() {
     let out = e.dkt(&["source", "add", "pinata", "pinata"]).ok();
     let row = table_row(&out, "pinata");
     assert_eq!(row[1], "git");
+    let location = repo.canonicalize().unwrap().display().to_string();
+    assert_eq!(row[2], location);
     assert_eq!(row[3], "master");
     // Derived source: inherits kind, location and tag; -p relative to the parent's path.
     let out = e
@@ -194,7 +196,7 @@ fn git_sources_design_example() {
         ])
         .ok();
     let row = table_row(&out, "pitfall");
-    assert_eq!(&row[1..], ["git", row[2], "master", "/v1/pitfall"]);
+    assert_eq!(&row[1..], ["git", &location, "master", "/v1/pitfall"]);
     let out = e.dkt(&["source", "add", "v1", "pinata", "-p", "v1"]).ok();
     assert_eq!(table_row(&out, "v1")[4], "/v1");
     let out = e.dkt(&["source", "add", "pf2", "v1", "-p", "pitfall"]).ok();
@@ -327,16 +329,76 @@ fn bad_git_input() {
     assert_eq!(e.commits(), commits);
 }
 
+#[path = "../../dtk-sources/tests/support/git_server.rs"]
+mod git_server;
+
+/// `-k github USER/REPO` against a local HTTPS server configured as the GitHub host
+/// (`[kind.git] github_url`); the GitHub token is sent there, and only there.
 #[test]
 fn github_shortcut_expands() {
-    let e = Env::project();
-    // No network here: the expansion shows in the error that the fetch fails with.
-    let r = e.dkt(&["source", "add", "pinata", "docker/pinata", "-k", "github"]);
-    assert_ne!(r.code(), 0);
+    const TOKEN: &str = "ghp_CanaryForTheGithubHost01";
+    let server = git_server::GitServer::start(true, None);
+    let e = Env::new();
+    e.dkt(&["init", &format!("--github-token={TOKEN}")]).ok();
+    let repo = e.path().join("pinata");
+    let commits = pinata_repo(&repo);
+    server.serve("docker/pinata", &repo);
+    let config = e.path().join(".dkt/config");
+    let mut text = std::fs::read_to_string(&config).unwrap_or_default();
+    text.push_str(&format!(
+        "\n[kind.git]\ngithub_url = \"{}\"\n",
+        server.base()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let dkt = |args: &[&str]| {
+        let out = e
+            .cmd()
+            .env("SSL_CERT_FILE", server.ca())
+            .args(args)
+            .output()
+            .unwrap();
+        Run { out }
+    };
+    let out = dkt(&["source", "add", "pinata", "docker/pinata", "-k", "github"]).ok();
+    let row = table_row(&out, "pinata");
+    assert_eq!(
+        &row[1..],
+        [
+            "git",
+            &format!("{}/docker/pinata", server.base()),
+            "master",
+            "-"
+        ]
+    );
+    let list = dkt(&["source", "list"]).ok();
+    assert_eq!(
+        table_row(&list, "pinata")[1],
+        format!("sha1:{}", commits[0])
+    );
+    let sent = server.authorizations();
+    assert!(!sent.is_empty());
     assert!(
-        r.stderr().contains("https://github.com/docker/pinata"),
-        "{}",
-        r.stderr()
+        sent.iter().all(|a| a.starts_with("Basic ")),
+        "every request carried the token: {sent:?}"
+    );
+    // A missing repository: a clear error naming the URL, exit 1, nothing recorded.
+    let commits_before = e.commits();
+    let r = dkt(&["source", "add", "gone", "docker/gone", "-k", "github"]);
+    let err = r.fails(1);
+    assert!(
+        err.contains(&format!("{}/docker/gone", server.base())),
+        "{err}"
+    );
+    assert!(!err.contains(TOKEN), "{err}");
+    assert_eq!(e.commits(), commits_before);
+    // The same server under another name is not the GitHub host: no token.
+    let other = server.base().replace("127.0.0.1", "localhost");
+    let before = server.authorizations().len();
+    dkt(&["source", "add", "again", &format!("{other}/docker/pinata")]).ok();
+    let sent = server.authorizations()[before..].to_vec();
+    assert!(
+        !sent.is_empty() && sent.iter().all(|a| a == "-"),
+        "{sent:?}"
     );
 }
 

@@ -37,7 +37,40 @@ pub struct Config {
     pub vars: BTreeMap<String, String>,
     /// Settings of source kinds, by kind then key (`[kind.s3] endpoint = "..."`); each
     /// kind documents its keys. Given to kinds as [`Context::settings`](crate::Context).
+    /// Values may be TOML strings, booleans or numbers; kinds receive their text
+    /// (`allow_http = true` arrives as `"true"`).
+    #[serde(deserialize_with = "scalar_tables")]
     pub kind: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// `[kind.NAME]` tables whose values are scalars (string, boolean, integer, float), kept as
+/// text; an array or a table is refused, naming the key.
+fn scalar_tables<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, BTreeMap<String, String>>, D::Error> {
+    use serde::de::Error as _;
+    let raw = BTreeMap::<String, BTreeMap<String, toml::Value>>::deserialize(d)?;
+    let mut out = BTreeMap::new();
+    for (kind, table) in raw {
+        let mut values = BTreeMap::new();
+        for (key, value) in table {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => {
+                    return Err(D::Error::custom(format!(
+                        "[kind.{kind}] {key}: expected a string, a boolean or a number, found {}",
+                        other.type_str()
+                    )))
+                }
+            };
+            values.insert(key, text);
+        }
+        out.insert(kind, values);
+    }
+    Ok(out)
 }
 
 /// `[worker]` of the configuration.
@@ -46,6 +79,9 @@ pub struct Config {
 pub struct WorkerConfig {
     /// The labels of this machine; default: the OS and the architecture.
     pub labels: Option<Vec<String>>,
+    /// How long a run's claim lasts without renewal (`"30s"` by default): a run whose
+    /// process was stopped or cut off for longer is declared interrupted and run again.
+    pub lease: Option<String>,
 }
 
 /// `[run]` of the configuration.
@@ -72,13 +108,34 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
             Err(e) => return Err(Error::io(path, e)),
         };
-        toml::from_str(&text).map_err(|e| {
+        let config: Config = toml::from_str(&text).map_err(|e| {
             Error::invalid(
                 "configuration file",
                 path.display().to_string(),
                 e.to_string().trim_end().to_owned(),
             )
-        })
+        })?;
+        if let Some(lease) = &config.worker.lease {
+            let ok = crate::engine::parse_duration(lease).is_ok_and(|d| !d.is_zero());
+            if !ok {
+                return Err(Error::invalid(
+                    "setting",
+                    format!("[worker] lease = {lease:?} in {}", path.display()),
+                    "expected a duration such as \"30s\" or \"2m\"",
+                ));
+            }
+        }
+        Ok(config)
+    }
+
+    /// How long a run's claim lasts without renewal (`[worker] lease`, default 30 s).
+    pub fn lease(&self) -> std::time::Duration {
+        self.worker
+            .lease
+            .as_deref()
+            .and_then(|l| crate::engine::parse_duration(l).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(crate::engine::LEASE)
     }
 
     /// The labels of this machine (configured, or the default).
@@ -246,5 +303,27 @@ mod tests {
         std::fs::write(&p, "[wroker]\n").unwrap();
         let e = Config::load(&p).unwrap_err().to_string();
         assert!(e.contains("wroker"), "{e}");
+    }
+
+    #[test]
+    fn kind_settings_take_booleans_and_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config");
+        std::fs::write(
+            &p,
+            "[kind.s3]\nallow_http = true\nanonymous = \"false\"\nparts = 4\nratio = 0.5\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.kind["s3"]["allow_http"], "true");
+        assert_eq!(c.kind["s3"]["anonymous"], "false");
+        assert_eq!(c.kind["s3"]["parts"], "4");
+        assert_eq!(c.kind["s3"]["ratio"], "0.5");
+        std::fs::write(&p, "[kind.s3]\nendpoint = [\"a\"]\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("[kind.s3] endpoint") && e.contains("array"),
+            "{e}"
+        );
     }
 }

@@ -334,24 +334,95 @@ fn infer_cases() {
 // ---------------------------------------------------------------------------------------
 // resolve
 
+#[path = "support/git_server.rs"]
+mod git_server;
+
+/// One HTTPS git server for this test binary, trusted through `SSL_CERT_FILE` (which the
+/// HTTPS transport reads once per client, so every test must use the same CA).
+fn https_server() -> &'static git_server::GitServer {
+    static SERVER: std::sync::OnceLock<git_server::GitServer> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        let server = git_server::GitServer::start(true, None);
+        std::env::set_var("SSL_CERT_FILE", server.ca());
+        server
+    })
+}
+
+/// The `github` shortcut expands under `[kind.git] github_url`: here a local HTTPS git
+/// server (never github.com: tests send traffic to loopback only).
 #[tokio::test]
 async fn github_shortcut_expands_and_rejects() {
     let mut e = env();
-    e.ctx.network_timeout = Duration::from_secs(5);
-    // No network here: the fetch fails, naming the expanded URL.
-    let err = GitKind::default()
-        .resolve(
-            &e.ctx,
-            new_source("github", "someone/some-repo", None, None),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Backend { .. }), "{err}");
-    assert!(
-        err.to_string()
-            .contains("https://github.com/someone/some-repo"),
-        "{err}"
-    );
+    e.ctx.network_timeout = Duration::from_secs(10);
+    #[cfg(feature = "https")]
+    {
+        let server = https_server();
+        let r = small_repo(&e.root);
+        server.serve("someone/some-repo", &r.dir);
+        e.ctx = e
+            .ctx
+            .clone()
+            .with_setting("git", "github_url", format!("{}/", server.base()));
+        let spec = GitKind::default()
+            .resolve(
+                &e.ctx,
+                new_source("github", "someone/some-repo", None, None),
+            )
+            .await
+            .unwrap();
+        assert_eq!(spec.kind, "git");
+        assert_eq!(
+            spec.location,
+            format!("{}/someone/some-repo", server.base())
+        );
+        assert_eq!(spec.tag.as_deref(), Some("main"));
+        let source = GitKind::default().open(&e.ctx, &spec).unwrap();
+        assert_eq!(source.latest().await.unwrap().version.hex(), r.commits[2]);
+        let err = GitKind::default()
+            .resolve(&e.ctx, new_source("github", "someone/missing", None, None))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Backend { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("{}/someone/missing", server.base())),
+            "{err}"
+        );
+    }
+    #[cfg(not(feature = "https"))]
+    {
+        // Without HTTPS support the fetch fails before any connection, naming the URL.
+        e.ctx = e
+            .ctx
+            .clone()
+            .with_setting("git", "github_url", "https://127.0.0.1:1");
+        let err = GitKind::default()
+            .resolve(
+                &e.ctx,
+                new_source("github", "someone/some-repo", None, None),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("https://127.0.0.1:1/someone/some-repo"),
+            "{err}"
+        );
+    }
+    for bad in [
+        "http://127.0.0.1:1",
+        "ftp://x",
+        "https://user:pw@127.0.0.1:1",
+        "nonsense",
+    ] {
+        let ctx = e.ctx.clone().with_setting("git", "github_url", bad);
+        let err = GitKind::default()
+            .resolve(&ctx, new_source("github", "a/b", None, None))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }), "{bad}: {err}");
+        assert!(err.to_string().contains("github_url"), "{err}");
+    }
     for bad in [
         "someone",
         "a/b/c",
@@ -559,6 +630,28 @@ async fn unreachable_remotes_fail_within_the_timeout() {
 // ---------------------------------------------------------------------------------------
 // Secrets
 
+/// Standard base64 with padding (RFC 4648), for expected headers.
+fn base64(input: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test]
 async fn token_never_shows() {
     const CANARY: &str = "ghp_CanaryToken0123456789";
@@ -592,16 +685,33 @@ async fn token_never_shows() {
             .await
             .unwrap_err(),
     );
-    errors.push(
-        GitKind::default()
-            .resolve(&e.ctx, new_source("github", "someone/private", None, None))
-            .await
-            .unwrap_err(),
-    );
+    // The GitHub host here is a local HTTPS server: the token goes there, and the error of
+    // a missing repository does not show it.
+    #[cfg(feature = "https")]
+    {
+        let server = https_server();
+        let ctx = e
+            .ctx
+            .clone()
+            .with_setting("git", "github_url", server.base());
+        let before = server.authorizations().len();
+        errors.push(
+            GitKind::default()
+                .resolve(&ctx, new_source("github", "someone/private", None, None))
+                .await
+                .unwrap_err(),
+        );
+        let sent = server.authorizations()[before..].to_vec();
+        let basic = format!("Basic {}", base64(&format!("x-access-token:{CANARY}")));
+        assert!(
+            sent.contains(&basic),
+            "the token reached the GitHub host: {sent:?}"
+        );
+    }
     errors.push(
         resolve(
             &e.ctx,
-            &format!("https://x-access-token:{CANARY}@github.com/a/b"),
+            &format!("https://x-access-token:{CANARY}@127.0.0.1:1/a/b"),
             None,
             None,
         )

@@ -81,8 +81,34 @@ fn has_url_scheme(location: &str) -> bool {
     }
 }
 
-/// Expand `USER/REPO` into its GitHub URL.
-pub(crate) fn expand_github(location: &str) -> Result<String> {
+/// The default base URL of the `github` shortcut.
+pub(crate) const GITHUB_URL: &str = "https://github.com";
+
+/// The base URL of the `github` shortcut: `[kind.git] github_url` (an `https://` URL of a
+/// GitHub-compatible server, such as GitHub Enterprise or a mirror), else github.com.
+pub(crate) fn github_base(setting: Option<&str>) -> Result<String> {
+    let Some(raw) = setting else {
+        return Ok(GITHUB_URL.to_owned());
+    };
+    let base = raw.trim().trim_end_matches('/');
+    let ok = gix::url::parse(gix::bstr::BStr::new(base.as_bytes())).is_ok_and(|u| {
+        u.scheme == gix::url::Scheme::Https
+            && u.host().is_some()
+            && u.user().is_none()
+            && u.password().is_none()
+    });
+    if !ok {
+        return Err(Error::invalid(
+            "setting",
+            format!("[kind.git] github_url = {raw:?}"),
+            "expected an https://HOST[:PORT][/PATH] URL without credentials",
+        ));
+    }
+    Ok(base.to_owned())
+}
+
+/// Expand `USER/REPO` into its URL under `base` (`https://github.com` by default).
+pub(crate) fn expand_github(location: &str, base: &str) -> Result<String> {
     let bad = || {
         Error::invalid(
             "github location",
@@ -105,7 +131,7 @@ pub(crate) fn expand_github(location: &str) -> Result<String> {
     if !user_ok || !repo_ok {
         return Err(bad());
     }
-    Ok(format!("https://github.com/{user}/{repo}"))
+    Ok(format!("{}/{user}/{repo}", base.trim_end_matches('/')))
 }
 
 /// Normalize a location given by the user: absolute local paths, `file://` URLs with
@@ -293,7 +319,7 @@ mod tests {
     #[test]
     fn github_shortcut() {
         assert_eq!(
-            expand_github("a-b/c.d_e").unwrap(),
+            expand_github("a-b/c.d_e", GITHUB_URL).unwrap(),
             "https://github.com/a-b/c.d_e"
         );
         for bad in [
@@ -305,7 +331,7 @@ mod tests {
             "a/..",
             "a b/c",
         ] {
-            let e = expand_github(bad).unwrap_err().to_string();
+            let e = expand_github(bad, GITHUB_URL).unwrap_err().to_string();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }
     }

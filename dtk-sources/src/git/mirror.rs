@@ -42,6 +42,45 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// The GitHub token and the one HTTPS host (and port) it may be sent to: github.com, or
+/// the base URL configured for the `github` shortcut (`[kind.git] github_url`).
+#[derive(Debug, Clone)]
+pub(crate) struct GithubAuth {
+    pub(crate) token: Token,
+    /// The host, lower case.
+    pub(crate) host: String,
+    /// The port (443 unless the base URL names one).
+    pub(crate) port: u16,
+}
+
+impl GithubAuth {
+    /// The token for `base` (an `https://HOST[:PORT]` URL); `None` without a token.
+    pub(crate) fn new(token: Option<&str>, base: &str) -> Option<GithubAuth> {
+        let token = token.filter(|t| !t.is_empty())?;
+        let url = gix::url::parse(base.as_bytes().as_bstr()).ok()?;
+        if url.scheme != gix::url::Scheme::Https {
+            return None;
+        }
+        Some(GithubAuth {
+            token: Token(token.to_owned()),
+            host: url.host()?.to_ascii_lowercase(),
+            port: url.port_or_default().unwrap_or(443),
+        })
+    }
+
+    /// True when `url` is on this host over HTTPS (for github.com, www.github.com too).
+    #[cfg_attr(not(feature = "https"), allow(dead_code))]
+    pub(crate) fn applies_to(&self, url: &gix::Url) -> bool {
+        if url.scheme != gix::url::Scheme::Https || url.port_or_default() != Some(self.port) {
+            return false;
+        }
+        url.host().is_some_and(|h| {
+            h.eq_ignore_ascii_case(&self.host)
+                || (self.host == "github.com" && h.eq_ignore_ascii_case("www.github.com"))
+        })
+    }
+}
+
 /// One location's mirror.
 #[derive(Debug, Clone)]
 pub(crate) struct Mirror {
@@ -53,9 +92,9 @@ pub(crate) struct Mirror {
     root: PathBuf,
     /// The md5 of the location, naming the mirror.
     key: String,
-    /// Sent as HTTP authorization to github.com only.
+    /// Sent as HTTP authorization to the GitHub host only.
     #[cfg_attr(not(feature = "https"), allow(dead_code))]
-    token: Option<Token>,
+    auth: Option<GithubAuth>,
     /// The bound on a fetch making no progress.
     timeout: Duration,
 }
@@ -102,7 +141,7 @@ impl Mirror {
     pub(crate) fn new(
         cache_dir: &Path,
         location: &str,
-        token: Option<&str>,
+        auth: Option<GithubAuth>,
         timeout: Duration,
     ) -> Mirror {
         let key = Md5::digest(location.as_bytes())
@@ -115,7 +154,7 @@ impl Mirror {
             dir: root.join(&key),
             root,
             key,
-            token: token.filter(|t| !t.is_empty()).map(|t| Token(t.to_owned())),
+            auth,
             timeout,
         }
     }
@@ -387,7 +426,7 @@ impl Mirror {
         Ok(())
     }
 
-    /// `opts` with dtk's time limits and, for `https://github.com`, the token.
+    /// `opts` with dtk's time limits and, for the GitHub host over HTTPS, the token.
     #[cfg(feature = "https")]
     fn http_options(
         &self,
@@ -398,23 +437,15 @@ impl Mirror {
         opts.low_speed_limit_bytes_per_second = 1;
         opts.low_speed_time_seconds = self.timeout.as_secs().max(1);
         opts.verbose = false;
-        if let Some(token) = &self.token {
-            if url.scheme == gix::url::Scheme::Https && is_github(url) {
-                let basic = base64(format!("x-access-token:{}", token.0).as_bytes());
+        if let Some(auth) = &self.auth {
+            if auth.applies_to(url) {
+                let basic = base64(format!("x-access-token:{}", auth.token.0).as_bytes());
                 opts.extra_headers
                     .push(format!("Authorization: Basic {basic}"));
             }
         }
         opts
     }
-}
-
-/// True for github.com (the only host the GitHub token is sent to).
-#[cfg_attr(not(feature = "https"), allow(dead_code))]
-fn is_github(url: &gix::Url) -> bool {
-    url.host().is_some_and(|h| {
-        h.eq_ignore_ascii_case("github.com") || h.eq_ignore_ascii_case("www.github.com")
-    })
 }
 
 /// Standard base64 with padding.
@@ -665,14 +696,29 @@ mod tests {
             "Authorization: Basic {}",
             base64(b"x-access-token:ghp_canary")
         );
-        for (url, sent) in [
-            ("https://github.com/a/b", true),
-            ("https://GitHub.com/a/b.git", true),
-            ("http://github.com/a/b", false),
-            ("https://github.com.evil.example/a/b", false),
-            ("https://gitlab.com/a/b", false),
+        for (base, url, sent) in [
+            ("https://github.com", "https://github.com/a/b", true),
+            ("https://github.com", "https://GitHub.com/a/b.git", true),
+            ("https://github.com", "https://www.github.com/a/b.git", true),
+            ("https://github.com", "https://github.com:8443/a/b", false),
+            ("https://github.com", "http://github.com/a/b", false),
+            (
+                "https://github.com",
+                "https://github.com.evil.example/a/b",
+                false,
+            ),
+            ("https://github.com", "https://gitlab.com/a/b", false),
+            ("https://127.0.0.1:9443", "https://127.0.0.1:9443/a/b", true),
+            (
+                "https://127.0.0.1:9443",
+                "https://127.0.0.1:9444/a/b",
+                false,
+            ),
+            ("https://127.0.0.1:9443", "https://github.com/a/b", false),
+            ("http://127.0.0.1:9443", "http://127.0.0.1:9443/a/b", false),
         ] {
-            let m = Mirror::new(Path::new("/c"), url, Some(token), Duration::from_secs(7));
+            let auth = GithubAuth::new(Some(token), base);
+            let m = Mirror::new(Path::new("/c"), url, auth, Duration::from_secs(7));
             let parsed = gix::url::parse(url.as_bytes().as_bstr()).unwrap();
             let opts = m.http_options(Default::default(), &parsed);
             assert_eq!(opts.extra_headers.contains(&expected), sent, "{url}");
@@ -685,7 +731,7 @@ mod tests {
         let m = Mirror::new(
             Path::new("/c"),
             "https://github.com/a/b",
-            Some("ghp_canary"),
+            GithubAuth::new(Some("ghp_canary"), "https://github.com"),
             Duration::from_secs(1),
         );
         let d = format!("{m:?}");

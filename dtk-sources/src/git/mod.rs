@@ -22,8 +22,11 @@
 //!   the tag, in `git log` order (see "Log order" below); with a sub-path only the
 //!   commits that changed it, as `git log -- PATH` lists them.
 //! - **Tokens**: the `GITHUB_TOKEN` secret is sent, as an HTTP `Authorization` header, to
-//!   `https://github.com` only; it never appears in a spec, an error, a log line or a
-//!   `Debug` output.
+//!   `https://github.com` only (or to the host and port of `[kind.git] github_url`, when
+//!   set); it never appears in a spec, an error, a log line or a `Debug` output.
+//! - **Settings** (`[kind.git]` of `.dkt/config`): `github_url`, the `https://` base URL
+//!   that `-k github USER/REPO` expands under (GitHub Enterprise, a mirror, a test
+//!   server); default `https://github.com`.
 //!
 //! Log order: git's default order is a queue on the committer timestamp where ties go to
 //! the commit queued first; gix's own time sort breaks ties differently, so this kind walks
@@ -58,7 +61,17 @@ mod sha1 {
             .unwrap_or_default()
     }
 }
-use mirror::Mirror;
+use mirror::{GithubAuth, Mirror};
+
+/// The keys of `[kind.git]` in `.dkt/config`.
+pub const SETTINGS: &[&str] = &["github_url"];
+
+/// The GitHub token of `ctx`, bound to the GitHub host (a bad `github_url` binds it to
+/// nothing: the token is then never sent).
+fn github_auth(ctx: &Context) -> Option<GithubAuth> {
+    let base = location::github_base(ctx.setting(KIND, "github_url")).ok()?;
+    GithubAuth::new(ctx.secrets.get(dtk_core::config::GITHUB_TOKEN), &base)
+}
 
 /// The kind's name, stored in every spec.
 const KIND: &str = "git";
@@ -136,7 +149,8 @@ impl Kind for GitKind {
             )
         })?;
         let normalized = if new.kind.eq_ignore_ascii_case(GITHUB) {
-            let url = location::expand_github(given.trim())?;
+            let base = location::github_base(ctx.setting(KIND, "github_url"))?;
+            let url = location::expand_github(given.trim(), &base)?;
             location::normalize(&url, &ctx.cwd)?
         } else {
             location::normalize(given, &ctx.cwd)?
@@ -160,7 +174,7 @@ impl Kind for GitKind {
         let mirror = Mirror::new(
             &ctx.cache_dir,
             &normalized.location,
-            ctx.secrets.get(dtk_core::config::GITHUB_TOKEN),
+            github_auth(ctx),
             ctx.network_timeout,
         );
         mirror.fetch(KIND, &name).await?;
@@ -239,7 +253,7 @@ impl GitSource {
         let mirror = Mirror::new(
             &ctx.cache_dir,
             &spec.location,
-            ctx.secrets.get(dtk_core::config::GITHUB_TOKEN),
+            github_auth(ctx),
             ctx.network_timeout,
         );
         GitSource {

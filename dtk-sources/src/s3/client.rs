@@ -14,7 +14,14 @@ use super::location::Location;
 use super::KIND;
 
 /// The keys of `[kind.s3]` in `.dkt/config`.
-pub const SETTINGS: &[&str] = &["endpoint", "region", "allow_http", "anonymous", "check_md5"];
+pub const SETTINGS: &[&str] = &[
+    "endpoint",
+    "region",
+    "allow_http",
+    "anonymous",
+    "check_md5",
+    "imds",
+];
 
 /// The kind's settings, after precedence (`[kind.s3]`, then the environment).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,6 +36,11 @@ pub(crate) struct Settings {
     pub(crate) anonymous: bool,
     /// Check downloads against ETags that are plain md5s.
     pub(crate) check_md5: bool,
+    /// Ask the cloud's instance metadata service for credentials when none are configured
+    /// (`imds = true`, or `AWS_EC2_METADATA_DISABLED=false` in the environment). Off by
+    /// default, so a machine without credentials gets a clear error at once instead of
+    /// sending requests to a link-local address.
+    pub(crate) imds: bool,
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool> {
@@ -83,6 +95,13 @@ impl Settings {
             .map(|v| parse_bool("check_md5", &v))
             .transpose()?
             .unwrap_or(true);
+        let imds = match get("imds") {
+            Some(v) => parse_bool("imds", &v)?,
+            // The AWS SDKs' switch, read the other way round: only an explicit "false"
+            // (metadata service not disabled) turns it on.
+            None => env("AWS_EC2_METADATA_DISABLED")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("false")),
+        };
         if let Some(e) = &endpoint {
             let lower = e.to_ascii_lowercase();
             if !(lower.starts_with("http://") || lower.starts_with("https://")) {
@@ -96,7 +115,7 @@ impl Settings {
                 return Err(Error::invalid(
                     "setting",
                     format!("[kind.s3] endpoint = {e:?}"),
-                    "is plain HTTP: set `allow_http = \"true\"` in [kind.s3] of .dkt/config (or AWS_ALLOW_HTTP=true) to allow it",
+                    "is plain HTTP: set `allow_http = true` in [kind.s3] of .dkt/config (or AWS_ALLOW_HTTP=true) to allow it",
                 ));
             }
         }
@@ -106,6 +125,7 @@ impl Settings {
             allow_http,
             anonymous,
             check_md5,
+            imds,
         })
     }
 
@@ -145,8 +165,11 @@ pub(crate) enum Credentials {
     Secrets,
     /// `AWS_*` environment variables (keys, web identity, container credentials).
     Environment,
-    /// None configured: object_store asks the instance metadata service.
+    /// None configured, and the instance metadata service allowed (`imds = true`).
     InstanceMetadata,
+    /// None configured, and the instance metadata service not allowed: every request
+    /// fails at once, without any network traffic.
+    Missing,
     /// None: unsigned requests (`anonymous = "true"`).
     Anonymous,
 }
@@ -157,8 +180,26 @@ impl Credentials {
             Credentials::Secrets => "the project's secrets",
             Credentials::Environment => "the AWS_* environment variables",
             Credentials::InstanceMetadata => "the instance metadata service",
+            Credentials::Missing => "none",
             Credentials::Anonymous => "none (anonymous requests)",
         }
+    }
+}
+
+/// The credential provider of a connection that has none: it fails at once, so no request
+/// is sent, and above all none to the cloud's metadata address.
+#[derive(Debug)]
+struct NoCredentials;
+
+#[async_trait::async_trait]
+impl object_store::CredentialProvider for NoCredentials {
+    type Credential = AwsCredential;
+
+    async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
+        Err(object_store::Error::Generic {
+            store: "S3",
+            source: "no credentials configured".into(),
+        })
     }
 }
 
@@ -209,6 +250,21 @@ impl Connection {
         }
         redact.retain(|v| v.len() >= 4);
 
+        let credentials = if settings.anonymous {
+            Credentials::Anonymous
+        } else if static_creds.is_some() {
+            Credentials::Secrets
+        } else if (env("AWS_ACCESS_KEY_ID").is_some() && env("AWS_SECRET_ACCESS_KEY").is_some())
+            || env("AWS_WEB_IDENTITY_TOKEN_FILE").is_some()
+            || env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
+            || env("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some()
+        {
+            Credentials::Environment
+        } else if settings.imds {
+            Credentials::InstanceMetadata
+        } else {
+            Credentials::Missing
+        };
         let build = |options: ClientOptions| -> Result<Arc<AmazonS3>> {
             // The environment first (credentials, tokens, web identity...), then what the
             // project says, which wins.
@@ -235,6 +291,9 @@ impl Connection {
                     token: None,
                 })));
             }
+            if credentials == Credentials::Missing {
+                b = b.with_credentials(Arc::new(NoCredentials));
+            }
             if settings.anonymous {
                 b = b.with_skip_signature(true);
             }
@@ -248,19 +307,6 @@ impl Connection {
                     ),
                 )
             })
-        };
-        let credentials = if settings.anonymous {
-            Credentials::Anonymous
-        } else if static_creds.is_some() {
-            Credentials::Secrets
-        } else if (env("AWS_ACCESS_KEY_ID").is_some() && env("AWS_SECRET_ACCESS_KEY").is_some())
-            || env("AWS_WEB_IDENTITY_TOKEN_FILE").is_some()
-            || env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
-            || env("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some()
-        {
-            Credentials::Environment
-        } else {
-            Credentials::InstanceMetadata
         };
         let allow_http = settings.allow_http.unwrap_or(false);
         let nt = ctx.network_timeout;
@@ -304,6 +350,11 @@ impl Connection {
                     ),
                 )
             }
+            _ if self.credentials == Credentials::Missing => {
+                format!(
+                    "no credentials for bucket {bucket:?} while {what}: none in the project's secrets ({AWS_ACCESS_KEY_ID}, {AWS_SECRET_ACCESS_KEY}; `dkt init --aws-access-key-id ... --aws-secret-access-key ...`) nor in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_WEB_IDENTITY_TOKEN_FILE, AWS_CONTAINER_CREDENTIALS_*); on a cloud machine, set `imds = true` in [kind.s3] to ask its instance metadata service; for a public bucket set `anonymous = true`"
+                )
+            }
             _ if self.credentials != Credentials::Secrets
                 && self.credentials != Credentials::Anonymous
                 && ["169.254.169.254", "169.254.170.2", "/latest/api/token", "/latest/meta-data"]
@@ -311,7 +362,7 @@ impl Connection {
                     .any(|m| detail.contains(m)) =>
             {
                 format!(
-                    "cannot get credentials for bucket {bucket:?} while {what}: none in the project's secrets ({AWS_ACCESS_KEY_ID}, {AWS_SECRET_ACCESS_KEY}; `dkt init --aws-access-key-id ... --aws-secret-access-key ...`) nor in the environment, and {} gave none ({}); for a public bucket set `anonymous = \"true\"` in [kind.s3]",
+                    "cannot get credentials for bucket {bucket:?} while {what}: none in the project's secrets ({AWS_ACCESS_KEY_ID}, {AWS_SECRET_ACCESS_KEY}; `dkt init --aws-access-key-id ... --aws-secret-access-key ...`) nor in the environment, and {} gave none ({}); for a public bucket set `anonymous = true` in [kind.s3]",
                     self.credentials.describe(),
                     shorten(&detail, 200)
                 )

@@ -10,10 +10,11 @@
 //! # Connection
 //!
 //! From `[kind.s3]` of `.dkt/config` (`endpoint`, `region`, `allow_http`, `anonymous`,
-//! `check_md5`), else the standard AWS environment variables (`AWS_ENDPOINT_URL`,
+//! `check_md5`, `imds`), else the standard AWS environment variables (`AWS_ENDPOINT_URL`,
 //! `AWS_REGION`, `AWS_ALLOW_HTTP`, ...). Credentials: the project's secrets
 //! `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`, else the environment (keys, session
-//! tokens, web identity, container credentials), else the instance metadata service. A
+//! tokens, web identity, container credentials), else, only with `imds = true`, the
+//! instance metadata service (without it, no credentials is a clear error at once). A
 //! custom endpoint is addressed path-style (`ENDPOINT/BUCKET/KEY`). Every request is
 //! bounded by [`Context::network_timeout`] (transfers: each read), with two quick retries.
 //!
