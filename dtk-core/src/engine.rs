@@ -12,7 +12,7 @@ use tokio::io::AsyncReadExt;
 use crate::error::IoResultExt;
 use crate::model::now_ms;
 use crate::project::{paths, read_source, record_version};
-use crate::store::Snapshot;
+use crate::store::{Snapshot, Tx};
 use crate::{
     resolve_version, Command, Error, Fields, Name, NodeId, NodeSpec, Project, Result, RunId,
     RunRecord, RunStatus, Source, SourceSpec, SourceVersion,
@@ -270,7 +270,7 @@ impl Project {
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age < LEASE);
+            .is_some_and(|age| age < self.config().lease());
         let lease_ok = run.lease_until_ms.is_some_and(|l| l > now_ms());
         if fresh || lease_ok {
             RunStatus::Running
@@ -460,7 +460,7 @@ impl Project {
         record.status = RunStatus::Running;
         record.worker = Some(worker_id());
         record.started_ms = Some(now_ms());
-        record.lease_until_ms = Some(now_ms() + LEASE.as_millis() as u64);
+        record.lease_until_ms = Some(now_ms() + self.config().lease().as_millis() as u64);
         std::fs::create_dir_all(self.lease_dir()).at(self.lease_dir())?;
         std::fs::write(self.lease_path(&record.id), worker_id()).at(self.lease_path(&record.id))?;
         let message = format!(
@@ -493,11 +493,12 @@ impl Project {
     ) -> Result<RunRecord> {
         let node_id = &record.node.clone();
         let lease = self.lease_path(&record.id);
+        let every = self.config().lease() / 6;
         let renew = tokio::spawn({
             let lease = lease.clone();
             async move {
                 loop {
-                    tokio::time::sleep(LEASE / 6).await;
+                    tokio::time::sleep(every).await;
                     let _ = std::fs::File::options()
                         .write(true)
                         .open(&lease)
@@ -541,8 +542,7 @@ impl Project {
                 );
                 let mut rec = record.clone();
                 rec.seal();
-                self.store().transact(&message, |tx| {
-                    write_run(tx, &rec, Some(&log))?;
+                self.finish_run(&rec, &log, &message, |tx| {
                     for (sv, info) in &outputs {
                         if let Some(mut spec) =
                             tx.read_json::<SourceSpec>(&paths::source(&sv.source))?
@@ -562,30 +562,36 @@ impl Project {
                 record.status = RunStatus::Failure;
                 record.exit_code = code;
                 record.error = error.map(|e| self.secrets().redact(&e));
-                self.put_run(
+                self.finish_run(
                     &record,
-                    Some(&log),
+                    &log,
                     &format!(
                         "run {} of node {}: failure",
                         record.id.short(),
                         node_id.short()
                     ),
+                    |_| Ok(()),
                 )?;
                 if let Some(hook) = &node.on_failure {
                     self.hook(hook, &record, "failure").await;
                 }
             }
+            Exec::Superseded(why) => {
+                tracing::warn!(run = %record.id.short(), "{why}; its result is discarded");
+                return Err(superseded(&record, &why, false));
+            }
             Exec::Error(e) => {
                 record.status = RunStatus::Failure;
                 record.error = Some(self.secrets().redact(&e));
-                self.put_run(
+                self.finish_run(
                     &record,
-                    Some(&log),
+                    &log,
                     &format!(
                         "run {} of node {}: failure",
                         record.id.short(),
                         node_id.short()
                     ),
+                    |_| Ok(()),
                 )?;
                 if let Some(hook) = &node.on_failure {
                     self.hook(hook, &record, "failure").await;
@@ -593,6 +599,60 @@ impl Project {
             }
         }
         Ok(record)
+    }
+
+    /// Check that the claim of `record` is still this process's: renew its lease first
+    /// (so nobody declares it dead from here on), then read the stored record, which must
+    /// still be `running` with this worker. `Err` says who took it over.
+    fn confirm_claim(&self, record: &RunRecord) -> std::result::Result<(), String> {
+        let lease = self.lease_path(&record.id);
+        let _ = std::fs::File::options()
+            .write(true)
+            .open(&lease)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        let stored = self
+            .store()
+            .snapshot()
+            .and_then(|snap| snap.read_json::<RunRecord>(&paths::run(&record.id)));
+        match stored {
+            Ok(Some(now)) => still_ours(&now, record),
+            Ok(None) => Err(format!("run {} is no longer recorded", record.id.short())),
+            Err(e) => Err(format!(
+                "cannot read run {}: {}",
+                record.id.short(),
+                crate::project::error_chain(&e)
+            )),
+        }
+    }
+
+    /// Record how the claimed run `record` ended, as a compare-and-swap on its attempt:
+    /// only if the stored record is still `running` with this worker. `extra` stages what
+    /// goes with the result (the outputs' versions) in the same commit.
+    fn finish_run(
+        &self,
+        record: &RunRecord,
+        log: &str,
+        message: &str,
+        mut extra: impl FnMut(&mut Tx) -> Result<()>,
+    ) -> Result<()> {
+        let (fenced, _) = self.store().transact(message, |tx| {
+            if let Some(now) = tx.read_json::<RunRecord>(&paths::run(&record.id))? {
+                if let Err(why) = still_ours(&now, record) {
+                    return Ok(Some(why));
+                }
+            }
+            write_run(tx, record, Some(log))?;
+            extra(tx)?;
+            Ok(None)
+        })?;
+        match fenced {
+            None => Ok(()),
+            Some(why) => Err(superseded(
+                record,
+                &why,
+                record.status == RunStatus::Success && !record.outputs.is_empty(),
+            )),
+        }
     }
 
     fn settle_interrupted(&self, runs: &[&RunRecord]) -> Result<()> {
@@ -650,6 +710,8 @@ impl Project {
             .tempdir_in(ensure_dir(&self.dkt_dir().join("tmp"))?)
             .at(self.dkt_dir().join("tmp"))?;
         let work = ensure_dir(&scratch.path().join("work"))?;
+        // The scratch area as it really is, before any command ran.
+        let scratch_real = std::fs::canonicalize(scratch.path()).at(scratch.path())?;
         let mut scope = Scope::default();
         // Inputs at their versions.
         for sv in &record.inputs {
@@ -771,6 +833,25 @@ impl Project {
                 ));
             }
         }
+        // The claim must still be this process's: if it was paused for longer than its
+        // lease, another process may have declared it interrupted and run it again, and
+        // this older result must not be published over the newer one.
+        if let Err(why) = self.confirm_claim(record) {
+            return Ok((log, Exec::Superseded(why)));
+        }
+        // A node may have replaced an output's ROOT (or the scratch area around it) with a
+        // symbolic link: publishing would then move whatever it points to. Only a real
+        // directory at the very path dtk made is published.
+        for (name, _, stage) in &outputs {
+            if let Err(why) = check_stage(&scratch_real, stage) {
+                return Ok((
+                    log,
+                    Exec::Error(format!(
+                        "output {name}: {why}; nothing was published (a node writes into ${{{name}:ROOT}}, it does not replace it)"
+                    )),
+                ));
+            }
+        }
         let mut published = Vec::new();
         for (name, source, stage) in outputs {
             let info = source.publish(&stage).await?;
@@ -889,6 +970,75 @@ enum Exec {
         error: Option<String>,
     },
     Error(String),
+    /// The attempt was taken over by another process before its outputs were published.
+    Superseded(String),
+}
+
+/// `Ok` when the stored record `now` is still the claim `mine`: the same attempt, still
+/// `running`, by the same worker.
+fn still_ours(now: &RunRecord, mine: &RunRecord) -> std::result::Result<(), String> {
+    if now.status == RunStatus::Running && now.worker == mine.worker && now.attempt == mine.attempt
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "run {} (attempt {}) was taken over while this process held it: it is now recorded {}{}",
+        mine.id.short(),
+        mine.attempt,
+        now.status,
+        now.worker
+            .as_deref()
+            .filter(|w| Some(*w) != mine.worker.as_deref())
+            .map(|w| format!(" by {w}"))
+            .unwrap_or_default()
+    ))
+}
+
+fn superseded(record: &RunRecord, why: &str, published: bool) -> Error {
+    let what = if published {
+        "this older result was not recorded (its outputs were published just before the \
+         takeover; `dkt source update` records what is there now)"
+    } else {
+        "this older result was discarded and nothing was published"
+    };
+    Error::Superseded(format!(
+        "{why}; this process was stopped or cut off for longer than its lease, so another \
+         process ran node {} again: {what}",
+        record.node.short()
+    ))
+}
+
+/// Check that `stage` is still a real directory (not a symbolic link) at the place dtk
+/// made it inside the scratch area `scratch_real` (canonical, taken before the node ran).
+fn check_stage(scratch_real: &Path, stage: &Path) -> std::result::Result<(), String> {
+    let md = std::fs::symlink_metadata(stage)
+        .map_err(|e| format!("its staging directory {} is gone ({e})", stage.display()))?;
+    if md.file_type().is_symlink() {
+        let target = std::fs::read_link(stage)
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|_| "?".to_owned());
+        return Err(format!(
+            "the node replaced its staging directory {} with a symbolic link (to {target})",
+            stage.display()
+        ));
+    }
+    if !md.is_dir() {
+        return Err(format!(
+            "the node replaced its staging directory {} with a file",
+            stage.display()
+        ));
+    }
+    let expected = stage.file_name().map(|n| scratch_real.join(n));
+    let real = std::fs::canonicalize(stage).ok();
+    if real.is_none() || real != expected {
+        return Err(format!(
+            "the scratch area around {} was replaced (it now resolves to {})",
+            stage.display(),
+            real.map(|r| r.display().to_string())
+                .unwrap_or_else(|| "nothing".to_owned())
+        ));
+    }
+    Ok(())
 }
 
 fn ensure_dir(p: &Path) -> Result<PathBuf> {

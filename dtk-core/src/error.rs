@@ -55,6 +55,11 @@ pub enum Error {
     /// The operation would break an invariant of the project (a cycle, a source in use, ...).
     #[error("{0}")]
     Conflict(String),
+    /// A run's attempt was taken over while this process held it (it was paused or cut off
+    /// for longer than its lease, declared interrupted, and run again): this process's
+    /// result is discarded and nothing of it is published or recorded.
+    #[error("{0}")]
+    Superseded(String),
     /// The kind does not support this operation.
     #[error("source kind {kind:?} does not support {operation}")]
     NotSupported {

@@ -375,32 +375,54 @@ impl Store {
         }
     }
 
-    /// True when the branch's lock file exists. A lock older than [`STALE_LOCK_AGE`] was
-    /// left by a killed process: it is removed (the update it guarded never happened, since
-    /// the lock is renamed into place on success) and `true` is returned so the caller
-    /// retries.
+    /// True when a lock file that guards the branch exists: the branch's own lock, or
+    /// `packed-refs.lock` (once `git gc` has packed the branch, every update of it also
+    /// takes that one). A lock older than [`STALE_LOCK_AGE`] was left by a killed process
+    /// (a live writer holds it for well under a millisecond): it is removed (the update it
+    /// guarded never happened, since a lock is renamed into place on success) and `true` is
+    /// returned so the caller retries. While a live `git gc` of this repository runs (its
+    /// `gc.pid` names a process alive on this host), its locks are waited for, whatever
+    /// their age.
     fn lock_held(&self) -> Result<bool> {
-        let lock = self.git_dir.join(format!("{BRANCH}.lock"));
-        match std::fs::metadata(&lock) {
-            Ok(m) => {
-                let age = m
+        let mut held = false;
+        for lock in [
+            self.git_dir.join(format!("{BRANCH}.lock")),
+            self.git_dir.join("packed-refs.lock"),
+        ] {
+            let age = match std::fs::metadata(&lock) {
+                Ok(m) => m
                     .modified()
                     .ok()
                     .and_then(|t| t.elapsed().ok())
-                    .unwrap_or_default();
-                if age > STALE_LOCK_AGE {
-                    tracing::warn!(lock = %lock.display(), "removing a stale lock left by a dead process");
-                    match std::fs::remove_file(&lock) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(Error::io(&lock, e)),
-                    }
+                    .unwrap_or_default(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(&lock, e)),
+            };
+            held = true;
+            if age > STALE_LOCK_AGE && !self.gc_running() {
+                tracing::warn!(lock = %lock.display(), "removing a stale lock left by a dead process");
+                match std::fs::remove_file(&lock) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(&lock, e)),
                 }
-                Ok(true)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(Error::io(&lock, e)),
         }
+        Ok(held)
+    }
+
+    /// True while a `git gc` of this repository runs on this machine (`gc.pid` holds
+    /// `PID HOSTNAME`, as git writes it, of a live process).
+    fn gc_running(&self) -> bool {
+        let Ok(text) = std::fs::read_to_string(self.git_dir.join("gc.pid")) else {
+            return false;
+        };
+        let mut parts = text.split_whitespace();
+        let (Some(pid), Some(host)) = (parts.next(), parts.next()) else {
+            return false;
+        };
+        let worker = format!("{host}:{pid}");
+        crate::engine::pid_alive(&worker) == Some(true)
     }
 
     fn move_branch(

@@ -617,6 +617,15 @@ async fn publish_refuses_bad_input_and_keeps_content() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("missing"), "{e}");
+    // A symbolic link is never followed: its target stays where it is.
+    let elsewhere = tmp.path().join("elsewhere");
+    write(&elsewhere.join("keep.txt"), b"keep", 0o644);
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    let e = source.publish(&link).await.unwrap_err();
+    assert!(matches!(e, Error::Invalid { .. }), "{e}");
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert_eq!(fs::read(elsewhere.join("keep.txt")).unwrap(), b"keep");
     assert_eq!(v(&root), before);
 }
 

@@ -439,10 +439,18 @@ fn ignore_not_found(r: io::Result<()>) -> io::Result<()> {
 }
 
 fn publish_blocking(root: &Path, dir: &Path) -> Result<()> {
-    let src = fs::canonicalize(dir).at(dir)?;
-    let src_md = fs::metadata(&src).at(&src)?;
     let bad =
         |reason: String| Error::invalid("publish directory", dir.display().to_string(), reason);
+    // Never follow a link at what is published: renaming through it would move its target
+    // (an input, or any directory the user can rename) into the source.
+    let src_md = fs::symlink_metadata(dir).at(dir)?;
+    if src_md.file_type().is_symlink() {
+        return Err(bad(
+            "is a symbolic link: only a real file or directory is published".to_owned(),
+        ));
+    }
+    let src = dir.to_owned();
+    let src_real = fs::canonicalize(dir).at(dir)?;
     let root_md = match fs::symlink_metadata(root) {
         Ok(m) => Some(m),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -457,7 +465,7 @@ fn publish_blocking(root: &Path, dir: &Path) -> Result<()> {
             ));
         }
         let canonical_root = fs::canonicalize(root).at(root)?;
-        if canonical_root.starts_with(&src) || src.starts_with(&canonical_root) {
+        if canonical_root.starts_with(&src_real) || src_real.starts_with(&canonical_root) {
             return Err(bad(format!(
                 "overlaps the source's root {}",
                 root.display()

@@ -1,0 +1,200 @@
+//! Faults that lose data or stop a project: hostile node commands, locks left by killed
+//! processes (or held by `git gc`), runs paused for longer than their lease.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn setup_io(e: &Env) {
+    e.write("in/a.txt", "hello\n");
+    std::fs::create_dir_all(e.path().join("out")).unwrap();
+    e.dkt(&["source", "add", "in", "in"]).ok();
+    e.dkt(&["source", "add", "out", "out"]).ok();
+}
+
+fn runs(e: &Env, node: &str) -> Vec<serde_json::Value> {
+    e.dkt(&["--json", "node", "log", node])
+        .json()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Wait (bounded) until `f` holds; panics with `what` otherwise.
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn fsck(e: &Env) {
+    git(e.path(), &["--git-dir", ".dkt/.git", "fsck", "--strict"]);
+}
+
+/// A node that replaces its output's ROOT with a symbolic link must not make dtk move the
+/// link's target (here: the node's own input, and a directory elsewhere) into the output.
+#[test]
+fn a_symlink_at_an_output_root_is_refused_and_moves_nothing() {
+    let e = Env::project();
+    setup_io(&e);
+    e.write("victim/keep.txt", "precious\n");
+    let out_before = std::fs::read_dir(e.path().join("out")).unwrap().count();
+    for target in ["${in:ROOT}", &e.path().join("victim").display().to_string()] {
+        let cmd = format!("rm -rf ${{out:ROOT}} && ln -s {target} ${{out:ROOT}}");
+        let r = e.dkt(&["node", "run", "--input=in", "--output=out", &cmd]);
+        let err = r.fails(1);
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(err.contains("nothing was published"), "{err}");
+        let id = e
+            .dkt(&[
+                "node",
+                "run",
+                "--no-run",
+                "--input=in",
+                "--output=out",
+                &cmd,
+            ])
+            .ok();
+        let log = runs(&e, id.trim());
+        assert_eq!(log[0]["status"], "failure", "{log:?}");
+    }
+    // The input and the unrelated directory are where they were, untouched.
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("in/a.txt")).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("victim/keep.txt")).unwrap(),
+        "precious\n"
+    );
+    let out = e.path().join("out");
+    assert!(!out.symlink_metadata().unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), out_before);
+    fsck(&e);
+}
+
+/// Set `path`'s modification time `secs` seconds in the past.
+fn age(path: &Path, secs: u64) {
+    let t = std::time::SystemTime::now() - Duration::from_secs(secs);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+/// After `git gc` packs the branch, a `packed-refs.lock` left by a killed process is
+/// recovered like the branch's own lock; a fresh one (a live writer or `git gc`) is waited
+/// for, not failed on.
+#[test]
+fn a_stale_packed_refs_lock_does_not_stop_the_project() {
+    let e = Env::project();
+    setup_io(&e);
+    let git_dir = e.path().join(".dkt/.git");
+    git(e.path(), &["--git-dir", ".dkt/.git", "gc", "--quiet"]);
+    let packed = std::fs::read_to_string(git_dir.join("packed-refs")).unwrap();
+    assert!(packed.contains("refs/heads/main"), "{packed}");
+    assert!(
+        !git_dir.join("refs/heads/main").exists(),
+        "the branch is packed"
+    );
+
+    // Left by a process killed a minute ago.
+    let lock = git_dir.join("packed-refs.lock");
+    std::fs::write(&lock, packed.as_bytes()).unwrap();
+    age(&lock, 60);
+    let commits = e.commits();
+    e.write("d1/x", "1");
+    e.dkt(&["source", "add", "d1", "d1"]).ok();
+    assert_eq!(e.commits(), commits + 1);
+    assert!(!lock.exists(), "the stale lock was removed");
+
+    // Held right now by a live writer, released a moment later: the write waits.
+    git(e.path(), &["--git-dir", ".dkt/.git", "pack-refs", "--all"]);
+    std::fs::write(&lock, b"").unwrap();
+    let release = {
+        let lock = lock.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            std::fs::remove_file(lock).unwrap();
+        })
+    };
+    e.write("d2/x", "2");
+    e.dkt(&["source", "add", "d2", "d2"]).ok();
+    release.join().unwrap();
+    assert_eq!(e.commits(), commits + 2);
+    // git itself can work on the store again.
+    git(e.path(), &["--git-dir", ".dkt/.git", "gc", "--quiet"]);
+    fsck(&e);
+}
+
+/// A `dkt` stopped (SIGSTOP: Ctrl-Z, a suspended laptop) for longer than its lease while
+/// its run executes: another process declares the run interrupted and runs it again; when
+/// the first resumes, it publishes nothing, records nothing, and says so.
+#[test]
+fn a_paused_run_that_was_taken_over_publishes_nothing() {
+    let e = Env::project();
+    setup_io(&e);
+    std::fs::write(e.path().join(".dkt/config"), "[worker]\nlease = \"1s\"\n").unwrap();
+    let cmd = "sleep 1; echo $DKT_RUN_ID > ${out:ROOT}/who";
+    let id = e
+        .dkt(&["node", "run", "--no-run", "--input=in", "--output=out", cmd])
+        .ok();
+    let id = id.trim().to_owned();
+    let first = e
+        .cmd()
+        .args(["node", "rerun", &id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = first.id() as i32;
+    wait_for("the first run to start", || {
+        runs(&e, &id)
+            .first()
+            .is_some_and(|r| r["status"] == "running")
+    });
+    // SAFETY: stopping our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    wait_for("the stopped run's lease to expire", || {
+        runs(&e, &id)
+            .first()
+            .is_some_and(|r| r["status"] == "interrupted")
+    });
+    // Another process runs the node again.
+    e.dkt(&["node", "rerun", &id]).ok();
+    let log = runs(&e, &id);
+    assert_eq!(log[0]["status"], "success", "{log:?}");
+    let second_run = log[0]["id"].as_str().unwrap().to_owned();
+    let who = std::fs::read_to_string(e.path().join("out/who")).unwrap();
+    assert!(who.trim().starts_with(&second_run), "{who} vs {second_run}");
+    let published = e.dkt(&["--json", "source", "list"]).ok();
+    let commits = e.commits();
+
+    // SAFETY: resuming our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let out = first.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("taken over"), "{stderr}");
+    assert!(stderr.contains("nothing was published"), "{stderr}");
+    // The newer result stands: same output, same records, no flip back to success.
+    let who_after = std::fs::read_to_string(e.path().join("out/who")).unwrap();
+    assert_eq!(who_after, who);
+    assert_eq!(e.dkt(&["--json", "source", "list"]).ok(), published);
+    assert_eq!(e.commits(), commits);
+    let statuses: Vec<String> = runs(&e, &id)
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(statuses, ["success", "interrupted"]);
+    fsck(&e);
+}
