@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const INSTALL: &str = "apt-get install docker-registry skopeo";
+const INSTALL: &str = "`bash scripts/test.sh` installs it (apt-get install docker-registry skopeo)";
 /// `tester` / `s3cret-pass`, bcrypt (made with libxcrypt's `crypt`).
 const HTPASSWD: &str = "tester:$2b$04$xZjSFytewRz1fx5IA2ckhOK7KPSCJGfo3JRTSE/uLerAe5HVbzncm\n";
 const CREDS: &str = "tester:s3cret-pass";

@@ -21,7 +21,7 @@ use sha2::Digest as _;
 // ---------------------------------------------------------------------------------------
 // A real registry
 
-const INSTALL: &str = "apt-get install docker-registry skopeo";
+const INSTALL: &str = "`bash scripts/test.sh` installs it (apt-get install docker-registry skopeo)";
 
 /// `tester` / `s3cret-pass`, bcrypt (made with libxcrypt's `crypt`).
 const HTPASSWD: &str = "tester:$2b$04$xZjSFytewRz1fx5IA2ckhOK7KPSCJGfo3JRTSE/uLerAe5HVbzncm\n";

@@ -60,7 +60,7 @@ impl Moto {
         let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "moto_server is not installed; the s3 tests need it: python3 -m pip install 'moto[server]'"
+                "moto_server is not installed; the s3 tests need it: `bash scripts/test.sh` installs it (python3 -m pip install 'moto[server]')"
             ),
             Err(e) => panic!("cannot start moto_server: {e}"),
         };
