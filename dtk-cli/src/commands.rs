@@ -371,7 +371,11 @@ async fn source(
                     } else {
                         s.name.to_string()
                     };
-                    t.row(vec![name, or_dash(s.current())]);
+                    let mut latest = or_dash(s.current());
+                    if s.frozen {
+                        latest.push_str(" (frozen)");
+                    }
+                    t.row(vec![name, latest]);
                 }
                 t.print(out)?;
             }

@@ -42,9 +42,12 @@ fn main() -> ExitCode {
 
 fn report(e: &anyhow::Error) -> ExitCode {
     // A closed pipe (`dkt source log x | head`) is not an error worth a word.
+    // JSON output fails through serde_json, which wraps the I/O error.
     if e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
     }) {
         return ExitCode::from(exit::OK);
     }

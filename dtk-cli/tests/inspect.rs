@@ -212,6 +212,67 @@ fn dot_renders_without_warnings() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("<svg"));
 }
 
+/// Two sources at the same commit (a repository and a sub-path of it) are two versions,
+/// so two graph nodes; a link starts from the source it names.
+#[test]
+fn dot_keeps_distinct_sources_at_one_commit_apart() {
+    let e = Env::project();
+    let repo = e.path().join("pinata");
+    std::fs::create_dir_all(repo.join("v1/pitfall")).unwrap();
+    std::fs::write(repo.join("v1/pitfall/x"), "x\n").unwrap();
+    git(&repo, &["init", "-q", "-b", "master"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "only"]);
+    let commit = git(&repo, &["rev-parse", "HEAD"]).trim().to_owned();
+    e.dkt(&["source", "add", "pinata", "pinata"]).ok();
+    e.dkt(&["source", "add", "pitfall", "pinata", "-p", "v1/pitfall"])
+        .ok();
+    e.write("dmg/a", "a");
+    e.dkt(&["source", "add", "dmg", "dmg"]).ok();
+    std::fs::create_dir_all(e.path().join("out")).unwrap();
+    e.dkt(&["source", "add", "out", "out"]).ok();
+    let dmg = latest(&e, "dmg");
+    e.dkt(&[
+        "source",
+        "link",
+        &format!("pinata:{}", &commit[..8]),
+        &format!("dmg:{}", &dmg[4..12]),
+    ])
+    .ok();
+    e.dkt(&[
+        "node",
+        "run",
+        "--input=pinata,pitfall,dmg",
+        "--output=out",
+        "echo built > ${out:ROOT}/r",
+    ])
+    .ok();
+    let out = latest(&e, "out");
+    let dot = e
+        .dkt(&["inspect", "--dot", &format!("out:{}", &out[4..12])])
+        .ok();
+    let ellipses: Vec<&str> = dot
+        .lines()
+        .filter(|l| l.contains("shape=ellipse"))
+        .collect();
+    assert_eq!(ellipses.len(), 4, "pinata, pitfall, dmg, out: {dot}");
+    for name in ["pinata", "pitfall"] {
+        assert!(
+            ellipses
+                .iter()
+                .any(|l| l.contains(&format!("label=\"{name}:{}", &commit[..8]))),
+            "{name}: {dot}"
+        );
+    }
+    let link = dot.lines().find(|l| l.contains("asserted")).expect(&dot);
+    assert!(link.trim_start().starts_with("\"v_pinata_"), "{link}");
+    let edges = dot
+        .lines()
+        .filter(|l| l.contains("->") && !l.contains("asserted"))
+        .count();
+    assert_eq!(edges, 4, "three inputs and one output: {dot}");
+}
+
 fn python(args: &[&str]) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/check_provenance.py");
     let out = std::process::Command::new("python3")

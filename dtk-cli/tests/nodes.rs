@@ -593,3 +593,68 @@ fn graph_rules() {
     let err = e.dkt(&["node", "run", "--labels=a b", "true"]).fails(2);
     assert!(err.contains("\"a b\""), "{err}");
 }
+
+/// Hooks run, and their output goes to the run's log, never to dkt's stdout: `--json`
+/// output stays valid JSON alone.
+#[test]
+fn hook_output_goes_to_the_run_log() {
+    let e = Env::project();
+    setup_io(&e);
+    for (cmd, flag, said) in [
+        (
+            "true",
+            "--on-success=echo HOOK-OK; echo HOOK-ERR >&2; touch ok-ran",
+            "HOOK-OK",
+        ),
+        (
+            "exit 3",
+            "--on-failure=echo HOOK-FAILED; touch failed-ran",
+            "HOOK-FAILED",
+        ),
+    ] {
+        let r = e.dkt(&[
+            "--json",
+            "node",
+            "run",
+            "--input=in",
+            "--output=out",
+            flag,
+            cmd,
+        ]);
+        let stdout = r.stdout();
+        let parsed: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|err| panic!("not JSON alone ({err}): {stdout}"));
+        assert!(!stdout.contains(said), "{stdout}");
+        assert!(!r.stderr().contains(said), "{}", r.stderr());
+        let id = e
+            .dkt(&[
+                "node",
+                "run",
+                "--no-run",
+                "--input=in",
+                "--output=out",
+                flag,
+                cmd,
+            ])
+            .ok();
+        let run = runs_of(&e, id.trim())[0]["id"].as_str().unwrap().to_owned();
+        let show = e.dkt(&["--json", "node", "show", &run]).json();
+        let log = show["log"].as_str().unwrap();
+        assert!(log.contains(said), "{log}");
+        if said == "HOOK-OK" {
+            assert!(log.contains("HOOK-ERR"), "{log}");
+            assert!(log.contains("on-success hook"), "{log}");
+        }
+        assert!(parsed.is_object() || parsed.is_array(), "{parsed}");
+    }
+    assert!(e.path().join("ok-ran").exists());
+    assert!(e.path().join("failed-ran").exists());
+}
+
+fn runs_of(e: &Env, node: &str) -> Vec<serde_json::Value> {
+    e.dkt(&["--json", "node", "log", node])
+        .json()
+        .as_array()
+        .unwrap()
+        .clone()
+}

@@ -123,6 +123,12 @@ fn pin_unpin_freeze_thaw() {
     e.write("data/a", "3");
     let up = e.dkt(&["source", "update"]).ok();
     assert!(up.contains("frozen"), "{up}");
+    let list = e.dkt(&["source", "list"]).ok();
+    assert_eq!(table_row(&list, "data")[2], "(frozen)", "{list}");
+    assert_eq!(
+        e.dkt(&["--json", "source", "list"]).json()[0]["frozen"],
+        true
+    );
     assert_eq!(
         e.dkt(&["--json", "source", "log", "data"])
             .json()
@@ -326,6 +332,37 @@ fn bad_git_input() {
         .dkt(&["source", "add", "x", "not a repo!", "-k", "github"])
         .fails(2);
     assert!(err.contains("not a repo!"), "{err}");
+    assert_eq!(e.commits(), commits);
+}
+
+/// The design's "manually update a data source" while automatic updates are stopped: a
+/// frozen git source is given a commit that appeared upstream after it was frozen.
+#[test]
+fn update_name_version_works_on_a_frozen_source() {
+    let e = Env::project();
+    let repo = e.path().join("r");
+    pinata_repo(&repo);
+    e.dkt(&["source", "add", "r", "r"]).ok();
+    e.dkt(&["source", "freeze", "r"]).ok();
+    git(&repo, &["commit", "-q", "--allow-empty", "-m", "third"]);
+    let new = git(&repo, &["rev-parse", "HEAD"]).trim().to_owned();
+    // Polling skips it...
+    e.dkt(&["source", "update", "r"]).ok();
+    assert_ne!(
+        table_row(&e.dkt(&["source", "list"]).ok(), "r")[1],
+        format!("sha1:{new}")
+    );
+    // ...but a given version is fetched and recorded.
+    e.dkt(&["source", "update", "r", &new[..10]]).ok();
+    let list = e.dkt(&["source", "list"]).ok();
+    assert_eq!(
+        &table_row(&list, "r")[1..],
+        [format!("sha1:{new}").as_str(), "(frozen)"]
+    );
+    // A version that exists nowhere is still an error naming it, and changes nothing.
+    let commits = e.commits();
+    let err = e.dkt(&["source", "update", "r", "deadbeef"]).fails(2);
+    assert!(err.contains("deadbeef"), "{err}");
     assert_eq!(e.commits(), commits);
 }
 

@@ -682,19 +682,66 @@ impl Project {
         Ok(())
     }
 
+    /// Run a hook (`on-success`/`on-failure`) in the project's root. Its output (stdout
+    /// and stderr, in order, redacted) is appended to the run's log, never printed: dkt's
+    /// own output (`--json` above all) stays its own.
     async fn hook(&self, hook: &str, record: &RunRecord, status: &str) {
         let mut cmd = tokio::process::Command::new("sh");
+        // One pipe for both streams keeps their order.
         cmd.arg("-c")
-            .arg(hook)
+            .arg(format!("exec 2>&1; {hook}"))
             .current_dir(self.root())
             .env("DKT_RUN_ID", record.id.to_hex())
             .env("DKT_NODE_ID", record.node.to_hex())
             .env("DKT_RUN_STATUS", status)
-            .stdin(Stdio::null());
-        match cmd.status().await {
-            Ok(s) if s.success() => {}
-            Ok(s) => tracing::warn!(hook, status = %s, "hook failed"),
-            Err(e) => tracing::warn!(hook, error = %e, "hook could not start"),
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let (text, outcome) = match cmd.output().await {
+            Ok(o) => {
+                let outcome = if o.status.success() {
+                    "done".to_owned()
+                } else {
+                    tracing::warn!(hook, status = %o.status, "hook failed");
+                    format!("failed ({})", o.status)
+                };
+                (String::from_utf8_lossy(&o.stdout).into_owned(), outcome)
+            }
+            Err(e) => {
+                tracing::warn!(hook, error = %e, "hook could not start");
+                (String::new(), format!("could not start: {e}"))
+            }
+        };
+        let which = if status == "success" {
+            "on-success"
+        } else {
+            "on-failure"
+        };
+        let text = self.secrets().redact(&text);
+        let message = format!(
+            "run {} of node {}: {which} hook",
+            record.id.short(),
+            record.node.short()
+        );
+        let path = paths::run_log(&record.id);
+        let appended = self.store().transact(&message, |tx| {
+            let mut log = tx
+                .read(&path)?
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            if !log.is_empty() && !log.ends_with('\n') {
+                log.push('\n');
+            }
+            log.push_str(&format!("[dkt: {which} hook: {hook}]\n{text}"));
+            if !text.is_empty() && !text.ends_with('\n') {
+                log.push('\n');
+            }
+            log.push_str(&format!("[dkt: {which} hook {outcome}]\n"));
+            tx.put(&path, log.as_bytes())?;
+            Ok(())
+        });
+        if let Err(e) = appended {
+            tracing::warn!(hook, error = %e, "cannot record the hook's output in the run's log");
         }
     }
 

@@ -690,7 +690,15 @@ impl Manifest {
     /// The graph in Graphviz dot: versions as ellipses labelled `source:short`, runs as
     /// boxes, asserted links dashed.
     pub fn to_dot(&self) -> String {
-        let vid = |sv: &SourceVersion| format!("v_{}_{}", sv.version.algo(), sv.version.hex());
+        // A graph node per (source, version): two sources at the same commit are two nodes.
+        let vid = |sv: &SourceVersion| {
+            format!(
+                "v_{}_{}_{}",
+                dot_escape(sv.source.as_str()),
+                sv.version.algo(),
+                sv.version.hex()
+            )
+        };
         let mut out =
             String::from("digraph provenance {\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n");
         let mut present: BTreeSet<String> = BTreeSet::new();

@@ -879,12 +879,23 @@ impl Project {
         let spec = self.source(name)?;
         let source = self.open_source(&spec)?;
         let v = if source.capabilities().history {
-            let known: Vec<Version> = source
+            let mut known: Vec<Version> = source
                 .versions()
                 .await?
                 .into_iter()
                 .map(|i| i.version)
                 .collect();
+            if resolve_version(version, &known).is_err() {
+                // Not seen yet (a frozen source is never polled): fetch what the kind has
+                // now, without recording it, and look again.
+                source.latest().await?;
+                known = source
+                    .versions()
+                    .await?
+                    .into_iter()
+                    .map(|i| i.version)
+                    .collect();
+            }
             resolve_version(version, &known)
                 .map_err(|e| match e {
                     Error::NotFound { what, name: n, .. } => Error::NotFound {
