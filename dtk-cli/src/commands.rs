@@ -725,14 +725,21 @@ async fn node(
             let rec = p.run_record(&run)?;
             let log = p.run_log(&rec.id)?;
             let status = p.effective_status(&rec);
+            let script = p.node(&rec.node.to_hex()).ok().and_then(|(_, n)| n.script);
             if as_json {
                 let mut v = serde_json::to_value(&rec)?;
                 v["status"] = json!(status);
                 v["log"] = json!(log);
+                if let Some(s) = &script {
+                    v["script"] = json!(s);
+                }
                 json(out, &v)?;
             } else {
                 writeln!(out, "run      {}", rec.id.to_hex())?;
                 writeln!(out, "node     {}", rec.node.to_hex())?;
+                if let Some(s) = &script {
+                    writeln!(out, "script   {} {}", s.path, s.digest)?;
+                }
                 writeln!(out, "status   {status}")?;
                 if let Some(c) = rec.exit_code {
                     writeln!(out, "exit     {c}")?;

@@ -658,3 +658,77 @@ fn runs_of(e: &Env, node: &str) -> Vec<serde_json::Value> {
         .unwrap()
         .clone()
 }
+
+/// A script file's content is part of its node: editing it makes a new node, and runs
+/// execute the recorded content (so a clone, or a deleted file, runs what was recorded).
+#[test]
+fn a_script_file_is_recorded_with_its_node() {
+    let e = Env::project();
+    setup_io(&e);
+    e.write("test.sh", "echo one > ${out:ROOT}/v\n");
+    let run = |e: &Env| {
+        e.dkt(&["node", "run", "--input=in", "--output=out", "test.sh"])
+            .ok()
+            .trim()
+            .to_owned()
+    };
+    let first = run(&e);
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("out/v")).unwrap(),
+        "one\n"
+    );
+    // Same content: same node, nothing to do.
+    assert_eq!(run(&e), first);
+    // Edited: another node, which runs the new content.
+    e.write("test.sh", "echo two > ${out:ROOT}/v\n");
+    let second = run(&e);
+    assert_ne!(second, first);
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("out/v")).unwrap(),
+        "two\n"
+    );
+    // The file gone, the first node still runs what was recorded for it.
+    std::fs::remove_file(e.path().join("test.sh")).unwrap();
+    e.dkt(&["node", "rerun", &first]).ok();
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("out/v")).unwrap(),
+        "one\n"
+    );
+    // `node show` and the manifest say which content ran.
+    let runs = runs_of(&e, &first);
+    let show = e
+        .dkt(&["--json", "node", "show", runs[0]["id"].as_str().unwrap()])
+        .json();
+    let digest = show["script"]["digest"].as_str().unwrap().to_owned();
+    assert_eq!(show["script"]["path"], "test.sh");
+    assert!(digest.starts_with("blake3:"), "{digest}");
+    let text = e
+        .dkt(&["node", "show", runs[0]["id"].as_str().unwrap()])
+        .ok();
+    assert!(
+        text.contains(&format!("script   test.sh {digest}")),
+        "{text}"
+    );
+    let out = latest(&e, "out");
+    let manifest = e
+        .dkt(&["--json", "inspect", &format!("out:{}", &out[4..12])])
+        .json();
+    let run_entry = manifest
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x.get("node").is_some())
+        .unwrap();
+    assert_eq!(run_entry["script"]["digest"], digest.as_str());
+    // The recorded content is in the store under its digest.
+    let blob = git(
+        e.path(),
+        &[
+            "--git-dir",
+            ".dkt/.git",
+            "show",
+            &format!("main:scripts/{}", &digest["blake3:".len()..]),
+        ],
+    );
+    assert_eq!(blob, "echo one > ${out:ROOT}/v\n");
+}

@@ -964,20 +964,16 @@ impl Project {
                 let first = argv
                     .first()
                     .ok_or_else(|| Error::invalid("command", "", "empty command"))?;
-                let script = {
-                    let p = Path::new(first);
-                    let p = if p.is_absolute() {
-                        p.to_owned()
-                    } else {
-                        self.root().join(p)
-                    };
-                    p.is_file().then_some(p)
+                // The script's recorded content (never today's file); a node defined before
+                // scripts were recorded (or being checked before it is defined) reads the
+                // file.
+                let text = match self.script_content(node)? {
+                    Some(text) => Some(text),
+                    None => self
+                        .script_file(node)?
+                        .map(|(_, content)| String::from_utf8(content).unwrap_or_default()),
                 };
-                if let Some(path) = script {
-                    let text = std::fs::read(&path).at(&path)?;
-                    let text = String::from_utf8(text).map_err(|_| {
-                        Error::invalid("script", path.display().to_string(), "not UTF-8 text")
-                    })?;
+                if let Some(text) = text {
                     let rendered = scope.rewrite(&text)?;
                     let copy = scratch.unwrap_or(Path::new("/nonexistent")).join("script");
                     if scratch.is_some() {

@@ -97,6 +97,9 @@ pub struct RunEntry {
     pub node: String,
     /// The command.
     pub command: crate::Command,
+    /// The script file the command runs, with the digest of the content that ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub script: Option<crate::ScriptRef>,
     /// The node's labels.
     pub labels: Vec<String>,
     /// Who ran it.
@@ -285,6 +288,7 @@ impl<'a> Walker<'a> {
                 .as_ref()
                 .map(|n| n.command.clone())
                 .unwrap_or(crate::Command::Argv(Vec::new())),
+            script: node.as_ref().and_then(|n| n.script.clone()),
             labels: node.map(|n| n.labels).unwrap_or_default(),
             worker: run.worker.clone(),
             status: self.project.effective_status(run),
@@ -852,6 +856,7 @@ impl Manifest {
                     "externalParameters": {
                         "node": run.full.node.to_hex(),
                         "command": node.as_ref().map(|n| &n.command),
+                        "script": node.as_ref().and_then(|n| n.script.as_ref()),
                         "inputs": run.full.inputs.iter().map(|i| i.source.as_str()).collect::<Vec<_>>(),
                         "outputs": run.full.outputs.iter().map(|o| o.source.as_str()).collect::<Vec<_>>(),
                     },

@@ -49,8 +49,8 @@ pub use graph::Graph;
 pub use id::{resolve_version, Algo, Version};
 pub use inspect::{InspectOptions, Manifest, VerifyReport};
 pub use model::{
-    Command, Link, NodeId, NodeSpec, RunId, RunRecord, RunStatus, SourceSpec, SourceVersion,
-    VersionRecord,
+    Command, Link, NodeId, NodeSpec, RunId, RunRecord, RunStatus, ScriptRef, SourceSpec,
+    SourceVersion, VersionRecord,
 };
 pub use name::Name;
 pub use project::{AddSource, InitOptions, Project, UpdateOutcome};

@@ -126,6 +126,35 @@ pub struct NodeSpec {
     /// Shell command run after a failed run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<String>,
+    /// The script file the command runs (`dkt node run ... test.sh`), recorded when the
+    /// node is defined: its content is stored (content-addressed) and hashed into the
+    /// node ID, and runs execute the recorded content, never today's file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<ScriptRef>,
+}
+
+/// A script file recorded with its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptRef {
+    /// The file as the command names it (`test.sh`).
+    pub path: String,
+    /// `blake3:HEX` of its content; the content is the store's `scripts/HEX`.
+    pub digest: String,
+}
+
+impl ScriptRef {
+    /// The reference of a script named `path` whose content is `content`.
+    pub fn new(path: &str, content: &[u8]) -> ScriptRef {
+        ScriptRef {
+            path: path.to_owned(),
+            digest: format!("blake3:{}", blake3::hash(content).to_hex()),
+        }
+    }
+
+    /// The hex digest (after `blake3:`).
+    pub fn hex(&self) -> &str {
+        self.digest.strip_prefix("blake3:").unwrap_or(&self.digest)
+    }
 }
 
 /// The version of the canonical node encoding; part of every node ID.
@@ -141,6 +170,7 @@ impl NodeSpec {
             outputs: Vec::new(),
             on_success: None,
             on_failure: None,
+            script: None,
         }
     }
 
@@ -163,7 +193,10 @@ impl NodeSpec {
     /// on-success, on-failure:
     ///     FIELD-NAME " " COUNT "\n"  and for each item:  BYTE-LENGTH " " BYTES "\n"
     /// ```
-    /// Labels, inputs and outputs are sorted and unique; absent hooks have count 0.
+    /// Labels, inputs and outputs are sorted and unique; absent hooks have count 0. A node
+    /// with a recorded script file ends with one more field, `script`, whose two items are
+    /// the path as given and `blake3:HEX` of the content (nodes without one end after
+    /// `on-failure`, as before scripts were recorded, so their IDs are unchanged).
     pub fn canonical_encoding(&self) -> Vec<u8> {
         let mut n = self.clone();
         n.normalize();
@@ -205,6 +238,9 @@ impl NodeSpec {
             "on-failure",
             &n.on_failure.as_deref().into_iter().collect::<Vec<_>>(),
         );
+        if let Some(script) = &n.script {
+            field("script", &[&script.path, &script.digest]);
+        }
         out
     }
 

@@ -156,6 +156,10 @@ pub mod paths {
     pub fn version_seq(name: &Name) -> String {
         format!("versions/{name}/seq")
     }
+    /// `scripts/<blake3-hex>`: the content of a script file a node runs.
+    pub fn script(hex: &str) -> String {
+        format!("scripts/{hex}")
+    }
     /// `nodes/<node-id>.json`
     pub fn node(id: &NodeId) -> String {
         format!("nodes/{}.json", id.to_hex())
@@ -1103,6 +1107,11 @@ impl Project {
     /// must not close a cycle.
     pub fn define_node(&self, mut node: NodeSpec) -> Result<NodeId> {
         node.normalize();
+        // A command naming a script file records the script's content with the node.
+        let script = self.script_file(&node)?;
+        if let Some((script_ref, _)) = &script {
+            node.script = Some(script_ref.clone());
+        }
         let id = node.id();
         let snap = self.store.snapshot()?;
         for o in &node.outputs {
@@ -1118,7 +1127,10 @@ impl Project {
         for s in node.inputs.iter() {
             read_source(&snap, s)?;
         }
-        self.check_variables(&node)?;
+        // Checked against the file just read (the content is recorded by the commit below).
+        let mut unrecorded = node.clone();
+        unrecorded.script = None;
+        self.check_variables(&unrecorded)?;
         let message = format!("node add {} ({})", id.short(), node.command.display_line());
         self.store.transact(&message, |tx| {
             let mut graph = build_graph(tx.base())?;
@@ -1126,10 +1138,75 @@ impl Project {
                 return Ok(());
             }
             graph.add_node(id, &node.inputs, &node.outputs)?;
+            if let Some((script_ref, content)) = &script {
+                tx.put(&paths::script(script_ref.hex()), content)?;
+            }
             tx.put_json(&paths::node(&id), &node)?;
             Ok(())
         })?;
         Ok(id)
+    }
+
+    /// The script file `node`'s command names (its first word, a file relative to the
+    /// project's root or absolute), with its content; `None` when the command is not a
+    /// script file.
+    pub(crate) fn script_file(
+        &self,
+        node: &NodeSpec,
+    ) -> Result<Option<(crate::model::ScriptRef, Vec<u8>)>> {
+        let crate::Command::Argv(argv) = &node.command else {
+            return Ok(None);
+        };
+        let Some(first) = argv.first() else {
+            return Ok(None);
+        };
+        let path = Path::new(first);
+        let path = if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.root().join(path)
+        };
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let content = std::fs::read(&path).at(&path)?;
+        if std::str::from_utf8(&content).is_err() {
+            return Err(Error::invalid(
+                "script",
+                path.display().to_string(),
+                "not UTF-8 text",
+            ));
+        }
+        Ok(Some((
+            crate::model::ScriptRef::new(first, &content),
+            content,
+        )))
+    }
+
+    /// The recorded content of `node`'s script, if it has one.
+    pub fn script_content(&self, node: &NodeSpec) -> Result<Option<String>> {
+        let Some(script) = &node.script else {
+            return Ok(None);
+        };
+        let bytes = self
+            .store
+            .snapshot()?
+            .read(&paths::script(script.hex()))?
+            .ok_or_else(|| {
+                Error::corrupt(format!(
+                    "the recorded script {} ({}) is missing from the store",
+                    script.path, script.digest
+                ))
+            })?;
+        if blake3::hash(&bytes).to_hex().as_str() != script.hex() {
+            return Err(Error::corrupt(format!(
+                "the recorded script {} does not match its digest {}",
+                script.path, script.digest
+            )));
+        }
+        String::from_utf8(bytes).map(Some).map_err(|_| {
+            Error::corrupt(format!("the recorded script {} is not UTF-8", script.path))
+        })
     }
 }
 
