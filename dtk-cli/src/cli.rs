@@ -90,6 +90,14 @@ pub(crate) enum Command {
     /// Define, run and list compute nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage the project's secrets (.dkt/secrets/, mode 0600, never committed).
+    ///
+    /// A secret is available to commands as ${NAME} (exported only to the commands that
+    /// name it) and replaced by *** in every log. The kinds' credentials (GITHUB_TOKEN,
+    /// DOCKER_TOKEN, HOCKEYAPP_TOKEN, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) are set the
+    /// same way and read by the kinds only.
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Create or update, in one commit, the sources and nodes a pipeline file declares.
     ///
     /// Applying the same file again changes nothing. Sources and nodes the file does not
@@ -192,6 +200,23 @@ pub(crate) enum Format {
     Slsa,
     /// A W3C PROV-JSON document.
     Prov,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SecretCommand {
+    /// Set secret NAME; the value is read from standard input (a prompt without echo on a
+    /// terminal), never from the command line.
+    Set {
+        /// The secret's name (letters, digits, '_' and '-').
+        name: String,
+    },
+    /// List the secrets' names (never their values).
+    List,
+    /// Remove secret NAME.
+    Rm {
+        /// The secret's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

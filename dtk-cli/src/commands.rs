@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use dtk::{AddSource, InitOptions, Project};
 use serde_json::json;
 
-use crate::cli::{Cli, Command, Format, NodeCommand, SourceCommand, Tokens};
+use crate::cli::{Cli, Command, Format, NodeCommand, SecretCommand, SourceCommand, Tokens};
 use crate::exit;
 use crate::output::{json, or_dash, Table};
 
@@ -104,6 +104,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Source(cmd) => return source(open(&dir)?, cmd, as_json, out).await,
         Command::Node(cmd) => return node(open(&dir)?, cmd, as_json, out).await,
+        Command::Secret(cmd) => return secret(open(&dir)?, cmd, as_json, out),
         Command::Apply { file } => {
             let p = open(&dir)?;
             let path = p.cwd().join(&file);
@@ -841,4 +842,53 @@ fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicB
         }
     });
     Ok(stop)
+}
+
+/// `dkt secret set|list|rm`.
+fn secret(
+    mut p: Project,
+    cmd: SecretCommand,
+    as_json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    match cmd {
+        SecretCommand::Set { name } => {
+            use std::io::IsTerminal;
+            let value = if std::io::stdin().is_terminal() {
+                rpassword::prompt_password(format!("value of secret {name}: "))?
+            } else {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+                text.trim_end_matches(['\n', '\r']).to_owned()
+            };
+            p.set_secret(&name, &value)?;
+            if as_json {
+                json(out, &json!({ "name": name, "set": true }))?;
+            }
+        }
+        SecretCommand::List => {
+            let names: Vec<&str> = p.secrets().iter().map(|(k, _)| k).collect();
+            if as_json {
+                json(out, &names)?;
+            } else {
+                let mut t = Table::new(&["NAME", "USED BY"]);
+                for n in &names {
+                    let by = if dtk::config::KIND_CREDENTIALS.contains(n) {
+                        "source kinds"
+                    } else {
+                        "commands (${NAME})"
+                    };
+                    t.row(vec![(*n).to_owned(), by.to_owned()]);
+                }
+                t.print(out)?;
+            }
+        }
+        SecretCommand::Rm { name } => {
+            p.remove_secret(&name)?;
+            if as_json {
+                json(out, &json!({ "name": name, "removed": true }))?;
+            }
+        }
+    }
+    Ok(exit::OK)
 }

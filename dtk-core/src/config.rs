@@ -150,6 +150,28 @@ impl Config {
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secrets {
     values: BTreeMap<String, String>,
+    /// Values that are not secrets of this set but are redacted like them (private
+    /// variables whose names say they are secret).
+    also_redacted: Vec<String>,
+}
+
+/// The names of the secrets that belong to the source kinds (their credentials): never
+/// given to a node's command.
+pub const KIND_CREDENTIALS: &[&str] = &[
+    GITHUB_TOKEN,
+    DOCKER_TOKEN,
+    HOCKEYAPP_TOKEN,
+    AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY,
+];
+
+/// True when a variable called `name` looks like a secret (its name contains `PASS`,
+/// `TOKEN`, `SECRET` or `KEY`, in any case).
+pub fn looks_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    ["PASS", "TOKEN", "SECRET", "KEY"]
+        .iter()
+        .any(|w| upper.contains(w))
 }
 
 impl std::fmt::Debug for Secrets {
@@ -190,22 +212,33 @@ impl Secrets {
             let value = std::fs::read_to_string(&path).at(&path)?;
             values.insert(name, value.trim_end_matches(['\n', '\r']).to_owned());
         }
-        Ok(Secrets { values })
+        Ok(Secrets {
+            values,
+            also_redacted: Vec::new(),
+        })
+    }
+
+    /// Remove secret `name` from `dir` and from this set; `false` when there was none.
+    pub fn remove(&mut self, dir: &Path, name: &str) -> Result<bool> {
+        check_secret_name(name)?;
+        let path = dir.join(name);
+        let existed = match std::fs::remove_file(&path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        Ok(self.values.remove(name).is_some() || existed)
+    }
+
+    /// Redact `values` too (without making them secrets of this set).
+    pub fn also_redact(&mut self, values: impl IntoIterator<Item = String>) {
+        self.also_redacted
+            .extend(values.into_iter().filter(|v| v.len() >= 3));
     }
 
     /// Store secret `name` in `dir` (atomically, mode 0600) and in this set.
     pub fn set(&mut self, dir: &Path, name: &str, value: &str) -> Result<()> {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(Error::invalid(
-                "secret name",
-                name,
-                "use letters, digits, '_' and '-' only",
-            ));
-        }
+        check_secret_name(name)?;
         create_private_dir(dir)?;
         let mut tmp = tempfile::Builder::new()
             .prefix(".tmp-")
@@ -233,11 +266,49 @@ impl Secrets {
     /// Replace every secret value in `text` by `***`.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();
-        for v in self.values.values().filter(|v| !v.is_empty()) {
-            out = out.replace(v.as_str(), "***");
+        for v in self.redacted() {
+            out = out.replace(v, "***");
         }
         out
     }
+
+    /// Every value redaction hides, longest first (so a value that contains another is
+    /// replaced whole): each secret, the password half of a `USER:PASSWORD` secret, and
+    /// the values given to [`Secrets::also_redact`].
+    fn redacted(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = Vec::new();
+        for v in self.values.values().chain(&self.also_redacted) {
+            if v.is_empty() {
+                continue;
+            }
+            all.push(v);
+            if let Some((_, password)) = v.split_once(':') {
+                if password.len() >= 4 {
+                    all.push(password);
+                }
+            }
+        }
+        all.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        all.dedup();
+        all
+    }
+}
+
+/// A secret's name: letters, digits, `_` and `-`.
+fn check_secret_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.starts_with('-')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(Error::invalid(
+            "secret name",
+            name,
+            "use letters, digits, '_' and '-' only",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(unix)]
@@ -288,6 +359,18 @@ mod tests {
         assert_eq!(loaded.get(GITHUB_TOKEN), Some("ghp_canary123"));
         assert!(!format!("{loaded:?}").contains("canary"));
         assert_eq!(loaded.redact("token=ghp_canary123!"), "token=***!");
+        let mut docker = Secrets::default();
+        docker.set(&sdir, DOCKER_TOKEN, "alice:hunter22").unwrap();
+        assert_eq!(
+            docker.redact("user alice:hunter22, pw hunter22"),
+            "user ***, pw ***"
+        );
+        docker.also_redact(["esx-pw-1".to_owned()]);
+        assert_eq!(docker.redact("pass=esx-pw-1"), "pass=***");
+        assert!(docker.remove(&sdir, DOCKER_TOKEN).unwrap());
+        assert!(!docker.remove(&sdir, DOCKER_TOKEN).unwrap());
+        assert!(!sdir.join(DOCKER_TOKEN).exists());
+        assert!(looks_secret("ESX_PASS") && looks_secret("api_key") && !looks_secret("ESX_USER"));
         assert!(s.set(&sdir, "../x", "v").is_err());
     }
 

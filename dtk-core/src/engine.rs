@@ -797,6 +797,8 @@ impl Project {
         }
         self.add_private(&mut scope);
         let steps = self.plan(node, &scope, Some(scratch.path()))?;
+        // Only the variables and secrets the command names reach it.
+        let private = scope.used_private();
         let mut log = String::new();
         for step in steps {
             let mut cmd = tokio::process::Command::new(&step[0]);
@@ -806,7 +808,7 @@ impl Project {
                 .env("DKT_RUN_ID", record.id.to_hex())
                 .env("DKT_NODE_ID", record.node.to_hex())
                 .envs(scope.env.iter())
-                .envs(scope.private.iter())
+                .envs(private.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -943,6 +945,10 @@ impl Project {
             scope.private.insert(k.clone(), v.clone());
         }
         for (k, v) in self.secrets().iter() {
+            if crate::config::KIND_CREDENTIALS.contains(&k) {
+                scope.credentials.insert(k.to_owned());
+                continue;
+            }
             scope.private.insert(k.to_owned(), v.to_owned());
         }
     }
@@ -1165,6 +1171,10 @@ struct Scope {
     env: BTreeMap<String, String>,
     /// `${NAME}` private variables and secrets.
     private: BTreeMap<String, String>,
+    /// The names of the kinds' credentials held as secrets (never given to a command).
+    credentials: std::collections::BTreeSet<String>,
+    /// The private names the command referred to (filled while planning).
+    used: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Which variable name came from which `SOURCE:FIELD`, to detect collisions.
     owners: BTreeMap<String, String>,
 }
@@ -1231,15 +1241,22 @@ impl Scope {
     }
 
     /// Classify `${inner}`: Some(var name) to export, None to leave to the shell.
+    ///
+    /// dtk's are `${SOURCE:FIELD}` (a valid source name, a field name) and `${NAME}` for a
+    /// private variable or a secret; everything else (`${f}`, `${1}`, `${X#*:}`,
+    /// `${PATH//:/ }`, `${VAR:-default}`, ...) is the shell's, untouched.
     fn resolve(&self, inner: &str) -> Result<Option<(String, String)>> {
+        let identifier = |s: &str| {
+            s.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
         if let Some((src, field)) = inner.split_once(':') {
             if let Some(var) = self.names.get(&(src.to_owned(), field.to_owned())) {
                 return Ok(Some((var.clone(), self.env[var].clone())));
             }
-            // Shell operators such as ${VAR:-default} are the shell's business.
-            if field.starts_with(['-', '=', '?', '+'])
-                || field.starts_with(|c: char| c.is_ascii_digit())
-            {
+            if !identifier(field) || Name::new(src).is_err() {
                 return Ok(None);
             }
             if self.names.keys().any(|(s, _)| s == src) {
@@ -1264,23 +1281,34 @@ impl Scope {
                 format!("{src:?} is not an input or output of this node"),
             ));
         }
-        if !inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if identifier(inner) {
+            if crate::config::KIND_CREDENTIALS.contains(&inner) && self.credentials.contains(inner)
+            {
+                return Err(Error::invalid(
+                    "variable",
+                    format!("${{{inner}}}"),
+                    "is a source kind's credential, which commands never receive; store a secret of the node's own with `dkt secret set NAME`",
+                ));
+            }
             if let Some(v) = self.private.get(inner) {
+                if let Ok(mut used) = self.used.lock() {
+                    used.insert(inner.to_owned());
+                }
                 return Ok(Some((inner.to_owned(), v.clone())));
             }
-            if std::env::var_os(inner).is_some()
-                || self.env.contains_key(inner)
-                || inner.starts_with("DKT_")
-            {
-                return Ok(None);
-            }
-            return Err(Error::invalid(
-                "variable",
-                format!("${{{inner}}}"),
-                "not a variable of .dkt/config [vars], a secret, nor set in the environment",
-            ));
         }
         Ok(None)
+    }
+
+    /// The private variables and secrets the command named, with their values: the only
+    /// ones exported to it.
+    fn used_private(&self) -> Vec<(String, String)> {
+        let used = self.used.lock().map(|u| u.clone()).unwrap_or_default();
+        self.private
+            .iter()
+            .filter(|(k, _)| used.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// For shell text: `${SRC:FIELD}` becomes `${DKT_SRC_FIELD}`, expanded by the shell.

@@ -384,7 +384,20 @@ impl Project {
         let store = Store::open(&dkt.join(".git"))?;
         upgrade_store(&store)?;
         let config = Config::load(&dkt.join("config"))?;
-        let secrets = Secrets::load(&dkt.join("secrets"))?;
+        let mut secrets = Secrets::load(&dkt.join("secrets"))?;
+        // Private variables named like secrets are redacted like secrets; they belong in
+        // .dkt/secrets.
+        let secret_vars: Vec<&String> = config
+            .vars
+            .keys()
+            .filter(|k| crate::config::looks_secret(k))
+            .collect();
+        for name in &secret_vars {
+            tracing::warn!(
+                "[vars] {name} in .dkt/config looks like a secret: it is redacted from logs, but move it to the secrets (`dkt secret set {name}`, value on stdin) and remove it from .dkt/config"
+            );
+        }
+        secrets.also_redact(secret_vars.iter().map(|k| config.vars[*k].clone()));
         let project = Project {
             root,
             dkt,
@@ -469,6 +482,38 @@ impl Project {
     /// The secrets.
     pub fn secrets(&self) -> &Secrets {
         &self.secrets
+    }
+
+    /// Store secret `name` (in `.dkt/secrets/`, mode 0600; never committed). A secret is
+    /// usable in commands as `${NAME}` and redacted from every log; the kinds' own
+    /// credentials ([`KIND_CREDENTIALS`](crate::config::KIND_CREDENTIALS)) are read by
+    /// the kinds only.
+    pub fn set_secret(&mut self, name: &str, value: &str) -> Result<()> {
+        if value.is_empty() {
+            return Err(Error::invalid(
+                "secret value",
+                name,
+                "is empty (give the value on standard input)",
+            ));
+        }
+        let dir = self.dkt.join("secrets");
+        self.secrets.set(&dir, name, value)
+    }
+
+    /// Remove secret `name`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when there is no such secret.
+    pub fn remove_secret(&mut self, name: &str) -> Result<()> {
+        let dir = self.dkt.join("secrets");
+        if !self.secrets.remove(&dir, name)? {
+            return Err(Error::NotFound {
+                what: "secret",
+                name: name.to_owned(),
+                hint: " (see `dkt secret list`)".to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// The registry of kinds.

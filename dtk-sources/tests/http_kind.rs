@@ -71,6 +71,13 @@ async fn resolve_checks_the_location() {
         .unwrap_err();
     assert!(matches!(e, Error::Invalid { .. }), "{e}");
     assert!(!e.to_string().contains("s3cr3t-pw"), "{e}");
+    // A token as the user name (`https://TOKEN@host/...`) is refused the same way.
+    let e = kind
+        .resolve(&ctx, new_source("t", "https://tok3n-as-user@example.com/x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Invalid { .. }), "{e}");
+    assert!(!e.to_string().contains("tok3n-as-user"), "{e}");
 
     let mut tagged = new_source("t", &server.url("/x.tar.gz"));
     tagged.tag = Some("v1".into());

@@ -170,12 +170,17 @@ pub(crate) fn normalize(location: &str, cwd: &Path) -> Result<Normalized> {
                 reason: format!("not a URL git understands: {e}"),
             }
         })?;
-        if url.password().is_some() {
+        // Over HTTP a user name is as good as a token (`https://TOKEN@host/repo`): it
+        // would be stored in the source's record and the history. (An ssh user such as
+        // `git@host` is only a name.)
+        let http = matches!(url.scheme, gix::url::Scheme::Http | gix::url::Scheme::Https);
+        if url.password().is_some() || (http && url.user().is_some()) {
             return Err(Error::invalid(
                 "git location",
-                redact_url(trimmed),
-                "do not put a password or token in the URL: store a GitHub token with \
-                 `dkt init --github-token` instead",
+                redact_userinfo(trimmed),
+                "do not put a token, password or user name in the URL (it would be stored in \
+                 the project and its history): store a GitHub token with `dkt secret set \
+                 GITHUB_TOKEN` (or `dkt init --github-token`) instead",
             ));
         }
         if url.scheme == gix::url::Scheme::File {
@@ -215,6 +220,21 @@ pub(crate) fn redact_url(location: &str) -> String {
             &location[start + at..]
         ),
         _ => location.to_owned(),
+    }
+}
+
+/// `location` with everything between the scheme and an `@` of the authority replaced
+/// by `***` (user names and passwords alike).
+pub(crate) fn redact_userinfo(location: &str) -> String {
+    let Some(start) = location.find("://").map(|i| i + 3) else {
+        return location.to_owned();
+    };
+    let end = location[start..]
+        .find('/')
+        .map_or(location.len(), |i| start + i);
+    match location[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &location[..start], &location[start + at..]),
+        None => location.to_owned(),
     }
 }
 
@@ -307,7 +327,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("ghp_secret"), "{e}");
-        assert!(e.contains("https://u:***@github.com/u/r"), "{e}");
+        assert!(e.contains("https://***@github.com/u/r"), "{e}");
+        assert!(!e.contains("ghp_secret") && !e.contains("u:"), "{e}");
+        let e = normalize("https://ghp_tokenasuser@example.com/u/r.git", cwd)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("ghp_tokenasuser") && e.contains("secret set"),
+            "{e}"
+        );
+        assert!(normalize("ssh://git@example.com/u/r.git", cwd).is_ok());
         assert_eq!(local_dir("/a/b"), Some(PathBuf::from("/a/b")));
         assert_eq!(local_dir("file:///a/b"), Some(PathBuf::from("/a/b")));
         assert_eq!(local_dir("https://h/a"), None);

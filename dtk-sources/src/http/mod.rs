@@ -173,11 +173,11 @@ fn parse_url(given: &str) -> Result<Url> {
     if url.host_str().is_none_or(str::is_empty) {
         return Err(Error::invalid("URL", trimmed, "the URL has no host"));
     }
-    if url.password().is_some() {
+    if url.password().is_some() || !url.username().is_empty() {
         return Err(Error::invalid(
             "URL",
             net::shown_url(&url),
-            "a URL must not hold a password (it would be stored in the project)",
+            "a URL must not hold a user name, token or password (it would be stored in the project and its history); keep credentials in the secrets (`dkt secret set NAME`)",
         ));
     }
     url.set_fragment(None);
