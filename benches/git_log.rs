@@ -71,15 +71,15 @@ fn stream() -> Vec<u8> {
     while n < COMMITS {
         n += 1;
         // Runs of equal timestamps, now and then.
-        if n % 5 != 0 {
+        if !n.is_multiple_of(5) {
             time += 1 + (n as u64 * 7919) % 60;
         }
-        let path = if n % 7 == 0 {
+        let path = if n.is_multiple_of(7) {
             format!("{SUB_PATH}/f{}", n % 13)
         } else {
             format!("dir{}/file{}", n % 20, (n * 31) % 20)
         };
-        if n % 1000 == 0 && main_tip > 0 {
+        if n.is_multiple_of(1000) && main_tip > 0 {
             let mut side = main_tip;
             for i in 0..3 {
                 let p = if i == 1 {

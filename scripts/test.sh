@@ -7,8 +7,10 @@
 #   bash scripts/test.sh -- -p dtk-cli   # extra arguments go to `cargo test`
 #
 # What it installs when missing (each only if its command or module is absent):
-# - Debian packages: git, graphviz (`dot`), python3 and pip, curl, docker-registry (the CNCF
-#   reference OCI registry) and skopeo (pushes test images into it);
+# - Debian packages: git (also `git daemon`, the git:// server), graphviz (`dot`), python3
+#   and pip, curl, docker-registry (the CNCF reference OCI registry), skopeo (pushes test
+#   images into it) and openssh-server (`/usr/sbin/sshd`, the server of the git kind's ssh
+#   test; it brings the `ssh` client and `ssh-keygen` too);
 # - PyPI packages: moto[server] (an S3-compatible server), prov and in-toto-attestation (the
 #   reference consumers of the provenance exports), cryptography (the test token service and
 #   the test CA of the HTTPS git server).
@@ -25,7 +27,7 @@ while [ $# -gt 0 ]; do
     --no-install) install=0 ;;
     --install-only) run=0 ;;
     --) shift; cargo_args=("$@"); break ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -39,6 +41,7 @@ need_cmd python3 python3
 need_cmd curl curl
 need_cmd docker-registry docker-registry
 need_cmd skopeo skopeo
+[ -x /usr/sbin/sshd ] || missing_apt+=(openssh-server)
 python3 -m pip --version >/dev/null 2>&1 || missing_apt+=(python3-pip)
 
 if [ ${#missing_apt[@]} -gt 0 ]; then

@@ -101,10 +101,15 @@ pub(crate) enum Command {
     /// Create or update, in one commit, the sources and nodes a pipeline file declares.
     ///
     /// Applying the same file again changes nothing. Sources and nodes the file does not
-    /// mention are left alone. The format is described in docs/pipeline.md.
+    /// mention are left alone (with --prune, such nodes are retired). A named node whose
+    /// definition changed replaces the node of that name. The format is described in
+    /// docs/pipeline.md.
     Apply {
         /// The pipeline file (YAML), relative to the current directory.
         file: PathBuf,
+        /// Also remove (retire) the nodes the file does not declare; their history stays.
+        #[arg(long)]
+        prune: bool,
     },
     /// One scheduling pass: poll sources, run every node whose inputs moved.
     ///
@@ -126,6 +131,10 @@ pub(crate) enum Command {
         /// End each run after this long (90s, 30m, 2h).
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
+        /// Print the running nodes' output lines to stderr, prefixed by node (the default
+        /// when stderr is a terminal).
+        #[arg(long)]
+        follow: bool,
     },
     /// Run scheduling passes forever (poll, run what changed), every --interval.
     ///
@@ -230,6 +239,10 @@ pub(crate) enum NodeCommand {
     /// a variable of .dkt/config [vars] or a secret; they reach the command as environment
     /// variables, so values are never parsed as shell code.
     Run {
+        /// A name for the node, accepted wherever its ID is. A different node that had
+        /// the name is replaced: retired, its history kept.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
         /// Labels a machine must all have to run the node.
         #[arg(long, value_delimiter = ',', value_name = "L,...")]
         labels: Vec<String>,
@@ -254,6 +267,10 @@ pub(crate) enum NodeCommand {
         /// End the run after this long (90s, 30m, 2h); default: .dkt/config [run] timeout.
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
+        /// Print the run's output lines to stderr as they come (the default when stderr
+        /// is a terminal).
+        #[arg(long)]
+        follow: bool,
         /// The command and its arguments, or FILE.yml.
         #[arg(
             required = true,
@@ -265,7 +282,7 @@ pub(crate) enum NodeCommand {
     },
     /// Run a node again on its current inputs, even if a run on them succeeded.
     Rerun {
-        /// The node's ID (or a unique prefix of at least 4 digits).
+        /// The node's name, ID, or a unique prefix of at least 4 digits.
         id: String,
         /// Then rerun every node below it, in topological order.
         #[arg(long)]
@@ -273,14 +290,33 @@ pub(crate) enum NodeCommand {
         /// End each run after this long (90s, 30m, 2h).
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
+        /// Print the runs' output lines to stderr as they come (the default when stderr
+        /// is a terminal).
+        #[arg(long)]
+        follow: bool,
     },
-    /// List nodes.
+    /// List nodes (with --all, the removed ones too).
     #[command(alias = "ls")]
-    List,
-    /// List a node's runs, newest first.
-    Log {
-        /// The node's ID (or a unique prefix of at least 4 digits).
+    List {
+        /// Also list removed (retired) nodes.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove a node: it no longer runs, and the sources only it used can be removed;
+    /// its record, runs and the versions it made stay (their provenance still reads).
+    Rm {
+        /// The node's name, ID, or a unique prefix of at least 4 digits.
         id: String,
+    },
+    /// List a node's runs, newest first; with --follow, print a run's output as it comes.
+    Log {
+        /// The node's name, ID, or a unique prefix of at least 4 digits (with --follow, a
+        /// run ID too; a node means its newest run).
+        id: String,
+        /// Attach to the run: print its output so far, then each line as it comes, until
+        /// it ends (exit 0 on success, 1 otherwise).
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Show a run's record and its log.
     Show {

@@ -105,11 +105,17 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Source(cmd) => return source(open(&dir)?, cmd, as_json, out).await,
         Command::Node(cmd) => return node(open(&dir)?, cmd, as_json, out).await,
         Command::Secret(cmd) => return secret(open(&dir)?, cmd, as_json, out),
-        Command::Apply { file } => {
+        Command::Apply { file, prune } => {
             let p = open(&dir)?;
             let path = p.cwd().join(&file);
             let text = std::fs::read_to_string(&path).map_err(|e| dtk::Error::io(&path, e))?;
-            let report = p.apply(&file.display().to_string(), &text).await?;
+            let report = p
+                .apply_with(
+                    &file.display().to_string(),
+                    &text,
+                    dtk::pipeline::ApplyOptions::new().with_prune(prune),
+                )
+                .await?;
             if as_json {
                 json(out, &report)?;
             } else {
@@ -123,6 +129,13 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
                 for n in &report.nodes {
                     t.row(vec!["node".into(), n.id.short(), n.status.to_string()]);
+                }
+                for r in &report.retired {
+                    t.row(vec![
+                        "node".into(),
+                        r.id.short(),
+                        format!("removed ({})", r.reason),
+                    ]);
                 }
                 t.print(out)?;
             }
@@ -165,8 +178,11 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             dry_run,
             assume,
             timeout,
+            follow,
         } => {
             let p = open(&dir)?;
+            let follower = Follower::start(&p, follow);
+            let interrupted = cancel_on_signals(&p)?;
             let timeout = timeout
                 .as_deref()
                 .map(dtk::engine::parse_duration)
@@ -194,7 +210,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                 };
                 options = options.assuming(dtk::Name::new(src)?, version);
             }
-            let report = p.run_pass(options).await?;
+            let report = p.run_pass(options).await;
+            follower.finish().await;
+            let report = report?;
             if as_json {
                 json(out, &report)?;
             } else {
@@ -227,6 +245,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                     t.print(out)?;
                 }
             }
+            if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(exit::INTERRUPTED);
+            }
             if !report.is_ok() {
                 return Ok(exit::FAILURE);
             }
@@ -245,20 +266,57 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                 options = options.with_labels(labels);
             }
             let stop = stop_on_signals()?;
-            let report = p.work(options, stop).await?;
+            // Lines as things happen (flushed each, so a log file follows along).
+            let mut feed = p.subscribe();
+            let work = p.work(options, stop);
+            tokio::pin!(work);
+            let line = |event: dtk::events::Event| -> Option<String> {
+                use dtk::events::Event;
+                match event {
+                    Event::RunStarted { run, node } => Some(format!(
+                        "run {} of node {}: started",
+                        run.short(),
+                        node.short()
+                    )),
+                    Event::RunFinished { run, node, status } => Some(format!(
+                        "run {} of node {}: {status}",
+                        run.short(),
+                        node.short()
+                    )),
+                    Event::Waiting { message } => Some(message),
+                    _ => None,
+                }
+            };
+            let report = loop {
+                tokio::select! {
+                    report = &mut work => break report,
+                    event = feed.recv() => {
+                        if let (false, Ok(event)) = (as_json, event) {
+                            if let Some(l) = line(event) {
+                                writeln!(out, "{l}")?;
+                                out.flush()?;
+                            }
+                        }
+                    }
+                }
+            };
+            if !as_json {
+                while let Ok(event) = feed.try_recv() {
+                    if let Some(l) = line(event) {
+                        writeln!(out, "{l}")?;
+                    }
+                }
+            }
+            let report = report?;
             if as_json {
                 json(out, &report)?;
             } else {
-                for r in &report.runs {
-                    writeln!(
-                        out,
-                        "run {} of node {}: {} {}",
-                        r.id.short(),
-                        r.node.short(),
-                        r.status,
-                        sv_list(&r.outputs)
-                    )?;
-                }
+                writeln!(
+                    out,
+                    "worker done: {} run(s), {} requeued",
+                    report.runs.len(),
+                    report.requeued.len()
+                )?;
             }
         }
         Command::Daemon {
@@ -517,6 +575,8 @@ async fn node(
 ) -> anyhow::Result<u8> {
     match cmd {
         NodeCommand::Run {
+            name,
+            follow,
             labels,
             input,
             output,
@@ -529,6 +589,7 @@ async fn node(
         } => {
             let is_file = command.len() == 1
                 && (command[0].ends_with(".yml") || command[0].ends_with(".yaml"));
+            let mut node_name = name.clone();
             let spec = if is_file {
                 if !labels.is_empty()
                     || !input.is_empty()
@@ -544,7 +605,18 @@ async fn node(
                 }
                 let path = p.cwd().join(&command[0]);
                 let text = std::fs::read_to_string(&path).map_err(|e| dtk::Error::io(&path, e))?;
-                dtk::NodeFile::parse(&command[0], &text)?.to_spec()?
+                let file = dtk::NodeFile::parse(&command[0], &text)?;
+                if let (Some(a), Some(b)) = (&name, &file.name) {
+                    if a != b {
+                        return Err(UsageError(format!(
+                            "{}: the file names the node {b:?}, --name says {a:?}",
+                            command[0]
+                        ))
+                        .into());
+                    }
+                }
+                node_name = file.name.clone().or(name.clone());
+                file.to_spec()?
             } else {
                 dtk::engine::validate_labels(&labels)?;
                 let to_names = |v: &[String]| {
@@ -564,7 +636,7 @@ async fn node(
                 .as_deref()
                 .map(dtk::engine::parse_duration)
                 .transpose()?;
-            let id = p.define_node(spec)?;
+            let id = p.define_named_node(spec, node_name.as_deref())?;
             if no_run {
                 if as_json {
                     json(
@@ -580,6 +652,8 @@ async fn node(
                 writeln!(out, "{}", id.short())?;
                 out.flush()?;
             }
+            let follower = Follower::start(&p, follow);
+            let interrupted = cancel_on_signals(&p)?;
             let outcome = p
                 .run_node(
                     &id,
@@ -587,7 +661,9 @@ async fn node(
                         .with_force(force)
                         .with_timeout(timeout),
                 )
-                .await?;
+                .await;
+            follower.finish().await;
+            let outcome = outcome?;
             let rec = outcome.record();
             if as_json {
                 json(
@@ -624,6 +700,9 @@ async fn node(
                 };
                 eprintln!("run {}: {what}", rec.id.short());
             }
+            if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(exit::INTERRUPTED);
+            }
             if matches!(&outcome, dtk::RunOutcome::Ran(r) if r.status != dtk::RunStatus::Success) {
                 return Ok(exit::FAILURE);
             }
@@ -632,19 +711,27 @@ async fn node(
             id,
             downstream,
             timeout,
+            follow,
         } => {
             let (id, _) = p.node(&id)?;
             let timeout = timeout
                 .as_deref()
                 .map(dtk::engine::parse_duration)
                 .transpose()?;
+            let follower = Follower::start(&p, follow);
+            let interrupted = cancel_on_signals(&p)?;
             let runs = p
                 .rerun(
                     &id,
                     downstream,
                     dtk::RunOptions::new().with_timeout(timeout),
                 )
-                .await?;
+                .await;
+            follower.finish().await;
+            let runs = runs?;
+            if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(exit::INTERRUPTED);
+            }
             let failed = runs.iter().any(|(_, o)| matches!(o, dtk::RunOutcome::Ran(r) if r.status != dtk::RunStatus::Success));
             if as_json {
                 let list: Vec<_> = runs
@@ -669,34 +756,72 @@ async fn node(
                 return Ok(exit::FAILURE);
             }
         }
-        NodeCommand::List => {
-            let nodes = p.nodes()?;
+        NodeCommand::List { all } => {
+            let nodes: Vec<_> = p
+                .all_nodes()?
+                .into_iter()
+                .filter(|(_, _, retired)| all || !retired)
+                .collect();
+            let node_names = p.node_names()?;
             if as_json {
                 let list: Vec<_> = nodes
                     .iter()
-                    .map(|(id, n)| json!({ "id": id.short(), "id_full": id.to_hex(), "spec": n }))
+                    .map(|(id, n, retired)| {
+                        json!({
+                            "id": id.short(), "id_full": id.to_hex(),
+                            "name": node_names.get(id), "retired": retired, "spec": n,
+                        })
+                    })
                     .collect();
                 json(out, &list)?;
             } else {
-                let mut t = Table::new(&["ID", "CMD", "LABEL(S)", "INPUT(S)", "OUTPUT(S)"]);
-                for (id, n) in &nodes {
+                // The design's columns; NAME only once some node has a name.
+                let named = nodes.iter().any(|(id, _, _)| node_names.contains_key(id));
+                let mut header = vec!["ID", "CMD", "LABEL(S)", "INPUT(S)", "OUTPUT(S)"];
+                if named {
+                    header.push("NAME");
+                }
+                if all {
+                    header.push("STATE");
+                }
+                let mut t = Table::new(&header);
+                for (id, n, retired) in &nodes {
                     let labels = if n.labels.is_empty() {
                         "-".to_owned()
                     } else {
                         n.labels.join(",")
                     };
-                    t.row(vec![
+                    let mut row = vec![
                         id.short(),
                         n.command.display_line(),
                         labels,
                         names(&n.inputs),
                         names(&n.outputs),
-                    ]);
+                    ];
+                    if named {
+                        row.push(or_dash(node_names.get(id)));
+                    }
+                    if all {
+                        row.push(if *retired { "removed" } else { "active" }.to_owned());
+                    }
+                    t.row(row);
                 }
                 t.print(out)?;
             }
         }
-        NodeCommand::Log { id } => {
+        NodeCommand::Rm { id } => {
+            let id = p.remove_node(&id)?;
+            if as_json {
+                json(
+                    out,
+                    &json!({ "node": id.short(), "node_full": id.to_hex(), "removed": true }),
+                )?;
+            }
+        }
+        NodeCommand::Log { id, follow: true } => {
+            return follow_run(&p, &id, out).await;
+        }
+        NodeCommand::Log { id, follow: false } => {
             let (id, _) = p.node(&id)?;
             let runs = p.node_runs(&id)?;
             if as_json {
@@ -773,12 +898,42 @@ async fn daemon(
     let stop = stop_on_signals()?;
     let mut n = 0u64;
     let mut failed = false;
+    let mut feed = p.subscribe();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let started = std::time::Instant::now();
-        match p
-            .run_pass(dtk::scheduler::PassOptions::new().with_jobs(jobs))
-            .await
-        {
+        // Runs starting and ending are written as they happen, the pass's summary after.
+        let pass = p.run_pass(dtk::scheduler::PassOptions::new().with_jobs(jobs));
+        tokio::pin!(pass);
+        let line = |event: dtk::events::Event| match event {
+            dtk::events::Event::RunStarted { run, node } => Some(format!(
+                "run {} of node {}: started",
+                run.short(),
+                node.short()
+            )),
+            dtk::events::Event::RunFinished { run, node, status } => Some(format!(
+                "run {} of node {}: {status}",
+                run.short(),
+                node.short()
+            )),
+            _ => None,
+        };
+        let result = loop {
+            tokio::select! {
+                r = &mut pass => break r,
+                event = feed.recv() => {
+                    if let Some(l) = event.ok().and_then(line) {
+                        writeln!(out, "{l}")?;
+                        out.flush()?;
+                    }
+                }
+            }
+        };
+        while let Ok(event) = feed.try_recv() {
+            if let Some(l) = line(event) {
+                writeln!(out, "{l}")?;
+            }
+        }
+        match result {
             Ok(report) => {
                 for o in report.polled.iter().filter(|o| o.error.is_some()) {
                     writeln!(
@@ -809,6 +964,14 @@ async fn daemon(
         n += 1;
         if passes.is_some_and(|max| n >= max) {
             break;
+        }
+        if started.elapsed() < interval {
+            writeln!(
+                out,
+                "pass {n} done; next pass in {}s",
+                (interval - started.elapsed()).as_secs()
+            )?;
+            out.flush()?;
         }
         while started.elapsed() < interval && !stop.load(std::sync::atomic::Ordering::SeqCst) {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -891,4 +1054,142 @@ fn secret(
         }
     }
     Ok(exit::OK)
+}
+
+/// Prints the running nodes' output lines to stderr (`[NODE] line`) while work goes on:
+/// with `--follow`, or by default when stderr is a terminal.
+struct Follower {
+    task: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::oneshot::Sender<()>,
+    )>,
+}
+
+impl Follower {
+    fn start(p: &Project, follow: bool) -> Follower {
+        use std::io::IsTerminal;
+        if !(follow || std::io::stderr().is_terminal()) {
+            return Follower { task: None };
+        }
+        let mut feed = p.subscribe();
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+        let print = |event: dtk::events::Event| {
+            if let dtk::events::Event::LogLine { node, line, .. } = event {
+                eprintln!("[{}] {line}", node.short());
+            }
+        };
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    event = feed.recv() => match event {
+                        Ok(e) => print(e),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            eprintln!("[dkt] ({n} lines skipped)");
+                        }
+                        Err(_) => return,
+                    },
+                    _ = &mut done_rx => {
+                        // The work is done: print what is left, then stop.
+                        while let Ok(e) = feed.try_recv() {
+                            print(e);
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+        Follower {
+            task: Some((task, done_tx)),
+        }
+    }
+
+    async fn finish(self) {
+        if let Some((task, done)) = self.task {
+            let _ = done.send(());
+            let _ = task.await;
+        }
+    }
+}
+
+/// On SIGINT or SIGTERM, cancel the project's runs (their process groups are ended and
+/// they are recorded `interrupted`); a second signal exits at once. The flag says whether
+/// it happened.
+fn cancel_on_signals(p: &Project) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let hit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let flag = hit.clone();
+    let cancel = p.cancel_token();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = sigint.recv() => {}
+                _ = sigterm.recv() => {}
+            }
+            if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                eprintln!("dkt: second signal, exiting now");
+                std::process::exit(i32::from(exit::INTERRUPTED));
+            }
+            eprintln!("dkt: interrupted: ending the running commands and recording their runs (signal again to exit now)");
+            cancel.cancel();
+        }
+    });
+    Ok(hit)
+}
+
+/// `dkt node log --follow X`: X is a run, or a node (its newest run). Prints the output so
+/// far and then as it comes, until the run ends.
+async fn follow_run(p: &Project, what: &str, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let run = match p.run_record(what) {
+        Ok(r) => r,
+        Err(run_err) => match p.node(what) {
+            Ok((node, _)) => p
+                .node_runs(&node)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| dtk::Error::not_found("run of node", node.short()))?,
+            Err(_) => return Err(run_err.into()),
+        },
+    };
+    let live = p.live_log_path(&run.id);
+    let mut printed = 0usize;
+    let mut said_pending = false;
+    loop {
+        let rec = p.run_record(&run.id.to_hex())?;
+        let status = p.effective_status(&rec);
+        if let Ok(bytes) = std::fs::read(&live) {
+            if bytes.len() > printed {
+                out.write_all(&bytes[printed..])?;
+                out.flush()?;
+                printed = bytes.len();
+            }
+        }
+        match status {
+            dtk::RunStatus::Pending => {
+                if !said_pending {
+                    eprintln!(
+                        "dkt: run {} is pending (waiting for a worker)",
+                        rec.id.short()
+                    );
+                    said_pending = true;
+                }
+            }
+            dtk::RunStatus::Running => {}
+            done => {
+                let log = p.run_log(&rec.id)?;
+                if log.len() > printed {
+                    out.write_all(&log.as_bytes()[printed..])?;
+                }
+                out.flush()?;
+                eprintln!("dkt: run {} ended: {done}", rec.id.short());
+                return Ok(if done == dtk::RunStatus::Success {
+                    exit::OK
+                } else {
+                    exit::FAILURE
+                });
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

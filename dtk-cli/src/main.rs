@@ -19,6 +19,8 @@ mod exit {
     pub const FAILURE: u8 = 1;
     /// Bad usage or bad input.
     pub const USAGE: u8 = 2;
+    /// Interrupted by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 fn main() -> ExitCode {

@@ -119,7 +119,7 @@ fn yaml_node_file() {
     setup_io(&e);
     e.write(
         "node.yml",
-        "inputs: [in]\noutputs: [out]\nrun:\n  - cp ${in:ROOT}/a.txt ${out:ROOT}/b.txt\n  - echo second >> ${out:ROOT}/b.txt\n  - exit 3\n  - echo never > ${out:ROOT}/c.txt\n",
+        "name: yaml\ninputs: [in]\noutputs: [out]\nrun:\n  - cp ${in:ROOT}/a.txt ${out:ROOT}/b.txt\n  - echo second >> ${out:ROOT}/b.txt\n  - exit 3\n  - echo never > ${out:ROOT}/c.txt\n",
     );
     let r = e.dkt(&["node", "run", "node.yml"]);
     r.fails(1);
@@ -130,7 +130,7 @@ fn yaml_node_file() {
     );
     e.write(
         "node.yml",
-        "inputs: [in]\noutputs: [out]\nrun:\n  - cp ${in:ROOT}/a.txt ${out:ROOT}/b.txt\n  - echo second >> ${out:ROOT}/b.txt\n",
+        "name: yaml\ninputs: [in]\noutputs: [out]\nrun:\n  - cp ${in:ROOT}/a.txt ${out:ROOT}/b.txt\n  - echo second >> ${out:ROOT}/b.txt\n",
     );
     e.dkt(&["node", "run", "node.yml"]).ok();
     assert_eq!(
@@ -159,7 +159,7 @@ fn hostile_values_are_never_code() {
     let config = format!("[vars]\nEVIL = {}\n", toml_string(value));
     std::fs::write(e.path().join(".dkt/config"), config).unwrap();
     e.dkt(&[
-        "node", "run", "--input=evil", "--output=out",
+        "node", "run", "--name", "hostile", "--input=evil", "--output=out",
         "printf '%s\\n' \"${EVIL}\" > \"${out:ROOT}/quoted\"; echo ${EVIL} > \"${out:ROOT}/bare\"; ls \"${evil:ROOT}\" > \"${out:ROOT}/ls\"",
     ])
     .ok();
@@ -178,6 +178,8 @@ fn hostile_values_are_never_code() {
     e.dkt(&[
         "node",
         "run",
+        "--name",
+        "hostile",
         "--output=out",
         "--",
         "sh",
@@ -203,7 +205,9 @@ fn hostile_values_are_never_code() {
         ("echo ${nosuch:ROOT} > /tmp/dkt-never", "${nosuch:ROOT}"),
         ("echo ${out:NOFIELD}", "${out:NOFIELD}"),
     ] {
-        let err = e.dkt(&["node", "run", "--output=out", cmd]).fails(2);
+        let err = e
+            .dkt(&["node", "run", "--name", "hostile", "--output=out", cmd])
+            .fails(2);
         assert!(err.contains(quoted), "{cmd}: {err}");
     }
     // (Defining a node is recorded; no run of them is.)
@@ -222,6 +226,8 @@ fn hostile_values_are_never_code() {
     e.dkt(&[
         "node",
         "run",
+        "--name",
+        "hostile",
         "--output=out",
         "echo ${UNSET_THING:-fallback} > ${out:ROOT}/def",
     ])
@@ -629,6 +635,8 @@ fn hook_output_goes_to_the_run_log() {
             "--json",
             "node",
             "run",
+            "--name",
+            "hooked",
             "--input=in",
             "--output=out",
             flag,
@@ -644,6 +652,8 @@ fn hook_output_goes_to_the_run_log() {
                 "node",
                 "run",
                 "--no-run",
+                "--name",
+                "hooked",
                 "--input=in",
                 "--output=out",
                 flag,
@@ -680,10 +690,18 @@ fn a_script_file_is_recorded_with_its_node() {
     setup_io(&e);
     e.write("test.sh", "echo one > ${out:ROOT}/v\n");
     let run = |e: &Env| {
-        e.dkt(&["node", "run", "--input=in", "--output=out", "test.sh"])
-            .ok()
-            .trim()
-            .to_owned()
+        e.dkt(&[
+            "node",
+            "run",
+            "--name",
+            "script",
+            "--input=in",
+            "--output=out",
+            "test.sh",
+        ])
+        .ok()
+        .trim()
+        .to_owned()
     };
     let first = run(&e);
     assert_eq!(
@@ -700,15 +718,18 @@ fn a_script_file_is_recorded_with_its_node() {
         std::fs::read_to_string(e.path().join("out/v")).unwrap(),
         "two\n"
     );
-    // The file gone, the first node still runs what was recorded for it.
+    // The first node was replaced under the name; the new one, its file gone, still runs
+    // what was recorded for it.
+    std::fs::write(e.path().join("out/v"), "clobbered\n").unwrap();
+    e.dkt(&["source", "update", "out"]).ok();
     std::fs::remove_file(e.path().join("test.sh")).unwrap();
-    e.dkt(&["node", "rerun", &first]).ok();
+    e.dkt(&["node", "rerun", "script"]).ok();
     assert_eq!(
         std::fs::read_to_string(e.path().join("out/v")).unwrap(),
-        "one\n"
+        "two\n"
     );
     // `node show` and the manifest say which content ran.
-    let runs = runs_of(&e, &first);
+    let runs = runs_of(&e, &second);
     let show = e
         .dkt(&["--json", "node", "show", runs[0]["id"].as_str().unwrap()])
         .json();
@@ -743,5 +764,5 @@ fn a_script_file_is_recorded_with_its_node() {
             &format!("main:scripts/{}", &digest["blake3:".len()..]),
         ],
     );
-    assert_eq!(blob, "echo one > ${out:ROOT}/v\n");
+    assert_eq!(blob, "echo two > ${out:ROOT}/v\n");
 }

@@ -48,7 +48,15 @@ fn a_symlink_at_an_output_root_is_refused_and_moves_nothing() {
     let out_before = std::fs::read_dir(e.path().join("out")).unwrap().count();
     for target in ["${in:ROOT}", &e.path().join("victim").display().to_string()] {
         let cmd = format!("rm -rf ${{out:ROOT}} && ln -s {target} ${{out:ROOT}}");
-        let r = e.dkt(&["node", "run", "--input=in", "--output=out", &cmd]);
+        let r = e.dkt(&[
+            "node",
+            "run",
+            "--name",
+            "linker",
+            "--input=in",
+            "--output=out",
+            &cmd,
+        ]);
         let err = r.fails(1);
         assert!(err.contains("symbolic link"), "{err}");
         assert!(err.contains("nothing was published"), "{err}");
@@ -57,6 +65,8 @@ fn a_symlink_at_an_output_root_is_refused_and_moves_nothing() {
                 "node",
                 "run",
                 "--no-run",
+                "--name",
+                "linker",
                 "--input=in",
                 "--output=out",
                 &cmd,

@@ -186,9 +186,17 @@ fn ordinary_shell_variables_are_the_shells() {
     let cmd = "X=a:b; for f in one two; do echo f=${f}; done; set -- p1; \
                echo arg=${1} cut=${X#*:} ${UNSET_VAR:-dflt}; \
                [ -n \"\" ] && echo ${PATH//:/ }; cp ${in:ROOT}/a.txt ${out:ROOT}/";
-    e.dkt(&["node", "run", "--input=in", "--output=out", cmd])
-        .ok();
-    let log = last_log(&e, &["--input=in", "--output=out", cmd]);
+    e.dkt(&[
+        "node",
+        "run",
+        "--name",
+        "shell",
+        "--input=in",
+        "--output=out",
+        cmd,
+    ])
+    .ok();
+    let log = last_log(&e, &["--name", "shell", "--input=in", "--output=out", cmd]);
     assert!(log.contains("f=one\nf=two\narg=p1 cut=b dflt\n"), "{log}");
     assert_eq!(
         std::fs::read_to_string(e.path().join("out/a.txt")).unwrap(),
@@ -199,8 +207,16 @@ fn ordinary_shell_variables_are_the_shells() {
         "loop.sh",
         "for f in x y; do echo got=${f}; done\necho ${1:-none} > ${out:ROOT}/arg\n",
     );
-    e.dkt(&["node", "run", "--input=in", "--output=out", "loop.sh"])
-        .ok();
+    e.dkt(&[
+        "node",
+        "run",
+        "--name",
+        "shell",
+        "--input=in",
+        "--output=out",
+        "loop.sh",
+    ])
+    .ok();
     assert_eq!(
         std::fs::read_to_string(e.path().join("out/arg")).unwrap(),
         "none\n"

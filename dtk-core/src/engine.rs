@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
 
 use crate::error::IoResultExt;
 use crate::model::now_ms;
@@ -95,6 +94,9 @@ impl RunOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NodeFile {
+    /// A name for the node (accepted wherever its ID is); not part of its ID.
+    #[serde(default)]
+    pub name: Option<String>,
     /// Labels a worker must have.
     #[serde(default)]
     pub labels: Vec<String>,
@@ -112,6 +114,20 @@ pub struct NodeFile {
     /// Shell command after failure.
     #[serde(default)]
     pub on_failure: Option<String>,
+    /// Retry a failed run on the same inputs: a count (`retry: 3`) or
+    /// `{count: 3, backoff: 30s}`.
+    #[serde(default)]
+    pub retry: Option<RetryDecl>,
+}
+
+/// `retry:` of a node file: a count, or a count and a backoff.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RetryDecl {
+    /// `retry: 3`
+    Count(u32),
+    /// `retry: {count: 3, backoff: 30s}`
+    Policy(crate::model::Retry),
 }
 
 /// One string or a list of strings.
@@ -175,6 +191,23 @@ impl NodeFile {
         spec.outputs = names(&self.outputs)?;
         spec.on_success = self.on_success.clone();
         spec.on_failure = self.on_failure.clone();
+        spec.retry = match &self.retry {
+            None => None,
+            Some(RetryDecl::Count(count)) => Some(crate::model::Retry {
+                count: *count,
+                backoff: "0s".to_owned(),
+            }),
+            Some(RetryDecl::Policy(p)) => {
+                parse_wait(&p.backoff).map_err(|_| {
+                    Error::invalid(
+                        "retry backoff",
+                        &p.backoff,
+                        "expected a duration such as 30s, 5m or 1h",
+                    )
+                })?;
+                Some(p.clone())
+            }
+        };
         validate_labels(&spec.labels)?;
         Ok(spec)
     }
@@ -219,6 +252,20 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
         return Err(Error::invalid("duration", s, "must be more than zero"));
     }
     Ok(Duration::from_millis(ms))
+}
+
+/// [`parse_duration`], where zero (`0s`) is allowed too (a backoff).
+pub fn parse_wait(s: &str) -> Result<Duration> {
+    let t = s.trim();
+    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &t[digits.len()..];
+    if !digits.is_empty()
+        && digits.chars().all(|c| c == '0')
+        && ["", "ms", "s", "m", "h", "d"].contains(&unit)
+    {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
 }
 
 /// `host:pid` of this process.
@@ -281,15 +328,27 @@ impl Project {
 
     /// Find a node by ID prefix (at least 4 hex digits, or the full ID).
     pub fn node(&self, prefix: &str) -> Result<(NodeId, NodeSpec)> {
+        // A name first (names are not hex-only... but may be: the name wins).
+        let snap = self.store().snapshot()?;
+        if let Some(id) = crate::lifecycle::named(&snap, prefix)? {
+            if let Some(spec) = snap.read_json::<NodeSpec>(&paths::node(&id))? {
+                return Ok((id, spec));
+            }
+        }
         let p = prefix.to_ascii_lowercase();
         if p.len() < 4 || !p.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(Error::invalid(
-                "node ID",
+                "node",
                 prefix,
-                "expected at least 4 hex digits",
+                "expected a node name or at least 4 hex digits of a node ID",
             ));
         }
-        let nodes = self.nodes()?;
+        // Retired nodes too: their history stays readable.
+        let nodes: Vec<(NodeId, NodeSpec)> = self
+            .all_nodes()?
+            .into_iter()
+            .map(|(id, spec, _)| (id, spec))
+            .collect();
         let found = crate::id::resolve_prefix(
             "node",
             &p,
@@ -359,6 +418,15 @@ impl Project {
         let node: NodeSpec = snap
             .read_json(&paths::node(node_id))?
             .ok_or_else(|| Error::not_found("node", node_id.short()))?;
+        if snap
+            .blob_id(&crate::lifecycle::retired_path(node_id))?
+            .is_some()
+        {
+            return Err(Error::Conflict(format!(
+                "node {} was removed (`dkt node rm`); it no longer runs",
+                node_id.short()
+            )));
+        }
         let inputs = current_inputs(&snap, &node)?;
         if !options.force {
             if let Some(ok) = snap.read_json::<RunRecord>(&paths::done(node_id, &inputs))? {
@@ -554,6 +622,12 @@ impl Project {
                     }
                     Ok(())
                 })?;
+                for o in &record.outputs {
+                    self.events().send(crate::events::Event::VersionRecorded {
+                        source: o.source.clone(),
+                        version: o.version.clone(),
+                    });
+                }
                 if let Some(hook) = &node.on_success {
                     self.hook(hook, &record, "success").await;
                 }
@@ -578,7 +652,22 @@ impl Project {
             }
             Exec::Superseded(why) => {
                 tracing::warn!(run = %record.id.short(), "{why}; its result is discarded");
+                let _ = std::fs::remove_file(self.live_log_path(&record.id));
                 return Err(superseded(&record, &why, false));
+            }
+            Exec::Cancelled => {
+                record.status = RunStatus::Interrupted;
+                record.error = Some("cancelled (SIGINT/SIGTERM): the process group was ended and nothing was published".to_owned());
+                self.finish_run(
+                    &record,
+                    &log,
+                    &format!(
+                        "run {} of node {}: interrupted",
+                        record.id.short(),
+                        node_id.short()
+                    ),
+                    |_| Ok(()),
+                )?;
             }
             Exec::Error(e) => {
                 record.status = RunStatus::Failure;
@@ -598,7 +687,21 @@ impl Project {
                 }
             }
         }
+        let _ = std::fs::remove_file(self.live_log_path(&record.id));
+        self.events().send(crate::events::Event::RunFinished {
+            run: record.id,
+            node: record.node,
+            status: record.status,
+        });
         Ok(record)
+    }
+
+    /// `.dkt/logs/<run-id>.log`: the output of a run while it runs (removed once its log
+    /// is recorded), for `dkt node log --follow`.
+    pub fn live_log_path(&self, run: &RunId) -> PathBuf {
+        self.dkt_dir()
+            .join("logs")
+            .join(format!("{}.log", run.to_hex()))
     }
 
     /// Check that the claim of `record` is still this process's: renew its lease first
@@ -799,89 +902,82 @@ impl Project {
         let steps = self.plan(node, &scope, Some(scratch.path()))?;
         // Only the variables and secrets the command names reach it.
         let private = scope.used_private();
-        let mut log = String::new();
+        let sink = crate::process::Sink::new(
+            record.id,
+            record.node,
+            Some(self.live_log_path(&record.id)),
+            self.events().clone(),
+            self.secrets().clone(),
+        );
+        self.events().send(crate::events::Event::RunStarted {
+            run: record.id,
+            node: record.node,
+        });
+        let mut env: Vec<(String, String)> = vec![
+            (
+                "DKT_PROJECT_ROOT".to_owned(),
+                self.root().display().to_string(),
+            ),
+            ("DKT_RUN_ID".to_owned(), record.id.to_hex()),
+            ("DKT_NODE_ID".to_owned(), record.node.to_hex()),
+        ];
+        env.extend(scope.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(private);
+        let cancel = self.cancel_token();
         for step in steps {
-            let mut cmd = tokio::process::Command::new(&step[0]);
-            cmd.args(&step[1..])
-                .current_dir(&work)
-                .env("DKT_PROJECT_ROOT", self.root())
-                .env("DKT_RUN_ID", record.id.to_hex())
-                .env("DKT_NODE_ID", record.node.to_hex())
-                .envs(scope.env.iter())
-                .envs(private.iter().map(|(k, v)| (k, v)))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .process_group(0)
-                .kill_on_drop(true);
-            let mut child = match cmd.spawn() {
-                Ok(c) => c,
-                Err(e) => {
+            let ended = crate::process::run(
+                crate::process::Step {
+                    argv: &step,
+                    cwd: &work,
+                    env: env.clone(),
+                },
+                timeout,
+                &cancel,
+                &sink,
+            )
+            .await;
+            match ended {
+                crate::process::Ended::Exited(status) if status.success() => {}
+                crate::process::Ended::Exited(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    let error = status.signal().map(|s| format!("killed by signal {s}"));
                     return Ok((
-                        log,
+                        sink.text(),
+                        Exec::Failed {
+                            code: status.code(),
+                            error,
+                        },
+                    ));
+                }
+                crate::process::Ended::NotStarted(error) => {
+                    return Ok((
+                        sink.text(),
                         Exec::Failed {
                             code: None,
-                            error: Some(format!("cannot start {:?}: {e}", step[0])),
+                            error: Some(error),
                         },
                     ))
                 }
-            };
-            let pgid = child.id().map(|p| p as i32);
-            let mut stdout = child.stdout.take();
-            let mut stderr = child.stderr.take();
-            let collect = async {
-                let mut a = Vec::new();
-                let mut b = Vec::new();
-                let ra = async {
-                    if let Some(s) = stdout.as_mut() {
-                        let _ = s.read_to_end(&mut a).await;
-                    }
-                };
-                let rb = async {
-                    if let Some(s) = stderr.as_mut() {
-                        let _ = s.read_to_end(&mut b).await;
-                    }
-                };
-                tokio::join!(ra, rb);
-                let status = child.wait().await;
-                (a, b, status)
-            };
-            let finished = match timeout {
-                Some(t) => tokio::time::timeout(t, collect).await.ok(),
-                None => Some(collect.await),
-            };
-            let Some((a, b, status)) = finished else {
-                if let Some(pg) = pgid {
-                    // SAFETY: killing our own child's process group.
-                    unsafe { libc::killpg(pg, libc::SIGKILL) };
+                crate::process::Ended::TimedOut(t) => {
+                    let shown = format!("{}s", t.as_secs());
+                    sink.note(&format!(
+                        "[dkt: timed out after {shown}; process group killed]"
+                    ));
+                    return Ok((
+                        sink.text(),
+                        Exec::Failed {
+                            code: None,
+                            error: Some(format!("timed out after {shown}")),
+                        },
+                    ));
                 }
-                let secs = timeout.map(|t| t.as_secs()).unwrap_or(0);
-                log.push_str(&format!(
-                    "\n[dkt: timed out after {secs}s; process group killed]\n"
-                ));
-                return Ok((
-                    log,
-                    Exec::Failed {
-                        code: None,
-                        error: Some(format!("timed out after {secs}s")),
-                    },
-                ));
-            };
-            log.push_str(&String::from_utf8_lossy(&a));
-            log.push_str(&String::from_utf8_lossy(&b));
-            let status = status.at(&step[0])?;
-            if !status.success() {
-                use std::os::unix::process::ExitStatusExt;
-                let error = status.signal().map(|s| format!("killed by signal {s}"));
-                return Ok((
-                    log,
-                    Exec::Failed {
-                        code: status.code(),
-                        error,
-                    },
-                ));
+                crate::process::Ended::Cancelled => {
+                    sink.note("[dkt: cancelled (SIGINT/SIGTERM); process group ended]");
+                    return Ok((sink.text(), Exec::Cancelled));
+                }
             }
         }
+        let log = sink.text();
         // The claim must still be this process's: if it was paused for longer than its
         // lease, another process may have declared it interrupted and run it again, and
         // this older result must not be published over the newer one.
@@ -1021,6 +1117,8 @@ enum Exec {
     Error(String),
     /// The attempt was taken over by another process before its outputs were published.
     Superseded(String),
+    /// The run was cancelled (its process group ended): nothing was published.
+    Cancelled,
 }
 
 /// `Ok` when the stored record `now` is still the claim `mine`: the same attempt, still
@@ -1365,7 +1463,7 @@ pub fn resolve_recorded(project: &Project, text: &str) -> Result<SourceVersion> 
 /// The newest attempt of `node` on `inputs`, if any. Attempts are numbered 0, 1, 2, ...
 /// without gaps and their IDs are computed, so this probes O(log n) paths instead of
 /// reading every run of the node.
-fn last_attempt(
+pub(crate) fn last_attempt(
     snap: &Snapshot,
     node: &NodeId,
     inputs: &[SourceVersion],

@@ -26,13 +26,16 @@ mod clone;
 pub mod config;
 pub mod engine;
 mod error;
+pub mod events;
 pub mod graph;
 pub mod id;
 pub mod inspect;
+pub mod lifecycle;
 pub mod model;
 mod name;
 mod pack;
 pub mod pipeline;
+mod process;
 pub mod project;
 pub mod scheduler;
 pub mod source;
@@ -49,7 +52,7 @@ pub use graph::Graph;
 pub use id::{resolve_version, Algo, Version};
 pub use inspect::{InspectOptions, Manifest, VerifyReport};
 pub use model::{
-    Command, Link, NodeId, NodeSpec, RunId, RunRecord, RunStatus, ScriptRef, SourceSpec,
+    Command, Link, NodeId, NodeSpec, Retry, RunId, RunRecord, RunStatus, ScriptRef, SourceSpec,
     SourceVersion, VersionRecord,
 };
 pub use name::Name;

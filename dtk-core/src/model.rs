@@ -131,6 +131,27 @@ pub struct NodeSpec {
     /// node ID, and runs execute the recorded content, never today's file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script: Option<ScriptRef>,
+    /// How a failed run is retried on the same inputs by the scheduler (none: a failed
+    /// node waits for new inputs or `dkt node rerun`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+}
+
+/// A node's retry policy: after a failed run on some inputs, a scheduling pass runs it
+/// again on the same inputs up to `count` more times, waiting `backoff` after the first
+/// failure, twice that after the second, and so on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// How many more runs after the first failure.
+    pub count: u32,
+    /// The wait after the first failure (`"30s"`, `"5m"`), doubled after each further one.
+    #[serde(default = "default_backoff")]
+    pub backoff: String,
+}
+
+fn default_backoff() -> String {
+    "0s".to_owned()
 }
 
 /// A script file recorded with its node.
@@ -171,6 +192,7 @@ impl NodeSpec {
             on_success: None,
             on_failure: None,
             script: None,
+            retry: None,
         }
     }
 
@@ -196,7 +218,9 @@ impl NodeSpec {
     /// Labels, inputs and outputs are sorted and unique; absent hooks have count 0. A node
     /// with a recorded script file ends with one more field, `script`, whose two items are
     /// the path as given and `blake3:HEX` of the content (nodes without one end after
-    /// `on-failure`, as before scripts were recorded, so their IDs are unchanged).
+    /// `on-failure`, as before scripts were recorded, so their IDs are unchanged). A node
+    /// with a retry policy ends with one more field still, `retry`, whose two items are
+    /// the count (decimal) and the backoff as written.
     pub fn canonical_encoding(&self) -> Vec<u8> {
         let mut n = self.clone();
         n.normalize();
@@ -240,6 +264,9 @@ impl NodeSpec {
         );
         if let Some(script) = &n.script {
             field("script", &[&script.path, &script.digest]);
+        }
+        if let Some(retry) = &n.retry {
+            field("retry", &[&retry.count.to_string(), &retry.backoff]);
         }
         out
     }

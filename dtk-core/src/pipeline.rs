@@ -33,7 +33,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{validate_labels, StringOrList};
-use crate::project::{build_graph, normalize_subpath, paths, read_source, record_version};
+use crate::project::{normalize_subpath, paths, read_source, record_version};
 use crate::store::Snapshot;
 use crate::{
     AddSource, Error, Name, NodeFile, NodeId, NodeSpec, Project, Result, Source, SourceSpec,
@@ -157,6 +157,9 @@ pub struct ApplyReport {
     pub sources: Vec<SourceApplied>,
     /// The declared nodes.
     pub nodes: Vec<NodeApplied>,
+    /// The nodes retired: replaced named nodes, and with `--prune` those the file no
+    /// longer declares.
+    pub retired: Vec<NodeRetired>,
     /// The commit of the metadata store that recorded the changes; none when nothing
     /// changed.
     pub commit: Option<String>,
@@ -170,6 +173,7 @@ impl ApplyReport {
             .map(|s| s.status)
             .chain(self.nodes.iter().map(|n| n.status))
             .any(|s| s != ApplyStatus::Unchanged)
+            || !self.retired.is_empty()
     }
 }
 
@@ -189,6 +193,40 @@ struct PlannedNode {
     id: NodeId,
     spec: NodeSpec,
     status: ApplyStatus,
+    /// Its name, if the file gives one.
+    name: Option<Name>,
+    /// The node that held the name and is replaced (retired) by this one.
+    replaces: Option<NodeId>,
+}
+
+/// Options of [`Project::apply_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ApplyOptions {
+    /// Retire the active nodes the file does not declare.
+    pub prune: bool,
+}
+
+impl ApplyOptions {
+    /// The defaults: nothing pruned.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With [`prune`](Self::prune).
+    pub fn with_prune(mut self, prune: bool) -> Self {
+        self.prune = prune;
+        self
+    }
+}
+
+/// A node an apply retired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeRetired {
+    /// The node.
+    pub id: NodeId,
+    /// `replaced by <id>` (a named node whose definition changed) or `pruned`.
+    pub reason: String,
 }
 
 impl Project {
@@ -210,6 +248,17 @@ impl Project {
     ///   anything fails (temporary directories made for new sources are removed again).
     /// - Errors are [`Error::InFile`], naming the file, the line and the field.
     pub async fn apply(&self, file_name: &str, text: &str) -> Result<ApplyReport> {
+        self.apply_with(file_name, text, ApplyOptions::new()).await
+    }
+
+    /// [`Project::apply`] with options: with [`ApplyOptions::prune`], the active nodes
+    /// the file does not declare are retired in the same commit.
+    pub async fn apply_with(
+        &self,
+        file_name: &str,
+        text: &str,
+        options: ApplyOptions,
+    ) -> Result<ApplyReport> {
         let file = PipelineFile::parse(file_name, text)?;
         let here = Here {
             file: file_name,
@@ -217,11 +266,11 @@ impl Project {
         };
         let snap = self.store().snapshot()?;
         let names = self.check_source_decls(&here, &file, &snap)?;
-        let mut nodes = self.check_nodes(&here, &file, &snap, &names)?;
+        let (mut nodes, pruned) = self.check_nodes(&here, &file, &snap, &names, &options)?;
         // Resolving may make temporary directories: remove them again on any error.
         let mut created: Vec<Arc<dyn Source>> = Vec::new();
         let result = self
-            .apply_resolved(&here, &file, &snap, &mut nodes, &mut created)
+            .apply_resolved(&here, &file, &snap, &mut nodes, &pruned, &mut created)
             .await;
         if result.is_err() {
             for source in created {
@@ -340,8 +389,79 @@ impl Project {
         file: &PipelineFile,
         snap: &Snapshot,
         declared: &[Name],
-    ) -> Result<Vec<PlannedNode>> {
-        let mut graph = build_graph(snap)?;
+        options: &ApplyOptions,
+    ) -> Result<(Vec<PlannedNode>, Vec<NodeId>)> {
+        // First the IDs and names, to know which nodes go: replaced named nodes, and with
+        // --prune every active node the file does not declare.
+        let retired = crate::lifecycle::retired(snap)?;
+        let mut specs = Vec::new();
+        for (i, node) in file.nodes.iter().enumerate() {
+            let at = |field: &str, value: Option<&str>, e: Error| {
+                here.error("nodes", i, field, value, e)
+            };
+            let name = node
+                .name
+                .as_deref()
+                .map(Name::new)
+                .transpose()
+                .map_err(|e| at("name", None, e))?;
+            if let Some(n) = &name {
+                if let Some(j) = specs
+                    .iter()
+                    .position(|(_, _, m): &(NodeSpec, NodeId, Option<Name>)| m.as_ref() == Some(n))
+                {
+                    return Err(here.message(
+                        "nodes",
+                        i,
+                        "name",
+                        None,
+                        format!(
+                            "node name {:?} is given twice (first at line {})",
+                            n.as_str(),
+                            here.line("nodes", j, "name", None)
+                        ),
+                    ));
+                }
+            }
+            let mut spec = node.to_spec().map_err(|e| at("run", None, e))?;
+            spec.normalize();
+            let id = spec.id();
+            if retired.contains(&id) {
+                return Err(here.message(
+                    "nodes",
+                    i,
+                    "",
+                    None,
+                    format!(
+                        "node {} was removed; its definition cannot be used again as it is",
+                        id.short()
+                    ),
+                ));
+            }
+            specs.push((spec, id, name));
+        }
+        let mut going: Vec<NodeId> = Vec::new();
+        for (_, id, name) in &specs {
+            if let Some(n) = name {
+                if let Some(old) = crate::lifecycle::named(snap, n.as_str())? {
+                    if old != *id {
+                        going.push(old);
+                    }
+                }
+            }
+        }
+        let mut pruned = Vec::new();
+        if options.prune {
+            let keep: Vec<NodeId> = specs.iter().map(|(_, id, _)| *id).collect();
+            for (id, _) in self.nodes()? {
+                if !keep.contains(&id) && !going.contains(&id) {
+                    pruned.push(id);
+                }
+            }
+        }
+        let skip: Vec<NodeId> = going.iter().chain(&pruned).copied().collect();
+        let mut graph = crate::project::build_graph_without(snap, &skip)?;
+        let node_names = crate::lifecycle::names(snap)?;
         for n in declared {
             graph.add_source(n);
         }
@@ -371,9 +491,7 @@ impl Project {
             if matches!(&node.run, StringOrList::Many(lines) if lines.is_empty()) {
                 return Err(here.message("nodes", i, "run", None, "lists no command".into()));
             }
-            let mut spec = node.to_spec().map_err(|e| at("run", None, e))?;
-            spec.normalize();
-            let id = spec.id();
+            let (spec, id, name) = specs[i].clone();
             if let Some(first) = out.iter().find(|n| n.id == id) {
                 return Err(here.message(
                     "nodes",
@@ -389,23 +507,36 @@ impl Project {
                 ));
             }
             let exists = snap.blob_id(&paths::node(&id))?.is_some();
+            let replaces = match &name {
+                Some(n) => crate::lifecycle::named(snap, n.as_str())?.filter(|old| *old != id),
+                None => None,
+            };
             if !exists {
+                crate::lifecycle::check_single_writer(&graph, &node_names, &id, &spec)
+                    .map_err(|e| at("outputs", None, e))?;
                 graph
                     .add_node(id, &spec.inputs, &spec.outputs)
                     .map_err(|e| at("", None, e))?;
             }
+            let named_now = match &name {
+                Some(n) => crate::lifecycle::named(snap, n.as_str())? == Some(id),
+                None => true,
+            };
             out.push(PlannedNode {
                 index: i,
                 id,
                 spec,
-                status: if exists {
-                    ApplyStatus::Unchanged
-                } else {
-                    ApplyStatus::Added
+                status: match (exists, replaces.is_some()) {
+                    (_, true) => ApplyStatus::Updated,
+                    (true, false) if named_now => ApplyStatus::Unchanged,
+                    (true, false) => ApplyStatus::Updated,
+                    (false, false) => ApplyStatus::Added,
                 },
+                name,
+                replaces,
             });
         }
-        Ok(out)
+        Ok((out, pruned))
     }
 
     /// Resolve the sources, check the nodes against them, and record everything.
@@ -415,6 +546,7 @@ impl Project {
         file: &PipelineFile,
         snap: &Snapshot,
         nodes: &mut [PlannedNode],
+        pruned: &[NodeId],
         created: &mut Vec<Arc<dyn Source>>,
     ) -> Result<ApplyReport> {
         // What each declared source is after this apply, for parents and for the nodes.
@@ -461,7 +593,12 @@ impl Project {
         }
         let message = commit_message(here.file, &planned, nodes);
         let (_, commit) = self.store().transact(&message, |tx| {
-            let mut graph = build_graph(tx.base())?;
+            let skip: Vec<NodeId> = pruned
+                .iter()
+                .copied()
+                .chain(nodes.iter().filter_map(|n| n.replaces))
+                .collect();
+            let mut graph = crate::project::build_graph_without(tx.base(), &skip)?;
             for p in &planned {
                 let path = paths::source(&p.spec.name);
                 match p.status {
@@ -491,6 +628,14 @@ impl Project {
                 }
                 graph.add_source(&p.spec.name);
             }
+            for id in pruned {
+                crate::lifecycle::retire(tx, id, "pruned")?;
+            }
+            for n in nodes.iter() {
+                if let Some(name) = &n.name {
+                    crate::lifecycle::give_name(tx, name, &n.id)?;
+                }
+            }
             for n in nodes.iter() {
                 let path = paths::node(&n.id);
                 if tx.exists(&path)? {
@@ -503,6 +648,19 @@ impl Project {
             }
             Ok(())
         })?;
+        let mut retired: Vec<NodeRetired> = nodes
+            .iter()
+            .filter_map(|n| {
+                n.replaces.map(|old| NodeRetired {
+                    id: old,
+                    reason: format!("replaced by {}", n.id.short()),
+                })
+            })
+            .collect();
+        retired.extend(pruned.iter().map(|id| NodeRetired {
+            id: *id,
+            reason: "pruned".to_owned(),
+        }));
         Ok(ApplyReport {
             file: here.file.to_owned(),
             sources: planned
@@ -520,6 +678,7 @@ impl Project {
                     status: n.status,
                 })
                 .collect(),
+            retired,
             commit: commit.map(|c| c.to_string()),
         })
     }

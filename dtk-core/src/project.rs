@@ -127,6 +127,8 @@ pub struct Project {
     secrets: Secrets,
     cwd: PathBuf,
     progress: Arc<dyn crate::Progress>,
+    events: crate::events::Events,
+    cancel: tokio_util::sync::CancellationToken,
 }
 
 /// Paths of records in the store, as `docs/format.md` describes them.
@@ -407,6 +409,8 @@ impl Project {
             secrets,
             cwd,
             progress: Arc::new(crate::NoProgress),
+            events: crate::events::Events::default(),
+            cancel: tokio_util::sync::CancellationToken::new(),
         };
         project.check_kinds()?;
         Ok(project)
@@ -482,6 +486,24 @@ impl Project {
     /// The secrets.
     pub fn secrets(&self) -> &Secrets {
         &self.secrets
+    }
+
+    /// Subscribe to the project's feed of events (runs, log lines, versions): see
+    /// [`events`](crate::events).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::events::Event> {
+        self.events.subscribe()
+    }
+
+    /// The sending side of the feed.
+    pub fn events(&self) -> &crate::events::Events {
+        &self.events
+    }
+
+    /// The token that cancels this project's running work: cancelling it ends the process
+    /// group of every run in progress (SIGTERM, then SIGKILL after 5 s) and records those
+    /// runs `interrupted`, publishing nothing. `dkt` cancels it on SIGINT and SIGTERM.
+    pub fn cancel_token(&self) -> tokio_util::sync::CancellationToken {
+        self.cancel.clone()
     }
 
     /// Store secret `name` (in `.dkt/secrets/`, mode 0600; never committed). A secret is
@@ -562,8 +584,28 @@ impl Project {
 
     /// Every node, sorted by ID.
     pub fn nodes(&self) -> Result<Vec<(NodeId, NodeSpec)>> {
-        let nodes: Vec<NodeSpec> = self.store.snapshot()?.read_dir_json("nodes")?;
-        Ok(nodes.into_iter().map(|n| (n.id(), n)).collect())
+        let snap = self.store.snapshot()?;
+        let retired = crate::lifecycle::retired(&snap)?;
+        let nodes: Vec<NodeSpec> = snap.read_dir_json("nodes")?;
+        Ok(nodes
+            .into_iter()
+            .map(|n| (n.id(), n))
+            .filter(|(id, _)| !retired.contains(id))
+            .collect())
+    }
+
+    /// Every node ever defined, retired ones included, with whether each is retired.
+    pub fn all_nodes(&self) -> Result<Vec<(NodeId, NodeSpec, bool)>> {
+        let snap = self.store.snapshot()?;
+        let retired = crate::lifecycle::retired(&snap)?;
+        let nodes: Vec<NodeSpec> = snap.read_dir_json("nodes")?;
+        Ok(nodes
+            .into_iter()
+            .map(|n| {
+                let id = n.id();
+                (id, n, retired.contains(&id))
+            })
+            .collect())
     }
 
     /// The graph of sources, nodes and links.
@@ -879,6 +921,12 @@ impl Project {
                 }
                 Ok(())
             })?;
+            for (name, info) in &changed {
+                self.events.send(crate::events::Event::VersionRecorded {
+                    source: name.clone(),
+                    version: info.version.clone(),
+                });
+            }
         }
         Ok(outcomes)
     }
@@ -1150,7 +1198,20 @@ impl Project {
     /// Record a node (idempotent: the same node gives the same ID and no new commit).
     /// Inputs and outputs must exist, outputs must be of kinds that publish, and the node
     /// must not close a cycle.
-    pub fn define_node(&self, mut node: NodeSpec) -> Result<NodeId> {
+    pub fn define_node(&self, node: NodeSpec) -> Result<NodeId> {
+        self.define_named_node(node, None)
+    }
+
+    /// [`Project::define_node`], giving the node `name` (accepted wherever a node ID
+    /// is). A different node that held the name is replaced: it is retired (its history
+    /// kept) in the same commit.
+    ///
+    /// # Errors
+    /// Besides those of [`Project::define_node`]: [`Error::Conflict`] when another node
+    /// already writes one of the outputs (a source has at most one writer), or when the
+    /// node is retired.
+    pub fn define_named_node(&self, mut node: NodeSpec, name: Option<&str>) -> Result<NodeId> {
+        let name = name.map(Name::new).transpose()?;
         node.normalize();
         // A command naming a script file records the script's content with the node.
         let script = self.script_file(&node)?;
@@ -1178,10 +1239,29 @@ impl Project {
         self.check_variables(&unrecorded)?;
         let message = format!("node add {} ({})", id.short(), node.command.display_line());
         self.store.transact(&message, |tx| {
-            let mut graph = build_graph(tx.base())?;
+            if tx.exists(&crate::lifecycle::retired_path(&id))? {
+                return Err(Error::Conflict(format!(
+                    "node {} was removed; its definition cannot be used again as it is \
+                     (change it, e.g. its labels, to make a new node)",
+                    id.short()
+                )));
+            }
+            // The node that held the name is replaced: retired first, so that it does not
+            // count as a second writer of the outputs they share.
+            if let Some(name) = &name {
+                crate::lifecycle::give_name(tx, name, &id)?;
+            }
             if tx.exists(&paths::node(&id))? {
                 return Ok(());
             }
+            let mut graph = build_graph(tx.base())?;
+            if let Some(old) = &name {
+                if let Some(previous) = crate::lifecycle::named(tx.base(), old.as_str())? {
+                    graph = build_graph_without(tx.base(), &[previous])?;
+                }
+            }
+            let names = crate::lifecycle::names(tx.base())?;
+            crate::lifecycle::check_single_writer(&graph, &names, &id, &node)?;
             graph.add_node(id, &node.inputs, &node.outputs)?;
             if let Some((script_ref, content)) = &script {
                 tx.put(&paths::script(script_ref.hex()), content)?;
@@ -1284,14 +1364,24 @@ pub(crate) fn read_source(snap: &Snapshot, name: &Name) -> Result<SourceSpec> {
 }
 
 pub(crate) fn build_graph(snap: &Snapshot) -> Result<Graph> {
+    build_graph_without(snap, &[])
+}
+
+/// The graph of the active nodes of `snap`, leaving out `skip` too (nodes about to be
+/// retired).
+pub(crate) fn build_graph_without(snap: &Snapshot, skip: &[NodeId]) -> Result<Graph> {
     let mut g = Graph::new();
     let sources: Vec<SourceSpec> = snap.read_dir_json("sources")?;
     for s in &sources {
         g.add_source(&s.name);
     }
     let nodes: Vec<NodeSpec> = snap.read_dir_json("nodes")?;
+    let retired = crate::lifecycle::retired(snap)?;
     for n in &nodes {
-        g.add_node(n.id(), &n.inputs, &n.outputs)?;
+        let id = n.id();
+        if !retired.contains(&id) && !skip.contains(&id) {
+            g.add_node(id, &n.inputs, &n.outputs)?;
+        }
     }
     let links: Vec<Link> = snap.read_dir_json("links")?;
     for l in &links {

@@ -77,6 +77,13 @@ pub enum Reason {
         /// Each input that moved: source, from, to.
         changes: Vec<InputChange>,
     },
+    /// Its run on the current inputs failed, and its retry policy runs it again.
+    Retry {
+        /// Which retry this is (1 for the first).
+        attempt: u32,
+        /// How many the policy allows.
+        of: u32,
+    },
     /// A node upstream runs (or would) first, so its outputs will move.
     Upstream {
         /// The upstream nodes.
@@ -115,6 +122,9 @@ impl std::fmt::Display for Reason {
                     })
                     .collect();
                 write!(f, "{}", parts.join(", "))
+            }
+            Reason::Retry { attempt, of } => {
+                write!(f, "failed on these inputs; retry {attempt} of {of}")
             }
             Reason::Upstream { nodes } => {
                 write!(f, "upstream node {} runs first", nodes.join(", "))
@@ -332,6 +342,32 @@ impl Project {
             .is_some()
         {
             return Ok(None);
+        }
+        // A run on these very inputs failed: the node is `failed`, not "never ran". It runs
+        // again on new inputs, on `dkt node rerun`, or as its retry policy says.
+        if let Some(last) = crate::engine::last_attempt(snap, id, &inputs)? {
+            if last.status == RunStatus::Failure {
+                let failures = last.attempt.saturating_add(1);
+                let Some(retry) = &node.retry else {
+                    return Ok(None);
+                };
+                if failures > retry.count {
+                    return Ok(None);
+                }
+                let backoff = crate::engine::parse_wait(&retry.backoff).unwrap_or_default();
+                let wait = backoff.saturating_mul(1u32 << (failures - 1).min(20));
+                let due = last
+                    .ended_ms
+                    .unwrap_or(0)
+                    .saturating_add(wait.as_millis() as u64);
+                if crate::model::now_ms() < due {
+                    return Ok(None);
+                }
+                return Ok(Some(Reason::Retry {
+                    attempt: failures,
+                    of: retry.count,
+                }));
+            }
         }
         let mut runs: Vec<crate::RunRecord> =
             snap.read_fanned_json(&crate::project::paths::node_runs_dir(id))?;

@@ -200,6 +200,7 @@ impl Project {
         let mut tasks: tokio::task::JoinSet<Result<RunRecord>> = tokio::task::JoinSet::new();
         let mut report = WorkerReport::default();
         let mut started = 0usize;
+        let mut last_wait: Option<String> = None;
         let result: Result<()> = async {
             loop {
                 while let Some(done) = tasks.try_join_next() {
@@ -216,6 +217,8 @@ impl Project {
                 let mut queued: Vec<RunRecord> = snap.read_dir_json("queue")?;
                 queued.sort_by_key(|r| (r.queued_ms, r.id));
                 let mut took = false;
+                let mut unmatched: Vec<String> = Vec::new();
+                let pending = queued.len();
                 for mut run in queued {
                     if options.max_runs.is_some_and(|m| started >= m) || stop.load(Ordering::SeqCst)
                     {
@@ -228,6 +231,7 @@ impl Project {
                         continue;
                     };
                     if !node.labels.iter().all(|l| labels.contains(l)) {
+                        unmatched.push(format!("{} ({})", run.id.short(), node.labels.join(",")));
                         continue;
                     }
                     if !self.claim(&mut run)? {
@@ -240,6 +244,29 @@ impl Project {
                         let _permit = permit;
                         project.execute_claimed(&node, run, timeout).await
                     });
+                }
+                if !took && tasks.is_empty() {
+                    // Say what it waits for, once per change of situation.
+                    let message = if pending == 0 {
+                        format!("waiting: no pending run (labels {})", labels.join(","))
+                    } else if !unmatched.is_empty() {
+                        format!(
+                            "waiting: no pending run matches labels {} ({} pending need other labels: {})",
+                            labels.join(","),
+                            unmatched.len(),
+                            unmatched.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                        )
+                    } else {
+                        format!("waiting: {pending} pending run(s) being claimed by other workers")
+                    };
+                    if last_wait.as_deref() != Some(message.as_str()) {
+                        self.events().send(crate::events::Event::Waiting {
+                            message: message.clone(),
+                        });
+                        last_wait = Some(message);
+                    }
+                } else {
+                    last_wait = None;
                 }
                 if !took {
                     tokio::select! {

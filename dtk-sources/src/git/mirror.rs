@@ -46,6 +46,7 @@ impl std::fmt::Debug for Token {
 /// the base URL configured for the `github` shortcut (`[kind.git] github_url`).
 #[derive(Debug, Clone)]
 pub(crate) struct GithubAuth {
+    #[cfg_attr(not(feature = "https"), allow(dead_code))]
     pub(crate) token: Token,
     /// The host, lower case.
     pub(crate) host: String,

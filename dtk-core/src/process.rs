@@ -1,0 +1,298 @@
+//! Running one process of a node: its own process group, stdout and stderr as one stream
+//! (so their order is kept), the output captured as it comes (to the run's live log file,
+//! to [`Event::LogLine`](crate::events::Event) subscribers, and, bounded, to memory), a
+//! time limit and cancellation that end the whole process group.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Secrets;
+use crate::events::{Event, Events};
+use crate::{NodeId, RunId};
+
+/// How much of a run's output is kept for its record: the first half and the last half
+/// of this; what lies between is replaced by a line saying how much was left out.
+pub(crate) const LOG_LIMIT: usize = 8 << 20;
+
+/// How long a process group gets between SIGTERM and SIGKILL when a run is cancelled.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// The output of a run, bounded in memory.
+#[derive(Debug, Default)]
+pub(crate) struct Captured {
+    head: Vec<u8>,
+    tail: VecDeque<u8>,
+    omitted: u64,
+}
+
+impl Captured {
+    fn push(&mut self, bytes: &[u8]) {
+        let half = LOG_LIMIT / 2;
+        let room = half.saturating_sub(self.head.len());
+        let (to_head, rest) = bytes.split_at(room.min(bytes.len()));
+        self.head.extend_from_slice(to_head);
+        self.tail.extend(rest);
+        while self.tail.len() > half {
+            let over = self.tail.len() - half;
+            self.tail.drain(..over);
+            self.omitted += over as u64;
+        }
+    }
+
+    /// Append a line of dtk's own (`[dkt: ...]`).
+    pub(crate) fn note(&mut self, text: &str) {
+        let mut line = String::new();
+        if !self.is_empty() && !self.ends_with_newline() {
+            line.push('\n');
+        }
+        line.push_str(text);
+        line.push('\n');
+        self.push(line.as_bytes());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head.is_empty() && self.tail.is_empty()
+    }
+
+    fn ends_with_newline(&self) -> bool {
+        match self.tail.back() {
+            Some(b) => *b == b'\n',
+            None => self.head.last() == Some(&b'\n'),
+        }
+    }
+
+    /// The text kept (lossy UTF-8).
+    pub(crate) fn text(&self) -> String {
+        let mut out = String::from_utf8_lossy(&self.head).into_owned();
+        if self.omitted > 0 {
+            out.push_str(&format!(
+                "\n[dkt: {} bytes of output left out]\n",
+                self.omitted
+            ));
+        }
+        let (a, b) = self.tail.as_slices();
+        out.push_str(&String::from_utf8_lossy(a));
+        out.push_str(&String::from_utf8_lossy(b));
+        out
+    }
+}
+
+/// Where a run's output goes while it runs.
+#[derive(Debug, Clone)]
+pub(crate) struct Sink {
+    pub(crate) run: RunId,
+    pub(crate) node: NodeId,
+    pub(crate) captured: Arc<Mutex<Captured>>,
+    /// `.dkt/logs/<run-id>.log`: the live log, for `dkt node log --follow`.
+    pub(crate) live: Option<Arc<Mutex<std::fs::File>>>,
+    pub(crate) events: Events,
+    pub(crate) secrets: Secrets,
+}
+
+impl Sink {
+    /// A sink for `run`, with its live log file at `live` (created now; `None` if it
+    /// cannot be).
+    pub(crate) fn new(
+        run: RunId,
+        node: NodeId,
+        live: Option<PathBuf>,
+        events: Events,
+        secrets: Secrets,
+    ) -> Sink {
+        let live = live.and_then(|p| {
+            if let Some(dir) = p.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            std::fs::File::create(&p).ok()
+        });
+        Sink {
+            run,
+            node,
+            captured: Arc::new(Mutex::new(Captured::default())),
+            live: live.map(|f| Arc::new(Mutex::new(f))),
+            events,
+            secrets,
+        }
+    }
+
+    /// One chunk of output (a line, or part of a very long one).
+    fn write(&self, bytes: &[u8]) {
+        if let Ok(mut c) = self.captured.lock() {
+            c.push(bytes);
+        }
+        let text = self.secrets.redact(&String::from_utf8_lossy(bytes));
+        if let Some(live) = &self.live {
+            if let Ok(mut f) = live.lock() {
+                let _ = f.write_all(text.as_bytes());
+            }
+        }
+        self.events.send(Event::LogLine {
+            run: self.run,
+            node: self.node,
+            line: text.trim_end_matches('\n').to_owned(),
+        });
+    }
+
+    /// A line of dtk's own, in the log and to followers.
+    pub(crate) fn note(&self, text: &str) {
+        if let Ok(mut c) = self.captured.lock() {
+            c.note(text);
+        }
+        if let Some(live) = &self.live {
+            if let Ok(mut f) = live.lock() {
+                let _ = writeln!(f, "{text}");
+            }
+        }
+        self.events.send(Event::LogLine {
+            run: self.run,
+            node: self.node,
+            line: text.to_owned(),
+        });
+    }
+
+    /// Everything kept so far.
+    pub(crate) fn text(&self) -> String {
+        self.captured.lock().map(|c| c.text()).unwrap_or_default()
+    }
+}
+
+/// How a process ended.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// It exited (or was killed by a signal not of dtk's).
+    Exited(std::process::ExitStatus),
+    /// Its time limit passed: the process group was killed.
+    TimedOut(Duration),
+    /// The run was cancelled (Ctrl-C, SIGTERM, `cancel`): the process group was ended.
+    Cancelled,
+    /// It could not start.
+    NotStarted(String),
+}
+
+/// What to run.
+#[derive(Debug)]
+pub(crate) struct Step<'a> {
+    pub(crate) argv: &'a [String],
+    pub(crate) cwd: &'a Path,
+    pub(crate) env: Vec<(String, String)>,
+}
+
+/// Run `step` in a process group of its own, its output into `sink`, until it exits, its
+/// `timeout` passes or `cancel` fires.
+pub(crate) async fn run(
+    step: Step<'_>,
+    timeout: Option<Duration>,
+    cancel: &CancellationToken,
+    sink: &Sink,
+) -> Ended {
+    let (reader, writer) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => return Ended::NotStarted(format!("cannot make a pipe: {e}")),
+    };
+    let writer2 = match writer.try_clone() {
+        Ok(w) => w,
+        Err(e) => return Ended::NotStarted(format!("cannot make a pipe: {e}")),
+    };
+    let mut cmd = tokio::process::Command::new(&step.argv[0]);
+    cmd.args(&step.argv[1..])
+        .current_dir(step.cwd)
+        .envs(step.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::from(writer2))
+        .process_group(0)
+        .kill_on_drop(true);
+    let spawned = cmd.spawn();
+    // The command holds the pipe's writing ends: close them, or the output never ends.
+    drop(cmd);
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => return Ended::NotStarted(format!("cannot start {:?}: {e}", step.argv[0])),
+    };
+    let pgid = child.id().map(|p| p as i32);
+    let reading = {
+        let sink = sink.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut r = std::io::BufReader::with_capacity(64 << 10, reader);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                // Lines, or 64 KiB pieces of longer ones.
+                match Read::take(&mut r, 64 << 10).read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => sink.write(&line),
+                }
+            }
+        })
+    };
+    let limit = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let ended = tokio::select! {
+        status = child.wait() => match status {
+            Ok(s) => Ended::Exited(s),
+            Err(e) => Ended::NotStarted(format!("cannot wait for {:?}: {e}", step.argv[0])),
+        },
+        () = limit => {
+            kill_group(pgid, libc::SIGKILL);
+            let _ = child.wait().await;
+            Ended::TimedOut(timeout.unwrap_or_default())
+        }
+        () = cancel.cancelled() => {
+            kill_group(pgid, libc::SIGTERM);
+            if tokio::time::timeout(GRACE, child.wait()).await.is_err() {
+                kill_group(pgid, libc::SIGKILL);
+                let _ = child.wait().await;
+            }
+            Ended::Cancelled
+        }
+    };
+    if !matches!(ended, Ended::Exited(_)) {
+        // Whatever the group left behind (a background child holding the pipe) goes too.
+        kill_group(pgid, libc::SIGKILL);
+    }
+    // The output ends when every process holding the pipe is gone; a background process
+    // that outlives its command keeps it open, so do not wait for it forever.
+    let _ = tokio::time::timeout(Duration::from_secs(10), reading).await;
+    ended
+}
+
+fn kill_group(pgid: Option<i32>, signal: i32) {
+    if let Some(pg) = pgid {
+        // SAFETY: signalling the process group of a child this process started.
+        unsafe { libc::killpg(pg, signal) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captured_output_is_bounded_and_says_what_was_left_out() {
+        let mut c = Captured::default();
+        let line = vec![b'x'; 1000];
+        for _ in 0..20_000 {
+            c.push(&line);
+            c.push(b"\n");
+        }
+        let text = c.text();
+        assert!(text.len() <= LOG_LIMIT + 100, "{}", text.len());
+        let total = 20_000 * 1001;
+        let omitted = total - LOG_LIMIT;
+        assert!(text.contains(&format!("[dkt: {omitted} bytes of output left out]")));
+        let mut small = Captured::default();
+        small.push(b"a\nb");
+        small.note("[dkt: done]");
+        assert_eq!(small.text(), "a\nb\n[dkt: done]\n");
+    }
+}
