@@ -56,8 +56,8 @@ fn vrec(sv: &SourceVersion, run: Option<&RunRecord>) -> VersionRecord {
     let mut v = VersionRecord {
         source: sv.source.clone(),
         version: sv.version.clone(),
-        recorded_ms: 0,
-        seq: 0,
+        recorded_ms: None,
+        seq: None,
         run: run.map(|r| r.id),
         node: run.map(|r| r.node),
         inputs: run.map(|r| r.inputs.clone()).unwrap_or_default(),
@@ -83,7 +83,7 @@ fn put_source(tx: &mut dtk::store::Tx, name: &str, latest: &Version) -> dtk::Res
         format!("/nonexistent/{name}"),
     );
     s.latest = Some(latest.clone());
-    tx.put_json(&paths::source(&s.name), &s)?;
+    dtk::records::put_source(tx, &s)?;
     Ok(())
 }
 

@@ -101,11 +101,11 @@ for n in "${sizes[@]}"; do
 
   # Size after an aggressive gc, on a copy so that later passes see the store as dkt left it.
   cp -a .dkt/.git "$work/gc.git"
-  git --git-dir "$work/gc.git" gc --aggressive --quiet
+  t_gc=$(time_it git --git-dir "$work/gc.git" gc --aggressive --quiet)
   size_gc=$(size_of "$work/gc.git")
   rm -rf "$work/gc.git"
   growth=$(python3 -c "print(($size_after - $size_before) / $n)")
-  log "N=$n: .dkt/.git $(fmt_b "$size_before") -> $(fmt_b "$size_after"); after gc $(fmt_b "$size_gc")"
+  log "N=$n: .dkt/.git $(fmt_b "$size_before") -> $(fmt_b "$size_after"); after gc $(fmt_b "$size_gc") (gc took $(fmt_t "$t_gc"))"
 
   # No-op pass: nothing changed, nothing runs.
   [ "$("$DKT" run)" = "nothing to run" ] || { echo "scale: N=$n: the second dkt run is not a no-op" >&2; exit 1; }

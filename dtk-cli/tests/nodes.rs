@@ -761,8 +761,16 @@ fn a_script_file_is_recorded_with_its_node() {
             "--git-dir",
             ".dkt/.git",
             "show",
-            &format!("main:scripts/{}", &digest["blake3:".len()..]),
+            &format!(
+                "main:scripts/{}",
+                dtk_core_fan_hex(&digest["blake3:".len()..])
+            ),
         ],
     );
     assert_eq!(blob, "echo two > ${out:ROOT}/v\n");
+}
+
+/// `x/y/HEX`: where the store keeps a script (fanned out by its first two hex digits).
+fn dtk_core_fan_hex(hex: &str) -> String {
+    format!("{}/{}/{hex}", &hex[..1], &hex[1..2])
 }

@@ -362,7 +362,7 @@ impl Project {
     /// Every run of `node`, newest first.
     pub fn node_runs(&self, node: &NodeId) -> Result<Vec<RunRecord>> {
         let snap = self.store().snapshot()?;
-        let mut runs: Vec<RunRecord> = snap.read_fanned_json(&paths::node_runs_dir(node))?;
+        let mut runs: Vec<RunRecord> = snap.read_tree_json(&paths::node_runs_dir(node))?;
         runs.sort_by(|a, b| {
             b.queued_ms
                 .cmp(&a.queued_ms)
@@ -429,7 +429,7 @@ impl Project {
         }
         let inputs = current_inputs(&snap, &node)?;
         if !options.force {
-            if let Some(ok) = snap.read_json::<RunRecord>(&paths::done(node_id, &inputs))? {
+            if let Some(ok) = succeeded_on(&snap, node_id, &inputs)? {
                 return Ok(RunOutcome::UpToDate(ok));
             }
         }
@@ -612,12 +612,9 @@ impl Project {
                 rec.seal();
                 self.finish_run(&rec, &log, &message, |tx| {
                     for (sv, info) in &outputs {
-                        if let Some(mut spec) =
-                            tx.read_json::<SourceSpec>(&paths::source(&sv.source))?
-                        {
+                        crate::records::update_state(tx, &sv.source, |spec| {
                             spec.latest = Some(sv.version.clone());
-                            tx.put_json(&paths::source(&sv.source), &spec)?;
-                        }
+                        })?;
                         record_version(tx, &sv.source, info, Some(&rec))?;
                     }
                     Ok(())
@@ -1231,7 +1228,6 @@ pub(crate) fn write_run(
         }
     }
     if record.status == RunStatus::Success {
-        tx.put_id(&paths::done(&record.node, &record.inputs), id);
         for sv in &record.inputs {
             tx.put_id(&paths::consumer(sv, &record.id), id);
         }
@@ -1463,6 +1459,31 @@ pub fn resolve_recorded(project: &Project, text: &str) -> Result<SourceVersion> 
 /// The newest attempt of `node` on `inputs`, if any. Attempts are numbered 0, 1, 2, ...
 /// without gaps and their IDs are computed, so this probes O(log n) paths instead of
 /// reading every run of the node.
+/// A successful run of `node` on exactly `inputs`, if there is one: run IDs are derived
+/// from the node, the inputs and the attempt number, so the attempts are found by probing
+/// (see [`last_attempt`]) and read newest first; no index is kept.
+pub(crate) fn succeeded_on(
+    snap: &Snapshot,
+    node: &NodeId,
+    inputs: &[SourceVersion],
+) -> Result<Option<RunRecord>> {
+    let Some(last) = last_attempt(snap, node, inputs)? else {
+        return Ok(None);
+    };
+    if last.status == RunStatus::Success {
+        return Ok(Some(last));
+    }
+    for attempt in (0..last.attempt).rev() {
+        let path = paths::run(&RunId::compute(node, inputs, attempt));
+        if let Some(r) = snap.read_json::<RunRecord>(&path)? {
+            if r.status == RunStatus::Success {
+                return Ok(Some(r));
+            }
+        }
+    }
+    Ok(None)
+}
+
 pub(crate) fn last_attempt(
     snap: &Snapshot,
     node: &NodeId,

@@ -225,7 +225,7 @@ impl<'a> Walker<'a> {
 
     fn links(&mut self) -> Result<Vec<Link>> {
         if self.links.is_none() {
-            let mut l: Vec<Link> = self.snap.read_dir_json("links")?;
+            let mut l: Vec<Link> = self.snap.read_tree_json("links")?;
             l.sort_by(|a, b| (&a.from, &a.to).cmp(&(&b.from, &b.to)));
             self.links = Some(l);
         }
@@ -539,7 +539,7 @@ impl Project {
                             "no record (a version dtk did not poll or produce)",
                         ),
                     }
-                    let spec = snap.read_json::<SourceSpec>(&paths::source(&v.full.source))?;
+                    let spec = crate::records::get_source(&snap, &v.full.source)?;
                     match spec {
                         Some(spec) => match self.open_source(&spec) {
                             Ok(source) => match source.verify(&v.full.version).await {

@@ -37,6 +37,7 @@ mod pack;
 pub mod pipeline;
 mod process;
 pub mod project;
+pub mod records;
 pub mod scheduler;
 pub mod source;
 pub mod store;

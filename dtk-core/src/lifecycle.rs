@@ -8,7 +8,7 @@
 //!   (`dkt node run --name`, `name:` in a pipeline file), accepted wherever a node ID is.
 //!   Giving a name to a new definition *replaces* the node that held it: that node is
 //!   retired.
-//! - `retired/<node-id>.json` (`{"node", "retired_ms", "reason"}`): a node that no longer
+//! - `retired/<h1>/<h2>/<node-id>.json` (`{"node", "retired_ms", "reason"}`): a node that no longer
 //!   runs (`dkt node rm`, a replaced named node, `dkt apply --prune`). Its record, runs and
 //!   the versions it made stay, so the provenance of everything it made still reads.
 
@@ -48,23 +48,24 @@ pub(crate) fn name_path(name: &Name) -> String {
     format!("node-names/{name}.json")
 }
 
-/// `retired/<node-id>.json`
+/// `retired/<h1>/<h2>/<node-id>.json`
 pub(crate) fn retired_path(id: &NodeId) -> String {
-    format!("retired/{}.json", id.to_hex())
+    let h = id.to_hex();
+    format!("retired/{}/{}/{h}.json", &h[..1], &h[1..2])
 }
 
 /// The retired nodes of `snap`.
 pub(crate) fn retired(snap: &Snapshot) -> Result<BTreeSet<NodeId>> {
     Ok(snap
-        .list("retired")?
+        .walk("retired")?
         .into_iter()
-        .filter_map(|e| e.name.strip_suffix(".json")?.parse().ok())
+        .filter_map(|(p, _)| p.rsplit('/').next()?.strip_suffix(".json")?.parse().ok())
         .collect())
 }
 
 /// Every name, by node.
 pub(crate) fn names(snap: &Snapshot) -> Result<BTreeMap<NodeId, Name>> {
-    let names: Vec<NodeName> = snap.read_dir_json("node-names")?;
+    let names: Vec<NodeName> = snap.read_tree_json("node-names")?;
     Ok(names.into_iter().map(|n| (n.node, n.name)).collect())
 }
 

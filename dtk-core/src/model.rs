@@ -488,10 +488,15 @@ pub struct VersionRecord {
     pub source: Name,
     /// The version.
     pub version: Version,
-    /// When it was first recorded, in milliseconds since the Unix epoch.
-    pub recorded_ms: u64,
-    /// Order of recording within the source (larger is newer).
-    pub seq: u64,
+    /// When it was first recorded (milliseconds since the epoch): records of store
+    /// format 2 only. Format 3 keeps this outside the record (`seen/`), so that the same
+    /// version recorded in two clones is the same record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_ms: Option<u64>,
+    /// Order of recording within the source: records of store format 2 only (sealed into
+    /// their digest, so kept as they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     /// The run that produced it, for outputs of nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunId>,

@@ -337,7 +337,7 @@ impl Project {
                 }
             }
             if decl.location.is_none() {
-                if let Some(stored) = snap.read_json::<SourceSpec>(&paths::source(&name))? {
+                if let Some(stored) = crate::records::get_source(snap, &name)? {
                     self.check_kept(here, i, decl, &stored)?;
                 }
             }
@@ -473,7 +473,7 @@ impl Project {
             for (field, list) in [("inputs", &node.inputs), ("outputs", &node.outputs)] {
                 for s in list {
                     let name = Name::new(s).map_err(|e| at(field, Some(s), e))?;
-                    if !declared.contains(&name) && snap.blob_id(&paths::source(&name))?.is_none() {
+                    if !declared.contains(&name) && !crate::records::source_exists(snap, &name)? {
                         return Err(here.message(
                             "nodes",
                             i,
@@ -610,17 +610,16 @@ impl Project {
                                 name: p.spec.name.to_string(),
                             });
                         }
-                        tx.put_json(&path, &p.spec)?;
+                        crate::records::put_source(tx, &p.spec)?;
                     }
                     ApplyStatus::Updated => {
                         // Keep what may have changed meanwhile: the pin and the flag.
-                        let now: SourceSpec = tx
-                            .read_json(&path)?
+                        let now = crate::records::get_source(tx, &p.spec.name)?
                             .ok_or_else(|| Error::not_found("source", p.spec.name.as_str()))?;
                         let mut spec = p.spec.clone();
                         spec.pinned = now.pinned;
                         spec.frozen = now.frozen;
-                        tx.put_json(&path, &spec)?;
+                        crate::records::put_source(tx, &spec)?;
                     }
                 }
                 if let Some(latest) = &p.latest {
@@ -648,6 +647,11 @@ impl Project {
             }
             Ok(())
         })?;
+        for p in &planned {
+            if p.spec.owned && p.status == ApplyStatus::Added {
+                self.mark_owned(&p.spec.name)?;
+            }
+        }
         let mut retired: Vec<NodeRetired> = nodes
             .iter()
             .filter_map(|n| {
@@ -693,7 +697,7 @@ impl Project {
         created: &mut Vec<Arc<dyn Source>>,
     ) -> Result<PlannedSource> {
         let name = Name::new(&decl.name)?;
-        let stored: Option<SourceSpec> = snap.read_json(&paths::source(&name))?;
+        let stored: Option<SourceSpec> = crate::records::get_source(snap, &name)?;
         if let (Some(stored), None) = (&stored, &decl.location) {
             return Ok(PlannedSource {
                 spec: stored.clone(),

@@ -131,90 +131,125 @@ pub struct Project {
     cancel: tokio_util::sync::CancellationToken,
 }
 
-/// Paths of records in the store, as `docs/format.md` describes them.
+/// Paths of records in the store, as `docs/format.md` describes them (store format 3).
+///
+/// Every directory that grows with the project is fanned out by one hex digit per level
+/// (16 entries a level), so that a commit rewrites a few small trees whatever the number
+/// of sources, nodes, versions or runs: records keyed by a hash (node, run, version IDs)
+/// by that hash's own first digits, records keyed by a name (sources) by the first digits
+/// of the BLAKE3 of the name ([`fan`]).
 pub mod paths {
     use crate::{Name, NodeId, RunId, Version};
 
-    /// `sources/<name>.json`
+    /// `x/y`: the first two hex digits of BLAKE3 of `key`, as two directory levels.
+    pub fn fan(key: &str) -> String {
+        let h = blake3::hash(key.as_bytes()).to_hex();
+        format!("{}/{}", &h[..1], &h[1..2])
+    }
+
+    /// `x/y` from the first two digits of a hex string.
+    fn fan_hex(hex: &str) -> String {
+        format!("{}/{}", &hex[..1], &hex[1..2])
+    }
+
+    /// `sources/<x>/<y>/<name>.json`: a source's declaration (kind, location, tag, path,
+    /// parent), which changes only when the source is moved.
     pub fn source(name: &Name) -> String {
-        format!("sources/{name}.json")
+        format!("sources/{}/{name}.json", fan(name.as_str()))
     }
-    /// `versions/<name>`
+    /// `state/<x>/<y>/<name>.json`: a source's mutable state (latest, pinned, frozen).
+    pub fn source_state(name: &Name) -> String {
+        format!("state/{}/{name}.json", fan(name.as_str()))
+    }
+    /// `versions/<x>/<y>/<name>`: the versions of a source.
     pub fn versions_dir(name: &Name) -> String {
-        format!("versions/{name}")
+        format!("versions/{}/{name}", fan(name.as_str()))
     }
-    /// `versions/<name>/<xx>/<algo>-<hex>.json`, where `xx` are the version's first two
-    /// hex digits: a source gets a version per change, and a fanned-out directory keeps
-    /// the tree a commit rewrites small however many it has.
+    /// `versions/<x>/<y>/<name>/<h1>/<h2>/<algo>-<hex>.json`, where `h1`, `h2` are the
+    /// version's first two hex digits: the version record, content-addressed (the same
+    /// fact recorded in two clones is the same blob).
     pub fn version(name: &Name, v: &Version) -> String {
         format!(
-            "versions/{name}/{}/{}-{}.json",
-            &v.hex()[..2],
+            "{}/{}/{}-{}.json",
+            versions_dir(name),
+            fan_hex(v.hex()),
             v.algo(),
             v.hex()
         )
     }
-    /// `versions/<name>/seq`: the `seq` the next recorded version of `name` gets.
-    pub fn version_seq(name: &Name) -> String {
-        format!("versions/{name}/seq")
+    /// `seen/<x>/<y>/<name>/<h1>/<h2>/<algo>-<hex>`: when this project first saw the
+    /// version (milliseconds since the epoch, decimal), kept apart from the record so that
+    /// the record is the same object everywhere; merged by taking the earlier.
+    pub fn seen(name: &Name, v: &Version) -> String {
+        format!(
+            "seen/{}/{name}/{}/{}-{}",
+            fan(name.as_str()),
+            fan_hex(v.hex()),
+            v.algo(),
+            v.hex()
+        )
     }
-    /// `scripts/<blake3-hex>`: the content of a script file a node runs.
+    /// `seen/<x>/<y>/<name>`
+    pub fn seen_dir(name: &Name) -> String {
+        format!("seen/{}/{name}", fan(name.as_str()))
+    }
+    /// `scripts/<h1>/<h2>/<blake3-hex>`: the content of a script file a node runs.
     pub fn script(hex: &str) -> String {
-        format!("scripts/{hex}")
+        format!("scripts/{}/{hex}", fan_hex(hex))
     }
-    /// `nodes/<node-id>.json`
+    /// `nodes/<h1>/<h2>/<node-id>.json`
     pub fn node(id: &NodeId) -> String {
-        format!("nodes/{}.json", id.to_hex())
+        let h = id.to_hex();
+        format!("nodes/{}/{h}.json", fan_hex(&h))
     }
-    /// `runs/<xx>/<yy>/<run-id>.json`, where `xxyy` are the run ID's first four hex
-    /// digits: two levels keep every tree small, so a commit rewrites little and a lookup
-    /// reads little.
+    /// `runs/<a>/<b>/<c>/<d>/<run-id>.json`, where `abcd` are the run ID's first four hex
+    /// digits: four levels of 16 keep every tree a commit rewrites small.
     pub fn run(id: &RunId) -> String {
         let h = id.to_hex();
         format!("{}/{h}.json", run_dir(&h))
     }
-    /// `runs/<xx>/<yy>/<run-id>.log`
+    /// `runs/<a>/<b>/<c>/<d>/<run-id>.log`
     pub fn run_log(id: &RunId) -> String {
         let h = id.to_hex();
         format!("{}/{h}.log", run_dir(&h))
     }
-    /// `runs/<xx>/<yy>` for a hex run ID (or a prefix of at least 4 digits).
+    /// `runs/<a>/<b>/<c>/<d>` for a hex run ID (or a prefix of at least 4 digits).
     pub fn run_dir(hex: &str) -> String {
-        format!("runs/{}/{}", &hex[..2], &hex[2..4])
+        format!(
+            "runs/{}/{}/{}/{}",
+            &hex[..1],
+            &hex[1..2],
+            &hex[2..3],
+            &hex[3..4]
+        )
     }
-    /// `node-runs/<node-id>/<xx>/<run-id>.json` (the run record's blob, indexed by node;
-    /// `xx` are the run ID's first two hex digits, so a node with many runs keeps small
-    /// trees)
+    /// `node-runs/<n1>/<n2>/<node-id>/<r1>/<r2>/<run-id>.json` (the run record's blob,
+    /// indexed by node).
     pub fn node_run(node: &NodeId, run: &RunId) -> String {
         let h = run.to_hex();
-        format!("node-runs/{}/{}/{h}.json", node.to_hex(), &h[..2])
+        format!("{}/{}/{h}.json", node_runs_dir(node), fan_hex(&h))
     }
-    /// `node-runs/<node-id>`
+    /// `node-runs/<n1>/<n2>/<node-id>`
     pub fn node_runs_dir(node: &NodeId) -> String {
-        format!("node-runs/{}", node.to_hex())
+        let h = node.to_hex();
+        format!("node-runs/{}/{h}", fan_hex(&h))
     }
-    /// `consumers/<source>/<xx>/<algo>-<hex>/<run-id>.json` (successful runs that read a
-    /// version; `xx` are the version's first two hex digits)
+    /// `consumers/<x>/<y>/<source>/<h1>/<h2>/<algo>-<hex>/<run-id>.json` (successful runs
+    /// that read a version).
     pub fn consumer(input: &crate::SourceVersion, run: &RunId) -> String {
         format!("{}/{}.json", consumers_dir(input), run.to_hex())
     }
-    /// `consumers/<source>/<xx>/<algo>-<hex>`: the runs that read a version.
+    /// `consumers/<x>/<y>/<source>/<h1>/<h2>/<algo>-<hex>`: the runs that read a version.
     pub fn consumers_dir(input: &crate::SourceVersion) -> String {
         let v = &input.version;
         format!(
-            "consumers/{}/{}/{}-{}",
+            "consumers/{}/{}/{}/{}-{}",
+            fan(input.source.as_str()),
             input.source,
-            &v.hex()[..2],
+            fan_hex(v.hex()),
             v.algo(),
             v.hex()
         )
-    }
-    /// `done/<node-id>/<inputs-key>.json`: the successful run of a node on a set of input
-    /// versions (see [`inputs_key`](crate::model::inputs_key)), so "is this up to date?"
-    /// is one lookup.
-    pub fn done(node: &NodeId, inputs: &[crate::SourceVersion]) -> String {
-        let key = crate::model::inputs_key(inputs);
-        format!("done/{}/{}/{key}.json", node.to_hex(), &key[..2])
     }
     /// `queue/<run-id>.json` (pending runs, for workers)
     pub fn queued(run: &RunId) -> String {
@@ -224,9 +259,9 @@ pub mod paths {
     pub fn claimed(run: &RunId) -> String {
         format!("claimed/{}.json", run.to_hex())
     }
-    /// `links/<link-id>.json`
+    /// `links/<h1>/<h2>/<link-id>.json`
     pub fn link(id: &str) -> String {
-        format!("links/{id}.json")
+        format!("links/{}/{id}.json", fan_hex(id))
     }
 }
 
@@ -384,7 +419,7 @@ impl Project {
             return Err(Error::NoProject(root));
         }
         let store = Store::open(&dkt.join(".git"))?;
-        upgrade_store(&store)?;
+        let owned = upgrade_store(&store)?;
         let config = Config::load(&dkt.join("config"))?;
         let mut secrets = Secrets::load(&dkt.join("secrets"))?;
         // Private variables named like secrets are redacted like secrets; they belong in
@@ -413,6 +448,13 @@ impl Project {
             cancel: tokio_util::sync::CancellationToken::new(),
         };
         project.check_kinds()?;
+        // Sources an upgraded store marked as made by dtk stay so only where their
+        // directory is on this machine.
+        for (name, location) in owned {
+            if Path::new(&location).is_dir() {
+                project.mark_owned(&name)?;
+            }
+        }
         Ok(project)
     }
 
@@ -573,7 +615,7 @@ impl Project {
 
     /// Every source, sorted by name.
     pub fn sources(&self) -> Result<Vec<SourceSpec>> {
-        self.store.snapshot()?.read_dir_json("sources")
+        crate::records::all_sources(&self.store.snapshot()?)
     }
 
     /// The source called `name`.
@@ -586,7 +628,7 @@ impl Project {
     pub fn nodes(&self) -> Result<Vec<(NodeId, NodeSpec)>> {
         let snap = self.store.snapshot()?;
         let retired = crate::lifecycle::retired(&snap)?;
-        let nodes: Vec<NodeSpec> = snap.read_dir_json("nodes")?;
+        let nodes: Vec<NodeSpec> = snap.read_tree_json("nodes")?;
         Ok(nodes
             .into_iter()
             .map(|n| (n.id(), n))
@@ -598,7 +640,7 @@ impl Project {
     pub fn all_nodes(&self) -> Result<Vec<(NodeId, NodeSpec, bool)>> {
         let snap = self.store.snapshot()?;
         let retired = crate::lifecycle::retired(&snap)?;
-        let nodes: Vec<NodeSpec> = snap.read_dir_json("nodes")?;
+        let nodes: Vec<NodeSpec> = snap.read_tree_json("nodes")?;
         Ok(nodes
             .into_iter()
             .map(|n| {
@@ -624,9 +666,10 @@ impl Project {
         let name = Name::new(name)?;
         let snap = self.store.snapshot()?;
         read_source(&snap, &name)?;
-        let mut v: Vec<VersionRecord> = snap.read_fanned_json(&paths::versions_dir(&name))?;
-        v.sort_by_key(|r| std::cmp::Reverse(r.seq));
-        Ok(v)
+        Ok(crate::records::versions_of(&snap, &name)?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
     }
 
     /// The versions of `name`, newest first: the kind's history where it has one, else
@@ -649,7 +692,7 @@ impl Project {
 
     /// The links recorded between versions.
     pub fn links(&self) -> Result<Vec<Link>> {
-        self.store.snapshot()?.read_dir_json("links")
+        self.store.snapshot()?.read_tree_json("links")
     }
 
     // ---------------------------------------------------------------- sources
@@ -661,7 +704,7 @@ impl Project {
     pub async fn add_source(&self, add: AddSource) -> Result<SourceSpec> {
         let name = Name::new(&add.name)?;
         let snap = self.store.snapshot()?;
-        if snap.blob_id(&paths::source(&name))?.is_some() {
+        if crate::records::source_exists(&snap, &name)? {
             return Err(Error::AlreadyExists {
                 what: "source",
                 name: name.to_string(),
@@ -679,7 +722,7 @@ impl Project {
                     name: spec.name.to_string(),
                 });
             }
-            tx.put_json(&paths::source(&spec.name), &spec)?;
+            crate::records::put_source(tx, &spec)?;
             record_version(tx, &spec.name, &latest, None)?;
             Ok(())
         });
@@ -689,7 +732,26 @@ impl Project {
             }
             return Err(e);
         }
+        if spec.owned {
+            self.mark_owned(&spec.name)?;
+        }
         Ok(spec)
+    }
+
+    /// `.dkt/owned/<name>`: this machine made the source's location (a temporary
+    /// directory), so `dkt source rm` may delete it. Kept outside the history: ownership
+    /// read from a clone's records would let `source rm` delete a directory this machine
+    /// never made.
+    fn owned_marker(&self, name: &Name) -> PathBuf {
+        self.dkt.join("owned").join(name.as_str())
+    }
+
+    pub(crate) fn mark_owned(&self, name: &Name) -> Result<()> {
+        let path = self.owned_marker(name);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).at(dir)?;
+        }
+        std::fs::write(&path, b"").at(&path)
     }
 
     /// Turn what `add` asks for into a spec through its kind, as [`Project::add_source`]
@@ -912,11 +974,12 @@ impl Project {
             );
             self.store.transact(&message, |tx| {
                 for (name, info) in &changed {
-                    let Some(mut spec) = tx.read_json::<SourceSpec>(&paths::source(name))? else {
+                    let updated = crate::records::update_state(tx, name, |spec| {
+                        spec.latest = Some(info.version.clone());
+                    })?;
+                    if !updated {
                         continue; // removed meanwhile
-                    };
-                    spec.latest = Some(info.version.clone());
-                    tx.put_json(&paths::source(name), &spec)?;
+                    }
                     record_version(tx, name, info, None)?;
                 }
                 Ok(())
@@ -960,11 +1023,9 @@ impl Project {
             .clone();
         let message = format!("source pin {} {}", spec.name, v);
         self.store.transact(&message, |tx| {
-            let mut s = tx
-                .read_json::<SourceSpec>(&paths::source(&spec.name))?
-                .ok_or_else(|| Error::not_found("source", spec.name.as_str()))?;
-            s.pinned = Some(v.clone());
-            tx.put_json(&paths::source(&spec.name), &s)?;
+            if !crate::records::update_state(tx, &spec.name, |s| s.pinned = Some(v.clone()))? {
+                return Err(Error::not_found("source", spec.name.as_str()));
+            }
             Ok(())
         })?;
         Ok(v)
@@ -1017,11 +1078,9 @@ impl Project {
         let info = VersionInfo::new(v.clone());
         let message = format!("source update {} {} (given)", spec.name, v.short());
         self.store.transact(&message, |tx| {
-            let mut s = tx
-                .read_json::<SourceSpec>(&paths::source(&spec.name))?
-                .ok_or_else(|| Error::not_found("source", spec.name.as_str()))?;
-            s.latest = Some(v.clone());
-            tx.put_json(&paths::source(&spec.name), &s)?;
+            if !crate::records::update_state(tx, &spec.name, |s| s.latest = Some(v.clone()))? {
+                return Err(Error::not_found("source", spec.name.as_str()));
+            }
             record_version(tx, &spec.name, &info, None)
         })?;
         Ok(v)
@@ -1052,11 +1111,10 @@ impl Project {
     ) -> Result<()> {
         let name = Name::new(name)?;
         self.store.transact(message, |tx| {
-            let mut s = tx
-                .read_json::<SourceSpec>(&paths::source(&name))?
+            let mut s = crate::records::get_source(tx, &name)?
                 .ok_or_else(|| Error::not_found("source", name.as_str()))?;
             f(&mut s)?;
-            tx.put_json(&paths::source(&name), &s)?;
+            crate::records::put_source(tx, &s)?;
             Ok(())
         })?;
         Ok(())
@@ -1095,7 +1153,7 @@ impl Project {
             if !tx.exists(&paths::source(&spec.name))? {
                 return Err(Error::not_found("source", spec.name.as_str()));
             }
-            tx.put_json(&paths::source(&spec.name), &spec)?;
+            crate::records::put_source(tx, &spec)?;
             record_version(tx, &spec.name, &latest, None)?;
             Ok(())
         })?;
@@ -1163,7 +1221,8 @@ impl Project {
     /// Remove a source. Refused while a node reads or writes it (the error names the
     /// nodes) or another source derives from it.
     pub async fn remove_source(&self, name: &str) -> Result<SourceSpec> {
-        let spec = self.source(name)?;
+        let mut spec = self.source(name)?;
+        spec.owned = self.owned_marker(&spec.name).exists();
         let message = format!("source rm {}", spec.name);
         self.store.transact(&message, |tx| {
             let snap = tx.base();
@@ -1185,13 +1244,15 @@ impl Project {
                     if users.len() > 1 { "them" } else { "it" },
                 )));
             }
-            tx.remove(&paths::source(&spec.name));
+            crate::records::remove_source(tx, &spec.name);
             tx.remove(&paths::versions_dir(&spec.name));
+            tx.remove(&paths::seen_dir(&spec.name));
             Ok(())
         })?;
         if let Ok(source) = self.open_source(&spec) {
             source.remove().await?;
         }
+        let _ = std::fs::remove_file(self.owned_marker(&spec.name));
         Ok(spec)
     }
 
@@ -1355,12 +1416,11 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 pub(crate) fn read_source(snap: &Snapshot, name: &Name) -> Result<SourceSpec> {
-    snap.read_json(&paths::source(name))?
-        .ok_or_else(|| Error::NotFound {
-            what: "source",
-            name: name.to_string(),
-            hint: " (see `dkt source list`)".to_owned(),
-        })
+    crate::records::get_source(snap, name)?.ok_or_else(|| Error::NotFound {
+        what: "source",
+        name: name.to_string(),
+        hint: " (see `dkt source list`)".to_owned(),
+    })
 }
 
 pub(crate) fn build_graph(snap: &Snapshot) -> Result<Graph> {
@@ -1371,11 +1431,11 @@ pub(crate) fn build_graph(snap: &Snapshot) -> Result<Graph> {
 /// retired).
 pub(crate) fn build_graph_without(snap: &Snapshot, skip: &[NodeId]) -> Result<Graph> {
     let mut g = Graph::new();
-    let sources: Vec<SourceSpec> = snap.read_dir_json("sources")?;
+    let sources: Vec<SourceSpec> = snap.read_tree_json("sources")?;
     for s in &sources {
         g.add_source(&s.name);
     }
-    let nodes: Vec<NodeSpec> = snap.read_dir_json("nodes")?;
+    let nodes: Vec<NodeSpec> = snap.read_tree_json("nodes")?;
     let retired = crate::lifecycle::retired(snap)?;
     for n in &nodes {
         let id = n.id();
@@ -1383,7 +1443,7 @@ pub(crate) fn build_graph_without(snap: &Snapshot, skip: &[NodeId]) -> Result<Gr
             g.add_node(id, &n.inputs, &n.outputs)?;
         }
     }
-    let links: Vec<Link> = snap.read_dir_json("links")?;
+    let links: Vec<Link> = snap.read_tree_json("links")?;
     for l in &links {
         let (a, b) = (
             Vertex::Source(l.from.source.clone()),
@@ -1411,21 +1471,12 @@ pub(crate) fn record_version(
     if tx.exists(&path)? {
         return Ok(());
     }
-    let counter = paths::version_seq(name);
-    let seq = match tx.read(&counter)? {
-        Some(bytes) => std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok())
-            .ok_or_else(|| Error::corrupt(format!("{counter} is not a number")))?,
-        // The first version of the source.
-        None => 0,
-    };
-    tx.put(&counter, format!("{}\n", seq + 1).as_bytes())?;
+    crate::records::mark_seen(tx, name, &info.version)?;
     let mut record = VersionRecord {
         source: name.clone(),
         version: info.version.clone(),
-        recorded_ms: now_ms(),
-        seq,
+        recorded_ms: None,
+        seq: None,
         run: produced.map(|r| r.id),
         node: produced.map(|r| r.node),
         inputs: produced.map(|r| r.inputs.clone()).unwrap_or_default(),
@@ -1438,31 +1489,52 @@ pub(crate) fn record_version(
     Ok(())
 }
 
+/// The format marker of store format 1.
+const V1: &[u8] = b"dtk-store 1\n";
+/// The format marker of store format 2.
+const V2: &[u8] = b"dtk-store 2\n";
+
 /// Bring a store written by an earlier release to the current layout ([`crate::store::FORMAT`]),
-/// in one commit; a store already current costs one lookup. Format 1 kept the versions of
-/// a source, the runs of a node, the successful runs of a node and the consumers of a
-/// source in flat directories, which a commit rewrites whole; format 2 fans them out by
-/// the first two hex digits (see `docs/format.md`). A store of a newer format than this
-/// program knows is refused rather than misread.
-fn upgrade_store(store: &Store) -> Result<()> {
-    const V1: &[u8] = b"dtk-store 1\n";
+/// one commit per format step; a store already current costs one lookup. A store of a
+/// newer format than this program knows is refused rather than misread. Returns the
+/// sources an upgraded store marked as made by dtk (`owned`), which format 3 keeps on the
+/// machine instead.
+///
+/// - Format 1 kept the versions of a source, the runs of a node, the successful runs of a
+///   node and the consumers of a source in flat directories, which a commit rewrites
+///   whole; format 2 fans them out by the first two hex digits.
+/// - Format 2 still kept one entry per source or node at the top of `sources/`,
+///   `versions/`, `nodes/`, `node-runs/`, `done/` and `consumers/` (so a run rewrote trees
+///   as large as the project), a source's state in its declaration, a sequence number in
+///   each version record, and a `done/` index; format 3 fans every growing directory out
+///   by one hex digit per level, splits `state/` from `sources/`, records new versions
+///   without time or sequence (`seen/` holds the time), and finds successful runs by
+///   their IDs (see `docs/format.md`). Records keep their bytes, so every digest still
+///   verifies.
+fn upgrade_store(store: &Store) -> Result<Vec<(Name, String)>> {
     let current = store.snapshot()?.read("format")?;
     match current.as_deref() {
-        Some(f) if f == crate::store::FORMAT.as_bytes() => return Ok(()),
-        Some(V1) => {}
+        Some(f) if f == crate::store::FORMAT.as_bytes() => return Ok(Vec::new()),
+        Some(V1) => upgrade_v1(store)?,
+        Some(V2) => {}
         other => {
             let found = other.map_or("nothing".to_owned(), |f| {
                 format!("{:?}", String::from_utf8_lossy(f).trim())
             });
             return Err(Error::corrupt(format!(
-                "the metadata store in {} has format {found}; this dkt reads {:?} and \
-                 {:?}: use a newer dkt",
+                "the metadata store in {} has format {found}; this dkt reads {:?} to {:?}: \
+                 use a newer dkt",
                 store.git_dir().display(),
                 "dtk-store 1",
                 crate::store::FORMAT.trim()
             )));
         }
     }
+    upgrade_v2(store)
+}
+
+/// Format 1 to 2 (see [`upgrade_store`]).
+fn upgrade_v1(store: &Store) -> Result<()> {
     store.transact("upgrade: store format 2 (fanned-out indexes)", |tx| {
         if tx.read("format")?.as_deref() != Some(V1) {
             return Ok(()); // another process upgraded it meanwhile
@@ -1540,10 +1612,110 @@ fn upgrade_store(store: &Store) -> Result<()> {
         for (path, next) in seqs {
             tx.put(&path, format!("{next}\n").as_bytes())?;
         }
-        tx.put("format", crate::store::FORMAT.as_bytes())?;
+        tx.put("format", V2)?;
         Ok(())
     })?;
     Ok(())
+}
+
+/// Where a path of format 2 goes in format 3: `Some(Some(new))` moves it, `Some(None)`
+/// drops it (an index format 3 does not keep), `None` keeps it.
+fn v3_path(path: &str) -> Option<Option<String>> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let hex2 = |h: &str| format!("{}/{}", &h[..1], &h[1..2]);
+    let file_hex = |f: &str| -> String {
+        // `<algo>-<hex>.json`, `<hex>.json`, `<hex>.log`, `<hex>`
+        let stem = f.split('.').next().unwrap_or(f);
+        stem.rsplit('-').next().unwrap_or(stem).to_owned()
+    };
+    let ok_hex = |h: &str| h.len() >= 4 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    match parts.as_slice() {
+        ["done", ..] => Some(None),
+        ["versions", _, "seq"] => Some(None),
+        ["versions", name, _, file] if ok_hex(&file_hex(file)) => Some(Some(format!(
+            "versions/{}/{name}/{}/{file}",
+            paths::fan(name),
+            hex2(&file_hex(file))
+        ))),
+        ["nodes", file] if ok_hex(&file_hex(file)) => {
+            Some(Some(format!("nodes/{}/{file}", hex2(&file_hex(file)))))
+        }
+        ["retired", file] if ok_hex(&file_hex(file)) => {
+            Some(Some(format!("retired/{}/{file}", hex2(&file_hex(file)))))
+        }
+        ["scripts", file] if ok_hex(file) => Some(Some(format!("scripts/{}/{file}", hex2(file)))),
+        ["links", file] if ok_hex(&file_hex(file)) => {
+            Some(Some(format!("links/{}/{file}", hex2(&file_hex(file)))))
+        }
+        ["runs", _, _, file] if ok_hex(&file_hex(file)) => {
+            Some(Some(format!("{}/{file}", paths::run_dir(&file_hex(file)))))
+        }
+        ["node-runs", node, _, file] if ok_hex(node) && ok_hex(&file_hex(file)) => {
+            Some(Some(format!(
+                "node-runs/{}/{node}/{}/{file}",
+                hex2(node),
+                hex2(&file_hex(file))
+            )))
+        }
+        ["consumers", source, _, version, file] => {
+            let vhex = version.rsplit('-').next().unwrap_or(version);
+            ok_hex(vhex).then(|| {
+                Some(format!(
+                    "consumers/{}/{source}/{}/{version}/{file}",
+                    paths::fan(source),
+                    hex2(vhex)
+                ))
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Format 2 to 3 (see [`upgrade_store`]), in one commit.
+fn upgrade_v2(store: &Store) -> Result<Vec<(Name, String)>> {
+    let (owned, _) = store.transact("upgrade: store format 3 (fanned out, state apart)", |tx| {
+        if tx.read("format")?.as_deref() != Some(V2) {
+            return Ok(Vec::new()); // another process upgraded it meanwhile
+        }
+        let mut owned = Vec::new();
+        let files = tx.base().walk("")?;
+        for (path, id) in files {
+            if let Some(name) = path
+                .strip_prefix("sources/")
+                .and_then(|f| f.strip_suffix(".json"))
+                .filter(|f| !f.contains('/'))
+            {
+                // A full spec of format 2: declaration and state apart.
+                let spec: SourceSpec = tx
+                    .base()
+                    .read_json(&path)?
+                    .ok_or_else(|| Error::corrupt(format!("{path} vanished")))?;
+                if spec.name.as_str() != name {
+                    return Err(Error::corrupt(format!(
+                        "{path} holds source {:?}",
+                        spec.name.as_str()
+                    )));
+                }
+                if spec.owned {
+                    owned.push((spec.name.clone(), spec.location.clone()));
+                }
+                tx.remove(&path);
+                crate::records::put_source(tx, &spec)?;
+                continue;
+            }
+            match v3_path(&path) {
+                None => {}
+                Some(None) => tx.remove(&path),
+                Some(Some(new)) => {
+                    tx.remove(&path);
+                    tx.put_id(&new, id);
+                }
+            }
+        }
+        tx.put("format", crate::store::FORMAT.as_bytes())?;
+        Ok(owned)
+    })?;
+    Ok(owned)
 }
 
 /// Split `LOCATION[:TAG]`. Only a final `:TAG` without `/` counts, so URLs

@@ -224,11 +224,7 @@ impl Project {
         let mut moving: BTreeSet<NodeId> = BTreeSet::new();
         // One view of the records until something runs (then the next level needs a new one).
         let mut snap = self.store().snapshot()?;
-        let mut sources: BTreeMap<Name, crate::SourceSpec> = snap
-            .read_dir_json::<crate::SourceSpec>("sources")?
-            .into_iter()
-            .map(|s| (s.name.clone(), s))
-            .collect();
+        let mut sources = crate::records::all_states(&snap)?;
         let semaphore = Arc::new(tokio::sync::Semaphore::new(options.jobs.max(1)));
         for (_, ids) in by_level {
             let mut planned = Vec::new();
@@ -279,11 +275,7 @@ impl Project {
             let results = futures::future::join_all(runs).await;
             if !results.is_empty() {
                 snap = self.store().snapshot()?;
-                sources = snap
-                    .read_dir_json::<crate::SourceSpec>("sources")?
-                    .into_iter()
-                    .map(|s| (s.name.clone(), s))
-                    .collect();
+                sources = crate::records::all_states(&snap)?;
             }
             for (id, reason, r) in results {
                 match r {
@@ -315,7 +307,7 @@ impl Project {
     fn reason(
         &self,
         snap: &crate::store::Snapshot,
-        sources: &BTreeMap<Name, crate::SourceSpec>,
+        sources: &BTreeMap<Name, crate::records::SourceState>,
         id: &NodeId,
         node: &NodeSpec,
         assumed: &BTreeMap<Name, Version>,
@@ -337,10 +329,7 @@ impl Project {
             });
         }
         inputs.sort();
-        if snap
-            .blob_id(&crate::project::paths::done(id, &inputs))?
-            .is_some()
-        {
+        if crate::engine::succeeded_on(snap, id, &inputs)?.is_some() {
             return Ok(None);
         }
         // A run on these very inputs failed: the node is `failed`, not "never ran". It runs
@@ -370,7 +359,7 @@ impl Project {
             }
         }
         let mut runs: Vec<crate::RunRecord> =
-            snap.read_fanned_json(&crate::project::paths::node_runs_dir(id))?;
+            snap.read_tree_json(&crate::project::paths::node_runs_dir(id))?;
         runs.sort_by_key(|r| std::cmp::Reverse((r.queued_ms, r.attempt)));
         let last_ok = runs.iter().find(|r| r.status == RunStatus::Success);
         Ok(Some(match last_ok {

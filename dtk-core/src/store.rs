@@ -24,7 +24,7 @@ use crate::{Error, Result};
 pub const BRANCH: &str = "refs/heads/main";
 
 /// The content of the `format` file at the root of every store.
-pub const FORMAT: &str = "dtk-store 2\n";
+pub const FORMAT: &str = "dtk-store 3\n";
 
 /// How long a writer keeps retrying a contended update before giving up.
 const CAS_TIMEOUT: Duration = Duration::from_secs(120);
@@ -691,6 +691,39 @@ impl Snapshot {
         }
         Ok(out)
     }
+
+    /// The paths of the files below `dir`, at any depth, with their blob IDs (in tree
+    /// order).
+    pub fn walk(&self, dir: &str) -> Result<Vec<(String, ObjectId)>> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            let mut entries = self.list(&d)?;
+            entries.reverse();
+            for e in entries {
+                let path = if d.is_empty() {
+                    e.name.clone()
+                } else {
+                    format!("{d}/{}", e.name)
+                };
+                if e.is_dir {
+                    stack.push(path);
+                } else {
+                    out.push((path, e.id));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every `.json` record below `dir`, at any depth (a fanned-out directory), decoded.
+    pub fn read_tree_json<T: DeserializeOwned>(&self, dir: &str) -> Result<Vec<T>> {
+        self.walk(dir)?
+            .into_iter()
+            .filter(|(p, _)| p.ends_with(".json"))
+            .map(|(p, id)| decode(&p, &self.read_blob(id, &p)?))
+            .collect()
+    }
 }
 
 fn decode<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T> {
@@ -799,5 +832,31 @@ impl Tx {
     /// Stage the removal of `path`.
     pub fn remove(&mut self, path: &str) {
         self.staged.insert(path.to_owned(), None);
+    }
+}
+
+/// Reading records: a [`Snapshot`], or a [`Tx`] (which sees what it staged).
+pub trait Read {
+    /// The bytes at `path`.
+    fn read_bytes(&self, path: &str) -> Result<Option<Vec<u8>>>;
+
+    /// The record at `path`, decoded from JSON.
+    fn read_record<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        match self.read_bytes(path)? {
+            Some(bytes) => decode(path, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Read for Snapshot {
+    fn read_bytes(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        self.read(path)
+    }
+}
+
+impl Read for Tx {
+    fn read_bytes(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        self.read(path)
     }
 }

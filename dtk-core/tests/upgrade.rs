@@ -1,9 +1,12 @@
-//! A store written in format 1 (flat index directories) is brought to format 2 when the
-//! project is opened: every record moves to its fanned-out path in one commit, nothing is
-//! lost, and opening again changes nothing.
+//! A store written in an earlier format is brought to the current one (format 3) when the
+//! project is opened: format 1 (flat index directories) through format 2, one commit per
+//! step; every record moves to its fanned-out path with its bytes unchanged, indexes
+//! format 3 does not keep are dropped, nothing else is lost, and opening again changes
+//! nothing.
 
 use std::sync::Arc;
 
+use dtk_core::project::paths::fan;
 use dtk_core::{InitOptions, Project, Registry};
 
 const RUN: &str = "5e0f6bd1cd9fd0ad6a1bb3d2e4ac5c6e2a5a3b4c8d9e0f1a2b3c4d5e6f708192";
@@ -39,47 +42,54 @@ fn format_1_is_upgraded_on_open() {
 
     let opened = Project::open(dir.path(), registry.clone()).unwrap();
     let snap = opened.store().snapshot().unwrap();
-    assert_eq!(snap.read("format").unwrap().unwrap(), b"dtk-store 2\n");
+    assert_eq!(snap.read("format").unwrap().unwrap(), b"dtk-store 3\n");
+    let data = fan("data");
     for (old, new) in [
         (
             format!("versions/data/md5-{MD5}.json"),
-            format!("versions/data/d4/md5-{MD5}.json"),
+            format!("versions/{data}/data/d/4/md5-{MD5}.json"),
         ),
         (
             format!("node-runs/{NODE}/{RUN}.json"),
-            format!("node-runs/{NODE}/5e/{RUN}.json"),
-        ),
-        (
-            format!("done/{NODE}/{KEY}.json"),
-            format!("done/{NODE}/01/{KEY}.json"),
+            format!("node-runs/a/1/{NODE}/5/e/{RUN}.json"),
         ),
         (
             format!("consumers/data/md5-{MD5}/{RUN}.json"),
-            format!("consumers/data/d4/md5-{MD5}/{RUN}.json"),
+            format!("consumers/{data}/data/d/4/md5-{MD5}/{RUN}.json"),
         ),
     ] {
         assert!(snap.read(&old).unwrap().is_none(), "{old} is still there");
         assert!(snap.read(&new).unwrap().is_some(), "{new} is missing");
     }
-    assert!(snap
-        .read("versions/data/ff/md5-ffffffffffffffffffffffffffffffff.json")
+    // The records keep their bytes.
+    assert_eq!(
+        snap.read(&format!(
+            "versions/{data}/data/f/f/md5-ffffffffffffffffffffffffffffffff.json"
+        ))
         .unwrap()
-        .is_some());
-    // The next version of `data` continues after the highest seq seen.
-    assert_eq!(snap.read("versions/data/seq").unwrap().unwrap(), b"8\n");
-    // The flat directories that emptied are gone.
-    assert!(snap
-        .list("consumers/data")
-        .unwrap()
-        .iter()
-        .all(|e| e.name == "d4"));
+        .unwrap(),
+        b"{\"seq\": 7}\n"
+    );
+    // Indexes format 3 derives instead of keeping, and sequence counters, are gone.
+    assert!(snap.list("done").unwrap().is_empty());
+    assert!(snap.read("versions/data/seq").unwrap().is_none());
+    for top in ["versions", "node-runs", "consumers"] {
+        let names: Vec<String> = snap
+            .list(top)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert!(names.iter().all(|n| n.len() == 1), "{top}: {names:?}");
+    }
     let history = opened.store().history(100).unwrap();
-    assert_eq!(history.len(), before + 1);
-    assert!(history[0].1.starts_with("upgrade: store format 2"));
+    assert_eq!(history.len(), before + 2);
+    assert!(history[0].1.starts_with("upgrade: store format 3"));
+    assert!(history[1].1.starts_with("upgrade: store format 2"));
 
     // Opening again: nothing to do, no commit.
     let again = Project::open(dir.path(), registry).unwrap();
-    assert_eq!(again.store().history(100).unwrap().len(), before + 1);
+    assert_eq!(again.store().history(100).unwrap().len(), before + 2);
 }
 
 #[test]
