@@ -296,16 +296,9 @@ pub(crate) fn pid_alive(worker: &str) -> Option<bool> {
 }
 
 impl Project {
-    fn lease_dir(&self) -> PathBuf {
-        self.dkt_dir().join("leases")
-    }
-
-    fn lease_path(&self, run: &RunId) -> PathBuf {
-        self.lease_dir().join(run.to_hex())
-    }
-
     /// The status of a run as it stands: a `running` run whose worker is gone (dead
-    /// process, or lease not renewed in time) is `interrupted`.
+    /// process, or lease not renewed in time, or no claim in the queue any more) is
+    /// `interrupted`.
     pub fn effective_status(&self, run: &RunRecord) -> RunStatus {
         if run.status != RunStatus::Running {
             return run.status;
@@ -313,17 +306,27 @@ impl Project {
         if let Some(false) = run.worker.as_deref().and_then(pid_alive) {
             return RunStatus::Interrupted;
         }
-        let fresh = std::fs::metadata(self.lease_path(&run.id))
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age < self.config().lease());
-        let lease_ok = run.lease_until_ms.is_some_and(|l| l > now_ms());
-        if fresh || lease_ok {
-            RunStatus::Running
-        } else {
-            RunStatus::Interrupted
+        match self.run_queue().lease_age(&run.id) {
+            Ok(Some(age)) if age < self.config().lease() => RunStatus::Running,
+            _ => RunStatus::Interrupted,
         }
+    }
+
+    /// The record of an attempt of `node` on `inputs` that is queued or claimed, with the
+    /// highest attempt number from `from` on.
+    fn queued_attempt(
+        &self,
+        node: &NodeId,
+        inputs: &[SourceVersion],
+        from: u32,
+    ) -> Result<Option<RunRecord>> {
+        let mut found = None;
+        let mut a = from;
+        while let Some(r) = self.run_queue().get(&RunId::compute(node, inputs, a))? {
+            found = Some(r);
+            a += 1;
+        }
+        Ok(found)
     }
 
     /// Find a node by ID prefix (at least 4 hex digits, or the full ID).
@@ -363,6 +366,19 @@ impl Project {
     pub fn node_runs(&self, node: &NodeId) -> Result<Vec<RunRecord>> {
         let snap = self.store().snapshot()?;
         let mut runs: Vec<RunRecord> = snap.read_tree_json(&paths::node_runs_dir(node))?;
+        // Runs queued or executing are in the queue until they end.
+        let queue = self.run_queue();
+        let queued = queue
+            .pending()?
+            .into_iter()
+            .chain(queue.claimed()?.into_iter().map(|(r, _)| r))
+            .filter(|r| r.node == *node);
+        for r in queued {
+            match runs.iter_mut().find(|x| x.id == r.id) {
+                Some(x) => *x = r,
+                None => runs.push(r),
+            }
+        }
         runs.sort_by(|a, b| {
             b.queued_ms
                 .cmp(&a.queued_ms)
@@ -384,14 +400,34 @@ impl Project {
         }
         let snap = self.store().snapshot()?;
         let dir = paths::run_dir(&p);
-        let candidates: Vec<String> = snap
+        let mut candidates: Vec<String> = snap
             .list(&dir)?
             .into_iter()
             .filter(|e| e.name.ends_with(".json") && e.name.starts_with(&p))
             .map(|e| e.name)
             .collect();
+        // Runs still queued or executing.
+        let queue = self.run_queue();
+        let queued: Vec<RunRecord> = queue
+            .pending()?
+            .into_iter()
+            .chain(queue.claimed()?.into_iter().map(|(r, _)| r))
+            .filter(|r| r.id.to_hex().starts_with(&p))
+            .collect();
+        for r in &queued {
+            let name = format!("{}.json", r.id.to_hex());
+            if !candidates.contains(&name) {
+                candidates.push(name);
+            }
+        }
         let name =
             crate::id::resolve_prefix("run", &p, &candidates, |n| n[..8].to_owned(), |_, _| true)?;
+        if let Some(r) = queued
+            .into_iter()
+            .find(|r| format!("{}.json", r.id.to_hex()) == *name)
+        {
+            return Ok(r);
+        }
         snap.read_json(&format!("{dir}/{name}"))?
             .ok_or_else(|| Error::not_found("run", prefix))
     }
@@ -433,39 +469,56 @@ impl Project {
                 return Ok(RunOutcome::UpToDate(ok));
             }
         }
-        // Only the newest attempt on these inputs can be pending or running: a new attempt
-        // starts only once the one before it has ended (or was found dead and settled).
+        // Ended attempts are in the history; the newest attempt may still be queued or
+        // executing (a new attempt starts only once the one before it has ended, or was
+        // found dead and settled).
         let last = last_attempt(&snap, node_id, &inputs)?;
-        let same: Vec<&RunRecord> = last.iter().collect();
-        if !options.force {
-            if let Some(ok) = same.iter().find(|r| r.status == RunStatus::Success) {
-                return Ok(RunOutcome::UpToDate((*ok).clone()));
-            }
-        }
+        let next_free = last.as_ref().map_or(0, |r| r.attempt + 1);
+        let mut queued = self.queued_attempt(node_id, &inputs, next_free)?;
         self.check_variables(&node)?;
         let labels = options
             .labels
             .clone()
             .unwrap_or_else(|| self.config().labels());
         let runnable = node.labels.iter().all(|l| labels.contains(l));
-        // Settle runs whose worker died before going on; one still running on these inputs
-        // (another worker, another `dkt`) is not started twice.
-        self.settle_interrupted(&same)?;
-        if let Some(busy) = same.iter().find(|r| {
-            r.status == RunStatus::Running && self.effective_status(r) == RunStatus::Running
-        }) {
-            return Ok(RunOutcome::Busy((*busy).clone()));
-        }
-        if !runnable {
-            if let Some(p) = same.iter().find(|r| r.status == RunStatus::Pending) {
-                return Ok(RunOutcome::Pending((*p).clone()));
+        // Settle a claim whose worker died before going on; one still running on these
+        // inputs (another worker, another `dkt`) is not started twice.
+        let mut after = next_free;
+        if let Some(q) = queued.clone() {
+            if q.status == RunStatus::Running {
+                match self.effective_status(&q) {
+                    RunStatus::Running => return Ok(RunOutcome::Busy(q)),
+                    _ => {
+                        self.settle_interrupted(&[&q])?;
+                        after = q.attempt + 1;
+                        queued = None;
+                    }
+                }
             }
         }
-        let attempt = same.iter().map(|r| r.attempt + 1).max().unwrap_or(0);
-        let reuse_pending = same
-            .iter()
-            .find(|r| r.status == RunStatus::Pending)
-            .map(|r| (*r).clone());
+        if !runnable {
+            if let Some(p) = queued.iter().find(|r| r.status == RunStatus::Pending) {
+                return Ok(RunOutcome::Pending(p.clone()));
+            }
+        }
+        let attempt = match &queued {
+            Some(q) => q.attempt + 1,
+            None => {
+                let mut a = after;
+                while self
+                    .run_queue()
+                    .get(&RunId::compute(node_id, &inputs, a))?
+                    .is_some()
+                    || snap
+                        .blob_id(&paths::run(&RunId::compute(node_id, &inputs, a)))?
+                        .is_some()
+                {
+                    a += 1;
+                }
+                a
+            }
+        };
+        let reuse_pending = queued.filter(|r| r.status == RunStatus::Pending);
         let mut record = reuse_pending.unwrap_or_else(|| RunRecord {
             id: RunId::compute(node_id, &inputs, attempt),
             node: *node_id,
@@ -485,23 +538,9 @@ impl Project {
         });
         record.input_digests = input_digests(&snap, &record.inputs)?;
         if !runnable || options.queue {
-            if record.status != RunStatus::Pending || !same.iter().any(|r| r.id == record.id) {
-                record.status = RunStatus::Pending;
-                let why = if runnable {
-                    "queued for a worker".to_owned()
-                } else {
-                    format!("labels {}", node.labels.join(","))
-                };
-                self.put_run(
-                    &record,
-                    None,
-                    &format!(
-                        "run {} of node {}: pending ({why})",
-                        record.id.short(),
-                        node_id.short()
-                    ),
-                )?;
-            }
+            // Pending runs live in the queue (not in the history) until they end.
+            record.status = RunStatus::Pending;
+            self.run_queue().enqueue(&record)?;
             return Ok(RunOutcome::Pending(record));
         }
         if !self.claim(&mut record)? {
@@ -525,30 +564,20 @@ impl Project {
     /// Claim `record` for this process: atomically, it becomes `running` with this worker
     /// and a lease, unless someone else claimed or finished it first (then `false`).
     pub fn claim(&self, record: &mut RunRecord) -> Result<bool> {
+        // An attempt already in the history has ended: it is never claimed again.
+        if self
+            .store()
+            .snapshot()?
+            .read_json::<RunRecord>(&paths::run(&record.id))?
+            .is_some_and(|r| r.status != RunStatus::Pending && r.status != RunStatus::Running)
+        {
+            return Ok(false);
+        }
         record.status = RunStatus::Running;
         record.worker = Some(worker_id());
         record.started_ms = Some(now_ms());
         record.lease_until_ms = Some(now_ms() + self.config().lease().as_millis() as u64);
-        std::fs::create_dir_all(self.lease_dir()).at(self.lease_dir())?;
-        std::fs::write(self.lease_path(&record.id), worker_id()).at(self.lease_path(&record.id))?;
-        let message = format!(
-            "run {} of node {}: started",
-            record.id.short(),
-            record.node.short()
-        );
-        let (claimed, _) = self.store().transact(&message, |tx| {
-            if let Some(existing) = tx.read_json::<RunRecord>(&paths::run(&record.id))? {
-                if existing.status != RunStatus::Pending {
-                    return Ok(false);
-                }
-            }
-            write_run(tx, record, None)?;
-            Ok(true)
-        })?;
-        if !claimed {
-            let _ = std::fs::remove_file(self.lease_path(&record.id));
-        }
-        Ok(claimed)
+        self.run_queue().claim(record)
     }
 
     /// Execute a run this process claimed and record how it ended (with its outputs and
@@ -560,24 +589,20 @@ impl Project {
         timeout: Option<Duration>,
     ) -> Result<RunRecord> {
         let node_id = &record.node.clone();
-        let lease = self.lease_path(&record.id);
         let every = self.config().lease() / 6;
         let renew = tokio::spawn({
-            let lease = lease.clone();
+            let queue = self.run_queue().clone();
+            let run = record.id;
             async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    let _ = std::fs::File::options()
-                        .write(true)
-                        .open(&lease)
-                        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                    let _ = queue.renew(&run);
                 }
             }
         });
         let node = node.clone();
         let result = self.execute(&node, &record, timeout).await;
         renew.abort();
-        let _ = std::fs::remove_file(&lease);
         let (log, outcome) = match result {
             Ok(x) => x,
             Err(e) => (String::new(), Exec::Error(crate::project::error_chain(&e))),
@@ -705,20 +730,23 @@ impl Project {
     /// (so nobody declares it dead from here on), then read the stored record, which must
     /// still be `running` with this worker. `Err` says who took it over.
     fn confirm_claim(&self, record: &RunRecord) -> std::result::Result<(), String> {
-        let lease = self.lease_path(&record.id);
-        let _ = std::fs::File::options()
-            .write(true)
-            .open(&lease)
-            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-        let stored = self
-            .store()
-            .snapshot()
-            .and_then(|snap| snap.read_json::<RunRecord>(&paths::run(&record.id)));
-        match stored {
-            Ok(Some(now)) => still_ours(&now, record),
-            Ok(None) => Err(format!("run {} is no longer recorded", record.id.short())),
+        // The claim moves from running to publishing only if this process still holds it:
+        // once it has, nobody can take it over (a publishing run is waited for).
+        let held = self
+            .run_queue()
+            .get(&record.id)
+            .ok()
+            .flatten()
+            .is_some_and(|q| still_ours(&q, record).is_ok());
+        match self.run_queue().begin_publish(&record.id) {
+            Ok(true) if held => Ok(()),
+            Ok(_) => Err(format!(
+                "run {} (attempt {}) was taken over while this process held it: its claim is gone",
+                record.id.short(),
+                record.attempt
+            )),
             Err(e) => Err(format!(
-                "cannot read run {}: {}",
+                "cannot check the claim of run {}: {}",
                 record.id.short(),
                 crate::project::error_chain(&e)
             )),
@@ -735,16 +763,41 @@ impl Project {
         message: &str,
         mut extra: impl FnMut(&mut Tx) -> Result<()>,
     ) -> Result<()> {
+        // The claim must still be this process's (running or publishing, same worker and
+        // attempt), and the history must not hold an ended record of this attempt.
+        let claim = self.run_queue().get(&record.id)?;
+        let held = match &claim {
+            Some(q) => still_ours(q, record),
+            None => Err(format!(
+                "run {} (attempt {}) was taken over while this process held it: its claim is gone",
+                record.id.short(),
+                record.attempt
+            )),
+        };
         let (fenced, _) = self.store().transact(message, |tx| {
+            if let Err(why) = &held {
+                return Ok(Some(why.clone()));
+            }
             if let Some(now) = tx.read_json::<RunRecord>(&paths::run(&record.id))? {
-                if let Err(why) = still_ours(&now, record) {
-                    return Ok(Some(why));
+                if matches!(
+                    now.status,
+                    RunStatus::Success | RunStatus::Failure | RunStatus::Interrupted
+                ) {
+                    return Ok(Some(format!(
+                        "run {} (attempt {}) is already recorded {}",
+                        record.id.short(),
+                        record.attempt,
+                        now.status
+                    )));
                 }
             }
             write_run(tx, record, Some(log))?;
             extra(tx)?;
             Ok(None)
         })?;
+        if fenced.is_none() {
+            self.run_queue().finish(&record.id)?;
+        }
         match fenced {
             None => Ok(()),
             Some(why) => Err(superseded(
@@ -755,25 +808,39 @@ impl Project {
         }
     }
 
-    fn settle_interrupted(&self, runs: &[&RunRecord]) -> Result<()> {
+    /// Record `interrupted` the claimed runs among `runs` whose worker is gone: the
+    /// claim is taken over first (one process wins it), then the ended attempt is recorded
+    /// and forgotten by the queue.
+    pub(crate) fn settle_interrupted(&self, runs: &[&RunRecord]) -> Result<Vec<RunRecord>> {
+        let mut settled = Vec::new();
         for r in runs {
-            if r.status == RunStatus::Running && self.effective_status(r) == RunStatus::Interrupted
+            if r.status != RunStatus::Running || self.effective_status(r) != RunStatus::Interrupted
             {
-                let mut rec = (*r).clone();
-                rec.status = RunStatus::Interrupted;
-                rec.lease_until_ms = None;
-                self.put_run(
-                    &rec,
-                    None,
-                    &format!(
-                        "run {} of node {}: interrupted",
-                        rec.id.short(),
-                        rec.node.short()
-                    ),
-                )?;
+                continue;
             }
+            let Some(mut rec) = self.run_queue().take_over(&r.id)? else {
+                continue; // another process settled it, or it ended meanwhile
+            };
+            rec.status = RunStatus::Interrupted;
+            rec.lease_until_ms = None;
+            rec.ended_ms = Some(now_ms());
+            rec.error = Some(format!(
+                "its worker {} died or stopped renewing its lease",
+                rec.worker.as_deref().unwrap_or("-")
+            ));
+            self.put_run(
+                &rec,
+                None,
+                &format!(
+                    "run {} of node {}: interrupted",
+                    rec.id.short(),
+                    rec.node.short()
+                ),
+            )?;
+            self.run_queue().finish(&rec.id)?;
+            settled.push(rec);
         }
-        Ok(())
+        Ok(settled)
     }
 
     fn put_run(&self, record: &RunRecord, log: Option<&str>, message: &str) -> Result<()> {
@@ -1201,8 +1268,9 @@ fn input_digests(snap: &Snapshot, inputs: &[SourceVersion]) -> Result<Vec<String
         .collect()
 }
 
-/// Write a run record (sealing it first) and its indexes (by node; the queue of pending
-/// runs; the claimed runs; the consumers of versions), and its log if given.
+/// Write an ended run record (sealing it first) and its indexes (by node; the consumers
+/// of versions), and its log if given. Runs pending or executing live in the run queue,
+/// not in the history.
 pub(crate) fn write_run(
     tx: &mut crate::store::Tx,
     record: &RunRecord,
@@ -1212,21 +1280,6 @@ pub(crate) fn write_run(
     record.seal();
     let id = tx.put_json(&paths::run(&record.id), &record)?;
     tx.put_id(&paths::node_run(&record.node, &record.id), id);
-    let (queued, claimed) = (paths::queued(&record.id), paths::claimed(&record.id));
-    match record.status {
-        RunStatus::Pending => {
-            tx.put_id(&queued, id);
-            tx.remove(&claimed);
-        }
-        RunStatus::Running => {
-            tx.remove(&queued);
-            tx.put_id(&claimed, id);
-        }
-        _ => {
-            tx.remove(&queued);
-            tx.remove(&claimed);
-        }
-    }
     if record.status == RunStatus::Success {
         for sv in &record.inputs {
             tx.put_id(&paths::consumer(sv, &record.id), id);

@@ -37,6 +37,7 @@ mod pack;
 pub mod pipeline;
 mod process;
 pub mod project;
+pub mod queue;
 pub mod records;
 pub mod scheduler;
 pub mod source;

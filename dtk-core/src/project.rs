@@ -129,6 +129,7 @@ pub struct Project {
     progress: Arc<dyn crate::Progress>,
     events: crate::events::Events,
     cancel: tokio_util::sync::CancellationToken,
+    queue: Arc<dyn crate::queue::RunQueue>,
 }
 
 /// Paths of records in the store, as `docs/format.md` describes them (store format 3).
@@ -250,14 +251,6 @@ pub mod paths {
             v.algo(),
             v.hex()
         )
-    }
-    /// `queue/<run-id>.json` (pending runs, for workers)
-    pub fn queued(run: &RunId) -> String {
-        format!("queue/{}.json", run.to_hex())
-    }
-    /// `claimed/<run-id>.json` (running runs, with a lease)
-    pub fn claimed(run: &RunId) -> String {
-        format!("claimed/{}.json", run.to_hex())
     }
     /// `links/<h1>/<h2>/<link-id>.json`
     pub fn link(id: &str) -> String {
@@ -435,6 +428,7 @@ impl Project {
             );
         }
         secrets.also_redact(secret_vars.iter().map(|k| config.vars[*k].clone()));
+        let queue_dir = dkt.join("queue");
         let project = Project {
             root,
             dkt,
@@ -446,6 +440,7 @@ impl Project {
             progress: Arc::new(crate::NoProgress),
             events: crate::events::Events::default(),
             cancel: tokio_util::sync::CancellationToken::new(),
+            queue: Arc::new(crate::queue::LocalQueue::new(queue_dir)),
         };
         project.check_kinds()?;
         // Sources an upgraded store marked as made by dtk stay so only where their
@@ -528,6 +523,11 @@ impl Project {
     /// The secrets.
     pub fn secrets(&self) -> &Secrets {
         &self.secrets
+    }
+
+    /// The run queue: pending, running and publishing runs (see [`crate::queue`]).
+    pub fn run_queue(&self) -> &Arc<dyn crate::queue::RunQueue> {
+        &self.queue
     }
 
     /// Subscribe to the project's feed of events (runs, log lines, versions): see
@@ -1630,7 +1630,7 @@ fn v3_path(path: &str) -> Option<Option<String>> {
     };
     let ok_hex = |h: &str| h.len() >= 4 && h.bytes().all(|b| b.is_ascii_hexdigit());
     match parts.as_slice() {
-        ["done", ..] => Some(None),
+        ["done", ..] | ["queue", ..] | ["claimed", ..] => Some(None),
         ["versions", _, "seq"] => Some(None),
         ["versions", name, _, file] if ok_hex(&file_hex(file)) => Some(Some(format!(
             "versions/{}/{name}/{}/{file}",
@@ -1673,6 +1673,7 @@ fn v3_path(path: &str) -> Option<Option<String>> {
 
 /// Format 2 to 3 (see [`upgrade_store`]), in one commit.
 fn upgrade_v2(store: &Store) -> Result<Vec<(Name, String)>> {
+    let mut pending: Vec<crate::RunRecord> = Vec::new();
     let (owned, _) = store.transact("upgrade: store format 3 (fanned out, state apart)", |tx| {
         if tx.read("format")?.as_deref() != Some(V2) {
             return Ok(Vec::new()); // another process upgraded it meanwhile
@@ -1712,9 +1713,31 @@ fn upgrade_v2(store: &Store) -> Result<Vec<(Name, String)>> {
                 }
             }
         }
+        // The run queue leaves the history: pending runs go to the local queue (after the
+        // commit), runs that were executing are recorded interrupted.
+        pending.clear();
+        for run in tx.base().read_dir_json::<crate::RunRecord>("queue")? {
+            tx.remove(&paths::run(&run.id));
+            tx.remove(&paths::node_run(&run.node, &run.id));
+            pending.push(run);
+        }
+        for mut run in tx.base().read_dir_json::<crate::RunRecord>("claimed")? {
+            run.status = crate::RunStatus::Interrupted;
+            run.lease_until_ms = None;
+            run.error = Some("its claim ended with the upgrade to store format 3".to_owned());
+            run.seal();
+            let id = tx.put_json(&paths::run(&run.id), &run)?;
+            tx.put_id(&paths::node_run(&run.node, &run.id), id);
+        }
         tx.put("format", crate::store::FORMAT.as_bytes())?;
         Ok(owned)
     })?;
+    if let Some(dkt) = store.git_dir().parent() {
+        let queue = crate::queue::LocalQueue::new(dkt.join("queue"));
+        for run in &pending {
+            crate::queue::RunQueue::enqueue(&queue, run)?;
+        }
+    }
     Ok(owned)
 }
 

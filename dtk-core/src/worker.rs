@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::engine::{parse_duration, worker_id, write_run};
+use crate::engine::{parse_duration, worker_id};
 use crate::error::IoResultExt;
 use crate::model::now_ms;
 use crate::project::paths;
@@ -115,47 +115,30 @@ impl Project {
     /// Send the runs of dead workers back to `pending` (recording the dead attempt
     /// `interrupted`). Returns the new pending runs.
     pub fn requeue_dead(&self) -> Result<Vec<RunId>> {
-        let snap = self.store().snapshot()?;
-        let claimed: Vec<RunRecord> = snap.read_dir_json("claimed")?;
+        let claimed: Vec<RunRecord> = self
+            .run_queue()
+            .claimed()?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        let refs: Vec<&RunRecord> = claimed.iter().collect();
         let mut out = Vec::new();
-        for run in claimed {
-            if self.effective_status(&run) != RunStatus::Interrupted {
-                continue;
+        for dead in self.settle_interrupted(&refs)? {
+            let attempt = dead.attempt + 1;
+            let mut next = dead.clone();
+            next.id = RunId::compute(&dead.node, &dead.inputs, attempt);
+            next.attempt = attempt;
+            next.status = RunStatus::Pending;
+            next.worker = None;
+            next.started_ms = None;
+            next.ended_ms = None;
+            next.exit_code = None;
+            next.error = None;
+            next.digest = None;
+            next.queued_ms = now_ms();
+            if self.run_queue().enqueue(&next)? {
+                out.push(next.id);
             }
-            let message = format!(
-                "run {} of node {}: interrupted, requeued",
-                run.id.short(),
-                run.node.short()
-            );
-            let (requeued, _) = self.store().transact(&message, |tx| {
-                let Some(mut cur) = tx.read_json::<RunRecord>(&paths::run(&run.id))? else {
-                    return Ok(None);
-                };
-                if cur.status != RunStatus::Running || cur.worker != run.worker {
-                    return Ok(None);
-                }
-                cur.status = RunStatus::Interrupted;
-                cur.ended_ms = Some(now_ms());
-                cur.lease_until_ms = None;
-                write_run(tx, &cur, None)?;
-                let attempt = cur.attempt + 1;
-                let mut next = cur.clone();
-                next.id = RunId::compute(&cur.node, &cur.inputs, attempt);
-                next.attempt = attempt;
-                next.status = RunStatus::Pending;
-                next.worker = None;
-                next.started_ms = None;
-                next.ended_ms = None;
-                next.exit_code = None;
-                next.error = None;
-                next.queued_ms = now_ms();
-                if tx.exists(&paths::run(&next.id))? {
-                    return Ok(None);
-                }
-                write_run(tx, &next, None)?;
-                Ok(Some(next.id))
-            })?;
-            out.extend(requeued);
         }
         Ok(out)
     }
@@ -214,8 +197,7 @@ impl Project {
                 }
                 report.requeued.extend(self.requeue_dead()?);
                 let snap = self.store().snapshot()?;
-                let mut queued: Vec<RunRecord> = snap.read_dir_json("queue")?;
-                queued.sort_by_key(|r| (r.queued_ms, r.id));
+                let queued: Vec<RunRecord> = self.run_queue().pending()?;
                 let mut took = false;
                 let mut unmatched: Vec<String> = Vec::new();
                 let pending = queued.len();

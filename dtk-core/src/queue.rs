@@ -1,0 +1,344 @@
+//! The run queue: runs waiting for a worker (`pending`), runs being executed (`running`,
+//! with a lease) and runs publishing their outputs. It is not part of the shared history:
+//! the history records a run once, when it has ended (`success`, `failure`,
+//! `interrupted`), so two clones never conflict over claims, and a run costs one commit.
+//!
+//! [`RunQueue`] is the contract; [`LocalQueue`] keeps it in `.dkt/queue/` for the
+//! processes of one machine:
+//!
+//! - `pending/<run-id>.json`: a pending run (its [`RunRecord`]);
+//! - `running/<run-id>.json`: a claimed run; the file's modification time is the lease,
+//!   renewed while the run executes;
+//! - `publishing/<run-id>.json`: a run whose outputs are being published.
+//!
+//! Every transition is one `rename(2)` (or an exclusive create), so exactly one process
+//! wins it: a run is never claimed twice, a dead worker's run is settled by one process,
+//! and a run whose claim was taken over (its process stopped past its lease) cannot start
+//! publishing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::error::IoResultExt;
+use crate::{Error, Result, RunId, RunRecord};
+
+/// A queue of runs (see the [module docs](self)).
+pub trait RunQueue: std::fmt::Debug + Send + Sync {
+    /// Add a pending run; `false` if the run is queued or running already.
+    fn enqueue(&self, run: &RunRecord) -> Result<bool>;
+
+    /// The pending runs, oldest first.
+    fn pending(&self) -> Result<Vec<RunRecord>>;
+
+    /// Claim `run` for execution with its lease starting now: a pending run moves to
+    /// running; a run not queued (executed at once) is created running. `false` when
+    /// another process has it.
+    fn claim(&self, run: &RunRecord) -> Result<bool>;
+
+    /// Renew the lease of a claimed run; `false` when the claim is gone.
+    fn renew(&self, run: &RunId) -> Result<bool>;
+
+    /// Fence before publishing: the claim becomes "publishing" if (and only if) it is
+    /// still held; `false` when it was taken over.
+    fn begin_publish(&self, run: &RunId) -> Result<bool>;
+
+    /// The run has ended and its result is recorded: forget it.
+    fn finish(&self, run: &RunId) -> Result<()>;
+
+    /// The runs claimed (running or publishing), each with the age of its lease.
+    fn claimed(&self) -> Result<Vec<(RunRecord, Duration)>>;
+
+    /// Take the claim of `run` away from its (dead) holder, exclusively: `Some` for the one
+    /// caller that gets it, who then records it `interrupted` and calls
+    /// [`finish`](Self::finish).
+    fn take_over(&self, run: &RunId) -> Result<Option<RunRecord>>;
+
+    /// The queued or claimed record of `run`, if any.
+    fn get(&self, run: &RunId) -> Result<Option<RunRecord>>;
+
+    /// How long ago the lease of claimed `run` was renewed; `None` when it is not claimed.
+    fn lease_age(&self, run: &RunId) -> Result<Option<Duration>>;
+}
+
+/// The queue of one machine, in `.dkt/queue/` (see the [module docs](self)).
+#[derive(Debug, Clone)]
+pub struct LocalQueue {
+    dir: PathBuf,
+}
+
+const PENDING: &str = "pending";
+const RUNNING: &str = "running";
+const PUBLISHING: &str = "publishing";
+const SETTLING: &str = "settling";
+
+impl LocalQueue {
+    /// The queue kept in `dir` (created when first written).
+    pub fn new(dir: impl Into<PathBuf>) -> LocalQueue {
+        LocalQueue { dir: dir.into() }
+    }
+
+    fn path(&self, state: &str, run: &RunId) -> PathBuf {
+        self.dir.join(state).join(format!("{}.json", run.to_hex()))
+    }
+
+    fn ensure(&self, state: &str) -> Result<PathBuf> {
+        let d = self.dir.join(state);
+        std::fs::create_dir_all(&d).at(&d)?;
+        Ok(d)
+    }
+
+    /// Write `run` to `to` through a temporary file, so no reader sees half a record.
+    fn write(&self, to: &Path, run: &RunRecord) -> Result<()> {
+        let dir = to.parent().unwrap_or(&self.dir);
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(dir)
+            .at(dir)?;
+        serde_json::to_writer(&mut tmp, run)
+            .map_err(|e| Error::store(format!("cannot write {}", to.display()), e))?;
+        tmp.as_file().sync_all().at(to)?;
+        tmp.persist(to).map_err(|e| Error::io(to, e.error))?;
+        Ok(())
+    }
+
+    fn read(path: &Path) -> Result<Option<RunRecord>> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::store(format!("queue entry {} is corrupt", path.display()), e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    fn list(&self, state: &str) -> Result<Vec<(PathBuf, RunRecord, SystemTime)>> {
+        let d = self.dir.join(state);
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&d, e)),
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let e = e.at(&d)?;
+            let path = e.path();
+            if !e.file_name().to_string_lossy().ends_with(".json") {
+                continue;
+            }
+            let modified = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            // A file renamed away meanwhile is simply not there any more.
+            if let Some(r) = Self::read(&path)? {
+                out.push((path, r, modified));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rename `from` to `to`; `Ok(false)` when `from` is gone (another process won).
+    fn take(from: &Path, to: &Path) -> Result<bool> {
+        match std::fs::rename(from, to) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(from, e)),
+        }
+    }
+
+    fn touch(path: &Path) -> Result<bool> {
+        match std::fs::File::options().write(true).open(path) {
+            Ok(f) => {
+                f.set_modified(SystemTime::now()).at(path)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+}
+
+impl RunQueue for LocalQueue {
+    fn enqueue(&self, run: &RunRecord) -> Result<bool> {
+        self.ensure(PENDING)?;
+        if self.get(&run.id)?.is_some() {
+            return Ok(false);
+        }
+        self.write(&self.path(PENDING, &run.id), run)?;
+        Ok(true)
+    }
+
+    fn pending(&self) -> Result<Vec<RunRecord>> {
+        let mut runs: Vec<RunRecord> = self.list(PENDING)?.into_iter().map(|(_, r, _)| r).collect();
+        runs.sort_by_key(|r| (r.queued_ms, r.id));
+        Ok(runs)
+    }
+
+    fn claim(&self, run: &RunRecord) -> Result<bool> {
+        self.ensure(RUNNING)?;
+        let running = self.path(RUNNING, &run.id);
+        let pending = self.path(PENDING, &run.id);
+        if pending.exists() {
+            // Whoever renames it owns it; then the record is brought up to date.
+            if !Self::take(&pending, &running)? {
+                return Ok(false);
+            }
+            self.write(&running, run)?;
+            return Ok(true);
+        }
+        // Executed at once: the record is written aside, then hard-linked into place,
+        // which fails if the name exists: an exclusive create of a complete file.
+        if self.path(PUBLISHING, &run.id).exists() || self.path(SETTLING, &run.id).exists() {
+            return Ok(false);
+        }
+        let aside =
+            self.dir
+                .join(RUNNING)
+                .join(format!(".new-{}-{}", run.id.to_hex(), std::process::id()));
+        self.write(&aside, run)?;
+        let linked = std::fs::hard_link(&aside, &running);
+        let _ = std::fs::remove_file(&aside);
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io(&running, e)),
+        }
+    }
+
+    fn renew(&self, run: &RunId) -> Result<bool> {
+        if Self::touch(&self.path(RUNNING, run))? {
+            return Ok(true);
+        }
+        Self::touch(&self.path(PUBLISHING, run))
+    }
+
+    fn begin_publish(&self, run: &RunId) -> Result<bool> {
+        self.ensure(PUBLISHING)?;
+        let publishing = self.path(PUBLISHING, run);
+        if !Self::take(&self.path(RUNNING, run), &publishing)? {
+            return Ok(false);
+        }
+        Self::touch(&publishing)?;
+        Ok(true)
+    }
+
+    fn finish(&self, run: &RunId) -> Result<()> {
+        for state in [PENDING, RUNNING, PUBLISHING, SETTLING] {
+            let p = self.path(state, run);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&p, e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn claimed(&self) -> Result<Vec<(RunRecord, Duration)>> {
+        let now = SystemTime::now();
+        let mut out = Vec::new();
+        for state in [RUNNING, PUBLISHING] {
+            for (_, r, modified) in self.list(state)? {
+                out.push((r, now.duration_since(modified).unwrap_or_default()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn take_over(&self, run: &RunId) -> Result<Option<RunRecord>> {
+        self.ensure(SETTLING)?;
+        let settling = self.path(SETTLING, run);
+        for state in [RUNNING, PUBLISHING] {
+            let from = self.path(state, run);
+            let Some(record) = Self::read(&from)? else {
+                continue;
+            };
+            if Self::take(&from, &settling)? {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+
+    fn lease_age(&self, run: &RunId) -> Result<Option<Duration>> {
+        for state in [RUNNING, PUBLISHING] {
+            match std::fs::metadata(self.path(state, run)).and_then(|m| m.modified()) {
+                Ok(t) => {
+                    return Ok(Some(
+                        SystemTime::now().duration_since(t).unwrap_or_default(),
+                    ))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(self.path(state, run), e)),
+            }
+        }
+        Ok(None)
+    }
+
+    fn get(&self, run: &RunId) -> Result<Option<RunRecord>> {
+        for state in [RUNNING, PUBLISHING, PENDING] {
+            if let Some(r) = Self::read(&self.path(state, run))? {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NodeId, RunStatus};
+
+    fn run(n: u8) -> RunRecord {
+        let node = NodeId([n; 32]);
+        RunRecord {
+            id: RunId::compute(&node, &[], 0),
+            node,
+            attempt: 0,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            status: RunStatus::Pending,
+            exit_code: None,
+            error: None,
+            worker: None,
+            queued_ms: u64::from(n),
+            started_ms: None,
+            ended_ms: None,
+            lease_until_ms: None,
+            input_digests: Vec::new(),
+            digest: None,
+        }
+    }
+
+    #[test]
+    fn one_claim_wins_and_a_taken_claim_cannot_publish() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = LocalQueue::new(dir.path());
+        let (a, b) = (run(1), run(2));
+        assert!(q.enqueue(&b).unwrap());
+        assert!(q.enqueue(&a).unwrap());
+        assert!(!q.enqueue(&a).unwrap(), "queued once");
+        let pending: Vec<RunId> = q.pending().unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(pending, [a.id, b.id], "oldest first");
+        assert!(q.claim(&a).unwrap());
+        assert!(!q.claim(&a).unwrap(), "claimed once");
+        assert!(q.renew(&a.id).unwrap());
+        // Its holder is taken for dead: one process takes it over...
+        assert!(q.take_over(&a.id).unwrap().is_some());
+        assert!(q.take_over(&a.id).unwrap().is_none());
+        // ...and the holder, resuming, can neither renew nor publish.
+        assert!(!q.renew(&a.id).unwrap());
+        assert!(!q.begin_publish(&a.id).unwrap());
+        q.finish(&a.id).unwrap();
+        assert!(q.get(&a.id).unwrap().is_none());
+        // A run executed at once is claimed by creating it.
+        let c = run(3);
+        assert!(q.claim(&c).unwrap());
+        assert!(!q.claim(&c).unwrap());
+        assert!(q.begin_publish(&c.id).unwrap());
+        assert_eq!(q.claimed().unwrap().len(), 1);
+        q.finish(&c.id).unwrap();
+        assert!(q.claimed().unwrap().is_empty());
+    }
+}
