@@ -346,20 +346,26 @@ impl Project {
                 "expected a node name or at least 4 hex digits of a node ID",
             ));
         }
-        // Retired nodes too: their history stays readable.
-        let nodes: Vec<(NodeId, NodeSpec)> = self
-            .all_nodes()?
+        // The prefix names the fanned-out directory holding its node (retired nodes too:
+        // their history stays readable), so only that directory is read.
+        let dir = format!("nodes/{}/{}", &p[..1], &p[1..2]);
+        let candidates: Vec<String> = snap
+            .list(&dir)?
             .into_iter()
-            .map(|(id, spec, _)| (id, spec))
+            .filter(|e| !e.is_dir && e.name.starts_with(&p) && e.name.ends_with(".json"))
+            .map(|e| e.name)
             .collect();
-        let found = crate::id::resolve_prefix(
+        let name = crate::id::resolve_prefix(
             "node",
             &p,
-            &nodes,
-            |(id, _)| id.short(),
-            |(id, _), p| id.to_hex().starts_with(p),
+            &candidates,
+            |n| n[..8].to_owned(),
+            |_, _| true,
         )?;
-        Ok(found.clone())
+        let spec: NodeSpec = snap
+            .read_json(&format!("{dir}/{name}"))?
+            .ok_or_else(|| Error::not_found("node", prefix))?;
+        Ok((spec.id(), spec))
     }
 
     /// Every run of `node`, newest first.

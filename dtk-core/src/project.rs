@@ -132,6 +132,9 @@ pub struct Project {
     queue: Arc<dyn crate::queue::RunQueue>,
 }
 
+/// How many sources a poll reads at once (a slow remote delays only its own slot).
+const POLL_CONCURRENCY: usize = 32;
+
 /// Paths of records in the store, as `docs/format.md` describes them (store format 3).
 ///
 /// Every directory that grows with the project is fanned out by one hex digit per level
@@ -934,7 +937,18 @@ impl Project {
             };
             (spec, Some(r))
         });
-        let results = futures::future::join_all(polls).await;
+        // At most a few polls at once: each may take a blocking thread, and thousands of
+        // them at once cost more in threads than they save.
+        // (Unordered, so that one slow remote holds only its own slot; then put back in
+        // order.)
+        let mut results: Vec<(usize, _)> =
+            futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+                futures::stream::iter(polls.enumerate().map(|(i, f)| async move { (i, f.await) })),
+                POLL_CONCURRENCY,
+            ))
+            .await;
+        results.sort_by_key(|(i, _)| *i);
+        let results = results.into_iter().map(|(_, r)| r);
         let mut outcomes = Vec::new();
         let mut found: Vec<(Name, VersionInfo)> = Vec::new();
         for (spec, r) in results {
@@ -955,13 +969,13 @@ impl Project {
             }
             outcomes.push(o);
         }
+        let previous: BTreeMap<&Name, Option<&Version>> = outcomes
+            .iter()
+            .map(|o| (&o.source, o.previous.as_ref()))
+            .collect();
         let changed: Vec<&(Name, VersionInfo)> = found
             .iter()
-            .filter(|(n, info)| {
-                outcomes
-                    .iter()
-                    .any(|o| &o.source == n && o.previous.as_ref() != Some(&info.version))
-            })
+            .filter(|(n, info)| previous.get(n).is_some_and(|p| *p != Some(&info.version)))
             .collect();
         if record && !changed.is_empty() {
             let message = format!(

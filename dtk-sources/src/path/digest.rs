@@ -28,6 +28,10 @@ use dtk_core::{Algo, Error, Result, Version};
 use md5::{Digest as _, Md5};
 use rayon::prelude::*;
 
+/// Below this many entries (files to hash, children of a directory) work is done on the
+/// calling thread: handing it to rayon's pool costs more than it saves.
+const PARALLEL_MIN: usize = 16;
+
 use super::cache::{self, Stat};
 
 /// The first line of the encoding of a directory tree; the number is the encoding's
@@ -120,8 +124,10 @@ pub fn digest(root: &Path, cache: Option<&Path>) -> Result<TreeDigest> {
         };
         (vec![file], load())
     } else {
-        let (walked, loaded) = rayon::join(|| walk_dir(root, &[]), load);
-        (walked?, loaded)
+        // (In turn: handing work to rayon's threads from a blocking thread costs more than
+        // reading one cache file.)
+        let walked = walk_dir(root, &[])?;
+        (walked, load())
     };
     debug_assert!(entries.windows(2).all(|w| w[0].path < w[1].path));
 
@@ -150,13 +156,15 @@ pub fn digest(root: &Path, cache: Option<&Path>) -> Result<TreeDigest> {
             Node::Other(_) => counts.others += 1,
         }
     }
-    let hashed: Vec<(usize, [u8; 16], u64)> = todo
-        .par_iter()
-        .map(|&i| {
-            let (m, n) = hash_file(&absolute(root, &entries[i].path))?;
-            Ok((i, m, n))
-        })
-        .collect::<Result<_>>()?;
+    let hash = |&i: &usize| {
+        let (m, n) = hash_file(&absolute(root, &entries[i].path))?;
+        Ok((i, m, n))
+    };
+    let hashed: Vec<(usize, [u8; 16], u64)> = if todo.len() < PARALLEL_MIN {
+        todo.iter().map(hash).collect::<Result<_>>()?
+    } else {
+        todo.par_iter().map(hash).collect::<Result<_>>()?
+    };
     let hashed_bytes = hashed.iter().map(|h| h.2).sum();
     for (i, m, _) in &hashed {
         md5s[*i] = Some(*m);
@@ -304,11 +312,16 @@ fn walk_dir(dir: &Path, rel: &[u8]) -> Result<Vec<Entry>> {
         .map_err(|e| walk_error(dir, e))?
         .collect::<io::Result<Vec<_>>>()
         .map_err(|e| walk_error(dir, e))?;
-    let children = list
-        .into_par_iter()
-        .with_min_len(16)
-        .map(|de| visit(&de, rel))
-        .collect::<Result<Vec<Child>>>()?;
+    let children = if list.len() < PARALLEL_MIN {
+        list.iter()
+            .map(|de| visit(de, rel))
+            .collect::<Result<Vec<Child>>>()?
+    } else {
+        list.into_par_iter()
+            .with_min_len(PARALLEL_MIN)
+            .map(|de| visit(&de, rel))
+            .collect::<Result<Vec<Child>>>()?
+    };
     // Each child contributes its entry (key: its path) and, for a directory, the block
     // below it (key: its path and '/').
     let mut keys: Vec<(usize, bool)> = Vec::with_capacity(children.len() * 2);
