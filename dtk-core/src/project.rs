@@ -141,7 +141,7 @@ const POLL_CONCURRENCY: usize = 32;
 /// (16 entries a level), so that a commit rewrites a few small trees whatever the number
 /// of sources, nodes, versions or runs: records keyed by a hash (node, run, version IDs)
 /// by that hash's own first digits, records keyed by a name (sources) by the first digits
-/// of the BLAKE3 of the name ([`fan`]).
+/// of the BLAKE3 of the name ([`paths::fan`]).
 pub mod paths {
     use crate::{Name, NodeId, RunId, Version};
 

@@ -1,4 +1,4 @@
-//! Typed records over the store's layout ([`paths`](crate::project::paths)): a source is
+//! Typed records over the store's layout ([`crate::project::paths`]): a source is
 //! kept as its declaration (`sources/`) and its mutable state (`state/`), which readers
 //! see together as one [`SourceSpec`]; versions are content-addressed records, with the
 //! time they were first seen kept beside them (`seen/`).
