@@ -986,11 +986,23 @@ async fn daemon(
 
 /// A flag set by the first SIGINT/SIGTERM; a second one exits at once.
 fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    on_signals(
+        "dkt: stopping: finishing what is in progress (signal again to exit now)",
+        || {},
+    )
+}
+
+/// On the first SIGINT or SIGTERM: say `first` and call `on_first`; on a second, exit at
+/// once (130). The flag says whether a signal came.
+fn on_signals(
+    first: &'static str,
+    on_first: impl Fn() + Send + 'static,
+) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let flag = stop.clone();
+    let flag = hit.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -999,12 +1011,13 @@ fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicB
             }
             if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 eprintln!("dkt: second signal, exiting now");
-                std::process::exit(130);
+                std::process::exit(i32::from(exit::INTERRUPTED));
             }
-            eprintln!("dkt: stopping: finishing what is in progress (signal again to exit now)");
+            eprintln!("{first}");
+            on_first();
         }
     });
-    Ok(stop)
+    Ok(hit)
 }
 
 /// `dkt secret set|list|rm`.
@@ -1115,27 +1128,11 @@ impl Follower {
 /// they are recorded `interrupted`); a second signal exits at once. The flag says whether
 /// it happened.
 fn cancel_on_signals(p: &Project) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let hit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let flag = hit.clone();
     let cancel = p.cancel_token();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = sigint.recv() => {}
-                _ = sigterm.recv() => {}
-            }
-            if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                eprintln!("dkt: second signal, exiting now");
-                std::process::exit(i32::from(exit::INTERRUPTED));
-            }
-            eprintln!("dkt: interrupted: ending the running commands and recording their runs (signal again to exit now)");
-            cancel.cancel();
-        }
-    });
-    Ok(hit)
+    on_signals(
+        "dkt: interrupted: ending the running commands and recording their runs (signal again to exit now)",
+        move || cancel.cancel(),
+    )
 }
 
 /// `dkt node log --follow X`: X is a run, or a node (its newest run). Prints the output so

@@ -3,13 +3,6 @@
 mod common;
 use common::*;
 
-fn setup_io(e: &Env) {
-    e.write("in/a.txt", "hello\n");
-    std::fs::create_dir_all(e.path().join("out")).unwrap();
-    e.dkt(&["source", "add", "in", "in"]).ok();
-    e.dkt(&["source", "add", "out", "out"]).ok();
-}
-
 fn latest(e: &Env, name: &str) -> String {
     let list = e.dkt(&["--json", "source", "list"]).json();
     list.as_array()
@@ -447,6 +440,17 @@ fn a_killed_run_is_interrupted_and_publishes_nothing() {
         .map(|r| r["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["success", "interrupted"]);
+    // What the killed run left on disk (its scratch copy of the output) is gone.
+    let killed = log.as_array().unwrap()[1]["id"].as_str().unwrap()[..8].to_owned();
+    let left: Vec<String> = std::fs::read_dir(e.path().join(".dkt/tmp"))
+        .map(|d| {
+            d.filter_map(|x| x.ok())
+                .map(|x| x.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("run-{killed}-")))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
     git(e.path(), &["--git-dir", ".dkt/.git", "fsck", "--strict"]);
 }
 

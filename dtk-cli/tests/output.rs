@@ -6,25 +6,6 @@ mod common;
 use common::*;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
-
-fn setup_io(e: &Env) {
-    e.write("in/a.txt", "hello\n");
-    std::fs::create_dir_all(e.path().join("out")).unwrap();
-    e.dkt(&["source", "add", "in", "in"]).ok();
-    e.dkt(&["source", "add", "out", "out"]).ok();
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn newest_run(e: &Env, node: &str) -> Option<serde_json::Value> {
     e.dkt(&["--json", "node", "log", node])

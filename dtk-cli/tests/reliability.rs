@@ -5,14 +5,7 @@ mod common;
 use common::*;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
-
-fn setup_io(e: &Env) {
-    e.write("in/a.txt", "hello\n");
-    std::fs::create_dir_all(e.path().join("out")).unwrap();
-    e.dkt(&["source", "add", "in", "in"]).ok();
-    e.dkt(&["source", "add", "out", "out"]).ok();
-}
+use std::time::Duration;
 
 fn runs(e: &Env, node: &str) -> Vec<serde_json::Value> {
     e.dkt(&["--json", "node", "log", node])
@@ -20,18 +13,6 @@ fn runs(e: &Env, node: &str) -> Vec<serde_json::Value> {
         .as_array()
         .unwrap()
         .clone()
-}
-
-/// Wait (bounded) until `f` holds; panics with `what` otherwise.
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn fsck(e: &Env) {

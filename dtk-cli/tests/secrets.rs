@@ -32,13 +32,6 @@ fn secret_set(e: &Env, name: &str, value: &str) -> Run {
     }
 }
 
-fn setup_io(e: &Env) {
-    e.write("in/a.txt", "hello\n");
-    std::fs::create_dir_all(e.path().join("out")).unwrap();
-    e.dkt(&["source", "add", "in", "in"]).ok();
-    e.dkt(&["source", "add", "out", "out"]).ok();
-}
-
 /// The log of the newest run of the node defined by `args` (`dkt node run ...`).
 fn last_log(e: &Env, args: &[&str]) -> String {
     let mut define = vec!["node", "run", "--no-run"];

@@ -355,13 +355,8 @@ impl Project {
             .filter(|e| !e.is_dir && e.name.starts_with(&p) && e.name.ends_with(".json"))
             .map(|e| e.name)
             .collect();
-        let name = crate::id::resolve_prefix(
-            "node",
-            &p,
-            &candidates,
-            |n| n[..8].to_owned(),
-            |_, _| true,
-        )?;
+        let name =
+            crate::id::resolve_prefix("node", &p, &candidates, |n| n[..8].to_owned(), |_, _| true)?;
         let spec: NodeSpec = snap
             .read_json(&format!("{dir}/{name}"))?
             .ok_or_else(|| Error::not_found("node", prefix))?;
@@ -724,6 +719,23 @@ impl Project {
         Ok(record)
     }
 
+    /// Remove what a dead run left on disk: its scratch directories (each may hold a copy
+    /// of its outputs) and its live log.
+    fn remove_leftovers(&self, run: &RunId) {
+        let tmp = self.dkt_dir().join("tmp");
+        let prefix = format!("run-{}-", run.short());
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                        tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove a dead run's scratch directory");
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_file(self.live_log_path(run));
+    }
+
     /// `.dkt/logs/<run-id>.log`: the output of a run while it runs (removed once its log
     /// is recorded), for `dkt node log --follow`.
     pub fn live_log_path(&self, run: &RunId) -> PathBuf {
@@ -844,6 +856,7 @@ impl Project {
                 ),
             )?;
             self.run_queue().finish(&rec.id)?;
+            self.remove_leftovers(&rec.id);
             settled.push(rec);
         }
         Ok(settled)

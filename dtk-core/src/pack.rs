@@ -158,6 +158,7 @@ pub(crate) fn write<'a>(
     }
     put(pack_dir, &pack_path, &pack)?;
     put(pack_dir, &idx_path, &idx)?;
+    sync_dir(pack_dir)?;
     Ok(Some(idx_path))
 }
 
@@ -200,6 +201,20 @@ pub(crate) fn maintain(pack_dir: &Path, limit: usize) -> Result<usize> {
             }
             continue;
         }
+        if let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".pack")) {
+            // A pack without its index was left by a process killed between the two
+            // renames: no ref points into it (objects are indexed before a ref moves).
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+            if old && !pack_dir.join(format!("{stem}.idx")).exists() {
+                let _ = std::fs::remove_file(e.path());
+            }
+            continue;
+        }
         let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".idx")) else {
             continue;
         };
@@ -224,14 +239,19 @@ pub(crate) fn maintain(pack_dir: &Path, limit: usize) -> Result<usize> {
         .create_new(true)
         .open(&lock)
     {
-        Ok(_) => {}
+        Ok(mut f) => {
+            // Who merges: a lock whose process is gone is recovered at once.
+            let _ = std::io::Write::write_all(&mut f, crate::engine::worker_id().as_bytes());
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let holder = std::fs::read_to_string(&lock).unwrap_or_default();
+            let dead = crate::engine::pid_alive(holder.trim()) == Some(false);
             let stale = std::fs::metadata(&lock)
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|age| age > std::time::Duration::from_secs(60));
-            if stale {
+            if dead || stale {
                 let _ = std::fs::remove_file(&lock);
             }
             return Ok(0);
@@ -296,6 +316,7 @@ fn read_index(idx: &[u8]) -> Option<Vec<(ObjectId, u32, u64)>> {
 /// Roll `packs` into one new pack, then delete them. A pack that cannot be read as
 /// expected stops the merge before anything is written or deleted.
 fn merge(pack_dir: &Path, packs: &[Existing]) -> Result<usize> {
+    let mut skipped: Vec<std::path::PathBuf> = Vec::new();
     let mut body = Vec::new();
     let mut entries: Vec<(ObjectId, u32, u64)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -320,6 +341,27 @@ fn merge(pack_dir: &Path, packs: &[Existing]) -> Result<usize> {
         if listed.iter().any(|e| e.2 < 12 || e.2 >= end) {
             return Ok(0);
         }
+        // Never copy a damaged entry into a new pack with a valid checksum (and then delete
+        // the original): every entry's CRC-32 must match its index, and the pack its
+        // trailing checksum. A damaged pack is left as it is, and named.
+        let damaged = listed.iter().enumerate().find_map(|(i, (id, crc, off))| {
+            let next = listed.get(i + 1).map_or(end, |e| e.2);
+            (crc32fast::hash(&data[*off as usize..next as usize]) != *crc)
+                .then(|| format!("object {id} fails its CRC-32"))
+        });
+        let damaged = match damaged {
+            Some(d) => Some(d),
+            None => (sha1(&[&data[..end as usize]])?.as_bytes() != &data[end as usize..])
+                .then(|| "the pack fails its checksum".to_owned()),
+        };
+        if let Some(why) = damaged {
+            tracing::error!(
+                pack = %p.stem.with_extension("pack").display(),
+                "{why}: the pack is damaged; it is left out of merging (`git fsck` names what it holds)"
+            );
+            skipped.push(p.stem.clone());
+            continue;
+        }
         let has_deltas = listed
             .iter()
             .any(|e| matches!((data[e.2 as usize] >> 4) & 7, 6 | 7));
@@ -343,6 +385,9 @@ fn merge(pack_dir: &Path, packs: &[Existing]) -> Result<usize> {
             }
         }
     }
+    if entries.is_empty() {
+        return Ok(0);
+    }
     let mut header = Vec::with_capacity(12);
     header.extend_from_slice(b"PACK");
     header.extend_from_slice(&2u32.to_be_bytes());
@@ -356,8 +401,9 @@ fn merge(pack_dir: &Path, packs: &[Existing]) -> Result<usize> {
     pack.extend_from_slice(checksum.as_bytes());
     put(pack_dir, &stem.with_extension("pack"), &pack)?;
     put(pack_dir, &stem.with_extension("idx"), &idx)?;
+    sync_dir(pack_dir)?;
     for p in packs {
-        if p.stem == stem {
+        if p.stem == stem || skipped.contains(&p.stem) {
             continue;
         }
         // The index first: once it is gone, nobody looks for the pack.
@@ -365,7 +411,7 @@ fn merge(pack_dir: &Path, packs: &[Existing]) -> Result<usize> {
             let _ = std::fs::remove_file(p.stem.with_extension(ext));
         }
     }
-    Ok(packs.len())
+    Ok(packs.len() - skipped.len())
 }
 
 /// Write `bytes` to `path` through a temporary file in `dir` and a rename.
@@ -385,8 +431,21 @@ fn put(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
         Err(e) => return Err(Error::io(dir, e)),
     };
     std::io::Write::write_all(&mut tmp, bytes).map_err(|e| Error::io(tmp.path(), e))?;
+    // On the disk before it has its name (and long before a ref points into it), as git
+    // does with core.fsync: a power loss never leaves a ref pointing at a pack that did
+    // not reach the disk.
+    tmp.as_file()
+        .sync_data()
+        .map_err(|e| Error::io(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
+}
+
+/// Make the renames in `dir` durable (fsync of the directory).
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }
 
 #[cfg(test)]

@@ -454,6 +454,15 @@ impl Store {
         let mut buf = gix::date::parse::TimeBuf::default();
         repo.edit_references_as([edit], Some(sig.to_ref(&mut buf)))
             .map_err(gix_err(format!("cannot move {BRANCH}")))?;
+        // The ref's new content and its rename on the disk (the objects were synced
+        // before: see `pack::put`).
+        let loose = self.git_dir.join(BRANCH);
+        if let Ok(f) = std::fs::File::open(&loose) {
+            f.sync_all().map_err(|e| Error::io(&loose, e))?;
+        }
+        if let Some(dir) = loose.parent() {
+            crate::pack::sync_dir(dir)?;
+        }
         Ok(())
     }
 

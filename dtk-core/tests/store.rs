@@ -291,3 +291,57 @@ fn commits_stay_readable_while_packs_are_merged() {
     let again = Store::open(&git).unwrap();
     assert_eq!(counter(&again), n);
 }
+
+/// A pack whose bytes were damaged is never merged into a new pack (which would carry the
+/// damage under a valid checksum) nor deleted: merging skips it and names it, the other
+/// packs go on being merged, and the damage stays visible to `git fsck`.
+#[test]
+fn a_damaged_pack_is_not_merged_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = dir.path().join(".git");
+    let store = Store::init(&git).unwrap();
+    for i in 0..5 {
+        increment(&store, "a", i);
+    }
+    let pack_dir = git.join("objects/pack");
+    let packs = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(&pack_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+            .collect();
+        v.sort();
+        v
+    };
+    // Damage one byte inside the first object of the oldest pack (the first commit's,
+    // which later commits no longer read).
+    let victim = packs()
+        .into_iter()
+        .min_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+        .unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[14] ^= 0x55;
+    std::fs::write(&victim, &bytes).unwrap();
+    // Enough commits to make the store merge its packs several times.
+    for i in 5..80 {
+        increment(&store, "b", i);
+    }
+    assert!(victim.exists(), "the damaged pack was deleted");
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        bytes,
+        "it is kept as it was"
+    );
+    let count = packs().len();
+    assert!(
+        count < 40,
+        "the other packs were still merged ({count} packs)"
+    );
+    let fsck = Command::new("git")
+        .arg("--git-dir")
+        .arg(&git)
+        .args(["fsck", "--strict"])
+        .output()
+        .unwrap();
+    assert!(!fsck.status.success(), "git fsck still sees the damage");
+}

@@ -161,3 +161,23 @@ pub fn pinata_repo(dir: &Path) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// Sources `in` (a directory holding `a.txt`) and `out` (an empty directory) in `e`.
+pub fn setup_io(e: &Env) {
+    e.write("in/a.txt", "hello\n");
+    std::fs::create_dir_all(e.path().join("out")).unwrap();
+    e.dkt(&["source", "add", "in", "in"]).ok();
+    e.dkt(&["source", "add", "out", "out"]).ok();
+}
+
+/// Wait (at most a minute) until `f` holds, checking every 50 ms; panics naming `what`.
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
