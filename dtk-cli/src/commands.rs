@@ -25,11 +25,20 @@ impl std::error::Error for UsageError {}
 
 fn cwd(cli_dir: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let here = std::env::current_dir().context("cannot read the current directory")?;
-    Ok(match cli_dir {
+    let dir = match cli_dir {
         Some(d) if d.is_absolute() => d.clone(),
         Some(d) => here.join(d),
-        None => here,
-    })
+        None => return Ok(here),
+    };
+    // Like git: a -C that names no directory is an error, never the enclosing project.
+    if !dir.is_dir() {
+        return Err(UsageError(format!(
+            "-C {}: no such directory",
+            cli_dir.as_deref().unwrap_or(&dir).display()
+        ))
+        .into());
+    }
+    Ok(dir)
 }
 
 fn init_options(t: Tokens) -> InitOptions {

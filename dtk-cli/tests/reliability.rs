@@ -189,3 +189,31 @@ fn a_paused_run_that_was_taken_over_publishes_nothing() {
     assert_eq!(statuses, ["success", "interrupted"]);
     fsck(&e);
 }
+
+/// `-C` naming no directory is an error (as with git), never the enclosing project; a bad
+/// `[run] timeout` is refused before anything is claimed or recorded.
+#[test]
+fn bad_input_is_refused_before_anything_happens() {
+    let e = Env::project();
+    setup_io(&e);
+    let err = e.dkt(&["-C", "typo-dir", "source", "list"]).fails(2);
+    assert!(err.contains("typo-dir"), "{err}");
+    std::fs::write(e.path().join(".dkt/config"), "[run]\ntimeout = \"soon\"\n").unwrap();
+    let commits = e.commits();
+    let id = e
+        .dkt(&[
+            "node",
+            "run",
+            "--no-run",
+            "--input=in",
+            "--output=out",
+            "true",
+        ])
+        .ok();
+    let commits_after_define = e.commits();
+    assert_eq!(commits_after_define, commits + 1);
+    let err = e.dkt(&["node", "rerun", id.trim()]).fails(2);
+    assert!(err.contains("timeout") && err.contains("soon"), "{err}");
+    assert_eq!(e.commits(), commits_after_define, "nothing recorded");
+    assert!(runs(&e, id.trim()).is_empty(), "no run claimed");
+}

@@ -544,9 +544,7 @@ impl Project {
             self.run_queue().enqueue(&record)?;
             return Ok(RunOutcome::Pending(record));
         }
-        if !self.claim(&mut record)? {
-            return Ok(RunOutcome::Busy(record));
-        }
+        // Everything that can be refused is checked before the claim.
         let timeout = match options.timeout {
             Some(t) => Some(t),
             None => self
@@ -554,9 +552,16 @@ impl Project {
                 .run
                 .timeout
                 .as_deref()
-                .map(parse_duration)
+                .map(|t| {
+                    parse_duration(t).map_err(|e| {
+                        Error::invalid("setting", format!("[run] timeout = {t:?}"), e.to_string())
+                    })
+                })
                 .transpose()?,
         };
+        if !self.claim(&mut record)? {
+            return Ok(RunOutcome::Busy(record));
+        }
         self.execute_claimed(&node, record, timeout)
             .await
             .map(RunOutcome::Ran)
