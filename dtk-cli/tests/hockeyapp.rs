@@ -127,10 +127,15 @@ fn design_flow_with_builds() {
     let log = e.dkt(&["node", "log", &id]).ok();
     assert!(log.contains(&format!("dmg:{}", &newest[4..12])), "{log}");
 
-    // The token is in no record, no output, and was never in a request log line.
+    // The token is in no record; it went in the header of every API request (the fixture
+    // logs whether each carried the right one), and never in a URL (it logs every path).
     let history = git(e.path(), &["--git-dir", ".dkt/.git", "log", "-p", "--all"]);
     assert!(!history.contains(TOKEN));
-    assert!(server.log().iter().all(|l| !l.contains(TOKEN)));
+    let requests = server.log();
+    let api: Vec<&String> = requests.iter().filter(|l| l.contains(" /api/")).collect();
+    assert!(!api.is_empty(), "{requests:?}");
+    assert!(api.iter().all(|l| l.ends_with(" token-ok")), "{api:?}");
+    assert!(requests.iter().all(|l| !l.contains(TOKEN)), "{requests:?}");
 }
 
 #[test]

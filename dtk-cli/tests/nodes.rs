@@ -141,14 +141,18 @@ fn yaml_node_file() {
 #[test]
 fn hostile_values_are_never_code() {
     let e = Env::project();
-    let evil_dir = "d i'r\";$(touch INJECTED1)`touch INJECTED2`";
+    // Were any of these run as shell code, it would create INJECTED* in the project's
+    // root (DKT_PROJECT_ROOT is set for every command), where the scan below looks; the
+    // command's own working directory is deleted after the run.
+    let evil_dir =
+        "d i'r\";$(cd $DKT_PROJECT_ROOT && touch INJECTED1)`cd $DKT_PROJECT_ROOT && touch INJECTED2`";
     std::fs::create_dir_all(e.path().join(evil_dir)).unwrap();
     e.write(&format!("{evil_dir}/f"), "x");
     std::fs::create_dir_all(e.path().join("out")).unwrap();
     e.dkt(&["source", "add", "evil", &format!("./{evil_dir}")])
         .ok();
     e.dkt(&["source", "add", "out", "out"]).ok();
-    let value = "v; touch INJECTED3 $(touch INJECTED4) `touch INJECTED5` \"q\" 'q' # c\nline2 && touch INJECTED6";
+    let value = "v; cd $DKT_PROJECT_ROOT && touch INJECTED3 $(cd $DKT_PROJECT_ROOT && touch INJECTED4) `cd $DKT_PROJECT_ROOT && touch INJECTED5` \"q\" 'q' # c\nline2 && cd $DKT_PROJECT_ROOT && touch INJECTED6";
     let config = format!("[vars]\nEVIL = {}\n", toml_string(value));
     std::fs::write(e.path().join(".dkt/config"), config).unwrap();
     e.dkt(&[
@@ -166,7 +170,7 @@ fn hostile_values_are_never_code() {
     );
     assert!(std::fs::read_to_string(e.path().join("out/bare"))
         .unwrap()
-        .contains("$(touch INJECTED4)"));
+        .contains("$(cd $DKT_PROJECT_ROOT && touch INJECTED4)"));
     // Programs with arguments get the values as arguments, no shell at all.
     e.dkt(&[
         "node",
@@ -192,6 +196,17 @@ fn hostile_values_are_never_code() {
         !found.iter().any(|n| n.starts_with("INJECTED")),
         "{found:?}"
     );
+    // The scan sees what a command run as code would create there.
+    e.dkt(&[
+        "node",
+        "run",
+        "--name",
+        "hostile",
+        "--output=out",
+        "cd $DKT_PROJECT_ROOT && touch CONTROL",
+    ])
+    .ok();
+    assert!(walk_names(e.path()).contains(&"CONTROL".to_owned()));
     // Unknown source, field or variable: an error before anything runs.
     let commits = e.commits();
     for (cmd, quoted) in [

@@ -168,12 +168,12 @@ fn concurrent_threads_lose_nothing() {
     git_fsck(store.git_dir());
 }
 
-/// Child mode for the multi-process tests: does nothing unless DTK_STORE_CHILD is set.
+/// The child process of the multi-process tests (not a test of its own: ignored unless
+/// they run it, with `--ignored` and DTK_STORE_CHILD set).
 #[test]
+#[ignore = "the child process of the multi-process tests"]
 fn child_writer() {
-    let Ok(git) = std::env::var("DTK_STORE_CHILD") else {
-        return;
-    };
+    let git = std::env::var("DTK_STORE_CHILD").expect("DTK_STORE_CHILD names the store");
     let n: u64 = std::env::var("DTK_STORE_N").unwrap().parse().unwrap();
     let store = Store::open(Path::new(&git)).unwrap();
     let me = std::process::id().to_string();
@@ -184,7 +184,13 @@ fn child_writer() {
 
 fn spawn_child(git: &Path, n: u64) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_writer",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("DTK_STORE_CHILD", git)
         .env("DTK_STORE_N", n.to_string())
         .stdout(std::process::Stdio::null())
