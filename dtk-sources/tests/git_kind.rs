@@ -15,6 +15,10 @@ use dtk_sources::git::{GitKind, GitSource};
 // ---------------------------------------------------------------------------------------
 // Helpers
 
+#[path = "support/trees.rs"]
+mod trees;
+use trees::{assert_same_tree, git_archive};
+
 /// Run git in `dir` with a fixed identity and no user or system configuration.
 fn git_env(dir: &Path, args: &[&str], date: Option<u64>) -> String {
     let mut cmd = Command::new("git");
@@ -178,68 +182,6 @@ fn small_repo(root: &Path) -> Small {
     }
 }
 
-/// Compare two directory trees: same names, bytes, executable bits and link targets.
-fn assert_same_tree(a: &Path, b: &Path) {
-    fn list(root: &Path) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
-        let mut stack = vec![root.to_owned()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let e = e.unwrap();
-                let p = e.path();
-                let rel = p.strip_prefix(root).unwrap().display().to_string();
-                if rel == ".git" {
-                    continue;
-                }
-                let meta = std::fs::symlink_metadata(&p).unwrap();
-                let desc = if meta.file_type().is_symlink() {
-                    format!("link -> {}", std::fs::read_link(&p).unwrap().display())
-                } else if meta.is_dir() {
-                    stack.push(p.clone());
-                    "dir".to_owned()
-                } else {
-                    #[cfg(unix)]
-                    let exec = {
-                        use std::os::unix::fs::PermissionsExt;
-                        meta.permissions().mode() & 0o111 != 0
-                    };
-                    #[cfg(not(unix))]
-                    let exec = false;
-                    format!("file exec={exec} {:?}", std::fs::read(&p).unwrap())
-                };
-                out.insert(rel, desc);
-            }
-        }
-        out
-    }
-    assert_eq!(list(a), list(b), "{} vs {}", a.display(), b.display());
-}
-
-/// Extract `git archive TREEISH` of `repo` into `dest`.
-fn git_archive(repo: &Path, treeish: &str, dest: &Path) {
-    std::fs::create_dir_all(dest).unwrap();
-    let archive = Command::new("git")
-        .current_dir(repo)
-        .args(["archive", "--format=tar", treeish])
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(archive.status.success());
-    let mut tar = Command::new("tar")
-        .current_dir(dest)
-        .args(["-xf", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    tar.stdin
-        .take()
-        .unwrap()
-        .write_all(&archive.stdout)
-        .unwrap();
-    assert!(tar.wait().unwrap().success());
-}
-
 // ---------------------------------------------------------------------------------------
 // Contract
 
@@ -334,9 +276,11 @@ fn infer_cases() {
 // ---------------------------------------------------------------------------------------
 // resolve
 
+#[cfg(feature = "https")]
 #[path = "support/git_server.rs"]
 mod git_server;
 
+#[cfg(feature = "https")]
 /// One HTTPS git server for this test binary, trusted through `SSL_CERT_FILE` (which the
 /// HTTPS transport reads once per client, so every test must use the same CA).
 fn https_server() -> &'static git_server::GitServer {
@@ -631,6 +575,7 @@ async fn unreachable_remotes_fail_within_the_timeout() {
 // Secrets
 
 /// Standard base64 with padding (RFC 4648), for expected headers.
+#[cfg(feature = "https")]
 fn base64(input: &str) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();

@@ -16,9 +16,7 @@
 //! `GIT_SSH_COMMAND`, which is process-wide.
 #![cfg(feature = "git")]
 
-use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,6 +26,10 @@ use std::time::Duration;
 
 use dtk_core::{Context, Kind, Name, NewSource, Secrets, Source, SourceSpec, Version};
 use dtk_sources::git::GitKind;
+
+#[path = "support/trees.rs"]
+mod trees;
+use trees::{assert_same_tree, git_archive};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -196,64 +198,6 @@ fn make_origin(root: &Path) -> Origin {
         ],
     );
     Origin { work, bare }
-}
-
-/// Compare two directory trees: same names, bytes, executable bits and link targets.
-fn assert_same_tree(a: &Path, b: &Path) {
-    fn list(root: &Path) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
-        let mut stack = vec![root.to_owned()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                let rel = p.strip_prefix(root).unwrap().display().to_string();
-                let meta = std::fs::symlink_metadata(&p).unwrap();
-                let desc = if meta.file_type().is_symlink() {
-                    format!("link -> {}", std::fs::read_link(&p).unwrap().display())
-                } else if meta.is_dir() {
-                    stack.push(p.clone());
-                    "dir".to_owned()
-                } else {
-                    #[cfg(unix)]
-                    let exec = {
-                        use std::os::unix::fs::PermissionsExt;
-                        meta.permissions().mode() & 0o111 != 0
-                    };
-                    #[cfg(not(unix))]
-                    let exec = false;
-                    format!("file exec={exec} {:?}", std::fs::read(&p).unwrap())
-                };
-                out.insert(rel, desc);
-            }
-        }
-        out
-    }
-    assert_eq!(list(a), list(b), "{} vs {}", a.display(), b.display());
-}
-
-/// Extract `git archive COMMIT` of `repo` into `dest`.
-fn git_archive(repo: &Path, commit: &str, dest: &Path) {
-    std::fs::create_dir_all(dest).unwrap();
-    let archive = Command::new("git")
-        .current_dir(repo)
-        .args(["archive", "--format=tar", commit])
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(archive.status.success(), "git archive {commit}");
-    let mut tar = Command::new("tar")
-        .current_dir(dest)
-        .args(["-xf", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    tar.stdin
-        .take()
-        .unwrap()
-        .write_all(&archive.stdout)
-        .unwrap();
-    assert!(tar.wait().unwrap().success());
 }
 
 fn new_source(location: &str, tag: Option<&str>, path: Option<&str>) -> NewSource {
