@@ -491,6 +491,13 @@ impl Project {
                     RunStatus::Running => return Ok(RunOutcome::Busy(q)),
                     _ => {
                         self.settle_interrupted(&[&q])?;
+                        // It may have succeeded just before its process died.
+                        if !options.force {
+                            let fresh = self.store().snapshot()?;
+                            if let Some(ok) = succeeded_on(&fresh, node_id, &inputs)? {
+                                return Ok(RunOutcome::UpToDate(ok));
+                            }
+                        }
                         after = q.attempt + 1;
                         queued = None;
                     }
@@ -851,26 +858,32 @@ impl Project {
                 "its worker {} died or stopped renewing its lease",
                 rec.worker.as_deref().unwrap_or("-")
             ));
-            self.put_run(
-                &rec,
-                None,
-                &format!(
-                    "run {} of node {}: interrupted",
-                    rec.id.short(),
-                    rec.node.short()
-                ),
-            )?;
+            // Its process may have died after recording how it ended and before leaving the
+            // queue: then the record stands and only the queue entry goes.
+            let message = format!(
+                "run {} of node {}: interrupted",
+                rec.id.short(),
+                rec.node.short()
+            );
+            let (recorded, _) = self.store().transact(&message, |tx| {
+                if let Some(now) = tx.read_json::<RunRecord>(&paths::run(&rec.id))? {
+                    if matches!(
+                        now.status,
+                        RunStatus::Success | RunStatus::Failure | RunStatus::Interrupted
+                    ) {
+                        return Ok(false);
+                    }
+                }
+                write_run(tx, &rec, None)?;
+                Ok(true)
+            })?;
             self.run_queue().finish(&rec.id)?;
             self.remove_leftovers(&rec.id);
-            settled.push(rec);
+            if recorded {
+                settled.push(rec);
+            }
         }
         Ok(settled)
-    }
-
-    fn put_run(&self, record: &RunRecord, log: Option<&str>, message: &str) -> Result<()> {
-        self.store()
-            .transact(message, |tx| write_run(tx, record, log))?;
-        Ok(())
     }
 
     /// Run a hook (`on-success`/`on-failure`) in the project's root. Its output (stdout

@@ -212,6 +212,11 @@ impl Project {
                     let Some(node) = snap.read_json::<NodeSpec>(&paths::node(&run.node))? else {
                         continue;
                     };
+                    // Done meanwhile (another attempt succeeded on the same inputs).
+                    if crate::engine::succeeded_on(&snap, &run.node, &run.inputs)?.is_some() {
+                        self.run_queue().finish(&run.id)?;
+                        continue;
+                    }
                     if !node.labels.iter().all(|l| labels.contains(l)) {
                         unmatched.push(format!("{} ({})", run.id.short(), node.labels.join(",")));
                         continue;
