@@ -22,16 +22,6 @@ fn node_list(e: &Env, all: bool) -> Vec<serde_json::Value> {
     e.dkt(&args).json().as_array().unwrap().clone()
 }
 
-fn statuses(e: &Env, node: &str) -> Vec<String> {
-    e.dkt(&["--json", "node", "log", node])
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn node_rm_retires_a_node_and_keeps_its_history() {
     let e = Env::project();

@@ -679,7 +679,7 @@ fn hook_output_goes_to_the_run_log() {
                 cmd,
             ])
             .ok();
-        let run = runs_of(&e, id.trim())[0]["id"].as_str().unwrap().to_owned();
+        let run = runs(&e, id.trim())[0]["id"].as_str().unwrap().to_owned();
         let show = e.dkt(&["--json", "node", "show", &run]).json();
         let log = show["log"].as_str().unwrap();
         assert!(log.contains(said), "{log}");
@@ -691,14 +691,6 @@ fn hook_output_goes_to_the_run_log() {
     }
     assert!(e.path().join("ok-ran").exists());
     assert!(e.path().join("failed-ran").exists());
-}
-
-fn runs_of(e: &Env, node: &str) -> Vec<serde_json::Value> {
-    e.dkt(&["--json", "node", "log", node])
-        .json()
-        .as_array()
-        .unwrap()
-        .clone()
 }
 
 /// A script file's content is part of its node: editing it makes a new node, and runs
@@ -748,7 +740,7 @@ fn a_script_file_is_recorded_with_its_node() {
         "two\n"
     );
     // `node show` and the manifest say which content ran.
-    let runs = runs_of(&e, &second);
+    let runs = runs(&e, &second);
     let show = e
         .dkt(&["--json", "node", "show", runs[0]["id"].as_str().unwrap()])
         .json();

@@ -7,14 +7,6 @@ use common::*;
 use std::path::Path;
 use std::time::Duration;
 
-fn runs(e: &Env, node: &str) -> Vec<serde_json::Value> {
-    e.dkt(&["--json", "node", "log", node])
-        .json()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn fsck(e: &Env) {
     git(e.path(), &["--git-dir", ".dkt/.git", "fsck", "--strict"]);
 }

@@ -37,14 +37,6 @@ fn chain(e: &Env) -> (String, String) {
     (n1.trim().to_owned(), n2.trim().to_owned())
 }
 
-fn runs(e: &Env, node: &str) -> Vec<Value> {
-    e.dkt(&["--json", "node", "log", node])
-        .json()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn successes(e: &Env, node: &str) -> usize {
     runs(e, node)
         .iter()

@@ -465,15 +465,15 @@ impl Project {
             )));
         }
         let inputs = current_inputs(&snap, &node)?;
-        if !options.force {
-            if let Some(ok) = succeeded_on(&snap, node_id, &inputs)? {
-                return Ok(RunOutcome::UpToDate(ok));
-            }
-        }
         // Ended attempts are in the history; the newest attempt may still be queued or
         // executing (a new attempt starts only once the one before it has ended, or was
         // found dead and settled).
         let last = last_attempt(&snap, node_id, &inputs)?;
+        if !options.force {
+            if let Some(ok) = success_up_to(&snap, node_id, &inputs, last.as_ref())? {
+                return Ok(RunOutcome::UpToDate(ok));
+            }
+        }
         let next_free = last.as_ref().map_or(0, |r| r.attempt + 1);
         let mut queued = self.queued_attempt(node_id, &inputs, next_free)?;
         self.check_variables(&node)?;
@@ -1557,11 +1557,26 @@ pub(crate) fn succeeded_on(
     node: &NodeId,
     inputs: &[SourceVersion],
 ) -> Result<Option<RunRecord>> {
-    let Some(last) = last_attempt(snap, node, inputs)? else {
+    success_up_to(
+        snap,
+        node,
+        inputs,
+        last_attempt(snap, node, inputs)?.as_ref(),
+    )
+}
+
+/// [`succeeded_on`] for a caller that already probed the last attempt, `last`.
+pub(crate) fn success_up_to(
+    snap: &Snapshot,
+    node: &NodeId,
+    inputs: &[SourceVersion],
+    last: Option<&RunRecord>,
+) -> Result<Option<RunRecord>> {
+    let Some(last) = last else {
         return Ok(None);
     };
     if last.status == RunStatus::Success {
-        return Ok(Some(last));
+        return Ok(Some(last.clone()));
     }
     for attempt in (0..last.attempt).rev() {
         let path = paths::run(&RunId::compute(node, inputs, attempt));

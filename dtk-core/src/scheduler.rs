@@ -329,12 +329,14 @@ impl Project {
             });
         }
         inputs.sort();
-        if crate::engine::succeeded_on(snap, id, &inputs)?.is_some() {
+        // One probe of the attempts serves both questions below.
+        let last = crate::engine::last_attempt(snap, id, &inputs)?;
+        if crate::engine::success_up_to(snap, id, &inputs, last.as_ref())?.is_some() {
             return Ok(None);
         }
         // A run on these very inputs failed: the node is `failed`, not "never ran". It runs
         // again on new inputs, on `dkt node rerun`, or as its retry policy says.
-        if let Some(last) = crate::engine::last_attempt(snap, id, &inputs)? {
+        if let Some(last) = last {
             if last.status == RunStatus::Failure {
                 let failures = last.attempt.saturating_add(1);
                 let Some(retry) = &node.retry else {

@@ -181,3 +181,20 @@ pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A node's runs as `dkt --json node log` lists them, newest first.
+pub fn runs(e: &Env, node: &str) -> Vec<serde_json::Value> {
+    e.dkt(&["--json", "node", "log", node])
+        .json()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The statuses of a node's runs, newest first.
+pub fn statuses(e: &Env, node: &str) -> Vec<String> {
+    runs(e, node)
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_owned())
+        .collect()
+}

@@ -1,5 +1,5 @@
-//! Comparing directory trees with what git itself checks out: shared by the git kind's
-//! tests.
+//! Running the real git with a fixed identity, and comparing directory trees with what git
+//! itself checks out: shared by the git kind's tests.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -67,4 +67,34 @@ pub fn git_archive(repo: &Path, treeish: &str, dest: &Path) {
         .write_all(&archive.stdout)
         .unwrap();
     assert!(tar.wait().unwrap().success());
+}
+
+/// Run git in `dir` with a fixed identity and no user or system configuration.
+pub fn git_env(dir: &Path, args: &[&str], date: Option<u64>) -> String {
+    let mut cmd = Command::new("git");
+    cmd.current_dir(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Test Author")
+        .env("GIT_AUTHOR_EMAIL", "author@example.com")
+        .env("GIT_COMMITTER_NAME", "Test Committer")
+        .env("GIT_COMMITTER_EMAIL", "committer@example.com")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE");
+    if let Some(d) = date {
+        cmd.env("GIT_AUTHOR_DATE", format!("@{d} +0000"))
+            .env("GIT_COMMITTER_DATE", format!("@{d} +0000"));
+    }
+    let out = cmd.output().expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim_end()
+        .to_owned()
 }
