@@ -123,6 +123,19 @@ fn a_named_node_is_found_by_name_and_replaced_by_a_new_definition() {
     // The old node's runs are still there, by ID.
     assert_eq!(statuses(&e, &first), ["success"]);
     assert_eq!(statuses(&e, "copy"), ["success"]);
+    // A bad name is refused as a node name, quoting it.
+    let err = e
+        .dkt(&[
+            "node",
+            "run",
+            "--name",
+            "a/b",
+            "--input=in",
+            "--output=other",
+            "true",
+        ])
+        .fails(2);
+    assert!(err.contains("node name") && err.contains("a/b"), "{err}");
 }
 
 #[test]

@@ -85,6 +85,9 @@ fn secrets_are_set_from_stdin_listed_by_name_and_removed() {
     // Bad names and empty values are refused, quoting the name.
     let err = secret_set(&e, "../x", "v").fails(2);
     assert!(err.contains("../x"), "{err}");
+    // The name is checked first, whatever the value.
+    let err = secret_set(&e, "../y", "").fails(2);
+    assert!(err.contains("secret name") && err.contains("../y"), "{err}");
     let err = secret_set(&e, "EMPTY", "").fails(2);
     assert!(err.contains("EMPTY"), "{err}");
     // Removed, then gone; removing again is an error naming it.

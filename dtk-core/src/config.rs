@@ -295,7 +295,7 @@ impl Secrets {
 }
 
 /// A secret's name: letters, digits, `_` and `-`.
-fn check_secret_name(name: &str) -> Result<()> {
+pub(crate) fn check_secret_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.starts_with('-')
         || !name

@@ -556,6 +556,7 @@ impl Project {
     /// credentials ([`KIND_CREDENTIALS`](crate::config::KIND_CREDENTIALS)) are read by
     /// the kinds only.
     pub fn set_secret(&mut self, name: &str, value: &str) -> Result<()> {
+        crate::config::check_secret_name(name)?;
         if value.is_empty() {
             return Err(Error::invalid(
                 "secret value",
@@ -1286,7 +1287,18 @@ impl Project {
     /// already writes one of the outputs (a source has at most one writer), or when the
     /// node is retired.
     pub fn define_named_node(&self, mut node: NodeSpec, name: Option<&str>) -> Result<NodeId> {
-        let name = name.map(Name::new).transpose()?;
+        let name = name
+            .map(|n| {
+                Name::new(n).map_err(|e| match e {
+                    Error::Invalid { value, reason, .. } => Error::Invalid {
+                        what: "node name",
+                        value,
+                        reason,
+                    },
+                    e => e,
+                })
+            })
+            .transpose()?;
         node.normalize();
         // A command naming a script file records the script's content with the node.
         let script = self.script_file(&node)?;
