@@ -98,6 +98,40 @@ pub(crate) enum Command {
     /// same way and read by the kinds only.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Manage the metadata remotes: other copies of the project to push to and pull from.
+    #[command(subcommand)]
+    Remote(RemoteCommand),
+    /// Bring the records of a remote (default: origin) without merging them.
+    Fetch {
+        /// The remote (see `dkt remote list`).
+        #[arg(default_value = "origin")]
+        remote: String,
+    },
+    /// Send this project's records to a remote (default: origin).
+    ///
+    /// Refused, changing nothing, when the remote has records this project has not
+    /// merged: `dkt pull` first (the push is a --force-with-lease on what was last fetched).
+    Push {
+        /// The remote (see `dkt remote list`).
+        #[arg(default_value = "origin")]
+        remote: String,
+    },
+    /// Fetch a remote's records (default: origin) and merge them into this project's.
+    ///
+    /// The merge is record by record, never textual: the union of versions, nodes, runs
+    /// and links; the same version or node seen on both sides is one record; two runs of
+    /// one run ID stay as two attempts. A source's declaration, pin or frozen flag, or a
+    /// node name, changed differently on both sides is a conflict: the later change is
+    /// kept and both values are reported (here and by `dkt status`) until a command
+    /// changes that record again.
+    Pull {
+        /// The remote (see `dkt remote list`).
+        #[arg(default_value = "origin")]
+        remote: String,
+    },
+    /// The project at a glance: sources, nodes not up to date and why, queued and running
+    /// runs, remotes (unpushed and unpulled commits), unresolved conflicts.
+    Status,
     /// Create or update, in one commit, the sources and nodes a pipeline file declares.
     ///
     /// Applying the same file again changes nothing. Sources and nodes the file does not
@@ -209,6 +243,25 @@ pub(crate) enum Format {
     Slsa,
     /// A W3C PROV-JSON document.
     Prov,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RemoteCommand {
+    /// Add remote NAME at URL: a git URL (path, file://, ssh, https, git://) or the
+    /// directory of another copy of the project.
+    Add {
+        /// The remote's name (`origin`, `laptop`, ...).
+        name: String,
+        /// Where it is.
+        url: String,
+    },
+    /// List the remotes.
+    List,
+    /// Remove remote NAME (the records already merged stay).
+    Rm {
+        /// The remote's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -114,6 +114,17 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Source(cmd) => return source(open(&dir)?, cmd, as_json, out).await,
         Command::Node(cmd) => return node(open(&dir)?, cmd, as_json, out).await,
         Command::Secret(cmd) => return secret(open(&dir)?, cmd, as_json, out),
+        Command::Remote(cmd) => return crate::sharing::remote(&open(&dir)?, cmd, as_json, out),
+        Command::Fetch { remote } => {
+            return crate::sharing::fetch(&open(&dir)?, &remote, as_json, out).await
+        }
+        Command::Push { remote } => {
+            return crate::sharing::push(&open(&dir)?, &remote, as_json, out).await
+        }
+        Command::Pull { remote } => {
+            return crate::sharing::pull(&open(&dir)?, &remote, as_json, out).await
+        }
+        Command::Status => return crate::sharing::status(&open(&dir)?, as_json, out).await,
         Command::Apply { file, prune } => {
             let p = open(&dir)?;
             let path = p.cwd().join(&file);
@@ -175,7 +186,13 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                             if downstream { " (downstream)" } else { "" }
                         )?;
                         if let Some(d) = &m.root_digest {
-                            writeln!(out, "# root record digest blake3:{d}")?;
+                            // Seals name their scheme (`blake3-jcs:`); older ones are
+                            // bare BLAKE3 hex.
+                            if d.contains(':') {
+                                writeln!(out, "# root record digest {d}")?;
+                            } else {
+                                writeln!(out, "# root record digest blake3:{d}")?;
+                            }
                         }
                     }
                     json(out, &m.to_json())?;

@@ -433,13 +433,21 @@ impl Project {
             .ok_or_else(|| Error::not_found("run", prefix))
     }
 
-    /// The captured output of a run (secrets replaced by `***`).
+    /// The captured output of a run (secrets replaced by `***`), followed by its hook's
+    /// output when a hook ran.
     pub fn run_log(&self, run: &RunId) -> Result<String> {
         let snap = self.store().snapshot()?;
-        Ok(snap
+        let mut log = snap
             .read(&paths::run_log(run))?
             .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default())
+            .unwrap_or_default();
+        if let Some(hook) = snap.read(&paths::run_hook_log(run))? {
+            if !log.is_empty() && !log.ends_with('\n') {
+                log.push('\n');
+            }
+            log.push_str(&String::from_utf8_lossy(&hook));
+        }
+        Ok(log)
     }
 
     /// The input versions a node would run on now (pinned where pinned, else latest).
@@ -887,8 +895,10 @@ impl Project {
     }
 
     /// Run a hook (`on-success`/`on-failure`) in the project's root. Its output (stdout
-    /// and stderr, in order, redacted) is appended to the run's log, never printed: dkt's
-    /// own output (`--json` above all) stays its own.
+    /// and stderr, in order, redacted) is recorded beside the run's log
+    /// (`<run-id>.hook.log`: the hook runs after the run's record was sealed, so its
+    /// output is not part of the sealed log), never printed: dkt's own output (`--json`
+    /// above all) stays its own.
     async fn hook(&self, hook: &str, record: &RunRecord, status: &str) {
         let mut cmd = tokio::process::Command::new("sh");
         // One pipe for both streams keeps their order.
@@ -927,15 +937,12 @@ impl Project {
             record.id.short(),
             record.node.short()
         );
-        let path = paths::run_log(&record.id);
+        let path = paths::run_hook_log(&record.id);
         let appended = self.store().transact(&message, |tx| {
             let mut log = tx
                 .read(&path)?
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default();
-            if !log.is_empty() && !log.ends_with('\n') {
-                log.push('\n');
-            }
             log.push_str(&format!("[dkt: {which} hook: {hook}]\n{text}"));
             if !text.is_empty() && !text.ends_with('\n') {
                 log.push('\n');

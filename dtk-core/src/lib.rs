@@ -43,6 +43,7 @@ pub mod records;
 pub mod scheduler;
 pub mod source;
 pub mod store;
+pub mod sync;
 pub mod worker;
 
 #[cfg(feature = "conformance")]

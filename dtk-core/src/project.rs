@@ -216,6 +216,12 @@ pub mod paths {
         let h = id.to_hex();
         format!("{}/{h}.log", run_dir(&h))
     }
+    /// `runs/<a>/<b>/<c>/<d>/<run-id>.hook.log`: the output of the run's hook, which
+    /// runs after the run is recorded (so it is not part of the sealed log).
+    pub fn run_hook_log(id: &RunId) -> String {
+        let h = id.to_hex();
+        format!("{}/{h}.hook.log", run_dir(&h))
+    }
     /// `runs/<a>/<b>/<c>/<d>` for a hex run ID (or a prefix of at least 4 digits).
     pub fn run_dir(hex: &str) -> String {
         format!(
@@ -257,6 +263,12 @@ pub mod paths {
     /// `links/<h1>/<h2>/<link-id>.json`
     pub fn link(id: &str) -> String {
         format!("links/{}/{id}.json", fan_hex(id))
+    }
+    /// `conflicts/<h1>/<h2>/<hex>.json`, `hex` the BLAKE3 of `path`: the report of a
+    /// merge that found the record at `path` changed differently on both sides.
+    pub fn conflict(path: &str) -> String {
+        let h = blake3::hash(path.as_bytes()).to_hex();
+        format!("conflicts/{}/{h}.json", fan_hex(&h))
     }
 }
 
@@ -371,7 +383,9 @@ impl Project {
             let _ = std::fs::remove_dir(&root);
         }
         result?;
-        Project::open(&root, registry)
+        let project = Project::open(&root, registry)?;
+        project.track_origin()?;
+        Ok(project)
     }
 
     fn clone_into(
@@ -616,15 +630,19 @@ impl Project {
 
     // ---------------------------------------------------------------- reading
 
-    /// Every source, sorted by name.
+    /// Every source, sorted by name, with locations as this machine sees them (a
+    /// location stored relative to the project, `./data`, is given absolute).
     pub fn sources(&self) -> Result<Vec<SourceSpec>> {
-        crate::records::all_sources(&self.store.snapshot()?)
+        Ok(crate::records::all_sources(&self.store.snapshot()?)?
+            .iter()
+            .map(|s| self.localized(s))
+            .collect())
     }
 
-    /// The source called `name`.
+    /// The source called `name` (its location as this machine sees it).
     pub fn source(&self, name: &str) -> Result<SourceSpec> {
         let name = Name::new(name)?;
-        read_source(&self.store.snapshot()?, &name)
+        Ok(self.localized(&read_source(&self.store.snapshot()?, &name)?))
     }
 
     /// Every node, sorted by ID.
@@ -661,7 +679,9 @@ impl Project {
 
     /// Open a source of the project through its kind.
     pub fn open_source(&self, spec: &SourceSpec) -> Result<Arc<dyn Source>> {
-        self.registry.get(&spec.kind)?.open(&self.context(), spec)
+        self.registry
+            .get(&spec.kind)?
+            .open(&self.context(), &self.localized(spec))
     }
 
     /// The versions recorded for `name` (polled or produced), newest first.
@@ -738,7 +758,7 @@ impl Project {
         if spec.owned {
             self.mark_owned(&spec.name)?;
         }
-        Ok(spec)
+        Ok(self.localized(&spec))
     }
 
     /// `.dkt/owned/<name>`: this machine made the source's location (a temporary
@@ -800,7 +820,7 @@ impl Project {
                 NewSource {
                     name: name.clone(),
                     kind,
-                    location: Some(p.location.clone()),
+                    location: Some(self.local_location(&p.location)),
                     tag: tag.map(str::to_owned).or_else(|| p.tag.clone()),
                     path,
                 }
@@ -867,7 +887,50 @@ impl Project {
         }
         let mut spec = kind.resolve(&self.context(), new).await?;
         spec.parent = parent.map(|p| p.name);
+        spec.location = self.stored_location(&spec.location);
         Ok(spec)
+    }
+
+    /// How a location is stored: a path inside the project's directory relative to it
+    /// (`./data`), so that every copy of the project resolves it against its own root;
+    /// anything else as it is.
+    pub(crate) fn stored_location(&self, location: &str) -> String {
+        if !location.starts_with('/') {
+            return location.to_owned();
+        }
+        let root = std::fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+        for base in [&root, &self.root] {
+            if let Ok(rel) = Path::new(location).strip_prefix(base) {
+                if rel.components().any(|c| c.as_os_str() == ".dkt") {
+                    return location.to_owned();
+                }
+                return if rel.as_os_str().is_empty() {
+                    ".".to_owned()
+                } else {
+                    format!("./{}", rel.display())
+                };
+            }
+        }
+        location.to_owned()
+    }
+
+    /// Where a stored location is on this machine: `./x` under the project's directory.
+    pub fn local_location(&self, location: &str) -> String {
+        if location == "." {
+            return self.root.display().to_string();
+        }
+        match location.strip_prefix("./") {
+            Some(rel) => self.root.join(rel).display().to_string(),
+            None => location.to_owned(),
+        }
+    }
+
+    /// `spec` with its location as this machine sees it (what the kinds are given).
+    fn localized(&self, spec: &SourceSpec) -> SourceSpec {
+        SourceSpec {
+            location: self.local_location(&spec.location),
+            ..spec.clone()
+        }
     }
 
     /// Poll a resolved spec once and set its latest version; on failure, remove the
@@ -1040,6 +1103,7 @@ impl Project {
             if !crate::records::update_state(tx, &spec.name, |s| s.pinned = Some(v.clone()))? {
                 return Err(Error::not_found("source", spec.name.as_str()));
             }
+            tx.settle(&paths::source_state(&spec.name));
             Ok(())
         })?;
         Ok(v)
@@ -1129,6 +1193,9 @@ impl Project {
                 .ok_or_else(|| Error::not_found("source", name.as_str()))?;
             f(&mut s)?;
             crate::records::put_source(tx, &s)?;
+            // The user's word on this source settles what a merge reported about it.
+            tx.settle(&paths::source_state(&name));
+            tx.settle(&paths::source(&name));
             Ok(())
         })?;
         Ok(())
@@ -1154,10 +1221,14 @@ impl Project {
             path: old.path.clone(),
         };
         let mut spec = k.resolve(&self.context(), new).await?;
+        spec.location = self.stored_location(&spec.location);
         spec.parent = old.parent.clone();
         spec.pinned = old.pinned.clone();
         spec.frozen = old.frozen;
-        let latest = k.open(&self.context(), &spec)?.latest().await?;
+        let latest = k
+            .open(&self.context(), &self.localized(&spec))?
+            .latest()
+            .await?;
         spec.latest = Some(latest.version.clone());
         let message = format!(
             "source pin {} {} (relocated from {})",

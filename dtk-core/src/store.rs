@@ -6,7 +6,7 @@
 //! each other instead of losing updates, and objects are always written before the ref,
 //! so a process killed at any point leaves the last committed state intact.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -227,6 +227,56 @@ impl Store {
     pub fn transact<T>(
         &self,
         message: &str,
+        change: impl FnMut(&mut Tx) -> Result<T>,
+    ) -> Result<(T, Option<ObjectId>)> {
+        self.commit_change(message, None, change)
+    }
+
+    /// Like [`transact`](Self::transact), but the commit is a merge: its second parent is
+    /// `theirs` (a commit already in this repository, fetched from another copy of the
+    /// project), and it is made even when the merged records equal ours, so that `theirs`
+    /// becomes part of this history.
+    pub fn merge<T>(
+        &self,
+        message: &str,
+        theirs: ObjectId,
+        change: impl FnMut(&mut Tx) -> Result<T>,
+    ) -> Result<(T, ObjectId)> {
+        let (value, commit) = self.commit_change(message, Some(theirs), change)?;
+        let commit = commit.ok_or_else(|| Error::corrupt("a merge made no commit"))?;
+        Ok((value, commit))
+    }
+
+    /// The commit the branch points to now.
+    pub fn head(&self) -> Result<ObjectId> {
+        self.tip(&self.repo())?
+            .ok_or_else(|| Error::corrupt(format!("{BRANCH} is missing")))
+    }
+
+    /// The commit a reference (`refs/remotes/origin/main`) points to, if it exists.
+    pub fn reference(&self, name: &str) -> Result<Option<ObjectId>> {
+        let repo = self.repo();
+        let r = repo
+            .try_find_reference(name)
+            .map_err(gix_err(format!("cannot read {name}")))?;
+        Ok(r.and_then(|r| r.target().try_id().map(|id| id.to_owned())))
+    }
+
+    /// A read-only view of the records at `commit`.
+    pub fn snapshot_at(&self, commit: ObjectId) -> Result<Snapshot> {
+        Snapshot::at(self.repo(), commit)
+    }
+
+    /// Move the branch from `from` to `to` (a descendant of it), as a compare-and-swap:
+    /// fails if the branch moved meanwhile.
+    pub fn fast_forward(&self, from: ObjectId, to: ObjectId) -> Result<()> {
+        self.move_branch(&self.repo(), Some(from), to)
+    }
+
+    fn commit_change<T>(
+        &self,
+        message: &str,
+        theirs: Option<ObjectId>,
         mut change: impl FnMut(&mut Tx) -> Result<T>,
     ) -> Result<(T, Option<ObjectId>)> {
         // New objects stay in memory until the commit is complete, then go to disk as one
@@ -243,7 +293,7 @@ impl Store {
                 staged: BTreeMap::new(),
             };
             let value = change(&mut tx)?;
-            if tx.staged.is_empty() {
+            if tx.staged.is_empty() && theirs.is_none() {
                 return Ok((value, None));
             }
             let repo = &tx.snap.repo;
@@ -259,7 +309,7 @@ impl Store {
                 Ok(editor.write()?.detach())
             })
             .map_err(gix_err("cannot write the records tree"))?;
-            if tree == base_tree {
+            if tree == base_tree && theirs.is_none() {
                 return Ok((value, None));
             }
             let sig = signature();
@@ -271,7 +321,7 @@ impl Store {
                     sig.to_ref(&mut b2),
                     message,
                     tree,
-                    [base],
+                    std::iter::once(base).chain(theirs),
                 )
                 .map_err(gix_err("cannot write a commit"))?
                 .id;
@@ -545,7 +595,18 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
-/// One entry of a directory of the store.
+/// A file that differs between two views ([`Snapshot::diff`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    /// The file's path.
+    pub path: String,
+    /// Its blob in the view [`Snapshot::diff`] was called on.
+    pub ours: Option<ObjectId>,
+    /// Its blob in the other view.
+    pub theirs: Option<ObjectId>,
+}
+
+/// An entry of a directory of the records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
     /// The entry's file name.
@@ -574,6 +635,47 @@ impl Snapshot {
     /// The commit this view shows.
     pub fn commit(&self) -> ObjectId {
         self.commit
+    }
+
+    /// The files that differ between this view and `other`: each path with its blob here
+    /// and there (`None` where it does not exist). Sub-trees with the same ID on both
+    /// sides are skipped, so the cost grows with the size of the difference, not of the
+    /// project.
+    pub fn diff(&self, other: &Snapshot) -> Result<Vec<Difference>> {
+        let mut out = Vec::new();
+        let mut stack = vec![String::new()];
+        while let Some(dir) = stack.pop() {
+            let here = self.dir(&dir)?.map(|d| (*d).clone()).unwrap_or_default();
+            let there = other.dir(&dir)?.map(|d| (*d).clone()).unwrap_or_default();
+            let names: BTreeSet<&String> = here.keys().chain(there.keys()).collect();
+            for name in names {
+                let a = here.get(name).copied();
+                let b = there.get(name).copied();
+                if a == b {
+                    continue;
+                }
+                let path = if dir.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{dir}/{name}")
+                };
+                let (a_dir, b_dir) = (a.is_some_and(|x| x.1), b.is_some_and(|x| x.1));
+                if a_dir || b_dir {
+                    stack.push(path.clone());
+                }
+                let a_file = a.filter(|x| !x.1).map(|x| x.0);
+                let b_file = b.filter(|x| !x.1).map(|x| x.0);
+                if a_file != b_file {
+                    out.push(Difference {
+                        path,
+                        ours: a_file,
+                        theirs: b_file,
+                    });
+                }
+            }
+        }
+        out.sort_by(|x, y| x.path.cmp(&y.path));
+        Ok(out)
     }
 
     fn entry(&self, path: &str) -> Result<Option<(ObjectId, bool)>> {
@@ -635,6 +737,11 @@ impl Snapshot {
             Some(id) => self.read_blob(id, path).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// The bytes of the blob `id` (a record whose path is known by other means).
+    pub fn blob(&self, id: ObjectId) -> Result<Vec<u8>> {
+        self.read_blob(id, &id.to_string())
     }
 
     fn read_blob(&self, id: ObjectId, path: &str) -> Result<Vec<u8>> {
@@ -824,8 +931,39 @@ impl Tx {
             .write_blob(bytes)
             .map_err(gix_err(format!("cannot write record {path}")))?
             .detach();
-        self.staged.insert(path.to_owned(), Some(id));
+        self.stage(path, Some(id));
         Ok(id)
+    }
+
+    /// The blob at `path`, staged or in the base view.
+    pub fn blob_id(&self, path: &str) -> Result<Option<ObjectId>> {
+        match self.staged.get(path) {
+            Some(e) => Ok(*e),
+            None => self.snap.blob_id(path),
+        }
+    }
+
+    /// Settle a conflict a merge reported on `path` (remove its report), as writing the
+    /// record does: for a command that re-affirms the value the merge kept.
+    pub fn settle(&mut self, path: &str) {
+        let report = crate::project::paths::conflict(path);
+        if self.snap.blob_id(&report).ok().flatten().is_some() {
+            self.staged.insert(report, None);
+        }
+    }
+
+    /// Stage `entry` at `path`. Writing a record that a merge reported as a conflict
+    /// (`conflicts/`) resolves the conflict: its report is removed in the same commit.
+    fn stage(&mut self, path: &str, entry: Option<ObjectId>) {
+        self.staged.insert(path.to_owned(), entry);
+        if !path.starts_with("conflicts/") {
+            let report = crate::project::paths::conflict(path);
+            if self.snap.blob_id(&report).ok().flatten().is_some()
+                && !self.staged.contains_key(&report)
+            {
+                self.staged.insert(report, None);
+            }
+        }
     }
 
     /// Stage `value` as JSON at `path`.
@@ -835,12 +973,12 @@ impl Tx {
 
     /// Stage an existing blob at `path` (an index entry pointing at a record).
     pub fn put_id(&mut self, path: &str, id: ObjectId) {
-        self.staged.insert(path.to_owned(), Some(id));
+        self.stage(path, Some(id));
     }
 
     /// Stage the removal of `path`.
     pub fn remove(&mut self, path: &str) {
-        self.staged.insert(path.to_owned(), None);
+        self.stage(path, None);
     }
 }
 
