@@ -131,6 +131,42 @@ pub(crate) struct Downloaded {
     pub(crate) md5: String,
 }
 
+/// The low-speed limit: a server that trickles bytes passes every read timeout, so a
+/// transfer is given up below [`LOW_SPEED`] bytes a second over a whole network timeout,
+/// as git's `http.lowSpeedLimit` does.
+struct LowSpeed {
+    window: std::time::Duration,
+    start: std::time::Instant,
+    bytes: u64,
+}
+
+impl LowSpeed {
+    fn new(network_timeout: std::time::Duration) -> Self {
+        LowSpeed {
+            window: network_timeout.max(std::time::Duration::from_secs(1)),
+            start: std::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// `n` more bytes arrived; an error message when the last window was too slow.
+    fn advance(&mut self, n: usize) -> std::result::Result<(), String> {
+        self.bytes += n as u64;
+        if self.start.elapsed() >= self.window {
+            let floor = LOW_SPEED * self.window.as_secs();
+            if self.bytes < floor {
+                return Err(format!(
+                    "too slow ({} bytes in {} s, below {LOW_SPEED} bytes/s); gave up",
+                    self.bytes,
+                    self.window.as_secs()
+                ));
+            }
+            (self.start, self.bytes) = (std::time::Instant::now(), 0);
+        }
+        Ok(())
+    }
+}
+
 /// Stream the body of `resp` into a new temporary file in `dir`, hashing as it goes, then
 /// move it to `dest`: `dest` is either absent or complete. `what` names the transfer for
 /// progress. A body shorter than its `Content-Length` is an error.
@@ -151,10 +187,7 @@ pub(crate) async fn download(
     let mut md5 = md5::Md5::new();
     let mut size = 0u64;
     let url = resp.url().to_string();
-    // A server that trickles bytes passes every read timeout: abort below LOW_SPEED bytes
-    // a second over a whole network_timeout, as git's http.lowSpeedLimit does.
-    let window = ctx.network_timeout.max(std::time::Duration::from_secs(1));
-    let (mut window_start, mut window_bytes) = (std::time::Instant::now(), 0u64);
+    let mut speed = LowSpeed::new(ctx.network_timeout);
     loop {
         let chunk = resp.chunk().await.map_err(|e| match expected {
             Some(n) if n > size => Error::backend(
@@ -170,21 +203,9 @@ pub(crate) async fn download(
         md5.update(&chunk);
         size += chunk.len() as u64;
         transfer.advance(chunk.len() as u64);
-        window_bytes += chunk.len() as u64;
-        if window_start.elapsed() >= window {
-            let floor = LOW_SPEED * window.as_secs();
-            if window_bytes < floor {
-                return Err(Error::backend(
-                    kind,
-                    source,
-                    format!(
-                        "{what}: too slow ({window_bytes} bytes in {} s, below {LOW_SPEED} bytes/s); gave up",
-                        window.as_secs()
-                    ),
-                ));
-            }
-            (window_start, window_bytes) = (std::time::Instant::now(), 0);
-        }
+        speed
+            .advance(chunk.len())
+            .map_err(|m| Error::backend(kind, source, format!("{what}: {m}")))?;
     }
     if let Some(n) = expected {
         if n != size {
@@ -297,16 +318,19 @@ pub(crate) async fn get_following(
 }
 
 /// The body of `resp`, at most `limit` bytes (a bigger body is an error, not a memory
-/// blow-up); `what` names it in errors.
+/// blow-up) and at the low-speed limit of [`download`] for `network_timeout`; `what`
+/// names it in errors.
 pub(crate) async fn body_limited(
     kind: &str,
     source: &str,
     what: &str,
     mut resp: reqwest::Response,
     limit: usize,
+    network_timeout: std::time::Duration,
 ) -> Result<Vec<u8>> {
     let url = resp.url().to_string();
     let expected = resp.content_length();
+    let mut speed = LowSpeed::new(network_timeout);
     let mut body = Vec::new();
     while let Some(chunk) = resp
         .chunk()
@@ -321,6 +345,9 @@ pub(crate) async fn body_limited(
             ));
         }
         body.extend_from_slice(&chunk);
+        speed
+            .advance(chunk.len())
+            .map_err(|m| Error::backend(kind, source, format!("{what}: {m}")))?;
     }
     if let Some(n) = expected {
         if n != body.len() as u64 {

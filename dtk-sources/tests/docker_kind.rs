@@ -992,11 +992,9 @@ async fn transfers_report_progress() {
 async fn unreachable_registry_fails_quickly() {
     let env = env();
     let port = free_port("127.0.0.1");
-    let t = Instant::now();
     let e = resolve(&env.ctx, &format!("127.0.0.1:{port}/team/app"), None)
         .await
         .unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert!(matches!(e, Error::Backend { .. }), "{e}");
     eprintln!("{e}");
     assert!(e.to_string().contains("cannot connect"), "{e}");
@@ -1043,12 +1041,10 @@ async fn garbage_answers_fail_cleanly() {
         b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"not a url\"\r\nContent-Length: 0\r\n\r\n",
     ] {
         let port = junk_server(reply);
-        let t = Instant::now();
         let e = resolve(&env.ctx, &format!("127.0.0.1:{port}/team/app"), None)
             .await
             .unwrap_err();
         eprintln!("{e}");
-        assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
         assert!(matches!(e, Error::Backend { .. }), "{e}");
         assert!(e.to_string().contains("docker source \"src\""), "{e}");
     }
@@ -1060,18 +1056,19 @@ async fn silent_server_times_out() {
     env.ctx.network_timeout = Duration::from_secs(1);
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let h = held.clone();
+    // Accept, never answer, hang up after a minute: were our timeout not to end the wait,
+    // the error would be the hang-up, not a timeout.
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
-            h.lock().unwrap().push(s); // accept, never answer
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(60));
+                drop(s);
+            });
         }
     });
-    let t = Instant::now();
     let e = resolve(&env.ctx, &format!("127.0.0.1:{port}/team/app"), None)
         .await
         .unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert!(e.to_string().contains("timed out"), "{e}");
 }
 
