@@ -1,0 +1,382 @@
+//! Options and paths of `dkt` that other tests do not reach: `source log -n`, several names
+//! in one `source update`, `-v`/`-vv`/`DKT_LOG`, the `DKT_*_TOKEN` variables, `[run]
+//! timeout` and `run --timeout`, `dkt run`'s exit code, `worker --max-runs`, `verify` of
+//! node and run IDs, unknown IDs, and `clone` from a git URL with tokens.
+
+mod common;
+use common::*;
+
+/// The rows of a table printed by `dkt` (its header dropped).
+fn rows(table: &str) -> Vec<&str> {
+    table.lines().skip(1).collect()
+}
+
+#[test]
+fn source_log_n_shows_the_newest_n_versions() {
+    let e = Env::project();
+    let repo = e.path().join("repo");
+    let commits = pinata_repo(&repo);
+    e.dkt(&["source", "add", "r", "repo"]).ok();
+    let all = e.dkt(&["source", "log", "r"]).ok();
+    assert_eq!(rows(&all).len(), 2, "{all}");
+    for n in ["1", "2", "5"] {
+        let out = e.dkt(&["source", "log", "-n", n, "r"]).ok();
+        let want = n.parse::<usize>().unwrap().min(2);
+        assert_eq!(rows(&out), rows(&all)[..want], "-n {n}: {out}");
+    }
+    let out = e.dkt(&["source", "log", "--max-count=1", "r"]).ok();
+    assert!(rows(&out)[0].contains(&commits[0][..8]), "{out}");
+    let json = e.dkt(&["--json", "source", "log", "-n", "1", "r"]).json();
+    assert_eq!(json.as_array().unwrap().len(), 1, "{json}");
+    e.dkt(&["source", "log", "-n", "many", "r"]).fails(2);
+}
+
+#[test]
+fn source_update_polls_every_source_it_names_and_only_those() {
+    let e = Env::project();
+    for s in ["a", "b", "c"] {
+        e.write(&format!("{s}/x"), "1\n");
+        e.dkt(&["source", "add", s, s]).ok();
+    }
+    let latest = |e: &Env| -> Vec<String> {
+        e.dkt(&["--json", "source", "list"])
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["latest"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let before = latest(&e);
+    for s in ["a", "b", "c"] {
+        e.write(&format!("{s}/x"), "2\n");
+    }
+    // An unknown name among them: bad input, nothing polled, nothing recorded.
+    let commits = e.commits();
+    let err = e.dkt(&["source", "update", "a", "nope", "b"]).fails(2);
+    assert!(err.contains("\"nope\""), "{err}");
+    assert_eq!(latest(&e), before);
+    assert_eq!(e.commits(), commits);
+    // Two names: both polled, the third left as it was.
+    let out = e.dkt(&["source", "update", "a", "b"]).ok();
+    assert!(out.contains('a') && out.contains('b'), "{out}");
+    let after = latest(&e);
+    assert_ne!(after[0], before[0]);
+    assert_ne!(after[1], before[1]);
+    assert_eq!(after[2], before[2], "c was not named");
+}
+
+#[test]
+fn verbosity_flags_and_dkt_log_choose_what_is_logged() {
+    let e = Env::project();
+    pinata_repo(&e.path().join("repo"));
+    e.dkt(&["source", "add", "r", "repo"]).ok();
+    // The git kind logs each fetch at debug level.
+    let stderr = |args: &[&str], dkt_log: Option<&str>| {
+        let mut c = e.cmd();
+        c.env_remove("DKT_LOG");
+        if let Some(l) = dkt_log {
+            c.env("DKT_LOG", l);
+        }
+        let out = c.args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let update = ["source", "update", "r"];
+    assert!(!stderr(&update, None).contains("fetching"));
+    assert!(!stderr(&[&["-v"][..], &update].concat(), None).contains("fetching"));
+    let vv = stderr(&[&["-vv"][..], &update].concat(), None);
+    assert!(vv.contains("DEBUG") && vv.contains("fetching"), "{vv}");
+    let verbose = stderr(&[&["--verbose", "--verbose"][..], &update].concat(), None);
+    assert!(verbose.contains("fetching"), "{verbose}");
+    // DKT_LOG overrides both ways.
+    assert!(stderr(&update, Some("debug")).contains("fetching"));
+    assert!(!stderr(&[&["-vv"][..], &update].concat(), Some("warn")).contains("fetching"));
+    assert!(stderr(&update, Some("dtk_sources=debug")).contains("fetching"));
+}
+
+#[test]
+fn token_variables_are_kept_as_secrets_and_never_committed() {
+    let e = Env::new();
+    let tokens = [
+        ("DKT_GITHUB_TOKEN", "GITHUB_TOKEN", "ghp-c4nary-env-1"),
+        ("DKT_DOCKER_TOKEN", "DOCKER_TOKEN", "dock-c4nary-env-2"),
+        (
+            "DKT_HOCKEYAPP_TOKEN",
+            "HOCKEYAPP_TOKEN",
+            "hock-c4nary-env-3",
+        ),
+    ];
+    let mut c = e.cmd();
+    for (var, _, value) in tokens {
+        c.env(var, value);
+    }
+    let out = c.arg("init").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed = format!("{out:?}");
+    for (var, file, value) in tokens {
+        let kept = std::fs::read_to_string(e.path().join(".dkt/secrets").join(file));
+        assert_eq!(kept.unwrap().trim(), value, "{var}");
+        assert!(!printed.contains(value), "{var} printed: {printed}");
+    }
+    let history = git(
+        e.path(),
+        &[
+            "--git-dir",
+            ".dkt/.git",
+            "log",
+            "-p",
+            "--all",
+            "--format=%B",
+        ],
+    );
+    for (var, _, value) in tokens {
+        assert!(!history.contains(value), "{var} committed");
+    }
+    // A flag wins over its variable.
+    let f = Env::new();
+    let out = f
+        .cmd()
+        .env("DKT_HOCKEYAPP_TOKEN", "from-env")
+        .args(["init", "--hockeyapp-token", "from-flag"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let kept = std::fs::read_to_string(f.path().join(".dkt/secrets/HOCKEYAPP_TOKEN")).unwrap();
+    assert_eq!(kept.trim(), "from-flag");
+}
+
+/// A node whose run sleeps until killed, writing nothing: `(node id)`.
+fn sleeper(e: &Env) -> String {
+    setup_io(e);
+    e.dkt(&[
+        "node",
+        "run",
+        "--no-run",
+        "--input=in",
+        "--output=out",
+        "sleep 600; touch ${out:ROOT}/never",
+    ])
+    .ok()
+    .trim()
+    .to_owned()
+}
+
+#[test]
+fn run_timeouts_from_the_config_and_the_flag_fail_the_run_and_exit_1() {
+    let e = Env::project();
+    let id = sleeper(&e);
+    // [run] timeout in .dkt/config.
+    std::fs::write(e.path().join(".dkt/config"), "[run]\ntimeout = \"1s\"\n").unwrap();
+    let r = e.dkt(&["run"]);
+    r.fails(1);
+    assert!(r.stdout().contains("failure"), "{}", r.stdout());
+    assert_eq!(statuses(&e, &id), ["failure"]);
+    let log = runs(&e, &id);
+    assert!(
+        log[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("timed out"),
+        "{log:?}"
+    );
+    // The flag wins over the config: a longer limit lets a quick command through.
+    std::fs::write(e.path().join(".dkt/config"), "[run]\ntimeout = \"600s\"\n").unwrap();
+    e.dkt(&["node", "rerun", "--timeout", "1s", &id]).fails(1);
+    assert_eq!(runs(&e, &id)[0]["error"], "timed out after 1s");
+    assert!(!e.path().join("out/never").exists());
+    // `dkt run --timeout`.
+    std::fs::remove_file(e.path().join(".dkt/config")).unwrap();
+    e.write("in/b.txt", "a new input version\n");
+    e.dkt(&["run", "--timeout", "1s"]).fails(1);
+    e.dkt(&["run", "--timeout", "soon"]).fails(2);
+    let log = runs(&e, &id);
+    assert!(log.len() >= 2, "{log:?}");
+    for r in &log {
+        assert_eq!(r["status"], "failure", "{log:?}");
+        assert!(
+            r["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("timed out"),
+            "{log:?}"
+        );
+    }
+}
+
+#[test]
+fn dkt_run_exits_1_when_a_run_fails_and_0_when_all_succeed() {
+    let e = Env::project();
+    setup_io(&e);
+    let bad = e
+        .dkt(&[
+            "node",
+            "run",
+            "--no-run",
+            "--input=in",
+            "--output=out",
+            "exit 3",
+        ])
+        .ok()
+        .trim()
+        .to_owned();
+    let r = e.dkt(&["run"]);
+    r.fails(1);
+    let row = r.stdout().lines().nth(1).unwrap_or_default().to_owned();
+    assert!(
+        row.starts_with(&bad[..8]) && row.contains("failure"),
+        "{}",
+        r.stdout()
+    );
+    assert_eq!(statuses(&e, &bad)[0], "failure");
+    // Once the failing node is gone, a pass that runs nothing, and one that succeeds, exit 0.
+    e.dkt(&["node", "rm", &bad]).ok();
+    e.dkt(&["run"]).ok();
+    let good = e
+        .dkt(&[
+            "node",
+            "run",
+            "--no-run",
+            "--input=in",
+            "--output=out",
+            "cp ${in:ROOT}/a.txt ${out:ROOT}/",
+        ])
+        .ok()
+        .trim()
+        .to_owned();
+    e.dkt(&["run"]).ok();
+    assert_eq!(statuses(&e, &good), ["success"]);
+}
+
+#[test]
+fn a_worker_with_max_runs_stops_after_that_many() {
+    let e = Env::project();
+    e.write("in/x", "1\n");
+    e.dkt(&["source", "add", "in", "in"]).ok();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        std::fs::create_dir_all(e.path().join(format!("o{i}"))).unwrap();
+        e.dkt(&["source", "add", &format!("o{i}"), &format!("o{i}")])
+            .ok();
+        let cmd = format!("cat ${{in:ROOT}}/x > ${{o{i}:ROOT}}/y");
+        let id = e
+            .dkt(&[
+                "node",
+                "run",
+                "--no-run",
+                "--labels=gpu",
+                "--input=in",
+                &format!("--output=o{i}"),
+                &cmd,
+            ])
+            .ok();
+        nodes.push(id.trim().to_owned());
+    }
+    let queued = e.dkt(&["run"]).ok();
+    assert_eq!(queued.matches("pending").count(), 3, "{queued}");
+    let done = |e: &Env| {
+        nodes
+            .iter()
+            .filter(|n| statuses(e, n).first().is_some_and(|s| s == "success"))
+            .count()
+    };
+    // The worker exits by itself (0) after two runs; the third stays queued.
+    e.dkt(&["worker", "--labels=gpu", "--max-runs", "2"]).ok();
+    assert_eq!(done(&e), 2);
+    e.dkt(&["worker", "--labels=gpu", "--max-runs=1"]).ok();
+    assert_eq!(done(&e), 3);
+}
+
+#[test]
+fn verify_takes_node_and_run_ids_and_refuses_unknown_targets() {
+    let e = Env::project();
+    setup_io(&e);
+    let node = e
+        .dkt(&[
+            "node",
+            "run",
+            "--input=in",
+            "--output=out",
+            "cp ${in:ROOT}/a.txt ${out:ROOT}/",
+        ])
+        .ok()
+        .trim()
+        .to_owned();
+    let run = runs(&e, &node)[0]["id"].as_str().unwrap().to_owned();
+    for target in [&node[..8], node.as_str(), &run[..8], run.as_str()] {
+        let report = e.dkt(&["--json", "verify", target]).json();
+        let checks = report["checks"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{report}"));
+        assert!(!checks.is_empty(), "{target}: {report}");
+        assert!(
+            checks.iter().all(|c| c["result"] != "mismatch"),
+            "{target}: {report}"
+        );
+        e.dkt(&["verify", target]).ok();
+    }
+    for (unknown, quoted) in [
+        ("ffffffff", "ffffffff"),
+        ("out:ffffffff", "out:ffffffff"),
+        ("nosuch:1234", "nosuch"),
+        ("zz", "zz"),
+    ] {
+        let err = e.dkt(&["verify", unknown]).fails(2);
+        assert!(err.contains(&format!("\"{quoted}\"")), "{unknown}: {err}");
+    }
+}
+
+#[test]
+fn node_log_and_show_refuse_unknown_ids_quoting_them() {
+    let e = Env::project();
+    setup_io(&e);
+    e.dkt(&["node", "run", "--input=in", "--output=out", "true"])
+        .ok();
+    for cmd in [&["node", "log"][..], &["node", "show"]] {
+        for id in ["ffffffff", "nosuch-name", "12"] {
+            let err = e.dkt(&[cmd, &[id]].concat()).fails(2);
+            assert!(err.contains(&format!("\"{id}\"")), "{cmd:?} {id}: {err}");
+        }
+    }
+}
+
+#[test]
+fn clone_from_a_git_url_keeps_the_tokens_given() {
+    let src = Env::project();
+    setup_io(&src);
+    let url = format!("file://{}", src.path().join(".dkt/.git").display());
+    let dst = Env::new();
+    let out = dst
+        .cmd()
+        .env("DKT_DOCKER_TOKEN", "dock-c4nary-clone")
+        .args(["clone", &url, "copy", "--github-token", "ghp-c4nary-clone"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!format!("{out:?}").contains("c4nary"), "{out:?}");
+    let copy = dst.path().join("copy");
+    let secret = |name: &str| std::fs::read_to_string(copy.join(".dkt/secrets").join(name));
+    assert_eq!(secret("GITHUB_TOKEN").unwrap().trim(), "ghp-c4nary-clone");
+    assert_eq!(secret("DOCKER_TOKEN").unwrap().trim(), "dock-c4nary-clone");
+    // The clone has the sources of the original.
+    let list = dst
+        .cmd()
+        .current_dir(&copy)
+        .args(["--json", "source", "list"])
+        .output()
+        .unwrap();
+    let names: Vec<String> = serde_json::from_slice::<serde_json::Value>(&list.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["in", "out"]);
+    // A git URL that leads nowhere: a failure outside the user's control is exit 1, and
+    // no half-made project is left.
+    let gone = format!("file://{}", dst.path().join("nowhere.git").display());
+    let err = dst.dkt(&["clone", &gone, "other"]).fails(1);
+    assert!(err.contains(&format!("\"{gone}\"")), "{err}");
+    assert!(!dst.path().join("other/.dkt").exists());
+}
