@@ -380,3 +380,162 @@ fn clone_from_a_git_url_keeps_the_tokens_given() {
     assert!(err.contains(&format!("\"{gone}\"")), "{err}");
     assert!(!dst.path().join("other/.dkt").exists());
 }
+
+/// A node in `e` (with `in` and `out`) whose command waits for the file `go` in the
+/// project, then writes its run ID to `out/who`.
+fn gated(e: &Env, labels: Option<&str>) -> String {
+    setup_io(e);
+    let cmd = "while [ ! -e $DKT_PROJECT_ROOT/go ]; do sleep 0.05; done; \
+               echo $DKT_RUN_ID > ${out:ROOT}/who";
+    let mut args = vec!["node", "run", "--no-run", "--input=in", "--output=out"];
+    let l;
+    if let Some(labels) = labels {
+        l = format!("--labels={labels}");
+        args.push(&l);
+    }
+    args.push(cmd);
+    e.dkt(&args).ok().trim().to_owned()
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+#[test]
+fn sigint_mid_pass_lets_the_daemon_finish_the_pass_and_a_second_one_exits_130() {
+    let e = Env::project();
+    let id = gated(&e, None);
+    let spawn = || {
+        e.cmd()
+            .args(["daemon", "--interval", "1s"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let running = |e: &Env| {
+        runs(e, &id)
+            .first()
+            .is_some_and(|r| r["status"] == "running")
+    };
+
+    // One signal while the run goes: the run finishes and is published, then the daemon
+    // exits 0 without starting another pass.
+    let daemon = spawn();
+    wait_for("the run to start", || running(&e));
+    signal(&daemon, libc::SIGINT);
+    e.write("go", "");
+    let out = daemon.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stderr.contains("finishing what is in progress"), "{stderr}");
+    assert!(
+        stdout.contains(&format!("of node {id}: success")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("next pass"), "{stdout}");
+    assert_eq!(statuses(&e, &id), ["success"]);
+    let who = std::fs::read_to_string(e.path().join("out/who")).unwrap();
+    assert!(who.starts_with(runs(&e, &id)[0]["id"].as_str().unwrap()));
+
+    // Two signals: exit 130 at once, the run left unfinished (recorded interrupted by the
+    // next process), nothing published.
+    std::fs::remove_file(e.path().join("go")).unwrap();
+    e.write("in/b.txt", "new input\n");
+    let out_before = latest_of(&e, "out");
+    let log = e.path().join("daemon.err");
+    let daemon = e
+        .cmd()
+        .args(["daemon", "--interval", "1s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("the second run to start", || running(&e));
+    signal(&daemon, libc::SIGINT);
+    wait_for("the daemon to take the first signal", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("finishing what is in progress"))
+    });
+    signal(&daemon, libc::SIGINT);
+    let out = daemon.wait_with_output().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("second signal"), "{stderr}");
+    e.write("go", "");
+    assert_eq!(statuses(&e, &id)[0], "interrupted");
+    assert_eq!(latest_of(&e, "out"), out_before, "out was not published");
+}
+
+fn latest_of(e: &Env, source: &str) -> serde_json::Value {
+    let list = e.dkt(&["--json", "source", "list"]).json();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == source)
+        .unwrap()["latest"]
+        .clone()
+}
+
+#[test]
+fn a_stopped_worker_loses_its_lease_and_publishes_nothing_when_it_resumes() {
+    let e = Env::project();
+    let id = gated(&e, Some("gpu"));
+    std::fs::write(e.path().join(".dkt/config"), "[worker]\nlease = \"1s\"\n").unwrap();
+    let queued = e.dkt(&["run"]).ok();
+    assert!(queued.contains("pending"), "{queued}");
+    let first_out = e.path().join("worker.out");
+    let first = e
+        .cmd()
+        .args(["worker", "--labels=gpu"])
+        .stdout(std::fs::File::create(&first_out).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the first worker's run to start", || {
+        runs(&e, &id)
+            .first()
+            .is_some_and(|r| r["status"] == "running")
+    });
+    // Stopped, alive: its lease runs out and the run is declared interrupted.
+    signal(&first, libc::SIGSTOP);
+    wait_for("the stopped worker's lease to expire", || {
+        runs(&e, &id)
+            .first()
+            .is_some_and(|r| r["status"] == "interrupted")
+    });
+    // A second worker runs the node again, to the end.
+    e.write("go", "");
+    e.dkt(&["worker", "--labels=gpu", "--max-runs=1"]).ok();
+    let log = runs(&e, &id);
+    assert_eq!(log[0]["status"], "success", "{log:?}");
+    let second = log[0]["id"].as_str().unwrap().to_owned();
+    let who = std::fs::read_to_string(e.path().join("out/who")).unwrap();
+    assert!(who.starts_with(&second), "{who} vs {second}");
+    let published = e.dkt(&["--json", "source", "list"]).ok();
+    let commits = e.commits();
+
+    // The first resumes: its command has ended, its result is discarded.
+    signal(&first, libc::SIGCONT);
+    wait_for("the resumed worker to end its run", || {
+        std::fs::read_to_string(&first_out).is_ok_and(|t| t.lines().count() >= 2)
+    });
+    signal(&first, libc::SIGTERM);
+    let out = first.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("out/who")).unwrap(),
+        who
+    );
+    assert_eq!(e.dkt(&["--json", "source", "list"]).ok(), published);
+    assert_eq!(e.commits(), commits);
+    assert_eq!(statuses(&e, &id), ["success", "interrupted"]);
+}
