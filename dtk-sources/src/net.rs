@@ -11,6 +11,8 @@ use std::io::Write;
 use std::path::Path;
 
 use dtk_core::{Context, Error, IoResultExt, Result};
+
+pub(crate) use crate::speed::LowSpeed;
 use md5::Digest as _;
 
 /// An HTTP client for kind `kind` with the context's bounds: connecting and each read wait
@@ -74,10 +76,6 @@ pub(crate) fn check_status(
     Err(Error::backend(kind, source, message))
 }
 
-/// The slowest transfer [`download`] accepts, in bytes a second over a whole
-/// [`Context::network_timeout`].
-pub(crate) const LOW_SPEED: u64 = 1024;
-
 /// The longest `Retry-After` that [`send`] waits for.
 const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -129,42 +127,6 @@ pub(crate) struct Downloaded {
     pub(crate) sha256: String,
     /// Hex md5 of the bytes.
     pub(crate) md5: String,
-}
-
-/// The low-speed limit: a server that trickles bytes passes every read timeout, so a
-/// transfer is given up below [`LOW_SPEED`] bytes a second over a whole network timeout,
-/// as git's `http.lowSpeedLimit` does.
-struct LowSpeed {
-    window: std::time::Duration,
-    start: std::time::Instant,
-    bytes: u64,
-}
-
-impl LowSpeed {
-    fn new(network_timeout: std::time::Duration) -> Self {
-        LowSpeed {
-            window: network_timeout.max(std::time::Duration::from_secs(1)),
-            start: std::time::Instant::now(),
-            bytes: 0,
-        }
-    }
-
-    /// `n` more bytes arrived; an error message when the last window was too slow.
-    fn advance(&mut self, n: usize) -> std::result::Result<(), String> {
-        self.bytes += n as u64;
-        if self.start.elapsed() >= self.window {
-            let floor = LOW_SPEED * self.window.as_secs();
-            if self.bytes < floor {
-                return Err(format!(
-                    "too slow ({} bytes in {} s, below {LOW_SPEED} bytes/s); gave up",
-                    self.bytes,
-                    self.window.as_secs()
-                ));
-            }
-            (self.start, self.bytes) = (std::time::Instant::now(), 0);
-        }
-        Ok(())
-    }
 }
 
 /// Stream the body of `resp` into a new temporary file in `dir`, hashing as it goes, then
