@@ -487,14 +487,18 @@ fn a_stopped_worker_loses_its_lease_and_publishes_nothing_when_it_resumes() {
     std::fs::write(e.path().join(".dkt/config"), "[worker]\nlease = \"1s\"\n").unwrap();
     let queued = e.dkt(&["run"]).ok();
     assert!(queued.contains("pending"), "{queued}");
-    let first_out = e.path().join("worker.out");
+    let (first_out, first_err) = (e.path().join("worker.out"), e.path().join("worker.err"));
     let first = e
         .cmd()
         .args(["worker", "--labels=gpu"])
         .stdout(std::fs::File::create(&first_out).unwrap())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&first_err).unwrap())
         .spawn()
         .unwrap();
+    let said = || {
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!("{}{}", read(&first_out), read(&first_err))
+    };
     wait_for("the first worker's run to start", || {
         runs(&e, &id)
             .first()
@@ -520,17 +524,12 @@ fn a_stopped_worker_loses_its_lease_and_publishes_nothing_when_it_resumes() {
 
     // The first resumes: its command has ended, its result is discarded.
     signal(&first, libc::SIGCONT);
-    wait_for("the resumed worker to end its run", || {
-        std::fs::read_to_string(&first_out).is_ok_and(|t| t.lines().count() >= 2)
+    wait_for("the resumed worker to say its run was taken over", || {
+        said().contains("taken over")
     });
     signal(&first, libc::SIGTERM);
-    let out = first.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let status = first.wait_with_output().unwrap().status;
+    assert!(status.success(), "{}", said());
     assert_eq!(
         std::fs::read_to_string(e.path().join("out/who")).unwrap(),
         who
