@@ -538,3 +538,34 @@ fn a_stopped_worker_loses_its_lease_and_publishes_nothing_when_it_resumes() {
     assert_eq!(e.commits(), commits);
     assert_eq!(statuses(&e, &id), ["success", "interrupted"]);
 }
+
+#[test]
+fn git_failures_exit_with_their_documented_codes() {
+    let e = Env::project();
+    pinata_repo(&e.path().join("repo"));
+    // A remote nobody answers at: outside the user's control, exit 1 (docs/git-kind.md).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("git://127.0.0.1:{port}/repo.git");
+    let err = e.dkt(&["source", "add", "r", &url]).fails(1);
+    assert!(
+        err.contains(&url) && err.contains("cannot connect"),
+        "{err}"
+    );
+    // Bad input: exit 2, quoting it.
+    let err = e
+        .dkt(&["source", "add", "r", "./repo:no-such-tag", "-k", "git"])
+        .fails(2);
+    assert!(err.contains("\"no-such-tag\""), "{err}");
+    let err = e
+        .dkt(&["source", "add", "r", "./no-such-dir", "-k", "git"])
+        .fails(2);
+    assert!(err.contains("no-such-dir"), "{err}");
+    assert_eq!(
+        e.dkt(&["--json", "source", "list"]).json(),
+        serde_json::json!([])
+    );
+}
