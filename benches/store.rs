@@ -1,5 +1,6 @@
 //! Metadata store: commit throughput and record lookup on a store holding 100,000 run
-//! records (the store is built once and cached under `target/bench-data/`).
+//! records (the store is built once and cached under `target/bench-data/`; each run of the
+//! bench works on a fresh copy of it, so a rerun commits new records, not no-op ones).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -77,8 +78,25 @@ fn big_store() -> Store {
     Store::open(&git).unwrap()
 }
 
+/// A copy of the cached store in a new temporary directory: the commits of one run of the
+/// bench are not seen by the next (they would make its commits no-ops).
+fn fresh_copy() -> (tempfile::TempDir, Store) {
+    drop(big_store());
+    let from = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data/store-100k/.git");
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&from)
+        .arg(dir.path().join(".git"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cp -a {}", from.display());
+    let store = Store::open(&dir.path().join(".git")).unwrap();
+    (dir, store)
+}
+
 fn bench(c: &mut Criterion) {
-    let store = big_store();
+    let (_copy, store) = fresh_copy();
     let mut g = c.benchmark_group("store-100k-runs");
     g.sample_size(20).measurement_time(Duration::from_secs(5));
     let mut n = RECORDS;

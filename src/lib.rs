@@ -284,7 +284,10 @@
 //!     let source = kind.open(&ctx, &spec).unwrap();
 //!     let scratch = dir.join("scratch");
 //!     std::fs::create_dir_all(&scratch).unwrap();
-//!     // For a kind that publishes, add `.with_publish_dir(..)`: content to publish.
+//!     // For a kind that publishes, add `.with_publish_dir(..)`: content to publish (and
+//!     // `.with_rewritten(..)`: files the kind writes itself when it materializes).
+//!     // The checks assert exact error variants: `NotSupported` naming the kind,
+//!     // `NotFound { what: "version", .. }` for a version the source cannot produce.
 //!     assert_eq!(check_all(&*source, &Fixture::new(scratch)).await, Ok(()));
 //! }
 //! ```

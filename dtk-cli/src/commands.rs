@@ -991,7 +991,8 @@ async fn daemon(
         if passes.is_some_and(|max| n >= max) {
             break;
         }
-        if started.elapsed() < interval {
+        // Stopped by a signal during the pass: no next pass to announce.
+        if started.elapsed() < interval && !stop.load(std::sync::atomic::Ordering::SeqCst) {
             writeln!(
                 out,
                 "pass {n} done; next pass in {}s",

@@ -144,7 +144,7 @@ fn wrong_token_is_unauthorized_and_never_shown() {
     let wrong = "wrong-c4nary-token-99";
     let e = project(&server, wrong);
     let r = e.dkt(&["source", "add", "dmg", APP, "-k", "hockeyapp"]);
-    assert_ne!(r.code(), 0);
+    assert_eq!(r.code(), 1, "{}", r.stderr());
     let err = r.stderr();
     assert!(err.contains("unauthorized") && err.contains("dmg"), "{err}");
     assert!(!err.contains(wrong) && !r.stdout().contains(wrong), "{err}");
@@ -155,8 +155,27 @@ fn wrong_token_is_unauthorized_and_never_shown() {
         .ok();
     std::fs::write(good.path().join(".dkt/secrets/HOCKEYAPP_TOKEN"), wrong).unwrap();
     let r = good.dkt(&["source", "update", "dmg"]);
-    assert_ne!(r.code(), 0);
+    assert_eq!(r.code(), 1, "{}", r.stderr());
     let all = format!("{}{}", r.stdout(), r.stderr());
     assert!(all.contains("unauthorized") && all.contains("dmg"), "{all}");
     assert!(!all.contains(wrong), "{all}");
+}
+
+#[test]
+fn an_unknown_app_is_bad_input_and_a_dead_service_is_not() {
+    let server = server();
+    let e = project(&server, TOKEN);
+    // The documented exit codes (docs/hockeyapp-kind.md): 2 for an unknown App ID ...
+    let unknown = "0123456789abcdef0123456789abcdef";
+    let err = e
+        .dkt(&["source", "add", "dmg", unknown, "-k", "hockeyapp"])
+        .fails(2);
+    assert!(err.contains("not found") && err.contains(unknown), "{err}");
+    // ... 1 for a service that cannot be reached.
+    drop(server);
+    let err = e
+        .dkt(&["source", "add", "dmg", APP, "-k", "hockeyapp"])
+        .fails(1);
+    assert!(err.contains("cannot connect"), "{err}");
+    assert!(e.dkt(&["--json", "source", "list"]).json() == serde_json::json!([]));
 }

@@ -87,7 +87,7 @@ fn tarball_feeds_a_node() {
     // A server refusing access: a clear error naming the source.
     server.set("status", "401");
     let r = e.dkt(&["source", "update", "tarball"]);
-    assert_ne!(r.code(), 0);
+    assert_eq!(r.code(), 1, "{}", r.stderr());
     let all = format!("{}{}", r.stdout(), r.stderr());
     assert!(
         all.contains("unauthorized") && all.contains("tarball"),
@@ -107,7 +107,8 @@ fn missing_url_is_refused() {
         "-k",
         "http",
     ]);
-    assert_ne!(r.code(), 0);
+    // Like every failure of the server (docs/http-kind.md): exit 1.
+    assert_eq!(r.code(), 1, "{}", r.stderr());
     let err = r.stderr();
     assert!(
         err.contains("not found") && err.contains("/nope.tgz"),

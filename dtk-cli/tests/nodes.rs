@@ -407,46 +407,32 @@ fn a_killed_run_is_interrupted_and_publishes_nothing() {
     let e = Env::project();
     setup_io(&e);
     let before = latest(&e, "out");
+    // The command says when it has written its output, then waits to be let go: dkt is
+    // killed while the command runs, whatever the machine's speed.
+    let cmd = "echo x > ${out:ROOT}/x; touch $DKT_PROJECT_ROOT/wrote; \
+               while [ ! -e $DKT_PROJECT_ROOT/go ]; do sleep 0.05; done";
     let mut child = e
         .cmd()
-        .args([
-            "node",
-            "run",
-            "--input=in",
-            "--output=out",
-            "echo x > ${out:ROOT}/x; sleep 3",
-        ])
+        .args(["node", "run", "--input=in", "--output=out", cmd])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the run is recorded as started, then kill dkt.
-    let mut id = String::new();
-    for _ in 0..200 {
-        let nodes = e.dkt(&["--json", "node", "list"]).json();
-        if let Some(n) = nodes.as_array().and_then(|a| a.first()) {
-            id = n["id"].as_str().unwrap().to_owned();
-            let log = e.dkt(&["--json", "node", "log", &id]).json();
-            if log.as_array().is_some_and(|a| !a.is_empty()) {
-                break;
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for("the command to write its output", || {
+        e.path().join("wrote").exists()
+    });
     child.kill().unwrap();
     child.wait().unwrap();
+    // Let the orphaned command end.
+    std::fs::write(e.path().join("go"), "").unwrap();
+    let nodes = e.dkt(&["--json", "node", "list"]).json();
+    let id = nodes[0]["id"].as_str().unwrap().to_owned();
     let log = e.dkt(&["--json", "node", "log", &id]).json();
     assert_eq!(log[0]["status"], "interrupted");
     assert_eq!(latest(&e, "out"), before);
     assert!(!e.path().join("out/x").exists());
     // Running again records the interruption and then runs.
-    e.dkt(&[
-        "node",
-        "run",
-        "--input=in",
-        "--output=out",
-        "echo x > ${out:ROOT}/x; sleep 3",
-    ])
-    .ok();
+    e.dkt(&["node", "run", "--input=in", "--output=out", cmd])
+        .ok();
     let log = e.dkt(&["--json", "node", "log", &id]).json();
     let statuses: Vec<&str> = log
         .as_array()

@@ -127,7 +127,9 @@ fn a_paused_run_that_was_taken_over_publishes_nothing() {
     let e = Env::project();
     setup_io(&e);
     std::fs::write(e.path().join(".dkt/config"), "[worker]\nlease = \"1s\"\n").unwrap();
-    let cmd = "sleep 1; echo $DKT_RUN_ID > ${out:ROOT}/who";
+    // The command waits to be let go, so the first run is still going when it is stopped.
+    let cmd = "while [ ! -e $DKT_PROJECT_ROOT/go ]; do sleep 0.05; done; \
+               echo $DKT_RUN_ID > ${out:ROOT}/who";
     let id = e
         .dkt(&["node", "run", "--no-run", "--input=in", "--output=out", cmd])
         .ok();
@@ -153,6 +155,7 @@ fn a_paused_run_that_was_taken_over_publishes_nothing() {
             .is_some_and(|r| r["status"] == "interrupted")
     });
     // Another process runs the node again.
+    e.write("go", "");
     e.dkt(&["node", "rerun", &id]).ok();
     let log = runs(&e, &id);
     assert_eq!(log[0]["status"], "success", "{log:?}");

@@ -155,11 +155,8 @@ fn unreachable_endpoint_is_a_clear_error() {
         "\n[kind.s3]\nendpoint = \"http://127.0.0.1:{port}\"\nallow_http = \"true\"\n"
     ));
     std::fs::write(&config, text).unwrap();
-    let started = std::time::Instant::now();
-    let r = e.dkt(&["source", "add", "data", "s3://bkt/in"]);
-    assert_ne!(r.code(), 0);
-    assert!(started.elapsed() < std::time::Duration::from_secs(60));
-    let err = r.stderr();
+    // Outside the user's control: exit 1.
+    let err = e.dkt(&["source", "add", "data", "s3://bkt/in"]).fails(1);
     assert!(
         err.contains("cannot connect") && err.contains("\"data\""),
         "{err}"

@@ -140,17 +140,6 @@ fn update_records_a_given_version() {
     assert!(err.contains("ffffffff"), "{err}");
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn daemon_stops_cleanly_on_sigterm() {
     let e = Env::project();
@@ -161,9 +150,9 @@ fn daemon_stops_cleanly_on_sigterm() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("the first pass", || successes(&e, &n2) == 1);
+    wait_for("the first pass", || successes(&e, &n2) == 1);
     e.write("a/x", "3\n");
-    wait_until("the second pass", || successes(&e, &n2) == 2);
+    wait_for("the second pass", || successes(&e, &n2) == 2);
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let status = daemon.wait().unwrap();
     assert!(status.success(), "{status:?}");
@@ -181,7 +170,11 @@ fn workers_take_queued_runs_and_recover_from_a_dead_worker() {
         std::fs::create_dir_all(e.path().join(format!("o{i}"))).unwrap();
         e.dkt(&["source", "add", &format!("o{i}"), &format!("o{i}")])
             .ok();
-        let cmd = format!("sleep 1; cat ${{in:ROOT}}/x > ${{o{i}:ROOT}}/y");
+        // Runs wait to be let go, so the first worker is killed mid-run.
+        let cmd = format!(
+            "while [ ! -e $DKT_PROJECT_ROOT/go ]; do sleep 0.05; done; \
+             cat ${{in:ROOT}}/x > ${{o{i}:ROOT}}/y"
+        );
         nodes.push(
             e.dkt(&[
                 "node",
@@ -204,7 +197,7 @@ fn workers_take_queued_runs_and_recover_from_a_dead_worker() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("the worker's heartbeat", || {
+    wait_for("the worker's heartbeat", || {
         e.path()
             .join(".dkt/workers")
             .read_dir()
@@ -216,13 +209,14 @@ fn workers_take_queued_runs_and_recover_from_a_dead_worker() {
         4,
         "queued for workers: {out}"
     );
-    wait_until("a claimed run", || {
+    wait_for("a claimed run", || {
         nodes
             .iter()
             .any(|n| runs(&e, n).iter().any(|r| r["status"] == "running"))
     });
     doomed.kill().unwrap();
     doomed.wait().unwrap();
+    std::fs::write(e.path().join("go"), "").unwrap();
     let mut w1 = e
         .cmd()
         .args(["worker", "--labels=gpu", "-j", "2"])
@@ -235,7 +229,7 @@ fn workers_take_queued_runs_and_recover_from_a_dead_worker() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("every node to succeed", || {
+    wait_for("every node to succeed", || {
         nodes.iter().all(|n| successes(&e, n) == 1)
     });
     for w in [&mut w1, &mut w2] {
@@ -255,8 +249,46 @@ fn workers_take_queued_runs_and_recover_from_a_dead_worker() {
     git(e.path(), &["--git-dir", ".dkt/.git", "fsck", "--strict"]);
 }
 
-/// Kill the daemon and workers with SIGKILL at random moments over many passes of a
-/// 20-node pipeline fed by a git source that gets new commits: no run is doubled, killed
+/// Where a SIGKILL landed in a dkt process (daemon or worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// No run of the process had its command going or done: polling, scheduling,
+    /// materializing inputs, waiting.
+    BetweenRuns,
+    /// A command the process had started was still running.
+    Command,
+    /// A command had ended, and its run's result was not recorded yet (publishing the
+    /// outputs, committing the result).
+    Recording,
+}
+
+/// The chaos test's node commands mark their runs in `marks/`: `begin-RUN` holding the pid
+/// of the dkt process running them (the shell's parent), `end-RUN` when they are done.
+/// Returns (run, pid) of begun runs and the set of ended runs.
+fn read_marks(dir: &std::path::Path) -> (Vec<(String, u32)>, std::collections::BTreeSet<String>) {
+    let (mut begun, mut ended) = (Vec::new(), std::collections::BTreeSet::new());
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(run) = name.strip_prefix("end-") {
+            ended.insert(run.to_owned());
+        } else if let Some(run) = name.strip_prefix("begin-") {
+            // Being written: read again next time.
+            if let Ok(pid) = std::fs::read_to_string(entry.path())
+                .unwrap_or_default()
+                .trim()
+                .parse()
+            {
+                begun.push((run.to_owned(), pid));
+            }
+        }
+    }
+    (begun, ended)
+}
+
+/// Kill the daemon and workers with SIGKILL over many passes of a 20-node pipeline fed by
+/// a git source that gets new commits, at random moments and at moments chosen to land
+/// while a command runs and while a result is being recorded; where each kill landed is
+/// recorded, and some kill must have landed in each [`Phase`]. No run is doubled, killed
 /// runs publish nothing, and the store stays readable.
 #[test]
 fn chaos_kills_lose_and_double_nothing() {
@@ -264,6 +296,14 @@ fn chaos_kills_lose_and_double_nothing() {
     let repo = e.path().join("upstream");
     pinata_repo(&repo);
     e.dkt(&["source", "add", "up", "upstream"]).ok();
+    let marks = e.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let mark = |cmd: String| {
+        format!(
+            "echo $PPID > $DKT_PROJECT_ROOT/marks/begin-$DKT_RUN_ID; {cmd}; \
+             touch $DKT_PROJECT_ROOT/marks/end-$DKT_RUN_ID"
+        )
+    };
     let mut nodes = Vec::new();
     for i in 0..20 {
         let out = format!("p{i}");
@@ -288,7 +328,7 @@ fn chaos_kills_lose_and_double_nothing() {
                 "--no-run",
                 &format!("--input={input}"),
                 &format!("--output={out}"),
-                &cmd,
+                &mark(cmd),
             ])
             .ok()
             .trim()
@@ -302,7 +342,15 @@ fn chaos_kills_lose_and_double_nothing() {
         seed ^= seed << 17;
         seed % n
     };
-    for round in 0..6 {
+    let mut landed: Vec<(u64, &str, Phase)> = Vec::new();
+    let mut round = 0;
+    let hit = |landed: &[(u64, &str, Phase)], p: Phase| landed.iter().any(|l| l.2 == p);
+    while round < 6
+        || (round < 60
+            && ![Phase::BetweenRuns, Phase::Command, Phase::Recording]
+                .iter()
+                .all(|p| hit(&landed, *p)))
+    {
         std::fs::write(repo.join("README.md"), format!("round {round}\n")).unwrap();
         git(&repo, &["commit", "-q", "-am", &format!("round {round}")]);
         let mut procs = vec![e
@@ -324,14 +372,80 @@ fn chaos_kills_lose_and_double_nothing() {
                 );
             }
         }
-        std::thread::sleep(Duration::from_millis(300 + rand(1500)));
+        let pids: Vec<u32> = procs.iter().map(|p| p.id()).collect();
+        let ours = |pid: &u32| pids.contains(pid);
+        // Choose the moment: at random, or as soon as a command runs, or as soon as a
+        // command has ended (its result is then being recorded).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let delay = Duration::from_millis(300 + rand(1500));
+        let started = Instant::now();
+        let target = round % 3;
+        let mut seen_ended = read_marks(&marks).1;
+        let snapshot = loop {
+            let (begun, ended) = read_marks(&marks);
+            let ready = match target {
+                0 => started.elapsed() >= delay,
+                1 => begun.iter().any(|(r, pid)| ours(pid) && !ended.contains(r)),
+                _ => ended.iter().any(|r| {
+                    !seen_ended.contains(r) && begun.iter().any(|(b, pid)| b == r && ours(pid))
+                }),
+            };
+            if ready || Instant::now() >= deadline {
+                break (begun, ended);
+            }
+            seen_ended = if target == 2 { seen_ended } else { ended };
+            std::thread::sleep(Duration::from_millis(1));
+        };
         for p in &mut procs {
             p.kill().unwrap();
             p.wait().unwrap();
         }
+        // Where the kill landed, for each process: a command of its own still running
+        // (begun, not ended, when the kill was sent), or ended with its result not recorded.
+        let (begun, ended) = snapshot;
+        let status: std::collections::BTreeMap<String, String> =
+            if begun.iter().any(|(r, pid)| ours(pid) && ended.contains(r)) {
+                nodes
+                    .iter()
+                    .flat_map(|n| runs(&e, n))
+                    .map(|r| {
+                        (
+                            r["id"].as_str().unwrap().to_owned(),
+                            r["status"].as_str().unwrap().to_owned(),
+                        )
+                    })
+                    .collect()
+            } else {
+                Default::default()
+            };
+        for (i, pid) in pids.iter().enumerate() {
+            let mine = begun.iter().filter(|(_, p)| p == pid).map(|(r, _)| r);
+            let mut phase = Phase::BetweenRuns;
+            for r in mine {
+                let recorded = matches!(
+                    status.get(r).map(String::as_str),
+                    Some("success" | "failure")
+                );
+                let now = if !ended.contains(r) {
+                    Phase::Command
+                } else if !recorded {
+                    Phase::Recording
+                } else {
+                    Phase::BetweenRuns
+                };
+                phase = phase.max(now);
+            }
+            landed.push((round, if i == 0 { "daemon" } else { "worker" }, phase));
+        }
         // Whatever the kill hit, the store reads.
         e.dkt(&["source", "list"]).ok();
+        round += 1;
     }
+    eprintln!("where the kills landed: {landed:?}");
+    for p in [Phase::BetweenRuns, Phase::Command, Phase::Recording] {
+        assert!(hit(&landed, p), "no kill landed in {p:?}: {landed:?}");
+    }
+    let last_round = round - 1;
     // A last pass, undisturbed, brings everything up to date.
     e.dkt(&["run", "-j", "2"]).ok();
     e.dkt(&["run"]).ok();
@@ -357,7 +471,7 @@ fn chaos_kills_lose_and_double_nothing() {
     }
     // The final outputs come from the last upstream commit, through both levels.
     let last = std::fs::read_to_string(e.path().join("p7/r")).unwrap();
-    assert_eq!(last, "round 5\n2\n7\n");
+    assert_eq!(last, format!("round {last_round}\n2\n7\n"));
     git(e.path(), &["--git-dir", ".dkt/.git", "fsck", "--strict"]);
 }
 

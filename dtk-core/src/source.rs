@@ -269,8 +269,10 @@ pub trait Source: Debug + Send + Sync + 'static {
     /// directory the caller owns) after writing the content there.
     ///
     /// # Behavior
-    /// - A version the source cannot produce any more (a path whose content changed since)
-    ///   is [`Error::NotFound`] naming the version.
+    /// - A version the source cannot produce any more (a path whose content changed since),
+    ///   never had, or that is of another algorithm than the kind's versions is
+    ///   [`Error::NotFound`] with `what: "version"` and the version as `name`.
+    /// - Materializing the same version twice gives the same content.
     async fn materialize(&self, version: &Version, scratch: &Path) -> Result<PathBuf>;
 
     /// Make `dir` (what a node wrote) the source's new content and return its version.

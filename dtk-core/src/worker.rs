@@ -187,9 +187,7 @@ impl Project {
         let result: Result<()> = async {
             loop {
                 while let Some(done) = tasks.try_join_next() {
-                    if let Ok(Ok(r)) = done {
-                        report.runs.push(r);
-                    }
+                    settle(done, &mut report);
                 }
                 let limit_hit = options.max_runs.is_some_and(|m| started >= m);
                 if stop.load(Ordering::SeqCst) || limit_hit {
@@ -259,9 +257,7 @@ impl Project {
                     tokio::select! {
                         _ = tokio::time::sleep(options.poll) => {}
                         Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                            if let Ok(Ok(r)) = done {
-                                report.runs.push(r);
-                            }
+                            settle(done, &mut report);
                         }
                     }
                 }
@@ -270,12 +266,23 @@ impl Project {
         }
         .await;
         while let Some(done) = tasks.join_next().await {
-            if let Ok(Ok(r)) = done {
-                report.runs.push(r);
-            }
+            settle(done, &mut report);
         }
         heartbeat.abort();
         let _ = std::fs::remove_file(&beat);
         result.map(|()| report)
+    }
+}
+
+/// Count a finished run task in `report`; a run that ended in an error (its attempt taken
+/// over while this worker was stopped, the store failing) is said on stderr, not dropped.
+fn settle(
+    done: std::result::Result<crate::Result<crate::RunRecord>, tokio::task::JoinError>,
+    report: &mut WorkerReport,
+) {
+    match done {
+        Ok(Ok(r)) => report.runs.push(r),
+        Ok(Err(e)) => tracing::warn!("{}", crate::project::error_chain(&e)),
+        Err(e) => tracing::warn!(error = %e, "a run's task ended abnormally"),
     }
 }

@@ -28,6 +28,13 @@ mod net;
 pub mod path;
 #[cfg(feature = "s3")]
 pub mod s3;
+#[cfg(any(
+    feature = "docker",
+    feature = "http",
+    feature = "hockeyapp",
+    feature = "s3"
+))]
+mod speed;
 
 use dtk_core::Registry;
 

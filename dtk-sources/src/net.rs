@@ -11,6 +11,8 @@ use std::io::Write;
 use std::path::Path;
 
 use dtk_core::{Context, Error, IoResultExt, Result};
+
+pub(crate) use crate::speed::LowSpeed;
 use md5::Digest as _;
 
 /// An HTTP client for kind `kind` with the context's bounds: connecting and each read wait
@@ -73,10 +75,6 @@ pub(crate) fn check_status(
     };
     Err(Error::backend(kind, source, message))
 }
-
-/// The slowest transfer [`download`] accepts, in bytes a second over a whole
-/// [`Context::network_timeout`].
-pub(crate) const LOW_SPEED: u64 = 1024;
 
 /// The longest `Retry-After` that [`send`] waits for.
 const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
@@ -151,10 +149,7 @@ pub(crate) async fn download(
     let mut md5 = md5::Md5::new();
     let mut size = 0u64;
     let url = resp.url().to_string();
-    // A server that trickles bytes passes every read timeout: abort below LOW_SPEED bytes
-    // a second over a whole network_timeout, as git's http.lowSpeedLimit does.
-    let window = ctx.network_timeout.max(std::time::Duration::from_secs(1));
-    let (mut window_start, mut window_bytes) = (std::time::Instant::now(), 0u64);
+    let mut speed = LowSpeed::new(ctx.network_timeout);
     loop {
         let chunk = resp.chunk().await.map_err(|e| match expected {
             Some(n) if n > size => Error::backend(
@@ -170,21 +165,9 @@ pub(crate) async fn download(
         md5.update(&chunk);
         size += chunk.len() as u64;
         transfer.advance(chunk.len() as u64);
-        window_bytes += chunk.len() as u64;
-        if window_start.elapsed() >= window {
-            let floor = LOW_SPEED * window.as_secs();
-            if window_bytes < floor {
-                return Err(Error::backend(
-                    kind,
-                    source,
-                    format!(
-                        "{what}: too slow ({window_bytes} bytes in {} s, below {LOW_SPEED} bytes/s); gave up",
-                        window.as_secs()
-                    ),
-                ));
-            }
-            (window_start, window_bytes) = (std::time::Instant::now(), 0);
-        }
+        speed
+            .advance(chunk.len())
+            .map_err(|m| Error::backend(kind, source, format!("{what}: {m}")))?;
     }
     if let Some(n) = expected {
         if n != size {
@@ -297,16 +280,19 @@ pub(crate) async fn get_following(
 }
 
 /// The body of `resp`, at most `limit` bytes (a bigger body is an error, not a memory
-/// blow-up); `what` names it in errors.
+/// blow-up) and at the low-speed limit of [`download`] for `network_timeout`; `what`
+/// names it in errors.
 pub(crate) async fn body_limited(
     kind: &str,
     source: &str,
     what: &str,
     mut resp: reqwest::Response,
     limit: usize,
+    network_timeout: std::time::Duration,
 ) -> Result<Vec<u8>> {
     let url = resp.url().to_string();
     let expected = resp.content_length();
+    let mut speed = LowSpeed::new(network_timeout);
     let mut body = Vec::new();
     while let Some(chunk) = resp
         .chunk()
@@ -321,6 +307,9 @@ pub(crate) async fn body_limited(
             ));
         }
         body.extend_from_slice(&chunk);
+        speed
+            .advance(chunk.len())
+            .map_err(|m| Error::backend(kind, source, format!("{what}: {m}")))?;
     }
     if let Some(n) = expected {
         if n != body.len() as u64 {

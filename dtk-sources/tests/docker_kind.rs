@@ -938,7 +938,10 @@ async fn conformance() {
     let (reg, _, _) = seeded(&env);
     let src = open(&env.ctx, &reg.location("team/app"), None).await;
     let publish = Image::single("conformance", "amd64").write_layout(&env.dir("pub"), "latest");
-    let fixture = Fixture::new(env.dir("fixture")).with_publish_dir(publish);
+    // Materializing writes its own index.json, naming the source's tag.
+    let fixture = Fixture::new(env.dir("fixture"))
+        .with_publish_dir(publish)
+        .with_rewritten(["index.json"]);
     check_all(&*src, &fixture).await.unwrap();
 }
 
@@ -989,11 +992,9 @@ async fn transfers_report_progress() {
 async fn unreachable_registry_fails_quickly() {
     let env = env();
     let port = free_port("127.0.0.1");
-    let t = Instant::now();
     let e = resolve(&env.ctx, &format!("127.0.0.1:{port}/team/app"), None)
         .await
         .unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert!(matches!(e, Error::Backend { .. }), "{e}");
     eprintln!("{e}");
     assert!(e.to_string().contains("cannot connect"), "{e}");
@@ -1040,15 +1041,95 @@ async fn garbage_answers_fail_cleanly() {
         b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"not a url\"\r\nContent-Length: 0\r\n\r\n",
     ] {
         let port = junk_server(reply);
-        let t = Instant::now();
         let e = resolve(&env.ctx, &format!("127.0.0.1:{port}/team/app"), None)
             .await
             .unwrap_err();
         eprintln!("{e}");
-        assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
         assert!(matches!(e, Error::Backend { .. }), "{e}");
         assert!(e.to_string().contains("docker source \"src\""), "{e}");
     }
+}
+
+/// A loopback server that reads each request and hands the connection and the request's
+/// number (from 0) to `answer`.
+fn scripted_server(
+    answer: impl Fn(usize, &mut std::net::TcpStream) + Send + Sync + 'static,
+) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let answer = Arc::new(answer);
+    std::thread::spawn(move || {
+        for (n, s) in l.incoming().enumerate() {
+            let Ok(mut s) = s else { return };
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                let _ = s.read(&mut buf);
+                answer(n, &mut s);
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_busy_registry_is_waited_out_and_a_trickle_aborts() {
+    let mut env = env();
+    env.ctx.network_timeout = Duration::from_secs(1);
+    // 503 with Retry-After: 1, always; a request that comes back sooner than told is
+    // answered 400 instead, so the error shows whether the waits were kept.
+    let seen = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let s = seen.clone();
+    let port = scripted_server(move |_, conn| {
+        let now = Instant::now();
+        let early = {
+            let mut seen = s.lock().unwrap();
+            let early = seen
+                .last()
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_millis(950));
+            seen.push(now);
+            early
+        };
+        let status = if early {
+            "400 Too Early"
+        } else {
+            "503 Service Unavailable"
+        };
+        let _ = conn.write_all(
+            format!(
+                "HTTP/1.1 {status}\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+    });
+    let e = resolve(&env.ctx, &format!("127.0.0.1:{port}/team/app"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Backend { .. }), "{e}");
+    assert!(e.to_string().contains("503"), "{e}");
+    assert_eq!(seen.lock().unwrap().len(), 3, "one request and two retries");
+
+    // A registry that trickles a byte every half second passes every read timeout: the
+    // low-speed limit ends the answer (were it not to, it would take half an hour).
+    let port = scripted_server(|_, conn| {
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                    Docker-Distribution-API-Version: registry/2.0\r\nContent-Length: 4000\r\n\r\n";
+        if conn.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        for _ in 0..4000 {
+            if conn.write_all(b" ").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let e = resolve(&env.ctx, &format!("127.0.0.1:{port}/team/app"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Backend { .. }), "{e}");
+    assert!(e.to_string().contains("too slow"), "{e}");
 }
 
 #[tokio::test]
@@ -1057,18 +1138,19 @@ async fn silent_server_times_out() {
     env.ctx.network_timeout = Duration::from_secs(1);
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let h = held.clone();
+    // Accept, never answer, hang up after a minute: were our timeout not to end the wait,
+    // the error would be the hang-up, not a timeout.
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
-            h.lock().unwrap().push(s); // accept, never answer
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(60));
+                drop(s);
+            });
         }
     });
-    let t = Instant::now();
     let e = resolve(&env.ctx, &format!("127.0.0.1:{port}/team/app"), None)
         .await
         .unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert!(e.to_string().contains("timed out"), "{e}");
 }
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dtk_core::conformance::{check_all, Fixture};
 use dtk_core::{Context, Error, Kind, Name, NewSource, Secrets, Source, SourceSpec, Version};
@@ -451,7 +451,6 @@ async fn unknown_tag_and_path_are_not_found_quoting_them() {
 #[tokio::test]
 async fn missing_or_invalid_locations_fail_fast() {
     let e = env();
-    let start = Instant::now();
     let missing = e.root.join("nowhere/repo");
     let err = resolve(&e.ctx, missing.to_str().unwrap(), None, None)
         .await
@@ -480,11 +479,6 @@ async fn missing_or_invalid_locations_fail_fast() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Invalid { .. }), "{err}");
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
     // An empty repository has no default branch to follow.
     let empty = e.root.join("empty");
     init_repo(&empty, "main");
@@ -505,26 +499,25 @@ async fn unreachable_remotes_fail_within_the_timeout() {
         l.local_addr().unwrap().port()
     };
     let url = format!("git://127.0.0.1:{port}/repo.git");
-    let start = Instant::now();
     let err = resolve(&e.ctx, &url, None, None).await.unwrap_err();
     assert!(matches!(err, Error::Backend { .. }), "{err}");
     assert!(err.to_string().contains(&url), "{err}");
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
-    // A server that accepts and never answers.
+    assert!(err.to_string().contains("cannot connect"), "{err}");
+    // A server that accepts and never answers, and hangs up after a minute: were our
+    // stall timer not to end the wait, the error would be the hang-up. The message names
+    // the configured timeout.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("git://{}/repo.git", silent.local_addr().unwrap());
-    let start = Instant::now();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        drop(silent);
+    });
     let err = resolve(&e.ctx, &url, None, None).await.unwrap_err();
-    let took = start.elapsed();
     assert!(matches!(err, Error::Backend { .. }), "{err}");
     assert!(err.to_string().contains(&url), "{err}");
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
-        "{took:?}"
+        err.to_string().contains("no answer or no progress for 2s"),
+        "{err}"
     );
     // Nothing half-made is left where the mirror would be.
     let git_cache = e.ctx.cache_dir.join("git");
@@ -538,7 +531,6 @@ async fn unreachable_remotes_fail_within_the_timeout() {
                 || n.to_string_lossy().starts_with(".tmp-")),
         "{leftovers:?}"
     );
-    drop(silent);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ mod support;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dtk_core::conformance::{check_all, Fixture};
 use dtk_core::{Context, Error, Kind, Name, NewSource, Source, SourceSpec, Verification, Version};
@@ -315,11 +315,10 @@ async fn failures_are_clear_bounded_and_leave_nothing() {
     no_partial_files(dir.path());
     server.clear("truncate");
 
-    // A stalled server: a timeout within a bounded wait.
+    // A stalled server: our timeout ends the request (were it not to, the server would
+    // answer after 20 s and the poll would succeed).
     server.set("stall", "20");
-    let t = Instant::now();
     let e = source.latest().await.unwrap_err().to_string();
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert!(e.contains("timed out"), "{e}");
     server.clear("stall");
 
@@ -356,19 +355,16 @@ async fn busy_servers_are_waited_out_and_trickles_abort() {
     let source = add(&ctx, "nightly", &server.url("/x.bin")).await;
     server.set("no-validators", "");
 
-    // 429 with Retry-After: waited out, then the request goes through.
-    server.put_file("x.bin", b"a new build");
-    server.set("busy", "1 1");
-    let t = Instant::now();
-    let v = source.latest().await.unwrap().version;
-    assert_eq!(v, version(b"a new build"));
-    assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
-    let statuses = requests(&server, "/x.bin");
-    assert_eq!(
-        statuses[statuses.len() - 2..],
-        ["429", "200"],
-        "{statuses:?}"
-    );
+    // 429 or 503 with Retry-After: waited out (the server logs a request that comes back
+    // too early as "early"), then the request goes through.
+    for (status, content) in [("429", &b"a new build"[..]), ("503", b"another build")] {
+        server.clear_log();
+        server.put_file("x.bin", content);
+        server.set("busy", &format!("1 1 {status}"));
+        let v = source.latest().await.unwrap().version;
+        assert_eq!(v, version(content));
+        assert_eq!(requests(&server, "/x.bin"), [status, "200"]);
+    }
 
     // Busy for longer than we retry: the 429 is the error, clearly.
     server.set("busy", "5 0");
@@ -377,12 +373,11 @@ async fn busy_servers_are_waited_out_and_trickles_abort() {
     server.clear("busy");
 
     // A server that trickles a byte every half second passes every read timeout; the
-    // low-speed limit ends the download within about two network timeouts.
+    // low-speed limit ends the download (were it not to, the whole 64 bytes would arrive
+    // after 32 s and the poll would succeed).
     server.put_file("x.bin", &[7u8; 64]);
     server.set("trickle", "0.5");
-    let t = Instant::now();
     let e = source.latest().await.unwrap_err().to_string();
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert!(e.contains("too slow") && e.contains("\"nightly\""), "{e}");
     server.clear("trickle");
     no_partial_files(dir.path());

@@ -383,7 +383,8 @@ impl Client {
             })
     }
 
-    /// Read a whole (small) body, at most `limit` bytes.
+    /// Read a whole (small) body, at most `limit` bytes, at the low-speed limit of
+    /// downloads.
     async fn read_limited(
         &self,
         mut resp: reqwest::Response,
@@ -394,12 +395,16 @@ impl Client {
             return Err(self.err(format!("{url}: the answer is larger than {limit} bytes")));
         }
         let mut out = Vec::new();
+        let mut speed = net::LowSpeed::new(self.ctx.network_timeout);
         while let Some(chunk) = resp
             .chunk()
             .await
             .map_err(|e| net::request_error(KIND, &self.source, url, e))?
         {
             out.extend_from_slice(&chunk);
+            speed
+                .advance(chunk.len())
+                .map_err(|m| self.err(format!("{url}: {m}")))?;
             if out.len() as u64 > limit {
                 return Err(self.err(format!("{url}: the answer is larger than {limit} bytes")));
             }

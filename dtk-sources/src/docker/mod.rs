@@ -341,6 +341,16 @@ impl Source for DockerSource {
     /// Write the image at `version` into `scratch` as an OCI image layout and return
     /// `scratch`. `oci-layout` and `index.json` are written last.
     async fn materialize(&self, version: &Version, scratch: &Path) -> Result<PathBuf> {
+        if version.algo() != dtk_core::Algo::Sha256 {
+            return Err(Error::NotFound {
+                what: "version",
+                name: version.to_string(),
+                hint: format!(
+                    ": docker source {:?} has sha256 versions (manifest digests)",
+                    self.name()
+                ),
+            });
+        }
         let digest = digest_of(version)?;
         let client = self.client()?;
         let top = client

@@ -589,6 +589,16 @@ impl Source for GitSource {
     }
 
     async fn materialize(&self, version: &Version, scratch: &Path) -> Result<PathBuf> {
+        if version.algo() != Algo::Sha1 {
+            return Err(Error::NotFound {
+                what: "version",
+                name: version.to_string(),
+                hint: format!(
+                    ": git source {:?} has sha1 versions (commit ids)",
+                    self.name()
+                ),
+            });
+        }
         let commit = commit_of(version)?;
         self.ensure_mirror().await?;
         let has = {

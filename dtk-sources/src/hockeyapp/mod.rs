@@ -370,7 +370,15 @@ impl Service {
     async fn json(&self, what: &str, resp: reqwest::Response) -> Result<Value> {
         let shown = net::shown_url(resp.url());
         let resp = net::check_status(KIND, &self.name, what, resp)?;
-        let body = net::body_limited(KIND, &self.name, what, resp, JSON_LIMIT).await?;
+        let body = net::body_limited(
+            KIND,
+            &self.name,
+            what,
+            resp,
+            JSON_LIMIT,
+            self.ctx.network_timeout,
+        )
+        .await?;
         serde_json::from_slice(&body).map_err(|e| {
             Error::backend(
                 KIND,

@@ -148,6 +148,9 @@ impl Settings {
 pub(crate) struct Connection {
     pub(crate) meta: Arc<AmazonS3>,
     pub(crate) transfer: Arc<AmazonS3>,
+    /// The context's network timeout: transfers have no overall bound, but give up below
+    /// the low-speed limit over this long.
+    pub(crate) network_timeout: Duration,
     pub(crate) settings: Settings,
     /// The endpoint as shown in messages.
     pub(crate) endpoint: String,
@@ -326,6 +329,7 @@ impl Connection {
         Ok(Connection {
             meta,
             transfer,
+            network_timeout: nt,
             endpoint: settings.shown_endpoint(&location.bucket),
             settings,
             bucket: location.bucket.clone(),

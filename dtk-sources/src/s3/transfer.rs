@@ -124,8 +124,12 @@ async fn fetch(
     );
     let mut hash = Md5::new();
     let mut written = 0u64;
+    let mut speed = crate::speed::LowSpeed::new(src.conn.network_timeout);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| src.error(what, &e))?;
+        speed
+            .advance(chunk.len())
+            .map_err(|m| Error::backend(KIND, src.name(), format!("{what}: {m}")))?;
         hash.update(&chunk[..]);
         written += chunk.len() as u64;
         if written > entry.size {

@@ -31,8 +31,10 @@ while the server runs:
       per_page            paginate app_versions with this many builds per page.
       etag                use this ETag for every file instead of one from the content.
       status              answer file requests with this HTTP status (401, 403, 500, ...).
-      busy                "N SECONDS": answer the next N file requests 429 with
-                          Retry-After: SECONDS.
+      busy                "N SECONDS [STATUS]": answer the next N requests STATUS
+                          (default 429) with Retry-After: SECONDS; a request that comes
+                          back before SECONDS have passed is answered the same and
+                          logged with status "early" (a client that ignores the wait).
       trickle             send file bodies one byte every this many seconds.
   DIR/requests.log        one line per request: METHOD PATH STATUS AUTH, where AUTH is
                           token-ok, token-bad or no-token (the token itself is never
@@ -91,8 +93,8 @@ class Handler(BaseHTTPRequestHandler):
             with open(os.path.join(ROOT, "requests.log"), "a") as f:
                 f.write(f"{self.command} {self.path} {status} {self.auth()}\n")
 
-    def send(self, status, body=b"", headers=None, truncate=False):
-        self.record(status)
+    def send(self, status, body=b"", headers=None, truncate=False, logged=None):
+        self.record(status if logged is None else logged)
         self.send_response(status)
         headers = dict(headers or {})
         length = len(body) + (100 if truncate else 0)
@@ -137,6 +139,24 @@ class Handler(BaseHTTPRequestHandler):
         stall = ctl("stall")
         if stall is not None:
             time.sleep(float(stall or "30"))
+        busy = ctl("busy")
+        if busy:
+            n, wait, *status = busy.split()
+            status = int(status[0]) if status else 429
+            headers = {"Retry-After": wait}
+            with LOG_LOCK:
+                until = ctl("busy-until")
+                early = until is not None and time.time() < float(until)
+                if not early and int(n) > 0:
+                    with open(os.path.join(ROOT, "ctl", "busy"), "w") as f:
+                        f.write(f"{int(n) - 1} {wait} {status}")
+                    with open(os.path.join(ROOT, "ctl", "busy-until"), "w") as f:
+                        # A little slack for the client's timer granularity.
+                        f.write(str(time.time() + float(wait) - 0.05))
+            if early:
+                return self.send(status, b"too early\n", headers, logged="early")
+            if int(n) > 0:
+                return self.send(status, b"slow down\n", headers)
         parts = urlsplit(self.path)
         path = unquote(parts.path)
         query = parse_qs(parts.query)
@@ -146,13 +166,6 @@ class Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ static files
     def static(self, path):
-        busy = ctl("busy")
-        if busy:
-            n, wait = busy.split()
-            if int(n) > 0:
-                with open(os.path.join(ROOT, "ctl", "busy"), "w") as f:
-                    f.write(f"{int(n) - 1} {wait}")
-                return self.send(429, b"slow down\n", {"Retry-After": wait})
         status = ctl("status")
         if status:
             return self.send(int(status), b"refused\n", {"Content-Type": "text/plain"})

@@ -75,6 +75,10 @@ impl Server {
 
     /// Turn switch `name` on, with `value`.
     pub fn set(&self, name: &str, value: &str) {
+        if name == "busy" {
+            // A new busy spell: forget when the last one said to come back.
+            self.clear("busy-until");
+        }
         std::fs::write(self.root().join("ctl").join(name), value).unwrap();
     }
 
