@@ -21,6 +21,10 @@ pub(crate) struct Cli {
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// When to color the output: auto (when the stream is a terminal and NO_COLOR is
+    /// unset or empty), always, or never.
+    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value_t = ColorWhen::Auto)]
+    pub(crate) color: ColorWhen,
     /// Log more to stderr (-v info, -vv debug); DKT_LOG=... overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
@@ -187,6 +191,25 @@ pub(crate) enum Command {
         #[arg(long, value_enum, default_value_t = Format::Manifest)]
         format: Format,
     },
+    /// Print a shell completion script for dkt.
+    ///
+    /// bash: `dkt completions bash > ~/.local/share/bash-completion/completions/dkt`;
+    /// zsh: `dkt completions zsh > "${fpath[1]}/_dkt"`;
+    /// fish: `dkt completions fish > ~/.config/fish/completions/dkt.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print dkt's man page (roff), or write a page per command into DIR.
+    ///
+    /// `dkt man | man -l -` reads it; `dkt man --dir /usr/local/share/man/man1` installs
+    /// dkt.1, dkt-source.1, dkt-source-add.1 and so on.
+    Man {
+        /// Write one page per command (dkt.1, dkt-node-run.1, ...) into DIR.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Check an artifact's provenance against the records and the data.
     ///
     /// Every record's own digest and the hash chain between records are checked, node
@@ -196,6 +219,63 @@ pub(crate) enum Command {
         /// SOURCE:VERSION, NODE-ID or RUN-ID.
         what: String,
     },
+}
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ColorWhen {
+    /// Color when the stream is a terminal and NO_COLOR is unset or empty.
+    Auto,
+    /// Always color.
+    Always,
+    /// Never color.
+    Never,
+}
+
+impl ColorWhen {
+    /// Whether to color what goes to `stream`.
+    pub(crate) fn enabled(self, stream: &impl std::io::IsTerminal) -> bool {
+        match self {
+            ColorWhen::Always => true,
+            ColorWhen::Never => false,
+            ColorWhen::Auto => {
+                std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && stream.is_terminal()
+            }
+        }
+    }
+
+    /// The same choice for clap's help and error messages.
+    pub(crate) fn for_clap(self) -> clap::ColorChoice {
+        match self {
+            ColorWhen::Auto => clap::ColorChoice::Auto,
+            ColorWhen::Always => clap::ColorChoice::Always,
+            ColorWhen::Never => clap::ColorChoice::Never,
+        }
+    }
+
+    /// The `--color` among raw arguments, read before clap parses them (so that clap's own
+    /// help and errors follow it too).
+    pub(crate) fn from_args(args: &[std::ffi::OsString]) -> ColorWhen {
+        let mut when = ColorWhen::Auto;
+        let mut it = args.iter().skip(1).map(|a| a.to_string_lossy());
+        while let Some(a) = it.next() {
+            if a == "--" {
+                break;
+            }
+            let value = match a.strip_prefix("--color") {
+                Some("") => it.next().map(|v| v.into_owned()),
+                Some(v) => v.strip_prefix('=').map(str::to_owned),
+                None => None,
+            };
+            when = match value.as_deref() {
+                Some("always") => ColorWhen::Always,
+                Some("never") => ColorWhen::Never,
+                Some("auto") => ColorWhen::Auto,
+                _ => when,
+            };
+        }
+        when
+    }
 }
 
 /// `dkt inspect --format`.

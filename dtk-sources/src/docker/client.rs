@@ -41,6 +41,33 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// The credential docker itself would use for `registry` (`docker.io` or `host[:port]`):
+/// from `$DOCKER_CONFIG/config.json` (else `~/.docker/config.json`), its `auths` entry or
+/// the credential helper it names (`credHelpers`, `credsStore`, run as
+/// `docker-credential-NAME get`). None when there is none; identity tokens (an OAuth
+/// refresh token for Docker Hub's login flow) are not used.
+fn docker_config_credential(registry: &str) -> Option<Credential> {
+    use docker_credential::{CredentialRetrievalError as E, DockerCredential};
+    match docker_credential::get_credential(registry) {
+        Ok(DockerCredential::UsernamePassword(user, password)) => {
+            tracing::debug!(registry, "using docker's configured credential");
+            Some(Credential::Basic { user, password })
+        }
+        Ok(DockerCredential::IdentityToken(_)) => {
+            tracing::debug!(
+                registry,
+                "docker's credential is an identity token; not used"
+            );
+            None
+        }
+        Err(E::ConfigNotFound | E::ConfigReadError | E::NoCredentialConfigured) => None,
+        Err(e) => {
+            tracing::warn!(registry, error = %e, "cannot read docker's credential");
+            None
+        }
+    }
+}
+
 impl Credential {
     /// The credential a `DOCKER_TOKEN` value stands for (`None` when empty).
     pub(crate) fn parse(value: &str) -> Option<Credential> {
@@ -209,7 +236,9 @@ fn lock(m: &Mutex<AuthState>) -> std::sync::MutexGuard<'_, AuthState> {
 }
 
 impl Client {
-    /// A client for `reference` on behalf of source `source`. No I/O.
+    /// A client for `reference` on behalf of source `source`. No network I/O: the
+    /// credential is the project's `DOCKER_TOKEN` secret, else docker's own for the
+    /// registry (see [`docker_config_credential`]).
     pub(crate) fn new(ctx: &Context, source: &str, reference: Reference) -> Result<Client> {
         let plain = reference.plain_http(ctx.setting(KIND, "insecure"));
         let scheme = if plain { "http" } else { "https" };
@@ -217,7 +246,8 @@ impl Client {
         let credential = ctx
             .secrets
             .get(dtk_core::config::DOCKER_TOKEN)
-            .and_then(Credential::parse);
+            .and_then(Credential::parse)
+            .or_else(|| docker_config_credential(&reference.registry));
         Ok(Client {
             http: net::client(ctx, KIND, source)?,
             ctx: ctx.clone(),

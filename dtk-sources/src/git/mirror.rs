@@ -543,16 +543,12 @@ struct MirrorLock(#[allow(dead_code)] std::fs::File);
 
 #[cfg(unix)]
 fn try_lock(file: &std::fs::File) -> std::io::Result<bool> {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: flock on a file descriptor we own; no memory is shared with the call.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(code) if code == libc::EWOULDBLOCK || code == libc::EINTR => Ok(false),
-        _ => Err(e),
+    use rustix::fs::{flock, FlockOperation};
+    use rustix::io::Errno;
+    match flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(e) if e == Errno::WOULDBLOCK || e == Errno::INTR => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
