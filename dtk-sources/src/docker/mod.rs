@@ -57,6 +57,8 @@ use reference::{Reference, DEFAULT_TAG};
 const KIND: &str = "docker";
 /// How deep indexes may nest (index → index → manifest).
 const MAX_DEPTH: usize = 3;
+/// Blobs downloaded or uploaded at once (docker itself does 3 downloads and 5 uploads).
+const TRANSFERS: usize = 4;
 
 /// The `docker` kind. Register it into a [`dtk_core::Registry`]:
 ///
@@ -242,9 +244,14 @@ impl DockerSource {
                     }
                 }
                 Children::Image(ds) => {
-                    for d in ds {
-                        self.pull_blob(client, &d, root).await?;
-                    }
+                    // The config and layers, TRANSFERS at a time.
+                    use futures::stream::{StreamExt as _, TryStreamExt as _};
+                    let pulls: Vec<_> =
+                        ds.iter().map(|d| self.pull_blob(client, d, root)).collect();
+                    futures::stream::iter(pulls)
+                        .buffer_unordered(TRANSFERS)
+                        .try_collect::<()>()
+                        .await?;
                 }
             }
         }
@@ -431,8 +438,17 @@ impl Source for DockerSource {
                 missing.push((d, p));
             }
         }
-        for (d, p) in &missing {
-            client.upload_blob(d, p).await?;
+        // Uploads TRANSFERS at a time (the checks above got the push token they share).
+        {
+            use futures::stream::{StreamExt as _, TryStreamExt as _};
+            let uploads: Vec<_> = missing
+                .iter()
+                .map(|(d, p)| client.upload_blob(d, p))
+                .collect();
+            futures::stream::iter(uploads)
+                .buffer_unordered(TRANSFERS)
+                .try_collect::<()>()
+                .await?;
         }
         // Children first, then the top manifest under the tag.
         let Some((_, top_bytes, top_type)) = manifests.first().cloned() else {
