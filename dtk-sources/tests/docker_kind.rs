@@ -1396,3 +1396,72 @@ fn infer_only_clear_registries() {
     std::fs::create_dir_all(&local).unwrap();
     assert_eq!(k.infer(&local.display().to_string()), None);
 }
+
+/// Each transfer's name and the sizes of its steps.
+type StepLog = Arc<Mutex<Vec<(String, Vec<u64>)>>>;
+
+/// A [`Progress`] that keeps a [`StepLog`].
+#[derive(Debug, Default, Clone)]
+struct Steps(StepLog);
+
+impl Progress for Steps {
+    fn start(&self, what: &str, _total: Option<u64>) -> Box<dyn Transfer> {
+        struct T(StepLog, usize);
+        impl Transfer for T {
+            fn advance(&mut self, bytes: u64) {
+                self.0.lock().unwrap()[self.1].1.push(bytes);
+            }
+        }
+        let mut all = self.0.lock().unwrap();
+        all.push((what.to_owned(), Vec::new()));
+        Box::new(T(self.0.clone(), all.len() - 1))
+    }
+}
+
+#[tokio::test]
+async fn blobs_larger_than_chunk_size_are_uploaded_in_chunks() {
+    let mut env = env();
+    let (reg, _, _) = seeded(&env);
+    env.ctx = env.ctx.clone().with_setting("docker", "chunk_size", "1KiB");
+    let steps = Steps::default();
+    env.ctx.progress = Arc::new(steps.clone());
+    let src = open(&env.ctx, &reg.location("team/app"), None).await;
+    let new = Image::single("chunked", "amd64");
+    let biggest = new.blobs.values().map(Vec::len).max().unwrap() as u64;
+    assert!(biggest > 3 * 1024, "{biggest}");
+    let v = src
+        .publish(&new.write_layout(&env.dir("pub"), "latest"))
+        .await
+        .unwrap()
+        .version;
+    assert_eq!(v, new.version());
+    // One transfer per blob; the big ones went up 1 KiB at a time (a PATCH each), all of
+    // every blob's bytes counted once.
+    let uploads = steps.0.lock().unwrap().clone();
+    assert_eq!(uploads.len(), new.blobs.len(), "{uploads:?}");
+    let mut sizes: Vec<u64> = uploads.iter().map(|(_, s)| s.iter().sum()).collect();
+    let mut want: Vec<u64> = new.blobs.values().map(|b| b.len() as u64).collect();
+    sizes.sort();
+    want.sort();
+    assert_eq!(sizes, want);
+    let big = uploads
+        .iter()
+        .find(|(_, s)| s.iter().sum::<u64>() == biggest)
+        .unwrap();
+    assert_eq!(big.1.len() as u64, biggest.div_ceil(1024), "{big:?}");
+    assert!(big.1.iter().all(|n| *n <= 1024), "{big:?}");
+    // What the registry assembled is the image, byte for byte.
+    let back = src.materialize(&v, &env.dir("back")).await.unwrap();
+    assert_eq!(check_layout(&back), expected_blobs(&new));
+
+    // A chunk size that is not one is refused, naming the setting.
+    let bad = env
+        .ctx
+        .clone()
+        .with_setting("docker", "chunk_size", "12 parsecs");
+    let e = DockerKind::default()
+        .resolve(&bad, new_source(&reg.location("team/app"), None))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("chunk_size"), "{e}");
+}
