@@ -132,7 +132,7 @@ pub(crate) enum Command {
         /// Suppose SRC moved to VERSION (an impact query, with --dry-run).
         #[arg(long = "if", value_name = "SRC=VERSION")]
         assume: Vec<String>,
-        /// End each run after this long (90s, 30m, 2h).
+        /// End each run after this long (90s, 30m, 1h30m).
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
         /// Print the running nodes' output lines to stderr, prefixed by node (the default
@@ -344,7 +344,7 @@ pub(crate) enum NodeCommand {
         /// Run again even if a run on the same inputs succeeded.
         #[arg(long)]
         force: bool,
-        /// End the run after this long (90s, 30m, 2h); default: .dkt/config [run] timeout.
+        /// End the run after this long (90s, 30m, 1h30m); default: .dkt/config [run] timeout.
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
         /// Print the run's output lines to stderr as they come (the default when stderr
@@ -367,7 +367,7 @@ pub(crate) enum NodeCommand {
         /// Then rerun every node below it, in topological order.
         #[arg(long)]
         downstream: bool,
-        /// End each run after this long (90s, 30m, 2h).
+        /// End each run after this long (90s, 30m, 1h30m).
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
         /// Print the runs' output lines to stderr as they come (the default when stderr
