@@ -1465,3 +1465,144 @@ async fn blobs_larger_than_chunk_size_are_uploaded_in_chunks() {
         .unwrap_err();
     assert!(e.to_string().contains("chunk_size"), "{e}");
 }
+
+/// An image with `base`'s layers and a config of its own, its manifest naming `base_name`
+/// as its base image (`org.opencontainers.image.base.name`), if given.
+fn based_on(base: &Image, base_name: Option<&str>, seed: &str) -> Image {
+    let m: serde_json::Value = serde_json::from_slice(&base.manifest).unwrap();
+    let layers = m["layers"].clone();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": [format!("SEED={seed}")]},
+    }))
+    .unwrap();
+    let mut manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, &config),
+        "layers": layers,
+    });
+    if let Some(name) = base_name {
+        manifest["annotations"] = serde_json::json!({ "org.opencontainers.image.base.name": name });
+    }
+    let mut blobs: BTreeMap<String, Vec<u8>> = layers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let d = l["digest"].as_str().unwrap().to_owned();
+            let b = base.blobs[&d].clone();
+            (d, b)
+        })
+        .collect();
+    blobs.insert(sha256(&config), config);
+    Image {
+        media_type: OCI_MANIFEST,
+        manifest: serde_json::to_vec_pretty(&manifest).unwrap(),
+        blobs,
+    }
+}
+
+#[tokio::test]
+async fn layers_of_a_base_image_in_the_registry_are_mounted_not_uploaded() {
+    let mut env = env();
+    let (reg, one, _) = seeded(&env);
+    let steps = Steps::default();
+    env.ctx.progress = Arc::new(steps.clone());
+    let app = open(&env.ctx, &reg.location("team/app"), None).await;
+    let to = |repo: &str| {
+        let spec = SourceSpec {
+            location: reg.location(repo),
+            tag: Some("latest".into()),
+            ..app.spec().clone()
+        };
+        DockerKind::default().open(&env.ctx, &spec).unwrap()
+    };
+    // Based on team/app:latest: its two layers are mounted, only the config goes up.
+    let base_name = format!("{}:latest", reg.location("team/app"));
+    let derived = based_on(&one, Some(&base_name), "derived");
+    let dst = to("team/derived");
+    let v = dst
+        .publish(&derived.write_layout(&env.dir("d"), "latest"))
+        .await
+        .unwrap()
+        .version;
+    assert_eq!(v, derived.version());
+    let uploads = std::mem::take(&mut *steps.0.lock().unwrap());
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    // The new repository serves the whole image, mounted layers included.
+    let back = dst.materialize(&v, &env.dir("back")).await.unwrap();
+    assert_eq!(check_layout(&back), expected_blobs(&derived));
+    let downloads = std::mem::take(&mut *steps.0.lock().unwrap());
+    assert_eq!(downloads.len(), derived.blobs.len(), "{downloads:?}");
+
+    // Without the annotation (or naming another registry) every blob is uploaded.
+    for (repo, name) in [
+        ("team/plain", None),
+        (
+            "team/elsewhere",
+            Some("registry.example:5000/team/app:latest"),
+        ),
+    ] {
+        let image = based_on(&one, name, repo);
+        let v = to(repo)
+            .publish(&image.write_layout(&env.dir(repo), "latest"))
+            .await
+            .unwrap()
+            .version;
+        assert_eq!(v, image.version());
+        let uploads = std::mem::take(&mut *steps.0.lock().unwrap());
+        assert_eq!(uploads.len(), image.blobs.len(), "{repo}: {uploads:?}");
+    }
+}
+
+/// Behind a token service the mount needs `pull` on the base's repository too: the
+/// registry's challenge names it, and the token asked for it covers both.
+#[tokio::test]
+async fn mounts_behind_a_token_service_ask_for_the_base_repository() {
+    let reg = Registry::start_token();
+    let tokens = reg.tokens.as_ref().unwrap();
+    let mut env = env_with(Some(&format!("{USER}:{PASSWORD}")));
+    let one = Image::single("tokened", "amd64");
+    reg.push(
+        &one.write_layout(&env.dir("l-one"), "latest"),
+        "latest",
+        "team/app",
+    );
+    let steps = Steps::default();
+    env.ctx.progress = Arc::new(steps.clone());
+    let app = open(&env.ctx, &reg.location("team/app"), None).await;
+    let spec = SourceSpec {
+        location: reg.location("team/derived"),
+        tag: Some("latest".into()),
+        ..app.spec().clone()
+    };
+    let dst = DockerKind::default().open(&env.ctx, &spec).unwrap();
+    let derived = based_on(
+        &one,
+        Some(&format!("{}:latest", reg.location("team/app"))),
+        "derived",
+    );
+    let n = tokens.log().len();
+    let v = dst
+        .publish(&derived.write_layout(&env.dir("d"), "latest"))
+        .await
+        .unwrap()
+        .version;
+    assert_eq!(v, derived.version());
+    let uploads = steps.0.lock().unwrap().clone();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    let log = token_requests_since(tokens, n);
+    assert!(
+        log.iter().any(
+            |r| r.granted.iter().any(|g| g == "repository:team/app:pull")
+                && r.granted
+                    .iter()
+                    .any(|g| g == "repository:team/derived:pull,push")
+        ),
+        "{log:#?}"
+    );
+    let back = dst.materialize(&v, &env.dir("back")).await.unwrap();
+    assert_eq!(check_layout(&back), expected_blobs(&derived));
+}

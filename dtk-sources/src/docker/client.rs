@@ -298,6 +298,16 @@ impl Client {
         Error::backend(KIND, &self.source, message)
     }
 
+    /// The registry as docker names it (`docker.io`, `host[:port]`).
+    pub(crate) fn registry(&self) -> &str {
+        &self.reference.registry
+    }
+
+    /// The repository (`team/app`).
+    pub(crate) fn repo(&self) -> &str {
+        &self.reference.repo
+    }
+
     /// `REGISTRY/REPO` for messages.
     pub(crate) fn shown(&self) -> String {
         self.reference.location()
@@ -672,7 +682,51 @@ impl Client {
                     d.digest
                 ))
             })?;
-        let mut put = self.upload_url(d, &location)?;
+        self.upload_at(d, path, &location).await
+    }
+
+    /// Mount blob `d` from repository `from` of the same registry (`POST
+    /// blobs/uploads/?mount=DIGEST&from=REPO`): true when the registry mounted it (`201`).
+    /// When it starts an upload instead (`202`: it cannot, or may not, mount), the file
+    /// `path` is uploaded there; any other answer, a new upload.
+    pub(crate) async fn mount_or_upload(
+        &self,
+        d: &Descriptor,
+        path: &Path,
+        from: &str,
+    ) -> Result<bool> {
+        let mut url = Url::parse(&self.url("blobs/uploads/"))
+            .map_err(|_| self.err(format!("invalid registry URL {}", self.base)))?;
+        url.query_pairs_mut()
+            .append_pair("mount", &d.digest)
+            .append_pair("from", from);
+        let shown = url.to_string();
+        let resp = self
+            .send(Access::Push, &shown, |c| {
+                Ok(c.post(url.clone()).header(CONTENT_LENGTH, "0"))
+            })
+            .await?;
+        let location = resp
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match (resp.status(), location) {
+            (StatusCode::CREATED, _) => Ok(true),
+            (StatusCode::ACCEPTED, Some(location)) => {
+                tracing::debug!(blob = %d.digest, from, "not mounted; uploading");
+                self.upload_at(d, path, &location).await.map(|()| false)
+            }
+            (status, _) => {
+                tracing::debug!(blob = %d.digest, from, %status, "mount refused; uploading");
+                self.upload_blob(d, path).await.map(|()| false)
+            }
+        }
+    }
+
+    /// Upload the file `path` as blob `d` into the upload session at `location`.
+    async fn upload_at(&self, d: &Descriptor, path: &Path, location: &str) -> Result<()> {
+        let mut put = self.upload_url(d, location)?;
         let what = format!("{}: {}", self.source, short(&d.digest));
         let progress = self.ctx.progress.clone();
         let size = d.size;

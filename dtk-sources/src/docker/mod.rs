@@ -268,6 +268,21 @@ impl DockerSource {
     }
 }
 
+/// The annotation naming the image a manifest is based on (OCI image spec, annotations).
+const BASE_NAME: &str = "org.opencontainers.image.base.name";
+
+/// The repository of the base image that the manifests name (`org.opencontainers.image.
+/// base.name`), when it is another repository of the client's registry: where blobs can be
+/// mounted from instead of uploaded.
+fn base_repo(client: &Client, manifests: &[(Descriptor, Vec<u8>, String)]) -> Option<String> {
+    manifests.iter().find_map(|(_, bytes, _)| {
+        let m: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        let name = m.get("annotations")?.get(BASE_NAME)?.as_str()?;
+        let base = reference::Reference::parse(name).ok()?;
+        (base.registry == client.registry() && base.repo != client.repo()).then_some(base.repo)
+    })
+}
+
 /// Check that a manifest fetched by digest is what descriptor `d` says.
 fn check_fetched(src: &DockerSource, m: &client::Fetched, d: &Descriptor) -> Result<()> {
     if m.digest != d.digest || m.bytes.len() as u64 != d.size {
@@ -438,12 +453,20 @@ impl Source for DockerSource {
                 missing.push((d, p));
             }
         }
-        // Uploads TRANSFERS at a time (the checks above got the push token they share).
+        // Uploads TRANSFERS at a time (the checks above got the push token they share);
+        // with a base image in another repository of the same registry, mounted from there
+        // when the registry can.
+        let from = base_repo(client, &manifests);
         {
             use futures::stream::{StreamExt as _, TryStreamExt as _};
             let uploads: Vec<_> = missing
                 .iter()
-                .map(|(d, p)| client.upload_blob(d, p))
+                .map(|(d, p)| async {
+                    match &from {
+                        Some(repo) => client.mount_or_upload(d, p, repo).await.map(|_| ()),
+                        None => client.upload_blob(d, p).await,
+                    }
+                })
                 .collect();
             futures::stream::iter(uploads)
                 .buffer_unordered(TRANSFERS)
