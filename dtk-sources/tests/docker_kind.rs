@@ -1606,3 +1606,72 @@ async fn mounts_behind_a_token_service_ask_for_the_base_repository() {
     let back = dst.materialize(&v, &env.dir("back")).await.unwrap();
     assert_eq!(check_layout(&back), expected_blobs(&derived));
 }
+
+/// How many transfers run at once, at most.
+#[derive(Debug, Default, Clone)]
+struct Overlap(Arc<Mutex<(usize, usize)>>);
+
+impl Progress for Overlap {
+    fn start(&self, _what: &str, _total: Option<u64>) -> Box<dyn Transfer> {
+        struct T(Arc<Mutex<(usize, usize)>>);
+        impl Transfer for T {
+            fn advance(&mut self, _bytes: u64) {}
+        }
+        impl Drop for T {
+            fn drop(&mut self) {
+                self.0.lock().unwrap().0 -= 1;
+            }
+        }
+        let mut g = self.0.lock().unwrap();
+        g.0 += 1;
+        g.1 = g.1.max(g.0);
+        Box::new(T(self.0.clone()))
+    }
+}
+
+#[tokio::test]
+async fn blobs_move_several_at_a_time() {
+    let mut env = env();
+    let (reg, _, _) = seeded(&env);
+    let overlap = Overlap::default();
+    env.ctx.progress = Arc::new(overlap.clone());
+    let src = open(&env.ctx, &reg.location("team/app"), None).await;
+    // Three layers of 4 MiB each: each takes many reads, so transfers overlap.
+    let layers: Vec<Vec<u8>> = (0..3u8)
+        .map(|i| {
+            let data: Vec<u8> = (0..4u32 << 20)
+                .map(|n| (n.wrapping_mul(2654435761) >> 13) as u8 ^ i)
+                .collect();
+            tar(&[("big.bin", &data)])
+        })
+        .collect();
+    let config =
+        serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux"})).unwrap();
+    let manifest = serde_json::to_vec_pretty(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, &config),
+        "layers": layers.iter().map(|l| descriptor(OCI_LAYER, l)).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    let mut blobs: BTreeMap<String, Vec<u8>> =
+        layers.into_iter().map(|b| (sha256(&b), b)).collect();
+    blobs.insert(sha256(&config), config);
+    let big = Image {
+        media_type: OCI_MANIFEST,
+        manifest,
+        blobs,
+    };
+    let v = src
+        .publish(&big.write_layout(&env.dir("big"), "latest"))
+        .await
+        .unwrap()
+        .version;
+    let up = std::mem::take(&mut *overlap.0.lock().unwrap());
+    let back = src.materialize(&v, &env.dir("back")).await.unwrap();
+    assert_eq!(check_layout(&back), expected_blobs(&big));
+    let down = *overlap.0.lock().unwrap();
+    assert_eq!((up.0, down.0), (0, 0), "every transfer ended");
+    assert!(up.1 >= 2, "uploads ran one at a time: {up:?}");
+    assert!(down.1 >= 2, "downloads ran one at a time: {down:?}");
+}
