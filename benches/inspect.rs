@@ -46,9 +46,10 @@ fn run(
         ended_ms: Some(t + 1),
         lease_until_ms: None,
         input_digests: vec![],
+        log_digest: None,
         digest: None,
     };
-    r.seal();
+    r.seal().expect("seal");
     r
 }
 
@@ -63,9 +64,10 @@ fn vrec(sv: &SourceVersion, run: Option<&RunRecord>) -> VersionRecord {
         inputs: run.map(|r| r.inputs.clone()).unwrap_or_default(),
         extra: Default::default(),
         run_digest: run.and_then(|r| r.digest.clone()),
+        origin: None,
         digest: None,
     };
-    v.seal();
+    v.seal().expect("seal");
     v
 }
 

@@ -94,9 +94,10 @@ fn project(rt: &tokio::runtime::Runtime) -> (PathBuf, Project) {
                     ended_ms: Some(0),
                     lease_until_ms: None,
                     input_digests: vec![],
+                    log_digest: None,
                     digest: None,
                 };
-                r.seal();
+                r.seal().expect("seal");
                 let blob = tx.put_json(&paths::run(&r.id), &r)?;
                 tx.put_id(&paths::node_run(&id, &r.id), blob);
             }

@@ -30,6 +30,7 @@ fn record(i: usize) -> RunRecord {
         ended_ms: Some(i as u64 + 1),
         lease_until_ms: None,
         input_digests: vec![],
+        log_digest: None,
         digest: None,
     }
 }

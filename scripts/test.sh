@@ -13,7 +13,8 @@
 #   test; it brings the `ssh` client and `ssh-keygen` too);
 # - PyPI packages: moto[server] (an S3-compatible server), prov and in-toto-attestation (the
 #   reference consumers of the provenance exports), cryptography (the test token service and
-#   the test CA of the HTTPS git server).
+#   the test CA of the HTTPS git server), blake3 and rfc8785 (the independent verifier of
+#   tests/verifier, written from docs/format.md alone).
 # Debian packages need root (or sudo). Every server the tests use is started by the tests
 # themselves, on 127.0.0.1, and stopped with them; no test sends traffic anywhere else.
 set -euo pipefail
@@ -68,6 +69,8 @@ missing_pip=()
 python3 -c 'import prov' 2>/dev/null || missing_pip+=(prov)
 python3 -c 'import in_toto_attestation' 2>/dev/null || missing_pip+=(in-toto-attestation)
 python3 -c 'import cryptography' 2>/dev/null || missing_pip+=(cryptography)
+python3 -c 'import blake3' 2>/dev/null || missing_pip+=(blake3)
+python3 -c 'import rfc8785' 2>/dev/null || missing_pip+=(rfc8785)
 command -v moto_server >/dev/null 2>&1 || missing_pip+=('moto[server]')
 if [ ${#missing_pip[@]} -gt 0 ]; then
   if [ "$install" = 0 ]; then

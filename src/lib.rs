@@ -31,7 +31,8 @@
 //!   a successful run is not run again ([`RunOutcome::UpToDate`]) unless forced.
 //! - **Provenance** ([`VersionRecord`]): every version dtk polls or produces is recorded;
 //!   a produced one names its run, its node and its inputs. The records form a **hash
-//!   chain**: each carries the BLAKE3 digest of its own JSON, a run record carries the
+//!   chain**: each carries the BLAKE3 digest of its canonical JSON (RFC 8785; see
+//!   [`digest`]), a run record carries the
 //!   digests of its inputs' version records, and a produced version's record carries the
 //!   digest of its run's record. The digest of an artifact's record thus covers its whole
 //!   ancestry. [`Project::inspect`] lists that ancestry (as JSON, Graphviz, SLSA or W3C

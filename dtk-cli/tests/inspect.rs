@@ -385,3 +385,155 @@ fn verify_detects_a_record_altered_in_git() {
         "{bad:?}"
     );
 }
+
+/// Rewrite the record at `path` with `edit`, as `git` plumbing would (one commit).
+fn tamper(e: &Env, path: &str, edit: impl FnOnce(&mut Value)) {
+    let store = dtk::Store::open(&e.path().join(".dkt/.git")).unwrap();
+    let mut rec: Value = store.snapshot().unwrap().read_json(path).unwrap().unwrap();
+    edit(&mut rec);
+    store
+        .transact("tamper", |tx| {
+            tx.put_json(path, &rec)?;
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// The checks of `dkt --json verify TARGET` that did not pass, as (subject, check, result).
+fn failed_checks(e: &Env, target: &str) -> (i32, Vec<(String, String, String)>) {
+    let r = e.dkt(&["--json", "verify", target]);
+    let report: Value = serde_json::from_str(&r.stdout()).unwrap();
+    let bad = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["result"] != "ok")
+        .map(|c| {
+            (
+                c["subject"].as_str().unwrap().to_owned(),
+                c["check"].as_str().unwrap().to_owned(),
+                c["result"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    (r.code(), bad)
+}
+
+fn has(bad: &[(String, String, String)], subject: &str, check: &str, result: &str) -> bool {
+    bad.iter()
+        .any(|(s, c, r)| s.starts_with(subject) && c.starts_with(check) && r == result)
+}
+
+#[test]
+fn verify_checks_a_produced_version_against_its_run_even_when_resealed() {
+    let p = pipeline();
+    let target = format!("tests:{}", &p.tests[4..12]);
+    let (code, bad) = failed_checks(&p.e, &target);
+    assert_eq!(code, 0, "{bad:?}");
+    assert!(!bad.iter().any(|(_, _, r)| r == "mismatch"), "{bad:?}");
+    // Forge the version's inputs (drop one) and re-seal the record with a correct digest.
+    let path =
+        dtk::project::paths::version(&dtk::Name::new("tests").unwrap(), &p.tests.parse().unwrap());
+    tamper(&p.e, &path, |rec| {
+        rec["inputs"].as_array_mut().unwrap().pop();
+        rec.as_object_mut().unwrap().remove("digest");
+        rec["digest"] = Value::String(dtk::digest::seal(&*rec).unwrap());
+    });
+    let (code, bad) = failed_checks(&p.e, &target);
+    assert_eq!(code, 1, "{bad:?}");
+    assert!(
+        has(&bad, "tests:", "inputs are the run's", "mismatch"),
+        "{bad:?}"
+    );
+    assert!(!has(&bad, "tests:", "record digest", "mismatch"), "{bad:?}");
+}
+
+#[test]
+fn verify_covers_members_the_reader_does_not_know() {
+    let p = pipeline();
+    let target = format!("tests:{}", &p.tests[4..12]);
+    let path =
+        dtk::project::paths::version(&dtk::Name::new("tests").unwrap(), &p.tests.parse().unwrap());
+    tamper(&p.e, &path, |rec| {
+        rec["approved_by"] = Value::String("security team".into());
+    });
+    let (code, bad) = failed_checks(&p.e, &target);
+    assert_eq!(code, 1, "{bad:?}");
+    assert!(has(&bad, "tests:", "record digest", "mismatch"), "{bad:?}");
+}
+
+#[test]
+fn verify_checks_run_logs_and_index_entries() {
+    let p = pipeline();
+    let target = format!("tests:{}", &p.tests[4..12]);
+    let run = p.e.dkt(&["--json", "node", "log", &p.node]).json()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run_id: dtk::RunId = run.parse().unwrap();
+    let store = dtk::Store::open(&p.e.path().join(".dkt/.git")).unwrap();
+    let record: dtk::RunRecord = store
+        .snapshot()
+        .unwrap()
+        .read_json(&dtk::project::paths::run(&run_id))
+        .unwrap()
+        .unwrap();
+    let node_id = record.node;
+    // A forged index entry: the run index says the run failed.
+    let index = dtk::project::paths::node_run(&node_id, &run_id);
+    tamper(&p.e, &index, |rec| {
+        rec["status"] = Value::String("failure".into());
+    });
+    // `node log` reads the run's own record, not the index copy.
+    let log = p.e.dkt(&["--json", "node", "log", &p.node]).json();
+    assert_eq!(log[0]["status"], "success", "{log}");
+    // A rewritten log.
+    store
+        .transact("tamper log", |tx| {
+            tx.put(&dtk::project::paths::run_log(&run_id), b"nothing to see\n")?;
+            Ok(())
+        })
+        .unwrap();
+    let (code, bad) = failed_checks(&p.e, &target);
+    assert_eq!(code, 1, "{bad:?}");
+    assert!(has(&bad, "run ", "node-runs index", "mismatch"), "{bad:?}");
+    assert!(has(&bad, "run ", "log digest", "mismatch"), "{bad:?}");
+}
+
+#[test]
+fn verify_checks_link_ids_and_uses_the_sealed_origin() {
+    let p = pipeline();
+    let target = format!("tests:{}", &p.tests[4..12]);
+    p.e.dkt(&[
+        "source",
+        "link",
+        &format!("dmg:{}", &p.dmg[4..12]),
+        &format!("tests:{}", &p.tests[4..12]),
+    ])
+    .ok();
+    let (code, bad) = failed_checks(&p.e, &target);
+    assert_eq!(code, 0, "{bad:?}");
+    // A link rewritten to claim another origin, under its old ID.
+    let store = dtk::Store::open(&p.e.path().join(".dkt/.git")).unwrap();
+    let links = store.snapshot().unwrap().walk("links").unwrap();
+    assert_eq!(links.len(), 1);
+    tamper(&p.e, &links[0].0, |rec| {
+        rec["from"]["source"] = Value::String("pitfall".into());
+        rec["from"]["version"] = Value::String(p.pitfall.clone());
+    });
+    let (code, bad) = failed_checks(&p.e, &target);
+    assert_eq!(code, 1, "{bad:?}");
+    assert!(has(&bad, "link pitfall:", "link ID", "mismatch"), "{bad:?}");
+    // The source's declaration moved by hand: the version keeps the origin sealed into
+    // its record, which inspect shows and verify re-reads.
+    let declaration = dtk::project::paths::source(&dtk::Name::new("tests").unwrap());
+    tamper(&p.e, &declaration, |rec| {
+        rec["location"] = Value::String("/nowhere/forged".into());
+    });
+    let shown = p.e.dkt(&["inspect", &target]).ok();
+    assert!(!shown.contains("/nowhere/forged"), "{shown}");
+    assert!(shown.contains("results"), "{shown}");
+    let (_, bad) = failed_checks(&p.e, &target);
+    assert!(has(&bad, "tests:", "origin", "skipped"), "{bad:?}");
+    assert!(!has(&bad, "tests:", "content", "skipped"), "{bad:?}");
+}

@@ -350,7 +350,7 @@ impl Project {
     /// Every run of `node`, newest first.
     pub fn node_runs(&self, node: &NodeId) -> Result<Vec<RunRecord>> {
         let snap = self.store().snapshot()?;
-        let mut runs: Vec<RunRecord> = snap.read_tree_json(&paths::node_runs_dir(node))?;
+        let mut runs = crate::records::indexed_runs(&snap, &paths::node_runs_dir(node))?;
         // Runs queued or executing are in the queue until they end.
         let queue = self.run_queue();
         let queued = queue
@@ -526,6 +526,7 @@ impl Project {
             ended_ms: None,
             lease_until_ms: None,
             input_digests: Vec::new(),
+            log_digest: None,
             digest: None,
         });
         record.input_digests = input_digests(&snap, &record.inputs)?;
@@ -630,8 +631,7 @@ impl Project {
                         )
                     }
                 );
-                let mut rec = record.clone();
-                rec.seal();
+                let rec = sealed_run(&record, Some(&log))?;
                 self.finish_run(&rec, &log, &message, |tx| {
                     for (sv, info) in &outputs {
                         crate::records::update_state(tx, &sv.source, |spec| {
@@ -1297,8 +1297,7 @@ pub(crate) fn write_run(
     record: &RunRecord,
     log: Option<&str>,
 ) -> Result<()> {
-    let mut record = record.clone();
-    record.seal();
+    let record = sealed_run(record, log)?;
     let id = tx.put_json(&paths::run(&record.id), &record)?;
     tx.put_id(&paths::node_run(&record.node, &record.id), id);
     if record.status == RunStatus::Success {
@@ -1310,6 +1309,14 @@ pub(crate) fn write_run(
         tx.put(&paths::run_log(&record.id), log.as_bytes())?;
     }
     Ok(())
+}
+
+/// `record` sealed with the digest of its log (when it has one), as [`write_run`] stores it.
+pub(crate) fn sealed_run(record: &RunRecord, log: Option<&str>) -> Result<RunRecord> {
+    let mut record = record.clone();
+    record.log_digest = log.map(|l| crate::digest::blob(l.as_bytes()));
+    record.seal()?;
+    Ok(record)
 }
 
 fn current_inputs(snap: &Snapshot, node: &NodeSpec) -> Result<Vec<SourceVersion>> {

@@ -248,7 +248,12 @@ impl<'a> Walker<'a> {
         sv: &SourceVersion,
         rec: &Option<VersionRecord>,
     ) -> Result<VersionEntry> {
-        let spec = self.source(&sv.source)?;
+        // Where the version came from: its sealed origin, else (older records) the
+        // source's declaration today.
+        let spec = match rec.as_ref().and_then(|r| r.origin.as_ref()) {
+            Some(o) => Some(o.apply_to(&SourceSpec::new(sv.source.clone(), "", ""))),
+            None => self.source(&sv.source)?,
+        };
         let kind = spec
             .as_ref()
             .map(|s| s.kind.clone())
@@ -376,7 +381,7 @@ impl<'a> Walker<'a> {
         let entry = self.version_entry(sv, &rec)?;
         self.entries.push(Entry::Version(entry));
         let dir = crate::project::paths::consumers_dir(sv);
-        let runs: Vec<RunRecord> = self.snap.read_dir_json(&dir)?;
+        let runs = crate::records::indexed_runs(&self.snap, &dir)?;
         for run in runs {
             self.down_run(&run)?;
         }
@@ -487,8 +492,10 @@ impl Project {
     }
 
     /// Check an artifact's provenance against the records and the data: every record's
-    /// own digest, every link of the hash chain, node IDs and run IDs recomputed, and
-    /// every version whose content can still be read re-hashed.
+    /// own digest (over every member it stores), every link of the hash chain, node IDs
+    /// and run IDs recomputed, each produced version against the run that made it, run
+    /// logs, index entries against their records, link IDs, and every version whose
+    /// content can still be read re-hashed from where it was recorded.
     pub async fn verify(&self, what: &str) -> Result<VerifyReport> {
         let target = self.resolve_target(what).await?;
         let manifest = self.manifest(target, InspectOptions::new())?;
@@ -498,126 +505,320 @@ impl Project {
             checks: Vec::new(),
         };
         let mut digests: BTreeMap<SourceVersion, Option<String>> = BTreeMap::new();
+        let mut versions = BTreeSet::new();
         for entry in &manifest.entries {
             match entry {
                 Entry::Version(v) => {
-                    let subject = format!("{}:{}", v.full.source, v.full.version.short());
-                    let path = paths::version(&v.full.source, &v.full.version);
-                    let rec: Option<VersionRecord> = snap.read_json(&path)?;
-                    match &rec {
-                        Some(r) => {
-                            report.record(
-                                &subject,
-                                "record digest",
-                                r.digest.clone().unwrap_or_default(),
-                                r.computed_digest(),
-                            );
-                            report.record(
-                                &subject,
-                                "record names its version",
-                                v.full.to_string(),
-                                format!("{}:{}", r.source, r.version),
-                            );
-                            digests.insert(v.full.clone(), r.digest.clone());
-                            if let Some(run_id) = r.run {
-                                let run: Option<RunRecord> =
-                                    snap.read_json(&paths::run(&run_id))?;
-                                let found = run
-                                    .and_then(|r| r.digest)
-                                    .unwrap_or_else(|| "missing run record".into());
-                                report.record(
-                                    &subject,
-                                    "producing run's digest",
-                                    r.run_digest.clone().unwrap_or_default(),
-                                    found,
-                                );
-                            }
-                        }
-                        None => report.skip(
-                            &subject,
-                            "record",
-                            "no record (a version dtk did not poll or produce)",
-                        ),
-                    }
-                    let spec = crate::records::get_source(&snap, &v.full.source)?;
-                    match spec {
-                        Some(spec) => match self.open_source(&spec) {
-                            Ok(source) => match source.verify(&v.full.version).await {
-                                Ok(Verification::Verified) => report.ok(&subject, "content"),
-                                Ok(Verification::Mismatch { expected, found }) => report.record(
-                                    &subject,
-                                    "content",
-                                    expected.to_string(),
-                                    found.to_string(),
-                                ),
-                                Ok(Verification::Unavailable(why)) => {
-                                    report.skip(&subject, "content", &why)
-                                }
-                                Err(e) => report.skip(
-                                    &subject,
-                                    "content",
-                                    &crate::project::error_chain(&e),
-                                ),
-                            },
-                            Err(e) => report.skip(&subject, "content", &e.to_string()),
-                        },
-                        None => report.skip(&subject, "content", "the source was removed"),
-                    }
+                    versions.insert(v.full.clone());
+                    self.verify_version(&snap, &v.full, &mut report, &mut digests)
+                        .await?
                 }
-                Entry::Run(r) => {
-                    let subject = format!("run {}", r.full.id.short());
-                    let run = &r.full;
-                    report.record(
-                        &subject,
-                        "record digest",
-                        run.digest.clone().unwrap_or_default(),
-                        run.computed_digest(),
-                    );
-                    report.record(
-                        &subject,
-                        "run ID",
-                        run.id.to_hex(),
-                        RunId::compute(&run.node, &run.inputs, run.attempt).to_hex(),
-                    );
-                    let node: Option<NodeSpec> = snap.read_json(&paths::node(&run.node))?;
-                    match node {
-                        Some(n) => {
-                            report.record(&subject, "node ID", run.node.to_hex(), n.id().to_hex())
-                        }
-                        None => report.record(
-                            &subject,
-                            "node ID",
-                            run.node.to_hex(),
-                            "missing node record".into(),
-                        ),
-                    }
-                    for (i, input) in run.inputs.iter().enumerate() {
-                        let expected = run.input_digests.get(i).cloned().unwrap_or_default();
-                        if expected.is_empty() {
-                            continue;
-                        }
-                        let found = match digests.get(input) {
-                            Some(d) => d.clone(),
-                            None => snap
-                                .read_json::<VersionRecord>(&paths::version(
-                                    &input.source,
-                                    &input.version,
-                                ))?
-                                .and_then(|r| r.digest),
-                        };
-                        report.record(
-                            &subject,
-                            &format!("input {}:{} digest", input.source, input.version.short()),
-                            expected,
-                            found.unwrap_or_else(|| "missing version record".into()),
-                        );
-                    }
-                }
+                Entry::Run(r) => verify_run(&snap, &r.full, &digests, &mut report)?,
                 Entry::Link(_) => {}
             }
         }
+        verify_links(&snap, &versions, &mut report)?;
         Ok(report)
     }
+
+    async fn verify_version(
+        &self,
+        snap: &Snapshot,
+        sv: &SourceVersion,
+        report: &mut VerifyReport,
+        digests: &mut BTreeMap<SourceVersion, Option<String>>,
+    ) -> Result<()> {
+        let subject = format!("{}:{}", sv.source, sv.version.short());
+        let path = paths::version(&sv.source, &sv.version);
+        let rec = match snap.read(&path)? {
+            Some(bytes) => {
+                seal_check(report, &subject, &bytes);
+                let r: VersionRecord = crate::store::decode(&path, &bytes)?;
+                report.record(
+                    &subject,
+                    "record names its version",
+                    sv.to_string(),
+                    format!("{}:{}", r.source, r.version),
+                );
+                digests.insert(sv.clone(), r.digest.clone());
+                if let Some(run_id) = r.run {
+                    produced_by(snap, &subject, sv, &r, &run_id, report)?;
+                }
+                Some(r)
+            }
+            None => {
+                report.skip(
+                    &subject,
+                    "record",
+                    "no record (a version dtk did not poll or produce)",
+                );
+                None
+            }
+        };
+        let current = crate::records::get_source(snap, &sv.source)?;
+        let origin = rec.as_ref().and_then(|r| r.origin.clone());
+        match (&origin, &current) {
+            (Some(o), Some(spec)) if *o != crate::model::Origin::of(spec) => report.skip(
+                &subject,
+                "origin",
+                &format!(
+                    "the source has moved since this version was recorded (now {} {}); the sealed origin ({} {}) is checked",
+                    spec.kind, spec.location, o.kind, o.location
+                ),
+            ),
+            (Some(_), _) => report.ok(&subject, "origin"),
+            (None, _) if rec.is_some() => report.skip(
+                &subject,
+                "origin",
+                "recorded before origins were sealed (store format 3 or older): the source's current declaration is used",
+            ),
+            (None, _) => {}
+        }
+        // The content, re-read from where the version was recorded.
+        let spec = match (&origin, current) {
+            (Some(o), Some(spec)) => Some(o.apply_to(&spec)),
+            (Some(o), None) => {
+                let mut spec = SourceSpec::new(sv.source.clone(), "", "");
+                spec = o.apply_to(&spec);
+                Some(spec)
+            }
+            (None, current) => current,
+        };
+        match spec {
+            Some(spec) => match self.open_source(&spec) {
+                Ok(source) => match source.verify(&sv.version).await {
+                    Ok(Verification::Verified) => report.ok(&subject, "content"),
+                    Ok(Verification::Mismatch { expected, found }) => {
+                        report.record(&subject, "content", expected.to_string(), found.to_string())
+                    }
+                    Ok(Verification::Unavailable(why)) => report.skip(&subject, "content", &why),
+                    Err(e) => report.skip(&subject, "content", &crate::project::error_chain(&e)),
+                },
+                Err(e) => report.skip(&subject, "content", &e.to_string()),
+            },
+            None => report.skip(&subject, "content", "the source was removed"),
+        }
+        Ok(())
+    }
+}
+
+/// Record whether the record stored as `bytes` matches its own digest.
+fn seal_check(report: &mut VerifyReport, subject: &str, bytes: &[u8]) {
+    match crate::digest::check(bytes) {
+        Ok(sealed) if sealed.recorded.is_empty() => {
+            report.record(subject, "record digest", "a digest".into(), "none".into())
+        }
+        Ok(sealed) => report.record(subject, "record digest", sealed.recorded, sealed.computed),
+        Err(e) => report.record(
+            subject,
+            "record digest",
+            "a canonical record".into(),
+            e.to_string(),
+        ),
+    }
+}
+
+/// Check a produced version against the run that made it: the run's digest, its status,
+/// node, inputs and outputs.
+fn produced_by(
+    snap: &Snapshot,
+    subject: &str,
+    sv: &SourceVersion,
+    version: &VersionRecord,
+    run_id: &RunId,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let Some(run) = snap.read_json::<RunRecord>(&paths::run(run_id))? else {
+        report.record(
+            subject,
+            "producing run's digest",
+            version.run_digest.clone().unwrap_or_default(),
+            "missing run record".into(),
+        );
+        return Ok(());
+    };
+    report.record(
+        subject,
+        "producing run's digest",
+        version.run_digest.clone().unwrap_or_default(),
+        run.digest.clone().unwrap_or_default(),
+    );
+    report.record(
+        subject,
+        "producing run succeeded",
+        "success".into(),
+        run.status.to_string(),
+    );
+    report.record(
+        subject,
+        "producing run's node",
+        version.node.map(|n| n.to_hex()).unwrap_or_default(),
+        run.node.to_hex(),
+    );
+    report.record(
+        subject,
+        "inputs are the run's",
+        list(&version.inputs),
+        list(&run.inputs),
+    );
+    report.record(
+        subject,
+        "run names it as an output",
+        sv.to_string(),
+        run.outputs
+            .iter()
+            .find(|o| *o == sv)
+            .map(ToString::to_string)
+            .unwrap_or_else(|| format!("outputs {}", list(&run.outputs))),
+    );
+    Ok(())
+}
+
+fn list(svs: &[SourceVersion]) -> String {
+    svs.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Check a run record: its digest, run and node IDs, the digests of its inputs, its log
+/// and the index entries that name it.
+fn verify_run(
+    snap: &Snapshot,
+    run: &RunRecord,
+    digests: &BTreeMap<SourceVersion, Option<String>>,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let subject = format!("run {}", run.id.short());
+    let path = paths::run(&run.id);
+    match snap.read(&path)? {
+        Some(bytes) => seal_check(report, &subject, &bytes),
+        None => report.record(
+            &subject,
+            "record",
+            path.clone(),
+            "missing run record".into(),
+        ),
+    }
+    report.record(
+        &subject,
+        "run ID",
+        run.id.to_hex(),
+        RunId::compute(&run.node, &run.inputs, run.attempt).to_hex(),
+    );
+    let node: Option<NodeSpec> = snap.read_json(&paths::node(&run.node))?;
+    match node {
+        Some(n) => report.record(&subject, "node ID", run.node.to_hex(), n.id().to_hex()),
+        None => report.record(
+            &subject,
+            "node ID",
+            run.node.to_hex(),
+            "missing node record".into(),
+        ),
+    }
+    if run.input_digests.is_empty() && !run.inputs.is_empty() {
+        report.skip(
+            &subject,
+            "input digests",
+            "the run was recorded without its inputs' digests: its inputs are not chained",
+        );
+    } else if run.input_digests.len() != run.inputs.len() {
+        report.record(
+            &subject,
+            "input digests",
+            format!("{} digests", run.inputs.len()),
+            format!("{} digests", run.input_digests.len()),
+        );
+    }
+    for (input, expected) in run.inputs.iter().zip(&run.input_digests) {
+        if expected.is_empty() {
+            continue;
+        }
+        let found = match digests.get(input) {
+            Some(d) => d.clone(),
+            None => snap
+                .read_json::<VersionRecord>(&paths::version(&input.source, &input.version))?
+                .and_then(|r| r.digest),
+        };
+        report.record(
+            &subject,
+            &format!("input {}:{} digest", input.source, input.version.short()),
+            expected.clone(),
+            found.unwrap_or_else(|| "missing version record".into()),
+        );
+    }
+    let log = snap.read(&paths::run_log(&run.id))?;
+    match (&run.log_digest, log) {
+        (Some(expected), Some(log)) => report.record(
+            &subject,
+            "log digest",
+            expected.clone(),
+            crate::digest::blob(&log),
+        ),
+        (Some(expected), None) => {
+            report.record(&subject, "log digest", expected.clone(), "no log".into())
+        }
+        (None, Some(_)) => report.skip(
+            &subject,
+            "log digest",
+            "recorded before logs were sealed (store format 3 or older)",
+        ),
+        (None, None) => {}
+    }
+    // Index entries are copies of the record (the same blob): derived data, checked.
+    let primary = snap.blob_id(&path)?.map(|id| id.to_string());
+    let mut index = vec![("node-runs index", paths::node_run(&run.node, &run.id))];
+    if run.status == crate::RunStatus::Success {
+        for sv in &run.inputs {
+            index.push(("consumers index", paths::consumer(sv, &run.id)));
+        }
+    }
+    for (what, at) in index {
+        let found = snap.blob_id(&at)?.map(|id| id.to_string());
+        report.record(
+            &subject,
+            &format!("{what} ({at})"),
+            primary.clone().unwrap_or_else(|| "the run record".into()),
+            found.unwrap_or_else(|| "no entry".into()),
+        );
+    }
+    Ok(())
+}
+
+/// Check that every link touching one of `versions` is stored under its own ID.
+fn verify_links(
+    snap: &Snapshot,
+    versions: &BTreeSet<SourceVersion>,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    for (path, _) in snap.walk("links")? {
+        let Some(bytes) = snap.read(&path)? else {
+            continue;
+        };
+        let link: Link = crate::store::decode(&path, &bytes)?;
+        if !versions.contains(&link.from) && !versions.contains(&link.to) {
+            continue;
+        }
+        let stored_as = path
+            .rsplit('/')
+            .next()
+            .and_then(|f| f.strip_suffix(".json"))
+            .unwrap_or_default()
+            .to_owned();
+        report.record(
+            &format!(
+                "link {}:{} -> {}:{}",
+                link.from.source,
+                link.from.version.short(),
+                link.to.source,
+                link.to.version.short()
+            ),
+            "link ID",
+            stored_as,
+            link.id(),
+        );
+    }
+    Ok(())
 }
 
 /// One check of [`Project::verify`].

@@ -24,6 +24,7 @@
 
 mod clone;
 pub mod config;
+pub mod digest;
 pub mod engine;
 mod error;
 pub mod events;
@@ -54,8 +55,8 @@ pub use graph::Graph;
 pub use id::{resolve_version, Algo, Version};
 pub use inspect::{InspectOptions, Manifest, VerifyReport};
 pub use model::{
-    Command, Link, NodeId, NodeSpec, Retry, RunId, RunRecord, RunStatus, ScriptRef, SourceSpec,
-    SourceVersion, VersionRecord,
+    Command, Link, NodeId, NodeSpec, Origin, Retry, RunId, RunRecord, RunStatus, ScriptRef,
+    SourceSpec, SourceVersion, VersionRecord,
 };
 pub use name::Name;
 pub use project::{AddSource, InitOptions, Project, UpdateOutcome};

@@ -455,29 +455,20 @@ pub struct RunRecord {
     /// of the provenance hash chain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub input_digests: Vec<String>,
-    /// BLAKE3 of this record's JSON without this field (see [`seal`](Self::seal)).
+    /// `blake3:HEX` of the run's stored log (`runs/.../<run-id>.log`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_digest: Option<String>,
+    /// The digest of this record without this field (see [`seal`](Self::seal)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
 }
 
-/// BLAKE3 hex of `value`'s JSON: the records' self-digest.
-fn record_digest<T: Serialize>(value: &T) -> String {
-    let bytes = serde_json::to_vec(value).unwrap_or_default();
-    blake3::hash(&bytes).to_hex().to_string()
-}
-
 impl RunRecord {
-    /// Set [`digest`](Self::digest) to the hash of the rest of the record.
-    pub fn seal(&mut self) {
-        self.digest = None;
-        self.digest = Some(record_digest(self));
-    }
-
-    /// The digest the record should carry, computed from its content.
-    pub fn computed_digest(&self) -> String {
-        let mut c = self.clone();
-        c.digest = None;
-        record_digest(&c)
+    /// Set [`digest`](Self::digest) to the canonical digest of the rest of the record
+    /// ([`crate::digest::seal`]).
+    pub fn seal(&mut self) -> Result<()> {
+        self.digest = Some(crate::digest::seal(self)?);
+        Ok(())
     }
 }
 
@@ -512,35 +503,76 @@ pub struct VersionRecord {
     /// The [`digest`](RunRecord::digest) of the producing run's record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_digest: Option<String>,
-    /// BLAKE3 of this record's JSON without this field (see [`seal`](Self::seal)).
+    /// The source's declaration when the version was recorded: where it came from,
+    /// sealed with it (records written before store format 4 have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+    /// The digest of this record without this field (see [`seal`](Self::seal)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
 }
 
 impl VersionRecord {
-    /// Set [`digest`](Self::digest) to the hash of the rest of the record.
-    pub fn seal(&mut self) {
-        self.digest = None;
-        self.digest = Some(record_digest(self));
-    }
-
-    /// The digest the record should carry, computed from its content.
-    pub fn computed_digest(&self) -> String {
-        let mut c = self.clone();
-        c.digest = None;
-        record_digest(&c)
+    /// Set [`digest`](Self::digest) to the canonical digest of the rest of the record
+    /// ([`crate::digest::seal`]).
+    pub fn seal(&mut self) -> Result<()> {
+        self.digest = Some(crate::digest::seal(self)?);
+        Ok(())
     }
 }
 
-/// An out-of-band relation between two versions, asserted by a user (`dkt source link`).
+/// Where a version came from: its source's declaration (kind, location, tag, path) at
+/// the time it was recorded, sealed into the [`VersionRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The kind's name.
+    pub kind: String,
+    /// The source's location.
+    pub location: String,
+    /// The tag followed, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The sub-path, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl Origin {
+    /// The origin recorded for versions of `spec`.
+    pub fn of(spec: &SourceSpec) -> Origin {
+        Origin {
+            kind: spec.kind.clone(),
+            location: spec.location.clone(),
+            tag: spec.tag.clone(),
+            path: spec.path.clone(),
+        }
+    }
+
+    /// `spec` as it was when this origin was recorded (its name and state kept).
+    pub fn apply_to(&self, spec: &SourceSpec) -> SourceSpec {
+        SourceSpec {
+            kind: self.kind.clone(),
+            location: self.location.clone(),
+            tag: self.tag.clone(),
+            path: self.path.clone(),
+            ..spec.clone()
+        }
+    }
+}
+
+/// An out-of-band relation between two versions, asserted by a user (`dkt source link`):
+/// `from` is what `to` was made from (or depends on).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Link {
     /// The first version (typically what the second was made from).
     pub from: SourceVersion,
     /// The second version.
     pub to: SourceVersion,
-    /// When it was recorded, in milliseconds since the Unix epoch.
-    pub recorded_ms: u64,
+    /// When it was recorded, in milliseconds since the Unix epoch: links written before
+    /// store format 4 only (the same link asserted in two clones is now the same
+    /// record; the commit that added it says when).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_ms: Option<u64>,
 }
 
 impl Link {
@@ -646,19 +678,16 @@ mod tests {
             ended_ms: None,
             lease_until_ms: None,
             input_digests: vec![],
+            log_digest: None,
             digest: None,
         };
         let mut sealed = run.clone();
-        sealed.seal();
-        assert_eq!(
-            sealed.digest.as_deref(),
-            Some(run.computed_digest().as_str())
-        );
+        sealed.seal().unwrap();
+        let stored = serde_json::to_vec_pretty(&sealed).unwrap();
+        assert!(crate::digest::check(&stored).unwrap().is_intact());
         sealed.status = RunStatus::Success;
-        assert_ne!(
-            sealed.digest.as_deref(),
-            Some(sealed.computed_digest().as_str())
-        );
+        let stored = serde_json::to_vec_pretty(&sealed).unwrap();
+        assert!(!crate::digest::check(&stored).unwrap().is_intact());
         let json = serde_json::to_string(&run).unwrap();
         assert!(json.contains("\"status\":\"pending\""));
         assert_eq!(serde_json::from_str::<RunRecord>(&json).unwrap(), run);

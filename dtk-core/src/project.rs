@@ -7,7 +7,6 @@ use std::sync::Arc;
 use crate::config::{create_private_dir, Config, Secrets, DOCKER_TOKEN, GITHUB_TOKEN};
 use crate::error::IoResultExt;
 use crate::graph::{Edge, Graph, Vertex};
-use crate::model::now_ms;
 use crate::source::{Context, NewSource, Registry, Source, VersionInfo};
 use crate::store::{Snapshot, Store, Tx};
 use crate::{
@@ -135,7 +134,7 @@ pub struct Project {
 /// How many sources a poll reads at once (a slow remote delays only its own slot).
 const POLL_CONCURRENCY: usize = 32;
 
-/// Paths of records in the store, as `docs/format.md` describes them (store format 3).
+/// Paths of records in the store, as `docs/format.md` describes them (store format 4).
 ///
 /// Every directory that grows with the project is fanned out by one hex digit per level
 /// (16 entries a level), so that a commit rewrites a few small trees whatever the number
@@ -1216,7 +1215,7 @@ impl Project {
         let link = Link {
             from,
             to,
-            recorded_ms: now_ms(),
+            recorded_ms: None,
         };
         let message = format!(
             "source link {} {}",
@@ -1498,6 +1497,7 @@ pub(crate) fn record_version(
         return Ok(());
     }
     crate::records::mark_seen(tx, name, &info.version)?;
+    let origin = crate::records::get_source(tx, name)?.map(|spec| crate::model::Origin::of(&spec));
     let mut record = VersionRecord {
         source: name.clone(),
         version: info.version.clone(),
@@ -1508,9 +1508,10 @@ pub(crate) fn record_version(
         inputs: produced.map(|r| r.inputs.clone()).unwrap_or_default(),
         extra: info.extra.clone(),
         run_digest: produced.and_then(|r| r.digest.clone()),
+        origin,
         digest: None,
     };
-    record.seal();
+    record.seal()?;
     tx.put_json(&path, &record)?;
     Ok(())
 }
@@ -1519,6 +1520,8 @@ pub(crate) fn record_version(
 const V1: &[u8] = b"dtk-store 1\n";
 /// The format marker of store format 2.
 const V2: &[u8] = b"dtk-store 2\n";
+/// The format marker of store format 3.
+const V3: &[u8] = b"dtk-store 3\n";
 
 /// Bring a store written by an earlier release to the current layout ([`crate::store::FORMAT`]),
 /// one commit per format step; a store already current costs one lookup. A store of a
@@ -1543,6 +1546,10 @@ fn upgrade_store(store: &Store) -> Result<Vec<(Name, String)>> {
         Some(f) if f == crate::store::FORMAT.as_bytes() => return Ok(Vec::new()),
         Some(V1) => upgrade_v1(store)?,
         Some(V2) => {}
+        Some(V3) => {
+            upgrade_v3(store)?;
+            return Ok(Vec::new());
+        }
         other => {
             let found = other.map_or("nothing".to_owned(), |f| {
                 format!("{:?}", String::from_utf8_lossy(f).trim())
@@ -1557,6 +1564,24 @@ fn upgrade_store(store: &Store) -> Result<Vec<(Name, String)>> {
         }
     }
     upgrade_v2(store)
+}
+
+/// Format 3 to 4 (see [`upgrade_store`]): only the marker changes. Records keep their
+/// bytes and their digests (bare hex, the stored-order scheme); records written from
+/// now on are sealed in the canonical scheme (`blake3-jcs:`) with their origin (version
+/// records) and their log's digest (run records), which a dkt reading format 3 would
+/// report as mismatches: hence a new format, which such a dkt refuses instead.
+fn upgrade_v3(store: &Store) -> Result<()> {
+    store.transact(
+        "upgrade: store format 4 (canonical digests, sealed origins and logs)",
+        |tx| {
+            if tx.read("format")?.as_deref() == Some(V3) {
+                tx.put("format", crate::store::FORMAT.as_bytes())?;
+            }
+            Ok(())
+        },
+    )?;
+    Ok(())
 }
 
 /// Format 1 to 2 (see [`upgrade_store`]).
@@ -1697,10 +1722,10 @@ fn v3_path(path: &str) -> Option<Option<String>> {
     }
 }
 
-/// Format 2 to 3 (see [`upgrade_store`]), in one commit.
+/// Format 2 to 3, and on to 4 (see [`upgrade_store`] and [`upgrade_v3`]), in one commit.
 fn upgrade_v2(store: &Store) -> Result<Vec<(Name, String)>> {
     let mut pending: Vec<crate::RunRecord> = Vec::new();
-    let (owned, _) = store.transact("upgrade: store format 3 (fanned out, state apart)", |tx| {
+    let (owned, _) = store.transact("upgrade: store format 4 (fanned out, state apart)", |tx| {
         if tx.read("format")?.as_deref() != Some(V2) {
             return Ok(Vec::new()); // another process upgraded it meanwhile
         }
@@ -1751,7 +1776,7 @@ fn upgrade_v2(store: &Store) -> Result<Vec<(Name, String)>> {
             run.status = crate::RunStatus::Interrupted;
             run.lease_until_ms = None;
             run.error = Some("its claim ended with the upgrade to store format 3".to_owned());
-            run.seal();
+            run.seal()?;
             let id = tx.put_json(&paths::run(&run.id), &run)?;
             tx.put_id(&paths::node_run(&run.node, &run.id), id);
         }

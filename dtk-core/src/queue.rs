@@ -307,6 +307,7 @@ mod tests {
             ended_ms: None,
             lease_until_ms: None,
             input_digests: Vec::new(),
+            log_digest: None,
             digest: None,
         }
     }

@@ -178,3 +178,25 @@ pub fn versions_of(snap: &Snapshot, name: &Name) -> Result<Vec<(VersionRecord, u
     });
     Ok(out)
 }
+
+/// The runs an index directory names (`node-runs/...`, `consumers/...`), each read from
+/// its primary record in `runs/`: an index says which runs there are, never what they
+/// were, so a forged index entry cannot change what a run's record says. Entries whose
+/// run record is missing are left out (`dkt verify` reports them).
+pub fn indexed_runs(snap: &Snapshot, dir: &str) -> Result<Vec<crate::RunRecord>> {
+    let mut out = Vec::new();
+    for (path, _) in snap.walk(dir)? {
+        let Some(id) = path
+            .rsplit('/')
+            .next()
+            .and_then(|f| f.strip_suffix(".json"))
+            .and_then(|stem| stem.parse::<crate::RunId>().ok())
+        else {
+            continue;
+        };
+        if let Some(run) = snap.read_json(&paths::run(&id))? {
+            out.push(run);
+        }
+    }
+    Ok(out)
+}

@@ -360,8 +360,8 @@ impl Project {
                 }));
             }
         }
-        let mut runs: Vec<crate::RunRecord> =
-            snap.read_tree_json(&crate::project::paths::node_runs_dir(id))?;
+        let mut runs =
+            crate::records::indexed_runs(snap, &crate::project::paths::node_runs_dir(id))?;
         runs.sort_by_key(|r| std::cmp::Reverse((r.queued_ms, r.attempt)));
         let last_ok = runs.iter().find(|r| r.status == RunStatus::Success);
         Ok(Some(match last_ok {

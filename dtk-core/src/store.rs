@@ -24,7 +24,7 @@ use crate::{Error, Result};
 pub const BRANCH: &str = "refs/heads/main";
 
 /// The content of the `format` file at the root of every store.
-pub const FORMAT: &str = "dtk-store 3\n";
+pub const FORMAT: &str = "dtk-store 4\n";
 
 /// How long a writer keeps retrying a contended update before giving up.
 const CAS_TIMEOUT: Duration = Duration::from_secs(120);
@@ -735,7 +735,7 @@ impl Snapshot {
     }
 }
 
-fn decode<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T> {
+pub(crate) fn decode<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| Error::store(format!("record {path} is corrupt"), e))
 }
 

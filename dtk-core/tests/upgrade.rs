@@ -42,7 +42,7 @@ fn format_1_is_upgraded_on_open() {
 
     let opened = Project::open(dir.path(), registry.clone()).unwrap();
     let snap = opened.store().snapshot().unwrap();
-    assert_eq!(snap.read("format").unwrap().unwrap(), b"dtk-store 3\n");
+    assert_eq!(snap.read("format").unwrap().unwrap(), b"dtk-store 4\n");
     let data = fan("data");
     for (old, new) in [
         (
@@ -84,7 +84,7 @@ fn format_1_is_upgraded_on_open() {
     }
     let history = opened.store().history(100).unwrap();
     assert_eq!(history.len(), before + 2);
-    assert!(history[0].1.starts_with("upgrade: store format 3"));
+    assert!(history[0].1.starts_with("upgrade: store format 4"));
     assert!(history[1].1.starts_with("upgrade: store format 2"));
 
     // Opening again: nothing to do, no commit.
