@@ -297,7 +297,14 @@
 //! | feature | default | brings |
 //! |---------|---------|--------|
 //! | `path`  | yes     | the `path` kind: local directories and files, versioned by an `md5:` Merkle digest |
-//! | `git`   | yes     | the `git` kind (and its `github` shortcut): git repositories, through gix |
+//! | `git`   | yes     | the `git` kind (and its `github` shortcut): git repositories, through gix (local paths, `file://`, `git://`, `ssh://`) |
+//! | `https` | no      | HTTPS for the `git` kind (rustls); implies `git`. The `dkt` binary enables it |
+//! | `docker` | no     | the `docker` kind: images in OCI/Docker registries, versioned by `sha256:` manifest digests |
+//! | `s3`    | no      | the `s3` kind: prefixes of S3 buckets (AWS or S3-compatible), versioned by the `md5:` of the listing |
+//! | `http`  | no      | the `http` kind: one artifact at a URL, versioned by the `sha256:` of its content |
+//! | `hockeyapp` | no  | the `hockeyapp` kind: the builds of a HockeyApp (API v2) app |
+//! | `all-kinds` | no  | every kind above, with `https` |
+//! | `conformance` | no | the conformance suite (`dtk::conformance`, from `dtk_core::conformance`) for plugin authors' tests |
 //!
 //! With `default-features = false` this crate has no kind at all and
 //! [`default_registry`] is empty: register your own. `dtk-core` alone builds without any

@@ -21,6 +21,10 @@ pub(crate) struct Cli {
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// When to color the output: auto (when the stream is a terminal and NO_COLOR is
+    /// unset or empty), always, or never.
+    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value_t = ColorWhen::Auto)]
+    pub(crate) color: ColorWhen,
     /// Log more to stderr (-v info, -vv debug); DKT_LOG=... overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
@@ -162,7 +166,7 @@ pub(crate) enum Command {
         /// Suppose SRC moved to VERSION (an impact query, with --dry-run).
         #[arg(long = "if", value_name = "SRC=VERSION")]
         assume: Vec<String>,
-        /// End each run after this long (90s, 30m, 2h).
+        /// End each run after this long (90s, 30m, 1h30m).
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
         /// Print the running nodes' output lines to stderr, prefixed by node (the default
@@ -221,6 +225,25 @@ pub(crate) enum Command {
         #[arg(long, value_enum, default_value_t = Format::Manifest)]
         format: Format,
     },
+    /// Print a shell completion script for dkt.
+    ///
+    /// bash: `dkt completions bash > ~/.local/share/bash-completion/completions/dkt`;
+    /// zsh: `dkt completions zsh > "${fpath[1]}/_dkt"`;
+    /// fish: `dkt completions fish > ~/.config/fish/completions/dkt.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print dkt's man page (roff), or write a page per command into DIR.
+    ///
+    /// `dkt man | man -l -` reads it; `dkt man --dir /usr/local/share/man/man1` installs
+    /// dkt.1, dkt-source.1, dkt-source-add.1 and so on.
+    Man {
+        /// Write one page per command (dkt.1, dkt-node-run.1, ...) into DIR.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Check an artifact's provenance against the records and the data.
     ///
     /// Every record's own digest and the hash chain between records are checked, node
@@ -230,6 +253,63 @@ pub(crate) enum Command {
         /// SOURCE:VERSION, NODE-ID or RUN-ID.
         what: String,
     },
+}
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ColorWhen {
+    /// Color when the stream is a terminal and NO_COLOR is unset or empty.
+    Auto,
+    /// Always color.
+    Always,
+    /// Never color.
+    Never,
+}
+
+impl ColorWhen {
+    /// Whether to color what goes to `stream`.
+    pub(crate) fn enabled(self, stream: &impl std::io::IsTerminal) -> bool {
+        match self {
+            ColorWhen::Always => true,
+            ColorWhen::Never => false,
+            ColorWhen::Auto => {
+                std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && stream.is_terminal()
+            }
+        }
+    }
+
+    /// The same choice for clap's help and error messages.
+    pub(crate) fn for_clap(self) -> clap::ColorChoice {
+        match self {
+            ColorWhen::Auto => clap::ColorChoice::Auto,
+            ColorWhen::Always => clap::ColorChoice::Always,
+            ColorWhen::Never => clap::ColorChoice::Never,
+        }
+    }
+
+    /// The `--color` among raw arguments, read before clap parses them (so that clap's own
+    /// help and errors follow it too).
+    pub(crate) fn from_args(args: &[std::ffi::OsString]) -> ColorWhen {
+        let mut when = ColorWhen::Auto;
+        let mut it = args.iter().skip(1).map(|a| a.to_string_lossy());
+        while let Some(a) = it.next() {
+            if a == "--" {
+                break;
+            }
+            let value = match a.strip_prefix("--color") {
+                Some("") => it.next().map(|v| v.into_owned()),
+                Some(v) => v.strip_prefix('=').map(str::to_owned),
+                None => None,
+            };
+            when = match value.as_deref() {
+                Some("always") => ColorWhen::Always,
+                Some("never") => ColorWhen::Never,
+                Some("auto") => ColorWhen::Auto,
+                _ => when,
+            };
+        }
+        when
+    }
 }
 
 /// `dkt inspect --format`.
@@ -317,7 +397,7 @@ pub(crate) enum NodeCommand {
         /// Run again even if a run on the same inputs succeeded.
         #[arg(long)]
         force: bool,
-        /// End the run after this long (90s, 30m, 2h); default: .dkt/config [run] timeout.
+        /// End the run after this long (90s, 30m, 1h30m); default: .dkt/config [run] timeout.
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
         /// Print the run's output lines to stderr as they come (the default when stderr
@@ -340,7 +420,7 @@ pub(crate) enum NodeCommand {
         /// Then rerun every node below it, in topological order.
         #[arg(long)]
         downstream: bool,
-        /// End each run after this long (90s, 30m, 2h).
+        /// End each run after this long (90s, 30m, 1h30m).
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
         /// Print the runs' output lines to stderr as they come (the default when stderr

@@ -68,11 +68,34 @@ fn open(dir: &Path) -> anyhow::Result<Project> {
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
     let dir = cwd(&cli.chdir)?;
+    tracing::debug!(dir = %dir.display(), version = env!("CARGO_PKG_VERSION"), "dkt starting");
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let out: &mut dyn Write = &mut out;
     let as_json = cli.json;
     match cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "dkt", out);
+        }
+        Command::Man { dir: None } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(out)?;
+        }
+        Command::Man { dir: Some(into) } => {
+            let into = dir.join(into);
+            let written = crate::man::write_pages(&into)?;
+            if as_json {
+                json(out, &json!({ "dir": into, "pages": written }))?;
+            } else {
+                writeln!(
+                    out,
+                    "wrote {} man pages into {}",
+                    written.len(),
+                    into.display()
+                )?;
+            }
+        }
         Command::Init { tokens } => {
             let p = Project::init(&dir, dtk::default_registry(), init_options(tokens))?;
             if as_json {
@@ -352,7 +375,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
         } => {
             let p = open(&dir)?;
             let interval = dtk::engine::parse_duration(&interval)?;
-            return daemon(p, interval, jobs, passes, out).await;
+            return daemon(p, interval, jobs, passes, as_json, out).await;
         }
         Command::Verify { what } => {
             let p = open(&dir)?;
@@ -510,7 +533,12 @@ async fn source(
                 }
             }
         }
-        SourceCommand::Unpin { name } => p.unpin(&name)?,
+        SourceCommand::Unpin { name } => {
+            p.unpin(&name)?;
+            if as_json {
+                json(out, &json!({ "name": name, "pinned": null }))?;
+            }
+        }
         SourceCommand::Link { from, to } => {
             let link = p.link(&from, &to).await?;
             if as_json {
@@ -567,8 +595,18 @@ async fn source(
                 return Ok(exit::FAILURE);
             }
         }
-        SourceCommand::Freeze { name } => p.set_frozen(&name, true)?,
-        SourceCommand::Thaw { name } => p.set_frozen(&name, false)?,
+        SourceCommand::Freeze { name } => {
+            p.set_frozen(&name, true)?;
+            if as_json {
+                json(out, &json!({ "name": name, "frozen": true }))?;
+            }
+        }
+        SourceCommand::Thaw { name } => {
+            p.set_frozen(&name, false)?;
+            if as_json {
+                json(out, &json!({ "name": name, "frozen": false }))?;
+            }
+        }
     }
     Ok(exit::OK)
 }
@@ -919,6 +957,7 @@ async fn daemon(
     interval: std::time::Duration,
     jobs: usize,
     passes: Option<u64>,
+    as_json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
     let stop = stop_on_signals()?;
@@ -930,7 +969,22 @@ async fn daemon(
         // Runs starting and ending are written as they happen, the pass's summary after.
         let pass = p.run_pass(dtk::scheduler::PassOptions::new().with_jobs(jobs));
         tokio::pin!(pass);
+        // With --json, one JSON object per line: each run started or ended, then the
+        // pass's report.
         let line = |event: dtk::events::Event| match event {
+            dtk::events::Event::RunStarted { run, node } if as_json => Some(
+                json!({ "event": "run_started", "run": run.to_hex(), "node": node.to_hex() })
+                    .to_string(),
+            ),
+            dtk::events::Event::RunFinished { run, node, status } if as_json => Some(
+                json!({
+                    "event": "run_finished",
+                    "run": run.to_hex(),
+                    "node": node.to_hex(),
+                    "status": status,
+                })
+                .to_string(),
+            ),
             dtk::events::Event::RunStarted { run, node } => Some(format!(
                 "run {} of node {}: started",
                 run.short(),
@@ -960,6 +1014,20 @@ async fn daemon(
             }
         }
         match result {
+            Ok(report) if as_json => {
+                failed |= !report.is_ok();
+                let pass = json!({ "event": "pass", "pass": n + 1, "report": report });
+                writeln!(out, "{pass}")?;
+            }
+            Err(e) if as_json => {
+                failed = true;
+                let pass = json!({
+                    "event": "pass",
+                    "pass": n + 1,
+                    "error": dtk::project::error_chain(&e),
+                });
+                writeln!(out, "{pass}")?;
+            }
             Ok(report) => {
                 for o in report.polled.iter().filter(|o| o.error.is_some()) {
                     writeln!(
@@ -992,7 +1060,10 @@ async fn daemon(
             break;
         }
         // Stopped by a signal during the pass: no next pass to announce.
-        if started.elapsed() < interval && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        if started.elapsed() < interval
+            && !as_json
+            && !stop.load(std::sync::atomic::Ordering::SeqCst)
+        {
             writeln!(
                 out,
                 "pass {n} done; next pass in {}s",

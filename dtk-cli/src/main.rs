@@ -4,13 +4,14 @@
 
 mod cli;
 mod commands;
+mod man;
 mod output;
 mod progress;
 mod sharing;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 /// Exit codes, as documented in the README.
 mod exit {
@@ -25,8 +26,16 @@ mod exit {
 }
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    output::init_tracing(args.verbose);
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let color = cli::ColorWhen::from_args(&raw);
+    let matches = cli::Cli::command()
+        .color(color.for_clap())
+        .get_matches_from(raw);
+    let args = match cli::Cli::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    output::init_tracing(args.verbose, args.color);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

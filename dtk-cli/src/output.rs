@@ -4,8 +4,10 @@ use std::io::Write;
 
 use serde::Serialize;
 
-/// Set up logging to stderr: `-v` for info, `-vv` for debug; `DKT_LOG` overrides.
-pub(crate) fn init_tracing(verbose: u8) {
+/// Set up logging to stderr: `-v` for info, `-vv` for debug; `DKT_LOG` overrides. ANSI
+/// colors only when `color` says so (with `auto`: stderr is a terminal, so never in a log
+/// file, and `NO_COLOR` is unset).
+pub(crate) fn init_tracing(verbose: u8, color: crate::cli::ColorWhen) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -16,6 +18,7 @@ pub(crate) fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(color.enabled(&std::io::stderr()))
         .without_time()
         .try_init();
 }

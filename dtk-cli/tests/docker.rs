@@ -356,3 +356,109 @@ fn docker_token_from_init() {
         "{err}"
     );
 }
+
+/// A `config.json` in a docker config directory of its own (given as `DOCKER_CONFIG`).
+fn docker_config(dir: &Path, config: serde_json::Value) -> PathBuf {
+    let conf = dir.join("docker-config");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(conf.join("config.json"), config.to_string()).unwrap();
+    conf
+}
+
+#[test]
+fn docker_credentials_from_docker_config_and_helpers() {
+    use std::os::unix::fs::PermissionsExt;
+    let reg = Registry::start(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let digest = image_layout(tmp.path(), "dockercfg", "v1");
+    reg.push(tmp.path(), "team/cfg", "v1");
+    let loc = format!("{}:v1", reg.location("team/cfg"));
+    let host = format!("127.0.0.1:{}", reg.port);
+    let add = |e: &Env, conf: &Path, path: Option<&Path>| {
+        let mut cmd = e.cmd();
+        cmd.env("DOCKER_CONFIG", conf)
+            .args(["--json", "source", "add", "img", &loc, "-k", "docker"]);
+        if let Some(p) = path {
+            let old = std::env::var("PATH").unwrap_or_default();
+            cmd.env("PATH", format!("{}:{old}", p.display()));
+        }
+        Run {
+            out: cmd.output().unwrap(),
+        }
+    };
+
+    // `docker login` writes `auths` with base64 USER:PASSWORD; no DOCKER_TOKEN secret.
+    let e = Env::project();
+    let auth = base64(CREDS.as_bytes());
+    let conf = docker_config(
+        tmp.path(),
+        serde_json::json!({ "auths": { &host: { "auth": auth } } }),
+    );
+    add(&e, &conf, None).ok();
+    let list = e.dkt(&["--json", "source", "list"]).json();
+    assert_eq!(source(&list, "img")["latest"], digest);
+    let history = git(e.path(), &["--git-dir", ".dkt/.git", "log", "-p", "--all"]);
+    assert!(!history.contains("s3cret-pass"));
+
+    // A credential helper named for the registry (`credHelpers`), found on PATH.
+    let bin_dir = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let helper = bin_dir.join("docker-credential-dtktest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" > {}\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"tester\",\"Secret\":\"s3cret-pass\"}}' \"$server\"\n",
+            tmp.path().join("asked").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let helped = tmp.path().join("helped");
+    std::fs::create_dir_all(&helped).unwrap();
+    let conf = docker_config(
+        &helped,
+        serde_json::json!({ "credHelpers": { &host: "dtktest" } }),
+    );
+    let e = Env::project();
+    add(&e, &conf, Some(&bin_dir)).ok();
+    let asked = std::fs::read_to_string(tmp.path().join("asked")).unwrap();
+    assert_eq!(asked.trim(), host);
+    let list = e.dkt(&["--json", "source", "list"]).json();
+    assert_eq!(source(&list, "img")["latest"], digest);
+
+    // A wrong password in config.json: refused, never printed.
+    let wrong = tmp.path().join("wrong");
+    std::fs::create_dir_all(&wrong).unwrap();
+    let bad = base64(b"tester:Wr0ngPass");
+    let conf = docker_config(
+        &wrong,
+        serde_json::json!({ "auths": { &host: { "auth": bad } } }),
+    );
+    let e = Env::project();
+    let err = add(&e, &conf, None).fails(1);
+    assert!(err.contains("unauthorized"), "{err}");
+    assert!(!err.contains("Wr0ngPass"), "{err}");
+}
+
+/// Standard base64 with padding (what `docker login` writes).
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

@@ -163,3 +163,70 @@ fn unreachable_endpoint_is_a_clear_error() {
     );
     assert!(!err.contains(SECRET), "{err}");
 }
+
+#[test]
+fn aws_profile_from_the_shared_config_files() {
+    let m = Moto::start();
+    m.create_bucket("prof");
+    m.put("prof", "in/a.txt", b"profile");
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".aws")).unwrap();
+    // Keys in the credentials file, region and endpoint in the config file, as the AWS CLI
+    // writes them; the default profile has nothing usable.
+    std::fs::write(
+        home.path().join(".aws/credentials"),
+        format!(
+            "[default]\nregion = nowhere-1\n\n[dtk-test]\naws_access_key_id = {KEY_ID}\n\
+             aws_secret_access_key = {SECRET}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        home.path().join(".aws/config"),
+        format!(
+            "[profile dtk-test]\nregion = us-east-1\nendpoint_url = {}\ns3 =\n  addressing_style = path\n",
+            m.endpoint
+        ),
+    )
+    .unwrap();
+    let e = Env::project();
+    let config = e.path().join(".dkt/config");
+    let mut text = std::fs::read_to_string(&config).unwrap_or_default();
+    text.push_str("\n[kind.s3]\nallow_http = true\n");
+    std::fs::write(&config, text).unwrap();
+    let dkt = |profile: Option<&str>, args: &[&str]| {
+        let mut cmd = e.cmd();
+        cmd.env("HOME", home.path());
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_")) {
+            cmd.env_remove(k);
+        }
+        if let Some(p) = profile {
+            cmd.env("AWS_PROFILE", p);
+        }
+        Run {
+            out: cmd.args(args).output().unwrap(),
+        }
+    };
+    // Without AWS_PROFILE: the default profile has no keys nor endpoint.
+    let err = dkt(None, &["source", "add", "data", "s3://prof/in"]).fails(1);
+    assert!(err.contains("AWS_PROFILE"), "{err}");
+    // A profile that does not exist is named.
+    let err = dkt(Some("nosuch"), &["source", "add", "data", "s3://prof/in"]).fails(2);
+    assert!(
+        err.contains("nosuch") && err.contains("no such profile"),
+        "{err}"
+    );
+    // With it: its keys, region and endpoint.
+    let out = dkt(
+        Some("dtk-test"),
+        &["--json", "source", "add", "data", "s3://prof/in"],
+    )
+    .json();
+    assert_eq!(out["kind"], "s3");
+    let list = dkt(Some("dtk-test"), &["--json", "source", "list"]).json();
+    let v = list[0]["latest"].as_str().unwrap();
+    assert!(v.starts_with("md5:"), "{list}");
+    // The keys are nowhere in the metadata.
+    let history = git(e.path(), &["--git-dir", ".dkt/.git", "log", "-p", "--all"]);
+    assert!(!history.contains(SECRET) && !history.contains(KEY_ID));
+}

@@ -460,3 +460,63 @@ fn rm_refuses_while_a_node_uses_the_source() {
     assert!(err.contains(id.trim()), "names the node: {err}");
     assert!(e.dkt(&["source", "list"]).ok().contains("in"));
 }
+
+/// An HTTPS git server that wants Basic credentials gets those of git's own credential
+/// helpers (here `credential.helper = store` in the global git config), never a prompt.
+#[test]
+fn git_credential_helpers_answer_an_https_server() {
+    // `tester:gitpass-0123`, as git sends it.
+    const AUTH: &str = "Basic dGVzdGVyOmdpdHBhc3MtMDEyMw==";
+    let server = git_server::GitServer::start(true, Some(AUTH));
+    let e = Env::project();
+    let repo = e.path().join("pinata");
+    let commits = pinata_repo(&repo);
+    server.serve("team/pinata", &repo);
+    let url = format!("{}/team/pinata", server.base());
+    let home = tempfile::tempdir().unwrap();
+    let store = home.path().join("git-credentials");
+    let gitconfig = home.path().join("gitconfig");
+    std::fs::write(
+        &gitconfig,
+        format!(
+            "[credential]\n\thelper = store --file={}\n",
+            store.display()
+        ),
+    )
+    .unwrap();
+    let dkt = |args: &[&str]| {
+        let out = e
+            .cmd()
+            .env("SSL_CERT_FILE", server.ca())
+            .env("HOME", home.path())
+            .env("GIT_CONFIG_GLOBAL", &gitconfig)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        Run { out }
+    };
+    // No credential stored: refused, without prompting, nothing recorded.
+    let commits_before = e.commits();
+    let err = dkt(&["source", "add", "p", &url]).fails(1);
+    assert!(err.contains(&url), "{err}");
+    assert_eq!(e.commits(), commits_before);
+    // The helper has it.
+    let with_port = server
+        .base()
+        .replace("https://", "https://tester:gitpass-0123@");
+    std::fs::write(&store, format!("{with_port}\n")).unwrap();
+    let added = dkt(&["--json", "source", "add", "p", &url]).json();
+    assert_eq!(added["location"], url.as_str());
+    let list = dkt(&["--json", "source", "list"]).json();
+    assert_eq!(list[0]["latest"], format!("sha1:{}", commits[0]));
+    assert!(
+        server.authorizations().iter().any(|a| a == AUTH),
+        "{:?}",
+        server.authorizations()
+    );
+    // The password is nowhere in the project's metadata.
+    let history = git(e.path(), &["--git-dir", ".dkt/.git", "log", "-p", "--all"]);
+    assert!(!history.contains("gitpass-0123"));
+}

@@ -172,7 +172,7 @@ impl<'de> Deserialize<'de> for StringOrList {
 impl NodeFile {
     /// Parse a node file; errors name `file`, the line and the field.
     pub fn parse(file: &str, text: &str) -> Result<NodeFile> {
-        serde_norway::from_str(text).map_err(|e| Error::invalid("node file", file, e.to_string()))
+        yaml_serde::from_str(text).map_err(|e| Error::invalid("node file", file, e.to_string()))
     }
 
     /// The node it describes.
@@ -227,58 +227,40 @@ pub fn validate_labels(labels: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Parse a duration such as `90`, `90s`, `500ms`, `30m`, `2h`, `1d`.
+/// Parse a duration such as `90` (seconds), `90s`, `500ms`, `30m`, `1h30m`, `2h 15m` or
+/// `1d`, through [`humantime`]; it must be more than zero.
 pub fn parse_duration(s: &str) -> Result<Duration> {
-    let t = s.trim();
-    let bad = || {
-        Error::invalid(
-            "duration",
-            s,
-            "expected a number with ms, s, m, h or d (e.g. 30s, 2h)",
-        )
-    };
-    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let ms = match unit {
-        "ms" => Some(n),
-        "" | "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        "d" => n.checked_mul(86_400_000),
-        _ => return Err(bad()),
-    }
-    .ok_or_else(bad)?;
-    if ms == 0 {
+    let d = parse_wait(s)?;
+    if d.is_zero() {
         return Err(Error::invalid("duration", s, "must be more than zero"));
     }
-    Ok(Duration::from_millis(ms))
+    Ok(d)
 }
 
 /// [`parse_duration`], where zero (`0s`) is allowed too (a backoff).
 pub fn parse_wait(s: &str) -> Result<Duration> {
     let t = s.trim();
-    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &t[digits.len()..];
-    if !digits.is_empty()
-        && digits.chars().all(|c| c == '0')
-        && ["", "ms", "s", "m", "h", "d"].contains(&unit)
-    {
-        return Ok(Duration::ZERO);
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        // A bare number is seconds, as it always was.
+        return t
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| Error::invalid("duration", s, "the number is too large"));
     }
-    parse_duration(s)
+    humantime::parse_duration(t).map_err(|e| {
+        Error::invalid(
+            "duration",
+            s,
+            format!("{e}; expected a number with ms, s, m, h or d (e.g. 30s, 1h30m)"),
+        )
+    })
 }
 
 /// `host:pid` of this process.
 pub fn worker_id() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: buf is valid for its length; gethostname NUL-terminates on success.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let host = if rc == 0 {
-        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        "localhost".to_owned()
-    };
+    let uname = rustix::system::uname();
+    let host = uname.nodename().to_string_lossy();
+    let host = if host.is_empty() { "localhost" } else { &host };
     format!("{host}:{}", std::process::id())
 }
 
@@ -289,10 +271,12 @@ pub(crate) fn pid_alive(worker: &str) -> Option<bool> {
     if host != my_host {
         return None;
     }
-    let pid: i32 = pid.parse().ok()?;
-    // SAFETY: signal 0 only checks for existence.
-    let rc = unsafe { libc::kill(pid, 0) };
-    Some(rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+    let pid = rustix::process::Pid::from_raw(pid.parse().ok()?)?;
+    // Signal 0 only checks for existence; EPERM means it exists but is someone else's.
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => Some(true),
+        Err(e) => Some(e == rustix::io::Errno::PERM),
+    }
 }
 
 impl Project {
@@ -1630,4 +1614,30 @@ pub(crate) fn last_attempt(
         }
     }
     snap.read_json(&path(lo))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_humantime_does() {
+        let secs = |s: &str| parse_duration(s).map(|d| d.as_millis());
+        assert_eq!(secs("90").ok(), Some(90_000));
+        assert_eq!(secs("90s").ok(), Some(90_000));
+        assert_eq!(secs("500ms").ok(), Some(500));
+        assert_eq!(secs("1h30m").ok(), Some(5_400_000));
+        assert_eq!(secs("2h 15m").ok(), Some(8_100_000));
+        assert_eq!(secs("1d").ok(), Some(86_400_000));
+        for bad in ["", "0", "0s", "1x", "-5s", "s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(parse_wait("0s").ok(), Some(Duration::ZERO));
+        assert_eq!(parse_wait("0").ok(), Some(Duration::ZERO));
+        let e = parse_duration("1x")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("1x") && e.contains("1h30m"), "{e}");
+    }
 }

@@ -79,7 +79,7 @@ impl PipelineFile {
         if is_blank(text) {
             return Ok(PipelineFile::default());
         }
-        serde_norway::from_str(text).map_err(|e| {
+        yaml_serde::from_str(text).map_err(|e| {
             let message = e.to_string();
             match e.location() {
                 Some(at) => {

@@ -10,6 +10,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustix::process::Signal;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Secrets;
@@ -243,14 +245,14 @@ pub(crate) async fn run(
             Err(e) => Ended::NotStarted(format!("cannot wait for {:?}: {e}", step.argv[0])),
         },
         () = limit => {
-            kill_group(pgid, libc::SIGKILL);
+            kill_group(pgid, Signal::KILL);
             let _ = child.wait().await;
             Ended::TimedOut(timeout.unwrap_or_default())
         }
         () = cancel.cancelled() => {
-            kill_group(pgid, libc::SIGTERM);
+            kill_group(pgid, Signal::TERM);
             if tokio::time::timeout(GRACE, child.wait()).await.is_err() {
-                kill_group(pgid, libc::SIGKILL);
+                kill_group(pgid, Signal::KILL);
                 let _ = child.wait().await;
             }
             Ended::Cancelled
@@ -258,7 +260,7 @@ pub(crate) async fn run(
     };
     if !matches!(ended, Ended::Exited(_)) {
         // Whatever the group left behind (a background child holding the pipe) goes too.
-        kill_group(pgid, libc::SIGKILL);
+        kill_group(pgid, Signal::KILL);
     }
     // The output ends when every process holding the pipe is gone; a background process
     // that outlives its command keeps it open, so do not wait for it forever.
@@ -266,10 +268,11 @@ pub(crate) async fn run(
     ended
 }
 
-fn kill_group(pgid: Option<i32>, signal: i32) {
-    if let Some(pg) = pgid {
-        // SAFETY: signalling the process group of a child this process started.
-        unsafe { libc::killpg(pg, signal) };
+fn kill_group(pgid: Option<i32>, signal: Signal) {
+    // Signalling the process group of a child this process started; a group already gone
+    // (ESRCH) is what was wanted.
+    if let Some(pg) = pgid.and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process_group(pg, signal);
     }
 }
 

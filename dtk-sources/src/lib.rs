@@ -11,6 +11,9 @@
 //! | `http`  | `dtk_sources::http` | `http` | `sha256:` of the content |
 //! | `hockeyapp` | `dtk_sources::hockeyapp` | `hockeyapp` | `md5:` of each build's file |
 //!
+//! The `https` feature adds HTTPS to the `git` kind (rustls; off by default: it adds a TLS
+//! stack and about a minute to a release build). `path` and `git` are the default features.
+//!
 //! [`register_all`] registers every kind compiled in.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 

@@ -1478,3 +1478,282 @@ fn infer_only_clear_registries() {
     std::fs::create_dir_all(&local).unwrap();
     assert_eq!(k.infer(&local.display().to_string()), None);
 }
+
+/// Each transfer's name and the sizes of its steps.
+type StepLog = Arc<Mutex<Vec<(String, Vec<u64>)>>>;
+
+/// A [`Progress`] that keeps a [`StepLog`].
+#[derive(Debug, Default, Clone)]
+struct Steps(StepLog);
+
+impl Progress for Steps {
+    fn start(&self, what: &str, _total: Option<u64>) -> Box<dyn Transfer> {
+        struct T(StepLog, usize);
+        impl Transfer for T {
+            fn advance(&mut self, bytes: u64) {
+                self.0.lock().unwrap()[self.1].1.push(bytes);
+            }
+        }
+        let mut all = self.0.lock().unwrap();
+        all.push((what.to_owned(), Vec::new()));
+        Box::new(T(self.0.clone(), all.len() - 1))
+    }
+}
+
+#[tokio::test]
+async fn blobs_larger_than_chunk_size_are_uploaded_in_chunks() {
+    let mut env = env();
+    let (reg, _, _) = seeded(&env);
+    env.ctx = env.ctx.clone().with_setting("docker", "chunk_size", "1KiB");
+    let steps = Steps::default();
+    env.ctx.progress = Arc::new(steps.clone());
+    let src = open(&env.ctx, &reg.location("team/app"), None).await;
+    let new = Image::single("chunked", "amd64");
+    let biggest = new.blobs.values().map(Vec::len).max().unwrap() as u64;
+    assert!(biggest > 3 * 1024, "{biggest}");
+    let v = src
+        .publish(&new.write_layout(&env.dir("pub"), "latest"))
+        .await
+        .unwrap()
+        .version;
+    assert_eq!(v, new.version());
+    // One transfer per blob; the big ones went up 1 KiB at a time (a PATCH each), all of
+    // every blob's bytes counted once.
+    let uploads = steps.0.lock().unwrap().clone();
+    assert_eq!(uploads.len(), new.blobs.len(), "{uploads:?}");
+    let mut sizes: Vec<u64> = uploads.iter().map(|(_, s)| s.iter().sum()).collect();
+    let mut want: Vec<u64> = new.blobs.values().map(|b| b.len() as u64).collect();
+    sizes.sort();
+    want.sort();
+    assert_eq!(sizes, want);
+    let big = uploads
+        .iter()
+        .find(|(_, s)| s.iter().sum::<u64>() == biggest)
+        .unwrap();
+    assert_eq!(big.1.len() as u64, biggest.div_ceil(1024), "{big:?}");
+    assert!(big.1.iter().all(|n| *n <= 1024), "{big:?}");
+    // What the registry assembled is the image, byte for byte.
+    let back = src.materialize(&v, &env.dir("back")).await.unwrap();
+    assert_eq!(check_layout(&back), expected_blobs(&new));
+
+    // A chunk size that is not one is refused, naming the setting.
+    let bad = env
+        .ctx
+        .clone()
+        .with_setting("docker", "chunk_size", "12 parsecs");
+    let e = DockerKind::default()
+        .resolve(&bad, new_source(&reg.location("team/app"), None))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("chunk_size"), "{e}");
+}
+
+/// An image with `base`'s layers and a config of its own, its manifest naming `base_name`
+/// as its base image (`org.opencontainers.image.base.name`), if given.
+fn based_on(base: &Image, base_name: Option<&str>, seed: &str) -> Image {
+    let m: serde_json::Value = serde_json::from_slice(&base.manifest).unwrap();
+    let layers = m["layers"].clone();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": [format!("SEED={seed}")]},
+    }))
+    .unwrap();
+    let mut manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, &config),
+        "layers": layers,
+    });
+    if let Some(name) = base_name {
+        manifest["annotations"] = serde_json::json!({ "org.opencontainers.image.base.name": name });
+    }
+    let mut blobs: BTreeMap<String, Vec<u8>> = layers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let d = l["digest"].as_str().unwrap().to_owned();
+            let b = base.blobs[&d].clone();
+            (d, b)
+        })
+        .collect();
+    blobs.insert(sha256(&config), config);
+    Image {
+        media_type: OCI_MANIFEST,
+        manifest: serde_json::to_vec_pretty(&manifest).unwrap(),
+        blobs,
+    }
+}
+
+#[tokio::test]
+async fn layers_of_a_base_image_in_the_registry_are_mounted_not_uploaded() {
+    let mut env = env();
+    let (reg, one, _) = seeded(&env);
+    let steps = Steps::default();
+    env.ctx.progress = Arc::new(steps.clone());
+    let app = open(&env.ctx, &reg.location("team/app"), None).await;
+    let to = |repo: &str| {
+        let spec = SourceSpec {
+            location: reg.location(repo),
+            tag: Some("latest".into()),
+            ..app.spec().clone()
+        };
+        DockerKind::default().open(&env.ctx, &spec).unwrap()
+    };
+    // Based on team/app:latest: its two layers are mounted, only the config goes up.
+    let base_name = format!("{}:latest", reg.location("team/app"));
+    let derived = based_on(&one, Some(&base_name), "derived");
+    let dst = to("team/derived");
+    let v = dst
+        .publish(&derived.write_layout(&env.dir("d"), "latest"))
+        .await
+        .unwrap()
+        .version;
+    assert_eq!(v, derived.version());
+    let uploads = std::mem::take(&mut *steps.0.lock().unwrap());
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    // The new repository serves the whole image, mounted layers included.
+    let back = dst.materialize(&v, &env.dir("back")).await.unwrap();
+    assert_eq!(check_layout(&back), expected_blobs(&derived));
+    let downloads = std::mem::take(&mut *steps.0.lock().unwrap());
+    assert_eq!(downloads.len(), derived.blobs.len(), "{downloads:?}");
+
+    // Without the annotation (or naming another registry) every blob is uploaded.
+    for (repo, name) in [
+        ("team/plain", None),
+        (
+            "team/elsewhere",
+            Some("registry.example:5000/team/app:latest"),
+        ),
+    ] {
+        let image = based_on(&one, name, repo);
+        let v = to(repo)
+            .publish(&image.write_layout(&env.dir(repo), "latest"))
+            .await
+            .unwrap()
+            .version;
+        assert_eq!(v, image.version());
+        let uploads = std::mem::take(&mut *steps.0.lock().unwrap());
+        assert_eq!(uploads.len(), image.blobs.len(), "{repo}: {uploads:?}");
+    }
+}
+
+/// Behind a token service the mount needs `pull` on the base's repository too: the
+/// registry's challenge names it, and the token asked for it covers both.
+#[tokio::test]
+async fn mounts_behind_a_token_service_ask_for_the_base_repository() {
+    let reg = Registry::start_token();
+    let tokens = reg.tokens.as_ref().unwrap();
+    let mut env = env_with(Some(&format!("{USER}:{PASSWORD}")));
+    let one = Image::single("tokened", "amd64");
+    reg.push(
+        &one.write_layout(&env.dir("l-one"), "latest"),
+        "latest",
+        "team/app",
+    );
+    let steps = Steps::default();
+    env.ctx.progress = Arc::new(steps.clone());
+    let app = open(&env.ctx, &reg.location("team/app"), None).await;
+    let spec = SourceSpec {
+        location: reg.location("team/derived"),
+        tag: Some("latest".into()),
+        ..app.spec().clone()
+    };
+    let dst = DockerKind::default().open(&env.ctx, &spec).unwrap();
+    let derived = based_on(
+        &one,
+        Some(&format!("{}:latest", reg.location("team/app"))),
+        "derived",
+    );
+    let n = tokens.log().len();
+    let v = dst
+        .publish(&derived.write_layout(&env.dir("d"), "latest"))
+        .await
+        .unwrap()
+        .version;
+    assert_eq!(v, derived.version());
+    let uploads = steps.0.lock().unwrap().clone();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    let log = token_requests_since(tokens, n);
+    assert!(
+        log.iter().any(
+            |r| r.granted.iter().any(|g| g == "repository:team/app:pull")
+                && r.granted
+                    .iter()
+                    .any(|g| g == "repository:team/derived:pull,push")
+        ),
+        "{log:#?}"
+    );
+    let back = dst.materialize(&v, &env.dir("back")).await.unwrap();
+    assert_eq!(check_layout(&back), expected_blobs(&derived));
+}
+
+/// How many transfers run at once, at most.
+#[derive(Debug, Default, Clone)]
+struct Overlap(Arc<Mutex<(usize, usize)>>);
+
+impl Progress for Overlap {
+    fn start(&self, _what: &str, _total: Option<u64>) -> Box<dyn Transfer> {
+        struct T(Arc<Mutex<(usize, usize)>>);
+        impl Transfer for T {
+            fn advance(&mut self, _bytes: u64) {}
+        }
+        impl Drop for T {
+            fn drop(&mut self) {
+                self.0.lock().unwrap().0 -= 1;
+            }
+        }
+        let mut g = self.0.lock().unwrap();
+        g.0 += 1;
+        g.1 = g.1.max(g.0);
+        Box::new(T(self.0.clone()))
+    }
+}
+
+#[tokio::test]
+async fn blobs_move_several_at_a_time() {
+    let mut env = env();
+    let (reg, _, _) = seeded(&env);
+    let overlap = Overlap::default();
+    env.ctx.progress = Arc::new(overlap.clone());
+    let src = open(&env.ctx, &reg.location("team/app"), None).await;
+    // Three layers of 4 MiB each: each takes many reads, so transfers overlap.
+    let layers: Vec<Vec<u8>> = (0..3u8)
+        .map(|i| {
+            let data: Vec<u8> = (0..4u32 << 20)
+                .map(|n| (n.wrapping_mul(2654435761) >> 13) as u8 ^ i)
+                .collect();
+            tar(&[("big.bin", &data)])
+        })
+        .collect();
+    let config =
+        serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux"})).unwrap();
+    let manifest = serde_json::to_vec_pretty(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, &config),
+        "layers": layers.iter().map(|l| descriptor(OCI_LAYER, l)).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    let mut blobs: BTreeMap<String, Vec<u8>> =
+        layers.into_iter().map(|b| (sha256(&b), b)).collect();
+    blobs.insert(sha256(&config), config);
+    let big = Image {
+        media_type: OCI_MANIFEST,
+        manifest,
+        blobs,
+    };
+    let v = src
+        .publish(&big.write_layout(&env.dir("big"), "latest"))
+        .await
+        .unwrap()
+        .version;
+    let up = std::mem::take(&mut *overlap.0.lock().unwrap());
+    let back = src.materialize(&v, &env.dir("back")).await.unwrap();
+    assert_eq!(check_layout(&back), expected_blobs(&big));
+    let down = *overlap.0.lock().unwrap();
+    assert_eq!((up.0, down.0), (0, 0), "every transfer ended");
+    assert!(up.1 >= 2, "uploads ran one at a time: {up:?}");
+    assert!(down.1 >= 2, "downloads ran one at a time: {down:?}");
+}

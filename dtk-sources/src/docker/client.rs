@@ -41,6 +41,33 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// The credential docker itself would use for `registry` (`docker.io` or `host[:port]`):
+/// from `$DOCKER_CONFIG/config.json` (else `~/.docker/config.json`), its `auths` entry or
+/// the credential helper it names (`credHelpers`, `credsStore`, run as
+/// `docker-credential-NAME get`). None when there is none; identity tokens (an OAuth
+/// refresh token for Docker Hub's login flow) are not used.
+fn docker_config_credential(registry: &str) -> Option<Credential> {
+    use docker_credential::{CredentialRetrievalError as E, DockerCredential};
+    match docker_credential::get_credential(registry) {
+        Ok(DockerCredential::UsernamePassword(user, password)) => {
+            tracing::debug!(registry, "using docker's configured credential");
+            Some(Credential::Basic { user, password })
+        }
+        Ok(DockerCredential::IdentityToken(_)) => {
+            tracing::debug!(
+                registry,
+                "docker's credential is an identity token; not used"
+            );
+            None
+        }
+        Err(E::ConfigNotFound | E::ConfigReadError | E::NoCredentialConfigured) => None,
+        Err(e) => {
+            tracing::warn!(registry, error = %e, "cannot read docker's credential");
+            None
+        }
+    }
+}
+
 impl Credential {
     /// The credential a `DOCKER_TOKEN` value stands for (`None` when empty).
     pub(crate) fn parse(value: &str) -> Option<Credential> {
@@ -188,6 +215,40 @@ pub(crate) struct Client {
     http: reqwest::Client,
     credential: Option<Credential>,
     auth: Mutex<AuthState>,
+    /// Blobs larger than this are uploaded in chunks of this size.
+    chunk_size: u64,
+}
+
+/// The default `[kind.docker] chunk_size`: 32 MiB.
+pub(crate) const DEFAULT_CHUNK_SIZE: u64 = 32 << 20;
+
+/// `[kind.docker] chunk_size`: bytes, or a number with `KiB`, `MiB` or `GiB`; at least 1 KiB.
+fn chunk_size(ctx: &Context) -> Result<u64> {
+    let Some(v) = ctx.setting(KIND, "chunk_size") else {
+        return Ok(DEFAULT_CHUNK_SIZE);
+    };
+    let t = v.trim();
+    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit: u64 = match t[digits.len()..].to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        _ => 0,
+    };
+    match digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+    {
+        Some(n) if n >= 1024 => Ok(n),
+        _ => Err(Error::invalid(
+            "setting",
+            format!("[kind.docker] chunk_size = {v:?}"),
+            "expected a size of at least 1KiB, such as 8MiB",
+        )),
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -209,7 +270,9 @@ fn lock(m: &Mutex<AuthState>) -> std::sync::MutexGuard<'_, AuthState> {
 }
 
 impl Client {
-    /// A client for `reference` on behalf of source `source`. No I/O.
+    /// A client for `reference` on behalf of source `source`. No network I/O: the
+    /// credential is the project's `DOCKER_TOKEN` secret, else docker's own for the
+    /// registry (see [`docker_config_credential`]).
     pub(crate) fn new(ctx: &Context, source: &str, reference: Reference) -> Result<Client> {
         let plain = reference.plain_http(ctx.setting(KIND, "insecure"));
         let scheme = if plain { "http" } else { "https" };
@@ -217,7 +280,8 @@ impl Client {
         let credential = ctx
             .secrets
             .get(dtk_core::config::DOCKER_TOKEN)
-            .and_then(Credential::parse);
+            .and_then(Credential::parse)
+            .or_else(|| docker_config_credential(&reference.registry));
         Ok(Client {
             http: net::client(ctx, KIND, source)?,
             ctx: ctx.clone(),
@@ -226,11 +290,22 @@ impl Client {
             reference,
             credential,
             auth: Mutex::new(AuthState::default()),
+            chunk_size: chunk_size(ctx)?,
         })
     }
 
     fn err(&self, message: impl Into<String>) -> Error {
         Error::backend(KIND, &self.source, message)
+    }
+
+    /// The registry as docker names it (`docker.io`, `host[:port]`).
+    pub(crate) fn registry(&self) -> &str {
+        &self.reference.registry
+    }
+
+    /// The repository (`team/app`).
+    pub(crate) fn repo(&self) -> &str {
+        &self.reference.repo
     }
 
     /// `REGISTRY/REPO` for messages.
@@ -612,19 +687,59 @@ impl Client {
                     d.digest
                 ))
             })?;
-        let mut put = Url::parse(&self.base)
-            .and_then(|b| b.join(&location))
-            .map_err(|_| {
-                self.err(format!(
-                    "starting the upload of blob {}: invalid upload location {location:?}",
-                    d.digest
-                ))
-            })?;
-        put.query_pairs_mut().append_pair("digest", &d.digest);
-        let put_url = put.to_string();
+        self.upload_at(d, path, &location).await
+    }
+
+    /// Mount blob `d` from repository `from` of the same registry (`POST
+    /// blobs/uploads/?mount=DIGEST&from=REPO`): true when the registry mounted it (`201`).
+    /// When it starts an upload instead (`202`: it cannot, or may not, mount), the file
+    /// `path` is uploaded there; any other answer, a new upload.
+    pub(crate) async fn mount_or_upload(
+        &self,
+        d: &Descriptor,
+        path: &Path,
+        from: &str,
+    ) -> Result<bool> {
+        let mut url = Url::parse(&self.url("blobs/uploads/"))
+            .map_err(|_| self.err(format!("invalid registry URL {}", self.base)))?;
+        url.query_pairs_mut()
+            .append_pair("mount", &d.digest)
+            .append_pair("from", from);
+        let shown = url.to_string();
+        let resp = self
+            .send(Access::Push, &shown, |c| {
+                Ok(c.post(url.clone()).header(CONTENT_LENGTH, "0"))
+            })
+            .await?;
+        let location = resp
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match (resp.status(), location) {
+            (StatusCode::CREATED, _) => Ok(true),
+            (StatusCode::ACCEPTED, Some(location)) => {
+                tracing::debug!(blob = %d.digest, from, "not mounted; uploading");
+                self.upload_at(d, path, &location).await.map(|()| false)
+            }
+            (status, _) => {
+                tracing::debug!(blob = %d.digest, from, %status, "mount refused; uploading");
+                self.upload_blob(d, path).await.map(|()| false)
+            }
+        }
+    }
+
+    /// Upload the file `path` as blob `d` into the upload session at `location`.
+    async fn upload_at(&self, d: &Descriptor, path: &Path, location: &str) -> Result<()> {
+        let mut put = self.upload_url(d, location)?;
         let what = format!("{}: {}", self.source, short(&d.digest));
         let progress = self.ctx.progress.clone();
         let size = d.size;
+        if size > self.chunk_size {
+            return self.upload_chunks(d, path, put).await;
+        }
+        put.query_pairs_mut().append_pair("digest", &d.digest);
+        let put_url = put.to_string();
         let resp = self
             .send(Access::Push, &put_url, |c| {
                 let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -641,6 +756,88 @@ impl Client {
         if !resp.status().is_success() {
             return Err(self
                 .failure(&format!("uploading blob {}", d.digest), resp)
+                .await);
+        }
+        Ok(())
+    }
+
+    /// An upload location the registry gave (absolute, or relative to the registry).
+    fn upload_url(&self, d: &Descriptor, location: &str) -> Result<Url> {
+        Url::parse(&self.base)
+            .and_then(|b| b.join(location))
+            .map_err(|_| {
+                self.err(format!(
+                    "uploading blob {}: invalid upload location {location:?}",
+                    d.digest
+                ))
+            })
+    }
+
+    /// Upload `path` as blob `d` in chunks of `chunk_size`: a `PATCH` per chunk with its
+    /// `Content-Range`, each to the location the previous answer gave, then a `PUT` with
+    /// the digest and no body.
+    async fn upload_chunks(&self, d: &Descriptor, path: &Path, mut at: Url) -> Result<()> {
+        let what = format!("{}: {}", self.source, short(&d.digest));
+        let shared = SharedTransfer(std::sync::Arc::new(Mutex::new(
+            self.ctx.progress.start(&what, Some(d.size)),
+        )));
+        let mut offset = 0u64;
+        while offset < d.size {
+            let len = self.chunk_size.min(d.size - offset);
+            let url = at.to_string();
+            let resp = self
+                .send(Access::Push, &url, |c| {
+                    use std::io::Seek as _;
+                    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+                    file.seek(std::io::SeekFrom::Start(offset))
+                        .map_err(|e| Error::io(path, e))?;
+                    // The chunk streams from the file too; the registry checks the digest.
+                    let chunk = tokio::fs::File::from_std(file).take(len);
+                    let body = file_body(chunk, Box::new(shared.clone()));
+                    Ok(c.request(Method::PATCH, at.clone())
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header(CONTENT_LENGTH, len.to_string())
+                        .header("Content-Range", format!("{offset}-{}", offset + len - 1))
+                        .body(body))
+                })
+                .await?;
+            if resp.status() != StatusCode::ACCEPTED {
+                return Err(self
+                    .failure(
+                        &format!(
+                            "uploading bytes {offset}-{} of blob {}",
+                            offset + len - 1,
+                            d.digest
+                        ),
+                        resp,
+                    )
+                    .await);
+            }
+            let location = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    self.err(format!(
+                        "uploading blob {}: the registry gave no location after a chunk",
+                        d.digest
+                    ))
+                })?;
+            at = self.upload_url(d, &location)?;
+            offset += len;
+        }
+        at.query_pairs_mut().append_pair("digest", &d.digest);
+        let url = at.to_string();
+        let resp = self
+            .send(Access::Push, &url, |c| {
+                Ok(c.request(Method::PUT, at.clone())
+                    .header(CONTENT_LENGTH, "0"))
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self
+                .failure(&format!("finishing the upload of blob {}", d.digest), resp)
                 .await);
         }
         Ok(())
@@ -688,7 +885,7 @@ impl Client {
 
 /// A request body streaming `file` in 64 KiB chunks, reporting progress.
 fn file_body(
-    file: tokio::fs::File,
+    file: impl tokio::io::AsyncRead + Unpin + Send + 'static,
     transfer: Box<dyn dtk_core::source::Transfer>,
 ) -> reqwest::Body {
     let stream = futures::stream::unfold(Some((file, transfer)), |state| async move {
@@ -705,6 +902,19 @@ fn file_body(
         }
     });
     reqwest::Body::wrap_stream(stream)
+}
+
+/// One transfer's progress, shared by the chunks of a chunked upload.
+#[derive(Clone)]
+struct SharedTransfer(std::sync::Arc<Mutex<Box<dyn dtk_core::source::Transfer>>>);
+
+impl dtk_core::source::Transfer for SharedTransfer {
+    fn advance(&mut self, bytes: u64) {
+        match self.0.lock() {
+            Ok(mut t) => t.advance(bytes),
+            Err(p) => p.into_inner().advance(bytes),
+        }
+    }
 }
 
 /// The `WWW-Authenticate` challenges of a response that parse.

@@ -57,6 +57,8 @@ use reference::{Reference, DEFAULT_TAG};
 const KIND: &str = "docker";
 /// How deep indexes may nest (index → index → manifest).
 const MAX_DEPTH: usize = 3;
+/// Blobs downloaded or uploaded at once (docker itself does 3 downloads and 5 uploads).
+const TRANSFERS: usize = 4;
 
 /// The `docker` kind. Register it into a [`dtk_core::Registry`]:
 ///
@@ -242,9 +244,14 @@ impl DockerSource {
                     }
                 }
                 Children::Image(ds) => {
-                    for d in ds {
-                        self.pull_blob(client, &d, root).await?;
-                    }
+                    // The config and layers, TRANSFERS at a time.
+                    use futures::stream::{StreamExt as _, TryStreamExt as _};
+                    let pulls: Vec<_> =
+                        ds.iter().map(|d| self.pull_blob(client, d, root)).collect();
+                    futures::stream::iter(pulls)
+                        .buffer_unordered(TRANSFERS)
+                        .try_collect::<()>()
+                        .await?;
                 }
             }
         }
@@ -259,6 +266,21 @@ impl DockerSource {
         }
         client.download_blob(d, &path).await
     }
+}
+
+/// The annotation naming the image a manifest is based on (OCI image spec, annotations).
+const BASE_NAME: &str = "org.opencontainers.image.base.name";
+
+/// The repository of the base image that the manifests name (`org.opencontainers.image.
+/// base.name`), when it is another repository of the client's registry: where blobs can be
+/// mounted from instead of uploaded.
+fn base_repo(client: &Client, manifests: &[(Descriptor, Vec<u8>, String)]) -> Option<String> {
+    manifests.iter().find_map(|(_, bytes, _)| {
+        let m: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        let name = m.get("annotations")?.get(BASE_NAME)?.as_str()?;
+        let base = reference::Reference::parse(name).ok()?;
+        (base.registry == client.registry() && base.repo != client.repo()).then_some(base.repo)
+    })
 }
 
 /// Check that a manifest fetched by digest is what descriptor `d` says.
@@ -441,8 +463,25 @@ impl Source for DockerSource {
                 missing.push((d, p));
             }
         }
-        for (d, p) in &missing {
-            client.upload_blob(d, p).await?;
+        // Uploads TRANSFERS at a time (the checks above got the push token they share);
+        // with a base image in another repository of the same registry, mounted from there
+        // when the registry can.
+        let from = base_repo(client, &manifests);
+        {
+            use futures::stream::{StreamExt as _, TryStreamExt as _};
+            let uploads: Vec<_> = missing
+                .iter()
+                .map(|(d, p)| async {
+                    match &from {
+                        Some(repo) => client.mount_or_upload(d, p, repo).await.map(|_| ()),
+                        None => client.upload_blob(d, p).await,
+                    }
+                })
+                .collect();
+            futures::stream::iter(uploads)
+                .buffer_unordered(TRANSFERS)
+                .try_collect::<()>()
+                .await?;
         }
         // Children first, then the top manifest under the tag.
         let Some((_, top_bytes, top_type)) = manifests.first().cloned() else {

@@ -380,8 +380,13 @@ impl Mirror {
                 FetchFailure::with(format!("cannot connect to {shown}"), e)
             }
         })?;
-        // Never prompt for credentials: a token, if any, goes in an HTTP header.
-        connection.set_credentials(|_| Ok(None));
+        // A token, if any, goes in an HTTP header; a server that still asks (401) gets what
+        // git's own credential helpers give (`git credential fill`, never prompting).
+        if matches!(url.scheme, gix::url::Scheme::Http | gix::url::Scheme::Https) {
+            connection.set_credentials(git_credential);
+        } else {
+            connection.set_credentials(|_| Ok(None));
+        }
         #[cfg(feature = "https")]
         self.configure_http(&mut connection, &repo, &url)?;
         let head_spec = gix::refspec::parse("HEAD".into(), gix::refspec::parse::Operation::Fetch)
@@ -447,6 +452,23 @@ impl Mirror {
         }
         opts
     }
+}
+
+/// What `git credential` says for `action`, run as the user's git would (their global and
+/// system config, so their `credential.helper`s: store, cache, libsecret, osxkeychain, a
+/// manager...), with `GIT_TERMINAL_PROMPT=0` so that it never prompts. A credential that
+/// worked is handed back to the helpers (`approve`), one that was refused too (`reject`).
+fn git_credential(
+    action: gix::credentials::helper::Action,
+) -> gix::Result<Option<gix::credentials::protocol::Outcome>> {
+    use gix::credentials::{helper, protocol, Program};
+    // gix runs a helper as `HELPER get|store|erase`; git's own command takes
+    // `fill|approve|reject`.
+    const GIT_CREDENTIAL: &str = "!f() { case \"$1\" in get) a=fill ;; store) a=approve ;; \
+        erase) a=reject ;; *) exit 0 ;; esac; GIT_TERMINAL_PROMPT=0 git credential \"$a\"; }; f";
+    let mut program = Program::from_custom_definition(GIT_CREDENTIAL)?.suppress_stderr();
+    let outcome = helper::invoke(&mut program, &action)?;
+    protocol::helper_outcome_to_result(outcome, action)
 }
 
 /// Standard base64 with padding.
@@ -543,16 +565,12 @@ struct MirrorLock(#[allow(dead_code)] std::fs::File);
 
 #[cfg(unix)]
 fn try_lock(file: &std::fs::File) -> std::io::Result<bool> {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: flock on a file descriptor we own; no memory is shared with the call.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(code) if code == libc::EWOULDBLOCK || code == libc::EINTR => Ok(false),
-        _ => Err(e),
+    use rustix::fs::{flock, FlockOperation};
+    use rustix::io::Errno;
+    match flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(e) if e == Errno::WOULDBLOCK || e == Errno::INTR => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 

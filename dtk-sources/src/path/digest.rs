@@ -450,11 +450,14 @@ thread_local! {
 pub(crate) fn hash_file(path: &Path) -> Result<([u8; 16], u64)> {
     let mut f: File = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
         .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => changed(path, "a file was replaced by a link"),
-            _ => walk_error(path, e),
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                changed(path, "a file was replaced by a link")
+            } else {
+                walk_error(path, e)
+            }
         })?;
     let md = f.metadata().map_err(|e| walk_error(path, e))?;
     if !md.is_file() {
@@ -463,15 +466,7 @@ pub(crate) fn hash_file(path: &Path) -> Result<([u8; 16], u64)> {
     #[cfg(target_os = "linux")]
     if md.len() > BUF_SIZE as u64 {
         // A hint for a bigger read-ahead; failing it changes nothing.
-        // SAFETY: the descriptor is open for as long as `f` lives.
-        let _ = unsafe {
-            libc::posix_fadvise(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                0,
-                0,
-                libc::POSIX_FADV_SEQUENTIAL,
-            )
-        };
+        let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::Sequential);
     }
     BUF.with(|buf| {
         let mut buf = buf.borrow_mut();

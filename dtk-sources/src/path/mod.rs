@@ -511,7 +511,7 @@ fn publish_blocking(root: &Path, dir: &Path) -> Result<()> {
     let new = stage.path().join("new");
     let moved = match fs::rename(&content, &new) {
         Ok(()) => true,
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
             copy_tree(&content, &new)?;
             false
         }
@@ -567,26 +567,12 @@ fn swap_into_place(new: &Path, root: &Path, root_is_dir: bool, stage: &Path) -> 
 /// Atomically exchange `a` and `b`; `Ok(false)` when the system or file system cannot.
 #[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
 fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
-    use std::ffi::CString;
-    let ca = CString::new(a.as_os_str().as_bytes())?;
-    let cb = CString::new(b.as_os_str().as_bytes())?;
-    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if r == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
-        _ => Err(e),
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use rustix::io::Errno;
+    match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(true),
+        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 

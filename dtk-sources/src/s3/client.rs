@@ -11,6 +11,7 @@ use object_store::client::{HttpError, HttpErrorKind};
 use object_store::{BackoffConfig, ClientOptions, RetryConfig, StaticCredentialProvider};
 
 use super::location::Location;
+use super::profile::Profile;
 use super::KIND;
 
 /// The keys of `[kind.s3]` in `.dkt/config`.
@@ -41,6 +42,8 @@ pub(crate) struct Settings {
     /// default, so a machine without credentials gets a clear error at once instead of
     /// sending requests to a link-local address.
     pub(crate) imds: bool,
+    /// The shared AWS config files' profile (`AWS_PROFILE`, else `default`), if any.
+    pub(crate) profile: Option<Profile>,
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool> {
@@ -73,14 +76,19 @@ impl Settings {
             }
         }
         let get = |key: &str| ctx.setting(KIND, key).map(str::to_owned);
+        let profile = super::profile::load()?;
+        let from_profile =
+            |f: fn(&Profile) -> &Option<String>| profile.as_ref().and_then(|p| f(p).clone());
         let endpoint = get("endpoint")
             .or_else(|| env("AWS_ENDPOINT_URL_S3"))
             .or_else(|| env("AWS_ENDPOINT_URL"))
             .or_else(|| env("AWS_ENDPOINT"))
+            .or_else(|| from_profile(|p| &p.endpoint_url))
             .map(|e| e.trim_end_matches('/').to_owned());
         let region = get("region")
             .or_else(|| env("AWS_REGION"))
-            .or_else(|| env("AWS_DEFAULT_REGION"));
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .or_else(|| from_profile(|p| &p.region));
         let allow_http = match get("allow_http") {
             Some(v) => Some(parse_bool("allow_http", &v)?),
             None => env("AWS_ALLOW_HTTP")
@@ -126,6 +134,7 @@ impl Settings {
             anonymous,
             check_md5,
             imds,
+            profile,
         })
     }
 
@@ -168,6 +177,8 @@ pub(crate) enum Credentials {
     Secrets,
     /// `AWS_*` environment variables (keys, web identity, container credentials).
     Environment,
+    /// The keys of a profile of the shared AWS config files (`AWS_PROFILE`).
+    Profile,
     /// None configured, and the instance metadata service allowed (`imds = true`).
     InstanceMetadata,
     /// None configured, and the instance metadata service not allowed: every request
@@ -182,6 +193,7 @@ impl Credentials {
         match self {
             Credentials::Secrets => "the project's secrets",
             Credentials::Environment => "the AWS_* environment variables",
+            Credentials::Profile => "the AWS profile (AWS_PROFILE, ~/.aws/credentials)",
             Credentials::InstanceMetadata => "the instance metadata service",
             Credentials::Missing => "none",
             Credentials::Anonymous => "none (anonymous requests)",
@@ -244,6 +256,11 @@ impl Connection {
             redact.push(id.clone());
             redact.push(key.clone());
         }
+        if let Some(p) = &settings.profile {
+            redact.extend(p.access_key_id.clone());
+            redact.extend(p.secret_access_key.clone());
+            redact.extend(p.session_token.clone());
+        }
         for v in [
             "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY",
@@ -263,6 +280,8 @@ impl Connection {
             || env("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some()
         {
             Credentials::Environment
+        } else if settings.profile.as_ref().and_then(Profile::keys).is_some() {
+            Credentials::Profile
         } else if settings.imds {
             Credentials::InstanceMetadata
         } else {
@@ -293,6 +312,17 @@ impl Connection {
                     secret_key: key.clone(),
                     token: None,
                 })));
+            }
+            if let (Credentials::Profile, Some(p)) = (credentials, &settings.profile) {
+                if let Some((id, key)) = p.keys() {
+                    b = b.with_credentials(Arc::new(StaticCredentialProvider::new(
+                        AwsCredential {
+                            key_id: id,
+                            secret_key: key,
+                            token: p.session_token.clone(),
+                        },
+                    )));
+                }
             }
             if credentials == Credentials::Missing {
                 b = b.with_credentials(Arc::new(NoCredentials));
@@ -356,7 +386,7 @@ impl Connection {
             }
             _ if self.credentials == Credentials::Missing => {
                 format!(
-                    "no credentials for bucket {bucket:?} while {what}: none in the project's secrets ({AWS_ACCESS_KEY_ID}, {AWS_SECRET_ACCESS_KEY}; `dkt init --aws-access-key-id ... --aws-secret-access-key ...`) nor in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_WEB_IDENTITY_TOKEN_FILE, AWS_CONTAINER_CREDENTIALS_*); on a cloud machine, set `imds = true` in [kind.s3] to ask its instance metadata service; for a public bucket set `anonymous = true`"
+                    "no credentials for bucket {bucket:?} while {what}: none in the project's secrets ({AWS_ACCESS_KEY_ID}, {AWS_SECRET_ACCESS_KEY}; `dkt init --aws-access-key-id ... --aws-secret-access-key ...`) nor in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_WEB_IDENTITY_TOKEN_FILE, AWS_CONTAINER_CREDENTIALS_*) nor in the shared AWS config files (the profile AWS_PROFILE names, else default, in ~/.aws/credentials or ~/.aws/config); on a cloud machine, set `imds = true` in [kind.s3] to ask its instance metadata service; for a public bucket set `anonymous = true`"
                 )
             }
             _ if self.credentials != Credentials::Secrets

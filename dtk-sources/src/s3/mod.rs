@@ -38,6 +38,7 @@
 mod client;
 mod listing;
 mod location;
+mod profile;
 mod transfer;
 
 use std::path::{Path, PathBuf};
