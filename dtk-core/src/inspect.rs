@@ -616,6 +616,7 @@ impl Project {
                 Entry::Link(_) => {}
             }
         }
+        crate::signing::check_history(self, &manifest.target, self.allowed_signers(), &mut report)?;
         Ok(report)
     }
 }
