@@ -13,7 +13,8 @@
 #   test; it brings the `ssh` client and `ssh-keygen` too);
 # - PyPI packages: moto[server] (an S3-compatible server), prov and in-toto-attestation (the
 #   reference consumers of the provenance exports), cryptography (the test token service and
-#   the test CA of the HTTPS git server).
+#   the test CA of the HTTPS git server), securesystemslib (verifies the signed DSSE
+#   envelope of `dkt inspect --format slsa --sign`).
 # Debian packages need root (or sudo). Every server the tests use is started by the tests
 # themselves, on 127.0.0.1, and stopped with them; no test sends traffic anywhere else.
 set -euo pipefail
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
     --no-install) install=0 ;;
     --install-only) run=0 ;;
     --) shift; cargo_args=("$@"); break ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -68,6 +69,7 @@ missing_pip=()
 python3 -c 'import prov' 2>/dev/null || missing_pip+=(prov)
 python3 -c 'import in_toto_attestation' 2>/dev/null || missing_pip+=(in-toto-attestation)
 python3 -c 'import cryptography' 2>/dev/null || missing_pip+=(cryptography)
+python3 -c 'import securesystemslib' 2>/dev/null || missing_pip+=(securesystemslib)
 command -v moto_server >/dev/null 2>&1 || missing_pip+=('moto[server]')
 if [ ${#missing_pip[@]} -gt 0 ]; then
   if [ "$install" = 0 ]; then

@@ -375,7 +375,20 @@ fn parse_allowed_line(line: &str) -> std::result::Result<Option<(Vec<String>, Pu
     } else {
         split_options(rest)
     };
-    for opt in options.split(',').filter(|o| !o.is_empty()) {
+    let mut opts = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in options.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                opts.push(&options[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    opts.push(&options[start..]);
+    for opt in opts.into_iter().filter(|o| !o.is_empty()) {
         let (name, value) = opt.split_once('=').unwrap_or((opt, ""));
         match name.to_ascii_lowercase().as_str() {
             "namespaces" => {
@@ -800,5 +813,101 @@ impl Project {
         self.store().set_signer(Some(key.clone()));
         record_signer(self.store(), &key)?;
         key_info(&key, &path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pae_matches_the_dsse_spec_example() {
+        assert_eq!(
+            dsse_pae("http://example.com/HelloWorld", b"hello world"),
+            b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec()
+        );
+    }
+
+    #[test]
+    fn a_signed_commit_splits_back_into_what_was_signed() {
+        let payload = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+author dtk <dtk@localhost> 1 +0000\ncommitter dtk <dtk@localhost> 1 +0000\n\n\
+msg\n\n gpgsig not a header\n"
+            .to_vec();
+        let key = SigningKey::generate("t@x").unwrap_or_else(|e| panic!("{e}"));
+        let armored = key.sign_commit(&payload).unwrap_or_else(|e| panic!("{e}"));
+        let mut signed = Vec::new();
+        let at = payload
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .map_or(0, |i| i + 1);
+        signed.extend_from_slice(&payload[..at]);
+        signed.extend_from_slice(b"gpgsig ");
+        signed.extend_from_slice(armored.replace('\n', "\n ").as_bytes());
+        signed.push(b'\n');
+        signed.extend_from_slice(&payload[at..]);
+        let (back, sig) = split_signed_commit(&signed);
+        assert_eq!(back, payload);
+        assert_eq!(sig.as_deref(), Some(armored.as_str()));
+
+        let mut trusted = AllowedSigners::default();
+        assert!(matches!(
+            verify_commit(&signed, &trusted),
+            CommitSignature::Untrusted { .. }
+        ));
+        let line = key.allowed_signers_line().unwrap_or_default();
+        let (principals, public) = parse_allowed_line(line.trim())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("{line}"));
+        trusted.signers.push(AllowedSigner {
+            principals,
+            key: public,
+            file: PathBuf::new(),
+        });
+        assert_eq!(
+            verify_commit(&signed, &trusted),
+            CommitSignature::Trusted {
+                fingerprint: key.fingerprint(),
+                principal: "t@x".into()
+            }
+        );
+        let tampered = String::from_utf8_lossy(&signed).replace("msg", "msh");
+        assert!(matches!(
+            verify_commit(tampered.as_bytes(), &trusted),
+            CommitSignature::Invalid(_)
+        ));
+        assert_eq!(verify_commit(&payload, &trusted), CommitSignature::Unsigned);
+    }
+
+    #[test]
+    fn allowed_signers_lines_as_git_writes_them() {
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHhyM7kKqYlSG1698SBegewTfuE5AJUJTl1Rfwub9hLY";
+        let ok = |l: &str| parse_allowed_line(l).ok().flatten().map(|(p, _)| p);
+        assert_eq!(ok(&format!("a@x {key} c")), Some(vec!["a@x".to_owned()]));
+        assert_eq!(
+            ok(&format!("a@x,b@y namespaces=\"file,git\" {key}")),
+            Some(vec!["a@x".to_owned(), "b@y".to_owned()])
+        );
+        assert_eq!(ok(&format!("a@x namespaces=\"file\" {key}")), None);
+        assert!(parse_allowed_line(&format!("a@x cert-authority {key}")).is_err());
+        assert!(parse_allowed_line(&format!("a@x valid-before=\"2020\" {key}")).is_err());
+        assert!(parse_allowed_line("a@x ssh-ed25519 !!!").is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_private_key() {
+        let key = SigningKey::generate("t@x").unwrap_or_else(|e| panic!("{e}"));
+        let pem = key
+            .key
+            .to_openssh(LineEnding::LF)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let shown = format!("{key:?}");
+        assert!(shown.contains(&key.fingerprint()), "{shown}");
+        assert!(!shown.contains(&body[..32]), "{shown}");
+        assert!(check_principal("a b").is_err());
+        assert!(check_principal("dtk@host-1").is_ok());
     }
 }
