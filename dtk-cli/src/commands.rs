@@ -102,13 +102,13 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                     "Initialized empty Datakit repository in {}/",
                     p.dkt_dir().display()
                 )?;
+                // The design's message alone on stdout; the key is a note on stderr.
                 if let Some(k) = key {
-                    writeln!(
-                        out,
+                    eprintln!(
                         "Commits are signed by {} {} (.dkt/signing-key)",
                         k.principal(),
                         k.fingerprint()
-                    )?;
+                    );
                 }
             }
         }
