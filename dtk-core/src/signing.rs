@@ -746,7 +746,7 @@ pub fn dsse_envelope(key: &SigningKey, statement: &serde_json::Value) -> Result<
     }))
 }
 
-/// What [`add_key`] did.
+/// A signing key as `dkt key show` describes it (see [`Project::add_signing_key`]).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct KeyInfo {
     /// The key's fingerprint (`SHA256:...`).
