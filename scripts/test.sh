@@ -14,7 +14,8 @@
 # - PyPI packages: moto[server] (an S3-compatible server), prov and in-toto-attestation (the
 #   reference consumers of the provenance exports), cryptography (the test token service and
 #   the test CA of the HTTPS git server), blake3 and rfc8785 (the independent verifier of
-#   tests/verifier, written from docs/format.md alone).
+#   tests/verifier, written from docs/format.md alone), securesystemslib (verifies the
+#   signed DSSE envelope of `dkt inspect --format slsa --sign`).
 # Debian packages need root (or sudo). Every server the tests use is started by the tests
 # themselves, on 127.0.0.1, and stopped with them; no test sends traffic anywhere else.
 set -euo pipefail
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
     --no-install) install=0 ;;
     --install-only) run=0 ;;
     --) shift; cargo_args=("$@"); break ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -71,6 +72,7 @@ python3 -c 'import in_toto_attestation' 2>/dev/null || missing_pip+=(in-toto-att
 python3 -c 'import cryptography' 2>/dev/null || missing_pip+=(cryptography)
 python3 -c 'import blake3' 2>/dev/null || missing_pip+=(blake3)
 python3 -c 'import rfc8785' 2>/dev/null || missing_pip+=(rfc8785)
+python3 -c 'import securesystemslib' 2>/dev/null || missing_pip+=(securesystemslib)
 command -v moto_server >/dev/null 2>&1 || missing_pip+=('moto[server]')
 if [ ${#missing_pip[@]} -gt 0 ]; then
   if [ "$install" = 0 ]; then

@@ -74,10 +74,25 @@ pub(crate) struct Tokens {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Create an empty project (.dkt/) in the current directory.
+    ///
+    /// A new ed25519 signing key is generated (.dkt/signing-key, mode 0600, never
+    /// committed) and every metadata commit is signed with it in git's SSH signature
+    /// format; its public half is committed under signers/ and trusted in
+    /// .dkt/allowed_signers.
     Init {
         #[command(flatten)]
         tokens: Tokens,
+        /// Sign with this unencrypted OpenSSH ed25519 private key (copied into .dkt)
+        /// instead of a new one.
+        #[arg(long, value_name = "PATH", conflicts_with = "no_signing_key")]
+        signing_key: Option<PathBuf>,
+        /// Make no signing key: commits stay unsigned (until `dkt key generate`).
+        #[arg(long)]
+        no_signing_key: bool,
     },
+    /// The project's signing key: every metadata commit is signed with it.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Clone a project's metadata (a path or git URL of its .dkt/.git) into DIR/.dkt.
     Clone {
         /// The project to clone: a project directory, its .dkt/.git, or any git URL of a copy.
@@ -224,6 +239,10 @@ pub(crate) enum Command {
         /// Output format: manifest, dot, slsa (in-toto Statement, SLSA Provenance v1), prov (W3C PROV-JSON).
         #[arg(long, value_enum, default_value_t = Format::Manifest)]
         format: Format,
+        /// With --format slsa: print the statement as a DSSE envelope signed with the
+        /// project's key (keyid: the key's SHA256 fingerprint).
+        #[arg(long)]
+        sign: bool,
     },
     /// Print a shell completion script for dkt.
     ///
@@ -248,10 +267,17 @@ pub(crate) enum Command {
     ///
     /// Every record's own digest and the hash chain between records are checked, node
     /// and run IDs recomputed, and every version whose content can still be read
-    /// re-hashed. Exits 1 when anything does not match.
+    /// re-hashed. In a project that signs its history, every commit from the one that
+    /// recorded WHAT up to the tip must be signed by a trusted key (one of the
+    /// allowed-signers file and of .dkt/allowed_signers); each is listed with the key that
+    /// signed it. Exits 1 when anything does not match.
     Verify {
         /// SOURCE:VERSION, NODE-ID or RUN-ID.
         what: String,
+        /// The allowed-signers file (git's format) of the keys you trust [default:
+        /// $XDG_CONFIG_HOME/dtk/allowed_signers, else ~/.config/dtk/allowed_signers].
+        #[arg(long, value_name = "FILE", env = "DKT_ALLOWED_SIGNERS")]
+        allowed_signers: Option<PathBuf>,
     },
 }
 
@@ -342,6 +368,29 @@ pub(crate) enum RemoteCommand {
         /// The remote's name.
         name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Give a project without a key a new ed25519 signing key; commits are signed from
+    /// now on, starting with the one recording its public half.
+    Generate {
+        /// The principal the key signs as (default: dtk@HOST).
+        #[arg(long, value_name = "NAME")]
+        principal: Option<String>,
+    },
+    /// Give a project without a key this unencrypted OpenSSH ed25519 private key (copied
+    /// into .dkt/signing-key).
+    Import {
+        /// The private key file.
+        path: PathBuf,
+        /// The principal the key signs as (default: the key's comment, else dtk@HOST).
+        #[arg(long, value_name = "NAME")]
+        principal: Option<String>,
+    },
+    /// Show the project's signing key: fingerprint, principal, public key (never the
+    /// private key).
+    Show,
 }
 
 #[derive(Debug, Subcommand)]

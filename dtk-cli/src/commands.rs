@@ -7,7 +7,9 @@ use anyhow::Context as _;
 use dtk::{AddSource, InitOptions, Project};
 use serde_json::json;
 
-use crate::cli::{Cli, Command, Format, NodeCommand, SecretCommand, SourceCommand, Tokens};
+use crate::cli::{
+    Cli, Command, Format, KeyCommand, NodeCommand, SecretCommand, SourceCommand, Tokens,
+};
 use crate::exit;
 use crate::output::{json, or_dash, Table};
 
@@ -96,18 +98,44 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                 )?;
             }
         }
-        Command::Init { tokens } => {
-            let p = Project::init(&dir, dtk::default_registry(), init_options(tokens))?;
+        Command::Init {
+            tokens,
+            signing_key,
+            no_signing_key,
+        } => {
+            let signing = match (signing_key, no_signing_key) {
+                (_, true) => dtk::KeySetup::Unsigned,
+                (Some(path), _) => dtk::KeySetup::Import(dir.join(path)),
+                (None, false) => dtk::KeySetup::Generate,
+            };
+            let options = init_options(tokens).with_signing(signing);
+            let p = Project::init(&dir, dtk::default_registry(), options)?;
+            let key = p.signing_key();
             if as_json {
-                json(out, &json!({ "dkt_dir": p.dkt_dir() }))?;
+                json(
+                    out,
+                    &json!({
+                        "dkt_dir": p.dkt_dir(),
+                        "signing_key": key.as_ref().map(|k| k.fingerprint()),
+                    }),
+                )?;
             } else {
                 writeln!(
                     out,
                     "Initialized empty Datakit repository in {}/",
                     p.dkt_dir().display()
                 )?;
+                // The design's message alone on stdout; the key is a note on stderr.
+                if let Some(k) = key {
+                    eprintln!(
+                        "Commits are signed by {} {} (.dkt/signing-key)",
+                        k.principal(),
+                        k.fingerprint()
+                    );
+                }
             }
         }
+        Command::Key(cmd) => return key(open(&dir)?, cmd, as_json, out),
         Command::Clone {
             repo,
             into: target,
@@ -188,7 +216,14 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             dot,
             downstream,
             format,
+            sign,
         } => {
+            if sign && (dot || format != Format::Slsa) {
+                return Err(UsageError(
+                    "--sign signs the SLSA statement: use it with --format slsa".into(),
+                )
+                .into());
+            }
             let p = open(&dir)?;
             let m = p
                 .inspect(
@@ -199,6 +234,19 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             let format = if dot { Format::Dot } else { format };
             match format {
                 Format::Dot => write!(out, "{}", m.to_dot())?,
+                Format::Slsa if sign => {
+                    let key = p.signing_key().ok_or_else(|| dtk::Error::NotFound {
+                        what: "signing key",
+                        name: p
+                            .dkt_dir()
+                            .join(dtk::signing::KEY_FILE)
+                            .display()
+                            .to_string(),
+                        hint: ": this project has no key (create one with `dkt key generate`)"
+                            .into(),
+                    })?;
+                    json(out, &dtk::signing::dsse_envelope(&key, &m.to_slsa(&p)?)?)?
+                }
                 Format::Slsa => json(out, &m.to_slsa(&p)?)?,
                 Format::Prov => json(out, &m.to_prov())?,
                 Format::Manifest => {
@@ -377,8 +425,14 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             let interval = dtk::engine::parse_duration(&interval)?;
             return daemon(p, interval, jobs, passes, as_json, out).await;
         }
-        Command::Verify { what } => {
-            let p = open(&dir)?;
+        Command::Verify {
+            what,
+            allowed_signers,
+        } => {
+            let mut p = open(&dir)?;
+            if let Some(f) = allowed_signers {
+                p = p.with_allowed_signers(dir.join(f));
+            }
             let report = p.verify(&what).await?;
             if as_json {
                 json(out, &report)?;
@@ -1287,4 +1341,45 @@ async fn follow_run(p: &Project, what: &str, out: &mut dyn Write) -> anyhow::Res
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+fn key(p: Project, cmd: KeyCommand, as_json: bool, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let path = p.dkt_dir().join(dtk::signing::KEY_FILE);
+    let info = match cmd {
+        KeyCommand::Generate { principal } => {
+            p.add_signing_key(&dtk::KeySetup::Generate, principal.as_deref())?
+        }
+        KeyCommand::Import {
+            path: from,
+            principal,
+        } => p.add_signing_key(
+            &dtk::KeySetup::Import(p.cwd().join(from)),
+            principal.as_deref(),
+        )?,
+        KeyCommand::Show => match p.signing_key() {
+            Some(k) => dtk::signing::key_info(&k, &path)?,
+            None => {
+                return Err(dtk::Error::NotFound {
+                    what: "signing key",
+                    name: path.display().to_string(),
+                    hint: ": commits are unsigned (create a key with `dkt key generate`)".into(),
+                }
+                .into())
+            }
+        },
+    };
+    if as_json {
+        json(out, &info)?;
+    } else {
+        writeln!(out, "fingerprint  {}", info.fingerprint)?;
+        writeln!(out, "principal    {}", info.principal)?;
+        writeln!(out, "public key   {}", info.public_key)?;
+        writeln!(
+            out,
+            "private key  {} (never committed)",
+            info.path.display()
+        )?;
+        writeln!(out, "record       {}", info.record)?;
+    }
+    Ok(exit::OK)
 }

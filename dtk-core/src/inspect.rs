@@ -518,6 +518,7 @@ impl Project {
             }
         }
         verify_links(&snap, &versions, &mut report)?;
+        crate::signing::check_history(self, &manifest.target, self.allowed_signers(), &mut report)?;
         Ok(report)
     }
 

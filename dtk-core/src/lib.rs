@@ -41,6 +41,7 @@ pub mod project;
 pub mod queue;
 pub mod records;
 pub mod scheduler;
+pub mod signing;
 pub mod source;
 pub mod store;
 pub mod sync;
@@ -62,6 +63,7 @@ pub use model::{
 pub use name::Name;
 pub use project::{AddSource, InitOptions, Project, UpdateOutcome};
 pub use scheduler::{PassOptions, PassReport};
+pub use signing::{KeySetup, SigningKey};
 pub use source::{
     Capabilities, Context, Fields, Kind, NewSource, NoProgress, Progress, Registry, Source,
     Transfer, Verification, VersionInfo,

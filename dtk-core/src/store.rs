@@ -18,6 +18,7 @@ use gix::ObjectId;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::signing::SigningKey;
 use crate::{Error, Result};
 
 /// The branch holding the project's records.
@@ -68,6 +69,9 @@ pub struct Store {
     repo: std::sync::Arc<std::sync::RwLock<gix::ThreadSafeRepository>>,
     /// Commits made through this handle (and its clones) since it was last opened.
     commits: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// The key that signs new commits, if the project has one (shared by clones of the
+    /// handle, so a key added later signs through every handle).
+    signer: std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<SigningKey>>>>,
     git_dir: PathBuf,
 }
 
@@ -97,6 +101,15 @@ fn signature() -> gix::actor::Signature {
 impl Store {
     /// Create a new store in `git_dir` (which must not exist yet) with its first commit.
     pub fn init(git_dir: &Path) -> Result<Store> {
+        Store::init_signed(git_dir, None)
+    }
+
+    /// Create a new store in `git_dir` (which must not exist yet) whose commits, the first
+    /// one included, are signed with `signer` (unsigned when `None`).
+    pub fn init_signed(
+        git_dir: &Path,
+        signer: Option<std::sync::Arc<SigningKey>>,
+    ) -> Result<Store> {
         if git_dir.exists() {
             return Err(Error::AlreadyExists {
                 what: "metadata repository",
@@ -111,6 +124,7 @@ impl Store {
         let head = git_dir.join("HEAD");
         std::fs::write(&head, format!("ref: {BRANCH}\n")).map_err(|e| Error::io(&head, e))?;
         let store = Store::open(git_dir)?;
+        store.set_signer(signer);
         store.commit_initial()?;
         Ok(store)
     }
@@ -120,8 +134,65 @@ impl Store {
         Ok(Store {
             repo: std::sync::Arc::new(std::sync::RwLock::new(open_repo(git_dir)?)),
             commits: Default::default(),
+            signer: Default::default(),
             git_dir: git_dir.to_owned(),
         })
+    }
+
+    /// Sign every commit made from now on through this handle and its clones with `key`
+    /// (`None`: unsigned commits). See [`crate::signing`].
+    pub fn set_signer(&self, key: Option<std::sync::Arc<SigningKey>>) {
+        *self.signer.write().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+
+    /// The key that signs this handle's commits, if any.
+    pub fn signer(&self) -> Option<std::sync::Arc<SigningKey>> {
+        self.signer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Write a commit object of `tree` on `parents`, signed in git's SSH signature format
+    /// (a `gpgsig` header after `committer`) when the store has a signing key.
+    fn write_commit(
+        &self,
+        repo: &gix::Repository,
+        message: &str,
+        tree: ObjectId,
+        parents: &[ObjectId],
+    ) -> Result<ObjectId> {
+        let sig = signature();
+        let mut commit = gix::objs::Commit {
+            tree,
+            parents: parents.iter().copied().collect(),
+            author: sig.clone(),
+            committer: sig,
+            encoding: None,
+            message: message.into(),
+            extra_headers: Vec::new(),
+        };
+        if let Some(key) = self.signer() {
+            // The signed payload is the commit exactly as it is without the header: git
+            // strips `gpgsig` (and its continuation lines) and checks what remains.
+            let mut payload = Vec::with_capacity(512);
+            gix::objs::WriteTo::write_to(&commit, &mut payload)
+                .map_err(|e| Error::store("cannot encode a commit", e))?;
+            let armored = key.sign_commit(&payload)?;
+            commit.extra_headers.push(("gpgsig".into(), armored.into()));
+        }
+        Ok(repo
+            .write_object(&commit)
+            .map_err(gix_err("cannot write a commit"))?
+            .detach())
+    }
+
+    /// The raw bytes of commit `id` (headers, a blank line, the message), as git hashes them.
+    pub fn commit_bytes(&self, id: ObjectId) -> Result<Vec<u8>> {
+        let repo = self.repo();
+        let c = find_retrying(|| repo.find_commit(id))
+            .map_err(gix_err(format!("cannot read commit {id}")))?;
+        Ok(c.data.clone())
     }
 
     /// Write the objects `repo` holds in memory as one pack.
@@ -197,22 +268,22 @@ impl Store {
         editor
             .upsert("format", EntryKind::Blob, blob)
             .map_err(gix_err("cannot add the format record"))?;
+        // A signed project records its key's public half from the first commit on.
+        if let Some(key) = self.signer() {
+            let line = key.allowed_signers_line()?;
+            let blob = repo
+                .write_blob(line.as_bytes())
+                .map_err(gix_err("cannot write the signer record"))?
+                .detach();
+            editor
+                .upsert(key.record_path().as_str(), EntryKind::Blob, blob)
+                .map_err(gix_err("cannot add the signer record"))?;
+        }
         let tree = editor
             .write()
             .map_err(gix_err("cannot write a tree"))?
             .detach();
-        let sig = signature();
-        let mut buf = gix::date::parse::TimeBuf::default();
-        let commit = repo
-            .new_commit_as(
-                sig.to_ref(&mut buf),
-                sig.to_ref(&mut gix::date::parse::TimeBuf::default()),
-                "init: empty Datakit project",
-                tree,
-                Vec::<ObjectId>::new(),
-            )
-            .map_err(gix_err("cannot write the first commit"))?
-            .id;
+        let commit = self.write_commit(&repo, "init: empty Datakit project", tree, &[])?;
         self.persist(&repo)?;
         self.move_branch(&repo, None, commit)
     }
@@ -312,19 +383,12 @@ impl Store {
             if tree == base_tree && theirs.is_none() {
                 return Ok((value, None));
             }
-            let sig = signature();
-            let mut b1 = gix::date::parse::TimeBuf::default();
-            let mut b2 = gix::date::parse::TimeBuf::default();
-            let commit = repo
-                .new_commit_as(
-                    sig.to_ref(&mut b1),
-                    sig.to_ref(&mut b2),
-                    message,
-                    tree,
-                    std::iter::once(base).chain(theirs),
-                )
-                .map_err(gix_err("cannot write a commit"))?
-                .id;
+            let commit = self.write_commit(
+                repo,
+                message,
+                tree,
+                &std::iter::once(base).chain(theirs).collect::<Vec<_>>(),
+            )?;
             self.persist(repo)?;
             match self.move_branch(repo, Some(base), commit) {
                 Ok(()) => {
