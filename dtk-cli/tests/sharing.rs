@@ -104,9 +104,22 @@ fn a_clone_tracks_its_origin_and_locations_inside_the_project_are_relative() {
         shown.canonicalize().unwrap(),
         w.b.path().join("out").canonicalize().unwrap()
     );
+    // The copy signs with a key of its own, recorded in its first commit: the only one
+    // the hub does not have yet.
     let status = w.b.dkt(&["--json", "status"]).json();
-    assert_eq!(status["remotes"][0]["unpushed"], 0, "{status}");
+    assert_eq!(status["remotes"][0]["unpushed"], 1, "{status}");
     assert_eq!(status["remotes"][0]["unpulled"], 0, "{status}");
+    let head = git(
+        w.b.path(),
+        &["--git-dir", ".dkt/.git", "log", "-1", "--format=%s", "main"],
+    );
+    assert!(head.starts_with("signing: key"), "{head}");
+    let key_a = w.a.dkt(&["--json", "key", "show"]).json();
+    let key_b = w.b.dkt(&["--json", "key", "show"]).json();
+    assert_ne!(
+        key_a["fingerprint"], key_b["fingerprint"],
+        "{key_a} {key_b}"
+    );
     // Bad input is refused, changing nothing.
     let err = w.b.dkt(&["remote", "add", "bad/name", "x"]).fails(2);
     assert!(err.contains("bad/name"), "{err}");
@@ -394,8 +407,9 @@ fn push_and_pull_over_the_git_protocol_and_a_killed_push_leaves_both_readable() 
     // this project has not merged.
     w.a.dkt(&["push", "net"]).ok();
     w.b.dkt(&["remote", "add", "net", &url]).ok();
+    // B has its own key's commit, so this is a merge.
     let pulled = w.b.dkt(&["--json", "pull", "net"]).json();
-    assert_eq!(pulled["how"], "fast-forward", "{pulled}");
+    assert_eq!(pulled["how"], "merged", "{pulled}");
     assert_eq!(latest(&w.b, "up"), latest(&w.a, "up"));
 
     // A push killed at some point of its life: both sides stay readable and a push

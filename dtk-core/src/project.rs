@@ -397,7 +397,16 @@ impl Project {
         result?;
         let project = Project::open(&root, registry)?;
         project.track_origin()?;
-        crate::signing::trust_cloned_signers(&project)?;
+        let signers = crate::signing::trust_cloned_signers(&project)?;
+        // A copy of a signed project signs what it records with a key of its own (its
+        // public half recorded in `signers/`, so that the copies it shares with can
+        // name it).
+        if signers > 0
+            && project.signing_key().is_none()
+            && options.signing == crate::signing::KeySetup::Generate
+        {
+            project.add_signing_key(&crate::signing::KeySetup::Generate, None)?;
+        }
         Ok(project)
     }
 

@@ -325,8 +325,18 @@ impl Project {
         self.merge_remote(remote)
     }
 
-    /// Merge what was fetched from `remote` (see [`Project::pull`]).
+    /// Merge what was fetched from `remote` (see [`Project::pull`]). The signers the
+    /// merged records name (`signers/`) are trusted from then on, as a clone trusts the
+    /// signers it first saw.
     pub fn merge_remote(&self, remote: &str) -> Result<PullOutcome> {
+        let outcome = self.merge_fetched(remote)?;
+        if outcome.how != "up to date" {
+            crate::signing::trust_cloned_signers(self)?;
+        }
+        Ok(outcome)
+    }
+
+    fn merge_fetched(&self, remote: &str) -> Result<PullOutcome> {
         let mut outcome = PullOutcome {
             remote: remote.to_owned(),
             how: "up to date",
