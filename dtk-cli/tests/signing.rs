@@ -491,10 +491,25 @@ fn a_clone_trusts_the_signers_it_first_saw_and_the_users_file() {
     c.dkt(&["clone", origin.path().to_str().unwrap(), "."]).ok();
     let tofu = std::fs::read_to_string(c.path().join(".dkt/allowed_signers")).unwrap();
     let origin_tofu = std::fs::read_to_string(origin.path().join(".dkt/allowed_signers")).unwrap();
-    assert_eq!(tofu, origin_tofu);
+    // The signers first seen, then the clone's own key (made at clone, never copied).
+    assert!(tofu.starts_with(&origin_tofu), "{tofu}");
+    assert_eq!(
+        tofu.lines().count(),
+        origin_tofu.lines().count() + 1,
+        "{tofu}"
+    );
+    let own = c.dkt(&["--json", "key", "show"]).json();
+    assert_ne!(own["fingerprint"].as_str().unwrap(), fp, "no key travels");
     assert!(
-        !c.path().join(".dkt/signing-key").exists(),
-        "no key travels"
+        tofu.contains(
+            own["public_key"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .nth(1)
+                .unwrap()
+        ),
+        "{tofu}"
     );
     let (code, checks) = c.verify(&target, &[]);
     assert_eq!(code, 0, "{checks:#?}");
@@ -505,9 +520,15 @@ fn a_clone_trusts_the_signers_it_first_saw_and_the_users_file() {
     let (code, checks) = c.verify(&target, &[]);
     assert_eq!(code, 1);
     let bad = mismatches(&checks);
-    assert!(bad[0]["found"].as_str().unwrap().contains(&fp), "{bad:#?}");
+    assert!(
+        bad.iter()
+            .any(|c| c["found"].as_str().unwrap().contains(&fp)),
+        "{bad:#?}"
+    );
 
-    // The user's own allowed-signers file (XDG_CONFIG_HOME/dtk/allowed_signers) trusts it.
+    // The user's own allowed-signers file (XDG_CONFIG_HOME/dtk/allowed_signers) trusts
+    // them (the origin's key, and the clone's own, which signed its first commit).
+    let origin_tofu = tofu;
     let user = c.config.path().join("dtk/allowed_signers");
     std::fs::create_dir_all(user.parent().unwrap()).unwrap();
     std::fs::write(&user, &origin_tofu).unwrap();
