@@ -307,7 +307,7 @@ fn a_push_is_refused_until_what_the_remote_has_is_merged() {
 fn three_copies_pushing_to_one_remote_lose_nothing() {
     let w = world();
     let c = Env::new();
-    c.dkt(&["clone", &w.hub, "."]).ok();
+    c.dkt(&["clone", &format!("file://{}", w.hub), "."]).ok();
     std::fs::create_dir_all(c.path().join("out")).unwrap();
     let copies = [&w.a, &w.b, &c];
     // Each copy defines its own nodes, then all push at once, pulling and pushing again
