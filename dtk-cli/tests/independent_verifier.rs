@@ -210,41 +210,11 @@ impl Pipeline {
     }
 }
 
-fn latest(e: &Env, name: &str) -> String {
-    let list = e.dkt(&["--json", "source", "list"]).json();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap()["latest"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// pinata (git) / pitfall (sub-path) and dmg (path) -> node -> tests (path), run once;
 /// a link dmg -> tests.
 fn pipeline() -> Pipeline {
     let e = Env::project();
-    pinata_repo(&e.path().join("pinata-src"));
-    e.write("dmg/2246.dmg", "dmg\n");
-    std::fs::create_dir_all(e.path().join("results")).unwrap();
-    e.dkt(&["source", "add", "pinata", "pinata-src"]).ok();
-    e.dkt(&["source", "add", "pitfall", "pinata", "-p", "v1/pitfall"])
-        .ok();
-    e.dkt(&["source", "add", "dmg", "dmg"]).ok();
-    e.dkt(&["source", "add", "tests", "results"]).ok();
-    let node = e
-        .dkt(&[
-            "node",
-            "run",
-            "--input=dmg,pitfall",
-            "--output=tests",
-            "${pitfall:ROOT}/pitfall ${dmg:ROOT} > ${tests:ROOT}/out",
-        ])
-        .ok()
-        .trim()
-        .to_owned();
+    let node = design_pipeline(&e);
     let first = &runs(&e, &node)[0];
     let run = first["id"].as_str().unwrap().to_owned();
     let node = first["node"].as_str().unwrap().to_owned();

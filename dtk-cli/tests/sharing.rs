@@ -59,19 +59,6 @@ fn commit_upstream(w: &World, text: &str) -> String {
     git(&w.upstream, &["rev-parse", "HEAD"]).trim().to_owned()
 }
 
-fn latest(e: &Env, name: &str) -> String {
-    e.dkt(&["--json", "source", "list"])
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap()["latest"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[test]
 fn a_clone_tracks_its_origin_and_locations_inside_the_project_are_relative() {
     let w = world();

@@ -536,7 +536,7 @@ impl Merge<'_> {
                 self.take(tx, &d.path, t)?;
                 if class == Class::Run {
                     if let Some(t) = t {
-                        self.index_run(tx, &d.path, t, self.theirs)?;
+                        self.index_run(tx, t, self.theirs)?;
                     }
                 }
                 continue;
@@ -600,17 +600,10 @@ impl Merge<'_> {
         Ok(())
     }
 
-    /// Write the index entries of the run record `blob` at `path` (node runs; consumers
-    /// when it succeeded) and bring its log from `from`.
-    fn index_run(
-        &mut self,
-        tx: &mut Tx,
-        path: &str,
-        blob: ObjectId,
-        from: &Snapshot,
-    ) -> Result<()> {
+    /// Take their run record `blob`: write its index entries (node runs; consumers when
+    /// it succeeded) and bring its log from `from`.
+    fn index_run(&mut self, tx: &mut Tx, blob: ObjectId, from: &Snapshot) -> Result<()> {
         let run: RunRecord = decode_blob(from, blob)?;
-        let _ = path;
         if let Some(log) = from.blob_id(&paths::run_log(&run.id))? {
             tx.put_id(&paths::run_log(&run.id), log);
         }
@@ -817,7 +810,7 @@ impl Merge<'_> {
             for sv in &loser.inputs {
                 tx.remove(&paths::consumer(sv, &loser.id));
             }
-            self.index_run(tx, path, t, self.theirs)?;
+            self.index_run(tx, t, self.theirs)?;
             if winner.status != RunStatus::Success {
                 for sv in &winner.inputs {
                     tx.remove(&paths::consumer(sv, &winner.id));

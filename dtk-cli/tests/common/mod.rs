@@ -198,3 +198,40 @@ pub fn statuses(e: &Env, node: &str) -> Vec<String> {
         .map(|r| r["status"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// The latest version of source `name`, from `dkt --json source list`.
+pub fn latest(e: &Env, name: &str) -> String {
+    let list = e.dkt(&["--json", "source", "list"]).json();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no source {name}: {list}"))["latest"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The design's pipeline in `e`: pinata (git, `pinata-src`) / pitfall (its sub-path
+/// `v1/pitfall`) and dmg (path) -> a node -> tests (path, `results`), run once. Returns
+/// what `dkt node run` printed (the node's short ID).
+pub fn design_pipeline(e: &Env) -> String {
+    pinata_repo(&e.path().join("pinata-src"));
+    e.write("dmg/2246.dmg", "dmg\n");
+    std::fs::create_dir_all(e.path().join("results")).unwrap();
+    e.dkt(&["source", "add", "pinata", "pinata-src"]).ok();
+    e.dkt(&["source", "add", "pitfall", "pinata", "-p", "v1/pitfall"])
+        .ok();
+    e.dkt(&["source", "add", "dmg", "dmg"]).ok();
+    e.dkt(&["source", "add", "tests", "results"]).ok();
+    e.dkt(&[
+        "node",
+        "run",
+        "--input=dmg,pitfall",
+        "--output=tests",
+        "${pitfall:ROOT}/pitfall ${dmg:ROOT} > ${tests:ROOT}/out",
+    ])
+    .ok()
+    .trim()
+    .to_owned()
+}
