@@ -212,3 +212,40 @@ fn bad_input_is_refused_before_anything_happens() {
     assert_eq!(e.commits(), commits_after_define, "nothing recorded");
     assert!(runs(&e, id.trim()).is_empty(), "no run claimed");
 }
+
+/// A run record whose attempt counter is at its maximum (only a forged record can be):
+/// the next run is refused with a clear error, never numbered 0 again (a wrap-around
+/// would reuse the first attempt's run ID).
+#[test]
+fn an_attempt_counter_at_its_maximum_is_refused_not_wrapped() {
+    let e = Env::project();
+    setup_io(&e);
+    let node = e
+        .dkt(&[
+            "node",
+            "run",
+            "--input=in",
+            "--output=out",
+            "cp ${in:ROOT}/a.txt ${out:ROOT}/",
+        ])
+        .ok()
+        .trim()
+        .to_owned();
+    let run: dtk::RunId = runs(&e, &node)[0]["id"].as_str().unwrap().parse().unwrap();
+    let store = dtk::Store::open(&e.path().join(".dkt/.git")).unwrap();
+    let path = dtk::project::paths::run(&run);
+    let mut rec: serde_json::Value = store.snapshot().unwrap().read_json(&path).unwrap().unwrap();
+    rec["attempt"] = serde_json::json!(u32::MAX);
+    store
+        .transact("forge an attempt counter", |tx| {
+            tx.put_json(&path, &rec)?;
+            Ok(())
+        })
+        .unwrap();
+    let before = e.commits();
+    let r = e.dkt(&["node", "rerun", &node]);
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert!(r.stderr().contains("4294967295"), "{}", r.stderr());
+    assert_eq!(e.commits(), before, "nothing recorded");
+    assert_eq!(runs(&e, &node).len(), 1);
+}

@@ -466,7 +466,10 @@ impl Project {
                 return Ok(RunOutcome::UpToDate(ok));
             }
         }
-        let next_free = last.as_ref().map_or(0, |r| r.attempt + 1);
+        let next_free = match &last {
+            Some(r) => r.next_attempt()?,
+            None => 0,
+        };
         let mut queued = self.queued_attempt(node_id, &inputs, next_free)?;
         self.check_variables(&node)?;
         let labels = options
@@ -490,7 +493,7 @@ impl Project {
                                 return Ok(RunOutcome::UpToDate(ok));
                             }
                         }
-                        after = q.attempt + 1;
+                        after = q.next_attempt()?;
                         queued = None;
                     }
                 }
@@ -502,7 +505,7 @@ impl Project {
             }
         }
         let attempt = match &queued {
-            Some(q) => q.attempt + 1,
+            Some(q) => q.next_attempt()?,
             None => {
                 let mut a = after;
                 while self

@@ -464,6 +464,19 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// The attempt after this one; an error, never a wrap-around to attempt 0, when the
+    /// counter is at its maximum (only a forged record can get there).
+    pub fn next_attempt(&self) -> Result<u32> {
+        self.attempt.checked_add(1).ok_or_else(|| {
+            Error::corrupt(format!(
+                "run {} of node {} has attempt number {}: there is no next attempt",
+                self.id.short(),
+                self.node.short(),
+                self.attempt
+            ))
+        })
+    }
+
     /// Set [`digest`](Self::digest) to the canonical digest of the rest of the record
     /// ([`crate::digest::seal`]).
     pub fn seal(&mut self) -> Result<()> {

@@ -825,7 +825,7 @@ impl Merge<'_> {
             None => tx.remove(&paths::run_hook_log(&loser.id)),
         }
         let log = loser_side.read(&paths::run_log(&loser.id))?;
-        let mut attempt = loser.attempt + 1;
+        let mut attempt = loser.next_attempt()?;
         let new_id = loop {
             let id = RunId::compute(&loser.node, &loser.inputs, attempt);
             if tx.blob_id(&paths::run(&id))?.is_none()
@@ -833,7 +833,9 @@ impl Merge<'_> {
             {
                 break id;
             }
-            attempt += 1;
+            attempt = attempt
+                .checked_add(1)
+                .ok_or_else(|| Error::corrupt("no free attempt number left for a merged run"))?;
         };
         let mut moved = loser.clone();
         moved.id = new_id;

@@ -124,7 +124,7 @@ impl Project {
         let refs: Vec<&RunRecord> = claimed.iter().collect();
         let mut out = Vec::new();
         for dead in self.settle_interrupted(&refs)? {
-            let attempt = dead.attempt + 1;
+            let attempt = dead.next_attempt()?;
             let mut next = dead.clone();
             next.id = RunId::compute(&dead.node, &dead.inputs, attempt);
             next.attempt = attempt;
