@@ -124,6 +124,15 @@ fn a_clone_tracks_its_origin_and_locations_inside_the_project_are_relative() {
     );
     let err = w.b.dkt(&["push", "nowhere"]).fails(2);
     assert!(err.contains("nowhere"), "{err}");
+    // A remote that cannot be reached: exit 1, naming the remote and what git said.
+    w.b.dkt(&["remote", "add", "gone", "/nonexistent/hub.git"])
+        .ok();
+    let err = w.b.dkt(&["fetch", "gone"]).fails(1);
+    assert!(
+        err.contains("remote \"gone\"") && err.contains("/nonexistent/hub.git"),
+        "{err}"
+    );
+    w.b.dkt(&["remote", "rm", "gone"]).ok();
     assert_eq!(
         w.b.dkt(&["--json", "remote", "list"])
             .json()

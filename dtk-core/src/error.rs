@@ -92,6 +92,14 @@ pub enum Error {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// Talking to a metadata remote (`dkt fetch`, `push`, `pull`) failed.
+    #[error("remote {remote:?}: {message}")]
+    Remote {
+        /// The remote's name.
+        remote: String,
+        /// What failed (git's own message, when git said something).
+        message: String,
+    },
     /// The metadata store failed or holds something it cannot read.
     #[error("metadata store: {message}")]
     Store {

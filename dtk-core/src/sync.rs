@@ -91,18 +91,14 @@ impl Project {
 
     /// Run git with `args`; its standard output, or an error quoting its message.
     fn git_output(&self, what: &str, args: &[&str]) -> Result<String> {
-        let out = self.git().args(args).output().map_err(|e| Error::Backend {
-            kind: "git".into(),
-            source_name: what.to_owned(),
-            message: "cannot run git (is it installed?)".into(),
-            source: Some(Box::new(e)),
+        let out = self.git().args(args).output().map_err(|e| Error::Remote {
+            remote: what.to_owned(),
+            message: format!("cannot run git (is it installed?): {e}"),
         })?;
         if !out.status.success() {
-            return Err(Error::Backend {
-                kind: "git".into(),
-                source_name: what.to_owned(),
+            return Err(Error::Remote {
+                remote: what.to_owned(),
                 message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-                source: None,
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -303,11 +299,10 @@ impl Project {
                     "the remote {remote:?} has records this project has not merged: run `dkt pull {remote}` first, then push again"
                 )));
             }
-            return Err(Error::backend(
-                "git",
-                remote,
-                format!("cannot push to {}: {}", r.url, said.trim()),
-            ));
+            return Err(Error::Remote {
+                remote: remote.to_owned(),
+                message: format!("cannot push to {}: {}", r.url, said.trim()),
+            });
         }
         // What the remote has now is what this project has.
         let head = self.store().head()?;
