@@ -171,9 +171,10 @@ pub(crate) enum Command {
     /// the new outputs of the nodes upstream within the same pass), independent nodes in
     /// parallel. Exits 1 when a run fails.
     Run {
-        /// At most N runs at once.
-        #[arg(short = 'j', long, value_name = "N", default_value_t = 1)]
-        jobs: usize,
+        /// At most N runs at once (default 1; with a remote run queue, `[queue] url`, the
+        /// runs in the queue at once: default 64).
+        #[arg(short = 'j', long, value_name = "N")]
+        jobs: Option<usize>,
         /// Say what would run and why (which input moved from which version to which);
         /// change nothing.
         #[arg(long)]
@@ -198,9 +199,10 @@ pub(crate) enum Command {
         /// Time between the start of two passes (30s, 5m, ...).
         #[arg(long, value_name = "DURATION", default_value = "60s")]
         interval: String,
-        /// At most N runs at once.
-        #[arg(short = 'j', long, value_name = "N", default_value_t = 1)]
-        jobs: usize,
+        /// At most N runs at once (default 1; with a remote run queue, `[queue] url`, the
+        /// runs in the queue at once: default 64).
+        #[arg(short = 'j', long, value_name = "N")]
+        jobs: Option<usize>,
         /// Stop after this many passes (default: never).
         #[arg(long, value_name = "N")]
         passes: Option<u64>,
@@ -211,7 +213,17 @@ pub(crate) enum Command {
     /// at once; a run whose worker died goes back to pending. While a worker is alive,
     /// `dkt run` and `dkt daemon` queue runs for workers instead of running them.
     /// SIGINT/SIGTERM: stop taking runs, finish the ones in progress, exit.
+    ///
+    /// With --queue, a worker of a remote run queue (PostgreSQL), on any machine: it needs
+    /// no copy of the project. It takes runs from the queue, materializes their inputs
+    /// (remote kinds itself, local paths from the artifact store), runs them and sends
+    /// their outputs to the artifact store; the coordinator (`dkt daemon` with `[queue]
+    /// url`) records them. The database password comes from PGPASSWORD (its secrets
+    /// directory, or the environment), never the command line.
+    #[command(args_conflicts_with_subcommands = true)]
     Worker {
+        #[command(subcommand)]
+        action: Option<WorkerCommand>,
         /// The worker's labels (default: .dkt/config [worker] labels, else OS and arch).
         #[arg(long, value_delimiter = ',', value_name = "L,...")]
         labels: Vec<String>,
@@ -221,6 +233,22 @@ pub(crate) enum Command {
         /// Exit after N runs.
         #[arg(long, value_name = "N")]
         max_runs: Option<usize>,
+        /// Serve this remote run queue (postgres://USER@HOST[:PORT]/DB) instead of the
+        /// project's local queue.
+        #[arg(long, value_name = "URL", env = "DKT_QUEUE")]
+        queue: Option<String>,
+        /// The artifact store, when this machine reaches it by another URL than the
+        /// coordinator's (file:///DIR, s3://BUCKET/PREFIX).
+        #[arg(long, value_name = "URL", requires = "queue")]
+        artifacts: Option<String>,
+        /// The worker's secrets: a directory with one file per secret (PGPASSWORD, the
+        /// kinds' credentials, the secrets commands use).
+        #[arg(long, value_name = "DIR", requires = "queue")]
+        secrets: Option<PathBuf>,
+        /// The worker's own directory (scratch areas, caches); default: a `dkt-worker`
+        /// directory in the user's cache directory.
+        #[arg(long, value_name = "DIR", requires = "queue")]
+        dir: Option<PathBuf>,
     },
     /// Show the provenance of an artifact: everything it was made from.
     ///
@@ -504,6 +532,24 @@ pub(crate) enum NodeCommand {
     Show {
         /// The run's ID (or a unique prefix of at least 4 digits).
         run: String,
+    },
+    /// Cancel a run of the remote run queue: a pending run is withdrawn, a running one is
+    /// stopped by its worker (its process group ended) and recorded `interrupted`.
+    Cancel {
+        /// The run's ID (or a unique prefix of at least 4 digits).
+        run: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WorkerCommand {
+    /// List the workers of the remote run queue: labels, capacity, last heartbeat and the
+    /// runs each holds.
+    #[command(alias = "ls")]
+    List {
+        /// The run queue (default: the project's `[queue] url`).
+        #[arg(long, value_name = "URL", env = "DKT_QUEUE")]
+        queue: Option<String>,
     },
 }
 

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::cli::{
     Cli, Command, Format, KeyCommand, NodeCommand, SecretCommand, SourceCommand, Tokens,
+    WorkerCommand,
 };
 use crate::exit;
 use crate::output::{json, or_dash, Table};
@@ -63,9 +64,17 @@ fn init_options(t: Tokens) -> InitOptions {
 }
 
 fn open(dir: &Path) -> anyhow::Result<Project> {
-    Ok(Project::discover(dir, dtk::default_registry())?
+    let mut p = Project::discover(dir, dtk::default_registry())?
         .with_cwd(dir)
-        .with_progress(crate::progress::for_terminal()))
+        .with_progress(crate::progress::for_terminal());
+    crate::remote::attach(&mut p)?;
+    Ok(p)
+}
+
+/// `-j`: as given, else 1 run at once here, or 64 in a remote queue.
+fn jobs_for(p: &Project, jobs: Option<usize>) -> usize {
+    jobs.unwrap_or(if p.dispatcher().is_some() { 64 } else { 1 })
+        .max(1)
 }
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -278,6 +287,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             follow,
         } => {
             let p = open(&dir)?;
+            let jobs = jobs_for(&p, jobs);
             let follower = Follower::start(&p, follow);
             let interrupted = cancel_on_signals(&p)?;
             let timeout = timeout
@@ -350,9 +360,38 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
         }
         Command::Worker {
+            action: Some(WorkerCommand::List { queue }),
+            ..
+        } => return crate::remote::list(&dir, queue, as_json, out).await,
+        Command::Worker {
+            action: None,
             labels,
             jobs,
             max_runs,
+            queue: Some(queue),
+            artifacts,
+            secrets,
+            dir: worker_dir,
+        } => {
+            let stop = stop_on_signals()?;
+            let args = crate::remote::WorkerArgs {
+                queue,
+                labels,
+                jobs,
+                max_runs,
+                artifacts,
+                secrets,
+                dir: worker_dir,
+            };
+            return crate::remote::worker(&dir, args, stop, as_json, out).await;
+        }
+        Command::Worker {
+            action: None,
+            labels,
+            jobs,
+            max_runs,
+            queue: None,
+            ..
         } => {
             let p = open(&dir)?;
             dtk::engine::validate_labels(&labels)?;
@@ -422,6 +461,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             passes,
         } => {
             let p = open(&dir)?;
+            let jobs = jobs_for(&p, jobs);
             let interval = dtk::engine::parse_duration(&interval)?;
             return daemon(p, interval, jobs, passes, as_json, out).await;
         }
@@ -964,6 +1004,9 @@ async fn node(
                 }
                 t.print(out)?;
             }
+        }
+        NodeCommand::Cancel { run } => {
+            return crate::remote::cancel(p.root(), &run, as_json, out).await;
         }
         NodeCommand::Show { run } => {
             let rec = p.run_record(&run)?;

@@ -33,6 +33,10 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// Defaults for runs.
     pub run: RunConfig,
+    /// A remote run queue (PostgreSQL): runs execute on workers on other machines.
+    pub queue: QueueConfig,
+    /// Where remote runs exchange their inputs and outputs.
+    pub artifacts: ArtifactsConfig,
     /// Private variables, available to commands as `${NAME}`.
     pub vars: BTreeMap<String, String>,
     /// Settings of source kinds, by kind then key (`[kind.s3] endpoint = "..."`); each
@@ -92,6 +96,35 @@ pub struct RunConfig {
     pub timeout: Option<String>,
 }
 
+/// Whether `url` (`scheme://user:password@host/...`) carries a password.
+pub fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// `[queue]` of the configuration: without a URL, runs execute on this machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// `postgres://USER@HOST[:PORT]/DB[?sslmode=require]`: the run queue's database. The
+    /// password comes from the secret `PGPASSWORD` or the environment variable of that
+    /// name, never from this file.
+    pub url: Option<String>,
+}
+
+/// `[artifacts]` of the configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArtifactsConfig {
+    /// `file:///DIR` (a local directory, possibly a shared mount) or
+    /// `s3://BUCKET[/PREFIX]` (any S3-compatible store, with the `[kind.s3]` settings and
+    /// credentials); default: `.dkt/artifacts`.
+    pub url: Option<String>,
+}
+
 /// The default labels of this machine: its OS and architecture (`linux`, `x86_64`).
 pub fn default_labels() -> Vec<String> {
     vec![
@@ -115,6 +148,23 @@ impl Config {
                 e.to_string().trim_end().to_owned(),
             )
         })?;
+        if let Some(url) = &config.queue.url {
+            let lower = url.to_ascii_lowercase();
+            if !(lower.starts_with("postgres://") || lower.starts_with("postgresql://")) {
+                return Err(Error::invalid(
+                    "setting",
+                    format!("[queue] url = {url:?} in {}", path.display()),
+                    "expected postgres://USER@HOST[:PORT]/DATABASE",
+                ));
+            }
+            if url_has_password(url) {
+                return Err(Error::invalid(
+                    "setting",
+                    format!("[queue] url in {}", path.display()),
+                    "holds a password: remove it from the URL and store it as a secret (`dkt secret set PGPASSWORD`, value on stdin)",
+                ));
+            }
+        }
         if let Some(lease) = &config.worker.lease {
             let ok = crate::engine::parse_duration(lease).is_ok_and(|d| !d.is_zero());
             if !ok {

@@ -360,6 +360,9 @@ impl Project {
             .filter(|r| r.node == *node);
         for r in queued {
             match runs.iter_mut().find(|x| x.id == r.id) {
+                // An ended record stands: a queue entry beside it was left by a process
+                // that died after recording the run and before leaving the queue.
+                Some(x) if x.status.is_ended() => {}
                 Some(x) => *x = r,
                 None => runs.push(r),
             }
@@ -407,6 +410,10 @@ impl Project {
         }
         let name =
             crate::id::resolve_prefix("run", &p, &candidates, |n| n[..8].to_owned(), |_, _| true)?;
+        let recorded: Option<RunRecord> = snap.read_json(&format!("{dir}/{name}"))?;
+        if let Some(r) = recorded.filter(|r| r.status.is_ended()) {
+            return Ok(r);
+        }
         if let Some(r) = queued
             .into_iter()
             .find(|r| format!("{}.json", r.id.to_hex()) == *name)
@@ -476,7 +483,8 @@ impl Project {
             .labels
             .clone()
             .unwrap_or_else(|| self.config().labels());
-        let runnable = node.labels.iter().all(|l| labels.contains(l));
+        // With a remote run queue, the queue's workers match labels.
+        let runnable = self.dispatcher.is_some() || node.labels.iter().all(|l| labels.contains(l));
         // Settle a claim whose worker died before going on; one still running on these
         // inputs (another worker, another `dkt`) is not started twice.
         let mut after = next_free;
@@ -610,10 +618,24 @@ impl Project {
             }
         });
         let node = node.clone();
-        let result = self.execute(&node, &record, timeout).await;
+        let result = match self.dispatcher.clone() {
+            Some(d) => self.execute_remote(&d, &node, &record, timeout).await,
+            None => self
+                .execute(&node, &record, timeout)
+                .await
+                .map(|(log, exec)| (log, exec, None)),
+        };
         renew.abort();
+        // The claim as this process holds it: the fence of the result commit.
+        let claim = record.clone();
         let (log, outcome) = match result {
-            Ok(x) => x,
+            Ok((log, exec, executed_by)) => {
+                // A remote run's record names the worker (the machine) that executed it.
+                if let Some(w) = executed_by {
+                    record.worker = Some(w);
+                }
+                (log, exec)
+            }
             Err(e) => (String::new(), Exec::Error(crate::project::error_chain(&e))),
         };
         let log = self.secrets().redact(&log);
@@ -643,7 +665,7 @@ impl Project {
                     }
                 );
                 let rec = sealed_run(&record, Some(&log))?;
-                self.finish_run(&rec, &log, &message, |tx| {
+                self.finish_run(&claim, &rec, &log, &message, |tx| {
                     for (sv, info) in &outputs {
                         crate::records::update_state(tx, &sv.source, |spec| {
                             spec.latest = Some(sv.version.clone());
@@ -667,6 +689,7 @@ impl Project {
                 record.exit_code = code;
                 record.error = error.map(|e| self.secrets().redact(&e));
                 self.finish_run(
+                    &claim,
                     &record,
                     &log,
                     &format!(
@@ -687,8 +710,29 @@ impl Project {
             }
             Exec::Cancelled => {
                 record.status = RunStatus::Interrupted;
-                record.error = Some("cancelled (SIGINT/SIGTERM): the process group was ended and nothing was published".to_owned());
+                record.error = Some(if self.dispatcher.is_some() {
+                    "cancelled: the worker ended the process group and nothing was published"
+                        .to_owned()
+                } else {
+                    "cancelled (SIGINT/SIGTERM): the process group was ended and nothing was published".to_owned()
+                });
                 self.finish_run(
+                    &claim,
+                    &record,
+                    &log,
+                    &format!(
+                        "run {} of node {}: interrupted",
+                        record.id.short(),
+                        node_id.short()
+                    ),
+                    |_| Ok(()),
+                )?;
+            }
+            Exec::Interrupted(why) => {
+                record.status = RunStatus::Interrupted;
+                record.error = Some(self.secrets().redact(&why));
+                self.finish_run(
+                    &claim,
                     &record,
                     &log,
                     &format!(
@@ -703,6 +747,7 @@ impl Project {
                 record.status = RunStatus::Failure;
                 record.error = Some(self.secrets().redact(&e));
                 self.finish_run(
+                    &claim,
                     &record,
                     &log,
                     &format!(
@@ -783,6 +828,7 @@ impl Project {
     /// goes with the result (the outputs' versions) in the same commit.
     fn finish_run(
         &self,
+        claim: &RunRecord,
         record: &RunRecord,
         log: &str,
         message: &str,
@@ -790,9 +836,9 @@ impl Project {
     ) -> Result<()> {
         // The claim must still be this process's (running or publishing, same worker and
         // attempt), and the history must not hold an ended record of this attempt.
-        let claim = self.run_queue().get(&record.id)?;
-        let held = match &claim {
-            Some(q) => still_ours(q, record),
+        let queued = self.run_queue().get(&record.id)?;
+        let held = match &queued {
+            Some(q) => still_ours(q, claim),
             None => Err(format!(
                 "run {} (attempt {}) was taken over while this process held it: its claim is gone",
                 record.id.short(),
@@ -873,6 +919,9 @@ impl Project {
                 Ok(true)
             })?;
             self.run_queue().finish(&rec.id)?;
+            if let Some(d) = &self.dispatcher {
+                d.forget(&rec.id);
+            }
             self.remove_leftovers(&rec.id);
             if recorded {
                 settled.push(rec);
@@ -1019,60 +1068,201 @@ impl Project {
         env.extend(scope.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.extend(private);
         let cancel = self.cancel_token();
-        for step in steps {
-            let ended = crate::process::run(
-                crate::process::Step {
-                    argv: &step,
-                    cwd: &work,
-                    env: env.clone(),
-                },
-                timeout,
-                &cancel,
-                &sink,
-            )
-            .await;
-            match ended {
-                crate::process::Ended::Exited(status) if status.success() => {}
-                crate::process::Ended::Exited(status) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    let error = status.signal().map(|s| format!("killed by signal {s}"));
-                    return Ok((
-                        sink.text(),
-                        Exec::Failed {
-                            code: status.code(),
-                            error,
-                        },
-                    ));
-                }
-                crate::process::Ended::NotStarted(error) => {
-                    return Ok((
-                        sink.text(),
-                        Exec::Failed {
-                            code: None,
-                            error: Some(error),
-                        },
-                    ))
-                }
-                crate::process::Ended::TimedOut(t) => {
-                    let shown = format!("{}s", t.as_secs());
-                    sink.note(&format!(
-                        "[dkt: timed out after {shown}; process group killed]"
-                    ));
-                    return Ok((
-                        sink.text(),
-                        Exec::Failed {
-                            code: None,
-                            error: Some(format!("timed out after {shown}")),
-                        },
-                    ));
-                }
-                crate::process::Ended::Cancelled => {
-                    sink.note("[dkt: cancelled (SIGINT/SIGTERM); process group ended]");
-                    return Ok((sink.text(), Exec::Cancelled));
-                }
+        match run_steps(&steps, &work, &env, timeout, &cancel, &sink).await {
+            None => {}
+            Some(StepsEnded::Failed { code, error }) => {
+                return Ok((sink.text(), Exec::Failed { code, error }))
             }
+            Some(StepsEnded::Cancelled) => return Ok((sink.text(), Exec::Cancelled)),
         }
         let log = sink.text();
+        self.publish_staged(record, log, &scratch_real, outputs)
+            .await
+    }
+
+    /// Execute a run on a remote worker through `d` (see [`crate::remote`]): ship what
+    /// the worker cannot reach, dispatch the ticket, wait, bring the outputs back into
+    /// staging directories and publish them as a local run does. Also returns the worker
+    /// that executed it.
+    async fn execute_remote(
+        &self,
+        d: &Arc<dyn crate::remote::Dispatcher>,
+        node: &NodeSpec,
+        record: &RunRecord,
+        timeout: Option<Duration>,
+    ) -> Result<(String, Exec, Option<String>)> {
+        use crate::remote::{self, Materialize, Ticket, TicketInput, TicketOutput};
+        let snap = self.store().snapshot()?;
+        let scratch = tempfile::Builder::new()
+            .prefix(&format!("run-{}-", record.id.short()))
+            .tempdir_in(ensure_dir(&self.dkt_dir().join("tmp"))?)
+            .at(self.dkt_dir().join("tmp"))?;
+        let scratch_real = std::fs::canonicalize(scratch.path()).at(scratch.path())?;
+        let mut scope = Scope::default();
+        let mut inputs = Vec::new();
+        for sv in &record.inputs {
+            let spec = self.localized(&read_source(&snap, &sv.source)?);
+            let source = self.open_source(&spec)?;
+            let from = if remote::shipped_kind(&spec) {
+                let key = remote::version_key(&spec, &sv.version);
+                let tree = match d.shipped(&key).await? {
+                    Some(t) => t,
+                    None => {
+                        let dir = ensure_dir(&scratch.path().join(format!("in-{}", sv.source)))?;
+                        let root = source.materialize(&sv.version, &dir).await?;
+                        d.ship(&key, &root).await?
+                    }
+                };
+                let mut root = PathBuf::from(remote::ROOT_PLACEHOLDER);
+                if let Some(f) = &tree.file {
+                    root.push(f);
+                }
+                let fields = source.fields(Some(&sv.version), &root)?;
+                scope.add(&sv.source, fields.clone())?;
+                Materialize::Artifact {
+                    artifact: tree,
+                    fields,
+                }
+            } else {
+                let fields =
+                    source.fields(Some(&sv.version), Path::new(remote::ROOT_PLACEHOLDER))?;
+                scope.add(&sv.source, fields)?;
+                Materialize::Kind { spec: spec.clone() }
+            };
+            inputs.push(TicketInput {
+                name: sv.source.clone(),
+                version: sv.version.clone(),
+                from,
+            });
+        }
+        let mut outputs = Vec::new();
+        let mut staged: Vec<(Name, Arc<dyn Source>, PathBuf)> = Vec::new();
+        for name in &node.outputs {
+            let spec = self.localized(&read_source(&snap, name)?);
+            let source = self.open_source(&spec)?;
+            let current = match spec.current() {
+                None => None,
+                Some(v) => {
+                    let key = remote::version_key(&spec, v);
+                    Some(match d.shipped(&key).await? {
+                        Some(t) => t,
+                        None => {
+                            let tmp = ensure_dir(&scratch.path().join(format!("cur-{name}")))?;
+                            let root = match source.materialize(v, &tmp).await {
+                                Ok(root) => root,
+                                Err(e) => {
+                                    return Ok((
+                                        String::new(),
+                                        Exec::Error(format!(
+                                            "output {name}: its current version {v} cannot be read back: {}",
+                                            crate::project::error_chain(&e)
+                                        )),
+                                        None,
+                                    ))
+                                }
+                            };
+                            d.ship(&key, &root).await?
+                        }
+                    })
+                }
+            };
+            let fields = source.fields(None, Path::new(remote::ROOT_PLACEHOLDER))?;
+            scope.add(name, fields.clone())?;
+            outputs.push(TicketOutput {
+                name: name.clone(),
+                current,
+                fields,
+            });
+            staged.push((
+                name.clone(),
+                source,
+                scratch.path().join(format!("out-{name}")),
+            ));
+        }
+        // Which variables and secrets the command uses: the values of variables travel,
+        // secrets only by name (the worker has its own).
+        self.add_private(&mut scope);
+        self.plan(node, &scope, None)?;
+        let mut vars = BTreeMap::new();
+        let mut secrets = Vec::new();
+        for (k, v) in scope.used_private() {
+            if self.secrets().get(&k).is_some() {
+                secrets.push(k);
+            } else {
+                vars.insert(k, v);
+            }
+        }
+        let ticket = Ticket {
+            format: remote::TICKET_FORMAT,
+            run: record.id,
+            node: record.node,
+            attempt: record.attempt,
+            labels: node.labels.clone(),
+            command: node.command.clone(),
+            script: self.node_script(node)?,
+            inputs,
+            outputs,
+            vars,
+            secrets,
+            settings: self.config().kind.clone(),
+            timeout_ms: timeout.map(|t| t.as_millis() as u64),
+            artifacts: d.artifacts_url(),
+            lease_ms: self.config().lease().as_millis() as u64,
+        };
+        self.events().send(crate::events::Event::RunStarted {
+            run: record.id,
+            node: record.node,
+        });
+        let result = d.dispatch(ticket, self.cancel_token()).await?;
+        let worker = Some(result.worker.clone());
+        let log = self.secrets().redact(&result.log);
+        let exec = match result.ending {
+            remote::Ending::Success { outputs: shipped } => {
+                for (name, _, stage) in &staged {
+                    let Some(tree) = shipped.get(name) else {
+                        return Ok((
+                            log,
+                            Exec::Error(format!(
+                                "worker {} sent no content for output {name}",
+                                result.worker
+                            )),
+                            worker,
+                        ));
+                    };
+                    ensure_dir(stage)?;
+                    if let Err(e) = d.fetch(tree, stage).await {
+                        return Ok((
+                            log,
+                            Exec::Error(format!(
+                                "output {name}: {}; nothing was published",
+                                crate::project::error_chain(&e)
+                            )),
+                            worker,
+                        ));
+                    }
+                }
+                let (log, exec) = self
+                    .publish_staged(record, log, &scratch_real, staged)
+                    .await?;
+                return Ok((log, exec, worker));
+            }
+            remote::Ending::Failed { code, error } => Exec::Failed { code, error },
+            remote::Ending::Cancelled => Exec::Cancelled,
+            remote::Ending::Interrupted { why } => Exec::Interrupted(why),
+            remote::Ending::Error { message } => Exec::Error(message),
+        };
+        Ok((log, exec, worker))
+    }
+
+    /// After a run's command succeeded: check the claim is still this process's, check
+    /// each output's staging directory, and publish them.
+    async fn publish_staged(
+        &self,
+        record: &RunRecord,
+        log: String,
+        scratch_real: &Path,
+        outputs: Vec<(Name, Arc<dyn Source>, PathBuf)>,
+    ) -> Result<(String, Exec)> {
         // The claim must still be this process's: if it was paused for longer than its
         // lease, another process may have declared it interrupted and run it again, and
         // this older result must not be published over the newer one.
@@ -1083,7 +1273,7 @@ impl Project {
         // symbolic link: publishing would then move whatever it points to. Only a real
         // directory at the very path dtk made is published.
         for (name, _, stage) in &outputs {
-            if let Err(why) = check_stage(&scratch_real, stage) {
+            if let Err(why) = check_stage(scratch_real, stage) {
                 return Ok((
                     log,
                     Exec::Error(format!(
@@ -1152,55 +1342,146 @@ impl Project {
         scope: &Scope,
         scratch: Option<&Path>,
     ) -> Result<Vec<Vec<String>>> {
-        match &node.command {
-            Command::Script(lines) => lines
-                .iter()
-                .map(|l| Ok(vec!["sh".into(), "-c".into(), scope.rewrite(l)?]))
-                .collect(),
-            Command::Argv(argv) => {
-                let first = argv
-                    .first()
-                    .ok_or_else(|| Error::invalid("command", "", "empty command"))?;
-                // The script's recorded content (never today's file); a node defined before
-                // scripts were recorded (or being checked before it is defined) reads the
-                // file.
-                let text = match self.script_content(node)? {
-                    Some(text) => Some(text),
-                    None => self
-                        .script_file(node)?
-                        .map(|(_, content)| String::from_utf8(content).unwrap_or_default()),
-                };
-                if let Some(text) = text {
-                    let rendered = scope.rewrite(&text)?;
-                    let copy = scratch.unwrap_or(Path::new("/nonexistent")).join("script");
-                    if scratch.is_some() {
-                        std::fs::write(&copy, rendered).at(&copy)?;
-                    }
-                    let mut out = if text.starts_with("#!") {
-                        use std::os::unix::fs::PermissionsExt;
-                        if scratch.is_some() {
-                            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
-                                .at(&copy)?;
-                        }
-                        vec![copy.display().to_string()]
-                    } else {
-                        vec!["sh".into(), copy.display().to_string()]
-                    };
-                    for a in &argv[1..] {
-                        out.push(scope.substitute(a)?);
-                    }
-                    Ok(vec![out])
-                } else if argv.len() == 1 {
-                    Ok(vec![vec!["sh".into(), "-c".into(), scope.rewrite(first)?]])
-                } else {
-                    Ok(vec![argv
-                        .iter()
-                        .map(|a| scope.substitute(a))
-                        .collect::<Result<_>>()?])
+        plan_steps(
+            &node.command,
+            self.node_script(node)?.as_deref(),
+            scope,
+            scratch,
+        )
+    }
+
+    /// The recorded content of the node's script file (never today's file); a node
+    /// defined before scripts were recorded (or being checked before it is defined) reads
+    /// the file.
+    fn node_script(&self, node: &NodeSpec) -> Result<Option<String>> {
+        if !matches!(&node.command, Command::Argv(_)) {
+            return Ok(None);
+        }
+        Ok(match self.script_content(node)? {
+            Some(text) => Some(text),
+            None => self
+                .script_file(node)?
+                .map(|(_, content)| String::from_utf8(content).unwrap_or_default()),
+        })
+    }
+}
+
+/// The processes to run for `command`, as argv lists: shell lines through `sh -c`, a
+/// script (its content `script`) rendered into `scratch` (with `None`, only checked).
+pub(crate) fn plan_steps(
+    command: &Command,
+    script: Option<&str>,
+    scope: &Scope,
+    scratch: Option<&Path>,
+) -> Result<Vec<Vec<String>>> {
+    match command {
+        Command::Script(lines) => lines
+            .iter()
+            .map(|l| Ok(vec!["sh".into(), "-c".into(), scope.rewrite(l)?]))
+            .collect(),
+        Command::Argv(argv) => {
+            let first = argv
+                .first()
+                .ok_or_else(|| Error::invalid("command", "", "empty command"))?;
+            if let Some(text) = script {
+                let rendered = scope.rewrite(text)?;
+                let copy = scratch.unwrap_or(Path::new("/nonexistent")).join("script");
+                if scratch.is_some() {
+                    std::fs::write(&copy, rendered).at(&copy)?;
                 }
+                let mut out = if text.starts_with("#!") {
+                    use std::os::unix::fs::PermissionsExt;
+                    if scratch.is_some() {
+                        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+                            .at(&copy)?;
+                    }
+                    vec![copy.display().to_string()]
+                } else {
+                    vec!["sh".into(), copy.display().to_string()]
+                };
+                for a in &argv[1..] {
+                    out.push(scope.substitute(a)?);
+                }
+                Ok(vec![out])
+            } else if argv.len() == 1 {
+                Ok(vec![vec!["sh".into(), "-c".into(), scope.rewrite(first)?]])
+            } else {
+                Ok(vec![argv
+                    .iter()
+                    .map(|a| scope.substitute(a))
+                    .collect::<Result<_>>()?])
             }
         }
     }
+}
+
+/// How a run's steps ended, when not all of them succeeded.
+#[derive(Debug)]
+pub(crate) enum StepsEnded {
+    /// A step failed: its exit code, or what happened.
+    Failed {
+        code: Option<i32>,
+        error: Option<String>,
+    },
+    /// The run was cancelled.
+    Cancelled,
+}
+
+/// Run `steps` in order in `work`, stopping at the first that does not succeed; `None`
+/// when all succeeded.
+pub(crate) async fn run_steps(
+    steps: &[Vec<String>],
+    work: &Path,
+    env: &[(String, String)],
+    timeout: Option<Duration>,
+    cancel: &tokio_util::sync::CancellationToken,
+    sink: &crate::process::Sink,
+) -> Option<StepsEnded> {
+    for step in steps {
+        let ended = crate::process::run(
+            crate::process::Step {
+                argv: step,
+                cwd: work,
+                env: env.to_vec(),
+            },
+            timeout,
+            cancel,
+            sink,
+        )
+        .await;
+        match ended {
+            crate::process::Ended::Exited(status) if status.success() => {}
+            crate::process::Ended::Exited(status) => {
+                use std::os::unix::process::ExitStatusExt;
+                let error = status.signal().map(|s| format!("killed by signal {s}"));
+                return Some(StepsEnded::Failed {
+                    code: status.code(),
+                    error,
+                });
+            }
+            crate::process::Ended::NotStarted(error) => {
+                return Some(StepsEnded::Failed {
+                    code: None,
+                    error: Some(error),
+                })
+            }
+            crate::process::Ended::TimedOut(t) => {
+                let shown = format!("{}s", t.as_secs());
+                sink.note(&format!(
+                    "[dkt: timed out after {shown}; process group killed]"
+                ));
+                return Some(StepsEnded::Failed {
+                    code: None,
+                    error: Some(format!("timed out after {shown}")),
+                });
+            }
+            crate::process::Ended::Cancelled => {
+                sink.note("[dkt: cancelled (SIGINT/SIGTERM); process group ended]");
+                return Some(StepsEnded::Cancelled);
+            }
+        }
+    }
+    None
 }
 
 enum Exec {
@@ -1214,6 +1495,8 @@ enum Exec {
     Superseded(String),
     /// The run was cancelled (its process group ended): nothing was published.
     Cancelled,
+    /// The remote worker executing it stopped renewing its lease.
+    Interrupted(String),
 }
 
 /// `Ok` when the stored record `now` is still the claim `mine`: the same attempt, still
@@ -1349,13 +1632,13 @@ fn current_inputs(snap: &Snapshot, node: &NodeSpec) -> Result<Vec<SourceVersion>
 
 /// The variables of a run.
 #[derive(Default)]
-struct Scope {
+pub(crate) struct Scope {
     /// `${SOURCE:FIELD}` -> environment variable name.
     names: BTreeMap<(String, String), String>,
     /// Exported variables `DKT_SOURCE_FIELD` -> value.
-    env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
     /// `${NAME}` private variables and secrets.
-    private: BTreeMap<String, String>,
+    pub(crate) private: BTreeMap<String, String>,
     /// The names of the kinds' credentials held as secrets (never given to a command).
     credentials: std::collections::BTreeSet<String>,
     /// The private names the command referred to (filled while planning).
@@ -1381,7 +1664,7 @@ pub fn env_name(source: &str, field: &str) -> String {
 }
 
 impl Scope {
-    fn add(&mut self, source: &Name, fields: Fields) -> Result<()> {
+    pub(crate) fn add(&mut self, source: &Name, fields: Fields) -> Result<()> {
         for (field, value) in fields {
             let var = env_name(source.as_str(), &field);
             let owner = format!("{source}:{field}");
@@ -1487,7 +1770,7 @@ impl Scope {
 
     /// The private variables and secrets the command named, with their values: the only
     /// ones exported to it.
-    fn used_private(&self) -> Vec<(String, String)> {
+    pub(crate) fn used_private(&self) -> Vec<(String, String)> {
         let used = self.used.lock().map(|u| u.clone()).unwrap_or_default();
         self.private
             .iter()
@@ -1597,27 +1880,51 @@ pub(crate) fn last_attempt(
 ) -> Result<Option<RunRecord>> {
     let path = |a: u32| paths::run(&RunId::compute(node, inputs, a));
     let exists = |a: u32| -> Result<bool> { Ok(snap.blob_id(&path(a))?.is_some()) };
-    if !exists(0)? {
-        return Ok(None);
-    }
-    let (mut lo, mut hi) = (0u32, 1u32);
-    while exists(hi)? {
-        lo = hi;
-        hi = hi.saturating_mul(2);
-        if lo == u32::MAX {
+    // Attempts are recorded in order, except one whose process died: it stays unrecorded
+    // until someone settles it, and a later attempt may be recorded first. Such gaps are
+    // few; they are looked past.
+    let mut first = None;
+    for a in 0..ATTEMPT_GAP {
+        if exists(a)? {
+            first = Some(a);
             break;
         }
     }
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        if exists(mid)? {
-            lo = mid;
+    let Some(first) = first else {
+        return Ok(None);
+    };
+    let mut lo = first;
+    loop {
+        // The end of the run of recorded attempts from `lo`: gallop, then bisect.
+        let mut hi = lo.saturating_add(1);
+        while exists(hi)? {
+            lo = hi;
+            hi = hi.saturating_mul(2);
+            if lo == u32::MAX {
+                break;
+            }
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if exists(mid)? {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        // Then past a gap (one probe a pass: gaps are one dead claim wide), if a later
+        // attempt was recorded.
+        let next = lo.saturating_add(2);
+        if next > lo && exists(next)? {
+            lo = next;
         } else {
-            hi = mid;
+            return snap.read_json(&path(lo));
         }
     }
-    snap.read_json(&path(lo))
 }
+
+/// How many unrecorded attempts at the start [`last_attempt`] looks past.
+const ATTEMPT_GAP: u32 = 3;
 
 #[cfg(test)]
 mod tests {

@@ -100,6 +100,19 @@ pub enum Error {
         /// What failed (git's own message, when git said something).
         message: String,
     },
+    /// A service dtk runs on failed: the remote run queue (PostgreSQL) or the artifact
+    /// store; or what it returned was refused (an artifact whose digest does not match).
+    #[error("{service}: {message}")]
+    Service {
+        /// The service, as the user configured it (`run queue postgres://host/db`,
+        /// `artifact store file:///srv/dkt`), without credentials.
+        service: String,
+        /// What failed.
+        message: String,
+        /// The cause, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The metadata store failed or holds something it cannot read.
     #[error("metadata store: {message}")]
     Store {
@@ -200,6 +213,15 @@ impl Error {
     /// An [`Error::Store`] without a cause (a corrupt or unexpected record).
     pub fn corrupt(message: impl Into<String>) -> Self {
         Error::Store {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An [`Error::Service`] without a cause.
+    pub fn service(service: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Service {
+            service: service.into(),
             message: message.into(),
             source: None,
         }

@@ -40,6 +40,7 @@ mod process;
 pub mod project;
 pub mod queue;
 pub mod records;
+pub mod remote;
 pub mod scheduler;
 pub mod signing;
 pub mod source;

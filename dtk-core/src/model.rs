@@ -401,6 +401,13 @@ pub enum RunStatus {
     Interrupted,
 }
 
+impl RunStatus {
+    /// Whether a run with this status has ended (it is in the history for good).
+    pub fn is_ended(self) -> bool {
+        !matches!(self, RunStatus::Pending | RunStatus::Running)
+    }
+}
+
 impl fmt::Display for RunStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

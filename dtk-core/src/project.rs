@@ -138,6 +138,8 @@ pub struct Project {
     events: crate::events::Events,
     cancel: tokio_util::sync::CancellationToken,
     queue: Arc<dyn crate::queue::RunQueue>,
+    /// Where runs execute when not here (a remote run queue), if anywhere.
+    pub(crate) dispatcher: Option<Arc<dyn crate::remote::Dispatcher>>,
     /// The user's allowed-signers file, when not the default (see [`crate::signing`]).
     allowed_signers: Option<PathBuf>,
 }
@@ -483,6 +485,7 @@ impl Project {
             events: crate::events::Events::default(),
             cancel: tokio_util::sync::CancellationToken::new(),
             queue: Arc::new(crate::queue::LocalQueue::new(queue_dir)),
+            dispatcher: None,
             allowed_signers: None,
         };
         project.check_kinds()?;
@@ -571,6 +574,18 @@ impl Project {
     /// The run queue: pending, running and publishing runs (see [`crate::queue`]).
     pub fn run_queue(&self) -> &Arc<dyn crate::queue::RunQueue> {
         &self.queue
+    }
+
+    /// Execute runs through `dispatcher` (on the workers of a remote run queue) instead
+    /// of in this process: see [`crate::remote`]. This process stays the coordinator: it
+    /// claims runs, publishes their outputs and records them.
+    pub fn set_dispatcher(&mut self, dispatcher: Arc<dyn crate::remote::Dispatcher>) {
+        self.dispatcher = Some(dispatcher);
+    }
+
+    /// The dispatcher runs go through, when they execute on remote workers.
+    pub fn dispatcher(&self) -> Option<&Arc<dyn crate::remote::Dispatcher>> {
+        self.dispatcher.as_ref()
     }
 
     /// Subscribe to the project's feed of events (runs, log lines, versions): see
@@ -965,7 +980,7 @@ impl Project {
     }
 
     /// `spec` with its location as this machine sees it (what the kinds are given).
-    fn localized(&self, spec: &SourceSpec) -> SourceSpec {
+    pub(crate) fn localized(&self, spec: &SourceSpec) -> SourceSpec {
         SourceSpec {
             location: self.local_location(&spec.location),
             ..spec.clone()

@@ -9,7 +9,9 @@
 //! - `pending/<run-id>.json`: a pending run (its [`RunRecord`]);
 //! - `running/<run-id>.json`: a claimed run; the file's modification time is the lease,
 //!   renewed while the run executes;
-//! - `publishing/<run-id>.json`: a run whose outputs are being published.
+//! - `publishing/<run-id>.json`: a run whose outputs are being published;
+//! - `settling/<run-id>.json`: the claim of a dead worker, taken over by the process that
+//!   records it `interrupted` (taken over again when that process died too).
 //!
 //! Every transition is one `rename(2)` (or an exclusive create), so exactly one process
 //! wins it: a run is never claimed twice, a dead worker's run is settled by one process,
@@ -70,6 +72,10 @@ const PENDING: &str = "pending";
 const RUNNING: &str = "running";
 const PUBLISHING: &str = "publishing";
 const SETTLING: &str = "settling";
+
+/// A run being settled (recorded `interrupted`) for longer than this was left by a
+/// settler that died: settling takes milliseconds.
+const STALE_SETTLING: Duration = Duration::from_secs(10);
 
 impl LocalQueue {
     /// The queue kept in `dir` (created when first written).
@@ -237,7 +243,7 @@ impl RunQueue for LocalQueue {
     fn claimed(&self) -> Result<Vec<(RunRecord, Duration)>> {
         let now = SystemTime::now();
         let mut out = Vec::new();
-        for state in [RUNNING, PUBLISHING] {
+        for state in [RUNNING, PUBLISHING, SETTLING] {
             for (_, r, modified) in self.list(state)? {
                 out.push((r, now.duration_since(modified).unwrap_or_default()));
             }
@@ -254,6 +260,26 @@ impl RunQueue for LocalQueue {
                 continue;
             };
             if Self::take(&from, &settling)? {
+                Self::touch(&settling)?;
+                return Ok(Some(record));
+            }
+        }
+        // A settler that died midway (killed between taking the claim and recording it)
+        // left its entry behind: once it is clearly stale, it is taken over in turn,
+        // exclusively (one rename wins), and settled again.
+        let stale = std::fs::metadata(&settling)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_SETTLING);
+        if stale {
+            let Some(record) = Self::read(&settling)? else {
+                return Ok(None);
+            };
+            let mine = settling.with_extension(format!("json.retake-{}", std::process::id()));
+            if Self::take(&settling, &mine)? {
+                Self::take(&mine, &settling)?;
+                Self::touch(&settling)?;
                 return Ok(Some(record));
             }
         }
@@ -261,7 +287,7 @@ impl RunQueue for LocalQueue {
     }
 
     fn lease_age(&self, run: &RunId) -> Result<Option<Duration>> {
-        for state in [RUNNING, PUBLISHING] {
+        for state in [RUNNING, PUBLISHING, SETTLING] {
             match std::fs::metadata(self.path(state, run)).and_then(|m| m.modified()) {
                 Ok(t) => {
                     return Ok(Some(
@@ -276,7 +302,7 @@ impl RunQueue for LocalQueue {
     }
 
     fn get(&self, run: &RunId) -> Result<Option<RunRecord>> {
-        for state in [RUNNING, PUBLISHING, PENDING] {
+        for state in [RUNNING, PUBLISHING, SETTLING, PENDING] {
             if let Some(r) = Self::read(&self.path(state, run))? {
                 return Ok(Some(r));
             }

@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use crate::engine::{RunOptions, RunOutcome};
 use crate::project::UpdateOutcome;
-use crate::{Error, Name, NodeId, NodeSpec, Project, Result, RunStatus, SourceVersion, Version};
+use crate::{
+    Error, Name, NodeId, NodeSpec, Project, Result, RunRecord, RunStatus, SourceVersion, Version,
+};
 
 /// Options of [`Project::run_pass`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,10 +196,22 @@ impl Project {
         for (n, v) in &options.assume {
             assumed.insert(n.clone(), v.clone());
         }
-        // With workers alive, the pass queues runs for them instead of running them here.
+        // With local workers alive, the pass queues runs for them instead of running them
+        // here (with a remote queue, every run goes to the remote workers).
         let mut options = options;
-        if !options.dry_run && !self.live_workers()?.is_empty() {
+        if !options.dry_run && self.dispatcher.is_none() && !self.live_workers()?.is_empty() {
             options.run.queue = true;
+        }
+        // Claims whose process died are settled first: recorded `interrupted` (or, when
+        // the run was recorded just before its process died, only taken off the queue).
+        if !options.dry_run {
+            let claimed: Vec<RunRecord> = self
+                .run_queue()
+                .claimed()?
+                .into_iter()
+                .map(|(r, _)| r)
+                .collect();
+            self.settle_interrupted(&claimed.iter().collect::<Vec<_>>())?;
         }
         let graph = self.graph()?;
         let nodes: BTreeMap<NodeId, NodeSpec> = self.nodes()?.into_iter().collect();

@@ -66,6 +66,20 @@ pub const CONTENT_DIR: &str = "content";
 /// A key that never exists, asked for to tell an empty listing from a garbled one.
 const PROBE_KEY: &str = ".dkt-probe-no-such-key";
 
+/// An `object_store` client for `s3://BUCKET[/PREFIX]`, configured as this kind's sources
+/// are (the `[kind.s3]` settings and credentials of `ctx`, then the environment; no
+/// instance metadata unless allowed), and the prefix under which keys go. dtk's artifact
+/// store for remote runs uses it.
+///
+/// # Errors
+/// [`Error::Invalid`] for a bad URL or settings.
+pub fn object_store_for(ctx: &Context, url: &str) -> Result<(Arc<dyn ObjectStore>, String)> {
+    let location = Location::parse(url)?;
+    let connection = Connection::new(ctx, &location)?;
+    let store: Arc<dyn ObjectStore> = connection.transfer.clone();
+    Ok((store, location.prefix))
+}
+
 /// The `s3` kind: prefixes of S3 buckets.
 ///
 /// Register it with `registry.register(Arc::new(S3Kind::default()))`.
