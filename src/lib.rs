@@ -340,6 +340,11 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub use dtk_core::*;
+/// Remote execution: a PostgreSQL run queue, a content-addressed artifact store, the
+/// coordinator's [`dtk_remote::RemoteDispatcher`] (give it to
+/// [`Project::set_dispatcher`]) and the worker ([`dtk_remote::serve`]).
+#[cfg(feature = "remote")]
+pub use dtk_remote;
 pub use dtk_sources;
 
 /// A registry with every source kind compiled into this build.

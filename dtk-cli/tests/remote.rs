@@ -1145,3 +1145,51 @@ fn tls_to_the_database_verifies_the_server() {
     let _ = worker.kill();
     let _ = worker.wait();
 }
+
+#[test]
+fn a_run_whose_worker_dies_runs_again_on_another_in_the_same_pass() {
+    let pg = Postgres::start();
+    let c = coordinator(&pg, "2s");
+    let e = &c.e;
+    setup_io(e);
+    e.write(
+        "pipeline.yml",
+        "nodes:\n  - inputs: [in]\n    outputs: [out]\n    run:\n      - sleep 3\n      - cp ${in:ROOT}/a.txt ${out:ROOT}/a.txt\n",
+    );
+    e.dkt(&["apply", "pipeline.yml"]).ok();
+    let home = Home::new(&[]);
+    let mut first = home.spawn(&pg, "linux", 1);
+    let mut pass = e.cmd();
+    pass.args(["--json", "run"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let pass = pass.spawn().unwrap();
+    wait_for("the first worker to hold the run", || {
+        pg.try_sql("SELECT worker FROM dkt_runs WHERE state = 'running'")
+            .trim()
+            == first.id()
+    });
+    let lost = first.id();
+    first.kill();
+    let second = home.spawn(&pg, "linux", 1);
+    let out = pass.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success(), "{report}");
+    let ran = &report["items"][0]["outcome"]["ran"];
+    assert_eq!(ran["status"], "success", "{report}");
+    assert_eq!(ran["attempt"], 1, "{report}");
+    assert_eq!(ran["worker"], second.id(), "{report}");
+    let node = report["items"][0]["node"].as_str().unwrap();
+    let dead = runs(e, &node[..8])
+        .into_iter()
+        .find(|r| r["attempt"] == 0)
+        .unwrap();
+    assert_eq!(dead["status"], "interrupted", "{dead}");
+    assert_eq!(dead["worker"], lost.as_str(), "{dead}");
+    assert!(dead["error"].as_str().unwrap().contains("stopped renewing its lease"));
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("out/a.txt")).unwrap(),
+        "hello\n"
+    );
+}

@@ -36,6 +36,10 @@ pub const TICKET_FORMAT: u32 = 1;
 /// replaces it with the directory it extracted the tree into.
 pub const ROOT_PLACEHOLDER: &str = "/.dkt-remote-root";
 
+/// What the error of a run whose worker was lost (its lease expired) says; a pass runs
+/// such a node again at once.
+pub const WORKER_LOST: &str = "stopped renewing its lease";
+
 /// A run, as a worker needs it: everything to execute it and nothing of the project.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ticket {

@@ -12,6 +12,9 @@ use crate::{
     Error, Name, NodeId, NodeSpec, Project, Result, RunRecord, RunStatus, SourceVersion, Version,
 };
 
+/// How many times a pass runs a node again whose remote worker was lost mid-run.
+const REMOTE_RETRIES: usize = 3;
+
 /// Options of [`Project::run_pass`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -282,7 +285,18 @@ impl Project {
                 let run = options.run.clone();
                 async move {
                     let _permit = sem.acquire().await;
-                    let r = self.run_node(&id, run).await;
+                    let mut r = self.run_node(&id, run.clone()).await;
+                    // A remote worker that died (its lease expired) put the run back: it
+                    // runs again at once, on another worker, a few times.
+                    for _ in 0..REMOTE_RETRIES {
+                        let lost = matches!(&r, Ok(RunOutcome::Ran(rec))
+                            if rec.status == RunStatus::Interrupted
+                                && rec.error.as_deref().is_some_and(|e| e.contains(crate::remote::WORKER_LOST)));
+                        if !lost || self.dispatcher.is_none() || self.cancel_token().is_cancelled() {
+                            break;
+                        }
+                        r = self.run_node(&id, run.clone()).await;
+                    }
                     (id, reason, r)
                 }
             });

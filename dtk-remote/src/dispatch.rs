@@ -165,7 +165,8 @@ impl Dispatcher for RemoteDispatcher {
             Some(Collected::Expired { worker }) => TicketResult {
                 ending: Ending::Interrupted {
                     why: format!(
-                        "its worker {worker} stopped renewing its lease (it died, or lost the database)"
+                        "its worker {worker} {} (it died, or lost the database)",
+                        dtk_core::remote::WORKER_LOST
                     ),
                 },
                 log: String::new(),
