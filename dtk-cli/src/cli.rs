@@ -526,6 +526,10 @@ pub(crate) enum SourceCommand {
         /// A sub-path inside the source.
         #[arg(short, long)]
         path: Option<String>,
+        /// The tag: a branch, tag or commit (`feature/x`), or a pattern following every
+        /// matching one (`release/*`, `v1.*`). LOCATION is then taken whole.
+        #[arg(short, long, value_name = "TAG|PATTERN")]
+        tag: Option<String>,
     },
     /// List sources with their latest known (or pinned, marked *) version.
     #[command(alias = "ls")]

@@ -495,12 +495,14 @@ async fn source(
             location,
             kind,
             path,
+            tag,
         } => {
             let add = AddSource {
                 name,
                 location,
                 kind,
                 path,
+                tag,
             };
             let spec = p.add_source(add).await?;
             if as_json {
@@ -630,6 +632,18 @@ async fn source(
                 for o in &outcomes {
                     let status = match (&o.error, o.skipped, o.previous == o.latest) {
                         (Some(e), _, _) => format!("error: {e}"),
+                        (None, false, _) if !o.refs.is_empty() => o
+                            .refs
+                            .iter()
+                            .map(|r| match (&r.from, &r.to) {
+                                (None, _) => format!("{} new", r.name),
+                                (Some(_), None) => format!("{} deleted", r.name),
+                                (Some(f), Some(_)) => {
+                                    format!("{} moved from {}", r.name, f.short())
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         (None, true, _) => "frozen".to_owned(),
                         (None, false, true) => "unchanged".to_owned(),
                         (None, false, false) => format!(

@@ -32,6 +32,10 @@ pub struct RunOptions {
     pub labels: Option<Vec<String>>,
     /// Only queue the run (`pending`) for a worker (`dkt worker`) to execute.
     pub queue: bool,
+    /// Run on these input versions instead of the current ones (a scheduling pass runs a
+    /// node once per followed ref of a pattern input this way). Each must be a recorded
+    /// version of one of the node's inputs, every input named once.
+    pub inputs: Option<Vec<SourceVersion>>,
 }
 
 impl RunOptions {
@@ -57,6 +61,11 @@ impl RunOptions {
     /// Only queue the run for a worker.
     pub fn with_queue(mut self, queue: bool) -> Self {
         self.queue = queue;
+        self
+    }
+    /// On these input versions instead of the current ones.
+    pub fn with_inputs(mut self, inputs: Vec<SourceVersion>) -> Self {
+        self.inputs = Some(inputs);
         self
     }
 }
@@ -456,7 +465,10 @@ impl Project {
                 node_id.short()
             )));
         }
-        let inputs = current_inputs(&snap, &node)?;
+        let inputs = match &options.inputs {
+            None => current_inputs(&snap, &node)?,
+            Some(given) => given_inputs(&snap, &node, given)?,
+        };
         // Ended attempts are in the history; the newest attempt may still be queued or
         // executing (a new attempt starts only once the one before it has ended, or was
         // found dead and settled).
@@ -964,7 +976,15 @@ impl Project {
             let source = self.open_source(&spec)?;
             let dir = ensure_dir(&scratch.path().join(format!("in-{}", sv.source)))?;
             let root = source.materialize(&sv.version, &dir).await?;
-            let fields = source.fields(Some(&sv.version), &root)?;
+            let mut fields = source.fields(Some(&sv.version), &root)?;
+            // A version of a pattern source names the ref it was the tip of: that is its
+            // REF, not the pattern.
+            if let Some(r) = snap
+                .read_json::<crate::VersionRecord>(&paths::version(&sv.source, &sv.version))?
+                .and_then(|r| r.extra.get(crate::pattern::REF_FIELD).cloned())
+            {
+                fields.insert(crate::pattern::REF_FIELD.to_owned(), r);
+            }
             scope.add(&sv.source, fields)?;
         }
         // Outputs: a staging copy of their current content, published on success.
@@ -1327,6 +1347,46 @@ pub(crate) fn sealed_run(record: &RunRecord, log: Option<&str>) -> Result<RunRec
     record.log_digest = log.map(|l| crate::digest::blob(l.as_bytes()));
     record.seal()?;
     Ok(record)
+}
+
+/// `given` checked against `node`: each of its inputs once, at a recorded version; sorted
+/// as run IDs want them.
+fn given_inputs(
+    snap: &Snapshot,
+    node: &NodeSpec,
+    given: &[SourceVersion],
+) -> Result<Vec<SourceVersion>> {
+    let mut out = Vec::with_capacity(node.inputs.len());
+    for name in &node.inputs {
+        let mut found = given.iter().filter(|sv| &sv.source == name);
+        let sv = found.next().ok_or_else(|| {
+            Error::invalid("inputs", name.as_str(), "no version given for this input")
+        })?;
+        if found.next().is_some() {
+            return Err(Error::invalid(
+                "inputs",
+                name.as_str(),
+                "more than one version given for this input",
+            ));
+        }
+        if snap.blob_id(&paths::version(name, &sv.version))?.is_none() {
+            return Err(Error::NotFound {
+                what: "version",
+                name: sv.to_string(),
+                hint: " (not recorded)".to_owned(),
+            });
+        }
+        out.push(sv.clone());
+    }
+    if let Some(extra) = given.iter().find(|sv| !node.inputs.contains(&sv.source)) {
+        return Err(Error::invalid(
+            "inputs",
+            extra.to_string(),
+            "not an input of the node",
+        ));
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn current_inputs(snap: &Snapshot, node: &NodeSpec) -> Result<Vec<SourceVersion>> {

@@ -35,6 +35,7 @@ pub mod lifecycle;
 pub mod model;
 mod name;
 mod pack;
+pub mod pattern;
 pub mod pipeline;
 mod process;
 pub mod project;

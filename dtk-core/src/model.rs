@@ -40,6 +40,10 @@ pub struct SourceSpec {
     /// The latest version known from the last poll.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest: Option<Version>,
+    /// For a source whose tag is a pattern ([`crate::pattern`]): the tip of each matching
+    /// ref at the last poll, by ref name. Nodes run on each of them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub heads: BTreeMap<String, Version>,
     /// True when dtk created the location (a temporary directory) and removes it with the
     /// source.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -59,6 +63,7 @@ impl SourceSpec {
             pinned: None,
             frozen: false,
             latest: None,
+            heads: BTreeMap::new(),
             owned: false,
         }
     }
@@ -66,6 +71,11 @@ impl SourceSpec {
     /// The version runs use: the pinned one, else the latest known.
     pub fn current(&self) -> Option<&Version> {
         self.pinned.as_ref().or(self.latest.as_ref())
+    }
+
+    /// True when the tag is a pattern ([`crate::pattern`]).
+    pub fn is_pattern(&self) -> bool {
+        self.tag.as_deref().is_some_and(crate::pattern::is_pattern)
     }
 }
 

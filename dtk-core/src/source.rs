@@ -27,6 +27,8 @@ pub struct Capabilities {
     pub subpath: bool,
     /// The kind has tags (branches, docker tags, ...).
     pub tags: bool,
+    /// The kind follows tag patterns ([`crate::pattern`]): [`Source::heads`] works.
+    pub patterns: bool,
 }
 
 impl Capabilities {
@@ -52,6 +54,11 @@ impl Capabilities {
     /// With [`tags`](Self::tags).
     pub fn with_tags(mut self, yes: bool) -> Self {
         self.tags = yes;
+        self
+    }
+    /// With [`patterns`](Self::patterns).
+    pub fn with_patterns(mut self, yes: bool) -> Self {
+        self.patterns = yes;
         self
     }
 }
@@ -252,6 +259,19 @@ pub trait Source: Debug + Send + Sync + 'static {
     /// - An unreachable location is an [`Error::Backend`] within a bounded time.
     async fn latest(&self) -> Result<VersionInfo>;
 
+    /// Poll a source whose tag is a pattern ([`crate::pattern`]) and return the tip of
+    /// every ref (branch, tag, image tag) the pattern matches now, newest first, each with
+    /// the ref's name in [`VersionInfo::extra`] under [`crate::pattern::REF_FIELD`].
+    ///
+    /// # Behavior
+    /// - No matching ref is an empty list, not an error: refs may appear later.
+    /// - A ref deleted since the last call is simply absent.
+    /// - Kinds without [`Capabilities::patterns`] return [`Error::NotSupported`] (the
+    ///   default).
+    async fn heads(&self) -> Result<Vec<VersionInfo>> {
+        Err(not_supported(self, "tag patterns"))
+    }
+
     /// The source's versions, newest first, as far as the kind knows them.
     ///
     /// # Behavior
@@ -401,6 +421,9 @@ macro_rules! forward_source {
             async fn versions(&self) -> Result<Vec<VersionInfo>> {
                 (**self).versions().await
             }
+            async fn heads(&self) -> Result<Vec<VersionInfo>> {
+                (**self).heads().await
+            }
             fn fields(&self, version: Option<&Version>, root: &Path) -> Result<Fields> {
                 (**self).fields(version, root)
             }
@@ -423,7 +446,7 @@ forward_source!(Arc<S>);
 forward_source!(Box<S>);
 
 /// The [`Error::NotSupported`] for `operation` on `source`.
-pub fn not_supported(source: &dyn Source, operation: &'static str) -> Error {
+pub fn not_supported<S: Source + ?Sized>(source: &S, operation: &'static str) -> Error {
     Error::NotSupported {
         kind: source.spec().kind.clone(),
         operation,

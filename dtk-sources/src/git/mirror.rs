@@ -401,12 +401,14 @@ impl Mirror {
             .prepare_fetch(progress.clone(), options)
             .map_err(fetch_fail())?;
         let head = remote_head(prepare.ref_map());
+        let names = remote_ref_names(prepare.ref_map());
         prepare
             .receive(progress, &shared.interrupt)
             .map_err(fetch_fail())?;
         if let Some(head) = head {
             write_head(git_dir, &head)?;
         }
+        write_remote_refs(git_dir, &names)?;
         Ok(())
     }
 
@@ -542,6 +544,44 @@ fn remote_head(map: &gix::remote::fetch::RefMap) -> Option<RemoteHead> {
         Some(b) => RemoteHead::Branch(b),
         None => RemoteHead::Detached(object),
     })
+}
+
+/// The branches and tags the remote has (full names), sorted.
+fn remote_ref_names(map: &gix::remote::fetch::RefMap) -> Vec<String> {
+    use gix::protocol::handshake::Ref;
+    let mut names: Vec<String> = map
+        .remote_refs
+        .iter()
+        .filter_map(|r| match r {
+            Ref::Direct { full_ref_name, .. }
+            | Ref::Peeled { full_ref_name, .. }
+            | Ref::Symbolic { full_ref_name, .. } => Some(full_ref_name.to_string()),
+            Ref::Unborn { .. } => None,
+        })
+        .filter(|n| n.starts_with("refs/heads/") || n.starts_with("refs/tags/"))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The file in a mirror listing the refs the remote had at the last fetch: the fetch
+/// never deletes a ref the remote deleted, so pattern sources read this list to stop
+/// following deleted refs.
+pub(crate) const REMOTE_REFS: &str = "dtk-remote-refs";
+
+/// Write [`REMOTE_REFS`] atomically.
+fn write_remote_refs(git_dir: &Path, names: &[String]) -> std::result::Result<(), FetchFailure> {
+    let path = git_dir.join(REMOTE_REFS);
+    let mut content = names.join("\n");
+    content.push('\n');
+    if std::fs::read_to_string(&path).is_ok_and(|c| c == content) {
+        return Ok(());
+    }
+    let tmp = git_dir.join(format!("{REMOTE_REFS}.dtk-tmp"));
+    std::fs::write(&tmp, &content)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| FetchFailure::with(format!("cannot write {}", path.display()), e))
 }
 
 /// Point the mirror's `HEAD` where the remote's is (atomically, only when it changed).

@@ -96,6 +96,7 @@ fn capabilities() -> Capabilities {
         .with_history(true)
         .with_subpath(true)
         .with_tags(true)
+        .with_patterns(true)
 }
 
 fn backend(
@@ -183,6 +184,14 @@ impl Kind for GitKind {
         let spec_path = path.clone();
         let m = mirror.clone();
         let n = name.clone();
+        if let Some(t) = tag.as_deref().filter(|t| dtk_core::pattern::is_pattern(t)) {
+            // A pattern: the refs it matches are read at each poll (none yet is fine).
+            dtk_core::pattern::TagPattern::new(t)?;
+            let mut spec = SourceSpec::new(new.name, KIND, normalized.location);
+            spec.tag = Some(t.to_owned());
+            spec.path = path;
+            return Ok(spec);
+        }
         let tag = blocking(&name, move || {
             let repo = m.open().map_err(|e| open_error(&n, &m, e))?;
             let tag = match tag {
@@ -296,6 +305,90 @@ impl GitSource {
         Ok((repo, tip))
     }
 
+    /// For a pattern source: the tip of every branch and tag the remote has whose name
+    /// matches, with the commit that `git log -1 [-- PATH]` shows from it and its time;
+    /// newest first (ties by name). A branch shadows a tag of the same name.
+    fn heads_blocking(inner: &Inner) -> Result<Vec<(ObjectId, String)>> {
+        let name = inner.spec.name.as_str();
+        let pattern = dtk_core::pattern::TagPattern::new(inner.spec.tag.as_deref().unwrap_or(""))?;
+        let mut repo = inner
+            .mirror
+            .open()
+            .map_err(|e| open_error(name, &inner.mirror, e))?;
+        let listed = std::fs::read_to_string(inner.mirror.dir.join(mirror::REMOTE_REFS)).ok();
+        let mut full_names: Vec<String> = match listed {
+            Some(text) => text.lines().map(str::to_owned).collect(),
+            None => {
+                let refs = repo
+                    .references()
+                    .map_err(|e| backend(name, "cannot list the mirror's refs", e))?;
+                let all = refs
+                    .all()
+                    .map_err(|e| backend(name, "cannot list the mirror's refs", e))?;
+                all.filter_map(|r| r.ok())
+                    .map(|r| r.name().as_bstr().to_string())
+                    .collect()
+            }
+        };
+        // Branches before tags, so a branch shadows a tag of the same name.
+        full_names.sort_by_key(|n| (!n.starts_with("refs/heads/"), n.clone()));
+        let mut seen = std::collections::BTreeSet::new();
+        let mut tips = Vec::new();
+        for full in full_names {
+            let Some(short) = full
+                .strip_prefix("refs/heads/")
+                .or_else(|| full.strip_prefix("refs/tags/"))
+            else {
+                continue;
+            };
+            if !pattern.matches(short) || !seen.insert(short.to_owned()) {
+                continue;
+            }
+            let Some(mut r) = repo
+                .try_find_reference(full.as_str())
+                .map_err(|e| backend(name, format!("cannot read {full}"), e))?
+            else {
+                continue;
+            };
+            let Ok(commit) = r.peel_to_commit() else {
+                continue; // a tag of a tree or a blob: nothing to follow
+            };
+            tips.push((commit.id, short.to_owned()));
+        }
+        let path = inner
+            .spec
+            .path
+            .as_deref()
+            .filter(|p| !p.is_empty() && *p != ".")
+            .map(str::to_owned);
+        let hash = repo.object_hash();
+        let mut out = Vec::new();
+        for (tip, short) in tips {
+            let walk_err =
+                |e: walk::WalkError| backend(name, format!("cannot walk the history of {tip}"), e);
+            let id = match &path {
+                None => tip,
+                Some(p) => {
+                    let mut walk = walk::LogWalk::new(&mut repo.objects, hash, tip, Some(p))
+                        .map_err(walk_err)?;
+                    match walk.next_commit().map_err(walk_err)? {
+                        Some(id) => id,
+                        None => continue, // no commit of this ref touches the path
+                    }
+                }
+            };
+            let time = repo
+                .find_commit(id)
+                .ok()
+                .and_then(|c| c.time().ok())
+                .map(|t| t.seconds)
+                .unwrap_or(0);
+            out.push((std::cmp::Reverse(time), short, id));
+        }
+        out.sort();
+        Ok(out.into_iter().map(|(_, short, id)| (id, short)).collect())
+    }
+
     /// Walk from the tip in `git log` order, stopping after `limit` commits.
     fn log(inner: &Inner, limit: Option<usize>) -> Result<Vec<ObjectId>> {
         let name = inner.spec.name.as_str();
@@ -351,9 +444,29 @@ impl GitSource {
         scratch: &Path,
     ) -> Result<PathBuf> {
         let name = inner.spec.name.as_str();
-        let (mut repo, tip) = Self::tip(inner)?;
         let tag = inner.spec.tag.as_deref().unwrap_or("HEAD");
-        if !Self::reachable(inner, &mut repo, tip)?.contains(&commit) {
+        let reachable = if inner.spec.is_pattern() {
+            let mut repo = inner
+                .mirror
+                .open()
+                .map_err(|e| open_error(name, &inner.mirror, e))?;
+            let mut any = false;
+            for (tip, _) in Self::heads_blocking(inner)? {
+                if Self::reachable(inner, &mut repo, tip)?.contains(&commit) {
+                    any = true;
+                    break;
+                }
+            }
+            any
+        } else {
+            let (mut repo, tip) = Self::tip(inner)?;
+            Self::reachable(inner, &mut repo, tip)?.contains(&commit)
+        };
+        let repo = inner
+            .mirror
+            .open()
+            .map_err(|e| open_error(name, &inner.mirror, e))?;
+        if !reachable {
             return Err(Error::NotFound {
                 what: "version",
                 name: version.to_string(),
@@ -416,6 +529,13 @@ fn to_version(id: ObjectId) -> Result<VersionInfo> {
         Algo::Sha1,
         id.as_bytes(),
     )?))
+}
+
+/// The version of a pattern source's head, with its ref.
+fn head_version((id, r): (ObjectId, String)) -> Result<VersionInfo> {
+    let mut v = to_version(id)?;
+    v.extra.insert(dtk_core::pattern::REF_FIELD.to_owned(), r);
+    Ok(v)
 }
 
 /// The commit id a `sha1:` version names.
@@ -550,6 +670,21 @@ impl Source for GitSource {
     }
 
     async fn latest(&self) -> Result<VersionInfo> {
+        if self.inner.spec.is_pattern() {
+            return self
+                .heads()
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::NotFound {
+                    what: "tag",
+                    name: self.inner.spec.tag.clone().unwrap_or_default(),
+                    hint: format!(
+                        ": no branch or tag of {} matches it",
+                        redact_url(&self.inner.mirror.location)
+                    ),
+                });
+        }
         self.inner.mirror.fetch(KIND, self.name()).await?;
         let inner = self.inner.clone();
         let path = inner.spec.path.clone();
@@ -571,8 +706,28 @@ impl Source for GitSource {
     async fn versions(&self) -> Result<Vec<VersionInfo>> {
         self.ensure_mirror().await?;
         let inner = self.inner.clone();
+        if inner.spec.is_pattern() {
+            let heads = blocking(self.name(), move || Self::heads_blocking(&inner)).await?;
+            return heads.into_iter().map(head_version).collect();
+        }
         let ids = blocking(self.name(), move || Self::log(&inner, None)).await?;
         ids.into_iter().map(to_version).collect()
+    }
+
+    /// Fetch, then list the tips of the branches and tags the pattern matches (with the
+    /// sub-path, the newest commit of each that touches it), newest commit first.
+    async fn heads(&self) -> Result<Vec<VersionInfo>> {
+        if !self.inner.spec.is_pattern() {
+            return Err(Error::invalid(
+                "tag pattern",
+                self.inner.spec.tag.clone().unwrap_or_default(),
+                "the source's tag is not a pattern",
+            ));
+        }
+        self.inner.mirror.fetch(KIND, self.name()).await?;
+        let inner = self.inner.clone();
+        let heads = blocking(self.name(), move || Self::heads_blocking(&inner)).await?;
+        heads.into_iter().map(head_version).collect()
     }
 
     fn fields(&self, version: Option<&Version>, root: &Path) -> Result<Fields> {
