@@ -440,6 +440,10 @@ pub(crate) enum NodeCommand {
         /// Shell command run after a failed run.
         #[arg(long, value_name = "CMD")]
         on_failure: Option<String>,
+        /// When an output moved while a run ran: `rerun` (poll it, run again) or
+        /// `overwrite` (publish anyway); default: record the run `conflict`, publish nothing.
+        #[arg(long, value_name = "rerun|overwrite")]
+        on_conflict: Option<String>,
         /// Only define the node; do not run it.
         #[arg(long)]
         no_run: bool,

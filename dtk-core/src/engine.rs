@@ -127,6 +127,10 @@ pub struct NodeFile {
     /// `{count: 3, backoff: 30s}`.
     #[serde(default)]
     pub retry: Option<RetryDecl>,
+    /// What a run does when an output moved while it ran: `rerun` or `overwrite`
+    /// (default: record the run `conflict`, publish nothing).
+    #[serde(default)]
+    pub on_conflict: Option<crate::model::OnConflict>,
 }
 
 /// `retry:` of a node file: a count, or a count and a backoff.
@@ -200,6 +204,7 @@ impl NodeFile {
         spec.outputs = names(&self.outputs)?;
         spec.on_success = self.on_success.clone();
         spec.on_failure = self.on_failure.clone();
+        spec.on_conflict = self.on_conflict;
         spec.retry = match &self.retry {
             None => None,
             Some(RetryDecl::Count(count)) => Some(crate::model::Retry {
@@ -451,7 +456,32 @@ impl Project {
 
     /// Run `node` on the current versions of its inputs, recording the run, its log and,
     /// on success, the new versions of its outputs with their provenance.
+    ///
+    /// A run whose output moved while it ran is recorded [`RunStatus::Conflict`] with
+    /// nothing published; a node with `on-conflict: rerun` then polls its outputs and runs
+    /// again (a new attempt, up to [`crate::model::OnConflict::RERUNS`] times).
     pub async fn run_node(&self, node_id: &NodeId, options: RunOptions) -> Result<RunOutcome> {
+        let mut outcome = self.run_node_once(node_id, options.clone()).await?;
+        let mut reruns = 0;
+        while let RunOutcome::Ran(r) = &outcome {
+            if r.status != RunStatus::Conflict || reruns >= crate::model::OnConflict::RERUNS {
+                break;
+            }
+            let (_, node) = self.node(&node_id.to_hex())?;
+            if node.on_conflict != Some(crate::model::OnConflict::Rerun) {
+                break;
+            }
+            let outputs: Vec<String> = node.outputs.iter().map(|n| n.to_string()).collect();
+            self.update_sources(&outputs).await?;
+            reruns += 1;
+            outcome = self
+                .run_node_once(node_id, options.clone().with_force(true))
+                .await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn run_node_once(&self, node_id: &NodeId, options: RunOptions) -> Result<RunOutcome> {
         let snap = self.store().snapshot()?;
         let node: NodeSpec = snap
             .read_json(&paths::node(node_id))?
@@ -550,6 +580,7 @@ impl Project {
             lease_until_ms: None,
             input_digests: Vec::new(),
             log_digest: None,
+            staging: None,
             digest: None,
         });
         record.input_digests = input_digests(&snap, &record.inputs)?;
@@ -692,6 +723,36 @@ impl Project {
                     self.hook(hook, &record, "failure").await;
                 }
             }
+            Exec::Conflict {
+                why,
+                staging,
+                published,
+            } => {
+                record.status = RunStatus::Conflict;
+                record.exit_code = Some(0);
+                record.error = Some(self.secrets().redact(&why));
+                record.staging = Some(staging.display().to_string());
+                record.outputs = published.iter().map(|(sv, _)| sv.clone()).collect();
+                let rec = sealed_run(&record, Some(&log))?;
+                self.finish_run(
+                    &rec,
+                    &log,
+                    &format!(
+                        "run {} of node {}: conflict",
+                        record.id.short(),
+                        node_id.short()
+                    ),
+                    |tx| {
+                        for (sv, info) in &published {
+                            crate::records::update_state(tx, &sv.source, |spec| {
+                                spec.latest = Some(sv.version.clone());
+                            })?;
+                            record_version(tx, &sv.source, info, Some(&rec))?;
+                        }
+                        Ok(())
+                    },
+                )?;
+            }
             Exec::Superseded(why) => {
                 tracing::warn!(run = %record.id.short(), "{why}; its result is discarded");
                 let _ = std::fs::remove_file(self.live_log_path(&record.id));
@@ -818,7 +879,10 @@ impl Project {
             if let Some(now) = tx.read_json::<RunRecord>(&paths::run(&record.id))? {
                 if matches!(
                     now.status,
-                    RunStatus::Success | RunStatus::Failure | RunStatus::Interrupted
+                    RunStatus::Success
+                        | RunStatus::Failure
+                        | RunStatus::Interrupted
+                        | RunStatus::Conflict
                 ) {
                     return Ok(Some(format!(
                         "run {} (attempt {}) is already recorded {}",
@@ -876,7 +940,10 @@ impl Project {
                 if let Some(now) = tx.read_json::<RunRecord>(&paths::run(&rec.id))? {
                     if matches!(
                         now.status,
-                        RunStatus::Success | RunStatus::Failure | RunStatus::Interrupted
+                        RunStatus::Success
+                            | RunStatus::Failure
+                            | RunStatus::Interrupted
+                            | RunStatus::Conflict
                     ) {
                         return Ok(false);
                     }
@@ -988,7 +1055,7 @@ impl Project {
             scope.add(&sv.source, fields)?;
         }
         // Outputs: a staging copy of their current content, published on success.
-        let mut outputs: Vec<(Name, Arc<dyn Source>, PathBuf)> = Vec::new();
+        let mut outputs: Vec<Staged> = Vec::new();
         for name in &node.outputs {
             let spec = read_source(&snap, name)?;
             let source = self.open_source(&spec)?;
@@ -1011,7 +1078,7 @@ impl Project {
             ensure_dir(&stage)?;
             let fields = source.fields(None, &stage)?;
             scope.add(name, fields)?;
-            outputs.push((name.clone(), source, stage));
+            outputs.push((name.clone(), source, stage, spec.current().cloned()));
         }
         self.add_private(&mut scope);
         let steps = self.plan(node, &scope, Some(scratch.path()))?;
@@ -1102,7 +1169,7 @@ impl Project {
         // A node may have replaced an output's ROOT (or the scratch area around it) with a
         // symbolic link: publishing would then move whatever it points to. Only a real
         // directory at the very path dtk made is published.
-        for (name, _, stage) in &outputs {
+        for (name, _, stage, _) in &outputs {
             if let Err(why) = check_stage(&scratch_real, stage) {
                 return Ok((
                     log,
@@ -1112,15 +1179,61 @@ impl Project {
                 ));
             }
         }
+        // Publish only to outputs still at the version the run started from (unless the
+        // node says `on-conflict: overwrite`): all are checked before any is published,
+        // and each kind checks again as it publishes.
+        let overwrite = node.on_conflict == Some(crate::model::OnConflict::Overwrite);
+        let options = |expected: &Option<crate::Version>| {
+            crate::source::PublishOptions::new()
+                .expecting(expected.clone())
+                .with_overwrite(overwrite)
+                .for_run(record.id.to_hex(), record.node.to_hex())
+        };
+        let mut moved = None;
+        if !overwrite {
+            for (_, source, _, expected) in &outputs {
+                if !source.capabilities().publish {
+                    continue; // its publish says so, clearly
+                }
+                match crate::source::check_expected(source.as_ref(), &options(expected)).await {
+                    Ok(()) => {}
+                    Err(e @ Error::OutputMoved { .. }) => {
+                        moved = Some(e);
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         let mut published = Vec::new();
-        for (name, source, stage) in outputs {
-            let info = source.publish(&stage).await?;
-            published.push((
-                SourceVersion {
-                    source: name,
-                    version: info.version.clone(),
+        if moved.is_none() {
+            for (name, source, stage, expected) in outputs {
+                match source.publish_with(&stage, &options(&expected)).await {
+                    Ok(info) => published.push((
+                        SourceVersion {
+                            source: name,
+                            version: info.version.clone(),
+                        },
+                        info,
+                    )),
+                    Err(e @ Error::OutputMoved { .. }) => {
+                        moved = Some(e);
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if let Some(e) = moved {
+            // What the run wrote stays where it is, for the user to look at or merge.
+            let staging = scratch.keep();
+            return Ok((
+                log,
+                Exec::Conflict {
+                    why: e.to_string(),
+                    staging,
+                    published,
                 },
-                info,
             ));
         }
         Ok((log, Exec::Success(published)))
@@ -1223,8 +1336,21 @@ impl Project {
     }
 }
 
+/// An output being staged: its name, its source, its staging directory and the version
+/// the run started from.
+type Staged = (Name, Arc<dyn Source>, PathBuf, Option<crate::Version>);
+
 enum Exec {
     Success(Vec<(SourceVersion, crate::VersionInfo)>),
+    /// An output moved while the run ran: `why`, what was kept where, and what was
+    /// published before the move was seen (outputs checked at once are never partly
+    /// published, but a kind's own check may still find a move after an earlier output
+    /// went out).
+    Conflict {
+        why: String,
+        staging: PathBuf,
+        published: Vec<(SourceVersion, crate::VersionInfo)>,
+    },
     Failed {
         code: Option<i32>,
         error: Option<String>,

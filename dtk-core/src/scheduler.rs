@@ -342,6 +342,13 @@ impl Project {
         }
         // A run on these very inputs failed: the node is `failed`, not "never ran". It runs
         // again on new inputs, on `dkt node rerun`, or as its retry policy says.
+        if let Some(last) = &last {
+            // An output moved while it ran: it stays `conflict` (its outputs kept in its
+            // staging area) until new inputs or `dkt node rerun`.
+            if last.status == RunStatus::Conflict {
+                return Ok(None);
+            }
+        }
         if let Some(last) = last {
             if last.status == RunStatus::Failure {
                 let failures = last.attempt.saturating_add(1);

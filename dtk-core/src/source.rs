@@ -83,6 +83,52 @@ impl VersionInfo {
     }
 }
 
+/// How [`Source::publish_with`] publishes: the version the output must still be at, and
+/// what the published artifact should say about where it came from.
+///
+/// Made with [`PublishOptions::new`] (overwrite, nothing said), then `with_*` calls.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PublishOptions {
+    /// Publish only if the source is still at this version (`None`: it must have none);
+    /// ignored with [`overwrite`](Self::overwrite).
+    pub expected: Option<Version>,
+    /// Publish whatever the source holds now.
+    pub overwrite: bool,
+    /// The run publishing (its full ID), for kinds that record it in the artifact (a git
+    /// commit message names it).
+    pub run: Option<String>,
+    /// The node of that run (its full ID).
+    pub node: Option<String>,
+}
+
+impl PublishOptions {
+    /// Overwrite whatever is there, saying nothing about the run.
+    pub fn new() -> Self {
+        PublishOptions {
+            overwrite: true,
+            ..Self::default()
+        }
+    }
+    /// Only if the source is still at `expected` (`None`: it has no version).
+    pub fn expecting(mut self, expected: Option<Version>) -> Self {
+        self.expected = expected;
+        self.overwrite = false;
+        self
+    }
+    /// Overwrite (no check), or not.
+    pub fn with_overwrite(mut self, yes: bool) -> Self {
+        self.overwrite = yes;
+        self
+    }
+    /// For run `run` of node `node` (full IDs).
+    pub fn for_run(mut self, run: impl Into<String>, node: impl Into<String>) -> Self {
+        self.run = Some(run.into());
+        self.node = Some(node.into());
+        self
+    }
+}
+
 /// What [`Source::verify`] found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "result", content = "detail")]
@@ -302,6 +348,23 @@ pub trait Source: Debug + Send + Sync + 'static {
     /// - Atomic as far as the kind allows: on error the source's previous content stays.
     async fn publish(&self, dir: &Path) -> Result<VersionInfo>;
 
+    /// [`publish`](Source::publish) `dir`, but only if the source is still at
+    /// `options.expected` (unless `options.overwrite`).
+    ///
+    /// # Behavior
+    /// - When the source moved (its current version, `None` if it has none, differs from
+    ///   `expected`), nothing is published and the error is [`Error::OutputMoved`].
+    /// - The default reads [`latest`](Source::latest) (a `NotFound` counting as no
+    ///   version) and then publishes: a move between the two is not detected. Kinds that
+    ///   can compare and swap atomically (a git push with a lease) or check closer to the
+    ///   swap (a path) override it.
+    async fn publish_with(&self, dir: &Path, options: &PublishOptions) -> Result<VersionInfo> {
+        if !options.overwrite && self.capabilities().publish {
+            check_expected(self, options).await?;
+        }
+        self.publish(dir).await
+    }
+
     /// Re-check the content of `version` against its digest, where the content can still
     /// be read (`dkt verify`).
     ///
@@ -433,6 +496,13 @@ macro_rules! forward_source {
             async fn publish(&self, dir: &Path) -> Result<VersionInfo> {
                 (**self).publish(dir).await
             }
+            async fn publish_with(
+                &self,
+                dir: &Path,
+                options: &PublishOptions,
+            ) -> Result<VersionInfo> {
+                (**self).publish_with(dir, options).await
+            }
             async fn remove(&self) -> Result<()> {
                 (**self).remove().await
             }
@@ -444,6 +514,28 @@ macro_rules! forward_source {
 }
 forward_source!(Arc<S>);
 forward_source!(Box<S>);
+
+/// Check that `source` is still at `options.expected` (its [`Source::latest`]; a
+/// `NotFound` counts as no version): [`Error::OutputMoved`] otherwise.
+pub async fn check_expected<S: Source + ?Sized>(
+    source: &S,
+    options: &PublishOptions,
+) -> Result<()> {
+    let now = match source.latest().await {
+        Ok(v) => Some(v.version),
+        Err(Error::NotFound { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    if now != options.expected {
+        return Err(Error::OutputMoved {
+            kind: source.spec().kind.clone(),
+            source_name: source.spec().name.to_string(),
+            expected: options.expected.clone(),
+            found: now,
+        });
+    }
+    Ok(())
+}
 
 /// The [`Error::NotSupported`] for `operation` on `source`.
 pub fn not_supported<S: Source + ?Sized>(source: &S, operation: &'static str) -> Error {

@@ -1168,7 +1168,12 @@ impl Project {
         for item in plan.items {
             let last = self.node_runs(&item.node)?.into_iter().next();
             let failed = last
-                .filter(|r| matches!(r.status, RunStatus::Failure | RunStatus::Interrupted))
+                .filter(|r| {
+                    matches!(
+                        r.status,
+                        RunStatus::Failure | RunStatus::Interrupted | RunStatus::Conflict
+                    )
+                })
                 .map(|r| r.id);
             stale.push(NodeStatus {
                 name: names.get(&item.node).cloned(),

@@ -1834,3 +1834,43 @@ async fn a_tag_pattern_follows_every_matching_tag() {
         .to_string();
     assert!(err.contains("\"v[1\""), "{err}");
 }
+
+#[tokio::test]
+async fn publishing_to_a_tag_that_does_not_exist_creates_it_and_a_moved_tag_is_refused() {
+    let env = env();
+    let (reg, one, _v1) = seeded(&env);
+    let existing = open(&env.ctx, &reg.location("team/app"), None).await;
+    let spec = SourceSpec {
+        tag: Some("fresh".into()),
+        ..existing.spec().clone()
+    };
+    let fresh = DockerKind::default().open(&env.ctx, &spec).unwrap();
+    assert!(matches!(
+        fresh.latest().await.unwrap_err(),
+        Error::NotFound { .. }
+    ));
+    let two = Image::single("two", "amd64");
+    let layout = two.write_layout(&env.dir("l-two"), "fresh");
+    // Expecting no version: the tag is created.
+    let options = dtk_core::PublishOptions::new().expecting(None);
+    let v = fresh.publish_with(&layout, &options).await.unwrap();
+    assert_eq!(v.version, two.version());
+    assert_eq!(fresh.latest().await.unwrap().version, two.version());
+    // Expecting no version again, or the old one, now that the tag exists: refused, and
+    // the tag stays where it is.
+    let three = Image::single("three", "amd64");
+    let layout = three.write_layout(&env.dir("l-three"), "fresh");
+    for expected in [None, Some(one.version())] {
+        let options = dtk_core::PublishOptions::new().expecting(expected.clone());
+        match fresh.publish_with(&layout, &options).await.unwrap_err() {
+            Error::OutputMoved {
+                expected: e, found, ..
+            } => {
+                assert_eq!(e, expected);
+                assert_eq!(found, Some(two.version()));
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(fresh.latest().await.unwrap().version, two.version());
+    }
+}

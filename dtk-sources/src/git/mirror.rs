@@ -46,7 +46,6 @@ impl std::fmt::Debug for Token {
 /// the base URL configured for the `github` shortcut (`[kind.git] github_url`).
 #[derive(Debug, Clone)]
 pub(crate) struct GithubAuth {
-    #[cfg_attr(not(feature = "https"), allow(dead_code))]
     pub(crate) token: Token,
     /// The host, lower case.
     pub(crate) host: String,
@@ -70,7 +69,6 @@ impl GithubAuth {
     }
 
     /// True when `url` is on this host over HTTPS (for github.com, www.github.com too).
-    #[cfg_attr(not(feature = "https"), allow(dead_code))]
     pub(crate) fn applies_to(&self, url: &gix::Url) -> bool {
         if url.scheme != gix::url::Scheme::Https || url.port_or_default() != Some(self.port) {
             return false;
@@ -94,7 +92,6 @@ pub(crate) struct Mirror {
     /// The md5 of the location, naming the mirror.
     key: String,
     /// Sent as HTTP authorization to the GitHub host only.
-    #[cfg_attr(not(feature = "https"), allow(dead_code))]
     auth: Option<GithubAuth>,
     /// The bound on a fetch making no progress.
     timeout: Duration,
@@ -158,6 +155,30 @@ impl Mirror {
             auth,
             timeout,
         }
+    }
+
+    /// Environment for a `git push` to this location: the GitHub token, when it applies,
+    /// as git configuration in the environment (never in the arguments, which other users
+    /// can read).
+    pub(crate) fn push_env(&self) -> Vec<(String, String)> {
+        let Some(auth) = &self.auth else {
+            return Vec::new();
+        };
+        let Ok(url) = gix::url::parse(self.location.as_bytes().as_bstr()) else {
+            return Vec::new();
+        };
+        if !auth.applies_to(&url) {
+            return Vec::new();
+        }
+        let basic = base64(format!("x-access-token:{}", auth.token.0).as_bytes());
+        vec![
+            ("GIT_CONFIG_COUNT".to_owned(), "1".to_owned()),
+            ("GIT_CONFIG_KEY_0".to_owned(), "http.extraHeader".to_owned()),
+            (
+                "GIT_CONFIG_VALUE_0".to_owned(),
+                format!("Authorization: Basic {basic}"),
+            ),
+        ]
     }
 
     /// True once a first fetch has completed.
@@ -474,7 +495,6 @@ fn git_credential(
 }
 
 /// Standard base64 with padding.
-#[cfg_attr(not(feature = "https"), allow(dead_code))]
 pub(crate) fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);

@@ -35,6 +35,7 @@
 
 mod location;
 mod mirror;
+mod publish;
 mod tree;
 mod walk;
 
@@ -42,7 +43,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use dtk_core::source::not_supported;
 use dtk_core::{
     Algo, Capabilities, Context, Error, Fields, Kind, NewSource, Result, Source, SourceSpec,
     Version, VersionInfo,
@@ -64,7 +64,7 @@ mod sha1 {
 use mirror::{GithubAuth, Mirror};
 
 /// The keys of `[kind.git]` in `.dkt/config`.
-pub const SETTINGS: &[&str] = &["github_url"];
+pub const SETTINGS: &[&str] = &["github_url", "author", "committer"];
 
 /// The GitHub token of `ctx`, bound to the GitHub host (a bad `github_url` binds it to
 /// nothing: the token is then never sent).
@@ -97,6 +97,7 @@ fn capabilities() -> Capabilities {
         .with_subpath(true)
         .with_tags(true)
         .with_patterns(true)
+        .with_publish(true)
 }
 
 fn backend(
@@ -252,6 +253,11 @@ impl std::fmt::Debug for GitSource {
 struct Inner {
     spec: SourceSpec,
     mirror: Mirror,
+    /// Who commits what a node publishes (`[kind.git] author`, `committer`).
+    author: Option<String>,
+    committer: Option<String>,
+    /// Where publishing works (`<cache>/git/publish`).
+    publish_tmp: PathBuf,
     /// The commits reachable from the last tip seen by `materialize`.
     reachable: Mutex<Reachable>,
 }
@@ -269,6 +275,9 @@ impl GitSource {
             inner: Arc::new(Inner {
                 spec: spec.clone(),
                 mirror,
+                author: ctx.setting(KIND, "author").map(str::to_owned),
+                committer: ctx.setting(KIND, "committer").map(str::to_owned),
+                publish_tmp: publish::tmp_dir(&ctx.cache_dir),
                 reachable: Mutex::new(None),
             }),
         }
@@ -795,8 +804,124 @@ impl Source for GitSource {
         .await
     }
 
-    async fn publish(&self, _dir: &Path) -> Result<VersionInfo> {
-        Err(not_supported(self, "publish"))
+    async fn publish(&self, dir: &Path) -> Result<VersionInfo> {
+        self.publish_with(dir, &dtk_core::PublishOptions::new())
+            .await
+    }
+
+    /// Commit `dir` on top of the branch's tip (with a sub-path, as that sub-tree of it)
+    /// and push it with a lease on that tip. The version the run started from is checked
+    /// against the branch after a fetch (with a sub-path: the newest commit touching it, so
+    /// unrelated commits on the branch are no conflict); the lease then makes the push a
+    /// compare-and-swap on the tip. Nothing written: the version stays.
+    async fn publish_with(
+        &self,
+        dir: &Path,
+        options: &dtk_core::PublishOptions,
+    ) -> Result<VersionInfo> {
+        let spec = &self.inner.spec;
+        let tag = spec.tag.clone().unwrap_or_default();
+        if spec.is_pattern() {
+            return Err(Error::invalid(
+                "tag",
+                tag,
+                "a source following a tag pattern cannot be published to (give a branch)",
+            ));
+        }
+        self.inner.mirror.fetch(KIND, self.name()).await?;
+        let inner = self.inner.clone();
+        let options = options.clone();
+        let dir = dir.to_owned();
+        let name = self.name().to_owned();
+        blocking(self.name(), move || {
+            let repo = inner
+                .mirror
+                .open()
+                .map_err(|e| open_error(&name, &inner.mirror, e))?;
+            let branch_ref = format!("refs/heads/{tag}");
+            let tip = repo
+                .try_find_reference(branch_ref.as_str())
+                .map_err(|e| backend(&name, format!("cannot read {branch_ref}"), e))?
+                .map(|mut r| r.peel_to_commit().map(|c| c.id))
+                .transpose()
+                .map_err(|e| backend(&name, format!("cannot peel {branch_ref}"), e))?;
+            if tip.is_none() && resolve_tag(&repo, &name, &inner.mirror, &tag).is_ok() {
+                return Err(Error::invalid(
+                    "tag",
+                    tag,
+                    "only a branch can be published to (this is a tag or a commit)",
+                ));
+            }
+            drop(repo);
+            let current = match tip {
+                None => None,
+                Some(_) => Self::log(&inner, Some(1))?.first().copied(),
+            };
+            let current_version = current.map(to_version).transpose()?.map(|v| v.version);
+            if !options.overwrite && current_version != options.expected {
+                return Err(Error::OutputMoved {
+                    kind: KIND.to_owned(),
+                    source_name: name,
+                    expected: options.expected,
+                    found: current_version,
+                });
+            }
+            let identity = |key: &str, value: &Option<String>| match value {
+                Some(v) => publish::Identity::parse(key, v),
+                None => Ok(publish::Identity::default_dtk()),
+            };
+            let mut message = match (&options.run, &options.node) {
+                (Some(run), Some(node)) => format!(
+                    "dkt: run {} of node {}\n\nDkt-Run: {run}\nDkt-Node: {node}\n",
+                    &run[..run.len().min(8)],
+                    &node[..node.len().min(8)]
+                ),
+                _ => format!("dkt: publish {name}\n"),
+            };
+            if message.is_empty() {
+                message.push('\n');
+            }
+            let p = publish::Publish {
+                name: &name,
+                mirror: &inner.mirror.dir,
+                location: &inner.spec.location,
+                branch: &tag,
+                path: inner
+                    .spec
+                    .path
+                    .as_deref()
+                    .filter(|p| !p.is_empty() && *p != "."),
+                base: tip.map(|t| t.to_string()),
+                force: options.overwrite,
+                author: identity("author", &inner.author)?,
+                committer: identity("committer", &inner.committer)?,
+                message,
+                env: inner.mirror.push_env(),
+            };
+            match p.run_blocking(&dir, &inner.publish_tmp)? {
+                publish::Pushed::Commit(c) => {
+                    let id = ObjectId::from_hex(c.as_bytes()).map_err(|e| {
+                        backend(&name, format!("git made a bad commit id {c:?}"), e)
+                    })?;
+                    to_version(id)
+                }
+                publish::Pushed::Unchanged => match current {
+                    Some(c) => to_version(c),
+                    None => Err(Error::backend(KIND, &name, "nothing to publish")),
+                },
+                publish::Pushed::Moved(found) => Err(Error::OutputMoved {
+                    kind: KIND.to_owned(),
+                    source_name: name,
+                    expected: options.expected,
+                    found: found
+                        .and_then(|f| ObjectId::from_hex(f.as_bytes()).ok())
+                        .map(to_version)
+                        .transpose()?
+                        .map(|v| v.version),
+                }),
+            }
+        })
+        .await
     }
 
     /// Re-hash the commit object in the mirror (`sha1("commit <len>\0" + data)`) and compare
