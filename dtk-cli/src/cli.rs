@@ -224,11 +224,14 @@ pub(crate) enum Command {
     },
     /// Show the provenance of an artifact: everything it was made from.
     ///
-    /// WHAT is SOURCE:VERSION (any unique prefix, e.g. tests:d41d8cd9), a node ID or a
-    /// run ID. Prints `# manifest for WHAT` and a JSON array of every version and run in
-    /// its ancestry, ancestors first (with --json: the array alone).
+    /// WHAT is SOURCE:VERSION (any unique prefix, e.g. tests:d41d8cd9), a node ID, a
+    /// run ID, or an artifact reference: a git commit (40 hex digits or sha1:HEX), an
+    /// image (REPO@sha256:HEX, as a docker source's IMAGE field gives it) or an S3 URL
+    /// (s3://BUCKET/KEY, in an s3 source's prefix). Prints `# manifest for WHAT` and a
+    /// JSON array of every version and run in its ancestry, ancestors first (with --json:
+    /// the array alone).
     Inspect {
-        /// SOURCE:VERSION, NODE-ID or RUN-ID.
+        /// SOURCE:VERSION, NODE-ID, RUN-ID, COMMIT, REPO@sha256:HEX or s3://BUCKET/KEY.
         what: String,
         /// Print the graph in Graphviz dot (same as --format dot).
         #[arg(long)]

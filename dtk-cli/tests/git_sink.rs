@@ -85,6 +85,33 @@ fn a_node_publishes_a_commit_to_a_branch() {
     // The new commit is the output's version.
     assert_eq!(run["outputs"][0]["version"], format!("sha1:{now}"));
     assert_eq!(latest(&e, "site"), format!("sha1:{now}"));
+    // Its Dkt-Manifest trailer is the run's input manifest digest, which anyone holding
+    // the run record recomputes.
+    let shown = e.dkt(&["--json", "node", "show", &run_id]).json();
+    let record: dtk::RunRecord = serde_json::from_value(serde_json::json!({
+        "id": shown["id"], "node": shown["node"], "attempt": shown["attempt"],
+        "inputs": shown["inputs"], "outputs": shown["outputs"], "status": shown["status"],
+        "queued_ms": shown["queued_ms"], "input_digests": shown["input_digests"],
+    }))
+    .unwrap();
+    let manifest = dtk::digest::input_manifest(&record).unwrap();
+    assert!(
+        manifest.starts_with("blake3:") && manifest.len() == 71,
+        "{manifest}"
+    );
+    assert!(
+        message.contains(&format!("\nDkt-Manifest: {manifest}\n")),
+        "{message}"
+    );
+    // `dkt inspect` takes the commit itself and finds its manifest.
+    for reference in [now.clone(), format!("sha1:{now}")] {
+        let m = e.dkt(&["--json", "inspect", &reference]).json();
+        let last = m.as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["source"], "site", "{m}");
+        assert_eq!(last["run"], run_id[..8], "{m}");
+    }
+    let err = e.dkt(&["inspect", &"ab".repeat(20)]).fails(2);
+    assert!(err.contains(&"ab".repeat(20)), "{err}");
     // Run again on the same content: nothing to commit, the version stays.
     e.dkt(&["node", "rerun", &node]).ok();
     assert_eq!(tip(&up), now);

@@ -106,6 +106,17 @@ fn s3_sources_feed_a_node_that_publishes_to_s3() {
     assert_eq!(m.get("bkt", "out/from.txt"), "s3://bkt/in\n");
     let out_v = latest(&e, "out");
 
+    // An S3 URL of a published object finds the same manifest as the version.
+    let by_url = e
+        .dkt(&["--json", "inspect", "s3://bkt/out/joined.txt"])
+        .json();
+    let by_version = e
+        .dkt(&["--json", "inspect", &format!("out:{}", &out_v[4..12])])
+        .json();
+    assert_eq!(by_url, by_version);
+    let err = e.dkt(&["inspect", "s3://other-bucket/x"]).fails(2);
+    assert!(err.contains("s3://other-bucket/x"), "{err}");
+
     // Provenance: the output's manifest names the s3 input at its version.
     let manifest = e
         .dkt(&["--json", "inspect", &format!("out:{}", &out_v[4..12])])

@@ -1183,11 +1183,13 @@ impl Project {
         // node says `on-conflict: overwrite`): all are checked before any is published,
         // and each kind checks again as it publishes.
         let overwrite = node.on_conflict == Some(crate::model::OnConflict::Overwrite);
+        let manifest = crate::digest::input_manifest(record)?;
         let options = |expected: &Option<crate::Version>| {
             crate::source::PublishOptions::new()
                 .expecting(expected.clone())
                 .with_overwrite(overwrite)
                 .for_run(record.id.to_hex(), record.node.to_hex())
+                .with_manifest(manifest.clone())
         };
         let mut moved = None;
         if !overwrite {

@@ -100,6 +100,10 @@ pub struct PublishOptions {
     pub run: Option<String>,
     /// The node of that run (its full ID).
     pub node: Option<String>,
+    /// The run's input manifest digest (`blake3:HEX`, see
+    /// [`crate::digest::input_manifest`]), for kinds that record it in the artifact (a
+    /// git commit's `Dkt-Manifest:` trailer).
+    pub manifest: Option<String>,
 }
 
 impl PublishOptions {
@@ -119,6 +123,11 @@ impl PublishOptions {
     /// Overwrite (no check), or not.
     pub fn with_overwrite(mut self, yes: bool) -> Self {
         self.overwrite = yes;
+        self
+    }
+    /// With the run's input manifest digest.
+    pub fn with_manifest(mut self, digest: impl Into<String>) -> Self {
+        self.manifest = Some(digest.into());
         self
     }
     /// For run `run` of node `node` (full IDs).

@@ -878,6 +878,9 @@ impl Source for GitSource {
                 ),
                 _ => format!("dkt: publish {name}\n"),
             };
+            if let Some(m) = &options.manifest {
+                message.push_str(&format!("Dkt-Manifest: {m}\n"));
+            }
             if message.is_empty() {
                 message.push('\n');
             }
