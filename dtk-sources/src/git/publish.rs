@@ -122,9 +122,19 @@ impl Publish<'_> {
             use std::io::Write;
             stdin
                 .write_all(text.as_bytes())
-                .map_err(|e| Error::io("git stdin", e))?;
+                .map_err(|e| Error::Backend {
+                    kind: KIND.to_owned(),
+                    source_name: self.name.to_owned(),
+                    message: format!("cannot feed git to {what}"),
+                    source: Some(Box::new(e)),
+                })?;
         }
-        let out = child.wait_with_output().map_err(|e| Error::io("git", e))?;
+        let out = child.wait_with_output().map_err(|e| Error::Backend {
+            kind: KIND.to_owned(),
+            source_name: self.name.to_owned(),
+            message: format!("git did not finish to {what}"),
+            source: Some(Box::new(e)),
+        })?;
         if !out.status.success() {
             return Err(backend(
                 self.name,
@@ -271,7 +281,7 @@ impl Publish<'_> {
     }
 }
 
-/// Unused-path guard: the scratch directory a publish works in.
+/// Where publishing works (private index files): `<cache>/git/publish`.
 pub(crate) fn tmp_dir(cache_dir: &Path) -> PathBuf {
     cache_dir.join("git").join("publish")
 }
