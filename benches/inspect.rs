@@ -47,6 +47,7 @@ fn run(
         lease_until_ms: None,
         input_digests: vec![],
         log_digest: None,
+        staging: None,
         digest: None,
     };
     r.seal().expect("seal");

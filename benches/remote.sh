@@ -94,7 +94,8 @@ for w in $(seq 1 "$IDLE"); do
   pids+=($!)
 done
 sleep 5
-# CPU ticks (utime + stime) of every process of the server.
+# CPU ticks (utime + stime) of every process of the server (backends that ended in the
+# window are not counted; idle workers keep theirs).
 pg_ticks() {
   python3 - "$pg_pid" <<'EOF'
 import os, sys
@@ -107,11 +108,16 @@ for p in os.listdir("/proc"):
             kids[int(p)] = (int(f[1]), int(f[11]) + int(f[12]))
         except OSError:
             pass
-total = 0
-for pid, (ppid, ticks) in kids.items():
-    if pid == root or ppid == root:
-        total += ticks
-print(total)
+# The server and all its descendants (the postmaster may run under runuser).
+tree = {root}
+grown = True
+while grown:
+    grown = False
+    for pid, (ppid, _) in kids.items():
+        if ppid in tree and pid not in tree:
+            tree.add(pid)
+            grown = True
+print(sum(ticks for pid, (_, ticks) in kids.items() if pid in tree))
 EOF
 }
 a=$(pg_ticks); sleep "$IDLE_SECS"; b=$(pg_ticks)

@@ -95,6 +95,7 @@ fn project(rt: &tokio::runtime::Runtime) -> (PathBuf, Project) {
                     lease_until_ms: None,
                     input_digests: vec![],
                     log_digest: None,
+                    staging: None,
                     digest: None,
                 };
                 r.seal().expect("seal");

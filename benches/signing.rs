@@ -30,6 +30,7 @@ fn record(i: usize) -> RunRecord {
         lease_until_ms: None,
         input_digests: vec![],
         log_digest: None,
+        staging: None,
         digest: None,
     }
 }

@@ -252,11 +252,14 @@ pub(crate) enum Command {
     },
     /// Show the provenance of an artifact: everything it was made from.
     ///
-    /// WHAT is SOURCE:VERSION (any unique prefix, e.g. tests:d41d8cd9), a node ID or a
-    /// run ID. Prints `# manifest for WHAT` and a JSON array of every version and run in
-    /// its ancestry, ancestors first (with --json: the array alone).
+    /// WHAT is SOURCE:VERSION (any unique prefix, e.g. tests:d41d8cd9), a node ID, a
+    /// run ID, or an artifact reference: a git commit (40 hex digits or sha1:HEX), an
+    /// image (REPO@sha256:HEX, as a docker source's IMAGE field gives it) or an S3 URL
+    /// (s3://BUCKET/KEY, in an s3 source's prefix). Prints `# manifest for WHAT` and a
+    /// JSON array of every version and run in its ancestry, ancestors first (with --json:
+    /// the array alone).
     Inspect {
-        /// SOURCE:VERSION, NODE-ID or RUN-ID.
+        /// SOURCE:VERSION, NODE-ID, RUN-ID, COMMIT, REPO@sha256:HEX or s3://BUCKET/KEY.
         what: String,
         /// Print the graph in Graphviz dot (same as --format dot).
         #[arg(long)]
@@ -468,6 +471,10 @@ pub(crate) enum NodeCommand {
         /// Shell command run after a failed run.
         #[arg(long, value_name = "CMD")]
         on_failure: Option<String>,
+        /// When an output moved while a run ran: `rerun` (poll it, run again) or
+        /// `overwrite` (publish anyway); default: record the run `conflict`, publish nothing.
+        #[arg(long, value_name = "rerun|overwrite")]
+        on_conflict: Option<String>,
         /// Only define the node; do not run it.
         #[arg(long)]
         no_run: bool,
@@ -572,6 +579,10 @@ pub(crate) enum SourceCommand {
         /// A sub-path inside the source.
         #[arg(short, long)]
         path: Option<String>,
+        /// The tag: a branch, tag or commit (`feature/x`), or a pattern following every
+        /// matching one (`release/*`, `v1.*`). LOCATION is then taken whole.
+        #[arg(short, long, value_name = "TAG|PATTERN")]
+        tag: Option<String>,
     },
     /// List sources with their latest known (or pinned, marked *) version.
     #[command(alias = "ls")]

@@ -535,12 +535,14 @@ async fn source(
             location,
             kind,
             path,
+            tag,
         } => {
             let add = AddSource {
                 name,
                 location,
                 kind,
                 path,
+                tag,
             };
             let spec = p.add_source(add).await?;
             if as_json {
@@ -670,6 +672,18 @@ async fn source(
                 for o in &outcomes {
                     let status = match (&o.error, o.skipped, o.previous == o.latest) {
                         (Some(e), _, _) => format!("error: {e}"),
+                        (None, false, _) if !o.refs.is_empty() => o
+                            .refs
+                            .iter()
+                            .map(|r| match (&r.from, &r.to) {
+                                (None, _) => format!("{} new", r.name),
+                                (Some(_), None) => format!("{} deleted", r.name),
+                                (Some(f), Some(_)) => {
+                                    format!("{} moved from {}", r.name, f.short())
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         (None, true, _) => "frozen".to_owned(),
                         (None, false, true) => "unchanged".to_owned(),
                         (None, false, false) => format!(
@@ -740,11 +754,16 @@ async fn node(
             output,
             on_success,
             on_failure,
+            on_conflict,
             no_run,
             force,
             timeout,
             command,
         } => {
+            let on_conflict = on_conflict
+                .as_deref()
+                .map(str::parse::<dtk::OnConflict>)
+                .transpose()?;
             let is_file = command.len() == 1
                 && (command[0].ends_with(".yml") || command[0].ends_with(".yaml"));
             let mut node_name = name.clone();
@@ -754,6 +773,7 @@ async fn node(
                     || !output.is_empty()
                     || on_success.is_some()
                     || on_failure.is_some()
+                    || on_conflict.is_some()
                 {
                     return Err(UsageError(format!(
                         "{}: a node file holds the labels, inputs, outputs and hooks; do not give them as options too",
@@ -788,6 +808,7 @@ async fn node(
                 spec.outputs = to_names(&output)?;
                 spec.on_success = on_success;
                 spec.on_failure = on_failure;
+                spec.on_conflict = on_conflict;
                 spec
             };
             let timeout = timeout
@@ -844,6 +865,12 @@ async fn node(
                         (dtk::RunStatus::Success, _, _) => {
                             format!("success, outputs {}", sv_list(&r.outputs))
                         }
+                        (dtk::RunStatus::Conflict, _, e) => format!(
+                            "conflict ({}); what it wrote is kept in {}; see `dkt node show {}`",
+                            e.as_deref().unwrap_or("an output moved"),
+                            r.staging.as_deref().unwrap_or("-"),
+                            r.id.short()
+                        ),
                         (_, Some(c), _) => format!(
                             "{} (exit status {c}); see `dkt node show {}`",
                             r.status,
@@ -1037,6 +1064,9 @@ async fn node(
                 writeln!(out, "worker   {}", or_dash(rec.worker.as_ref()))?;
                 writeln!(out, "inputs   {}", sv_list(&rec.inputs))?;
                 writeln!(out, "outputs  {}", sv_list(&rec.outputs))?;
+                if let Some(s) = &rec.staging {
+                    writeln!(out, "staging  {s}  (what the run wrote: out-SOURCE per output; nothing was published)")?;
+                }
                 writeln!(out, "--- log")?;
                 write!(out, "{log}")?;
                 if !log.is_empty() && !log.ends_with('\n') {

@@ -291,7 +291,12 @@ fn docker_sources_poll_feed_nodes_and_publish() {
         .map(|v| v["version"].as_str().unwrap())
         .collect();
     assert_eq!(versions, [d2.as_str(), d0.as_str()], "{log}");
-    // The registry has it under the tag: polling again finds nothing new.
+    // The image reference (what `${pub:IMAGE}` says) finds the manifest of the run's output.
+    let image = format!("{}@{d2}", reg.location("team/pub"));
+    let m = e.dkt(&["--json", "inspect", &image]).json();
+    let last = m.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["source"], "pub", "{m}");
+    assert!(last["run"].is_string(), "{m}");
     let up = e.dkt(&["source", "update", "pub"]).ok();
     assert!(up.contains("unchanged"), "{up}");
     // A bad location is a user error quoting it.

@@ -117,3 +117,26 @@ fn missing_url_is_refused() {
     let list = e.dkt(&["--json", "source", "list"]).json();
     assert!(list.as_array().unwrap().is_empty(), "nothing recorded");
 }
+
+#[test]
+fn an_http_source_is_read_only() {
+    let server = Server::start();
+    server.put_file("a.tgz", b"tarball");
+    let e = Env::project();
+    e.dkt(&[
+        "source",
+        "add",
+        "t",
+        &format!("{}/a.tgz", server.base()),
+        "-k",
+        "http",
+    ])
+    .ok();
+    let before = e.commits();
+    let err = e.dkt(&["node", "run", "--output=t", "true"]).fails(2);
+    assert!(
+        err.contains("\"http\" does not support publishing"),
+        "{err}"
+    );
+    assert_eq!(e.commits(), before, "nothing recorded");
+}

@@ -328,6 +328,37 @@ fn an_intact_project_verifies_the_same_for_every_target() {
         let bad = agree(dir, &node[..8]);
         assert!(bad.is_empty(), "{node}: {bad:?}");
     }
+    // A node with a conflict policy, and a run recorded `conflict` (its output written
+    // into while it ran) with its staging directory.
+    for out in ["out4", "out5"] {
+        std::fs::create_dir_all(dir.join(out)).unwrap();
+        p.e.dkt(&["source", "add", out, out]).ok();
+    }
+    let overwriting =
+        p.e.dkt(&[
+            "node",
+            "run",
+            "--input=dmg",
+            "--output=out4",
+            "--on-conflict=overwrite",
+            "true",
+        ])
+        .ok()
+        .trim()
+        .to_owned();
+    let racing = format!("echo x > '{}/intruder'", dir.join("out5").display());
+    let r =
+        p.e.dkt(&["node", "run", "--input=dmg", "--output=out5", &racing]);
+    r.fails(1);
+    let conflicted = r.stdout().trim().to_owned();
+    let run = &runs(&p.e, &conflicted)[0];
+    assert_eq!(run["status"], "conflict");
+    assert!(run["staging"].is_string(), "{run}");
+    let run = run["id"].as_str().unwrap().to_owned();
+    for target in [&overwriting[..8], &conflicted[..8], &run[..8]] {
+        let bad = agree(dir, target);
+        assert!(bad.is_empty(), "{target}: {bad:?}");
+    }
 }
 
 #[test]

@@ -1187,7 +1187,10 @@ fn a_run_whose_worker_dies_runs_again_on_another_in_the_same_pass() {
         .unwrap();
     assert_eq!(dead["status"], "interrupted", "{dead}");
     assert_eq!(dead["worker"], lost.as_str(), "{dead}");
-    assert!(dead["error"].as_str().unwrap().contains("stopped renewing its lease"));
+    assert!(dead["error"]
+        .as_str()
+        .unwrap()
+        .contains("stopped renewing its lease"));
     assert_eq!(
         std::fs::read_to_string(e.path().join("out/a.txt")).unwrap(),
         "hello\n"

@@ -106,6 +106,41 @@ fn s3_sources_feed_a_node_that_publishes_to_s3() {
     assert_eq!(m.get("bkt", "out/from.txt"), "s3://bkt/in\n");
     let out_v = latest(&e, "out");
 
+    // The objects a run uploaded carry its provenance as metadata, and a provenance
+    // object beside the prefix names the run and the version.
+    let run = &runs(&e, &node)[0];
+    let run_id = run["id"].as_str().unwrap();
+    let headers = m.headers("bkt", "out/joined.txt");
+    assert!(
+        headers.contains(&format!("x-amz-meta-dkt-run: {run_id}")),
+        "{headers}"
+    );
+    assert!(
+        headers.contains("x-amz-meta-dkt-manifest: blake3:"),
+        "{headers}"
+    );
+    let prov: Value = serde_json::from_str(&m.get("bkt", "out.dkt-provenance.json")).unwrap();
+    assert_eq!(prov["run"], run_id);
+    assert_eq!(prov["version"], out_v);
+    assert_eq!(prov["url"], "s3://bkt/out");
+    assert!(prov["manifest"].as_str().unwrap().starts_with("blake3:"));
+    assert_eq!(
+        m.keys("bkt", "out/"),
+        ["out/from.txt", "out/joined.txt"],
+        "not inside the prefix"
+    );
+
+    // An S3 URL of a published object finds the same manifest as the version.
+    let by_url = e
+        .dkt(&["--json", "inspect", "s3://bkt/out/joined.txt"])
+        .json();
+    let by_version = e
+        .dkt(&["--json", "inspect", &format!("out:{}", &out_v[4..12])])
+        .json();
+    assert_eq!(by_url, by_version);
+    let err = e.dkt(&["inspect", "s3://other-bucket/x"]).fails(2);
+    assert!(err.contains("s3://other-bucket/x"), "{err}");
+
     // Provenance: the output's manifest names the s3 input at its version.
     let manifest = e
         .dkt(&["--json", "inspect", &format!("out:{}", &out_v[4..12])])

@@ -489,6 +489,91 @@ pub async fn publish_contract(source: &dyn Source, fixture: &Fixture) -> Check {
     }
 }
 
+/// [`Source::publish_with`] compares and swaps: expecting a version the source is not at
+/// (another of its algorithm, or none) is [`Error::OutputMoved`] naming both and changes
+/// nothing; expecting the version it is at publishes. Content: a copy of the latest
+/// version's. Kinds that do not publish pass trivially.
+pub async fn publish_checks_the_expected_version(source: &dyn Source, fixture: &Fixture) -> Check {
+    if !source.capabilities().publish {
+        return Ok(());
+    }
+    let now = latest(source).await?.version;
+    let scratch = fixture.fresh("publish-with-read")?;
+    let root = source
+        .materialize(&now, &scratch)
+        .await
+        .map_err(|e| format!("materialize of {now} failed: {e}"))?;
+    let content = tree(&root)?;
+    let copy = |name: &str| -> Result<PathBuf, String> {
+        let dir = fixture.fresh(name)?;
+        for (rel, bytes) in &content {
+            let p = if rel.as_os_str().is_empty() {
+                dir.join("content")
+            } else {
+                dir.join(rel)
+            };
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+            }
+            std::fs::write(&p, bytes).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        Ok(dir)
+    };
+    let hex = now.hex();
+    let flipped = format!(
+        "{}:{}{}",
+        now.algo(),
+        &hex[..hex.len() - 1],
+        if hex.ends_with('0') { '1' } else { '0' }
+    );
+    let wrong: Version = flipped
+        .parse()
+        .map_err(|e| format!("cannot make a version other than {now}: {e}"))?;
+    for expected in [Some(wrong), None] {
+        let dir = copy("publish-with-moved")?;
+        let options = crate::source::PublishOptions::new().expecting(expected.clone());
+        match source.publish_with(&dir, &options).await {
+            Err(Error::OutputMoved {
+                expected: e,
+                found,
+                ..
+            }) if e == expected && found.as_ref() == Some(&now) => {}
+            Err(e) => {
+                return fail(format!(
+                    "publish_with expecting {expected:?} while at {now}: expected OutputMoved naming both, got {e}"
+                ))
+            }
+            Ok(v) => {
+                return fail(format!(
+                    "publish_with expecting {expected:?} while at {now} published {}",
+                    v.version
+                ))
+            }
+        }
+        let after = latest(source).await?.version;
+        if after != now {
+            return fail(format!(
+                "a refused publish_with moved the source from {now} to {after}"
+            ));
+        }
+    }
+    let dir = copy("publish-with-current")?;
+    let options = crate::source::PublishOptions::new().expecting(Some(now.clone()));
+    let published = source
+        .publish_with(&dir, &options)
+        .await
+        .map_err(|e| format!("publish_with expecting the current {now} failed: {e}"))?;
+    let after = latest(source).await?.version;
+    if after != published.version {
+        return fail(format!(
+            "publish_with returned {} but latest is then {after}",
+            published.version
+        ));
+    }
+    Ok(())
+}
+
 /// Run every check, stopping at the first failure, which is returned with the check's name.
 pub async fn check_all(source: &dyn Source, fixture: &Fixture) -> Result<(), String> {
     let named = |name: &str, r: Check| r.map_err(|e| format!("{name}: {e}"));
@@ -512,6 +597,10 @@ pub async fn check_all(source: &dyn Source, fixture: &Fixture) -> Result<(), Str
     )?;
     named("verify_contract", verify_contract(source).await)?;
     named("publish_contract", publish_contract(source, fixture).await)?;
+    named(
+        "publish_checks_the_expected_version",
+        publish_checks_the_expected_version(source, fixture).await,
+    )?;
     Ok(())
 }
 

@@ -173,6 +173,36 @@ pub fn check(bytes: &[u8]) -> Result<Sealed> {
     Ok(Sealed { recorded, computed })
 }
 
+/// The input manifest digest of a run: `blake3:` and the BLAKE3 of the canonical JSON
+/// (RFC 8785) of `{"node": NODE-ID, "run": RUN-ID, "inputs": [{"source", "version",
+/// "digest"}, ...]}`, the inputs in the run record's order with their version records'
+/// seals (`input_digests`). Everything in it is in the run record, so anyone holding the
+/// record recomputes it; it is known before the run publishes, so an artifact can carry it
+/// (a git commit's `Dkt-Manifest:` trailer), which the run's final seal cannot.
+pub fn input_manifest(run: &crate::RunRecord) -> Result<String> {
+    let inputs: Vec<Value> = run
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, sv)| {
+            serde_json::json!({
+                "source": sv.source.as_str(),
+                "version": sv.version.to_string(),
+                "digest": run.input_digests.get(i).cloned().unwrap_or_default(),
+            })
+        })
+        .collect();
+    let value = serde_json::json!({
+        "node": run.node.to_hex(),
+        "run": run.id.to_hex(),
+        "inputs": inputs,
+    });
+    Ok(format!(
+        "blake3:{}",
+        blake3::hash(&canonical_json(&value)?).to_hex()
+    ))
+}
+
 /// `blake3:HEX` of `bytes`: the digest of a stored blob (a run's log).
 pub fn blob(bytes: &[u8]) -> String {
     format!("blake3:{}", blake3::hash(bytes).to_hex())

@@ -32,6 +32,10 @@ pub struct RunOptions {
     pub labels: Option<Vec<String>>,
     /// Only queue the run (`pending`) for a worker (`dkt worker`) to execute.
     pub queue: bool,
+    /// Run on these input versions instead of the current ones (a scheduling pass runs a
+    /// node once per followed ref of a pattern input this way). Each must be a recorded
+    /// version of one of the node's inputs, every input named once.
+    pub inputs: Option<Vec<SourceVersion>>,
 }
 
 impl RunOptions {
@@ -57,6 +61,11 @@ impl RunOptions {
     /// Only queue the run for a worker.
     pub fn with_queue(mut self, queue: bool) -> Self {
         self.queue = queue;
+        self
+    }
+    /// On these input versions instead of the current ones.
+    pub fn with_inputs(mut self, inputs: Vec<SourceVersion>) -> Self {
+        self.inputs = Some(inputs);
         self
     }
 }
@@ -118,6 +127,10 @@ pub struct NodeFile {
     /// `{count: 3, backoff: 30s}`.
     #[serde(default)]
     pub retry: Option<RetryDecl>,
+    /// What a run does when an output moved while it ran: `rerun` or `overwrite`
+    /// (default: record the run `conflict`, publish nothing).
+    #[serde(default)]
+    pub on_conflict: Option<crate::model::OnConflict>,
 }
 
 /// `retry:` of a node file: a count, or a count and a backoff.
@@ -191,6 +204,7 @@ impl NodeFile {
         spec.outputs = names(&self.outputs)?;
         spec.on_success = self.on_success.clone();
         spec.on_failure = self.on_failure.clone();
+        spec.on_conflict = self.on_conflict;
         spec.retry = match &self.retry {
             None => None,
             Some(RetryDecl::Count(count)) => Some(crate::model::Retry {
@@ -449,7 +463,32 @@ impl Project {
 
     /// Run `node` on the current versions of its inputs, recording the run, its log and,
     /// on success, the new versions of its outputs with their provenance.
+    ///
+    /// A run whose output moved while it ran is recorded [`RunStatus::Conflict`] with
+    /// nothing published; a node with `on-conflict: rerun` then polls its outputs and runs
+    /// again (a new attempt, up to [`crate::model::OnConflict::RERUNS`] times).
     pub async fn run_node(&self, node_id: &NodeId, options: RunOptions) -> Result<RunOutcome> {
+        let mut outcome = self.run_node_once(node_id, options.clone()).await?;
+        let mut reruns = 0;
+        while let RunOutcome::Ran(r) = &outcome {
+            if r.status != RunStatus::Conflict || reruns >= crate::model::OnConflict::RERUNS {
+                break;
+            }
+            let (_, node) = self.node(&node_id.to_hex())?;
+            if node.on_conflict != Some(crate::model::OnConflict::Rerun) {
+                break;
+            }
+            let outputs: Vec<String> = node.outputs.iter().map(|n| n.to_string()).collect();
+            self.update_sources(&outputs).await?;
+            reruns += 1;
+            outcome = self
+                .run_node_once(node_id, options.clone().with_force(true))
+                .await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn run_node_once(&self, node_id: &NodeId, options: RunOptions) -> Result<RunOutcome> {
         let snap = self.store().snapshot()?;
         let node: NodeSpec = snap
             .read_json(&paths::node(node_id))?
@@ -463,7 +502,10 @@ impl Project {
                 node_id.short()
             )));
         }
-        let inputs = current_inputs(&snap, &node)?;
+        let inputs = match &options.inputs {
+            None => current_inputs(&snap, &node)?,
+            Some(given) => given_inputs(&snap, &node, given)?,
+        };
         // Ended attempts are in the history; the newest attempt may still be queued or
         // executing (a new attempt starts only once the one before it has ended, or was
         // found dead and settled).
@@ -546,6 +588,7 @@ impl Project {
             lease_until_ms: None,
             input_digests: Vec::new(),
             log_digest: None,
+            staging: None,
             digest: None,
         });
         record.input_digests = input_digests(&snap, &record.inputs)?;
@@ -703,6 +746,37 @@ impl Project {
                     self.hook(hook, &record, "failure").await;
                 }
             }
+            Exec::Conflict {
+                why,
+                staging,
+                published,
+            } => {
+                record.status = RunStatus::Conflict;
+                record.exit_code = Some(0);
+                record.error = Some(self.secrets().redact(&why));
+                record.staging = Some(staging.display().to_string());
+                record.outputs = published.iter().map(|(sv, _)| sv.clone()).collect();
+                let rec = sealed_run(&record, Some(&log))?;
+                self.finish_run(
+                    &claim,
+                    &rec,
+                    &log,
+                    &format!(
+                        "run {} of node {}: conflict",
+                        record.id.short(),
+                        node_id.short()
+                    ),
+                    |tx| {
+                        for (sv, info) in &published {
+                            crate::records::update_state(tx, &sv.source, |spec| {
+                                spec.latest = Some(sv.version.clone());
+                            })?;
+                            record_version(tx, &sv.source, info, Some(&rec))?;
+                        }
+                        Ok(())
+                    },
+                )?;
+            }
             Exec::Superseded(why) => {
                 tracing::warn!(run = %record.id.short(), "{why}; its result is discarded");
                 let _ = std::fs::remove_file(self.live_log_path(&record.id));
@@ -852,7 +926,10 @@ impl Project {
             if let Some(now) = tx.read_json::<RunRecord>(&paths::run(&record.id))? {
                 if matches!(
                     now.status,
-                    RunStatus::Success | RunStatus::Failure | RunStatus::Interrupted
+                    RunStatus::Success
+                        | RunStatus::Failure
+                        | RunStatus::Interrupted
+                        | RunStatus::Conflict
                 ) {
                     return Ok(Some(format!(
                         "run {} (attempt {}) is already recorded {}",
@@ -910,7 +987,10 @@ impl Project {
                 if let Some(now) = tx.read_json::<RunRecord>(&paths::run(&rec.id))? {
                     if matches!(
                         now.status,
-                        RunStatus::Success | RunStatus::Failure | RunStatus::Interrupted
+                        RunStatus::Success
+                            | RunStatus::Failure
+                            | RunStatus::Interrupted
+                            | RunStatus::Conflict
                     ) {
                         return Ok(false);
                     }
@@ -1013,11 +1093,19 @@ impl Project {
             let source = self.open_source(&spec)?;
             let dir = ensure_dir(&scratch.path().join(format!("in-{}", sv.source)))?;
             let root = source.materialize(&sv.version, &dir).await?;
-            let fields = source.fields(Some(&sv.version), &root)?;
+            let mut fields = source.fields(Some(&sv.version), &root)?;
+            // A version of a pattern source names the ref it was the tip of: that is its
+            // REF, not the pattern.
+            if let Some(r) = snap
+                .read_json::<crate::VersionRecord>(&paths::version(&sv.source, &sv.version))?
+                .and_then(|r| r.extra.get(crate::pattern::REF_FIELD).cloned())
+            {
+                fields.insert(crate::pattern::REF_FIELD.to_owned(), r);
+            }
             scope.add(&sv.source, fields)?;
         }
         // Outputs: a staging copy of their current content, published on success.
-        let mut outputs: Vec<(Name, Arc<dyn Source>, PathBuf)> = Vec::new();
+        let mut outputs: Vec<Staged> = Vec::new();
         for name in &node.outputs {
             let spec = read_source(&snap, name)?;
             let source = self.open_source(&spec)?;
@@ -1040,7 +1128,7 @@ impl Project {
             ensure_dir(&stage)?;
             let fields = source.fields(None, &stage)?;
             scope.add(name, fields)?;
-            outputs.push((name.clone(), source, stage));
+            outputs.push((name.clone(), source, stage, spec.current().cloned()));
         }
         self.add_private(&mut scope);
         let steps = self.plan(node, &scope, Some(scratch.path()))?;
@@ -1076,7 +1164,7 @@ impl Project {
             Some(StepsEnded::Cancelled) => return Ok((sink.text(), Exec::Cancelled)),
         }
         let log = sink.text();
-        self.publish_staged(record, log, &scratch_real, outputs)
+        self.publish_staged(node, record, log, scratch, &scratch_real, outputs)
             .await
     }
 
@@ -1136,7 +1224,7 @@ impl Project {
             });
         }
         let mut outputs = Vec::new();
-        let mut staged: Vec<(Name, Arc<dyn Source>, PathBuf)> = Vec::new();
+        let mut staged: Vec<Staged> = Vec::new();
         for name in &node.outputs {
             let spec = self.localized(&read_source(&snap, name)?);
             let source = self.open_source(&spec)?;
@@ -1177,6 +1265,7 @@ impl Project {
                 name.clone(),
                 source,
                 scratch.path().join(format!("out-{name}")),
+                spec.current().cloned(),
             ));
         }
         // Which variables and secrets the command uses: the values of variables travel,
@@ -1218,7 +1307,7 @@ impl Project {
         let log = self.secrets().redact(&result.log);
         let exec = match result.ending {
             remote::Ending::Success { outputs: shipped } => {
-                for (name, _, stage) in &staged {
+                for (name, _, stage, _) in &staged {
                     let Some(tree) = shipped.get(name) else {
                         return Ok((
                             log,
@@ -1242,7 +1331,7 @@ impl Project {
                     }
                 }
                 let (log, exec) = self
-                    .publish_staged(record, log, &scratch_real, staged)
+                    .publish_staged(node, record, log, scratch, &scratch_real, staged)
                     .await?;
                 return Ok((log, exec, worker));
             }
@@ -1258,10 +1347,12 @@ impl Project {
     /// each output's staging directory, and publish them.
     async fn publish_staged(
         &self,
+        node: &NodeSpec,
         record: &RunRecord,
         log: String,
+        scratch: tempfile::TempDir,
         scratch_real: &Path,
-        outputs: Vec<(Name, Arc<dyn Source>, PathBuf)>,
+        outputs: Vec<Staged>,
     ) -> Result<(String, Exec)> {
         // The claim must still be this process's: if it was paused for longer than its
         // lease, another process may have declared it interrupted and run it again, and
@@ -1272,7 +1363,7 @@ impl Project {
         // A node may have replaced an output's ROOT (or the scratch area around it) with a
         // symbolic link: publishing would then move whatever it points to. Only a real
         // directory at the very path dtk made is published.
-        for (name, _, stage) in &outputs {
+        for (name, _, stage, _) in &outputs {
             if let Err(why) = check_stage(scratch_real, stage) {
                 return Ok((
                     log,
@@ -1282,15 +1373,63 @@ impl Project {
                 ));
             }
         }
+        // Publish only to outputs still at the version the run started from (unless the
+        // node says `on-conflict: overwrite`): all are checked before any is published,
+        // and each kind checks again as it publishes.
+        let overwrite = node.on_conflict == Some(crate::model::OnConflict::Overwrite);
+        let manifest = crate::digest::input_manifest(record)?;
+        let options = |expected: &Option<crate::Version>| {
+            crate::source::PublishOptions::new()
+                .expecting(expected.clone())
+                .with_overwrite(overwrite)
+                .for_run(record.id.to_hex(), record.node.to_hex())
+                .with_manifest(manifest.clone())
+        };
+        let mut moved = None;
+        if !overwrite {
+            for (_, source, _, expected) in &outputs {
+                if !source.capabilities().publish {
+                    continue; // its publish says so, clearly
+                }
+                match crate::source::check_expected(source.as_ref(), &options(expected)).await {
+                    Ok(()) => {}
+                    Err(e @ Error::OutputMoved { .. }) => {
+                        moved = Some(e);
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         let mut published = Vec::new();
-        for (name, source, stage) in outputs {
-            let info = source.publish(&stage).await?;
-            published.push((
-                SourceVersion {
-                    source: name,
-                    version: info.version.clone(),
+        if moved.is_none() {
+            for (name, source, stage, expected) in outputs {
+                match source.publish_with(&stage, &options(&expected)).await {
+                    Ok(info) => published.push((
+                        SourceVersion {
+                            source: name,
+                            version: info.version.clone(),
+                        },
+                        info,
+                    )),
+                    Err(e @ Error::OutputMoved { .. }) => {
+                        moved = Some(e);
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if let Some(e) = moved {
+            // What the run wrote stays where it is, for the user to look at or merge.
+            let staging = scratch.keep();
+            return Ok((
+                log,
+                Exec::Conflict {
+                    why: e.to_string(),
+                    staging,
+                    published,
                 },
-                info,
             ));
         }
         Ok((log, Exec::Success(published)))
@@ -1484,8 +1623,21 @@ pub(crate) async fn run_steps(
     None
 }
 
+/// An output being staged: its name, its source, its staging directory and the version
+/// the run started from.
+type Staged = (Name, Arc<dyn Source>, PathBuf, Option<crate::Version>);
+
 enum Exec {
     Success(Vec<(SourceVersion, crate::VersionInfo)>),
+    /// An output moved while the run ran: `why`, what was kept where, and what was
+    /// published before the move was seen (outputs checked at once are never partly
+    /// published, but a kind's own check may still find a move after an earlier output
+    /// went out).
+    Conflict {
+        why: String,
+        staging: PathBuf,
+        published: Vec<(SourceVersion, crate::VersionInfo)>,
+    },
     Failed {
         code: Option<i32>,
         error: Option<String>,
@@ -1610,6 +1762,46 @@ pub(crate) fn sealed_run(record: &RunRecord, log: Option<&str>) -> Result<RunRec
     record.log_digest = log.map(|l| crate::digest::blob(l.as_bytes()));
     record.seal()?;
     Ok(record)
+}
+
+/// `given` checked against `node`: each of its inputs once, at a recorded version; sorted
+/// as run IDs want them.
+fn given_inputs(
+    snap: &Snapshot,
+    node: &NodeSpec,
+    given: &[SourceVersion],
+) -> Result<Vec<SourceVersion>> {
+    let mut out = Vec::with_capacity(node.inputs.len());
+    for name in &node.inputs {
+        let mut found = given.iter().filter(|sv| &sv.source == name);
+        let sv = found.next().ok_or_else(|| {
+            Error::invalid("inputs", name.as_str(), "no version given for this input")
+        })?;
+        if found.next().is_some() {
+            return Err(Error::invalid(
+                "inputs",
+                name.as_str(),
+                "more than one version given for this input",
+            ));
+        }
+        if snap.blob_id(&paths::version(name, &sv.version))?.is_none() {
+            return Err(Error::NotFound {
+                what: "version",
+                name: sv.to_string(),
+                hint: " (not recorded)".to_owned(),
+            });
+        }
+        out.push(sv.clone());
+    }
+    if let Some(extra) = given.iter().find(|sv| !node.inputs.contains(&sv.source)) {
+        return Err(Error::invalid(
+            "inputs",
+            extra.to_string(),
+            "not an input of the node",
+        ));
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn current_inputs(snap: &Snapshot, node: &NodeSpec) -> Result<Vec<SourceVersion>> {

@@ -113,6 +113,19 @@ pub enum Error {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// A run's output moved while the run ran: it is no longer at the version the run
+    /// started from, so nothing was published to it (see [`crate::source::PublishOptions`]).
+    #[error("output {source_name:?} moved while the run ran: it was at {}, it is now at {}; nothing was published to it", show_version(.expected), show_version(.found))]
+    OutputMoved {
+        /// The kind of the output.
+        kind: String,
+        /// The output source.
+        source_name: String,
+        /// The version the run started from (`None`: the output had none).
+        expected: Option<crate::Version>,
+        /// The version found when publishing (`None`: it has none, or it is gone).
+        found: Option<crate::Version>,
+    },
     /// The metadata store failed or holds something it cannot read.
     #[error("metadata store: {message}")]
     Store {
@@ -147,6 +160,13 @@ pub enum Error {
         #[source]
         source: Option<Box<Error>>,
     },
+}
+
+fn show_version(v: &Option<crate::Version>) -> String {
+    match v {
+        Some(v) => v.to_string(),
+        None => "no version".to_owned(),
+    }
 }
 
 fn field_prefix(field: &str) -> String {

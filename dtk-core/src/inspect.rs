@@ -10,7 +10,7 @@ use crate::project::{paths, read_source};
 use crate::store::Snapshot;
 use crate::{
     Error, Link, Name, NodeId, NodeSpec, Project, Result, RunId, RunRecord, SourceSpec,
-    SourceVersion, Verification, VersionRecord,
+    SourceVersion, Verification, Version, VersionRecord,
 };
 
 /// Options of [`Project::inspect`].
@@ -395,11 +395,19 @@ impl Project {
     /// Resolve what `dkt inspect`/`dkt verify` were given: `SRC:ID` (any unique prefix),
     /// a node ID or a run ID (prefixes of at least 4 digits).
     pub async fn resolve_target(&self, what: &str) -> Result<Target> {
+        if let Some(sv) = self.artifact(what)? {
+            return Ok(Target::Version(sv));
+        }
         if what.contains(':') {
             return self.resolve_source_version(what).await.map(Target::Version);
         }
         let run = self.run_record(what);
         let node = self.node(what);
+        if run.is_err() && node.is_err() && what.len() == 40 {
+            if let Some(sv) = self.artifact(&format!("sha1:{what}"))? {
+                return Ok(Target::Version(sv));
+            }
+        }
         match (run, node) {
             (Ok(r), Err(_)) => Ok(Target::Run(r.id)),
             (Err(_), Ok((n, _))) => Ok(Target::Node(n)),
@@ -420,6 +428,92 @@ impl Project {
                 what: "node or run",
                 name: what.to_owned(),
                 hint: " (give SOURCE:VERSION for a version)".into(),
+            }),
+        }
+    }
+
+    /// The version an artifact reference names, if `what` is one: a git commit
+    /// (`sha1:HEX`, when no source is called `sha1`; 40 hex digits are tried after run and
+    /// node IDs), an image (`[REGISTRY/]REPO@sha256:HEX`, what a docker source's `IMAGE`
+    /// field says) or an S3 URL (`s3://BUCKET/KEY...`: the s3 source whose prefix holds it,
+    /// at its current version). Among the sources that recorded the version, one whose
+    /// version a run produced is preferred; several are [`Error::Ambiguous`]. An artifact
+    /// reference no source recorded is [`Error::NotFound`].
+    pub fn artifact(&self, what: &str) -> Result<Option<SourceVersion>> {
+        let snap = self.store().snapshot()?;
+        let image = what
+            .split_once('@')
+            .filter(|(_, d)| d.starts_with("sha256:"));
+        let commit = what
+            .strip_prefix("sha1:")
+            .filter(|_| Name::new("sha1").is_ok_and(|n| read_source(&snap, &n).is_err()));
+        let s3 = what.starts_with("s3://");
+        if image.is_none() && commit.is_none() && !s3 {
+            return Ok(None);
+        }
+        let sources = crate::records::all_sources(&snap)?;
+        let mut found: Vec<(bool, SourceVersion)> = Vec::new();
+        let mut consider = |name: &Name, version: &Version| -> Result<()> {
+            let record: Option<VersionRecord> = snap.read_json(&paths::version(name, version))?;
+            if let Some(r) = record {
+                found.push((
+                    r.run.is_some(),
+                    SourceVersion {
+                        source: name.clone(),
+                        version: version.clone(),
+                    },
+                ));
+            }
+            Ok(())
+        };
+        if let Some((repo, digest)) = image {
+            let version: Version = digest.parse().map_err(|e: Error| {
+                Error::invalid("image reference", what, format!("bad digest: {e}"))
+            })?;
+            let names = [
+                repo.to_owned(),
+                format!("docker.io/{repo}"),
+                format!("docker.io/library/{repo}"),
+            ];
+            for s in sources.iter().filter(|s| s.kind == "docker") {
+                if names.contains(&s.location) {
+                    consider(&s.name, &version)?;
+                }
+            }
+        } else if let Some(hex) = commit {
+            let version: Version = format!("sha1:{}", hex.to_ascii_lowercase())
+                .parse()
+                .map_err(|e: Error| Error::invalid("git commit", what, e.to_string()))?;
+            for s in sources.iter().filter(|s| s.kind == "git") {
+                consider(&s.name, &version)?;
+            }
+        } else {
+            for s in sources.iter().filter(|s| s.kind == "s3") {
+                let prefix = s.location.trim_end_matches('/');
+                let inside = what == prefix || what.starts_with(&format!("{prefix}/"));
+                if let (true, Some(v)) = (inside, s.current()) {
+                    consider(&s.name, v)?;
+                }
+            }
+        }
+        let produced: Vec<&SourceVersion> =
+            found.iter().filter(|(p, _)| *p).map(|(_, sv)| sv).collect();
+        let pick: Vec<&SourceVersion> = if produced.is_empty() {
+            found.iter().map(|(_, sv)| sv).collect()
+        } else {
+            produced
+        };
+        match pick.as_slice() {
+            [] => Err(Error::NotFound {
+                what: "artifact",
+                name: what.to_owned(),
+                hint: " (no source of the project recorded it)".to_owned(),
+            }),
+            [one] => Ok(Some((*one).clone())),
+            many => Err(Error::Ambiguous {
+                what: "artifact",
+                prefix: what.to_owned(),
+                matches: many.iter().map(|sv| sv.to_string()).collect(),
             }),
         }
     }

@@ -35,6 +35,7 @@ pub mod lifecycle;
 pub mod model;
 mod name;
 mod pack;
+pub mod pattern;
 pub mod pipeline;
 mod process;
 pub mod project;
@@ -58,16 +59,16 @@ pub use graph::Graph;
 pub use id::{resolve_version, Algo, Version};
 pub use inspect::{InspectOptions, Manifest, VerifyReport};
 pub use model::{
-    Command, Link, NodeId, NodeSpec, Origin, Retry, RunId, RunRecord, RunStatus, ScriptRef,
-    SourceSpec, SourceVersion, VersionRecord,
+    Command, Link, NodeId, NodeSpec, OnConflict, Origin, Retry, RunId, RunRecord, RunStatus,
+    ScriptRef, SourceSpec, SourceVersion, VersionRecord,
 };
 pub use name::Name;
 pub use project::{AddSource, InitOptions, Project, UpdateOutcome};
 pub use scheduler::{PassOptions, PassReport};
 pub use signing::{KeySetup, SigningKey};
 pub use source::{
-    Capabilities, Context, Fields, Kind, NewSource, NoProgress, Progress, Registry, Source,
-    Transfer, Verification, VersionInfo,
+    Capabilities, Context, Fields, Kind, NewSource, NoProgress, Progress, PublishOptions, Registry,
+    Source, Transfer, Verification, VersionInfo,
 };
 pub use store::Store;
 pub use worker::{WorkerOptions, WorkerReport};

@@ -40,6 +40,10 @@ pub struct SourceSpec {
     /// The latest version known from the last poll.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest: Option<Version>,
+    /// For a source whose tag is a pattern ([`crate::pattern`]): the tip of each matching
+    /// ref at the last poll, by ref name. Nodes run on each of them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub heads: BTreeMap<String, Version>,
     /// True when dtk created the location (a temporary directory) and removes it with the
     /// source.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -59,6 +63,7 @@ impl SourceSpec {
             pinned: None,
             frozen: false,
             latest: None,
+            heads: BTreeMap::new(),
             owned: false,
         }
     }
@@ -66,6 +71,11 @@ impl SourceSpec {
     /// The version runs use: the pinned one, else the latest known.
     pub fn current(&self) -> Option<&Version> {
         self.pinned.as_ref().or(self.latest.as_ref())
+    }
+
+    /// True when the tag is a pattern ([`crate::pattern`]).
+    pub fn is_pattern(&self) -> bool {
+        self.tag.as_deref().is_some_and(crate::pattern::is_pattern)
     }
 }
 
@@ -135,6 +145,49 @@ pub struct NodeSpec {
     /// node waits for new inputs or `dkt node rerun`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
+    /// What a run does when an output moved while it ran (none: record the run
+    /// [`RunStatus::Conflict`] and publish nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_conflict: Option<OnConflict>,
+}
+
+/// What a run does when an output moved while it ran (`on-conflict:` of a node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnConflict {
+    /// Record the run `conflict`, then run the node again (a new attempt) on the output's
+    /// new version, up to [`OnConflict::RERUNS`] times.
+    Rerun,
+    /// Publish over whatever the output holds now.
+    Overwrite,
+}
+
+impl OnConflict {
+    /// How many times `rerun` runs again after a conflict before leaving it recorded.
+    pub const RERUNS: u32 = 3;
+
+    /// The policy as written (`rerun`, `overwrite`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnConflict::Rerun => "rerun",
+            OnConflict::Overwrite => "overwrite",
+        }
+    }
+}
+
+impl FromStr for OnConflict {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "rerun" => Ok(OnConflict::Rerun),
+            "overwrite" => Ok(OnConflict::Overwrite),
+            _ => Err(Error::invalid(
+                "on-conflict",
+                s,
+                "expected rerun or overwrite",
+            )),
+        }
+    }
 }
 
 /// A node's retry policy: after a failed run on some inputs, a scheduling pass runs it
@@ -193,6 +246,7 @@ impl NodeSpec {
             on_failure: None,
             script: None,
             retry: None,
+            on_conflict: None,
         }
     }
 
@@ -267,6 +321,9 @@ impl NodeSpec {
         }
         if let Some(retry) = &n.retry {
             field("retry", &[&retry.count.to_string(), &retry.backoff]);
+        }
+        if let Some(policy) = n.on_conflict {
+            field("on-conflict", &[policy.as_str()]);
         }
         out
     }
@@ -399,6 +456,10 @@ pub enum RunStatus {
     Failure,
     /// Its worker stopped or died before it finished; nothing published.
     Interrupted,
+    /// It finished with exit status 0, but an output had moved since the run started
+    /// (another writer published to it): nothing was published, and what the run wrote is
+    /// kept in its staging area ([`RunRecord::staging`]).
+    Conflict,
 }
 
 impl RunStatus {
@@ -416,6 +477,7 @@ impl fmt::Display for RunStatus {
             RunStatus::Success => "success",
             RunStatus::Failure => "failure",
             RunStatus::Interrupted => "interrupted",
+            RunStatus::Conflict => "conflict",
         })
     }
 }
@@ -465,6 +527,10 @@ pub struct RunRecord {
     /// `blake3:HEX` of the run's stored log (`runs/.../<run-id>.log`), when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_digest: Option<String>,
+    /// A run recorded [`RunStatus::Conflict`]: the directory (on the machine that ran it)
+    /// where what it wrote into its outputs was kept, one `out-SOURCE` directory per output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staging: Option<String>,
     /// The digest of this record without this field (see [`seal`](Self::seal)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
@@ -699,6 +765,7 @@ mod tests {
             lease_until_ms: None,
             input_digests: vec![],
             log_digest: None,
+            staging: None,
             digest: None,
         };
         let mut sealed = run.clone();

@@ -182,8 +182,9 @@ impl ApplyReport {
 struct PlannedSource {
     spec: SourceSpec,
     status: ApplyStatus,
-    /// The polled latest version (added and updated sources).
-    latest: Option<VersionInfo>,
+    /// The polled versions (added and updated sources): the latest, or the tip of each
+    /// ref a pattern matches.
+    latest: Vec<VersionInfo>,
 }
 
 /// One declared node, checked.
@@ -622,7 +623,7 @@ impl Project {
                         crate::records::put_source(tx, &spec)?;
                     }
                 }
-                if let Some(latest) = &p.latest {
+                for latest in &p.latest {
                     record_version(tx, &p.spec.name, latest, None)?;
                 }
                 graph.add_source(&p.spec.name);
@@ -702,7 +703,7 @@ impl Project {
             return Ok(PlannedSource {
                 spec: stored.clone(),
                 status: ApplyStatus::Unchanged,
-                latest: None,
+                latest: Vec::new(),
             });
         }
         let add = AddSource {
@@ -710,6 +711,7 @@ impl Project {
             location: decl.location.clone(),
             kind: decl.kind.clone(),
             path: decl.path.clone(),
+            tag: None,
         };
         let mut spec = self
             .resolve_source(&add, decl.tag.as_deref(), snap, effective)
@@ -735,7 +737,7 @@ impl Project {
                 return Ok(PlannedSource {
                     spec: old.clone(),
                     status: ApplyStatus::Unchanged,
-                    latest: None,
+                    latest: Vec::new(),
                 });
             }
             Some(old) => {
@@ -748,7 +750,7 @@ impl Project {
         Ok(PlannedSource {
             spec,
             status,
-            latest: Some(latest),
+            latest,
         })
     }
 }

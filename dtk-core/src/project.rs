@@ -84,6 +84,10 @@ pub struct AddSource {
     pub kind: Option<String>,
     /// The sub-path (`-p`), if given.
     pub path: Option<String>,
+    /// The tag (`-t`): a branch, tag or commit, or a pattern ([`crate::pattern`]). When
+    /// given, `location` is taken whole (no `LOCATION:TAG` split), so tags containing `/`
+    /// (`feature/x`) work.
+    pub tag: Option<String>,
 }
 
 impl AddSource {
@@ -94,7 +98,13 @@ impl AddSource {
             location,
             kind: None,
             path: None,
+            tag: None,
         }
+    }
+    /// With an explicit tag (or tag pattern).
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = Some(tag.into());
+        self
     }
     /// With an explicit kind.
     pub fn with_kind(mut self, kind: impl Into<String>) -> Self {
@@ -122,6 +132,82 @@ pub struct UpdateOutcome {
     pub error: Option<String>,
     /// True when the source was skipped (frozen).
     pub skipped: bool,
+    /// For a pattern source: each followed ref that appeared, moved or was deleted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refs: Vec<RefChange>,
+}
+
+/// A ref of a pattern source that appeared, moved or was deleted at a poll.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RefChange {
+    /// The ref's name (`release/1.0`).
+    #[serde(rename = "ref")]
+    pub name: String,
+    /// Its tip before (`None`: it appeared).
+    pub from: Option<Version>,
+    /// Its tip now (`None`: it was deleted and is no longer followed).
+    pub to: Option<Version>,
+}
+
+/// What one poll returned.
+enum Polled {
+    One(VersionInfo),
+    Heads(Vec<VersionInfo>),
+}
+
+/// What a poll changes about one source.
+struct Change {
+    latest: Option<Version>,
+    record: Vec<VersionInfo>,
+    heads: Option<BTreeMap<String, Version>>,
+}
+
+/// Compare a pattern source's `heads` (newest first) with those it followed.
+fn heads_change(spec: &SourceSpec, heads: Vec<VersionInfo>) -> (Change, Vec<RefChange>) {
+    let mut now: BTreeMap<String, Version> = BTreeMap::new();
+    let mut record = Vec::new();
+    let mut refs = Vec::new();
+    let mut latest = None;
+    for info in heads {
+        let Some(name) = info.extra.get(crate::pattern::REF_FIELD).cloned() else {
+            continue;
+        };
+        if now.contains_key(&name) {
+            continue;
+        }
+        let before = spec.heads.get(&name);
+        if before != Some(&info.version) {
+            refs.push(RefChange {
+                name: name.clone(),
+                from: before.cloned(),
+                to: Some(info.version.clone()),
+            });
+            if latest.is_none() {
+                latest = Some(info.version.clone());
+            }
+            record.push(info.clone());
+        }
+        now.insert(name, info.version);
+    }
+    for (name, v) in &spec.heads {
+        if !now.contains_key(name) {
+            refs.push(RefChange {
+                name: name.clone(),
+                from: Some(v.clone()),
+                to: None,
+            });
+        }
+    }
+    refs.sort_by(|a, b| a.name.cmp(&b.name));
+    let heads = (now != spec.heads).then_some(now);
+    (
+        Change {
+            latest,
+            record,
+            heads,
+        },
+        refs,
+    )
 }
 
 /// An open dtk project.
@@ -751,10 +837,12 @@ impl Project {
 
     /// The versions of `name`, newest first: the kind's history where it has one, else
     /// what dtk recorded.
+    /// A source whose tag is a pattern lists what it recorded: the tips it followed, each
+    /// with its ref (`REF`).
     pub async fn source_log(&self, name: &str) -> Result<Vec<VersionInfo>> {
         let spec = self.source(name)?;
         let source = self.open_source(&spec)?;
-        if source.capabilities().history {
+        if source.capabilities().history && !spec.is_pattern() {
             return source.versions().await;
         }
         Ok(self
@@ -800,7 +888,9 @@ impl Project {
                 });
             }
             crate::records::put_source(tx, &spec)?;
-            record_version(tx, &spec.name, &latest, None)?;
+            for info in &latest {
+                record_version(tx, &spec.name, info, None)?;
+            }
             Ok(())
         });
         if let Err(e) = result {
@@ -851,19 +941,55 @@ impl Project {
             Some(p) => Some(normalize_subpath(p)?),
             None => None,
         };
-        // LOCATION may name another source: inherit from it.
+        let tag = tag.or(add.tag.as_deref());
+        // LOCATION may name another source, possibly with a tag of its own
+        // (`SOURCE:TAG`): inherit from it.
+        let find = |n: &Name| -> Result<Option<SourceSpec>> {
+            match declared.get(n) {
+                Some(spec) => Ok(Some(spec.clone())),
+                None => match read_source(snap, n) {
+                    Ok(spec) => Ok(Some(spec)),
+                    Err(Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                },
+            }
+        };
+        let mut parent_tag: Option<String> = None;
         let parent = match add.location.as_deref().map(Name::new) {
             Some(Ok(n)) if n == name => None,
-            Some(Ok(n)) => match declared.get(&n) {
-                Some(spec) => Some(spec.clone()),
-                None => match read_source(snap, &n) {
-                    Ok(spec) => Some(spec),
-                    Err(Error::NotFound { .. }) => None,
-                    Err(e) => return Err(e),
+            Some(Ok(n)) => find(&n)?,
+            Some(Err(_)) => match add.location.as_deref().and_then(|l| l.split_once(':')) {
+                Some((base, t)) if !t.is_empty() => match Name::new(base) {
+                    Ok(n) if n != name => {
+                        let found = find(&n)?;
+                        if found.is_some() {
+                            parent_tag = Some(t.to_owned());
+                        }
+                        found
+                    }
+                    _ => None,
                 },
+                _ => None,
             },
-            _ => None,
+            None => None,
         };
+        if let (Some(p), Some(t)) = (&parent, &parent_tag) {
+            if tag.is_some() {
+                return Err(Error::invalid(
+                    "tag",
+                    t.as_str(),
+                    "given twice (as SOURCE:TAG and with -t); give one",
+                ));
+            }
+            if !self.registry.get(&p.kind)?.capabilities().tags {
+                return Err(Error::invalid(
+                    "tag",
+                    t.as_str(),
+                    format!("sources of kind {:?} have no tags", p.kind),
+                ));
+            }
+        }
+        let tag = tag.or(parent_tag.as_deref());
         let new = match &parent {
             Some(p) => {
                 let kind = add.kind.clone().unwrap_or_else(|| p.kind.clone());
@@ -933,6 +1059,19 @@ impl Project {
             }
         };
         let kind = self.registry.get(&new.kind)?;
+        if let Some(t) = new.tag.as_deref().filter(|t| crate::pattern::is_pattern(t)) {
+            if !kind.capabilities().patterns {
+                return Err(Error::invalid(
+                    "tag pattern",
+                    t,
+                    format!(
+                        "sources of kind {:?} cannot follow tag patterns",
+                        kind.name()
+                    ),
+                ));
+            }
+            crate::pattern::TagPattern::new(t)?;
+        }
         if new.path.is_some() && !kind.capabilities().subpath {
             return Err(Error::NotSupported {
                 kind: kind.name().to_owned(),
@@ -987,14 +1126,20 @@ impl Project {
         }
     }
 
-    /// Poll a resolved spec once and set its latest version; on failure, remove the
-    /// location the kind created for it, if any.
+    /// Poll a resolved spec once and set its latest version (and, for a pattern source,
+    /// the tip of each matching ref); on failure, remove the location the kind created
+    /// for it, if any. Returns the versions to record.
     pub(crate) async fn poll_resolved(
         &self,
         spec: &mut SourceSpec,
-    ) -> Result<(Arc<dyn Source>, VersionInfo)> {
+    ) -> Result<(Arc<dyn Source>, Vec<VersionInfo>)> {
         let source = self.open_source(spec)?;
-        let latest = match source.latest().await {
+        let polled = if spec.is_pattern() {
+            source.heads().await
+        } else {
+            source.latest().await.map(|l| vec![l])
+        };
+        let polled = match polled {
             Ok(l) => l,
             Err(e) => {
                 if spec.owned {
@@ -1003,8 +1148,15 @@ impl Project {
                 return Err(e);
             }
         };
-        spec.latest = Some(latest.version.clone());
-        Ok((source, latest))
+        if spec.is_pattern() {
+            let before = std::mem::take(&mut spec.heads);
+            let (change, _) = heads_change(spec, polled);
+            spec.heads = change.heads.unwrap_or(before);
+            spec.latest = change.latest;
+            return Ok((source, change.record));
+        }
+        spec.latest = polled.first().map(|l| l.version.clone());
+        Ok((source, polled))
     }
 
     /// Poll the named sources (all when `names` is empty) and record new latest versions.
@@ -1042,14 +1194,23 @@ impl Project {
                 return (spec, None);
             }
             let r = match self.open_source(spec) {
-                Ok(s) => match tokio::time::timeout(POLL_TIMEOUT, s.latest()).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Error::backend(
-                        &spec.kind,
-                        spec.name.as_str(),
-                        format!("polling took longer than {}s", POLL_TIMEOUT.as_secs()),
-                    )),
-                },
+                Ok(s) => {
+                    let poll = async {
+                        if spec.is_pattern() {
+                            s.heads().await.map(Polled::Heads)
+                        } else {
+                            s.latest().await.map(Polled::One)
+                        }
+                    };
+                    match tokio::time::timeout(POLL_TIMEOUT, poll).await {
+                        Ok(r) => r,
+                        Err(_) => Err(Error::backend(
+                            &spec.kind,
+                            spec.name.as_str(),
+                            format!("polling took longer than {}s", POLL_TIMEOUT.as_secs()),
+                        )),
+                    }
+                }
                 Err(e) => Err(e),
             };
             (spec, Some(r))
@@ -1067,7 +1228,8 @@ impl Project {
         results.sort_by_key(|(i, _)| *i);
         let results = results.into_iter().map(|(_, r)| r);
         let mut outcomes = Vec::new();
-        let mut found: Vec<(Name, VersionInfo)> = Vec::new();
+        // What changed, per source: the new latest, the versions to record, the new heads.
+        let mut changed: Vec<(Name, Change)> = Vec::new();
         for (spec, r) in results {
             let mut o = UpdateOutcome {
                 source: spec.name.clone(),
@@ -1075,51 +1237,74 @@ impl Project {
                 latest: spec.latest.clone(),
                 error: None,
                 skipped: r.is_none(),
+                refs: Vec::new(),
             };
             match r {
-                Some(Ok(info)) => {
+                Some(Ok(Polled::One(info))) => {
                     o.latest = Some(info.version.clone());
-                    found.push((spec.name.clone(), info));
+                    if spec.latest.as_ref() != Some(&info.version) {
+                        changed.push((
+                            spec.name.clone(),
+                            Change {
+                                latest: Some(info.version.clone()),
+                                record: vec![info],
+                                heads: None,
+                            },
+                        ));
+                    }
+                }
+                Some(Ok(Polled::Heads(heads))) => {
+                    let (change, refs) = heads_change(spec, heads);
+                    o.latest = change.latest.clone().or_else(|| spec.latest.clone());
+                    o.refs = refs;
+                    if change.heads.is_some() {
+                        changed.push((spec.name.clone(), change));
+                    }
                 }
                 Some(Err(e)) => o.error = Some(error_chain(&e)),
                 None => {}
             }
             outcomes.push(o);
         }
-        let previous: BTreeMap<&Name, Option<&Version>> = outcomes
-            .iter()
-            .map(|o| (&o.source, o.previous.as_ref()))
-            .collect();
-        let changed: Vec<&(Name, VersionInfo)> = found
-            .iter()
-            .filter(|(n, info)| previous.get(n).is_some_and(|p| *p != Some(&info.version)))
-            .collect();
         if record && !changed.is_empty() {
             let message = format!(
                 "source update: {}",
                 changed
                     .iter()
-                    .map(|(n, i)| format!("{n} -> {}", i.version.short()))
+                    .map(|(n, c)| match (&c.latest, &c.heads) {
+                        (_, Some(h)) => format!("{n} -> {} refs", h.len()),
+                        (Some(v), None) => format!("{n} -> {}", v.short()),
+                        (None, None) => n.to_string(),
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             );
             self.store.transact(&message, |tx| {
-                for (name, info) in &changed {
+                for (name, change) in &changed {
                     let updated = crate::records::update_state(tx, name, |spec| {
-                        spec.latest = Some(info.version.clone());
+                        if let Some(v) = &change.latest {
+                            spec.latest = Some(v.clone());
+                        }
+                        if let Some(h) = &change.heads {
+                            spec.heads = h.clone();
+                        }
                     })?;
                     if !updated {
                         continue; // removed meanwhile
                     }
-                    record_version(tx, name, info, None)?;
+                    for info in &change.record {
+                        record_version(tx, name, info, None)?;
+                    }
                 }
                 Ok(())
             })?;
-            for (name, info) in &changed {
-                self.events.send(crate::events::Event::VersionRecorded {
-                    source: name.clone(),
-                    version: info.version.clone(),
-                });
+            for (name, change) in &changed {
+                for info in &change.record {
+                    self.events.send(crate::events::Event::VersionRecorded {
+                        source: name.clone(),
+                        version: info.version.clone(),
+                    });
+                }
             }
         }
         Ok(outcomes)

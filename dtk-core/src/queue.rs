@@ -334,6 +334,7 @@ mod tests {
             lease_until_ms: None,
             input_digests: Vec::new(),
             log_digest: None,
+            staging: None,
             digest: None,
         }
     }

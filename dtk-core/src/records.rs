@@ -23,12 +23,30 @@ pub struct SourceState {
     /// Frozen: never polled.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub frozen: bool,
+    /// A pattern source's followed refs and their tips at the last poll.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub heads: std::collections::BTreeMap<String, Version>,
 }
 
 impl SourceState {
     /// The version nodes use: the pinned one, else the latest.
     pub fn current(&self) -> Option<&Version> {
         self.pinned.as_ref().or(self.latest.as_ref())
+    }
+
+    /// The versions nodes run on: the pinned one; else, for a pattern source, the tip of
+    /// every followed ref (each once); else the latest.
+    pub fn current_all(&self) -> Vec<Version> {
+        if let Some(p) = &self.pinned {
+            return vec![p.clone()];
+        }
+        if !self.heads.is_empty() {
+            let mut all: Vec<Version> = self.heads.values().cloned().collect();
+            all.sort();
+            all.dedup();
+            return all;
+        }
+        self.latest.iter().cloned().collect()
     }
 }
 
@@ -59,6 +77,7 @@ fn declaration(spec: &SourceSpec) -> SourceSpec {
     d.pinned = None;
     d.frozen = false;
     d.owned = false;
+    d.heads.clear();
     d
 }
 
@@ -73,6 +92,7 @@ pub fn get_source(r: &impl Read, name: &Name) -> Result<Option<SourceSpec>> {
     spec.latest = state.latest;
     spec.pinned = state.pinned;
     spec.frozen = state.frozen;
+    spec.heads = state.heads;
     spec.owned = false;
     Ok(Some(spec))
 }
@@ -91,6 +111,7 @@ pub fn put_source(tx: &mut Tx, spec: &SourceSpec) -> Result<()> {
         latest: spec.latest.clone(),
         pinned: spec.pinned.clone(),
         frozen: spec.frozen,
+        heads: spec.heads.clone(),
     };
     let path = paths::source_state(&spec.name);
     let stored: Option<SourceState> = tx.read_record(&path)?;
@@ -133,6 +154,7 @@ pub fn all_sources(snap: &Snapshot) -> Result<Vec<SourceSpec>> {
         spec.latest = state.latest;
         spec.pinned = state.pinned;
         spec.frozen = state.frozen;
+        spec.heads = state.heads;
         spec.owned = false;
         out.push(spec);
     }

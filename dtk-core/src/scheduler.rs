@@ -254,22 +254,43 @@ impl Project {
                     .filter(|w| moving.contains(w))
                     .map(|w| w.short())
                     .collect();
-                match self.reason(&snap, &sources, &id, spec, &assumed) {
-                    Ok(Some(reason)) => planned.push((id, reason)),
-                    Ok(None) if !upstream.is_empty() && options.dry_run => {
-                        planned.push((id, Reason::Upstream { nodes: upstream }))
+                let candidates = match candidate_inputs(&sources, spec, &assumed) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        items.push(PassItem {
+                            node: id,
+                            reason: Reason::NeverRan,
+                            outcome: None,
+                            error: Some(crate::project::error_chain(&e)),
+                        });
+                        continue;
                     }
-                    Ok(None) => {}
-                    Err(e) => items.push(PassItem {
-                        node: id,
-                        reason: Reason::NeverRan,
-                        outcome: None,
-                        error: Some(crate::project::error_chain(&e)),
-                    }),
+                };
+                // More than one candidate: a pattern input follows several refs, and the
+                // node runs on each tip that has no successful run.
+                let several = candidates.len() > 1;
+                let mut any = false;
+                for inputs in candidates {
+                    match self.reason(&snap, &id, spec, &inputs) {
+                        Ok(Some(reason)) => {
+                            any = true;
+                            planned.push((id, reason, several.then_some(inputs)))
+                        }
+                        Ok(None) => {}
+                        Err(e) => items.push(PassItem {
+                            node: id,
+                            reason: Reason::NeverRan,
+                            outcome: None,
+                            error: Some(crate::project::error_chain(&e)),
+                        }),
+                    }
+                }
+                if !any && !upstream.is_empty() && options.dry_run {
+                    planned.push((id, Reason::Upstream { nodes: upstream }, None))
                 }
             }
             if options.dry_run {
-                for (id, reason) in planned {
+                for (id, reason, _) in planned {
                     moving.insert(id);
                     items.push(PassItem {
                         node: id,
@@ -280,9 +301,12 @@ impl Project {
                 }
                 continue;
             }
-            let runs = planned.into_iter().map(|(id, reason)| {
+            let runs = planned.into_iter().map(|(id, reason, inputs)| {
                 let sem = semaphore.clone();
-                let run = options.run.clone();
+                let mut run = options.run.clone();
+                if let Some(inputs) = inputs {
+                    run = run.with_inputs(inputs);
+                }
                 async move {
                     let _permit = sem.acquire().await;
                     let mut r = self.run_node(&id, run.clone()).await;
@@ -331,39 +355,28 @@ impl Project {
         Ok(PassReport { polled, items })
     }
 
-    /// Why `node` needs a run on its current inputs (with `assumed` versions), if it does.
+    /// Why `node` needs a run on `inputs`, if it does.
     fn reason(
         &self,
         snap: &crate::store::Snapshot,
-        sources: &BTreeMap<Name, crate::records::SourceState>,
         id: &NodeId,
         node: &NodeSpec,
-        assumed: &BTreeMap<Name, Version>,
+        inputs: &[SourceVersion],
     ) -> Result<Option<Reason>> {
-        let mut inputs = Vec::new();
-        for name in &node.inputs {
-            let version = match assumed.get(name) {
-                Some(v) => v.clone(),
-                None => sources
-                    .get(name)
-                    .ok_or_else(|| Error::not_found("source", name.as_str()))?
-                    .current()
-                    .cloned()
-                    .ok_or_else(|| Error::Conflict(format!("input {name:?} has no version yet")))?,
-            };
-            inputs.push(SourceVersion {
-                source: name.clone(),
-                version,
-            });
-        }
-        inputs.sort();
         // One probe of the attempts serves both questions below.
-        let last = crate::engine::last_attempt(snap, id, &inputs)?;
-        if crate::engine::success_up_to(snap, id, &inputs, last.as_ref())?.is_some() {
+        let last = crate::engine::last_attempt(snap, id, inputs)?;
+        if crate::engine::success_up_to(snap, id, inputs, last.as_ref())?.is_some() {
             return Ok(None);
         }
         // A run on these very inputs failed: the node is `failed`, not "never ran". It runs
         // again on new inputs, on `dkt node rerun`, or as its retry policy says.
+        if let Some(last) = &last {
+            // An output moved while it ran: it stays `conflict` (its outputs kept in its
+            // staging area) until new inputs or `dkt node rerun`.
+            if last.status == RunStatus::Conflict {
+                return Ok(None);
+            }
+        }
         if let Some(last) = last {
             if last.status == RunStatus::Failure {
                 let failures = last.attempt.saturating_add(1);
@@ -411,6 +424,50 @@ impl Project {
             },
         }))
     }
+}
+
+/// The input versions `node` should be up to date on: one list, unless an input is a
+/// pattern source following several refs (then one list per tip; several such inputs
+/// give every combination). `assumed` versions replace the current ones.
+fn candidate_inputs(
+    sources: &BTreeMap<Name, crate::records::SourceState>,
+    node: &NodeSpec,
+    assumed: &BTreeMap<Name, Version>,
+) -> Result<Vec<Vec<SourceVersion>>> {
+    let mut combos: Vec<Vec<SourceVersion>> = vec![Vec::new()];
+    for name in &node.inputs {
+        let versions = match assumed.get(name) {
+            Some(v) => vec![v.clone()],
+            None => {
+                let all = sources
+                    .get(name)
+                    .ok_or_else(|| Error::not_found("source", name.as_str()))?
+                    .current_all();
+                if all.is_empty() {
+                    return Err(Error::Conflict(format!(
+                        "input {name:?} has no version yet"
+                    )));
+                }
+                all
+            }
+        };
+        let mut next = Vec::with_capacity(combos.len() * versions.len());
+        for c in &combos {
+            for v in &versions {
+                let mut c = c.clone();
+                c.push(SourceVersion {
+                    source: name.clone(),
+                    version: v.clone(),
+                });
+                next.push(c);
+            }
+        }
+        combos = next;
+    }
+    for c in &mut combos {
+        c.sort();
+    }
+    Ok(combos)
 }
 
 impl Project {

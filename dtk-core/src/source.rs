@@ -27,6 +27,8 @@ pub struct Capabilities {
     pub subpath: bool,
     /// The kind has tags (branches, docker tags, ...).
     pub tags: bool,
+    /// The kind follows tag patterns ([`crate::pattern`]): [`Source::heads`] works.
+    pub patterns: bool,
 }
 
 impl Capabilities {
@@ -54,6 +56,11 @@ impl Capabilities {
         self.tags = yes;
         self
     }
+    /// With [`patterns`](Self::patterns).
+    pub fn with_patterns(mut self, yes: bool) -> Self {
+        self.patterns = yes;
+        self
+    }
 }
 
 /// A version as a kind reports it, with the kind's extra columns.
@@ -73,6 +80,61 @@ impl VersionInfo {
             version,
             extra: BTreeMap::new(),
         }
+    }
+}
+
+/// How [`Source::publish_with`] publishes: the version the output must still be at, and
+/// what the published artifact should say about where it came from.
+///
+/// Made with [`PublishOptions::new`] (overwrite, nothing said), then `with_*` calls.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PublishOptions {
+    /// Publish only if the source is still at this version (`None`: it must have none);
+    /// ignored with [`overwrite`](Self::overwrite).
+    pub expected: Option<Version>,
+    /// Publish whatever the source holds now.
+    pub overwrite: bool,
+    /// The run publishing (its full ID), for kinds that record it in the artifact (a git
+    /// commit message names it).
+    pub run: Option<String>,
+    /// The node of that run (its full ID).
+    pub node: Option<String>,
+    /// The run's input manifest digest (`blake3:HEX`, see
+    /// [`crate::digest::input_manifest`]), for kinds that record it in the artifact (a
+    /// git commit's `Dkt-Manifest:` trailer).
+    pub manifest: Option<String>,
+}
+
+impl PublishOptions {
+    /// Overwrite whatever is there, saying nothing about the run.
+    pub fn new() -> Self {
+        PublishOptions {
+            overwrite: true,
+            ..Self::default()
+        }
+    }
+    /// Only if the source is still at `expected` (`None`: it has no version).
+    pub fn expecting(mut self, expected: Option<Version>) -> Self {
+        self.expected = expected;
+        self.overwrite = false;
+        self
+    }
+    /// Overwrite (no check), or not.
+    pub fn with_overwrite(mut self, yes: bool) -> Self {
+        self.overwrite = yes;
+        self
+    }
+    /// With the run's input manifest digest.
+    pub fn with_manifest(mut self, digest: impl Into<String>) -> Self {
+        self.manifest = Some(digest.into());
+        self
+    }
+    /// For run `run` of node `node` (full IDs).
+    pub fn for_run(mut self, run: impl Into<String>, node: impl Into<String>) -> Self {
+        self.run = Some(run.into());
+        self.node = Some(node.into());
+        self
     }
 }
 
@@ -252,6 +314,19 @@ pub trait Source: Debug + Send + Sync + 'static {
     /// - An unreachable location is an [`Error::Backend`] within a bounded time.
     async fn latest(&self) -> Result<VersionInfo>;
 
+    /// Poll a source whose tag is a pattern ([`crate::pattern`]) and return the tip of
+    /// every ref (branch, tag, image tag) the pattern matches now, newest first, each with
+    /// the ref's name in [`VersionInfo::extra`] under [`crate::pattern::REF_FIELD`].
+    ///
+    /// # Behavior
+    /// - No matching ref is an empty list, not an error: refs may appear later.
+    /// - A ref deleted since the last call is simply absent.
+    /// - Kinds without [`Capabilities::patterns`] return [`Error::NotSupported`] (the
+    ///   default).
+    async fn heads(&self) -> Result<Vec<VersionInfo>> {
+        Err(not_supported(self, "tag patterns"))
+    }
+
     /// The source's versions, newest first, as far as the kind knows them.
     ///
     /// # Behavior
@@ -281,6 +356,23 @@ pub trait Source: Debug + Send + Sync + 'static {
     /// - Kinds without [`Capabilities::publish`] return [`Error::NotSupported`].
     /// - Atomic as far as the kind allows: on error the source's previous content stays.
     async fn publish(&self, dir: &Path) -> Result<VersionInfo>;
+
+    /// [`publish`](Source::publish) `dir`, but only if the source is still at
+    /// `options.expected` (unless `options.overwrite`).
+    ///
+    /// # Behavior
+    /// - When the source moved (its current version, `None` if it has none, differs from
+    ///   `expected`), nothing is published and the error is [`Error::OutputMoved`].
+    /// - The default reads [`latest`](Source::latest) (a `NotFound` counting as no
+    ///   version) and then publishes: a move between the two is not detected. Kinds that
+    ///   can compare and swap atomically (a git push with a lease) or check closer to the
+    ///   swap (a path) override it.
+    async fn publish_with(&self, dir: &Path, options: &PublishOptions) -> Result<VersionInfo> {
+        if !options.overwrite && self.capabilities().publish {
+            check_expected(self, options).await?;
+        }
+        self.publish(dir).await
+    }
 
     /// Re-check the content of `version` against its digest, where the content can still
     /// be read (`dkt verify`).
@@ -401,6 +493,9 @@ macro_rules! forward_source {
             async fn versions(&self) -> Result<Vec<VersionInfo>> {
                 (**self).versions().await
             }
+            async fn heads(&self) -> Result<Vec<VersionInfo>> {
+                (**self).heads().await
+            }
             fn fields(&self, version: Option<&Version>, root: &Path) -> Result<Fields> {
                 (**self).fields(version, root)
             }
@@ -409,6 +504,13 @@ macro_rules! forward_source {
             }
             async fn publish(&self, dir: &Path) -> Result<VersionInfo> {
                 (**self).publish(dir).await
+            }
+            async fn publish_with(
+                &self,
+                dir: &Path,
+                options: &PublishOptions,
+            ) -> Result<VersionInfo> {
+                (**self).publish_with(dir, options).await
             }
             async fn remove(&self) -> Result<()> {
                 (**self).remove().await
@@ -422,8 +524,30 @@ macro_rules! forward_source {
 forward_source!(Arc<S>);
 forward_source!(Box<S>);
 
+/// Check that `source` is still at `options.expected` (its [`Source::latest`]; a
+/// `NotFound` counts as no version): [`Error::OutputMoved`] otherwise.
+pub async fn check_expected<S: Source + ?Sized>(
+    source: &S,
+    options: &PublishOptions,
+) -> Result<()> {
+    let now = match source.latest().await {
+        Ok(v) => Some(v.version),
+        Err(Error::NotFound { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    if now != options.expected {
+        return Err(Error::OutputMoved {
+            kind: source.spec().kind.clone(),
+            source_name: source.spec().name.to_string(),
+            expected: options.expected.clone(),
+            found: now,
+        });
+    }
+    Ok(())
+}
+
 /// The [`Error::NotSupported`] for `operation` on `source`.
-pub fn not_supported(source: &dyn Source, operation: &'static str) -> Error {
+pub fn not_supported<S: Source + ?Sized>(source: &S, operation: &'static str) -> Error {
     Error::NotSupported {
         kind: source.spec().kind.clone(),
         operation,

@@ -716,13 +716,68 @@ impl Merge<'_> {
             .unwrap_or_default()
             .to_owned();
         let mut merged = os.clone();
-        for field in ["latest", "pinned", "frozen"] {
+        for field in ["latest", "pinned", "frozen", "heads"] {
             let (bf, of, tf) = (bs.get(field), os.get(field), ts.get(field));
             if of == tf || tf == bf {
                 continue;
             }
             if of == bf {
                 set(&mut merged, field, tf);
+                continue;
+            }
+            if field == "heads" {
+                // The refs a pattern source follows, ref by ref: a ref changed on one side
+                // takes that change; moved on both, the tip seen later wins (a move wins
+                // over a deletion).
+                let map = |v: Option<&serde_json::Value>| {
+                    v.and_then(|v| v.as_object()).cloned().unwrap_or_default()
+                };
+                let (bm, om, tm) = (map(bf), map(of), map(tf));
+                let mut refs: std::collections::BTreeSet<&String> = om.keys().collect();
+                refs.extend(tm.keys());
+                refs.extend(bm.keys());
+                let mut out = serde_json::Map::new();
+                for r in refs {
+                    let (b, o, t) = (bm.get(r), om.get(r), tm.get(r));
+                    let pick = if o == t || t == b {
+                        o
+                    } else if o == b {
+                        t
+                    } else {
+                        match (o, t) {
+                            (None, x) | (x, None) => x,
+                            (Some(ov), Some(tv)) => {
+                                let seen = |v: &serde_json::Value| -> Result<u64> {
+                                    let (Ok(n), Some(Ok(ver))) = (
+                                        Name::new(&name),
+                                        v.as_str().map(|s| s.parse::<crate::Version>()),
+                                    ) else {
+                                        return Ok(0);
+                                    };
+                                    Ok(match tx.read(&paths::seen(&n, &ver))? {
+                                        Some(b) => {
+                                            String::from_utf8_lossy(&b).trim().parse().unwrap_or(0)
+                                        }
+                                        None => 0,
+                                    })
+                                };
+                                if (seen(tv)?, tv.to_string()) > (seen(ov)?, ov.to_string()) {
+                                    Some(tv)
+                                } else {
+                                    Some(ov)
+                                }
+                            }
+                        }
+                    };
+                    if let Some(v) = pick {
+                        out.insert(r.clone(), v.clone());
+                    }
+                }
+                if out.is_empty() {
+                    merged.remove(field);
+                } else {
+                    merged.insert(field.to_owned(), serde_json::Value::Object(out));
+                }
                 continue;
             }
             if field == "latest" {
@@ -1113,7 +1168,12 @@ impl Project {
         for item in plan.items {
             let last = self.node_runs(&item.node)?.into_iter().next();
             let failed = last
-                .filter(|r| matches!(r.status, RunStatus::Failure | RunStatus::Interrupted))
+                .filter(|r| {
+                    matches!(
+                        r.status,
+                        RunStatus::Failure | RunStatus::Interrupted | RunStatus::Conflict
+                    )
+                })
                 .map(|r| r.id);
             stale.push(NodeStatus {
                 name: names.get(&item.node).cloned(),

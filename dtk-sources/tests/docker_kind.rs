@@ -1757,3 +1757,120 @@ async fn blobs_move_several_at_a_time() {
     assert!(up.1 >= 2, "uploads ran one at a time: {up:?}");
     assert!(down.1 >= 2, "downloads ran one at a time: {down:?}");
 }
+
+/// Delete `repo:tag` from the registry (the manifest it names, with skopeo).
+fn skopeo_delete(reg: &Registry, repo: &str, tag: &str) {
+    let mut cmd = Command::new(find_bin("skopeo"));
+    cmd.args(["delete", "--tls-verify=false"])
+        .arg(format!("docker://{}/{repo}:{tag}", reg.host()));
+    run(cmd);
+}
+
+#[tokio::test]
+async fn a_tag_pattern_follows_every_matching_tag() {
+    let env = env();
+    let (reg, _one, _v1) = seeded(&env);
+    let push = |seed: &str, tag: &str| {
+        let img = Image::single(seed, "amd64");
+        reg.push(
+            &img.write_layout(&env.dir(&format!("l-{seed}")), tag),
+            tag,
+            "team/app",
+        );
+        img
+    };
+    let a = push("a", "v1.1");
+    let b = push("b", "v1.2");
+    push("c", "v2.0");
+    let spec = resolve(&env.ctx, &reg.location("team/app:v1.*"), None)
+        .await
+        .unwrap();
+    assert_eq!(spec.tag.as_deref(), Some("v1.*"));
+    let src = DockerKind::default().open(&env.ctx, &spec).unwrap();
+    assert!(src.capabilities().patterns);
+    let heads = |hs: Vec<dtk_core::VersionInfo>| -> Vec<(Version, String)> {
+        hs.into_iter()
+            .map(|h| (h.version, h.extra["REF"].clone()))
+            .collect()
+    };
+    assert_eq!(
+        heads(src.heads().await.unwrap()),
+        [
+            (b.version(), "v1.2".to_owned()),
+            (a.version(), "v1.1".to_owned())
+        ]
+    );
+    assert_eq!(src.latest().await.unwrap().version, b.version());
+    // v1.1 moves, v1.2 goes, v1.3 appears.
+    let d = push("d", "v1.1");
+    skopeo_delete(&reg, "team/app", "v1.2");
+    let e = push("e", "v1.3");
+    assert_eq!(
+        heads(src.heads().await.unwrap()),
+        [
+            (e.version(), "v1.3".to_owned()),
+            (d.version(), "v1.1".to_owned())
+        ]
+    );
+    // The fields name the ref (dtk sets it per version from the record).
+    let f = src.fields(Some(&d.version()), Path::new("/r")).unwrap();
+    assert_eq!(f["REF"], "v1.*");
+    // Nothing published to a pattern.
+    let err = src
+        .publish(&a.write_layout(&env.dir("l-pub"), "v1.*"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"v1.*\""), "{err}");
+    // No match yet: an empty list, and `latest` says why.
+    let none = open(&env.ctx, &reg.location("team/app:v9.*"), None).await;
+    assert!(none.heads().await.unwrap().is_empty());
+    let err = none.latest().await.unwrap_err().to_string();
+    assert!(err.contains("v9.*"), "{err}");
+    // A bad pattern is refused quoting it.
+    let err = resolve(&env.ctx, &reg.location("team/app:v[1"), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"v[1\""), "{err}");
+}
+
+#[tokio::test]
+async fn publishing_to_a_tag_that_does_not_exist_creates_it_and_a_moved_tag_is_refused() {
+    let env = env();
+    let (reg, one, _v1) = seeded(&env);
+    let existing = open(&env.ctx, &reg.location("team/app"), None).await;
+    let spec = SourceSpec {
+        tag: Some("fresh".into()),
+        ..existing.spec().clone()
+    };
+    let fresh = DockerKind::default().open(&env.ctx, &spec).unwrap();
+    assert!(matches!(
+        fresh.latest().await.unwrap_err(),
+        Error::NotFound { .. }
+    ));
+    let two = Image::single("two", "amd64");
+    let layout = two.write_layout(&env.dir("l-two"), "fresh");
+    // Expecting no version: the tag is created.
+    let options = dtk_core::PublishOptions::new().expecting(None);
+    let v = fresh.publish_with(&layout, &options).await.unwrap();
+    assert_eq!(v.version, two.version());
+    assert_eq!(fresh.latest().await.unwrap().version, two.version());
+    // Expecting no version again, or the old one, now that the tag exists: refused, and
+    // the tag stays where it is.
+    let three = Image::single("three", "amd64");
+    let layout = three.write_layout(&env.dir("l-three"), "fresh");
+    for expected in [None, Some(one.version())] {
+        let options = dtk_core::PublishOptions::new().expecting(expected.clone());
+        match fresh.publish_with(&layout, &options).await.unwrap_err() {
+            Error::OutputMoved {
+                expected: e, found, ..
+            } => {
+                assert_eq!(e, expected);
+                assert_eq!(found, Some(two.version()));
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(fresh.latest().await.unwrap().version, two.version());
+    }
+}

@@ -159,10 +159,27 @@ fn small_repo(root: &Path) -> Small {
 async fn conformance_whole_repository() {
     let e = env();
     let r = small_repo(&e.root);
-    let source = open(&e.ctx, r.dir.to_str().unwrap(), None, None).await;
+    // Publishing pushes: to a bare repository (a non-bare one refuses a push to its
+    // checked-out branch).
+    let bare = e.root.join("whole.git");
+    git(
+        &e.root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            r.dir.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    let source = open(&e.ctx, bare.to_str().unwrap(), None, None).await;
     let scratch = e.root.join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
-    check_all(&*source, &Fixture::new(&scratch)).await.unwrap();
+    let publish = e.root.join("publish");
+    write(&publish, "new/file.txt", "published\n");
+    check_all(&*source, &Fixture::new(&scratch).with_publish_dir(&publish))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -185,7 +202,11 @@ async fn conformance_sub_path_and_bare_file_url() {
     assert_eq!(source.spec().location, url);
     let scratch = e.root.join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
-    check_all(&*source, &Fixture::new(&scratch)).await.unwrap();
+    let publish = e.root.join("publish");
+    write(&publish, "only.txt", "the sub-path's new content\n");
+    check_all(&*source, &Fixture::new(&scratch).with_publish_dir(&publish))
+        .await
+        .unwrap();
 }
 
 #[test]
@@ -194,7 +215,7 @@ fn kind_metadata() {
     assert_eq!(k.name(), "git");
     assert_eq!(k.aliases(), &["github"]);
     let c = k.capabilities();
-    assert!(c.history && c.subpath && c.tags && !c.publish);
+    assert!(c.history && c.subpath && c.tags && c.publish && c.patterns);
     let mut registry = dtk_core::Registry::new();
     registry.register(Arc::new(GitKind::default()));
     assert_eq!(registry.get("GitHub").unwrap().name(), "git");

@@ -265,10 +265,6 @@ async fn fields_materialize_verify() {
         source.verify(&unknown).await.unwrap(),
         Verification::Unavailable(_)
     ));
-    assert!(matches!(
-        source.publish(dir.path()).await.unwrap_err(),
-        Error::NotSupported { .. }
-    ));
 }
 
 #[tokio::test]
@@ -279,7 +275,72 @@ async fn conformance() {
     let source = add(&ctx, "dmg", APP).await;
     let scratch = dir.path().join("fixture");
     std::fs::create_dir_all(&scratch).unwrap();
-    check_all(&*source, &Fixture::new(&scratch)).await.unwrap();
+    let publish = dir.path().join("publish");
+    std::fs::create_dir_all(&publish).unwrap();
+    std::fs::write(publish.join("Docker-2247.dmg"), b"dmg 2247, published").unwrap();
+    check_all(&*source, &Fixture::new(&scratch).with_publish_dir(&publish))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn publish_uploads_a_build_and_its_number_comes_back() {
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ctx_for(&server, dir.path(), TOKEN);
+    let source = add(&ctx, "dmg", APP).await;
+    let before = source.latest().await.unwrap().version;
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("Docker-2247.dmg"), b"dmg 2247").unwrap();
+    std::fs::write(out.join("notes.md"), "Fixed *everything*.").unwrap();
+    let options = dtk_core::PublishOptions::new().expecting(Some(before.clone()));
+    let v = source.publish_with(&out, &options).await.unwrap();
+    assert_eq!(v.version, md5v(b"dmg 2247"));
+    assert_eq!(v.extra["BUILD"], "2247", "the number the service gave");
+    // Through the documented endpoint, with the token, the file and the notes.
+    let log = server.log();
+    assert!(
+        log.iter().any(|l| l.starts_with(&format!(
+            "POST /api/2/apps/{APP}/app_versions/upload 201 token-ok"
+        ))),
+        "{log:?}"
+    );
+    let builds: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(server.root().join(format!("hockeyapp/{APP}/builds.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(builds[0]["version"], "2247");
+    assert_eq!(builds[0]["notes"], "Fixed *everything*.");
+    assert_eq!(builds[0]["notes_type"], "1");
+    assert_eq!(
+        std::fs::read(
+            server
+                .root()
+                .join(format!("hockeyapp/{APP}/files/Docker-2247.dmg"))
+        )
+        .unwrap(),
+        b"dmg 2247"
+    );
+    // Another build arrives behind dtk's back: publishing on the old version is refused.
+    server.put_build_file(APP, "Docker-2248.dmg", b"dmg 2248");
+    let mut list = builds.as_array().unwrap().clone();
+    list.insert(0, json!({"id": 99, "version": "2248", "timestamp": 4_000_000_000_u64, "file": "Docker-2248.dmg"}));
+    server.set_builds(APP, serde_json::Value::Array(list));
+    std::fs::remove_file(out.join("notes.md")).unwrap();
+    std::fs::write(out.join("Docker-2247.dmg"), b"dmg 2247").unwrap();
+    let options = dtk_core::PublishOptions::new().expecting(Some(v.version.clone()));
+    let err = source.publish_with(&out, &options).await.unwrap_err();
+    assert!(matches!(err, Error::OutputMoved { .. }), "{err}");
+    assert_eq!(source.latest().await.unwrap().version, md5v(b"dmg 2248"));
+    // What is not one build file is refused, quoting the directory.
+    std::fs::write(out.join("other.dmg"), b"x").unwrap();
+    let err = source.publish(&out).await.unwrap_err().to_string();
+    assert!(err.contains("2 files"), "{err}");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let err = source.publish(&empty).await.unwrap_err().to_string();
+    assert!(err.contains("no build file"), "{err}");
 }
 
 #[tokio::test]

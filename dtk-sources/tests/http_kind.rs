@@ -224,10 +224,18 @@ async fn fields_materialize_and_verify() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(
-        source.publish(dir.path()).await.unwrap_err(),
-        Error::NotSupported { .. }
-    ));
+    // Read-only, and the error says so.
+    let err = source.publish(dir.path()).await.unwrap_err();
+    assert!(matches!(err, Error::NotSupported { .. }));
+    assert_eq!(
+        err.to_string(),
+        "source kind \"http\" does not support publish"
+    );
+    let err = source
+        .publish_with(dir.path(), &dtk_core::PublishOptions::new().expecting(None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotSupported { .. }), "{err}");
     assert!(matches!(
         source.versions().await.unwrap_err(),
         Error::NotSupported { .. }

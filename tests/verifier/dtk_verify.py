@@ -185,6 +185,9 @@ def node_encoding(spec):
         if isinstance(count, bool) or not isinstance(count, int):
             raise ValueError("retry count is not an integer")
         out += enc_field("retry", [str(count), retry["backoff"]])
+    policy = spec.get("on_conflict")
+    if policy is not None:
+        out += enc_field("on-conflict", [policy])
     return out
 
 

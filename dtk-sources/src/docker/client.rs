@@ -558,6 +558,66 @@ impl Client {
         }
     }
 
+    /// Every tag of the repository (`GET /v2/REPO/tags/list`, following the `Link`
+    /// header's pages); empty when the registry has no such repository.
+    pub(crate) async fn tags(&self) -> Result<Vec<String>> {
+        const MAX_PAGES: usize = 1000;
+        let mut url = self.url("tags/list");
+        let mut out = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let u = url.clone();
+            let resp = self.send(Access::Pull, &u, |c| Ok(c.get(&u))).await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Ok(out);
+            }
+            if !resp.status().is_success() {
+                return Err(self
+                    .failure(&format!("the tags of {}", self.shown()), resp)
+                    .await);
+            }
+            let next = resp
+                .headers()
+                .get("link")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| {
+                    let (target, rest) = l.trim().strip_prefix('<')?.split_once('>')?;
+                    rest.contains("rel=\"next\"").then(|| target.to_owned())
+                });
+            let bytes = self.read_limited(resp, MAX_MANIFEST, &u).await?;
+            #[derive(serde::Deserialize)]
+            struct Page {
+                #[serde(default)]
+                tags: Option<Vec<String>>,
+            }
+            let page: Page = serde_json::from_slice(&bytes).map_err(|e| {
+                self.err(format!(
+                    "the tags of {}: the registry's answer is not a tag list: {e}",
+                    self.shown()
+                ))
+            })?;
+            out.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(n) if n.starts_with('/') => url = format!("{}{n}", self.base),
+                Some(n) if n.starts_with(&self.base) => url = n,
+                Some(n) => {
+                    return Err(self.err(format!(
+                        "the tags of {}: the next page {n:?} is on another server",
+                        self.shown()
+                    )))
+                }
+                None => {
+                    out.sort();
+                    out.dedup();
+                    return Ok(out);
+                }
+            }
+        }
+        Err(self.err(format!(
+            "the tags of {}: more than {MAX_PAGES} pages",
+            self.shown()
+        )))
+    }
+
     /// `GET` the manifest `reference` (a tag or a digest); `None` when the registry has no
     /// such manifest (or repository).
     pub(crate) async fn manifest(&self, reference: &str) -> Result<Option<Fetched>> {

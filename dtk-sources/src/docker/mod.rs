@@ -74,7 +74,10 @@ pub struct DockerKind {
 }
 
 fn capabilities() -> Capabilities {
-    Capabilities::none().with_publish(true).with_tags(true)
+    Capabilities::none()
+        .with_publish(true)
+        .with_tags(true)
+        .with_patterns(true)
 }
 
 #[async_trait]
@@ -127,7 +130,11 @@ impl Kind for DockerKind {
         };
         reference::check_tag(&tag)?;
         let client = Client::new(ctx, new.name.as_str(), r.clone())?;
-        if client.manifest(&tag).await?.is_none() {
+        if dtk_core::pattern::is_pattern(&tag) {
+            // The tags it matches are read at each poll (none yet is fine); listing them
+            // once checks the registry and the credentials.
+            client.tags().await?;
+        } else if client.manifest(&tag).await?.is_none() {
             return Err(tag_not_found(&tag, &client));
         }
         let mut spec = SourceSpec::new(new.name, KIND, r.location());
@@ -327,11 +334,47 @@ impl Source for DockerSource {
     }
 
     async fn latest(&self) -> Result<VersionInfo> {
+        if self.spec.is_pattern() {
+            return self
+                .heads()
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::NotFound {
+                    what: "docker tag",
+                    name: self.tag().to_owned(),
+                    hint: " (no tag of the repository matches the pattern)".to_owned(),
+                });
+        }
         let client = self.client()?;
         match client.manifest(self.tag()).await? {
             Some(m) => to_version(self, &m.digest),
             None => Err(tag_not_found(self.tag(), client)),
         }
+    }
+
+    /// List the repository's tags and fetch the manifest of each tag the pattern matches;
+    /// tags in reverse name order (a registry keeps no dates).
+    async fn heads(&self) -> Result<Vec<VersionInfo>> {
+        let pattern = dtk_core::pattern::TagPattern::new(self.tag())?;
+        let client = self.client()?;
+        let mut tags: Vec<String> = client
+            .tags()
+            .await?
+            .into_iter()
+            .filter(|t| pattern.matches(t))
+            .collect();
+        tags.sort_by(|a, b| b.cmp(a));
+        let mut out = Vec::new();
+        for t in tags {
+            // A tag deleted between the listing and this fetch is simply gone.
+            if let Some(m) = client.manifest(&t).await? {
+                let mut v = to_version(self, &m.digest)?;
+                v.extra.insert(dtk_core::pattern::REF_FIELD.to_owned(), t);
+                out.push(v);
+            }
+        }
+        Ok(out)
     }
 
     /// A registry keeps no history of a tag: `NotSupported`, and dtk lists the digests it
@@ -356,6 +399,13 @@ impl Source for DockerSource {
             }
         }
         f.insert("TAG".to_owned(), self.tag().to_owned());
+        if self.spec.is_pattern() {
+            // The tag each version came from (dtk sets it from the version's record).
+            f.insert(
+                dtk_core::pattern::REF_FIELD.to_owned(),
+                self.tag().to_owned(),
+            );
+        }
         f.insert("REGISTRY".to_owned(), self.reference.registry.clone());
         Ok(f)
     }
@@ -403,6 +453,13 @@ impl Source for DockerSource {
     /// Push the OCI image layout `dir` under the source's tag. Its `index.json` must list
     /// one manifest, or exactly one named after the tag.
     async fn publish(&self, dir: &Path) -> Result<VersionInfo> {
+        if self.spec.is_pattern() {
+            return Err(Error::invalid(
+                "docker tag",
+                self.tag(),
+                "a source following a tag pattern cannot be published to (give a tag)",
+            ));
+        }
         let layout = Layout::open(dir)?;
         let top = layout.pick(self.tag())?;
         // Every manifest, parents before children, and every blob, once.

@@ -221,6 +221,23 @@ fn check_repo(repo: &str) -> std::result::Result<(), String> {
 
 /// Check a tag: up to 128 letters, digits, `_`, `.` and `-`, not starting with `.` or `-`.
 pub(crate) fn check_tag(tag: &str) -> Result<()> {
+    if dtk_core::pattern::is_pattern(tag) {
+        dtk_core::pattern::TagPattern::new(tag)?;
+        let ok = tag.len() <= 128
+            && tag.bytes().all(|b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(b, b'_' | b'.' | b'-' | b'*' | b'?' | b'[' | b']' | b'!')
+            });
+        return if ok {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                "docker tag pattern",
+                tag,
+                "a pattern is made of tag characters (letters, digits, '_', '.', '-') and '*', '?', '[...]'",
+            ))
+        };
+    }
     let ok = !tag.is_empty()
         && tag.len() <= 128
         && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')

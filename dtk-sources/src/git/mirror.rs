@@ -46,7 +46,6 @@ impl std::fmt::Debug for Token {
 /// the base URL configured for the `github` shortcut (`[kind.git] github_url`).
 #[derive(Debug, Clone)]
 pub(crate) struct GithubAuth {
-    #[cfg_attr(not(feature = "https"), allow(dead_code))]
     pub(crate) token: Token,
     /// The host, lower case.
     pub(crate) host: String,
@@ -70,7 +69,6 @@ impl GithubAuth {
     }
 
     /// True when `url` is on this host over HTTPS (for github.com, www.github.com too).
-    #[cfg_attr(not(feature = "https"), allow(dead_code))]
     pub(crate) fn applies_to(&self, url: &gix::Url) -> bool {
         if url.scheme != gix::url::Scheme::Https || url.port_or_default() != Some(self.port) {
             return false;
@@ -94,7 +92,6 @@ pub(crate) struct Mirror {
     /// The md5 of the location, naming the mirror.
     key: String,
     /// Sent as HTTP authorization to the GitHub host only.
-    #[cfg_attr(not(feature = "https"), allow(dead_code))]
     auth: Option<GithubAuth>,
     /// The bound on a fetch making no progress.
     timeout: Duration,
@@ -158,6 +155,30 @@ impl Mirror {
             auth,
             timeout,
         }
+    }
+
+    /// Environment for a `git push` to this location: the GitHub token, when it applies,
+    /// as git configuration in the environment (never in the arguments, which other users
+    /// can read).
+    pub(crate) fn push_env(&self) -> Vec<(String, String)> {
+        let Some(auth) = &self.auth else {
+            return Vec::new();
+        };
+        let Ok(url) = gix::url::parse(self.location.as_bytes().as_bstr()) else {
+            return Vec::new();
+        };
+        if !auth.applies_to(&url) {
+            return Vec::new();
+        }
+        let basic = base64(format!("x-access-token:{}", auth.token.0).as_bytes());
+        vec![
+            ("GIT_CONFIG_COUNT".to_owned(), "1".to_owned()),
+            ("GIT_CONFIG_KEY_0".to_owned(), "http.extraHeader".to_owned()),
+            (
+                "GIT_CONFIG_VALUE_0".to_owned(),
+                format!("Authorization: Basic {basic}"),
+            ),
+        ]
     }
 
     /// True once a first fetch has completed.
@@ -401,12 +422,14 @@ impl Mirror {
             .prepare_fetch(progress.clone(), options)
             .map_err(fetch_fail())?;
         let head = remote_head(prepare.ref_map());
+        let names = remote_ref_names(prepare.ref_map());
         prepare
             .receive(progress, &shared.interrupt)
             .map_err(fetch_fail())?;
         if let Some(head) = head {
             write_head(git_dir, &head)?;
         }
+        write_remote_refs(git_dir, &names)?;
         Ok(())
     }
 
@@ -472,7 +495,6 @@ fn git_credential(
 }
 
 /// Standard base64 with padding.
-#[cfg_attr(not(feature = "https"), allow(dead_code))]
 pub(crate) fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
@@ -542,6 +564,44 @@ fn remote_head(map: &gix::remote::fetch::RefMap) -> Option<RemoteHead> {
         Some(b) => RemoteHead::Branch(b),
         None => RemoteHead::Detached(object),
     })
+}
+
+/// The branches and tags the remote has (full names), sorted.
+fn remote_ref_names(map: &gix::remote::fetch::RefMap) -> Vec<String> {
+    use gix::protocol::handshake::Ref;
+    let mut names: Vec<String> = map
+        .remote_refs
+        .iter()
+        .filter_map(|r| match r {
+            Ref::Direct { full_ref_name, .. }
+            | Ref::Peeled { full_ref_name, .. }
+            | Ref::Symbolic { full_ref_name, .. } => Some(full_ref_name.to_string()),
+            Ref::Unborn { .. } => None,
+        })
+        .filter(|n| n.starts_with("refs/heads/") || n.starts_with("refs/tags/"))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The file in a mirror listing the refs the remote had at the last fetch: the fetch
+/// never deletes a ref the remote deleted, so pattern sources read this list to stop
+/// following deleted refs.
+pub(crate) const REMOTE_REFS: &str = "dtk-remote-refs";
+
+/// Write [`REMOTE_REFS`] atomically.
+fn write_remote_refs(git_dir: &Path, names: &[String]) -> std::result::Result<(), FetchFailure> {
+    let path = git_dir.join(REMOTE_REFS);
+    let mut content = names.join("\n");
+    content.push('\n');
+    if std::fs::read_to_string(&path).is_ok_and(|c| c == content) {
+        return Ok(());
+    }
+    let tmp = git_dir.join(format!("{REMOTE_REFS}.dtk-tmp"));
+    std::fs::write(&tmp, &content)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| FetchFailure::with(format!("cannot write {}", path.display()), e))
 }
 
 /// Point the mirror's `HEAD` where the remote's is (atomically, only when it changed).

@@ -35,6 +35,7 @@
 
 mod location;
 mod mirror;
+mod publish;
 mod tree;
 mod walk;
 
@@ -42,7 +43,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use dtk_core::source::not_supported;
 use dtk_core::{
     Algo, Capabilities, Context, Error, Fields, Kind, NewSource, Result, Source, SourceSpec,
     Version, VersionInfo,
@@ -64,7 +64,7 @@ mod sha1 {
 use mirror::{GithubAuth, Mirror};
 
 /// The keys of `[kind.git]` in `.dkt/config`.
-pub const SETTINGS: &[&str] = &["github_url"];
+pub const SETTINGS: &[&str] = &["github_url", "author", "committer"];
 
 /// The GitHub token of `ctx`, bound to the GitHub host (a bad `github_url` binds it to
 /// nothing: the token is then never sent).
@@ -96,6 +96,8 @@ fn capabilities() -> Capabilities {
         .with_history(true)
         .with_subpath(true)
         .with_tags(true)
+        .with_patterns(true)
+        .with_publish(true)
 }
 
 fn backend(
@@ -183,6 +185,14 @@ impl Kind for GitKind {
         let spec_path = path.clone();
         let m = mirror.clone();
         let n = name.clone();
+        if let Some(t) = tag.as_deref().filter(|t| dtk_core::pattern::is_pattern(t)) {
+            // A pattern: the refs it matches are read at each poll (none yet is fine).
+            dtk_core::pattern::TagPattern::new(t)?;
+            let mut spec = SourceSpec::new(new.name, KIND, normalized.location);
+            spec.tag = Some(t.to_owned());
+            spec.path = path;
+            return Ok(spec);
+        }
         let tag = blocking(&name, move || {
             let repo = m.open().map_err(|e| open_error(&n, &m, e))?;
             let tag = match tag {
@@ -243,6 +253,11 @@ impl std::fmt::Debug for GitSource {
 struct Inner {
     spec: SourceSpec,
     mirror: Mirror,
+    /// Who commits what a node publishes (`[kind.git] author`, `committer`).
+    author: Option<String>,
+    committer: Option<String>,
+    /// Where publishing works (`<cache>/git/publish`).
+    publish_tmp: PathBuf,
     /// The commits reachable from the last tip seen by `materialize`.
     reachable: Mutex<Reachable>,
 }
@@ -260,6 +275,9 @@ impl GitSource {
             inner: Arc::new(Inner {
                 spec: spec.clone(),
                 mirror,
+                author: ctx.setting(KIND, "author").map(str::to_owned),
+                committer: ctx.setting(KIND, "committer").map(str::to_owned),
+                publish_tmp: publish::tmp_dir(&ctx.cache_dir),
                 reachable: Mutex::new(None),
             }),
         }
@@ -294,6 +312,90 @@ impl GitSource {
         };
         let tip = resolve_tag(&repo, name, &inner.mirror, &tag)?;
         Ok((repo, tip))
+    }
+
+    /// For a pattern source: the tip of every branch and tag the remote has whose name
+    /// matches, with the commit that `git log -1 [-- PATH]` shows from it and its time;
+    /// newest first (ties by name). A branch shadows a tag of the same name.
+    fn heads_blocking(inner: &Inner) -> Result<Vec<(ObjectId, String)>> {
+        let name = inner.spec.name.as_str();
+        let pattern = dtk_core::pattern::TagPattern::new(inner.spec.tag.as_deref().unwrap_or(""))?;
+        let mut repo = inner
+            .mirror
+            .open()
+            .map_err(|e| open_error(name, &inner.mirror, e))?;
+        let listed = std::fs::read_to_string(inner.mirror.dir.join(mirror::REMOTE_REFS)).ok();
+        let mut full_names: Vec<String> = match listed {
+            Some(text) => text.lines().map(str::to_owned).collect(),
+            None => {
+                let refs = repo
+                    .references()
+                    .map_err(|e| backend(name, "cannot list the mirror's refs", e))?;
+                let all = refs
+                    .all()
+                    .map_err(|e| backend(name, "cannot list the mirror's refs", e))?;
+                all.filter_map(|r| r.ok())
+                    .map(|r| r.name().as_bstr().to_string())
+                    .collect()
+            }
+        };
+        // Branches before tags, so a branch shadows a tag of the same name.
+        full_names.sort_by_key(|n| (!n.starts_with("refs/heads/"), n.clone()));
+        let mut seen = std::collections::BTreeSet::new();
+        let mut tips = Vec::new();
+        for full in full_names {
+            let Some(short) = full
+                .strip_prefix("refs/heads/")
+                .or_else(|| full.strip_prefix("refs/tags/"))
+            else {
+                continue;
+            };
+            if !pattern.matches(short) || !seen.insert(short.to_owned()) {
+                continue;
+            }
+            let Some(mut r) = repo
+                .try_find_reference(full.as_str())
+                .map_err(|e| backend(name, format!("cannot read {full}"), e))?
+            else {
+                continue;
+            };
+            let Ok(commit) = r.peel_to_commit() else {
+                continue; // a tag of a tree or a blob: nothing to follow
+            };
+            tips.push((commit.id, short.to_owned()));
+        }
+        let path = inner
+            .spec
+            .path
+            .as_deref()
+            .filter(|p| !p.is_empty() && *p != ".")
+            .map(str::to_owned);
+        let hash = repo.object_hash();
+        let mut out = Vec::new();
+        for (tip, short) in tips {
+            let walk_err =
+                |e: walk::WalkError| backend(name, format!("cannot walk the history of {tip}"), e);
+            let id = match &path {
+                None => tip,
+                Some(p) => {
+                    let mut walk = walk::LogWalk::new(&mut repo.objects, hash, tip, Some(p))
+                        .map_err(walk_err)?;
+                    match walk.next_commit().map_err(walk_err)? {
+                        Some(id) => id,
+                        None => continue, // no commit of this ref touches the path
+                    }
+                }
+            };
+            let time = repo
+                .find_commit(id)
+                .ok()
+                .and_then(|c| c.time().ok())
+                .map(|t| t.seconds)
+                .unwrap_or(0);
+            out.push((std::cmp::Reverse(time), short, id));
+        }
+        out.sort();
+        Ok(out.into_iter().map(|(_, short, id)| (id, short)).collect())
     }
 
     /// Walk from the tip in `git log` order, stopping after `limit` commits.
@@ -351,9 +453,29 @@ impl GitSource {
         scratch: &Path,
     ) -> Result<PathBuf> {
         let name = inner.spec.name.as_str();
-        let (mut repo, tip) = Self::tip(inner)?;
         let tag = inner.spec.tag.as_deref().unwrap_or("HEAD");
-        if !Self::reachable(inner, &mut repo, tip)?.contains(&commit) {
+        let reachable = if inner.spec.is_pattern() {
+            let mut repo = inner
+                .mirror
+                .open()
+                .map_err(|e| open_error(name, &inner.mirror, e))?;
+            let mut any = false;
+            for (tip, _) in Self::heads_blocking(inner)? {
+                if Self::reachable(inner, &mut repo, tip)?.contains(&commit) {
+                    any = true;
+                    break;
+                }
+            }
+            any
+        } else {
+            let (mut repo, tip) = Self::tip(inner)?;
+            Self::reachable(inner, &mut repo, tip)?.contains(&commit)
+        };
+        let repo = inner
+            .mirror
+            .open()
+            .map_err(|e| open_error(name, &inner.mirror, e))?;
+        if !reachable {
             return Err(Error::NotFound {
                 what: "version",
                 name: version.to_string(),
@@ -416,6 +538,13 @@ fn to_version(id: ObjectId) -> Result<VersionInfo> {
         Algo::Sha1,
         id.as_bytes(),
     )?))
+}
+
+/// The version of a pattern source's head, with its ref.
+fn head_version((id, r): (ObjectId, String)) -> Result<VersionInfo> {
+    let mut v = to_version(id)?;
+    v.extra.insert(dtk_core::pattern::REF_FIELD.to_owned(), r);
+    Ok(v)
 }
 
 /// The commit id a `sha1:` version names.
@@ -550,6 +679,21 @@ impl Source for GitSource {
     }
 
     async fn latest(&self) -> Result<VersionInfo> {
+        if self.inner.spec.is_pattern() {
+            return self
+                .heads()
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::NotFound {
+                    what: "tag",
+                    name: self.inner.spec.tag.clone().unwrap_or_default(),
+                    hint: format!(
+                        ": no branch or tag of {} matches it",
+                        redact_url(&self.inner.mirror.location)
+                    ),
+                });
+        }
         self.inner.mirror.fetch(KIND, self.name()).await?;
         let inner = self.inner.clone();
         let path = inner.spec.path.clone();
@@ -571,8 +715,28 @@ impl Source for GitSource {
     async fn versions(&self) -> Result<Vec<VersionInfo>> {
         self.ensure_mirror().await?;
         let inner = self.inner.clone();
+        if inner.spec.is_pattern() {
+            let heads = blocking(self.name(), move || Self::heads_blocking(&inner)).await?;
+            return heads.into_iter().map(head_version).collect();
+        }
         let ids = blocking(self.name(), move || Self::log(&inner, None)).await?;
         ids.into_iter().map(to_version).collect()
+    }
+
+    /// Fetch, then list the tips of the branches and tags the pattern matches (with the
+    /// sub-path, the newest commit of each that touches it), newest commit first.
+    async fn heads(&self) -> Result<Vec<VersionInfo>> {
+        if !self.inner.spec.is_pattern() {
+            return Err(Error::invalid(
+                "tag pattern",
+                self.inner.spec.tag.clone().unwrap_or_default(),
+                "the source's tag is not a pattern",
+            ));
+        }
+        self.inner.mirror.fetch(KIND, self.name()).await?;
+        let inner = self.inner.clone();
+        let heads = blocking(self.name(), move || Self::heads_blocking(&inner)).await?;
+        heads.into_iter().map(head_version).collect()
     }
 
     fn fields(&self, version: Option<&Version>, root: &Path) -> Result<Fields> {
@@ -640,8 +804,127 @@ impl Source for GitSource {
         .await
     }
 
-    async fn publish(&self, _dir: &Path) -> Result<VersionInfo> {
-        Err(not_supported(self, "publish"))
+    async fn publish(&self, dir: &Path) -> Result<VersionInfo> {
+        self.publish_with(dir, &dtk_core::PublishOptions::new())
+            .await
+    }
+
+    /// Commit `dir` on top of the branch's tip (with a sub-path, as that sub-tree of it)
+    /// and push it with a lease on that tip. The version the run started from is checked
+    /// against the branch after a fetch (with a sub-path: the newest commit touching it, so
+    /// unrelated commits on the branch are no conflict); the lease then makes the push a
+    /// compare-and-swap on the tip. Nothing written: the version stays.
+    async fn publish_with(
+        &self,
+        dir: &Path,
+        options: &dtk_core::PublishOptions,
+    ) -> Result<VersionInfo> {
+        let spec = &self.inner.spec;
+        let tag = spec.tag.clone().unwrap_or_default();
+        if spec.is_pattern() {
+            return Err(Error::invalid(
+                "tag",
+                tag,
+                "a source following a tag pattern cannot be published to (give a branch)",
+            ));
+        }
+        self.inner.mirror.fetch(KIND, self.name()).await?;
+        let inner = self.inner.clone();
+        let options = options.clone();
+        let dir = dir.to_owned();
+        let name = self.name().to_owned();
+        blocking(self.name(), move || {
+            let repo = inner
+                .mirror
+                .open()
+                .map_err(|e| open_error(&name, &inner.mirror, e))?;
+            let branch_ref = format!("refs/heads/{tag}");
+            let tip = repo
+                .try_find_reference(branch_ref.as_str())
+                .map_err(|e| backend(&name, format!("cannot read {branch_ref}"), e))?
+                .map(|mut r| r.peel_to_commit().map(|c| c.id))
+                .transpose()
+                .map_err(|e| backend(&name, format!("cannot peel {branch_ref}"), e))?;
+            if tip.is_none() && resolve_tag(&repo, &name, &inner.mirror, &tag).is_ok() {
+                return Err(Error::invalid(
+                    "tag",
+                    tag,
+                    "only a branch can be published to (this is a tag or a commit)",
+                ));
+            }
+            drop(repo);
+            let current = match tip {
+                None => None,
+                Some(_) => Self::log(&inner, Some(1))?.first().copied(),
+            };
+            let current_version = current.map(to_version).transpose()?.map(|v| v.version);
+            if !options.overwrite && current_version != options.expected {
+                return Err(Error::OutputMoved {
+                    kind: KIND.to_owned(),
+                    source_name: name,
+                    expected: options.expected,
+                    found: current_version,
+                });
+            }
+            let identity = |key: &str, value: &Option<String>| match value {
+                Some(v) => publish::Identity::parse(key, v),
+                None => Ok(publish::Identity::default_dtk()),
+            };
+            let mut message = match (&options.run, &options.node) {
+                (Some(run), Some(node)) => format!(
+                    "dkt: run {} of node {}\n\nDkt-Run: {run}\nDkt-Node: {node}\n",
+                    &run[..run.len().min(8)],
+                    &node[..node.len().min(8)]
+                ),
+                _ => format!("dkt: publish {name}\n"),
+            };
+            if let Some(m) = &options.manifest {
+                message.push_str(&format!("Dkt-Manifest: {m}\n"));
+            }
+            if message.is_empty() {
+                message.push('\n');
+            }
+            let p = publish::Publish {
+                name: &name,
+                mirror: &inner.mirror.dir,
+                location: &inner.spec.location,
+                branch: &tag,
+                path: inner
+                    .spec
+                    .path
+                    .as_deref()
+                    .filter(|p| !p.is_empty() && *p != "."),
+                base: tip.map(|t| t.to_string()),
+                force: options.overwrite,
+                author: identity("author", &inner.author)?,
+                committer: identity("committer", &inner.committer)?,
+                message,
+                env: inner.mirror.push_env(),
+            };
+            match p.run_blocking(&dir, &inner.publish_tmp)? {
+                publish::Pushed::Commit(c) => {
+                    let id = ObjectId::from_hex(c.as_bytes()).map_err(|e| {
+                        backend(&name, format!("git made a bad commit id {c:?}"), e)
+                    })?;
+                    to_version(id)
+                }
+                publish::Pushed::Unchanged => match current {
+                    Some(c) => to_version(c),
+                    None => Err(Error::backend(KIND, &name, "nothing to publish")),
+                },
+                publish::Pushed::Moved(found) => Err(Error::OutputMoved {
+                    kind: KIND.to_owned(),
+                    source_name: name,
+                    expected: options.expected,
+                    found: found
+                        .and_then(|f| ObjectId::from_hex(f.as_bytes()).ok())
+                        .map(to_version)
+                        .transpose()?
+                        .map(|v| v.version),
+                }),
+            }
+        })
+        .await
     }
 
     /// Re-hash the commit object in the mirror (`sha1("commit <len>\0" + data)`) and compare

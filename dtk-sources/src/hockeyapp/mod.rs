@@ -40,7 +40,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use dtk_core::config::HOCKEYAPP_TOKEN;
-use dtk_core::source::not_supported;
 use dtk_core::{
     async_trait, Algo, Capabilities, Context, Error, Fields, IoResultExt, Kind, NewSource, Result,
     Source, SourceSpec, Verification, Version, VersionInfo,
@@ -84,7 +83,8 @@ impl HockeyAppKind {
 }
 
 fn capabilities() -> Capabilities {
-    Capabilities::none().with_history(true)
+    // Publishing uploads through the API v2 upload endpoint.
+    Capabilities::none().with_history(true).with_publish(true)
 }
 
 /// True for a public app identifier: 32 hex digits.
@@ -399,6 +399,90 @@ impl Service {
         )
     }
 
+    /// Upload `file` as a new version of app `app_id` (multipart, streamed from disk) and
+    /// return the build number the service answered (`version`).
+    async fn upload(
+        &self,
+        app_id: &str,
+        file: &Path,
+        notes: Option<(String, u8)>,
+    ) -> Result<String> {
+        let what = "the upload of a new version";
+        let url = self.api(&format!("apps/{app_id}/app_versions/upload"))?;
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "build".to_owned());
+        if name.contains(['"', '\r', '\n']) {
+            return Err(Error::invalid(
+                "build file name",
+                name,
+                "holds a quote or a line break",
+            ));
+        }
+        let size = std::fs::metadata(file)
+            .map_err(|e| Error::io(file, e))?
+            .len();
+        let boundary = format!("dtk-{:032x}", rand_u128());
+        let mut head = Vec::new();
+        let mut field = |k: &str, v: &str| {
+            head.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+                )
+                .as_bytes(),
+            );
+        };
+        field("status", "2");
+        field("notify", "0");
+        if let Some((text, kind)) = &notes {
+            field("notes", text);
+            field("notes_type", &kind.to_string());
+        }
+        head.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"ipa\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let tail = format!("\r\n--{boundary}--\r\n").into_bytes();
+        let total = head.len() as u64 + size + tail.len() as u64;
+        let f = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| Error::io(file, e))?;
+        use futures::StreamExt as _;
+        let body = futures::stream::iter([Ok::<_, std::io::Error>(head)])
+            .chain(futures::stream::unfold(f, |mut f| async move {
+                use tokio::io::AsyncReadExt as _;
+                let mut buf = vec![0u8; 64 << 10];
+                match f.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((Ok(buf), f))
+                    }
+                    Err(e) => Some((Err(e), f)),
+                }
+            }))
+            .chain(futures::stream::iter([Ok(tail)]));
+        let mut req = self
+            .client()?
+            .post(url.clone())
+            .header(
+                CONTENT_TYPE,
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .header(reqwest::header::CONTENT_LENGTH, total)
+            .body(reqwest::Body::wrap_stream(body));
+        if let Some(t) = &self.token {
+            req = req.header(TOKEN_HEADER, t.clone());
+        }
+        let resp = net::send(KIND, &self.name, url.as_str(), req).await?;
+        let v = self.json(what, resp).await?;
+        str_or_num(v.get("version"))
+            .ok_or_else(|| self.garbage(what, "no \"version\" (build number)"))
+    }
+
     /// `GET /api/2/apps`; `None` when the service has no such endpoint (404).
     async fn apps(&self) -> Result<Option<Vec<ApiApp>>> {
         let what = "the list of apps";
@@ -584,6 +668,56 @@ impl State {
             .find(|(_, b)| b.md5 == version.hex())
             .map(|(k, b)| (k.clone(), b.clone()))
     }
+}
+
+/// The build file in `dir` (its one regular file besides the notes) and the release notes
+/// (`notes.md`: Markdown, `notes.txt`: Textile), or `Invalid` saying what is wrong.
+fn build_to_upload(dir: &Path) -> Result<(PathBuf, Option<(String, u8)>)> {
+    let bad =
+        |why: String| Error::invalid("hockeyapp build directory", dir.display().to_string(), why);
+    let mut files = Vec::new();
+    let mut notes = None;
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let kind = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
+        if !kind.is_file() {
+            return Err(bad(format!("{name:?} is not a regular file: write the build file (and optional notes.md or notes.txt) only")));
+        }
+        match name.as_str() {
+            "notes.md" | "notes.txt" => {
+                let text = std::fs::read_to_string(entry.path())
+                    .map_err(|e| Error::io(entry.path(), e))?;
+                notes = Some((text, u8::from(name == "notes.md")));
+            }
+            _ => files.push(entry.path()),
+        }
+    }
+    match files.len() {
+        1 => Ok((files.remove(0), notes)),
+        0 => Err(bad("holds no build file".to_owned())),
+        n => Err(bad(format!(
+            "holds {n} files besides the notes: write exactly one build file"
+        ))),
+    }
+}
+
+/// A random number for a multipart boundary (not a secret: it only has to be absent from
+/// the file, which 128 random bits make certain in practice).
+fn rand_u128() -> u128 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut out = 0u128;
+    for _ in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        out = (out << 64) | u128::from(h.finish());
+    }
+    out
 }
 
 fn md5_version(hex: &str) -> Result<Version> {
@@ -914,8 +1048,30 @@ impl Source for HockeyAppSource {
         Ok(scratch.to_owned())
     }
 
-    async fn publish(&self, _dir: &Path) -> Result<VersionInfo> {
-        Err(not_supported(self, "publish"))
+    /// Upload the build file `dir` holds as a new version of the app, through the API
+    /// v2 upload endpoint (`POST /api/2/apps/APP_ID/app_versions/upload`, the file as the
+    /// multipart field `ipa`, streamed from disk; `notes.md` or `notes.txt` beside it, if
+    /// any, as the release notes, Markdown or Textile). The service numbers the build: the
+    /// version is then read back by a poll, and its `BUILD` must be the number the upload
+    /// answered.
+    async fn publish(&self, dir: &Path) -> Result<VersionInfo> {
+        let (file, notes) = build_to_upload(dir)?;
+        let mut state = self.load_state();
+        let app_id = self.app_id(&mut state).await?;
+        let number = self.service.upload(&app_id, &file, notes).await?;
+        let info = self.latest().await?;
+        match info.extra.get("BUILD") {
+            Some(b) if *b == number => Ok(info),
+            other => Err(Error::backend(
+                KIND,
+                self.name(),
+                format!(
+                    "uploaded build {number} to {}, but its newest build is now {}",
+                    self.app_url(),
+                    other.map(String::as_str).unwrap_or("-")
+                ),
+            )),
+        }
     }
 
     /// Download the build's file again and re-hash it: verified, a mismatch (the build is

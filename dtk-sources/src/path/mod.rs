@@ -405,6 +405,42 @@ impl Source for PathSource {
         self.latest().await
     }
 
+    /// Publish only if the directory still holds `options.expected`: its digest is taken
+    /// (through the stat cache) immediately before the swap, in the same blocking task,
+    /// so a file written into it while a node ran is never silently replaced.
+    async fn publish_with(
+        &self,
+        dir: &Path,
+        options: &dtk_core::PublishOptions,
+    ) -> Result<VersionInfo> {
+        if options.overwrite {
+            return self.publish(dir).await;
+        }
+        let root = self.root.clone();
+        let cache = self.cache.clone();
+        let dir = dir.to_owned();
+        let expected = options.expected.clone();
+        let name = self.spec.name.to_string();
+        self.blocking(move || {
+            let now = if fs::symlink_metadata(&root).is_ok() {
+                Some(digest(&root, Some(&cache))?.version)
+            } else {
+                None
+            };
+            if now != expected {
+                return Err(Error::OutputMoved {
+                    kind: KIND.to_owned(),
+                    source_name: name,
+                    expected,
+                    found: now,
+                });
+            }
+            publish_blocking(&root, &dir)
+        })
+        .await?;
+        self.latest().await
+    }
+
     /// Removes the stat cache and, when dtk created the location, the location.
     async fn remove(&self) -> Result<()> {
         let spec = self.spec.clone();

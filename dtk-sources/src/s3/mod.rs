@@ -149,6 +149,9 @@ impl Kind for S3Kind {
     }
 }
 
+/// What the provenance object beside a prefix is called: `PREFIX` and this suffix.
+pub const PROVENANCE_SUFFIX: &str = ".dkt-provenance.json";
+
 /// An `s3` source: the objects below a prefix of a bucket.
 #[derive(Clone)]
 pub struct S3Source {
@@ -350,8 +353,51 @@ impl Source for S3Source {
 
     /// Upload `dir` to the prefix, delete the keys it does not hold, and list again.
     async fn publish(&self, dir: &Path) -> Result<VersionInfo> {
-        transfer::publish(self, dir).await?;
+        transfer::publish(self, dir, &object_store::Attributes::new()).await?;
         self.latest().await
+    }
+
+    /// As [`publish`](Source::publish) after checking the listing's digest against
+    /// `options.expected`, for a run: each object uploaded carries the run's provenance as
+    /// user metadata (`x-amz-meta-dkt-run`, `-dkt-node`, `-dkt-manifest`), and a
+    /// provenance object is written beside the prefix, `PREFIX.dkt-provenance.json`
+    /// (outside it, so it is not part of the version; not written for a whole bucket).
+    async fn publish_with(
+        &self,
+        dir: &Path,
+        options: &dtk_core::PublishOptions,
+    ) -> Result<VersionInfo> {
+        if !options.overwrite {
+            dtk_core::source::check_expected(self, options).await?;
+        }
+        let attributes = transfer::provenance_attributes(options);
+        transfer::publish(self, dir, &attributes).await?;
+        let info = self.latest().await?;
+        if let (Some(run), false) = (&options.run, self.location.prefix.is_empty()) {
+            let body = serde_json::json!({
+                "_type": "https://dtk.dev/provenance/v1",
+                "url": self.url(),
+                "version": info.version.to_string(),
+                "source": self.spec.name.as_str(),
+                "run": run,
+                "node": options.node,
+                "manifest": options.manifest,
+            });
+            let text = serde_json::to_vec_pretty(&body).map_err(|e| {
+                Error::backend(
+                    KIND,
+                    self.name(),
+                    format!("cannot write the provenance object: {e}"),
+                )
+            })?;
+            let k = format!(
+                "{}{}",
+                self.location.prefix.trim_end_matches('/'),
+                PROVENANCE_SUFFIX
+            );
+            transfer::put_object(self, &k, text, attributes).await?;
+        }
+        Ok(info)
     }
 
     /// Re-list the prefix and compare its digest; when it matches, download every object

@@ -9,7 +9,10 @@ use dtk_core::{Error, IoResultExt, Result, Version};
 use futures::{StreamExt, TryStreamExt};
 use md5::{Digest as _, Md5};
 use object_store::path::Path as Key;
-use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{
+    Attribute, Attributes, GetOptions, ObjectStore, ObjectStoreExt, PutMultipartOptions,
+    PutOptions, PutPayload, WriteMultipart,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::listing::{Entry, Listing};
@@ -299,8 +302,45 @@ struct Done {
     deleted: Vec<String>,
 }
 
+/// The user-defined metadata (`x-amz-meta-NAME`) each object a run uploads carries:
+/// `dkt-run`, `dkt-node`, `dkt-manifest`, from `options`.
+pub(super) fn provenance_attributes(options: &dtk_core::PublishOptions) -> Attributes {
+    let mut a = Attributes::new();
+    for (k, v) in [
+        ("dkt-run", &options.run),
+        ("dkt-node", &options.node),
+        ("dkt-manifest", &options.manifest),
+    ] {
+        if let Some(v) = v {
+            a.insert(Attribute::Metadata(k.into()), v.clone().into());
+        }
+    }
+    a
+}
+
+/// Write `body` at `key` (outside the prefix), with `attributes`.
+pub(super) async fn put_object(
+    src: &S3Source,
+    k: &str,
+    body: Vec<u8>,
+    attributes: Attributes,
+) -> Result<()> {
+    let what = format!("writing s3://{}/{k}", src.location.bucket);
+    src.conn
+        .transfer
+        .put_opts(
+            &key(src, k)?,
+            PutPayload::from(body),
+            PutOptions::from(attributes),
+        )
+        .await
+        .map_err(|e| src.error(&what, &e))?;
+    Ok(())
+}
+
 /// Upload `dir` to the prefix, then delete the keys below it that `dir` does not hold.
-pub(super) async fn publish(src: &S3Source, dir: &Path) -> Result<()> {
+/// Uploaded objects carry `attributes` (unchanged objects, not uploaded again, keep theirs).
+pub(super) async fn publish(src: &S3Source, dir: &Path, attributes: &Attributes) -> Result<()> {
     let files = {
         let dir = dir.to_owned();
         tokio::task::spawn_blocking(move || scan(&dir))
@@ -340,7 +380,7 @@ pub(super) async fn publish(src: &S3Source, dir: &Path) -> Result<()> {
                 }
             }
             let k = full_key(src, &f.rel);
-            upload(src, f, &k).await?;
+            upload(src, f, &k, attributes).await?;
             done.uploaded.push(k);
         }
         for e in &to_delete {
@@ -403,7 +443,7 @@ fn some_keys(keys: &[String]) -> String {
 
 /// Upload one file: one request up to [`PART_SIZE`], else a multipart upload with at most
 /// [`PARTS_IN_FLIGHT`] parts in memory.
-async fn upload(src: &S3Source, f: &LocalFile, k: &str) -> Result<()> {
+async fn upload(src: &S3Source, f: &LocalFile, k: &str, attributes: &Attributes) -> Result<()> {
     let what = format!(
         "uploading {} to s3://{}/{k}",
         f.path.display(),
@@ -418,7 +458,11 @@ async fn upload(src: &S3Source, f: &LocalFile, k: &str) -> Result<()> {
         let data = tokio::fs::read(&f.path).await.at(&f.path)?;
         let n = data.len() as u64;
         store
-            .put(&location, PutPayload::from(data))
+            .put_opts(
+                &location,
+                PutPayload::from(data),
+                PutOptions::from(attributes.clone()),
+            )
             .await
             .map_err(|e| src.error(&what, &e))?;
         transfer.advance(n);
@@ -426,7 +470,13 @@ async fn upload(src: &S3Source, f: &LocalFile, k: &str) -> Result<()> {
     }
     let part = PART_SIZE.max(f.size.div_ceil(MAX_PARTS));
     let upload = store
-        .put_multipart(&location)
+        .put_multipart_opts(
+            &location,
+            PutMultipartOptions {
+                attributes: attributes.clone(),
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| src.error(&what, &e))?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, part as usize);

@@ -163,6 +163,18 @@ impl Moto {
         self.curl(&[&format!("{}/{bucket}/{key}", self.endpoint)], None)
     }
 
+    /// An object's response headers (`HEAD`), lower-cased names, one `name: value` a line.
+    pub fn headers(&self, bucket: &str, key: &str) -> String {
+        self.curl(&["-I", &format!("{}/{bucket}/{key}", self.endpoint)], None)
+            .lines()
+            .map(|l| match l.split_once(':') {
+                Some((k, v)) => format!("{}: {}", k.to_ascii_lowercase(), v.trim()),
+                None => l.trim().to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Delete an object.
     pub fn delete(&self, bucket: &str, key: &str) {
         self.curl(

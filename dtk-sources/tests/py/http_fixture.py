@@ -20,6 +20,15 @@ while the server runs:
                                    "no_url": true. Served as
                                    GET /api/2/apps/APP_ID/app_versions, and each file as
                                    GET /api/2/apps/APP_ID/app_versions/ID?format=FORMAT.
+                                   POST /api/2/apps/APP_ID/app_versions/upload (multipart
+                                   form: the build file as `ipa`, optional `notes`,
+                                   `notes_type`, `status`, `notify`, as the API v2
+                                   documents it) stores the file under its name in files/ (the same
+                                   name again must hold the same bytes),
+                                   adds a build numbered one more than the highest, newest
+                                   first, and answers 201 with the new version (`version`
+                                   is its build number). A stored name with other bytes,
+                                   or no `ipa`, answers 422.
   DIR/ctl/                switches (files; remove them to switch back):
       garbage             API answers are not JSON.
       truncate            file and build downloads announce more bytes than they send,
@@ -42,6 +51,8 @@ while the server runs:
 """
 
 import argparse
+import email.parser
+import email.policy
 import email.utils
 import hashlib
 import json
@@ -129,6 +140,18 @@ class Handler(BaseHTTPRequestHandler):
     def do_HEAD(self):
         self.do_GET()
 
+    def do_POST(self):
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            parts = urlsplit(self.path)
+            path = unquote(parts.path)
+            if path.startswith("/api/"):
+                return self.api(path, parse_qs(parts.query), body)
+            return self.send(405, b"", {})
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
     def do_GET(self):
         try:
             self.handle_get()
@@ -197,7 +220,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send(200, body, headers, truncate=ctl("truncate") is not None)
 
     # ------------------------------------------------------------------ HockeyApp API v2
-    def api(self, path, query):
+    def api(self, path, query, body=None):
         if self.auth() != "token-ok" and os.path.exists(os.path.join(ROOT, "token")):
             return self.send(
                 401,
@@ -218,6 +241,10 @@ class Handler(BaseHTTPRequestHandler):
         if "/" in app_id or app_id.startswith(".") or not os.path.exists(builds_file):
             return self.send(404, b'{"errors":"not found"}', {"Content-Type": "application/json"})
         builds = read_json(builds_file)
+        if self.command == "POST":
+            if segs[4:] == ["app_versions", "upload"]:
+                return self.upload(app_id, builds, builds_file, body or b"")
+            return self.send(404, b"{}", {"Content-Type": "application/json"})
         if len(segs) == 5 and segs[4] == "app_versions":
             return self.versions(app_id, builds, query)
         if len(segs) == 6 and segs[4] == "app_versions":
@@ -276,6 +303,63 @@ class Handler(BaseHTTPRequestHandler):
                 },
             )
         return self.send_json(200, {"app_versions": out, "status": "success"})
+
+    def upload(self, app_id, builds, builds_file, body):
+        head = f"Content-Type: {self.headers.get('Content-Type', '')}\r\n\r\n".encode()
+        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+        fields, name, data = {}, None, None
+        if msg.is_multipart():
+            for part in msg.iter_parts():
+                field = part.get_param("name", header="content-disposition")
+                if field == "ipa":
+                    name = part.get_filename()
+                    data = part.get_payload(decode=True)
+                elif field:
+                    fields[field] = part.get_payload(decode=True).decode()
+        if not name or data is None or "/" in name or name.startswith("."):
+            return self.send(422, b'{"errors":{"ipa":["missing"]}}', {"Content-Type": "application/json"})
+        fdir = os.path.join(ROOT, "hockeyapp", app_id, "files")
+        os.makedirs(fdir, exist_ok=True)
+        existing = os.path.join(fdir, name)
+        if os.path.exists(existing):
+            with open(existing, "rb") as f:
+                if f.read() != data:
+                    return self.send(422, b'{"errors":{"ipa":["taken"]}}', {"Content-Type": "application/json"})
+        with open(os.path.join(fdir, name), "wb") as f:
+            f.write(data)
+        number = max([int(b["version"]) for b in builds] + [0]) + 1
+        bid = max([int(b["id"]) for b in builds] + [0]) + 1
+        build = {
+            "id": bid,
+            "version": str(number),
+            "shortversion": fields.get("shortversion", ""),
+            "title": "App",
+            "timestamp": int(time.time()),
+            "file": name,
+            "notes": fields.get("notes", ""),
+            "notes_type": fields.get("notes_type", ""),
+            "status": fields.get("status", ""),
+        }
+        with open(builds_file + ".tmp", "w") as f:
+            json.dump([build] + builds, f)
+        os.replace(builds_file + ".tmp", builds_file)
+        numeric = self.numeric_id(app_id)
+        base = f"http://127.0.0.1:{PORT}"
+        return self.send_json(
+            201,
+            {
+                "id": bid,
+                "version": str(number),
+                "shortversion": build["shortversion"],
+                "title": "App",
+                "timestamp": build["timestamp"],
+                "appsize": len(data),
+                "notes": build["notes"],
+                "status": 2,
+                "config_url": f"{base}/manage/apps/{numeric}/app_versions/{bid}",
+                "public_url": f"{base}/apps/{app_id}",
+            },
+        )
 
     def build_file(self, app_id, builds, build_id):
         for b in builds:
