@@ -10,7 +10,7 @@ use crate::graph::{Edge, Graph, Vertex};
 use crate::source::{Context, NewSource, Registry, Source, VersionInfo};
 use crate::store::{Snapshot, Store, Tx};
 use crate::{
-    resolve_version, Error, Link, Name, NodeId, NodeSpec, Result, SourceSpec, SourceVersion,
+    resolve_version, Error, Link, Name, NodeId, NodeSpec, Result, RunId, SourceSpec, SourceVersion,
     Version, VersionRecord,
 };
 
@@ -122,6 +122,10 @@ pub struct UpdateOutcome {
     pub error: Option<String>,
     /// True when the source was skipped (frozen).
     pub skipped: bool,
+    /// A run publishing to this source right now: it was not polled (its new version is
+    /// recorded with that run, and its provenance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publishing: Option<RunId>,
 }
 
 /// An open dtk project.
@@ -1022,8 +1026,18 @@ impl Project {
         selected: Vec<SourceSpec>,
         record: bool,
     ) -> Result<Vec<UpdateOutcome>> {
+        // Runs that died publishing are completed first (their versions then carry their
+        // run); an output a live run is publishing to is not polled: its new content
+        // belongs to that run, which records it.
+        if record {
+            if let Err(e) = self.recover_publishing().await {
+                tracing::warn!(error = %error_chain(&e), "cannot recover runs that died publishing");
+            }
+        }
+        let in_flight = self.publishing_outputs()?;
+        let busy = &in_flight;
         let polls = selected.iter().map(|spec| async move {
-            if spec.frozen {
+            if spec.frozen || busy.contains_key(&spec.name) {
                 return (spec, None);
             }
             let r = match self.open_source(spec) {
@@ -1059,7 +1073,8 @@ impl Project {
                 previous: spec.latest.clone(),
                 latest: spec.latest.clone(),
                 error: None,
-                skipped: r.is_none(),
+                skipped: r.is_none() && spec.frozen,
+                publishing: in_flight.get(&spec.name).copied().filter(|_| r.is_none()),
             };
             match r {
                 Some(Ok(info)) => {
@@ -1089,7 +1104,14 @@ impl Project {
                     .join(", ")
             );
             self.store.transact(&message, |tx| {
+                // A run may have begun publishing since the poll: what the poll saw is
+                // older than its publish and still true; but a source a run is publishing
+                // to is left to that run.
+                let in_flight = self.publishing_outputs()?;
                 for (name, info) in &changed {
+                    if in_flight.contains_key(name) {
+                        continue;
+                    }
                     let updated = crate::records::update_state(tx, name, |spec| {
                         spec.latest = Some(info.version.clone());
                     })?;
@@ -1108,6 +1130,19 @@ impl Project {
             }
         }
         Ok(outcomes)
+    }
+
+    /// The output sources of runs publishing now (their publish intents), with the run.
+    pub(crate) fn publishing_outputs(&self) -> Result<BTreeMap<Name, RunId>> {
+        Ok(self
+            .run_queue()
+            .intents()?
+            .into_iter()
+            .flat_map(|i| {
+                let run = i.run.id;
+                i.outputs.into_iter().map(move |o| (o.source, run))
+            })
+            .collect())
     }
 
     /// Pin `name` to a version given in full or as a unique prefix, resolved against the

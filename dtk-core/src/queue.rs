@@ -9,7 +9,13 @@
 //! - `pending/<run-id>.json`: a pending run (its [`RunRecord`]);
 //! - `running/<run-id>.json`: a claimed run; the file's modification time is the lease,
 //!   renewed while the run executes;
-//! - `publishing/<run-id>.json`: a run whose outputs are being published.
+//! - `publishing/<run-id>.json`: a run whose outputs are being published;
+//! - `intents/<run-id>.json`: the publish intent of such a run ([`PublishIntent`]),
+//!   written before its first output is published and updated after each one, so that a
+//!   process killed between publishing and recording the result leaves enough behind for
+//!   the next one to complete the run (or roll it back);
+//! - `settling/<run-id>.json`: a run whose (dead) holder's claim was taken over, being
+//!   recorded by the process named in it.
 //!
 //! Every transition is one `rename(2)` (or an exclusive create), so exactly one process
 //! wins it: a run is never claimed twice, a dead worker's run is settled by one process,
@@ -19,8 +25,37 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::IoResultExt;
-use crate::{Error, Result, RunId, RunRecord};
+use crate::{Error, Name, Result, RunId, RunRecord, Version, VersionInfo};
+
+/// What a run is about to publish, recorded before its first output is published: the
+/// run (as claimed), and for each output the version it had and, once published, the
+/// version the kind returned. A run found with an intent and a dead holder is completed
+/// from it (every output published: the result is recorded with those versions and their
+/// provenance) or rolled back (nothing published: recorded `interrupted`), never left for
+/// a poll to record as a version without provenance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishIntent {
+    /// The run, as claimed (status `running`).
+    pub run: RunRecord,
+    /// The outputs, in publishing order.
+    pub outputs: Vec<IntentOutput>,
+}
+
+/// One output of a [`PublishIntent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntentOutput {
+    /// The output source.
+    pub source: Name,
+    /// Its latest recorded version when publishing began.
+    pub before: Option<Version>,
+    /// Where the run staged its content.
+    pub stage: PathBuf,
+    /// What publishing it returned, once it has.
+    pub published: Option<VersionInfo>,
+}
 
 /// A queue of runs (see the [module docs](self)).
 pub trait RunQueue: std::fmt::Debug + Send + Sync {
@@ -58,6 +93,25 @@ pub trait RunQueue: std::fmt::Debug + Send + Sync {
 
     /// How long ago the lease of claimed `run` was renewed; `None` when it is not claimed.
     fn lease_age(&self, run: &RunId) -> Result<Option<Duration>>;
+
+    /// Record (or update) the publish intent of `run`, durably, before publishing.
+    fn write_intent(&self, intent: &PublishIntent) -> Result<()>;
+
+    /// Every publish intent left (runs publishing now, or whose holder died publishing).
+    fn intents(&self) -> Result<Vec<PublishIntent>>;
+
+    /// Runs taken over for settling whose settler is gone (dead, or silent for longer
+    /// than `lease`), each taken over again exclusively by this process: `Some` for the one
+    /// caller that gets it, who then records it and calls [`finish`](Self::finish).
+    fn take_over_settling(&self, lease: Duration) -> Result<Vec<RunRecord>>;
+
+    /// Whether `run` is being settled (taken over from its holder).
+    fn settling(&self, run: &RunId) -> Result<bool>;
+
+    /// Adopt the run of a publish intent that has no claim at all (its process died
+    /// between taking a claim over and settling it) once the intent is older than
+    /// `lease`: `true` for the one caller that gets it, now settling it.
+    fn adopt(&self, intent: &PublishIntent, lease: Duration) -> Result<bool>;
 }
 
 /// The queue of one machine, in `.dkt/queue/` (see the [module docs](self)).
@@ -70,6 +124,7 @@ const PENDING: &str = "pending";
 const RUNNING: &str = "running";
 const PUBLISHING: &str = "publishing";
 const SETTLING: &str = "settling";
+const INTENTS: &str = "intents";
 
 impl LocalQueue {
     /// The queue kept in `dir` (created when first written).
@@ -223,7 +278,8 @@ impl RunQueue for LocalQueue {
     }
 
     fn finish(&self, run: &RunId) -> Result<()> {
-        for state in [PENDING, RUNNING, PUBLISHING, SETTLING] {
+        // The intent goes last: while it is there, the run is known to have published.
+        for state in [PENDING, RUNNING, PUBLISHING, SETTLING, INTENTS] {
             let p = self.path(state, run);
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
@@ -253,11 +309,132 @@ impl RunQueue for LocalQueue {
             let Some(record) = Self::read(&from)? else {
                 continue;
             };
-            if Self::take(&from, &settling)? {
+            // One rename wins (to a name no listing reads); the winner then writes the
+            // settling entry naming itself, so that a settler killed in turn is recognized
+            // and its work taken over again.
+            let aside = self.dir.join(SETTLING).join(format!(
+                ".taking-{}-{}",
+                run.to_hex(),
+                std::process::id()
+            ));
+            if Self::take(&from, &aside)? {
+                let mut mine = record.clone();
+                mine.worker = Some(crate::engine::worker_id());
+                self.write(&settling, &mine)?;
+                let _ = std::fs::remove_file(&aside);
                 return Ok(Some(record));
             }
         }
         Ok(None)
+    }
+
+    fn write_intent(&self, intent: &PublishIntent) -> Result<()> {
+        self.ensure(INTENTS)?;
+        let to = self.path(INTENTS, &intent.run.id);
+        let dir = to.parent().unwrap_or(&self.dir);
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(dir)
+            .at(dir)?;
+        serde_json::to_writer(&mut tmp, intent)
+            .map_err(|e| Error::store(format!("cannot write {}", to.display()), e))?;
+        tmp.as_file().sync_all().at(&to)?;
+        tmp.persist(&to).map_err(|e| Error::io(&to, e.error))?;
+        // The rename itself must survive a crash before anything is published.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .at(dir)?;
+        Ok(())
+    }
+
+    fn intents(&self) -> Result<Vec<PublishIntent>> {
+        let d = self.dir.join(INTENTS);
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&d, e)),
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let path = e.at(&d)?.path();
+            if path.extension() != Some(std::ffi::OsStr::new("json")) {
+                continue;
+            }
+            match std::fs::read(&path) {
+                Ok(bytes) => out.push(serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::store(format!("publish intent {} is corrupt", path.display()), e)
+                })?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn settling(&self, run: &RunId) -> Result<bool> {
+        Ok(Self::read(&self.path(SETTLING, run))?.is_some())
+    }
+
+    fn adopt(&self, intent: &PublishIntent, lease: Duration) -> Result<bool> {
+        let path = self.path(INTENTS, &intent.run.id);
+        let age = match std::fs::metadata(&path).and_then(|m| m.modified()) {
+            Ok(t) => SystemTime::now().duration_since(t).unwrap_or_default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        if age <= lease {
+            return Ok(false);
+        }
+        // An exclusive create of the settling entry: written aside, hard-linked into place.
+        self.ensure(SETTLING)?;
+        let settling = self.path(SETTLING, &intent.run.id);
+        let aside = self.dir.join(SETTLING).join(format!(
+            ".adopt-{}-{}",
+            intent.run.id.to_hex(),
+            std::process::id()
+        ));
+        let mut mine = intent.run.clone();
+        mine.worker = Some(crate::engine::worker_id());
+        self.write(&aside, &mine)?;
+        let linked = std::fs::hard_link(&aside, &settling);
+        let _ = std::fs::remove_file(&aside);
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io(&settling, e)),
+        }
+    }
+
+    fn take_over_settling(&self, lease: Duration) -> Result<Vec<RunRecord>> {
+        let now = SystemTime::now();
+        let mut out = Vec::new();
+        for (path, record, modified) in self.list(SETTLING)? {
+            let dead = record
+                .worker
+                .as_deref()
+                .and_then(crate::engine::pid_alive)
+                .map(|alive| !alive)
+                .unwrap_or(false);
+            let silent = now.duration_since(modified).unwrap_or_default() > lease;
+            if !dead && !silent {
+                continue;
+            }
+            // One rename wins; the winner puts the entry back under its own name.
+            let aside = self.dir.join(SETTLING).join(format!(
+                ".retake-{}-{}",
+                record.id.to_hex(),
+                std::process::id()
+            ));
+            if !Self::take(&path, &aside)? {
+                continue;
+            }
+            let mut mine = record.clone();
+            mine.worker = Some(crate::engine::worker_id());
+            self.write(&path, &mine)?;
+            let _ = std::fs::remove_file(&aside);
+            out.push(record);
+        }
+        Ok(out)
     }
 
     fn lease_age(&self, run: &RunId) -> Result<Option<Duration>> {

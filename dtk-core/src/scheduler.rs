@@ -173,6 +173,9 @@ impl Project {
             crate::project::read_source(&self.store().snapshot()?, name)?;
         }
         let polled = if options.no_poll {
+            if !options.dry_run {
+                self.recover_publishing().await?;
+            }
             Vec::new()
         } else {
             let to_poll = self

@@ -122,8 +122,17 @@ impl Project {
             .map(|(r, _)| r)
             .collect();
         let refs: Vec<&RunRecord> = claimed.iter().collect();
+        let dead = self.settle_interrupted(&refs)?;
+        self.requeue(dead)
+    }
+
+    /// Queue a new attempt of each run of `dead` (recorded `interrupted`).
+    fn requeue(&self, dead: Vec<RunRecord>) -> Result<Vec<RunId>> {
         let mut out = Vec::new();
-        for dead in self.settle_interrupted(&refs)? {
+        for dead in dead {
+            if dead.status != RunStatus::Interrupted {
+                continue;
+            }
             let attempt = dead.next_attempt()?;
             let mut next = dead.clone();
             next.id = RunId::compute(&dead.node, &dead.inputs, attempt);
@@ -192,6 +201,10 @@ impl Project {
                 let limit_hit = options.max_runs.is_some_and(|m| started >= m);
                 if stop.load(Ordering::SeqCst) || limit_hit {
                     break;
+                }
+                match self.recover_publishing().await {
+                    Ok(recovered) => report.requeued.extend(self.requeue(recovered)?),
+                    Err(e) => tracing::warn!(error = %crate::project::error_chain(&e), "cannot recover runs that died publishing"),
                 }
                 report.requeued.extend(self.requeue_dead()?);
                 let snap = self.store().snapshot()?;
