@@ -666,6 +666,7 @@ impl Project {
                         version: o.version.clone(),
                     });
                 }
+                self.drop_obsolete_pending(&record);
                 if let Some(hook) = &node.on_success {
                     self.hook(hook, &record, "success").await;
                 }
@@ -732,6 +733,22 @@ impl Project {
             status: record.status,
         });
         Ok(record)
+    }
+
+    /// Forget the pending runs of `done`'s node queued before it started on other inputs:
+    /// the newer result `done` published supersedes them, and executing one later would
+    /// publish an older result over it.
+    fn drop_obsolete_pending(&self, done: &RunRecord) {
+        let started = done.started_ms.unwrap_or(done.queued_ms);
+        let Ok(pending) = self.run_queue().pending() else {
+            return;
+        };
+        for p in pending {
+            if p.node == done.node && p.inputs != done.inputs && p.queued_ms <= started {
+                tracing::info!(run = %p.id.short(), by = %done.id.short(), "a pending run on older inputs is superseded");
+                let _ = self.run_queue().cancel(&p.id);
+            }
+        }
     }
 
     /// Remove what a dead run left on disk: its scratch directories (each may hold a copy
@@ -861,8 +878,18 @@ impl Project {
             {
                 continue;
             }
-            let Some(rec) = self.run_queue().take_over(&r.id)? else {
-                continue; // another process settled it, or it ended meanwhile
+            // A dead holder's claim is taken wherever it is (a dead process publishes
+            // nothing more); a live one's (stopped past its lease) only before it began
+            // publishing: its resumed process then finds its claim gone and publishes
+            // nothing, whereas one cut off while publishing would publish anyway.
+            let taken = if self.holder_gone(r) && r.worker.as_deref().and_then(pid_alive).is_some()
+            {
+                self.run_queue().take_over(&r.id)?
+            } else {
+                self.run_queue().take_over_running(&r.id)?
+            };
+            let Some(rec) = taken else {
+                continue; // another process settled it, it ended meanwhile, or it publishes
             };
             if let Some(rec) = self.record_interrupted(rec, |rec| {
                 format!(
@@ -915,14 +942,16 @@ impl Project {
     }
 
     /// Complete or roll back the runs whose process died while publishing their outputs
-    /// (a [`PublishIntent`](crate::queue::PublishIntent) with a dead holder), and settle the
-    /// runs whose settler died in turn. A run whose every output was published is recorded
+    /// (a [`PublishIntent`](crate::queue::PublishIntent) with a dead holder), settle the
+    /// runs whose settler died in turn, and record `interrupted` the other runs whose
+    /// worker died. A run whose every output was published is recorded
     /// `success` with those versions as its outputs, each with its provenance (as its own
     /// process would have); a run that published nothing is recorded `interrupted`. Returns
     /// the records written. Called before polls, passes and runs, so that a version made by
     /// a node always carries its run.
     pub async fn recover_publishing(&self) -> Result<Vec<RunRecord>> {
         let queue = self.run_queue().clone();
+        queue.requeue_unstarted(self.config().lease())?;
         let intents: BTreeMap<RunId, crate::queue::PublishIntent> = queue
             .intents()?
             .into_iter()
@@ -935,7 +964,10 @@ impl Project {
             let Some(intent) = intents.get(&claim.id) else {
                 continue;
             };
-            if self.effective_status(&claim) != RunStatus::Interrupted {
+            // A run publishing is waited for while its process lives, however long it was
+            // stopped: publishing cannot be fenced, so taking it over could leave its
+            // process to publish after the run was settled.
+            if !self.holder_gone(&claim) {
                 continue;
             }
             if let Some(rec) = queue.take_over(&claim.id)? {
@@ -976,7 +1008,21 @@ impl Project {
             };
             out.extend(done);
         }
+        // And the runs whose worker died before publishing, whatever their inputs (a run
+        // on inputs that have moved on is otherwise never looked at again).
+        let claimed: Vec<RunRecord> = queue.claimed()?.into_iter().map(|(r, _)| r).collect();
+        let refs: Vec<&RunRecord> = claimed.iter().collect();
+        out.extend(self.settle_interrupted(&refs)?);
         Ok(out)
+    }
+
+    /// Whether the process holding `claim` is gone: dead, or (on another machine, where
+    /// that cannot be checked) silent for longer than the lease.
+    fn holder_gone(&self, claim: &RunRecord) -> bool {
+        match claim.worker.as_deref().and_then(pid_alive) {
+            Some(alive) => !alive,
+            None => self.effective_status(claim) == RunStatus::Interrupted,
+        }
     }
 
     /// Complete (or roll back) the run of `intent`, taken over from its dead holder.
@@ -1096,6 +1142,9 @@ impl Project {
             return Ok(None);
         }
         tracing::warn!(run = %rec.id.short(), status = %rec.status, "recovered a run whose worker died publishing its outputs");
+        if rec.status == RunStatus::Success {
+            self.drop_obsolete_pending(&rec);
+        }
         for o in &rec.outputs {
             self.events().send(crate::events::Event::VersionRecorded {
                 source: o.source.clone(),
@@ -1606,6 +1655,11 @@ pub(crate) fn sealed_run(record: &RunRecord, log: Option<&str>) -> Result<RunRec
     record.log_digest = log.map(|l| crate::digest::blob(l.as_bytes()));
     record.seal()?;
     Ok(record)
+}
+
+/// The input versions `node` would run on in `snap` (pinned where pinned, else latest).
+pub(crate) fn current_inputs_of(snap: &Snapshot, node: &NodeSpec) -> Result<Vec<SourceVersion>> {
+    current_inputs(snap, node)
 }
 
 fn current_inputs(snap: &Snapshot, node: &NodeSpec) -> Result<Vec<SourceVersion>> {

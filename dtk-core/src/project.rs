@@ -1029,9 +1029,22 @@ impl Project {
         // Runs that died publishing are completed first (their versions then carry their
         // run); an output a live run is publishing to is not polled: its new content
         // belongs to that run, which records it.
+        let mut selected = selected;
         if record {
-            if let Err(e) = self.recover_publishing().await {
-                tracing::warn!(error = %error_chain(&e), "cannot recover runs that died publishing");
+            match self.recover_publishing().await {
+                Ok(recovered) if !recovered.is_empty() => {
+                    // What they recorded is the latest now.
+                    let states = crate::records::all_states(&self.store.snapshot()?)?;
+                    for spec in &mut selected {
+                        if let Some(state) = states.get(&spec.name) {
+                            spec.latest = state.latest.clone();
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "cannot recover runs that died publishing")
+                }
             }
         }
         let in_flight = self.publishing_outputs()?;
@@ -1103,13 +1116,18 @@ impl Project {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            self.store.transact(&message, |tx| {
-                // A run may have begun publishing since the poll: what the poll saw is
-                // older than its publish and still true; but a source a run is publishing
-                // to is left to that run.
+            let (left, _) = self.store.transact(&message, |tx| {
+                // Recorded only if nothing moved under the poll: a source a run is
+                // publishing to is left to that run, and so is one whose latest version
+                // changed while it was polled (a run published and recorded meanwhile: the
+                // poll may have read the content half before and half after the switch).
                 let in_flight = self.publishing_outputs()?;
+                let mut left = Vec::new();
                 for (name, info) in &changed {
-                    if in_flight.contains_key(name) {
+                    let now = crate::records::get_source(tx, name)?.and_then(|s| s.latest);
+                    let before = previous.get(name).copied().flatten();
+                    if in_flight.contains_key(name) || now.as_ref() != before {
+                        left.push(name.clone());
                         continue;
                     }
                     let updated = crate::records::update_state(tx, name, |spec| {
@@ -1120,9 +1138,13 @@ impl Project {
                     }
                     record_version(tx, name, info, None)?;
                 }
-                Ok(())
+                Ok(left)
             })?;
-            for (name, info) in &changed {
+            for o in outcomes.iter_mut().filter(|o| left.contains(&o.source)) {
+                tracing::info!(source = %o.source, "not recorded: a run published to it while it was polled");
+                o.latest = o.previous.clone();
+            }
+            for (name, info) in changed.iter().filter(|(n, _)| !left.contains(n)) {
                 self.events.send(crate::events::Event::VersionRecorded {
                     source: name.clone(),
                     version: info.version.clone(),

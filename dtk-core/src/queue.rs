@@ -80,6 +80,9 @@ pub trait RunQueue: std::fmt::Debug + Send + Sync {
     /// The run has ended and its result is recorded: forget it.
     fn finish(&self, run: &RunId) -> Result<()>;
 
+    /// Forget `run` if it is still pending (never a claimed one); `true` when it was.
+    fn cancel(&self, run: &RunId) -> Result<bool>;
+
     /// The runs claimed (running or publishing), each with the age of its lease.
     fn claimed(&self) -> Result<Vec<(RunRecord, Duration)>>;
 
@@ -87,6 +90,10 @@ pub trait RunQueue: std::fmt::Debug + Send + Sync {
     /// caller that gets it, who then records it `interrupted` and calls
     /// [`finish`](Self::finish).
     fn take_over(&self, run: &RunId) -> Result<Option<RunRecord>>;
+
+    /// [`take_over`](Self::take_over), only while `run` has not begun publishing (a
+    /// holder that may be alive is never cut off in the middle of publishing).
+    fn take_over_running(&self, run: &RunId) -> Result<Option<RunRecord>>;
 
     /// The queued or claimed record of `run`, if any.
     fn get(&self, run: &RunId) -> Result<Option<RunRecord>>;
@@ -100,10 +107,15 @@ pub trait RunQueue: std::fmt::Debug + Send + Sync {
     /// Every publish intent left (runs publishing now, or whose holder died publishing).
     fn intents(&self) -> Result<Vec<PublishIntent>>;
 
-    /// Runs taken over for settling whose settler is gone (dead, or silent for longer
-    /// than `lease`), each taken over again exclusively by this process: `Some` for the one
+    /// Runs taken over for settling whose settler is gone (dead, or, where that cannot be
+    /// checked, silent for longer than `lease`), each taken over again exclusively by this process: `Some` for the one
     /// caller that gets it, who then records it and calls [`finish`](Self::finish).
     fn take_over_settling(&self, lease: Duration) -> Result<Vec<RunRecord>>;
+
+    /// Put back to pending the claims whose claimer died between taking the run and
+    /// writing its claim (the entry still holds the pending record), once older than
+    /// `lease`: the run never started. Returns how many.
+    fn requeue_unstarted(&self, lease: Duration) -> Result<usize>;
 
     /// Whether `run` is being settled (taken over from its holder).
     fn settling(&self, run: &RunId) -> Result<bool>;
@@ -146,7 +158,7 @@ impl LocalQueue {
     fn write(&self, to: &Path, run: &RunRecord) -> Result<()> {
         let dir = to.parent().unwrap_or(&self.dir);
         let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
+            .prefix(&format!(".tmp-{}-", std::process::id()))
             .tempfile_in(dir)
             .at(dir)?;
         serde_json::to_writer(&mut tmp, run)
@@ -177,7 +189,13 @@ impl LocalQueue {
         for e in entries {
             let e = e.at(&d)?;
             let path = e.path();
-            if !e.file_name().to_string_lossy().ends_with(".json") {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                sweep(&path, &name);
+                continue;
+            }
+            if !name.ends_with(".json") {
                 continue;
             }
             let modified = e
@@ -201,6 +219,34 @@ impl LocalQueue {
         }
     }
 
+    /// Take the claim of `run` away from its holder, from the first of `states` holding it.
+    fn take_over_from(&self, run: &RunId, states: &[&str]) -> Result<Option<RunRecord>> {
+        self.ensure(SETTLING)?;
+        let settling = self.path(SETTLING, run);
+        for state in states {
+            let from = self.path(state, run);
+            let Some(record) = Self::read(&from)? else {
+                continue;
+            };
+            // One rename wins (to a name no listing reads); the winner then writes the
+            // settling entry naming itself, so that a settler killed in turn is recognized
+            // and its work taken over again.
+            let aside = self.dir.join(SETTLING).join(format!(
+                ".taking-{}-{}",
+                run.to_hex(),
+                std::process::id()
+            ));
+            if Self::take(&from, &aside)? {
+                let mut mine = record.clone();
+                mine.worker = Some(crate::engine::worker_id());
+                self.write(&settling, &mine)?;
+                let _ = std::fs::remove_file(&aside);
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+
     fn touch(path: &Path) -> Result<bool> {
         match std::fs::File::options().write(true).open(path) {
             Ok(f) => {
@@ -210,6 +256,30 @@ impl LocalQueue {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(Error::io(path, e)),
         }
+    }
+}
+
+/// Remove `path`, a file a process writes aside before renaming or linking it into place
+/// (`.tmp-PID-*`, `.new-RUN-PID`, `.taking-RUN-PID`, `.adopt-RUN-PID`, `.retake-RUN-PID`),
+/// when the process that wrote it is gone: it was killed between the two steps.
+fn sweep(path: &Path, name: &str) {
+    let pid = if let Some(rest) = name.strip_prefix(".tmp-") {
+        rest.split('-').next()
+    } else {
+        name.rsplit('-').next()
+    };
+    let Some(pid) = pid
+        .and_then(|p| p.parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let gone = matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    );
+    if gone {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -234,8 +304,9 @@ impl RunQueue for LocalQueue {
         let running = self.path(RUNNING, &run.id);
         let pending = self.path(PENDING, &run.id);
         if pending.exists() {
-            // Whoever renames it owns it; then the record is brought up to date.
-            if !Self::take(&pending, &running)? {
+            // Whoever renames it owns it; then the record is brought up to date. (Touched
+            // first: until the record is rewritten, its age is the claim's.)
+            if !Self::touch(&pending)? || !Self::take(&pending, &running)? {
                 return Ok(false);
             }
             self.write(&running, run)?;
@@ -290,6 +361,15 @@ impl RunQueue for LocalQueue {
         Ok(())
     }
 
+    fn cancel(&self, run: &RunId) -> Result<bool> {
+        let p = self.path(PENDING, run);
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(&p, e)),
+        }
+    }
+
     fn claimed(&self) -> Result<Vec<(RunRecord, Duration)>> {
         let now = SystemTime::now();
         let mut out = Vec::new();
@@ -302,30 +382,11 @@ impl RunQueue for LocalQueue {
     }
 
     fn take_over(&self, run: &RunId) -> Result<Option<RunRecord>> {
-        self.ensure(SETTLING)?;
-        let settling = self.path(SETTLING, run);
-        for state in [RUNNING, PUBLISHING] {
-            let from = self.path(state, run);
-            let Some(record) = Self::read(&from)? else {
-                continue;
-            };
-            // One rename wins (to a name no listing reads); the winner then writes the
-            // settling entry naming itself, so that a settler killed in turn is recognized
-            // and its work taken over again.
-            let aside = self.dir.join(SETTLING).join(format!(
-                ".taking-{}-{}",
-                run.to_hex(),
-                std::process::id()
-            ));
-            if Self::take(&from, &aside)? {
-                let mut mine = record.clone();
-                mine.worker = Some(crate::engine::worker_id());
-                self.write(&settling, &mine)?;
-                let _ = std::fs::remove_file(&aside);
-                return Ok(Some(record));
-            }
-        }
-        Ok(None)
+        self.take_over_from(run, &[RUNNING, PUBLISHING])
+    }
+
+    fn take_over_running(&self, run: &RunId) -> Result<Option<RunRecord>> {
+        self.take_over_from(run, &[RUNNING])
     }
 
     fn write_intent(&self, intent: &PublishIntent) -> Result<()> {
@@ -333,7 +394,7 @@ impl RunQueue for LocalQueue {
         let to = self.path(INTENTS, &intent.run.id);
         let dir = to.parent().unwrap_or(&self.dir);
         let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
+            .prefix(&format!(".tmp-{}-", std::process::id()))
             .tempfile_in(dir)
             .at(dir)?;
         serde_json::to_writer(&mut tmp, intent)
@@ -357,6 +418,12 @@ impl RunQueue for LocalQueue {
         let mut out = Vec::new();
         for e in entries {
             let path = e.at(&d)?.path();
+            if let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) {
+                if name.starts_with('.') {
+                    sweep(&path, &name);
+                    continue;
+                }
+            }
             if path.extension() != Some(std::ffi::OsStr::new("json")) {
                 continue;
             }
@@ -369,6 +436,22 @@ impl RunQueue for LocalQueue {
             }
         }
         Ok(out)
+    }
+
+    fn requeue_unstarted(&self, lease: Duration) -> Result<usize> {
+        let now = SystemTime::now();
+        let mut n = 0;
+        for (path, record, modified) in self.list(RUNNING)? {
+            let old = now.duration_since(modified).unwrap_or_default() > lease;
+            if record.status != crate::RunStatus::Pending || record.worker.is_some() || !old {
+                continue;
+            }
+            self.ensure(PENDING)?;
+            if Self::take(&path, &self.path(PENDING, &record.id))? {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     fn settling(&self, run: &RunId) -> Result<bool> {
@@ -409,14 +492,14 @@ impl RunQueue for LocalQueue {
         let now = SystemTime::now();
         let mut out = Vec::new();
         for (path, record, modified) in self.list(SETTLING)? {
-            let dead = record
-                .worker
-                .as_deref()
-                .and_then(crate::engine::pid_alive)
-                .map(|alive| !alive)
-                .unwrap_or(false);
-            let silent = now.duration_since(modified).unwrap_or_default() > lease;
-            if !dead && !silent {
+            // A settler on this machine is waited for while it lives (it may be
+            // publishing); one whose liveness cannot be checked, until it is silent for
+            // longer than `lease`.
+            let gone = match record.worker.as_deref().and_then(crate::engine::pid_alive) {
+                Some(alive) => !alive,
+                None => now.duration_since(modified).unwrap_or_default() > lease,
+            };
+            if !gone {
                 continue;
             }
             // One rename wins; the winner puts the entry back under its own name.
@@ -518,5 +601,76 @@ mod tests {
         assert_eq!(q.claimed().unwrap().len(), 1);
         q.finish(&c.id).unwrap();
         assert!(q.claimed().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_publishing_claim_is_taken_only_by_a_full_take_over_and_intents_stay_until_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = LocalQueue::new(dir.path());
+        let a = run(4);
+        assert!(q.claim(&a).unwrap());
+        assert!(q.begin_publish(&a.id).unwrap());
+        // A live holder's claim is never cut off while it publishes...
+        assert!(q.take_over_running(&a.id).unwrap().is_none());
+        let intent = PublishIntent {
+            run: a.clone(),
+            outputs: Vec::new(),
+        };
+        q.write_intent(&intent).unwrap();
+        assert_eq!(q.intents().unwrap(), vec![intent]);
+        // ...a dead one's is, once, and the settling entry names the settler.
+        assert!(q.take_over(&a.id).unwrap().is_some());
+        assert!(q.settling(&a.id).unwrap());
+        let settler: RunRecord = serde_json::from_slice(
+            &std::fs::read(
+                dir.path()
+                    .join("settling")
+                    .join(format!("{}.json", a.id.to_hex())),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(settler.worker, Some(crate::engine::worker_id()));
+        // This process is alive: its settling is not taken from it.
+        assert!(q.take_over_settling(Duration::ZERO).unwrap().is_empty());
+        assert_eq!(
+            q.intents().unwrap().len(),
+            1,
+            "the intent outlives the claim"
+        );
+        q.finish(&a.id).unwrap();
+        assert!(q.intents().unwrap().is_empty());
+        assert!(!q.settling(&a.id).unwrap());
+    }
+
+    #[test]
+    fn a_half_made_claim_goes_back_to_pending_and_leftovers_of_dead_processes_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = LocalQueue::new(dir.path());
+        let a = run(5);
+        assert!(q.enqueue(&a).unwrap());
+        // A claimer killed between its rename and its rewrite left the pending record in
+        // running/.
+        std::fs::create_dir_all(dir.path().join("running")).unwrap();
+        let name = format!("{}.json", a.id.to_hex());
+        std::fs::rename(
+            dir.path().join("pending").join(&name),
+            dir.path().join("running").join(&name),
+        )
+        .unwrap();
+        assert_eq!(q.requeue_unstarted(Duration::from_secs(3600)).unwrap(), 0);
+        assert_eq!(q.requeue_unstarted(Duration::ZERO).unwrap(), 1);
+        assert_eq!(q.pending().unwrap().len(), 1);
+        // Files written aside by a process that is gone are removed; a live one's stay.
+        let dead = dir.path().join("pending").join(".tmp-999999999-x");
+        let mine = dir
+            .path()
+            .join("pending")
+            .join(format!(".tmp-{}-x", std::process::id()));
+        std::fs::write(&dead, b"").unwrap();
+        std::fs::write(&mine, b"").unwrap();
+        q.pending().unwrap();
+        assert!(!dead.exists());
+        assert!(mine.exists());
     }
 }

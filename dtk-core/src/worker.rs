@@ -228,6 +228,16 @@ impl Project {
                         self.run_queue().finish(&run.id)?;
                         continue;
                     }
+                    // Superseded: its inputs moved on and the node already succeeded on
+                    // the new ones; executing it would publish an older result over that.
+                    if let Ok(current) = crate::engine::current_inputs_of(&snap, &node) {
+                        if current != run.inputs
+                            && crate::engine::succeeded_on(&snap, &run.node, &current)?.is_some()
+                        {
+                            self.run_queue().cancel(&run.id)?;
+                            continue;
+                        }
+                    }
                     if !node.labels.iter().all(|l| labels.contains(l)) {
                         unmatched.push(format!("{} ({})", run.id.short(), node.labels.join(",")));
                         continue;
