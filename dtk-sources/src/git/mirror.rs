@@ -184,7 +184,8 @@ impl Mirror {
     /// Create or refresh the mirror. Errors are [`Error::Backend`] quoting the location.
     ///
     /// Over HTTP(S), the request git makes first (`info/refs`, protocol v2: a few hundred
-    /// bytes) is sent once beforehand by dtk itself: a server answering `429 Too Many
+    /// bytes, with the same token header as git's requests) is sent once beforehand by dtk
+    /// itself: a server answering `429 Too Many
     /// Requests` or `503 Service Unavailable` with `Retry-After: SECONDS` (at most a
     /// minute) is waited out, at most twice, as the kinds that speak HTTP themselves do
     /// (gix's transport fails on such an answer and does not show its headers).
@@ -255,7 +256,17 @@ impl Mirror {
         if !matches!(url.scheme(), "http" | "https") {
             return Ok(());
         }
-        // Never a credential in this request: it only asks whether the server is busy.
+        // The request carries what git's would (the GitHub token, to the GitHub host
+        // only), never a credential from the URL.
+        let header = self.auth.as_ref().and_then(|auth| {
+            let parsed = gix::url::parse(self.location.as_bytes().as_bstr()).ok()?;
+            auth.applies_to(&parsed).then(|| {
+                format!(
+                    "Basic {}",
+                    base64(format!("x-access-token:{}", auth.token.0).as_bytes())
+                )
+            })
+        });
         let _ = url.set_username("");
         let _ = url.set_password(None);
         url.set_fragment(None);
@@ -272,12 +283,11 @@ impl Mirror {
         };
         let shown = redact_url(&self.location);
         for attempt in 0.. {
-            let Ok(resp) = client
-                .get(url.clone())
-                .header("Git-Protocol", "version=2")
-                .send()
-                .await
-            else {
+            let mut req = client.get(url.clone()).header("Git-Protocol", "version=2");
+            if let Some(h) = &header {
+                req = req.header(reqwest::header::AUTHORIZATION, h);
+            }
+            let Ok(resp) = req.send().await else {
                 return Ok(());
             };
             let status = resp.status().as_u16();
