@@ -1038,9 +1038,15 @@ impl Project {
             let info = match &o.published {
                 Some(info) => Some(info.clone()),
                 None => {
+                    // Content that moved since, and that no one recorded yet (a version
+                    // already recorded is another run's or a poll's, not this one's).
                     let spec = read_source(&snap, &o.source)?;
                     let now = self.open_source(&spec)?.latest().await?;
-                    (Some(&now.version) != o.before.as_ref()).then_some(now)
+                    let moved = Some(&now.version) != o.before.as_ref();
+                    let recorded = snap
+                        .blob_id(&paths::version(&o.source, &now.version))?
+                        .is_some();
+                    (moved && !recorded).then_some(now)
                 }
             };
             state.push((o.clone(), info));
