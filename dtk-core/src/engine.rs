@@ -1388,7 +1388,7 @@ impl Project {
             });
         }
         if !outputs.is_empty() {
-            self.run_queue().write_intent(&intent)?;
+            self.run_queue().write_intent(&intent, true)?;
         }
         let mut published = Vec::new();
         for (i, (name, source, stage)) in outputs.into_iter().enumerate() {
@@ -1414,7 +1414,7 @@ impl Project {
             let info = source.publish(&stage).await?;
             test_pause("published");
             intent.outputs[i].published = Some(info.clone());
-            self.run_queue().write_intent(&intent)?;
+            self.run_queue().write_intent(&intent, false)?;
             published.push((
                 SourceVersion {
                     source: name,

@@ -101,8 +101,11 @@ pub trait RunQueue: std::fmt::Debug + Send + Sync {
     /// How long ago the lease of claimed `run` was renewed; `None` when it is not claimed.
     fn lease_age(&self, run: &RunId) -> Result<Option<Duration>>;
 
-    /// Record (or update) the publish intent of `run`, durably, before publishing.
-    fn write_intent(&self, intent: &PublishIntent) -> Result<()>;
+    /// Record (or update) the publish intent of its run, atomically; with `durable`, synced
+    /// to disk (with its directory) before this returns. The first write, before anything
+    /// is published, must be durable; later updates are hints (recovery also finds a
+    /// published output by its content), so they need not cost a sync.
+    fn write_intent(&self, intent: &PublishIntent, durable: bool) -> Result<()>;
 
     /// Every publish intent left (runs publishing now, or whose holder died publishing).
     fn intents(&self) -> Result<Vec<PublishIntent>>;
@@ -389,7 +392,7 @@ impl RunQueue for LocalQueue {
         self.take_over_from(run, &[RUNNING])
     }
 
-    fn write_intent(&self, intent: &PublishIntent) -> Result<()> {
+    fn write_intent(&self, intent: &PublishIntent, durable: bool) -> Result<()> {
         self.ensure(INTENTS)?;
         let to = self.path(INTENTS, &intent.run.id);
         let dir = to.parent().unwrap_or(&self.dir);
@@ -399,12 +402,16 @@ impl RunQueue for LocalQueue {
             .at(dir)?;
         serde_json::to_writer(&mut tmp, intent)
             .map_err(|e| Error::store(format!("cannot write {}", to.display()), e))?;
-        tmp.as_file().sync_all().at(&to)?;
+        if durable {
+            tmp.as_file().sync_all().at(&to)?;
+        }
         tmp.persist(&to).map_err(|e| Error::io(&to, e.error))?;
-        // The rename itself must survive a crash before anything is published.
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .at(dir)?;
+        if durable {
+            // The rename itself must survive a crash before anything is published.
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .at(dir)?;
+        }
         Ok(())
     }
 
@@ -616,7 +623,7 @@ mod tests {
             run: a.clone(),
             outputs: Vec::new(),
         };
-        q.write_intent(&intent).unwrap();
+        q.write_intent(&intent, true).unwrap();
         assert_eq!(q.intents().unwrap(), vec![intent]);
         // ...a dead one's is, once, and the settling entry names the settler.
         assert!(q.take_over(&a.id).unwrap().is_some());
