@@ -117,7 +117,8 @@ pub trait RunQueue: std::fmt::Debug + Send + Sync {
 
     /// Put back to pending the claims whose claimer died between taking the run and
     /// writing its claim (the entry still holds the pending record), once older than
-    /// `lease`: the run never started. Returns how many.
+    /// `lease`: the run never started. Returns how many. (Claims are made complete before
+    /// they appear in `running/`; such entries come from earlier releases.)
     fn requeue_unstarted(&self, lease: Duration) -> Result<usize>;
 
     /// Whether `run` is being settled (taken over from its holder).
@@ -262,9 +263,11 @@ impl LocalQueue {
     }
 }
 
-/// Remove `path`, a file a process writes aside before renaming or linking it into place
-/// (`.tmp-PID-*`, `.new-RUN-PID`, `.taking-RUN-PID`, `.adopt-RUN-PID`, `.retake-RUN-PID`),
-/// when the process that wrote it is gone: it was killed between the two steps.
+/// Clean up `path`, a file a process writes aside before renaming or linking it into
+/// place (`.tmp-PID-*`, `.new-RUN-PID`, `.claiming-RUN-PID`, `.taking-RUN-PID`,
+/// `.adopt-RUN-PID`, `.retake-RUN-PID`), when the process that wrote it is gone: it was
+/// killed between the two steps. A run being claimed goes back to pending, a claim being
+/// taken over back to settling; the rest go.
 fn sweep(path: &Path, name: &str) {
     let pid = if let Some(rest) = name.strip_prefix(".tmp-") {
         rest.split('-').next()
@@ -281,9 +284,35 @@ fn sweep(path: &Path, name: &str) {
         rustix::process::test_kill_process(pid),
         Err(rustix::io::Errno::SRCH)
     );
-    if gone {
-        let _ = std::fs::remove_file(path);
+    if !gone {
+        return;
     }
+    // A claim its taker died holding (`.taking-RUN-PID` or `.retake-RUN-PID`, between
+    // taking it and writing the settling entry) becomes a settling entry whose settler is
+    // dead, taken over again; anything else written aside is only a temporary copy.
+    if let Some(run) = name
+        .strip_prefix(".taking-")
+        .or_else(|| name.strip_prefix(".retake-"))
+        .and_then(|rest| rest.rsplit_once('-'))
+        .map(|(run, _)| run)
+    {
+        let _ = std::fs::rename(path, path.with_file_name(format!("{run}.json")));
+        return;
+    }
+    // A pending run its claimer died taking (`.claiming-RUN-PID`) never started: it is
+    // pending again.
+    if let Some((run, _)) = name
+        .strip_prefix(".claiming-")
+        .and_then(|rest| rest.rsplit_once('-'))
+    {
+        if let Some(queue) = path.parent().and_then(Path::parent) {
+            let pending = queue.join(PENDING);
+            let _ = std::fs::create_dir_all(&pending);
+            let _ = std::fs::rename(path, pending.join(format!("{run}.json")));
+        }
+        return;
+    }
+    let _ = std::fs::remove_file(path);
 }
 
 impl RunQueue for LocalQueue {
@@ -307,13 +336,25 @@ impl RunQueue for LocalQueue {
         let running = self.path(RUNNING, &run.id);
         let pending = self.path(PENDING, &run.id);
         if pending.exists() {
-            // Whoever renames it owns it; then the record is brought up to date. (Touched
-            // first: until the record is rewritten, its age is the claim's.)
-            if !Self::touch(&pending)? || !Self::take(&pending, &running)? {
+            // Whoever renames it owns it (to a name no listing reads); the claim record is
+            // written over it, then linked into place complete. Killed in between, the
+            // aside file goes back to pending once this process is gone (see `sweep`).
+            let aside = self.dir.join(RUNNING).join(format!(
+                ".claiming-{}-{}",
+                run.id.to_hex(),
+                std::process::id()
+            ));
+            if !Self::take(&pending, &aside)? {
                 return Ok(false);
             }
-            self.write(&running, run)?;
-            return Ok(true);
+            self.write(&aside, run)?;
+            let linked = std::fs::hard_link(&aside, &running);
+            let _ = std::fs::remove_file(&aside);
+            return match linked {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(Error::io(&running, e)),
+            };
         }
         // Executed at once: the record is written aside, then hard-linked into place,
         // which fails if the name exists: an exclusive create of a complete file.
@@ -679,5 +720,32 @@ mod tests {
         q.pending().unwrap();
         assert!(!dead.exists());
         assert!(mine.exists());
+        // A run whose claimer died claiming it is pending again.
+        let c = run(7);
+        std::fs::write(
+            dir.path()
+                .join("running")
+                .join(format!(".claiming-{}-999999999", c.id.to_hex())),
+            serde_json::to_vec(&c).unwrap(),
+        )
+        .unwrap();
+        assert!(q.claimed().unwrap().is_empty());
+        assert!(q.pending().unwrap().iter().any(|r| r.id == c.id));
+        // A claim whose taker died mid-take-over is put back for settling.
+        let b = run(6);
+        std::fs::create_dir_all(dir.path().join("settling")).unwrap();
+        std::fs::write(
+            dir.path()
+                .join("settling")
+                .join(format!(".taking-{}-999999999", b.id.to_hex())),
+            serde_json::to_vec(&b).unwrap(),
+        )
+        .unwrap();
+        let retaken = q.take_over_settling(Duration::from_secs(3600)).unwrap();
+        assert!(
+            retaken.is_empty(),
+            "put back first, its settler then checked"
+        );
+        assert!(q.settling(&b.id).unwrap());
     }
 }
