@@ -1013,7 +1013,55 @@ impl Project {
         let claimed: Vec<RunRecord> = queue.claimed()?.into_iter().map(|(r, _)| r).collect();
         let refs: Vec<&RunRecord> = claimed.iter().collect();
         out.extend(self.settle_interrupted(&refs)?);
+        self.sweep_leftovers()?;
         Ok(out)
+    }
+
+    /// Remove the scratch directories and live logs of runs no one holds any more: a
+    /// process whose claim was taken over while it was stopped may go on to create them
+    /// after its run was settled, then be killed. The directories are listed before the
+    /// claims, so a run claimed meanwhile (claims come first) is never swept.
+    fn sweep_leftovers(&self) -> Result<()> {
+        let entries = |dir: &Path| -> Vec<(String, PathBuf)> {
+            std::fs::read_dir(dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let scratch = entries(&self.dkt_dir().join("tmp"));
+        let logs = entries(&self.dkt_dir().join("logs"));
+        if scratch.is_empty() && logs.is_empty() {
+            return Ok(());
+        }
+        let queue = self.run_queue();
+        let mut held: Vec<String> = queue
+            .claimed()?
+            .into_iter()
+            .map(|(r, _)| r.id.to_hex())
+            .collect();
+        held.extend(queue.intents()?.into_iter().map(|i| i.run.id.to_hex()));
+        held.extend(queue.settling_runs()?.into_iter().map(|r| r.to_hex()));
+        for (name, path) in scratch {
+            let Some(short) = name.strip_prefix("run-").and_then(|r| r.get(..8)) else {
+                continue;
+            };
+            if !held.iter().any(|h| h.starts_with(short)) {
+                tracing::info!(dir = %path.display(), "removing the scratch directory of a run no one holds");
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+        for (name, path) in logs {
+            let Some(hex) = name.strip_suffix(".log") else {
+                continue;
+            };
+            if !held.iter().any(|h| h == hex) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(())
     }
 
     /// Whether the process holding `claim` is gone: dead, or (on another machine, where

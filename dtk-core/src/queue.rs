@@ -124,6 +124,9 @@ pub trait RunQueue: std::fmt::Debug + Send + Sync {
     /// Whether `run` is being settled (taken over from its holder).
     fn settling(&self, run: &RunId) -> Result<bool>;
 
+    /// The runs being settled.
+    fn settling_runs(&self) -> Result<Vec<RunId>>;
+
     /// Adopt the run of a publish intent that has no claim at all (its process died
     /// between taking a claim over and settling it) once the intent is older than
     /// `lease`: `true` for the one caller that gets it, now settling it.
@@ -504,6 +507,14 @@ impl RunQueue for LocalQueue {
 
     fn settling(&self, run: &RunId) -> Result<bool> {
         Ok(Self::read(&self.path(SETTLING, run))?.is_some())
+    }
+
+    fn settling_runs(&self) -> Result<Vec<RunId>> {
+        Ok(self
+            .list(SETTLING)?
+            .into_iter()
+            .map(|(_, r, _)| r.id)
+            .collect())
     }
 
     fn adopt(&self, intent: &PublishIntent, lease: Duration) -> Result<bool> {
