@@ -671,6 +671,10 @@ async fn source(
                 let mut t = Table::new(&["NAME", "STATUS", "LATEST"]);
                 for o in &outcomes {
                     let status = match (&o.error, o.skipped, o.previous == o.latest) {
+                        _ if o.publishing.is_some() => format!(
+                            "not polled: run {} is publishing to it",
+                            o.publishing.map(|r| r.short()).unwrap_or_default()
+                        ),
                         (Some(e), _, _) => format!("error: {e}"),
                         (None, false, _) if !o.refs.is_empty() => o
                             .refs

@@ -249,3 +249,155 @@ fn an_attempt_counter_at_its_maximum_is_refused_not_wrapped() {
     assert_eq!(e.commits(), before, "nothing recorded");
     assert_eq!(runs(&e, &node).len(), 1);
 }
+
+/// Whether process `pid` is stopped (SIGSTOP), from `/proc/PID/stat`.
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+        .unwrap_or(false)
+}
+
+/// The run a recorded version names as its producer (`None`: a polled version).
+fn producer(e: &Env, source: &str, version: &str) -> Option<String> {
+    let store = dtk::Store::open(&e.path().join(".dkt/.git")).unwrap();
+    let name = dtk::Name::new(source).unwrap();
+    let version: dtk::Version = version.parse().unwrap();
+    let rec: dtk::VersionRecord = store
+        .snapshot()
+        .unwrap()
+        .read_json(&dtk::project::paths::version(&name, &version))
+        .unwrap()
+        .unwrap_or_else(|| panic!("no record of {source}:{version}"));
+    rec.run.map(|r| r.to_hex())
+}
+
+/// A node that counts its executions in `count` and writes `result` into `out`; returns
+/// its ID (defined, not run).
+fn counting_node(e: &Env) -> String {
+    let cmd = "echo ran >> $DKT_PROJECT_ROOT/count; \
+               echo made by $DKT_RUN_ID > ${out:ROOT}/result";
+    e.dkt(&[
+        "node",
+        "run",
+        "--no-run",
+        "--name",
+        "maker",
+        "--input=in",
+        "--output=out",
+        cmd,
+    ])
+    .ok()
+    .trim()
+    .to_owned()
+}
+
+/// Start `dkt node rerun ID` that stops itself at `point` of publishing, and wait until it
+/// is stopped there; returns the child.
+fn stopped_at(e: &Env, id: &str, point: &str) -> std::process::Child {
+    let child = e
+        .cmd()
+        .args(["node", "rerun", id])
+        .env("DKT_TEST_PAUSE_AT", point)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_for(&format!("the run to stop at {point:?}"), || stopped(pid));
+    child
+}
+
+fn kill9(mut child: std::process::Child) {
+    // SAFETY: killing our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+    child.wait().unwrap();
+}
+
+/// Killed after publishing its output and before recording its result (at each of the
+/// two moments: after the intent says so, and before it does), a run is completed by the
+/// next command: its output's version is recorded with the run as its provenance, the
+/// run `success`, nothing runs twice, and `dkt verify` passes. While its process is alive
+/// (stopped) in that window, polling the output records nothing and says why.
+#[test]
+fn a_run_killed_between_publishing_and_recording_is_completed_with_its_provenance() {
+    for point in ["record", "published"] {
+        let e = Env::project();
+        setup_io(&e);
+        let id = counting_node(&e);
+        let before = latest(&e, "out");
+        let child = stopped_at(&e, &id, point);
+        // Published: the content is there, the result not recorded.
+        assert!(e.path().join("out/result").exists(), "{point}");
+        assert!(runs(&e, &id)[0]["status"] == "running", "{point}");
+
+        // A poll in this window leaves the output to its run.
+        let update = e.dkt(&["source", "update", "out"]).ok();
+        assert!(update.contains("is publishing to it"), "{point}: {update}");
+        assert_eq!(latest(&e, "out"), before, "{point}: nothing recorded");
+        let json = e.dkt(&["--json", "source", "update", "out"]).json();
+        assert!(json[0]["publishing"].is_string(), "{point}: {json}");
+
+        kill9(child);
+        // The next pass completes it instead of recording a plain polled version or
+        // running the node again.
+        e.dkt(&["run"]).ok();
+        let log = runs(&e, &id);
+        assert_eq!(log.len(), 1, "{point}: {log:?}");
+        assert_eq!(log[0]["status"], "success", "{point}: {log:?}");
+        let run = log[0]["id"].as_str().unwrap().to_owned();
+        let now = latest(&e, "out");
+        assert_ne!(now, before, "{point}");
+        let made_by = producer(&e, "out", &now).unwrap_or_else(|| panic!("{point}: no run"));
+        assert!(made_by.starts_with(&run), "{point}: {made_by} vs {run}");
+        let result = std::fs::read_to_string(e.path().join("out/result")).unwrap();
+        assert!(result.contains(&run[..8]), "{point}: {result}");
+        let count = std::fs::read_to_string(e.path().join("count")).unwrap();
+        assert_eq!(count.lines().count(), 1, "{point}: executed once");
+        let verified = e.dkt(&["verify", &format!("out:{now}")]).ok();
+        assert!(verified.contains("verified"), "{point}: {verified}");
+        let shown = e.dkt(&["node", "show", &run[..8]]).ok();
+        assert!(shown.contains("recorded by"), "{point}: {shown}");
+        // Nothing left behind: no intent, no claim, no scratch copy.
+        for dir in ["queue/intents", "queue/publishing", "queue/settling", "tmp"] {
+            let left: Vec<_> = std::fs::read_dir(e.path().join(".dkt").join(dir))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "{point}: {dir} holds {left:?}");
+        }
+        // Up to date from here on.
+        e.dkt(&["run"]).ok();
+        assert_eq!(runs(&e, &id).len(), 1, "{point}");
+        fsck(&e);
+    }
+}
+
+/// Killed after recording its intent and before publishing anything, a run is rolled
+/// back (`interrupted`, nothing published) and the next pass runs the node again; the
+/// version it makes carries that run.
+#[test]
+fn a_run_killed_before_publishing_is_rolled_back_and_run_again() {
+    let e = Env::project();
+    setup_io(&e);
+    let id = counting_node(&e);
+    let before = latest(&e, "out");
+    let child = stopped_at(&e, &id, "publish");
+    assert!(!e.path().join("out/result").exists());
+    kill9(child);
+    e.dkt(&["source", "update", "out"]).ok();
+    assert_eq!(latest(&e, "out"), before, "nothing was published");
+    e.dkt(&["run"]).ok();
+    assert_eq!(statuses(&e, &id), ["success", "interrupted"]);
+    let log = runs(&e, &id);
+    assert!(
+        log[1]["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("nothing was published")),
+        "{log:?}"
+    );
+    let run = log[0]["id"].as_str().unwrap().to_owned();
+    let now = latest(&e, "out");
+    assert!(producer(&e, "out", &now).is_some_and(|r| r.starts_with(&run)));
+    e.dkt(&["verify", &format!("out:{now}")]).ok();
+    fsck(&e);
+}

@@ -489,6 +489,11 @@ impl Project {
     }
 
     async fn run_node_once(&self, node_id: &NodeId, options: RunOptions) -> Result<RunOutcome> {
+        // A run of this node may have died publishing: it is completed (or rolled back)
+        // before anything else looks at the node's runs.
+        if let Err(e) = self.recover_publishing().await {
+            tracing::warn!(error = %crate::project::error_chain(&e), "cannot recover runs that died publishing");
+        }
         let snap = self.store().snapshot()?;
         let node: NodeSpec = snap
             .read_json(&paths::node(node_id))?
@@ -532,8 +537,11 @@ impl Project {
         let mut after = next_free;
         if let Some(q) = queued.clone() {
             if q.status == RunStatus::Running {
+                let publishing = self.run_queue().intents()?.iter().any(|i| i.run.id == q.id);
                 match self.effective_status(&q) {
                     RunStatus::Running => return Ok(RunOutcome::Busy(q)),
+                    // Died publishing and not recovered yet: never run beside it.
+                    _ if publishing => return Ok(RunOutcome::Busy(q)),
                     _ => {
                         self.settle_interrupted(&[&q])?;
                         // It may have succeeded just before its process died.
@@ -557,15 +565,17 @@ impl Project {
         let attempt = match &queued {
             Some(q) => q.next_attempt()?,
             None => {
+                // The first attempt number nobody has: not queued, not being settled (a
+                // dead holder's claim someone is recording), not recorded.
                 let mut a = after;
-                while self
-                    .run_queue()
-                    .get(&RunId::compute(node_id, &inputs, a))?
-                    .is_some()
-                    || snap
-                        .blob_id(&paths::run(&RunId::compute(node_id, &inputs, a)))?
-                        .is_some()
-                {
+                loop {
+                    let id = RunId::compute(node_id, &inputs, a);
+                    let taken = self.run_queue().get(&id)?.is_some()
+                        || self.run_queue().settling(&id)?
+                        || snap.blob_id(&paths::run(&id))?.is_some();
+                    if !taken {
+                        break;
+                    }
                     a += 1;
                 }
                 a
@@ -723,6 +733,7 @@ impl Project {
                         version: o.version.clone(),
                     });
                 }
+                self.drop_obsolete_pending(&record);
                 if let Some(hook) = &node.on_success {
                     self.hook(hook, &record, "success").await;
                 }
@@ -845,6 +856,22 @@ impl Project {
         Ok(record)
     }
 
+    /// Forget the pending runs of `done`'s node queued before it started on other inputs:
+    /// the newer result `done` published supersedes them, and executing one later would
+    /// publish an older result over it.
+    fn drop_obsolete_pending(&self, done: &RunRecord) {
+        let started = done.started_ms.unwrap_or(done.queued_ms);
+        let Ok(pending) = self.run_queue().pending() else {
+            return;
+        };
+        for p in pending {
+            if p.node == done.node && p.inputs != done.inputs && p.queued_ms <= started {
+                tracing::info!(run = %p.id.short(), by = %done.id.short(), "a pending run on older inputs is superseded");
+                let _ = self.run_queue().cancel(&p.id);
+            }
+        }
+    }
+
     /// Remove what a dead run left on disk: its scratch directories (each may hold a copy
     /// of its outputs) and its live log.
     fn remove_leftovers(&self, run: &RunId) {
@@ -961,21 +988,59 @@ impl Project {
     /// and forgotten by the queue.
     pub(crate) fn settle_interrupted(&self, runs: &[&RunRecord]) -> Result<Vec<RunRecord>> {
         let mut settled = Vec::new();
+        // A run that died publishing is completed or rolled back from its intent
+        // ([`Project::recover_publishing`]), never simply recorded `interrupted`.
+        let intents: Vec<RunId> = self
+            .run_queue()
+            .intents()?
+            .into_iter()
+            .map(|i| i.run.id)
+            .collect();
         for r in runs {
-            if r.status != RunStatus::Running || self.effective_status(r) != RunStatus::Interrupted
+            if r.status != RunStatus::Running
+                || self.effective_status(r) != RunStatus::Interrupted
+                || intents.contains(&r.id)
             {
                 continue;
             }
-            let Some(mut rec) = self.run_queue().take_over(&r.id)? else {
-                continue; // another process settled it, or it ended meanwhile
+            // A dead holder's claim is taken wherever it is (a dead process publishes
+            // nothing more); a live one's (stopped past its lease) only before it began
+            // publishing: its resumed process then finds its claim gone and publishes
+            // nothing, whereas one cut off while publishing would publish anyway.
+            let taken = if self.holder_gone(r) && r.worker.as_deref().and_then(pid_alive).is_some()
+            {
+                self.run_queue().take_over(&r.id)?
+            } else {
+                self.run_queue().take_over_running(&r.id)?
             };
+            let Some(rec) = taken else {
+                continue; // another process settled it, it ended meanwhile, or it publishes
+            };
+            if let Some(rec) = self.record_interrupted(rec, |rec| {
+                format!(
+                    "its worker {} died or stopped renewing its lease",
+                    rec.worker.as_deref().unwrap_or("-")
+                )
+            })? {
+                settled.push(rec);
+            }
+        }
+        Ok(settled)
+    }
+
+    /// Record `interrupted` the run `rec` this process took over (with the error `why`
+    /// gives), unless its process recorded how it ended just before dying; then forget it
+    /// in the queue and remove what it left on disk. `Some` when this recorded it.
+    fn record_interrupted(
+        &self,
+        mut rec: RunRecord,
+        why: impl FnOnce(&RunRecord) -> String,
+    ) -> Result<Option<RunRecord>> {
+        {
+            rec.error = Some(why(&rec));
             rec.status = RunStatus::Interrupted;
             rec.lease_until_ms = None;
             rec.ended_ms = Some(now_ms());
-            rec.error = Some(format!(
-                "its worker {} died or stopped renewing its lease",
-                rec.worker.as_deref().unwrap_or("-")
-            ));
             // Its process may have died after recording how it ended and before leaving the
             // queue: then the record stands and only the queue entry goes.
             let message = format!(
@@ -1003,11 +1068,275 @@ impl Project {
                 d.forget(&rec.id);
             }
             self.remove_leftovers(&rec.id);
-            if recorded {
-                settled.push(rec);
+            Ok(recorded.then_some(rec))
+        }
+    }
+
+    /// Complete or roll back the runs whose process died while publishing their outputs
+    /// (a [`PublishIntent`](crate::queue::PublishIntent) with a dead holder), settle the
+    /// runs whose settler died in turn, and record `interrupted` the other runs whose
+    /// worker died. A run whose every output was published is recorded
+    /// `success` with those versions as its outputs, each with its provenance (as its own
+    /// process would have); a run that published nothing is recorded `interrupted`. Returns
+    /// the records written. Called before polls, passes and runs, so that a version made by
+    /// a node always carries its run.
+    pub async fn recover_publishing(&self) -> Result<Vec<RunRecord>> {
+        let queue = self.run_queue().clone();
+        queue.requeue_unstarted(self.config().lease())?;
+        let intents: BTreeMap<RunId, crate::queue::PublishIntent> = queue
+            .intents()?
+            .into_iter()
+            .map(|i| (i.run.id, i))
+            .collect();
+        let mut mine: Vec<(RunRecord, Option<crate::queue::PublishIntent>)> = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (claim, _) in queue.claimed()? {
+            seen.insert(claim.id);
+            let Some(intent) = intents.get(&claim.id) else {
+                continue;
+            };
+            // A run publishing is waited for while its process lives, however long it was
+            // stopped: publishing cannot be fenced, so taking it over could leave its
+            // process to publish after the run was settled.
+            if !self.holder_gone(&claim) {
+                continue;
+            }
+            if let Some(rec) = queue.take_over(&claim.id)? {
+                mine.push((rec, Some(intent.clone())));
             }
         }
-        Ok(settled)
+        for rec in queue.take_over_settling(self.config().lease())? {
+            seen.insert(rec.id);
+            let intent = intents.get(&rec.id).cloned();
+            mine.push((rec, intent));
+        }
+        // An intent left without any claim: its process died while leaving the queue
+        // (the result is recorded), or between taking the claim over and settling it.
+        let snap = self.store().snapshot()?;
+        for (id, intent) in &intents {
+            if seen.contains(id) || queue.settling(id)? {
+                continue;
+            }
+            let ended = snap
+                .read_json::<RunRecord>(&paths::run(id))?
+                .is_some_and(|r| r.status != RunStatus::Running && r.status != RunStatus::Pending);
+            if ended {
+                queue.finish(id)?;
+            } else if queue.adopt(intent, self.config().lease())? {
+                mine.push((intent.run.clone(), Some(intent.clone())));
+            }
+        }
+        let mut out = Vec::new();
+        for (rec, intent) in mine {
+            let done = match intent {
+                None => self.record_interrupted(rec, |rec| {
+                    format!(
+                        "its worker {} died or stopped renewing its lease",
+                        rec.worker.as_deref().unwrap_or("-")
+                    )
+                })?,
+                Some(intent) => self.complete_publish(intent).await?,
+            };
+            out.extend(done);
+        }
+        // And the runs whose worker died before publishing, whatever their inputs (a run
+        // on inputs that have moved on is otherwise never looked at again).
+        let claimed: Vec<RunRecord> = queue.claimed()?.into_iter().map(|(r, _)| r).collect();
+        let refs: Vec<&RunRecord> = claimed.iter().collect();
+        out.extend(self.settle_interrupted(&refs)?);
+        self.sweep_leftovers()?;
+        Ok(out)
+    }
+
+    /// Remove the scratch directories and live logs of runs no one holds any more: a
+    /// process whose claim was taken over while it was stopped may go on to create them
+    /// after its run was settled, then be killed. The directories are listed before the
+    /// claims, so a run claimed meanwhile (claims come first) is never swept.
+    fn sweep_leftovers(&self) -> Result<()> {
+        let entries = |dir: &Path| -> Vec<(String, PathBuf)> {
+            std::fs::read_dir(dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let scratch = entries(&self.dkt_dir().join("tmp"));
+        let logs = entries(&self.dkt_dir().join("logs"));
+        if scratch.is_empty() && logs.is_empty() {
+            return Ok(());
+        }
+        let queue = self.run_queue();
+        let mut held: Vec<String> = queue
+            .claimed()?
+            .into_iter()
+            .map(|(r, _)| r.id.to_hex())
+            .collect();
+        held.extend(queue.intents()?.into_iter().map(|i| i.run.id.to_hex()));
+        held.extend(queue.settling_runs()?.into_iter().map(|r| r.to_hex()));
+        for (name, path) in scratch {
+            let Some(short) = name.strip_prefix("run-").and_then(|r| r.get(..8)) else {
+                continue;
+            };
+            if !held.iter().any(|h| h.starts_with(short)) {
+                tracing::info!(dir = %path.display(), "removing the scratch directory of a run no one holds");
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+        for (name, path) in logs {
+            let Some(hex) = name.strip_suffix(".log") else {
+                continue;
+            };
+            if !held.iter().any(|h| h == hex) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the process holding `claim` is gone: dead, or (on another machine, where
+    /// that cannot be checked) silent for longer than the lease.
+    fn holder_gone(&self, claim: &RunRecord) -> bool {
+        match claim.worker.as_deref().and_then(pid_alive) {
+            Some(alive) => !alive,
+            None => self.effective_status(claim) == RunStatus::Interrupted,
+        }
+    }
+
+    /// Complete (or roll back) the run of `intent`, taken over from its dead holder.
+    async fn complete_publish(
+        &self,
+        intent: crate::queue::PublishIntent,
+    ) -> Result<Option<RunRecord>> {
+        let snap = self.store().snapshot()?;
+        // Which outputs were published: those the intent says, and those whose content
+        // moved since publishing began (killed after publishing, before saying so).
+        let mut state: Vec<(crate::queue::IntentOutput, Option<crate::VersionInfo>)> = Vec::new();
+        for o in &intent.outputs {
+            let info = match &o.published {
+                Some(info) => Some(info.clone()),
+                None => {
+                    // Content that moved since, and that no one recorded yet (a version
+                    // already recorded is another run's or a poll's, not this one's).
+                    let spec = read_source(&snap, &o.source)?;
+                    let now = self.open_source(&spec)?.latest().await?;
+                    let moved = Some(&now.version) != o.before.as_ref();
+                    let recorded = snap
+                        .blob_id(&paths::version(&o.source, &now.version))?
+                        .is_some();
+                    (moved && !recorded).then_some(now)
+                }
+            };
+            state.push((o.clone(), info));
+        }
+        let published = state.iter().filter(|(_, i)| i.is_some()).count();
+        let who = worker_id();
+        let dead = intent.run.worker.clone().unwrap_or_else(|| "-".to_owned());
+        if published == 0 {
+            return self.record_interrupted(intent.run, |_| {
+                format!(
+                    "its worker {dead} died or stopped while publishing its outputs, before any \
+                     was published: nothing was published (rolled back by {who})"
+                )
+            });
+        }
+        // Some but not all: the rest are published now from where the run staged them.
+        let mut lost = Vec::new();
+        for (o, info) in state.iter_mut() {
+            if info.is_some() {
+                continue;
+            }
+            let spec = read_source(&snap, &o.source)?;
+            let source = self.open_source(&spec)?;
+            if std::fs::symlink_metadata(&o.stage).is_ok() {
+                match source.publish(&o.stage).await {
+                    Ok(i) => *info = Some(i),
+                    Err(e) => {
+                        lost.push(format!("{}: {}", o.source, crate::project::error_chain(&e)))
+                    }
+                }
+            } else {
+                lost.push(format!("{}: its staged content is gone", o.source));
+            }
+        }
+        let mut record = intent.run.clone();
+        record.ended_ms = Some(now_ms());
+        record.lease_until_ms = None;
+        let outputs: Vec<(SourceVersion, crate::VersionInfo)> = state
+            .into_iter()
+            .filter_map(|(o, info)| {
+                info.map(|info| {
+                    (
+                        SourceVersion {
+                            source: o.source,
+                            version: info.version.clone(),
+                        },
+                        info,
+                    )
+                })
+            })
+            .collect();
+        record.outputs = outputs.iter().map(|(sv, _)| sv.clone()).collect();
+        let mut log = std::fs::read_to_string(self.live_log_path(&record.id)).unwrap_or_default();
+        if !log.is_empty() && !log.ends_with('\n') {
+            log.push('\n');
+        }
+        if lost.is_empty() {
+            record.status = RunStatus::Success;
+            record.exit_code = Some(0);
+            log.push_str(&format!(
+                "[dkt: worker {dead} died after publishing the outputs and before recording the run; \
+                 recorded by {who}]\n"
+            ));
+        } else {
+            record.status = RunStatus::Failure;
+            record.exit_code = Some(0);
+            record.error = Some(format!(
+                "its worker {dead} died while publishing its outputs; {} could not be completed ({})",
+                lost.len(),
+                lost.join("; ")
+            ));
+        }
+        let log = self.secrets().redact(&log);
+        let rec = sealed_run(&record, Some(&log))?;
+        let message = format!(
+            "run {} of node {}: {} (recovered after its worker died publishing)",
+            rec.id.short(),
+            rec.node.short(),
+            rec.status
+        );
+        let (recorded, _) = self.store().transact(&message, |tx| {
+            if let Some(now) = tx.read_json::<RunRecord>(&paths::run(&rec.id))? {
+                if now.status != RunStatus::Running && now.status != RunStatus::Pending {
+                    return Ok(false);
+                }
+            }
+            write_run(tx, &rec, Some(&log))?;
+            for (sv, info) in &outputs {
+                crate::records::update_state(tx, &sv.source, |spec| {
+                    spec.latest = Some(sv.version.clone());
+                })?;
+                record_version(tx, &sv.source, info, Some(&rec))?;
+            }
+            Ok(true)
+        })?;
+        self.run_queue().finish(&rec.id)?;
+        self.remove_leftovers(&rec.id);
+        if !recorded {
+            return Ok(None);
+        }
+        tracing::warn!(run = %rec.id.short(), status = %rec.status, "recovered a run whose worker died publishing its outputs");
+        if rec.status == RunStatus::Success {
+            self.drop_obsolete_pending(&rec);
+        }
+        for o in &rec.outputs {
+            self.events().send(crate::events::Event::VersionRecorded {
+                source: o.source.clone(),
+                version: o.version.clone(),
+            });
+        }
+        Ok(Some(rec))
     }
 
     /// Run a hook (`on-success`/`on-failure`) in the project's root. Its output (stdout
@@ -1403,15 +1732,59 @@ impl Project {
         }
         let mut published = Vec::new();
         if moved.is_none() {
-            for (name, source, stage, expected) in outputs {
+            // The intent goes first: killed from here on, this run is completed (or rolled
+            // back) by the next process that looks, never left for a poll to record its
+            // outputs as versions without provenance.
+            let fresh = self.store().snapshot()?;
+            let mut intent = crate::queue::PublishIntent {
+                run: record.clone(),
+                outputs: Vec::new(),
+            };
+            for (name, _, stage, _) in &outputs {
+                intent.outputs.push(crate::queue::IntentOutput {
+                    source: name.clone(),
+                    before: read_source(&fresh, name)?.latest,
+                    stage: stage.clone(),
+                    published: None,
+                });
+            }
+            if !outputs.is_empty() {
+                self.run_queue().write_intent(&intent, true)?;
+            }
+            for (i, (name, source, stage, expected)) in outputs.into_iter().enumerate() {
+                // Fenced before each output: a claim taken over meanwhile (this process
+                // was stopped past its lease) publishes nothing more; its taker completes
+                // it.
+                let held = self
+                    .run_queue()
+                    .get(&record.id)?
+                    .is_some_and(|q| still_ours(&q, record).is_ok());
+                if !held {
+                    return Ok((
+                        log,
+                        Exec::Superseded(format!(
+                            "run {} (attempt {}) was taken over while it published its outputs \
+                             ({i} of {} published; the process that took it over records them)",
+                            record.id.short(),
+                            record.attempt,
+                            intent.outputs.len()
+                        )),
+                    ));
+                }
+                test_pause("publish");
                 match source.publish_with(&stage, &options(&expected)).await {
-                    Ok(info) => published.push((
-                        SourceVersion {
-                            source: name,
-                            version: info.version.clone(),
-                        },
-                        info,
-                    )),
+                    Ok(info) => {
+                        test_pause("published");
+                        intent.outputs[i].published = Some(info.clone());
+                        self.run_queue().write_intent(&intent, false)?;
+                        published.push((
+                            SourceVersion {
+                                source: name,
+                                version: info.version.clone(),
+                            },
+                            info,
+                        ));
+                    }
                     Err(e @ Error::OutputMoved { .. }) => {
                         moved = Some(e);
                         break;
@@ -1432,6 +1805,7 @@ impl Project {
                 },
             ));
         }
+        test_pause("record");
         Ok((log, Exec::Success(published)))
     }
 
@@ -1673,8 +2047,9 @@ fn still_ours(now: &RunRecord, mine: &RunRecord) -> std::result::Result<(), Stri
 
 fn superseded(record: &RunRecord, why: &str, published: bool) -> Error {
     let what = if published {
-        "this older result was not recorded (its outputs were published just before the \
-         takeover; `dkt source update` records what is there now)"
+        "this older result was not recorded by this process (its outputs were published \
+         just before the takeover; the process that took the run over records them with \
+         this run)"
     } else {
         "this older result was discarded and nothing was published"
     };
@@ -1683,6 +2058,18 @@ fn superseded(record: &RunRecord, why: &str, published: bool) -> Error {
          process ran node {} again: {what}",
         record.node.short()
     ))
+}
+
+/// A pause point for the crash tests: with `DKT_TEST_PAUSE_AT=POINT` in its environment,
+/// the process stops itself (SIGSTOP) at `POINT` (`publish`: the intent is recorded and
+/// nothing published; `published`: an output was published and the intent not yet
+/// updated; `record`: everything published, the result not recorded), so that a test can
+/// see it there and kill it. Without the variable it does nothing.
+fn test_pause(point: &str) {
+    if std::env::var("DKT_TEST_PAUSE_AT").is_ok_and(|p| p == point) {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+    }
 }
 
 /// Check that `stage` is still a real directory (not a symbolic link) at the place dtk
@@ -1802,6 +2189,11 @@ fn given_inputs(
     }
     out.sort();
     Ok(out)
+}
+
+/// The input versions `node` would run on in `snap` (pinned where pinned, else latest).
+pub(crate) fn current_inputs_of(snap: &Snapshot, node: &NodeSpec) -> Result<Vec<SourceVersion>> {
+    current_inputs(snap, node)
 }
 
 fn current_inputs(snap: &Snapshot, node: &NodeSpec) -> Result<Vec<SourceVersion>> {

@@ -10,7 +10,7 @@ use crate::graph::{Edge, Graph, Vertex};
 use crate::source::{Context, NewSource, Registry, Source, VersionInfo};
 use crate::store::{Snapshot, Store, Tx};
 use crate::{
-    resolve_version, Error, Link, Name, NodeId, NodeSpec, Result, SourceSpec, SourceVersion,
+    resolve_version, Error, Link, Name, NodeId, NodeSpec, Result, RunId, SourceSpec, SourceVersion,
     Version, VersionRecord,
 };
 
@@ -132,6 +132,10 @@ pub struct UpdateOutcome {
     pub error: Option<String>,
     /// True when the source was skipped (frozen).
     pub skipped: bool,
+    /// A run publishing to this source right now: it was not polled (its new version is
+    /// recorded with that run, and its provenance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publishing: Option<RunId>,
     /// For a pattern source: each followed ref that appeared, moved or was deleted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refs: Vec<RefChange>,
@@ -1189,8 +1193,31 @@ impl Project {
         selected: Vec<SourceSpec>,
         record: bool,
     ) -> Result<Vec<UpdateOutcome>> {
+        // Runs that died publishing are completed first (their versions then carry their
+        // run); an output a live run is publishing to is not polled: its new content
+        // belongs to that run, which records it.
+        let mut selected = selected;
+        if record {
+            match self.recover_publishing().await {
+                Ok(recovered) if !recovered.is_empty() => {
+                    // What they recorded is the latest now.
+                    let states = crate::records::all_states(&self.store.snapshot()?)?;
+                    for spec in &mut selected {
+                        if let Some(state) = states.get(&spec.name) {
+                            spec.latest = state.latest.clone();
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "cannot recover runs that died publishing")
+                }
+            }
+        }
+        let in_flight = self.publishing_outputs()?;
+        let busy = &in_flight;
         let polls = selected.iter().map(|spec| async move {
-            if spec.frozen {
+            if spec.frozen || busy.contains_key(&spec.name) {
                 return (spec, None);
             }
             let r = match self.open_source(spec) {
@@ -1236,7 +1263,8 @@ impl Project {
                 previous: spec.latest.clone(),
                 latest: spec.latest.clone(),
                 error: None,
-                skipped: r.is_none(),
+                skipped: r.is_none() && spec.frozen,
+                publishing: in_flight.get(&spec.name).copied().filter(|_| r.is_none()),
                 refs: Vec::new(),
             };
             match r {
@@ -1266,6 +1294,10 @@ impl Project {
             }
             outcomes.push(o);
         }
+        let previous: BTreeMap<Name, Option<Version>> = outcomes
+            .iter()
+            .map(|o| (o.source.clone(), o.previous.clone()))
+            .collect();
         if record && !changed.is_empty() {
             let message = format!(
                 "source update: {}",
@@ -1279,8 +1311,20 @@ impl Project {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            self.store.transact(&message, |tx| {
+            let (left, _) = self.store.transact(&message, |tx| {
+                // Recorded only if nothing moved under the poll: a source a run is
+                // publishing to is left to that run, and so is one whose latest version
+                // changed while it was polled (a run published and recorded meanwhile: the
+                // poll may have read the content half before and half after the switch).
+                let in_flight = self.publishing_outputs()?;
+                let mut left = Vec::new();
                 for (name, change) in &changed {
+                    let now = crate::records::get_source(tx, name)?.and_then(|s| s.latest);
+                    let before = previous.get(name).cloned().flatten();
+                    if in_flight.contains_key(name) || now != before {
+                        left.push(name.clone());
+                        continue;
+                    }
                     let updated = crate::records::update_state(tx, name, |spec| {
                         if let Some(v) = &change.latest {
                             spec.latest = Some(v.clone());
@@ -1296,9 +1340,13 @@ impl Project {
                         record_version(tx, name, info, None)?;
                     }
                 }
-                Ok(())
+                Ok(left)
             })?;
-            for (name, change) in &changed {
+            for o in outcomes.iter_mut().filter(|o| left.contains(&o.source)) {
+                tracing::info!(source = %o.source, "not recorded: a run published to it while it was polled");
+                o.latest = o.previous.clone();
+            }
+            for (name, change) in changed.iter().filter(|(n, _)| !left.contains(n)) {
                 for info in &change.record {
                     self.events.send(crate::events::Event::VersionRecorded {
                         source: name.clone(),
@@ -1308,6 +1356,19 @@ impl Project {
             }
         }
         Ok(outcomes)
+    }
+
+    /// The output sources of runs publishing now (their publish intents), with the run.
+    pub(crate) fn publishing_outputs(&self) -> Result<BTreeMap<Name, RunId>> {
+        Ok(self
+            .run_queue()
+            .intents()?
+            .into_iter()
+            .flat_map(|i| {
+                let run = i.run.id;
+                i.outputs.into_iter().map(move |o| (o.source, run))
+            })
+            .collect())
     }
 
     /// Pin `name` to a version given in full or as a unique prefix, resolved against the

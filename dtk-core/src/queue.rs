@@ -10,8 +10,12 @@
 //! - `running/<run-id>.json`: a claimed run; the file's modification time is the lease,
 //!   renewed while the run executes;
 //! - `publishing/<run-id>.json`: a run whose outputs are being published;
-//! - `settling/<run-id>.json`: the claim of a dead worker, taken over by the process that
-//!   records it `interrupted` (taken over again when that process died too).
+//! - `intents/<run-id>.json`: the publish intent of such a run ([`PublishIntent`]),
+//!   written before its first output is published and updated after each one, so that a
+//!   process killed between publishing and recording the result leaves enough behind for
+//!   the next one to complete the run (or roll it back);
+//! - `settling/<run-id>.json`: a run whose (dead) holder's claim was taken over, being
+//!   recorded by the process named in it.
 //!
 //! Every transition is one `rename(2)` (or an exclusive create), so exactly one process
 //! wins it: a run is never claimed twice, a dead worker's run is settled by one process,
@@ -21,8 +25,37 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::IoResultExt;
-use crate::{Error, Result, RunId, RunRecord};
+use crate::{Error, Name, Result, RunId, RunRecord, Version, VersionInfo};
+
+/// What a run is about to publish, recorded before its first output is published: the
+/// run (as claimed), and for each output the version it had and, once published, the
+/// version the kind returned. A run found with an intent and a dead holder is completed
+/// from it (every output published: the result is recorded with those versions and their
+/// provenance) or rolled back (nothing published: recorded `interrupted`), never left for
+/// a poll to record as a version without provenance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishIntent {
+    /// The run, as claimed (status `running`).
+    pub run: RunRecord,
+    /// The outputs, in publishing order.
+    pub outputs: Vec<IntentOutput>,
+}
+
+/// One output of a [`PublishIntent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntentOutput {
+    /// The output source.
+    pub source: Name,
+    /// Its latest recorded version when publishing began.
+    pub before: Option<Version>,
+    /// Where the run staged its content.
+    pub stage: PathBuf,
+    /// What publishing it returned, once it has.
+    pub published: Option<VersionInfo>,
+}
 
 /// A queue of runs (see the [module docs](self)).
 pub trait RunQueue: std::fmt::Debug + Send + Sync {
@@ -47,6 +80,9 @@ pub trait RunQueue: std::fmt::Debug + Send + Sync {
     /// The run has ended and its result is recorded: forget it.
     fn finish(&self, run: &RunId) -> Result<()>;
 
+    /// Forget `run` if it is still pending (never a claimed one); `true` when it was.
+    fn cancel(&self, run: &RunId) -> Result<bool>;
+
     /// The runs claimed (running or publishing), each with the age of its lease.
     fn claimed(&self) -> Result<Vec<(RunRecord, Duration)>>;
 
@@ -55,11 +91,46 @@ pub trait RunQueue: std::fmt::Debug + Send + Sync {
     /// [`finish`](Self::finish).
     fn take_over(&self, run: &RunId) -> Result<Option<RunRecord>>;
 
+    /// [`take_over`](Self::take_over), only while `run` has not begun publishing (a
+    /// holder that may be alive is never cut off in the middle of publishing).
+    fn take_over_running(&self, run: &RunId) -> Result<Option<RunRecord>>;
+
     /// The queued or claimed record of `run`, if any.
     fn get(&self, run: &RunId) -> Result<Option<RunRecord>>;
 
     /// How long ago the lease of claimed `run` was renewed; `None` when it is not claimed.
     fn lease_age(&self, run: &RunId) -> Result<Option<Duration>>;
+
+    /// Record (or update) the publish intent of its run, atomically; with `durable`, synced
+    /// to disk (with its directory) before this returns. The first write, before anything
+    /// is published, must be durable; later updates are hints (recovery also finds a
+    /// published output by its content), so they need not cost a sync.
+    fn write_intent(&self, intent: &PublishIntent, durable: bool) -> Result<()>;
+
+    /// Every publish intent left (runs publishing now, or whose holder died publishing).
+    fn intents(&self) -> Result<Vec<PublishIntent>>;
+
+    /// Runs taken over for settling whose settler is gone (dead, or, where that cannot be
+    /// checked, silent for longer than `lease`), each taken over again exclusively by this process: `Some` for the one
+    /// caller that gets it, who then records it and calls [`finish`](Self::finish).
+    fn take_over_settling(&self, lease: Duration) -> Result<Vec<RunRecord>>;
+
+    /// Put back to pending the claims whose claimer died between taking the run and
+    /// writing its claim (the entry still holds the pending record), once older than
+    /// `lease`: the run never started. Returns how many. (Claims are made complete before
+    /// they appear in `running/`; such entries come from earlier releases.)
+    fn requeue_unstarted(&self, lease: Duration) -> Result<usize>;
+
+    /// Whether `run` is being settled (taken over from its holder).
+    fn settling(&self, run: &RunId) -> Result<bool>;
+
+    /// The runs being settled.
+    fn settling_runs(&self) -> Result<Vec<RunId>>;
+
+    /// Adopt the run of a publish intent that has no claim at all (its process died
+    /// between taking a claim over and settling it) once the intent is older than
+    /// `lease`: `true` for the one caller that gets it, now settling it.
+    fn adopt(&self, intent: &PublishIntent, lease: Duration) -> Result<bool>;
 }
 
 /// The queue of one machine, in `.dkt/queue/` (see the [module docs](self)).
@@ -72,10 +143,7 @@ const PENDING: &str = "pending";
 const RUNNING: &str = "running";
 const PUBLISHING: &str = "publishing";
 const SETTLING: &str = "settling";
-
-/// A run being settled (recorded `interrupted`) for longer than this was left by a
-/// settler that died: settling takes milliseconds.
-const STALE_SETTLING: Duration = Duration::from_secs(10);
+const INTENTS: &str = "intents";
 
 impl LocalQueue {
     /// The queue kept in `dir` (created when first written).
@@ -97,7 +165,7 @@ impl LocalQueue {
     fn write(&self, to: &Path, run: &RunRecord) -> Result<()> {
         let dir = to.parent().unwrap_or(&self.dir);
         let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
+            .prefix(&format!(".tmp-{}-", std::process::id()))
             .tempfile_in(dir)
             .at(dir)?;
         serde_json::to_writer(&mut tmp, run)
@@ -128,7 +196,13 @@ impl LocalQueue {
         for e in entries {
             let e = e.at(&d)?;
             let path = e.path();
-            if !e.file_name().to_string_lossy().ends_with(".json") {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                sweep(&path, &name);
+                continue;
+            }
+            if !name.ends_with(".json") {
                 continue;
             }
             let modified = e
@@ -152,6 +226,34 @@ impl LocalQueue {
         }
     }
 
+    /// Take the claim of `run` away from its holder, from the first of `states` holding it.
+    fn take_over_from(&self, run: &RunId, states: &[&str]) -> Result<Option<RunRecord>> {
+        self.ensure(SETTLING)?;
+        let settling = self.path(SETTLING, run);
+        for state in states {
+            let from = self.path(state, run);
+            let Some(record) = Self::read(&from)? else {
+                continue;
+            };
+            // One rename wins (to a name no listing reads); the winner then writes the
+            // settling entry naming itself, so that a settler killed in turn is recognized
+            // and its work taken over again.
+            let aside = self.dir.join(SETTLING).join(format!(
+                ".taking-{}-{}",
+                run.to_hex(),
+                std::process::id()
+            ));
+            if Self::take(&from, &aside)? {
+                let mut mine = record.clone();
+                mine.worker = Some(crate::engine::worker_id());
+                self.write(&settling, &mine)?;
+                let _ = std::fs::remove_file(&aside);
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+
     fn touch(path: &Path) -> Result<bool> {
         match std::fs::File::options().write(true).open(path) {
             Ok(f) => {
@@ -162,6 +264,58 @@ impl LocalQueue {
             Err(e) => Err(Error::io(path, e)),
         }
     }
+}
+
+/// Clean up `path`, a file a process writes aside before renaming or linking it into
+/// place (`.tmp-PID-*`, `.new-RUN-PID`, `.claiming-RUN-PID`, `.taking-RUN-PID`,
+/// `.adopt-RUN-PID`, `.retake-RUN-PID`), when the process that wrote it is gone: it was
+/// killed between the two steps. A run being claimed goes back to pending, a claim being
+/// taken over back to settling; the rest go.
+fn sweep(path: &Path, name: &str) {
+    let pid = if let Some(rest) = name.strip_prefix(".tmp-") {
+        rest.split('-').next()
+    } else {
+        name.rsplit('-').next()
+    };
+    let Some(pid) = pid
+        .and_then(|p| p.parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let gone = matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    );
+    if !gone {
+        return;
+    }
+    // A claim its taker died holding (`.taking-RUN-PID` or `.retake-RUN-PID`, between
+    // taking it and writing the settling entry) becomes a settling entry whose settler is
+    // dead, taken over again; anything else written aside is only a temporary copy.
+    if let Some(run) = name
+        .strip_prefix(".taking-")
+        .or_else(|| name.strip_prefix(".retake-"))
+        .and_then(|rest| rest.rsplit_once('-'))
+        .map(|(run, _)| run)
+    {
+        let _ = std::fs::rename(path, path.with_file_name(format!("{run}.json")));
+        return;
+    }
+    // A pending run its claimer died taking (`.claiming-RUN-PID`) never started: it is
+    // pending again.
+    if let Some((run, _)) = name
+        .strip_prefix(".claiming-")
+        .and_then(|rest| rest.rsplit_once('-'))
+    {
+        if let Some(queue) = path.parent().and_then(Path::parent) {
+            let pending = queue.join(PENDING);
+            let _ = std::fs::create_dir_all(&pending);
+            let _ = std::fs::rename(path, pending.join(format!("{run}.json")));
+        }
+        return;
+    }
+    let _ = std::fs::remove_file(path);
 }
 
 impl RunQueue for LocalQueue {
@@ -185,12 +339,25 @@ impl RunQueue for LocalQueue {
         let running = self.path(RUNNING, &run.id);
         let pending = self.path(PENDING, &run.id);
         if pending.exists() {
-            // Whoever renames it owns it; then the record is brought up to date.
-            if !Self::take(&pending, &running)? {
+            // Whoever renames it owns it (to a name no listing reads); the claim record is
+            // written over it, then linked into place complete. Killed in between, the
+            // aside file goes back to pending once this process is gone (see `sweep`).
+            let aside = self.dir.join(RUNNING).join(format!(
+                ".claiming-{}-{}",
+                run.id.to_hex(),
+                std::process::id()
+            ));
+            if !Self::take(&pending, &aside)? {
                 return Ok(false);
             }
-            self.write(&running, run)?;
-            return Ok(true);
+            self.write(&aside, run)?;
+            let linked = std::fs::hard_link(&aside, &running);
+            let _ = std::fs::remove_file(&aside);
+            return match linked {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(Error::io(&running, e)),
+            };
         }
         // Executed at once: the record is written aside, then hard-linked into place,
         // which fails if the name exists: an exclusive create of a complete file.
@@ -229,7 +396,8 @@ impl RunQueue for LocalQueue {
     }
 
     fn finish(&self, run: &RunId) -> Result<()> {
-        for state in [PENDING, RUNNING, PUBLISHING, SETTLING] {
+        // The intent goes last: while it is there, the run is known to have published.
+        for state in [PENDING, RUNNING, PUBLISHING, SETTLING, INTENTS] {
             let p = self.path(state, run);
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
@@ -240,10 +408,19 @@ impl RunQueue for LocalQueue {
         Ok(())
     }
 
+    fn cancel(&self, run: &RunId) -> Result<bool> {
+        let p = self.path(PENDING, run);
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(&p, e)),
+        }
+    }
+
     fn claimed(&self) -> Result<Vec<(RunRecord, Duration)>> {
         let now = SystemTime::now();
         let mut out = Vec::new();
-        for state in [RUNNING, PUBLISHING, SETTLING] {
+        for state in [RUNNING, PUBLISHING] {
             for (_, r, modified) in self.list(state)? {
                 out.push((r, now.duration_since(modified).unwrap_or_default()));
             }
@@ -252,42 +429,158 @@ impl RunQueue for LocalQueue {
     }
 
     fn take_over(&self, run: &RunId) -> Result<Option<RunRecord>> {
-        self.ensure(SETTLING)?;
-        let settling = self.path(SETTLING, run);
-        for state in [RUNNING, PUBLISHING] {
-            let from = self.path(state, run);
-            let Some(record) = Self::read(&from)? else {
+        self.take_over_from(run, &[RUNNING, PUBLISHING])
+    }
+
+    fn take_over_running(&self, run: &RunId) -> Result<Option<RunRecord>> {
+        self.take_over_from(run, &[RUNNING])
+    }
+
+    fn write_intent(&self, intent: &PublishIntent, durable: bool) -> Result<()> {
+        self.ensure(INTENTS)?;
+        let to = self.path(INTENTS, &intent.run.id);
+        let dir = to.parent().unwrap_or(&self.dir);
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".tmp-{}-", std::process::id()))
+            .tempfile_in(dir)
+            .at(dir)?;
+        serde_json::to_writer(&mut tmp, intent)
+            .map_err(|e| Error::store(format!("cannot write {}", to.display()), e))?;
+        if durable {
+            tmp.as_file().sync_all().at(&to)?;
+        }
+        tmp.persist(&to).map_err(|e| Error::io(&to, e.error))?;
+        if durable {
+            // The rename itself must survive a crash before anything is published.
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .at(dir)?;
+        }
+        Ok(())
+    }
+
+    fn intents(&self) -> Result<Vec<PublishIntent>> {
+        let d = self.dir.join(INTENTS);
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&d, e)),
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let path = e.at(&d)?.path();
+            if let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) {
+                if name.starts_with('.') {
+                    sweep(&path, &name);
+                    continue;
+                }
+            }
+            if path.extension() != Some(std::ffi::OsStr::new("json")) {
                 continue;
-            };
-            if Self::take(&from, &settling)? {
-                Self::touch(&settling)?;
-                return Ok(Some(record));
+            }
+            match std::fs::read(&path) {
+                Ok(bytes) => out.push(serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::store(format!("publish intent {} is corrupt", path.display()), e)
+                })?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, e)),
             }
         }
-        // A settler that died midway (killed between taking the claim and recording it)
-        // left its entry behind: once it is clearly stale, it is taken over in turn,
-        // exclusively (one rename wins), and settled again.
-        let stale = std::fs::metadata(&settling)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > STALE_SETTLING);
-        if stale {
-            let Some(record) = Self::read(&settling)? else {
-                return Ok(None);
-            };
-            let mine = settling.with_extension(format!("json.retake-{}", std::process::id()));
-            if Self::take(&settling, &mine)? {
-                Self::take(&mine, &settling)?;
-                Self::touch(&settling)?;
-                return Ok(Some(record));
+        Ok(out)
+    }
+
+    fn requeue_unstarted(&self, lease: Duration) -> Result<usize> {
+        let now = SystemTime::now();
+        let mut n = 0;
+        for (path, record, modified) in self.list(RUNNING)? {
+            let old = now.duration_since(modified).unwrap_or_default() > lease;
+            if record.status != crate::RunStatus::Pending || record.worker.is_some() || !old {
+                continue;
+            }
+            self.ensure(PENDING)?;
+            if Self::take(&path, &self.path(PENDING, &record.id))? {
+                n += 1;
             }
         }
-        Ok(None)
+        Ok(n)
+    }
+
+    fn settling(&self, run: &RunId) -> Result<bool> {
+        Ok(Self::read(&self.path(SETTLING, run))?.is_some())
+    }
+
+    fn settling_runs(&self) -> Result<Vec<RunId>> {
+        Ok(self
+            .list(SETTLING)?
+            .into_iter()
+            .map(|(_, r, _)| r.id)
+            .collect())
+    }
+
+    fn adopt(&self, intent: &PublishIntent, lease: Duration) -> Result<bool> {
+        let path = self.path(INTENTS, &intent.run.id);
+        let age = match std::fs::metadata(&path).and_then(|m| m.modified()) {
+            Ok(t) => SystemTime::now().duration_since(t).unwrap_or_default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        if age <= lease {
+            return Ok(false);
+        }
+        // An exclusive create of the settling entry: written aside, hard-linked into place.
+        self.ensure(SETTLING)?;
+        let settling = self.path(SETTLING, &intent.run.id);
+        let aside = self.dir.join(SETTLING).join(format!(
+            ".adopt-{}-{}",
+            intent.run.id.to_hex(),
+            std::process::id()
+        ));
+        let mut mine = intent.run.clone();
+        mine.worker = Some(crate::engine::worker_id());
+        self.write(&aside, &mine)?;
+        let linked = std::fs::hard_link(&aside, &settling);
+        let _ = std::fs::remove_file(&aside);
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io(&settling, e)),
+        }
+    }
+
+    fn take_over_settling(&self, lease: Duration) -> Result<Vec<RunRecord>> {
+        let now = SystemTime::now();
+        let mut out = Vec::new();
+        for (path, record, modified) in self.list(SETTLING)? {
+            // A settler on this machine is waited for while it lives (it may be
+            // publishing); one whose liveness cannot be checked, until it is silent for
+            // longer than `lease`.
+            let gone = match record.worker.as_deref().and_then(crate::engine::pid_alive) {
+                Some(alive) => !alive,
+                None => now.duration_since(modified).unwrap_or_default() > lease,
+            };
+            if !gone {
+                continue;
+            }
+            // One rename wins; the winner puts the entry back under its own name.
+            let aside = self.dir.join(SETTLING).join(format!(
+                ".retake-{}-{}",
+                record.id.to_hex(),
+                std::process::id()
+            ));
+            if !Self::take(&path, &aside)? {
+                continue;
+            }
+            let mut mine = record.clone();
+            mine.worker = Some(crate::engine::worker_id());
+            self.write(&path, &mine)?;
+            let _ = std::fs::remove_file(&aside);
+            out.push(record);
+        }
+        Ok(out)
     }
 
     fn lease_age(&self, run: &RunId) -> Result<Option<Duration>> {
-        for state in [RUNNING, PUBLISHING, SETTLING] {
+        for state in [RUNNING, PUBLISHING] {
             match std::fs::metadata(self.path(state, run)).and_then(|m| m.modified()) {
                 Ok(t) => {
                     return Ok(Some(
@@ -302,7 +595,7 @@ impl RunQueue for LocalQueue {
     }
 
     fn get(&self, run: &RunId) -> Result<Option<RunRecord>> {
-        for state in [RUNNING, PUBLISHING, SETTLING, PENDING] {
+        for state in [RUNNING, PUBLISHING, PENDING] {
             if let Some(r) = Self::read(&self.path(state, run))? {
                 return Ok(Some(r));
             }
@@ -368,5 +661,103 @@ mod tests {
         assert_eq!(q.claimed().unwrap().len(), 1);
         q.finish(&c.id).unwrap();
         assert!(q.claimed().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_publishing_claim_is_taken_only_by_a_full_take_over_and_intents_stay_until_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = LocalQueue::new(dir.path());
+        let a = run(4);
+        assert!(q.claim(&a).unwrap());
+        assert!(q.begin_publish(&a.id).unwrap());
+        // A live holder's claim is never cut off while it publishes...
+        assert!(q.take_over_running(&a.id).unwrap().is_none());
+        let intent = PublishIntent {
+            run: a.clone(),
+            outputs: Vec::new(),
+        };
+        q.write_intent(&intent, true).unwrap();
+        assert_eq!(q.intents().unwrap(), vec![intent]);
+        // ...a dead one's is, once, and the settling entry names the settler.
+        assert!(q.take_over(&a.id).unwrap().is_some());
+        assert!(q.settling(&a.id).unwrap());
+        let settler: RunRecord = serde_json::from_slice(
+            &std::fs::read(
+                dir.path()
+                    .join("settling")
+                    .join(format!("{}.json", a.id.to_hex())),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(settler.worker, Some(crate::engine::worker_id()));
+        // This process is alive: its settling is not taken from it.
+        assert!(q.take_over_settling(Duration::ZERO).unwrap().is_empty());
+        assert_eq!(
+            q.intents().unwrap().len(),
+            1,
+            "the intent outlives the claim"
+        );
+        q.finish(&a.id).unwrap();
+        assert!(q.intents().unwrap().is_empty());
+        assert!(!q.settling(&a.id).unwrap());
+    }
+
+    #[test]
+    fn a_half_made_claim_goes_back_to_pending_and_leftovers_of_dead_processes_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = LocalQueue::new(dir.path());
+        let a = run(5);
+        assert!(q.enqueue(&a).unwrap());
+        // A claimer killed between its rename and its rewrite left the pending record in
+        // running/.
+        std::fs::create_dir_all(dir.path().join("running")).unwrap();
+        let name = format!("{}.json", a.id.to_hex());
+        std::fs::rename(
+            dir.path().join("pending").join(&name),
+            dir.path().join("running").join(&name),
+        )
+        .unwrap();
+        assert_eq!(q.requeue_unstarted(Duration::from_secs(3600)).unwrap(), 0);
+        assert_eq!(q.requeue_unstarted(Duration::ZERO).unwrap(), 1);
+        assert_eq!(q.pending().unwrap().len(), 1);
+        // Files written aside by a process that is gone are removed; a live one's stay.
+        let dead = dir.path().join("pending").join(".tmp-999999999-x");
+        let mine = dir
+            .path()
+            .join("pending")
+            .join(format!(".tmp-{}-x", std::process::id()));
+        std::fs::write(&dead, b"").unwrap();
+        std::fs::write(&mine, b"").unwrap();
+        q.pending().unwrap();
+        assert!(!dead.exists());
+        assert!(mine.exists());
+        // A run whose claimer died claiming it is pending again.
+        let c = run(7);
+        std::fs::write(
+            dir.path()
+                .join("running")
+                .join(format!(".claiming-{}-999999999", c.id.to_hex())),
+            serde_json::to_vec(&c).unwrap(),
+        )
+        .unwrap();
+        assert!(q.claimed().unwrap().is_empty());
+        assert!(q.pending().unwrap().iter().any(|r| r.id == c.id));
+        // A claim whose taker died mid-take-over is put back for settling.
+        let b = run(6);
+        std::fs::create_dir_all(dir.path().join("settling")).unwrap();
+        std::fs::write(
+            dir.path()
+                .join("settling")
+                .join(format!(".taking-{}-999999999", b.id.to_hex())),
+            serde_json::to_vec(&b).unwrap(),
+        )
+        .unwrap();
+        let retaken = q.take_over_settling(Duration::from_secs(3600)).unwrap();
+        assert!(
+            retaken.is_empty(),
+            "put back first, its settler then checked"
+        );
+        assert!(q.settling(&b.id).unwrap());
     }
 }

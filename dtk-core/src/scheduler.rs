@@ -8,9 +8,7 @@ use serde::Serialize;
 
 use crate::engine::{RunOptions, RunOutcome};
 use crate::project::UpdateOutcome;
-use crate::{
-    Error, Name, NodeId, NodeSpec, Project, Result, RunRecord, RunStatus, SourceVersion, Version,
-};
+use crate::{Error, Name, NodeId, NodeSpec, Project, Result, RunStatus, SourceVersion, Version};
 
 /// How many times a pass runs a node again whose remote worker was lost mid-run.
 const REMOTE_RETRIES: usize = 3;
@@ -178,6 +176,9 @@ impl Project {
             crate::project::read_source(&self.store().snapshot()?, name)?;
         }
         let polled = if options.no_poll {
+            if !options.dry_run {
+                self.recover_publishing().await?;
+            }
             Vec::new()
         } else {
             let to_poll = self
@@ -204,17 +205,6 @@ impl Project {
         let mut options = options;
         if !options.dry_run && self.dispatcher.is_none() && !self.live_workers()?.is_empty() {
             options.run.queue = true;
-        }
-        // Claims whose process died are settled first: recorded `interrupted` (or, when
-        // the run was recorded just before its process died, only taken off the queue).
-        if !options.dry_run {
-            let claimed: Vec<RunRecord> = self
-                .run_queue()
-                .claimed()?
-                .into_iter()
-                .map(|(r, _)| r)
-                .collect();
-            self.settle_interrupted(&claimed.iter().collect::<Vec<_>>())?;
         }
         let graph = self.graph()?;
         let nodes: BTreeMap<NodeId, NodeSpec> = self.nodes()?.into_iter().collect();

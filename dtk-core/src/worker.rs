@@ -122,8 +122,17 @@ impl Project {
             .map(|(r, _)| r)
             .collect();
         let refs: Vec<&RunRecord> = claimed.iter().collect();
+        let dead = self.settle_interrupted(&refs)?;
+        self.requeue(dead)
+    }
+
+    /// Queue a new attempt of each run of `dead` (recorded `interrupted`).
+    fn requeue(&self, dead: Vec<RunRecord>) -> Result<Vec<RunId>> {
         let mut out = Vec::new();
-        for dead in self.settle_interrupted(&refs)? {
+        for dead in dead {
+            if dead.status != RunStatus::Interrupted {
+                continue;
+            }
             let attempt = dead.next_attempt()?;
             let mut next = dead.clone();
             next.id = RunId::compute(&dead.node, &dead.inputs, attempt);
@@ -193,6 +202,10 @@ impl Project {
                 if stop.load(Ordering::SeqCst) || limit_hit {
                     break;
                 }
+                match self.recover_publishing().await {
+                    Ok(recovered) => report.requeued.extend(self.requeue(recovered)?),
+                    Err(e) => tracing::warn!(error = %crate::project::error_chain(&e), "cannot recover runs that died publishing"),
+                }
                 report.requeued.extend(self.requeue_dead()?);
                 let snap = self.store().snapshot()?;
                 let queued: Vec<RunRecord> = self.run_queue().pending()?;
@@ -214,6 +227,16 @@ impl Project {
                     if crate::engine::succeeded_on(&snap, &run.node, &run.inputs)?.is_some() {
                         self.run_queue().finish(&run.id)?;
                         continue;
+                    }
+                    // Superseded: its inputs moved on and the node already succeeded on
+                    // the new ones; executing it would publish an older result over that.
+                    if let Ok(current) = crate::engine::current_inputs_of(&snap, &node) {
+                        if current != run.inputs
+                            && crate::engine::succeeded_on(&snap, &run.node, &current)?.is_some()
+                        {
+                            self.run_queue().cancel(&run.id)?;
+                            continue;
+                        }
                     }
                     if !node.labels.iter().all(|l| labels.contains(l)) {
                         unmatched.push(format!("{} ({})", run.id.short(), node.labels.join(",")));

@@ -535,6 +535,100 @@ fn smart_http() {
     assert!(err.to_string().contains(&missing), "{err}");
 }
 
+/// A busy smart-HTTP server (`503` or `429` with `Retry-After`) is waited out: the kind
+/// asks it whether it is busy before fetching, and asks again once it said to come back,
+/// never sooner (the server flags a request that comes back early); one that stays busy,
+/// or asks for more than a minute, is an error naming the status, without a fetch.
+#[cfg(feature = "https")]
+#[test]
+fn a_busy_smart_http_server_is_waited_out() {
+    let _serial = serial();
+    let e = env();
+    let origin = make_origin(&e.root);
+    let server = git_server::GitServer::start(false, None);
+    server.serve("user/repo", &origin.work);
+    let location = format!("{}/user/repo", server.base());
+    let tip = git(&origin.work, &["rev-parse", "trunk"]);
+    let spec = block_on(resolve(&e.ctx, &location, None, None));
+    let source = GitKind::default().open(&e.ctx, &spec).unwrap();
+    let since = |from: usize| server.requests()[from..].to_vec();
+    for status in ["503", "429"] {
+        // Busy for two requests, each saying to come back in a second.
+        let from = server.requests().len();
+        server.set("busy", &format!("2 1 {status}"));
+        let latest = block_on(source.latest()).unwrap_or_else(|e| panic!("{status}: {e:#}"));
+        assert_eq!(latest.version.hex(), tip, "{status}");
+        let log = since(from);
+        let refs = "GET /user/repo/info/refs?service=git-upload-pack";
+        assert_eq!(
+            log[..3],
+            [
+                format!("{refs} {status}"),
+                format!("{refs} {status}"),
+                format!("{refs} 200"),
+            ],
+            "{status}: asked three times, then fetched: {log:?}"
+        );
+        assert!(
+            log[3..].iter().any(|l| l.starts_with("POST ")),
+            "{status}: then fetched: {log:?}"
+        );
+        assert!(
+            !log.iter().any(|l| l.ends_with(" early")),
+            "{status}: came back before Retry-After: {log:?}"
+        );
+    }
+    // Busy for good: asked three times (two waits), no fetch, an error naming the status.
+    let from = server.requests().len();
+    server.set("busy", "100 1 503");
+    let err = format!("{:#}", block_on(source.latest()).unwrap_err());
+    assert!(err.contains("busy") && err.contains("503"), "{err}");
+    assert!(err.contains(&location), "{err}");
+    let log = since(from);
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert!(!log.iter().any(|l| l.ends_with(" early")), "{log:?}");
+    // Asked to come back in two minutes: no waiting that long, an error at once.
+    let from = server.requests().len();
+    server.set("busy", "100 120 503");
+    let err = format!("{:#}", block_on(source.latest()).unwrap_err());
+    assert!(err.contains("Retry-After: 120"), "{err}");
+    assert_eq!(since(from).len(), 1, "{:?}", since(from));
+    server.clear("busy");
+    assert_eq!(block_on(source.latest()).unwrap().version.hex(), tip);
+}
+
+/// A smart-HTTP server that trickles the pack (a byte every 0.2 s, after the first 200)
+/// passes every read timeout; the fetch is given up once it makes no progress for the
+/// network timeout (gix sees the pack a packet of up to 65,520 bytes at a time, so a
+/// trickle below that per timeout is no progress), with an error that says so.
+#[cfg(feature = "https")]
+#[test]
+fn a_trickling_smart_http_server_is_given_up() {
+    let _serial = serial();
+    let mut e = env();
+    e.ctx.network_timeout = Duration::from_secs(2);
+    let origin = make_origin(&e.root);
+    let server = git_server::GitServer::start(false, None);
+    server.serve("user/repo", &origin.work);
+    let location = format!("{}/user/repo", server.base());
+    server.set("trickle", "0.2 200");
+    let err = block_on(GitKind::default().resolve(&e.ctx, new_source(&location, None, None)))
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("no progress for 2s"), "{msg}");
+    assert!(msg.contains(&location), "{msg}");
+    let log = server.requests();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("POST ") && l.ends_with(" trickled")),
+        "the pack was being trickled: {log:?}"
+    );
+    // The same server at full speed serves the same fetch.
+    server.clear("trickle");
+    let spec = block_on(resolve(&e.ctx, &location, None, None));
+    assert_eq!(spec.tag.as_deref(), Some("trunk"));
+}
+
 /// Without the `https` feature there is no HTTP transport: `http://` fails before any
 /// connection, saying which feature to enable.
 #[cfg(not(feature = "https"))]

@@ -32,6 +32,10 @@ const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/ta
 /// How often the watchdog looks at a running fetch.
 const TICK: Duration = Duration::from_millis(50);
 
+/// The longest `Retry-After` a fetch waits for.
+#[cfg_attr(not(feature = "https"), allow(dead_code))]
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 /// A secret token. `Debug` never shows it.
 #[derive(Clone)]
 pub(crate) struct Token(#[cfg_attr(not(feature = "https"), allow(dead_code))] pub(crate) String);
@@ -199,7 +203,15 @@ impl Mirror {
     }
 
     /// Create or refresh the mirror. Errors are [`Error::Backend`] quoting the location.
+    ///
+    /// Over HTTP(S), the request git makes first (`info/refs`, protocol v2: a few hundred
+    /// bytes, with the same token header as git's requests) is sent once beforehand by dtk
+    /// itself: a server answering `429 Too Many
+    /// Requests` or `503 Service Unavailable` with `Retry-After: SECONDS` (at most a
+    /// minute) is waited out, at most twice, as the kinds that speak HTTP themselves do
+    /// (gix's transport fails on such an answer and does not show its headers).
     pub(crate) async fn fetch(&self, kind: &str, source_name: &str) -> Result<()> {
+        self.wait_while_busy(kind, source_name).await?;
         let shared = Arc::new(Shared::default());
         let _interrupt_on_drop = InterruptOnDrop(shared.clone());
         let (tx, mut rx) = tokio::sync::oneshot::channel();
@@ -253,6 +265,92 @@ impl Mirror {
                 }
             }
         }
+    }
+
+    /// Ask an HTTP(S) server whether it is busy before fetching (see [`fetch`](Self::fetch)).
+    /// Only a busy answer matters: any other (or none) lets the fetch go ahead and report.
+    #[cfg(feature = "https")]
+    async fn wait_while_busy(&self, kind: &str, source_name: &str) -> Result<()> {
+        let Ok(mut url) = reqwest::Url::parse(&self.location) else {
+            return Ok(());
+        };
+        if !matches!(url.scheme(), "http" | "https") {
+            return Ok(());
+        }
+        // The request carries what git's would (the GitHub token, to the GitHub host
+        // only), never a credential from the URL.
+        let header = self.auth.as_ref().and_then(|auth| {
+            let parsed = gix::url::parse(self.location.as_bytes().as_bstr()).ok()?;
+            auth.applies_to(&parsed).then(|| {
+                format!(
+                    "Basic {}",
+                    base64(format!("x-access-token:{}", auth.token.0).as_bytes())
+                )
+            })
+        });
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        url.set_fragment(None);
+        let path = format!("{}/info/refs", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+        url.set_query(Some("service=git-upload-pack"));
+        let Ok(client) = reqwest::Client::builder()
+            .connect_timeout(self.timeout)
+            .read_timeout(self.timeout)
+            .user_agent(concat!("dtk/", env!("CARGO_PKG_VERSION")))
+            .build()
+        else {
+            return Ok(());
+        };
+        let shown = redact_url(&self.location);
+        for attempt in 0.. {
+            let mut req = client.get(url.clone()).header("Git-Protocol", "version=2");
+            if let Some(h) = &header {
+                req = req.header(reqwest::header::AUTHORIZATION, h);
+            }
+            let Ok(resp) = req.send().await else {
+                return Ok(());
+            };
+            let status = resp.status().as_u16();
+            if !matches!(status, 429 | 503) {
+                return Ok(());
+            }
+            let wait = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            match wait {
+                Some(wait) if attempt < 2 && wait <= MAX_RETRY_AFTER => {
+                    tracing::info!(
+                        kind,
+                        source = source_name,
+                        status,
+                        ?wait,
+                        "server busy; retrying after Retry-After"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                _ => {
+                    let after = wait
+                        .map(|w| format!(" (Retry-After: {} s)", w.as_secs()))
+                        .unwrap_or_default();
+                    return Err(Error::backend(
+                        kind,
+                        source_name,
+                        format!("cannot fetch {shown}: the server is busy: HTTP {status}{after}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Without HTTP support there is no HTTP server to ask.
+    #[cfg(not(feature = "https"))]
+    async fn wait_while_busy(&self, _kind: &str, _source_name: &str) -> Result<()> {
+        Ok(())
     }
 
     /// The whole fetch, on the fetch thread.

@@ -12,6 +12,15 @@
 - Every request's Authorization header (or "-") is appended, one line per request, to
   DIR/auth.log, so a test can see which credentials reached the server.
 - --require-auth VALUE: requests without exactly `Authorization: VALUE` get 401.
+- Every request is also logged to DIR/requests.log as `METHOD PATH STATUS`, followed by
+  ` early` when it came before the Retry-After the server had last given had passed.
+- DIR/busy holding `COUNT SECONDS STATUS` (e.g. `2 1 503`): the next COUNT requests are
+  answered STATUS with `Retry-After: SECONDS` (the file is rewritten with COUNT - 1, then
+  removed).
+- DIR/trickle holding `DELAY [FAST]`: the pack (the answer to a POST other than protocol
+  v2's `ls-refs`) is sent one byte every DELAY seconds, after its first FAST bytes (default
+  0) at full speed (and the rest at full speed once the file is removed); the request is
+  logged again as `POST PATH trickled`.
 
 Prints the port on the first line of stdout, then serves until killed or until its
 standard input is closed (so a server started by a test process ends with it).
@@ -25,6 +34,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 
 
 def make_certificates(root):
@@ -116,6 +126,28 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         self.cgi()
 
+    busy_until = 0.0
+
+    def log_request_line(self, status, early):
+        with open(os.path.join(self.root, "requests.log"), "a") as f:
+            f.write("%s %s %d%s\n" % (self.command, self.path, status, " early" if early else ""))
+
+    def busy(self):
+        """The (status, seconds) to answer with while DIR/busy says so, else None."""
+        path = os.path.join(self.root, "busy")
+        try:
+            with open(path) as f:
+                count, seconds, status = f.read().split()
+        except (FileNotFoundError, ValueError):
+            return None
+        count = int(count) - 1
+        if count > 0:
+            with open(path, "w") as f:
+                f.write("%d %s %s" % (count, seconds, status))
+        else:
+            os.remove(path)
+        return int(status), int(seconds)
+
     def cgi(self):
         auth = self.headers.get("Authorization")
         with self.lock:
@@ -126,6 +158,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body = self.read_chunked()
         else:
             body = self.rfile.read(length) if length else b""
+        with self.lock:
+            now = time.monotonic()
+            early = now < Handler.busy_until
+            busy = self.busy()
+            if busy:
+                Handler.busy_until = now + busy[1]
+            self.log_request_line(busy[0] if busy else 200, early)
+        if busy:
+            self.send_response(busy[0])
+            self.send_header("Retry-After", str(busy[1]))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.require_auth is not None and auth != self.require_auth:
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="dtk test"')
@@ -169,7 +214,36 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(payload)
+        # Only the pack (the `fetch` command of protocol v2, or any v0 POST) trickles.
+        trickle = self.trickle() if self.command == "POST" and b"command=ls-refs" not in body else None
+        if trickle is None:
+            self.wfile.write(payload)
+            return
+        with self.lock:
+            with open(os.path.join(self.root, "requests.log"), "a") as f:
+                f.write("%s %s trickled\n" % (self.command, self.path))
+        delay, fast = trickle
+        try:
+            self.wfile.write(payload[:fast])
+            self.wfile.flush()
+            for i in range(fast, len(payload)):
+                if self.trickle() is None:
+                    # Cleared meanwhile: the rest at full speed.
+                    self.wfile.write(payload[i:])
+                    break
+                self.wfile.write(payload[i : i + 1])
+                self.wfile.flush()
+                time.sleep(delay)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def trickle(self):
+        try:
+            with open(os.path.join(self.root, "trickle")) as f:
+                words = f.read().split()
+            return float(words[0]), int(words[1]) if len(words) > 1 else 0
+        except (FileNotFoundError, ValueError, IndexError):
+            return None
 
     def read_chunked(self):
         data = b""

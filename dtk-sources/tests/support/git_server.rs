@@ -93,6 +93,25 @@ impl GitServer {
         );
     }
 
+    /// Write the control file `name` (`busy`, `trickle`: see the script's docstring).
+    pub fn set(&self, name: &str, value: &str) {
+        std::fs::write(self.dir.path().join(name), value).unwrap();
+    }
+
+    /// Remove the control file `name`.
+    pub fn clear(&self, name: &str) {
+        let _ = std::fs::remove_file(self.dir.path().join(name));
+    }
+
+    /// Every request so far as `METHOD PATH STATUS[ early]`, in order.
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("requests.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The `Authorization` header of every request so far (`-` for none), in order.
     pub fn authorizations(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path().join("auth.log"))
