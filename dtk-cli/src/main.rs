@@ -7,6 +7,7 @@ mod commands;
 mod man;
 mod output;
 mod progress;
+mod serve;
 mod sharing;
 
 use std::process::ExitCode;
