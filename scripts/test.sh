@@ -10,7 +10,8 @@
 # - Debian packages: git (also `git daemon`, the git:// server), graphviz (`dot`), python3
 #   and pip, curl, docker-registry (the CNCF reference OCI registry), skopeo (pushes test
 #   images into it) and openssh-server (`/usr/sbin/sshd`, the server of the git kind's ssh
-#   test; it brings the `ssh` client and `ssh-keygen` too);
+#   test; it brings the `ssh` client and `ssh-keygen` too), chromium and chromium-driver
+#   (the dashboard's browser tests drive headless Chromium through WebDriver);
 # - PyPI packages: moto[server] (an S3-compatible server), prov and in-toto-attestation (the
 #   reference consumers of the provenance exports), cryptography (the test token service and
 #   the test CA of the HTTPS git server), blake3 and rfc8785 (the independent verifier of
@@ -43,6 +44,8 @@ need_cmd python3 python3
 need_cmd curl curl
 need_cmd docker-registry docker-registry
 need_cmd skopeo skopeo
+need_cmd chromium chromium
+need_cmd chromedriver chromium-driver
 [ -x /usr/sbin/sshd ] || missing_apt+=(openssh-server)
 python3 -m pip --version >/dev/null 2>&1 || missing_apt+=(python3-pip)
 
