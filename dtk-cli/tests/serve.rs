@@ -572,3 +572,42 @@ fn no_secret_in_any_page_answer_or_log() {
     let out = format!("{banner}{}", s.stop());
     assert!(!out.contains(CANARY) && !out.contains(&tok), "{out}");
 }
+
+#[test]
+fn the_graph_colours_nodes_by_state() {
+    let (e, node) = pipeline();
+    std::fs::create_dir_all(e.path().join("fout")).unwrap();
+    e.dkt(&["source", "add", "fout", "fout"]).ok();
+    let failing = e
+        .dkt(&["node", "run", "--input=tests", "--output=fout", "exit 3"])
+        .fails(1);
+    assert!(failing.contains("failure"), "{failing}");
+    let s = Server::start(&e, &[]);
+    let state = |g: &serde_json::Value, id: &str| -> String {
+        g["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id_full"] == id || n["id"] == id)
+            .unwrap_or_else(|| panic!("no node {id} in {g}"))["state"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let g = s.json("/api/graph");
+    assert_eq!(state(&g, &node), "up-to-date");
+    let failed: Vec<_> = g["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["state"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{g}");
+    // A new input version: the node is outdated until it runs again.
+    e.write("dmg/2247.dmg", "new build\n");
+    e.dkt(&["source", "update", "dmg"]).ok();
+    assert_eq!(state(&s.json("/api/graph"), &node), "outdated");
+    let n = s.json(&format!("/api/nodes/{node}"));
+    assert_eq!(n["state"], "outdated");
+    assert_eq!(n["would_run"]["reason"]["why"], "inputs-moved", "{n}");
+}

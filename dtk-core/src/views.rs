@@ -162,35 +162,81 @@ impl Project {
     /// Where `node` stands, from its runs (newest first, as [`Project::node_runs`] gives
     /// them).
     pub fn node_state(&self, spec: &NodeSpec, runs: &[RunRecord]) -> Result<NodeState> {
+        Ok(self.state_of(runs, self.current_inputs(spec).ok().as_deref()))
+    }
+
+    /// Where a node stands from its runs (newest first) and the inputs it would read now
+    /// (`None`: an input has no version yet).
+    fn state_of(&self, runs: &[RunRecord], now: Option<&[crate::SourceVersion]>) -> NodeState {
         let Some(last) = runs.first() else {
-            return Ok(NodeState::Outdated);
+            return NodeState::Outdated;
         };
-        Ok(match self.effective_status(last) {
+        match self.effective_status(last) {
             RunStatus::Pending => NodeState::Pending,
             RunStatus::Running => NodeState::Running,
             RunStatus::Failure | RunStatus::Interrupted => NodeState::Failed,
             RunStatus::Success => {
-                let now = self.current_inputs(spec)?;
-                if runs
-                    .iter()
-                    .any(|r| r.status == RunStatus::Success && r.inputs == now)
-                {
+                let done = now.is_some_and(|now| {
+                    runs.iter()
+                        .any(|r| r.status == RunStatus::Success && r.inputs == now)
+                });
+                if done {
                     NodeState::UpToDate
                 } else {
                     NodeState::Outdated
                 }
             }
-        })
+        }
     }
 
-    /// The pipeline graph with each node's state.
+    /// The pipeline graph with each node's state, read from one snapshot (and the run
+    /// queue, once).
     pub fn graph_view(&self) -> Result<GraphView> {
+        let snap = self.store().snapshot()?;
         let sources = self.source_views()?;
+        let current: BTreeMap<&Name, &Version> = sources
+            .iter()
+            .filter_map(|s| s.latest.as_ref().map(|v| (&s.name, v)))
+            .collect();
+        let queue = self.run_queue();
+        let queued: Vec<RunRecord> = queue
+            .pending()?
+            .into_iter()
+            .chain(queue.claimed()?.into_iter().map(|(r, _)| r))
+            .collect();
         let mut nodes = Vec::new();
         for view in self.node_views(false)? {
             let id: NodeId = view.spec.id();
-            let runs = self.node_runs(&id)?;
-            let state = self.node_state(&view.spec, &runs)?;
+            let mut runs =
+                crate::records::indexed_runs(&snap, &crate::project::paths::node_runs_dir(&id))?;
+            for r in queued.iter().filter(|r| r.node == id) {
+                match runs.iter_mut().find(|x| x.id == r.id) {
+                    Some(x) => *x = r.clone(),
+                    None => runs.push(r.clone()),
+                }
+            }
+            runs.sort_by(|a, b| {
+                b.queued_ms
+                    .cmp(&a.queued_ms)
+                    .then(b.attempt.cmp(&a.attempt))
+                    .then(b.id.cmp(&a.id))
+            });
+            let now: Option<Vec<crate::SourceVersion>> = view
+                .spec
+                .inputs
+                .iter()
+                .map(|n| {
+                    current.get(n).map(|v| crate::SourceVersion {
+                        source: n.clone(),
+                        version: (*v).clone(),
+                    })
+                })
+                .collect();
+            let now = now.map(|mut v| {
+                v.sort();
+                v
+            });
+            let state = self.state_of(&runs, now.as_deref());
             nodes.push(GraphNode {
                 last_run: runs.first().map(|r| r.id.to_hex()),
                 node: view,
