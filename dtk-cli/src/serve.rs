@@ -55,6 +55,37 @@ struct AppState {
     sessions: Mutex<HashMap<String, String>>,
     /// Runs started from the dashboard, by node: a handle that ends them.
     running: Mutex<HashMap<NodeId, CancelHandle>>,
+    /// The project's feed, each event serialized once for every connection.
+    feed: tokio::sync::broadcast::Sender<Arc<FeedItem>>,
+}
+
+/// An event of the feed and its JSON.
+#[derive(Debug)]
+struct FeedItem {
+    event: Event,
+    json: String,
+}
+
+/// Relay the project's feed to the connections, serializing each event once.
+fn spawn_relay(project: &Project, to: tokio::sync::broadcast::Sender<Arc<FeedItem>>) {
+    let mut rx = project.subscribe();
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let item = match rx.recv().await {
+                Ok(event) => FeedItem {
+                    json: serde_json::to_string(&event).unwrap_or_default(),
+                    event,
+                },
+                Err(RecvError::Lagged(n)) => FeedItem {
+                    event: Event::Changed,
+                    json: json!({ "event": "lagged", "missed": n }).to_string(),
+                },
+                Err(RecvError::Closed) => return,
+            };
+            let _ = to.send(Arc::new(item));
+        }
+    });
 }
 
 /// Ends the runs of one action.
@@ -90,11 +121,14 @@ pub(crate) async fn serve(
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.listen))?;
     let addr = listener.local_addr()?;
     let watcher = spawn_history_watcher(&project);
+    let feed = tokio::sync::broadcast::channel(dtk::events::CAPACITY).0;
+    spawn_relay(&project, feed.clone());
     let state = Arc::new(AppState {
         project,
         token,
         sessions: Mutex::new(HashMap::new()),
         running: Mutex::new(HashMap::new()),
+        feed,
     });
     let app = router(state.clone());
     writeln!(out, "dashboard on http://{addr}/ ({token_from})")?;
@@ -609,14 +643,14 @@ async fn api_events(
             ));
         }
     }
-    let rx = st.project.subscribe();
+    let rx = st.feed.subscribe();
     let stream = futures::stream::unfold((rx, f), |(mut rx, f)| async move {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             match rx.recv().await {
-                Ok(e) if f.keeps(&e) => {
-                    let data = serde_json::to_string(&e).unwrap_or_default();
-                    return Some((Ok(SseEvent::default().data(data)), (rx, f)));
+                Ok(item) if f.keeps(&item.event) => {
+                    let event = SseEvent::default().data(item.json.as_str());
+                    return Some((Ok(event), (rx, f)));
                 }
                 Ok(_) => continue,
                 Err(RecvError::Lagged(n)) => {
