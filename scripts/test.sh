@@ -12,7 +12,9 @@
 #   images into it) and openssh-server (`/usr/sbin/sshd`, the server of the git kind's ssh
 #   test; it brings the `ssh` client and `ssh-keygen` too), postgresql (the remote run
 #   queue's tests start servers of their own with `initdb` in temporary directories, as the
-#   unprivileged `postgres` user; openssl makes the test CA of its TLS test);
+#   unprivileged `postgres` user; openssl makes the test CA of its TLS test), chromium and
+#   chromium-driver (the dashboard's browser tests drive headless Chromium through
+#   WebDriver);
 # - PyPI packages: moto[server] (an S3-compatible server), prov and in-toto-attestation (the
 #   reference consumers of the provenance exports), cryptography (the test token service and
 #   the test CA of the HTTPS git server), blake3 and rfc8785 (the independent verifier of
@@ -31,7 +33,7 @@ while [ $# -gt 0 ]; do
     --no-install) install=0 ;;
     --install-only) run=0 ;;
     --) shift; cargo_args=("$@"); break ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -46,6 +48,8 @@ need_cmd curl curl
 need_cmd openssl openssl
 need_cmd docker-registry docker-registry
 need_cmd skopeo skopeo
+need_cmd chromium chromium
+need_cmd chromedriver chromium-driver
 [ -x /usr/sbin/sshd ] || missing_apt+=(openssh-server)
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing_apt+=(postgresql)
 python3 -m pip --version >/dev/null 2>&1 || missing_apt+=(python3-pip)

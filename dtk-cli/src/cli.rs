@@ -207,6 +207,24 @@ pub(crate) enum Command {
         #[arg(long, value_name = "N")]
         passes: Option<u64>,
     },
+    /// Serve the dashboard: the pipeline graph, sources, nodes, runs with live logs and
+    /// provenance in a browser, and a JSON API under /api/ (docs/api.md).
+    ///
+    /// Everything is read-only unless a request carries the dashboard token: the
+    /// contents of --token-file, else of .dkt/secrets/DKT_SERVE_TOKEN (generated there,
+    /// mode 0600, the first time). The token is never printed: read it from that file.
+    /// SIGINT/SIGTERM: runs started from the dashboard are ended, then dkt exits.
+    Serve {
+        /// The address to listen on (loopback unless told otherwise).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8420")]
+        listen: std::net::SocketAddr,
+        /// A file holding the token that allows actions (rerun, cancel, freeze, pin, ...).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<std::path::PathBuf>,
+        /// No actions at all, with or without a token.
+        #[arg(long)]
+        read_only: bool,
+    },
     /// Take pending runs whose node labels this worker has, run them, record the results.
     ///
     /// Several workers share the work: a run is claimed atomically and never executed twice

@@ -455,6 +455,19 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                 )?;
             }
         }
+        Command::Serve {
+            listen,
+            token_file,
+            read_only,
+        } => {
+            let p = open(&dir)?;
+            let options = crate::serve::ServeOptions {
+                listen,
+                token_file,
+                read_only,
+            };
+            return crate::serve::serve(p, options, out).await;
+        }
         Command::Daemon {
             interval,
             jobs,
@@ -556,16 +569,8 @@ async fn source(
         SourceCommand::List => {
             let sources = p.sources()?;
             if as_json {
-                let list: Vec<_> = sources
-                    .iter()
-                    .map(|s| {
-                        json!({
-                            "name": s.name, "kind": s.kind, "location": s.location,
-                            "tag": s.tag, "path": s.path, "pinned": s.pinned.is_some(),
-                            "frozen": s.frozen, "latest": s.current(),
-                        })
-                    })
-                    .collect();
+                let list: Vec<dtk::views::SourceView> =
+                    sources.iter().map(dtk::views::SourceView::from).collect();
                 json(out, &list)?;
             } else {
                 let mut t = Table::new(&["NAME", "LATEST"]);
@@ -956,10 +961,12 @@ async fn node(
                 let list: Vec<_> = nodes
                     .iter()
                     .map(|(id, n, retired)| {
-                        json!({
-                            "id": id.short(), "id_full": id.to_hex(),
-                            "name": node_names.get(id), "retired": retired, "spec": n,
-                        })
+                        dtk::views::NodeView::new(
+                            id,
+                            n.clone(),
+                            node_names.get(id).cloned(),
+                            *retired,
+                        )
                     })
                     .collect();
                 json(out, &list)?;
@@ -1016,11 +1023,7 @@ async fn node(
             if as_json {
                 let list: Vec<_> = runs
                     .iter()
-                    .map(|r| {
-                        let mut v = serde_json::to_value(r).unwrap_or_default();
-                        v["status"] = json!(p.effective_status(r));
-                        v
-                    })
+                    .map(|r| dtk::views::RunView::new(&p, r.clone()))
                     .collect();
                 json(out, &list)?;
             } else {

@@ -8,6 +8,7 @@ mod man;
 mod output;
 mod progress;
 mod remote;
+mod serve;
 mod sharing;
 
 use std::process::ExitCode;

@@ -62,6 +62,14 @@ pub enum Event {
         /// The version.
         version: Version,
     },
+    /// A source's state changed (pinned, unpinned, frozen, thawed).
+    SourceChanged {
+        /// The source.
+        source: Name,
+    },
+    /// The project's history moved (another process recorded something): views read
+    /// before are stale.
+    Changed,
     /// A worker has nothing to do, and says why.
     Waiting {
         /// For example `no pending run matches labels linux,x86_64`.

@@ -47,6 +47,7 @@ pub mod signing;
 pub mod source;
 pub mod store;
 pub mod sync;
+pub mod views;
 pub mod worker;
 
 #[cfg(feature = "conformance")]

@@ -696,6 +696,14 @@ impl Project {
         self.cancel.clone()
     }
 
+    /// This project with a cancellation token of its own (a child of the current one):
+    /// cancelling it ends only the runs this handle started; cancelling the original
+    /// ends them too. A server cancels one run this way without touching the others.
+    pub fn with_child_cancel_token(mut self) -> Self {
+        self.cancel = self.cancel.child_token();
+        self
+    }
+
     /// Store secret `name` (in `.dkt/secrets/`, mode 0600; never committed). A secret is
     /// usable in commands as `${NAME}` and redacted from every log; the kinds' own
     /// credentials ([`KIND_CREDENTIALS`](crate::config::KIND_CREDENTIALS)) are read by

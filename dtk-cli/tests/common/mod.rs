@@ -2,6 +2,8 @@
 //! git repositories made with the real `git`.
 #![allow(dead_code)]
 
+pub mod serve;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
