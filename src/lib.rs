@@ -305,6 +305,7 @@
 //! | `hockeyapp` | no  | the `hockeyapp` kind: the builds of a HockeyApp (API v2) app |
 //! | `all-kinds` | no  | every kind above, with `https` |
 //! | `conformance` | no | the conformance suite (`dtk::conformance`, from `dtk_core::conformance`) for plugin authors' tests |
+//! | `remote` | no     | remote execution (`dtk::dtk_remote`): the PostgreSQL run queue, the artifact store, the coordinator's dispatcher ([`Project::set_dispatcher`]) and the worker |
 //!
 //! With `default-features = false` this crate has no kind at all and
 //! [`default_registry`] is empty: register your own. `dtk-core` alone builds without any
