@@ -10,6 +10,7 @@
 #
 #   benches/remote.sh                      # N=1000 WORKERS=4 IDLE=50 IDLE_SECS=60
 #   N=200 IDLE=10 IDLE_SECS=20 benches/remote.sh
+#   N=0 benches/remote.sh                   # the idle cost only
 #
 # Needs PostgreSQL (Debian package postgresql; run as root it starts the server as the
 # `postgres` user), git, python3 and the dkt binary (`cargo build --release -p dtk-cli`,
@@ -67,6 +68,8 @@ make_project() {
   (cd "$dir" && "$DKT" init --no-signing-key >/dev/null && "$DKT" apply pipeline.yml >/dev/null)
 }
 
+local_s=0; remote_s=0
+if [ "$N" -gt 0 ]; then
 log "local: $N nodes, dkt run -j $WORKERS"
 make_project "$work/local"
 t0=$(now_ns); (cd "$work/local" && "$DKT" run -j "$WORKERS" >/dev/null); t1=$(now_ns)
@@ -86,6 +89,7 @@ remote_s=$(python3 -c "print(($t1 - $t0) / 1e9)")
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 wait "${pids[@]}" 2>/dev/null || true
 pids=()
+fi
 
 log "idle: $IDLE workers for $IDLE_SECS s"
 for w in $(seq 1 "$IDLE"); do
@@ -131,8 +135,9 @@ local, remote = float(sys.argv[3]), float(sys.argv[4])
 idle, secs, pct = int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])
 print("| measure | value |")
 print("|---|---|")
-print(f"| {n} trivial runs, local (`dkt run -j {w}`) | {local:.1f} s ({1000 * local / n:.1f} ms a run) |")
-print(f"| {n} trivial runs through the queue, {w} workers | {remote:.1f} s ({n / remote:.0f} runs/s, {1000 * remote / n:.1f} ms a run) |")
-print(f"| queue overhead per run (remote - local) | {1000 * (remote - local) / n:.1f} ms |")
+if n > 0:
+    print(f"| {n} trivial runs, local (`dkt run -j {w}`) | {local:.1f} s ({1000 * local / n:.1f} ms a run) |")
+    print(f"| {n} trivial runs through the queue, {w} workers | {remote:.1f} s ({n / remote:.0f} runs/s, {1000 * remote / n:.1f} ms a run) |")
+    print(f"| queue overhead per run (remote - local) | {1000 * (remote - local) / n:.1f} ms |")
 print(f"| PostgreSQL CPU with {idle} idle workers ({secs} s) | {pct:.2f} % of one core |")
 EOF
