@@ -314,26 +314,23 @@ impl Postgres {
         format!("postgres://dkt@127.0.0.1:{}/postgres", self.port)
     }
 
-    /// [`sql`](Self::sql), empty when it fails (the schema is not there yet).
-    fn try_sql(&self, sql: &str) -> String {
-        let out = Command::new(pg_bin().join("psql"))
+    fn psql(&self, sql: &str) -> std::process::Output {
+        Command::new(pg_bin().join("psql"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "dkt"])
             .args(["-d", "postgres", "-Atc", sql])
             .env("PGPASSWORD", PASSWORD)
-            .stderr(Stdio::null())
             .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+            .unwrap()
+    }
+
+    /// [`sql`](Self::sql), empty when it fails (the schema is not there yet).
+    fn try_sql(&self, sql: &str) -> String {
+        String::from_utf8_lossy(&self.psql(sql).stdout).into_owned()
     }
 
     /// Run SQL with psql; rows as `|`-separated lines.
     fn sql(&self, sql: &str) -> String {
-        let out = Command::new(pg_bin().join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "dkt"])
-            .args(["-d", "postgres", "-Atc", sql])
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .unwrap();
+        let out = self.psql(sql);
         assert!(
             out.status.success(),
             "psql: {}",
@@ -474,18 +471,7 @@ fn coordinator(pg: &Postgres, lease: &str) -> Coordinator {
         store.display()
     ));
     std::fs::write(&config, text).unwrap();
-    let mut set = e.cmd();
-    set.args(["secret", "set", "PGPASSWORD"])
-        .stdin(Stdio::piped());
-    let mut child = set.spawn().unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(PASSWORD.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    set_secret(&e, "PGPASSWORD", PASSWORD);
     Coordinator {
         e,
         _artifacts: artifacts,
@@ -552,6 +538,24 @@ fn successes(e: &Env) -> Vec<(String, serde_json::Value)> {
         }
     }
     out
+}
+
+/// `dkt secret set NAME` with `value` on standard input.
+fn set_secret(e: &Env, name: &str, value: &str) {
+    use std::io::Write;
+    let mut child = e
+        .cmd()
+        .args(["secret", "set", name])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(value.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "dkt secret set {name}");
 }
 
 /// Where source `name` is.
@@ -714,18 +718,7 @@ fn cancel_missing_secrets_and_corrupt_artifacts_are_clear() {
     let e = &c.e;
     setup_io(e);
     let canary = "node-secret-canary-7Hq2";
-    let mut set = e.cmd();
-    set.args(["secret", "set", "NODE_TOKEN"])
-        .stdin(Stdio::piped());
-    let mut child = set.spawn().unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(canary.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    set_secret(e, "NODE_TOKEN", canary);
 
     // A worker without the secret the command uses: the run fails naming it.
     let lacking = Home::new(&[]);
@@ -1055,17 +1048,8 @@ fn artifacts_travel_through_an_s3_store() {
         ),
     )
     .unwrap();
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", KEY_ID),
-        ("AWS_SECRET_ACCESS_KEY", SECRET),
-    ] {
-        let mut set = e.cmd();
-        set.args(["secret", "set", k]).stdin(Stdio::piped());
-        let mut child = set.spawn().unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(v.as_bytes()).unwrap();
-        assert!(child.wait().unwrap().success());
-    }
+    set_secret(e, "AWS_ACCESS_KEY_ID", KEY_ID);
+    set_secret(e, "AWS_SECRET_ACCESS_KEY", SECRET);
     setup_io(e);
     let home = Home::new(&[
         ("AWS_ACCESS_KEY_ID", KEY_ID),
