@@ -793,29 +793,17 @@ impl Project {
                 let _ = std::fs::remove_file(self.live_log_path(&record.id));
                 return Err(superseded(&record, &why, false));
             }
-            Exec::Cancelled => {
+            exec @ (Exec::Cancelled | Exec::Interrupted(_)) => {
                 record.status = RunStatus::Interrupted;
-                record.error = Some(if self.dispatcher.is_some() {
-                    "cancelled: the worker ended the process group and nothing was published"
-                        .to_owned()
-                } else {
-                    "cancelled (SIGINT/SIGTERM): the process group was ended and nothing was published".to_owned()
+                record.error = Some(match exec {
+                    // The remote worker executing it was lost.
+                    Exec::Interrupted(why) => self.secrets().redact(&why),
+                    _ if self.dispatcher.is_some() => {
+                        "cancelled: the worker ended the process group and nothing was published"
+                            .to_owned()
+                    }
+                    _ => "cancelled (SIGINT/SIGTERM): the process group was ended and nothing was published".to_owned(),
                 });
-                self.finish_run(
-                    &claim,
-                    &record,
-                    &log,
-                    &format!(
-                        "run {} of node {}: interrupted",
-                        record.id.short(),
-                        node_id.short()
-                    ),
-                    |_| Ok(()),
-                )?;
-            }
-            Exec::Interrupted(why) => {
-                record.status = RunStatus::Interrupted;
-                record.error = Some(self.secrets().redact(&why));
                 self.finish_run(
                     &claim,
                     &record,
