@@ -213,6 +213,16 @@ pub(crate) async fn list(
     Ok(crate::exit::OK)
 }
 
+/// Cancel `run` in the project's remote run queue (`[queue] url`): `None` when the
+/// project has no queue, else whether the run was still pending or running there.
+pub(crate) async fn cancel_in_queue(p: &Project, run: &dtk::RunId) -> anyhow::Result<Option<bool>> {
+    let Some(url) = p.config().queue.url.clone() else {
+        return Ok(None);
+    };
+    let queue = PgQueue::new(&url, password(p.secrets()))?;
+    Ok(Some(queue.cancel(&run.to_hex()).await?))
+}
+
 /// `dkt node cancel RUN`.
 pub(crate) async fn cancel(
     dir: &Path,

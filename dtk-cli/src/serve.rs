@@ -630,6 +630,11 @@ impl EventFilter {
     }
 }
 
+/// How long a connection gathers log lines before it sends them in one message.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(25);
+/// The most bytes of events gathered into one message.
+const BATCH_BYTES: usize = 64 * 1024;
+
 async fn api_events(
     State(st): State<Shared>,
     Query(mut f): Query<EventFilter>,
@@ -645,21 +650,41 @@ async fn api_events(
     }
     let rx = st.feed.subscribe();
     let stream = futures::stream::unfold((rx, f), |(mut rx, f)| async move {
-        use tokio::sync::broadcast::error::RecvError;
-        loop {
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        let lagged = |n: u64| json!({ "event": "lagged", "missed": n }).to_string();
+        // The first event the connection wants.
+        let (mut data, is_line) = loop {
             match rx.recv().await {
                 Ok(item) if f.keeps(&item.event) => {
-                    let event = SseEvent::default().data(item.json.as_str());
-                    return Some((Ok(event), (rx, f)));
+                    let is_line = matches!(item.event, Event::LogLine { .. });
+                    break (item.json.clone(), is_line);
                 }
                 Ok(_) => continue,
-                Err(RecvError::Lagged(n)) => {
-                    let data = json!({ "event": "lagged", "missed": n }).to_string();
-                    return Some((Ok(SseEvent::default().data(data)), (rx, f)));
-                }
+                Err(RecvError::Lagged(n)) => break (lagged(n), false),
                 Err(RecvError::Closed) => return None,
             }
+        };
+        // Log lines come in bursts: wait a moment and send what arrived meanwhile in the
+        // same message, one event per line, so a busy run costs each follower a few
+        // writes a second rather than one per line.
+        if is_line {
+            tokio::time::sleep(BATCH_WINDOW).await;
+            while data.len() < BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(item) if f.keeps(&item.event) => {
+                        data.push('\n');
+                        data.push_str(&item.json);
+                    }
+                    Ok(_) => continue,
+                    Err(TryRecvError::Lagged(n)) => {
+                        data.push('\n');
+                        data.push_str(&lagged(n));
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                }
+            }
         }
+        Some((Ok(SseEvent::default().data(data)), (rx, f)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
@@ -839,12 +864,30 @@ async fn act_cancel(
         .lock()
         .ok()
         .and_then(|m| m.get(&run.node).map(|h| h.stop.cancel()));
-    match handle {
-        Some(_) => Ok((
+    if handle.is_some() {
+        return Ok((
             StatusCode::ACCEPTED,
             Json(json!({ "run": run.id.to_hex(), "cancel": "requested" })),
         )
+            .into_response());
+    }
+    // A run handed to a remote worker: the queue tells its worker to stop it.
+    let queued = crate::remote::cancel_in_queue(&st.project, &run.id)
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("the run queue: {e:#}")))?;
+    match queued {
+        Some(true) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "run": run.id.to_hex(), "cancel": "requested", "via": "queue" })),
+        )
             .into_response()),
+        Some(false) => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "run {} is not pending or running in the run queue",
+                run.id.short()
+            ),
+        )),
         None => Err(ApiError(
             StatusCode::CONFLICT,
             format!(

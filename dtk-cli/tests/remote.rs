@@ -798,6 +798,50 @@ fn cancel_missing_secrets_and_corrupt_artifacts_are_clear() {
     // Bad IDs are clear.
     let unknown = e.dkt(&["node", "cancel", "ffffffff"]).fails(2);
     assert!(unknown.contains("ffffffff"), "{unknown}");
+
+    // The dashboard cancels a run a remote worker executes, through the queue.
+    let dash = common::serve::Server::start(e, &[]);
+    let token = std::fs::read_to_string(e.path().join(".dkt/secrets/DKT_SERVE_TOKEN")).unwrap();
+    let slow_node = e
+        .dkt(&["--json", "node", "show", &running.trim()[..8]])
+        .json()["node"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut slow = e
+        .cmd()
+        .args(["node", "rerun", &slow_node])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut second = String::new();
+    wait_for("the second slow run to be claimed", || {
+        second = pg.try_sql("SELECT id FROM dkt_runs WHERE state = 'running'");
+        !second.trim().is_empty()
+    });
+    let second = second.trim().to_owned();
+    assert_ne!(second, running.trim());
+    let r = dash.post_with_token(
+        &format!("/api/runs/{}/cancel", &second[..8]),
+        token.trim(),
+        "{}",
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(r.body.contains("\"via\":\"queue\""), "{}", r.body);
+    assert_eq!(slow.wait().unwrap().code(), Some(1));
+    let rec = e.dkt(&["--json", "node", "show", &second[..8]]).json();
+    assert_eq!(rec["status"], "interrupted", "{rec}");
+    assert!(!e.path().join("slow/never").exists());
+    // An ended run cannot be cancelled.
+    let again = dash.post_with_token(
+        &format!("/api/runs/{}/cancel", &second[..8]),
+        token.trim(),
+        "{}",
+    );
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(!r.body.contains(PASSWORD) && !again.body.contains(PASSWORD));
+    drop(dash);
     drop(w);
 }
 

@@ -312,6 +312,50 @@ fn events_push_runs_and_log_lines_as_they_happen() {
 }
 
 #[test]
+fn a_burst_of_log_lines_arrives_in_few_messages_in_order() {
+    let (e, _) = pipeline();
+    std::fs::create_dir_all(e.path().join("bout")).unwrap();
+    e.dkt(&["source", "add", "bout", "bout"]).ok();
+    let node = e
+        .dkt(&[
+            "node",
+            "run",
+            "--no-run",
+            "--input=dmg",
+            "--output=bout",
+            "seq 1 2000; seq 1 3 > ${bout:ROOT}/n",
+        ])
+        .ok()
+        .trim()
+        .to_owned();
+    let s = Server::start(&e, &[]);
+    let mut feed = s.events(&format!("node={node}"));
+    let r = s.post_with_token(&format!("/api/nodes/{node}/rerun"), &token(&e), "{}");
+    assert_eq!(r.status, 202, "{}", r.body);
+    let mut lines = Vec::new();
+    let mut messages = 0;
+    'read: loop {
+        let batch = feed.next_message();
+        messages += 1;
+        for ev in batch {
+            if ev["event"] == "log-line" {
+                lines.push(ev["line"].as_str().unwrap().to_owned());
+            }
+            if ev["event"] == "run-finished" {
+                assert_eq!(ev["status"], "success");
+                break 'read;
+            }
+        }
+    }
+    let want: Vec<String> = (1..=2000).map(|i| i.to_string()).collect();
+    assert_eq!(lines, want, "every line, once, in order");
+    assert!(
+        messages < 1000,
+        "2,000 lines printed at once arrive batched, not one message each: {messages}"
+    );
+}
+
+#[test]
 fn actions_need_the_token_and_the_csrf_token() {
     let (e, node) = pipeline();
     let s = Server::start(&e, &[]);

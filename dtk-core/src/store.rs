@@ -72,7 +72,37 @@ pub struct Store {
     /// The key that signs new commits, if the project has one (shared by clones of the
     /// handle, so a key added later signs through every handle).
     signer: std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<SigningKey>>>>,
+    /// Record counts of directories, by tree, shared by every snapshot of this handle
+    /// (see [`Snapshot::count_records`]).
+    counts: std::sync::Arc<TreeCounts>,
     git_dir: PathBuf,
+}
+
+/// How many records lie below each directory, by the directory's tree object.
+///
+/// Derived data kept beside the history, as git keeps its commit-graph: a tree is
+/// content-addressed, so a count never goes stale, and after a commit only the
+/// directories it rewrote are counted again. Bounded: cleared when it holds more than
+/// [`TreeCounts::MAX`] trees.
+#[derive(Debug, Default)]
+struct TreeCounts(std::sync::Mutex<std::collections::HashMap<ObjectId, usize>>);
+
+impl TreeCounts {
+    /// The most trees remembered (about 40 MB).
+    const MAX: usize = 1 << 20;
+
+    fn get(&self, tree: &ObjectId) -> Option<usize> {
+        self.0.lock().ok()?.get(tree).copied()
+    }
+
+    fn put(&self, tree: ObjectId, count: usize) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= Self::MAX {
+                m.clear();
+            }
+            m.insert(tree, count);
+        }
+    }
 }
 
 /// How many commits a long-lived handle makes before it opens the repository afresh. Every
@@ -135,6 +165,7 @@ impl Store {
             repo: std::sync::Arc::new(std::sync::RwLock::new(open_repo(git_dir)?)),
             commits: Default::default(),
             signer: Default::default(),
+            counts: Default::default(),
             git_dir: git_dir.to_owned(),
         })
     }
@@ -244,14 +275,14 @@ impl Store {
         let commit = self.tip(&repo)?.ok_or_else(|| {
             Error::corrupt(format!("{BRANCH} is missing in {}", self.git_dir.display()))
         })?;
-        match Snapshot::at(repo, commit) {
+        match Snapshot::at(repo, commit, self.counts.clone()) {
             Ok(s) => Ok(s),
             Err(e) => {
                 // Perhaps gix lost track of the packs (see `REOPEN_EVERY`): look once more
                 // through a fresh handle before reporting the store as broken.
                 tracing::debug!(error = %e, "reading the tip failed; reopening the store");
                 self.reopen()?;
-                Snapshot::at(self.repo(), commit)
+                Snapshot::at(self.repo(), commit, self.counts.clone())
             }
         }
     }
@@ -335,7 +366,7 @@ impl Store {
 
     /// A read-only view of the records at `commit`.
     pub fn snapshot_at(&self, commit: ObjectId) -> Result<Snapshot> {
-        Snapshot::at(self.repo(), commit)
+        Snapshot::at(self.repo(), commit, self.counts.clone())
     }
 
     /// Move the branch from `from` to `to` (a descendant of it), as a compare-and-swap:
@@ -360,7 +391,7 @@ impl Store {
                 .tip(&repo)?
                 .ok_or_else(|| Error::corrupt(format!("{BRANCH} is missing")))?;
             let mut tx = Tx {
-                snap: Snapshot::at(repo.clone(), base)?,
+                snap: Snapshot::at(repo.clone(), base, self.counts.clone())?,
                 staged: BTreeMap::new(),
             };
             let value = change(&mut tx)?;
@@ -646,6 +677,8 @@ pub struct Snapshot {
     tree: ObjectId,
     /// Decoded directories, by path: each tree object is decoded at most once per view.
     dirs: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Dir>>>,
+    /// The store handle's record counts.
+    counts: std::sync::Arc<TreeCounts>,
 }
 
 /// A decoded directory: entry name -> (object, is a directory).
@@ -682,7 +715,11 @@ pub struct DirEntry {
 }
 
 impl Snapshot {
-    fn at(repo: gix::Repository, commit: ObjectId) -> Result<Snapshot> {
+    fn at(
+        repo: gix::Repository,
+        commit: ObjectId,
+        counts: std::sync::Arc<TreeCounts>,
+    ) -> Result<Snapshot> {
         let tree = find_retrying(|| repo.find_commit(commit))
             .map_err(gix_err(format!("cannot read commit {commit}")))?
             .tree_id()
@@ -693,6 +730,7 @@ impl Snapshot {
             commit,
             tree,
             dirs: Default::default(),
+            counts,
         })
     }
 
@@ -834,7 +872,12 @@ impl Snapshot {
                 _ => return Ok(Vec::new()),
             }
         };
-        let tree = find_retrying(|| self.repo.find_tree(tree_id))
+        self.tree_entries(tree_id, dir)
+    }
+
+    /// The entries of the tree `id` (the directory `dir`, for errors), sorted by name.
+    fn tree_entries(&self, id: ObjectId, dir: &str) -> Result<Vec<DirEntry>> {
+        let tree = find_retrying(|| self.repo.find_tree(id))
             .map_err(gix_err(format!("cannot read directory {dir}")))?;
         let decoded = tree
             .decode()
@@ -848,6 +891,100 @@ impl Snapshot {
                 is_dir: e.mode.is_tree(),
             })
             .collect())
+    }
+
+    /// How many records (`.json` files) lie below `dir`, at any depth.
+    ///
+    /// Counts are remembered by tree (shared by every snapshot of one store handle): the
+    /// first count reads every directory below `dir`; later ones, at this commit or a
+    /// later one, read only the directories that changed.
+    pub fn count_records(&self, dir: &str) -> Result<usize> {
+        match self.entry_or_root(dir)? {
+            Some(id) => self.count_tree(id, dir),
+            None => Ok(0),
+        }
+    }
+
+    fn count_tree(&self, id: ObjectId, dir: &str) -> Result<usize> {
+        if let Some(n) = self.counts.get(&id) {
+            return Ok(n);
+        }
+        let mut n = 0;
+        for e in self.tree_entries(id, dir)? {
+            if e.is_dir {
+                n += self.count_tree(e.id, &format!("{dir}/{}", e.name))?;
+            } else if e.name.ends_with(".json") {
+                n += 1;
+            }
+        }
+        self.counts.put(id, n);
+        Ok(n)
+    }
+
+    /// The tree of directory `dir` ("" for the root), if it exists.
+    fn entry_or_root(&self, dir: &str) -> Result<Option<ObjectId>> {
+        if dir.is_empty() {
+            return Ok(Some(self.tree));
+        }
+        Ok(match self.entry(dir)? {
+            Some((id, true)) => Some(id),
+            _ => None,
+        })
+    }
+
+    /// One page of the record names (the stems of the `.json` files) below the
+    /// fanned-out directory `dir`, in name order: at most `limit` names after `after`,
+    /// and whether more follow.
+    ///
+    /// Every fanned-out index names its directories by a prefix of the names below them
+    /// (`runs/a/b/c/d/abcd….json`), so the walk goes straight to the cursor, skipping
+    /// whole directories before it, and stops after the page: it reads about one
+    /// directory per level plus the page's own, whatever the size of the index.
+    pub fn page_records(
+        &self,
+        dir: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool)> {
+        let mut out = Vec::new();
+        if let Some(id) = self.entry_or_root(dir)? {
+            self.page_tree(id, dir, "", after, limit + 1, &mut out)?;
+        }
+        let more = out.len() > limit;
+        out.truncate(limit);
+        Ok((out, more))
+    }
+
+    fn page_tree(
+        &self,
+        id: ObjectId,
+        dir: &str,
+        prefix: &str,
+        after: Option<&str>,
+        want: usize,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
+        for e in self.tree_entries(id, dir)? {
+            if out.len() >= want {
+                break;
+            }
+            if e.is_dir {
+                let sub = format!("{prefix}{}", e.name);
+                // Skip a directory whose every name sorts at or before the cursor.
+                if after.is_some_and(|a| {
+                    let n = sub.len().min(a.len());
+                    sub.as_bytes() < &a.as_bytes()[..n]
+                }) {
+                    continue;
+                }
+                self.page_tree(e.id, &format!("{dir}/{}", e.name), &sub, after, want, out)?;
+            } else if let Some(stem) = e.name.strip_suffix(".json") {
+                if after.is_none_or(|a| stem > a) {
+                    out.push(stem.to_owned());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every record in `dir` decoded from JSON (files ending in `.json` only).
@@ -1069,5 +1206,81 @@ impl Read for Snapshot {
 impl Read for Tx {
     fn read_bytes(&self, path: &str) -> Result<Option<Vec<u8>>> {
         self.read(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_path(hex: &str, ext: &str) -> String {
+        format!(
+            "runs/{}/{}/{}/{}/{hex}.{ext}",
+            &hex[..1],
+            &hex[1..2],
+            &hex[2..3],
+            &hex[3..4]
+        )
+    }
+
+    #[test]
+    fn pages_follow_name_order_and_counts_follow_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(&dir.path().join("git")).unwrap();
+        let mut ids: Vec<String> = (0..300u32)
+            .map(|i| blake3::hash(&i.to_le_bytes()).to_hex().to_string())
+            .collect();
+        store
+            .transact("records", |tx| {
+                for id in &ids {
+                    tx.put(&run_path(id, "json"), b"{}")?;
+                    tx.put(&run_path(id, "log"), b"log")?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        ids.sort();
+        let snap = store.snapshot().unwrap();
+        assert_eq!(snap.count_records("runs").unwrap(), 300);
+        assert_eq!(snap.count_records("nothing-here").unwrap(), 0);
+        for limit in [1, 7, 50, 299, 300, 1000] {
+            let mut seen = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let (page, more) = snap.page_records("runs", after.as_deref(), limit).unwrap();
+                assert!(page.len() <= limit);
+                seen.extend(page.iter().cloned());
+                if !more {
+                    break;
+                }
+                after = page.last().cloned();
+            }
+            assert_eq!(seen, ids, "limit {limit}");
+        }
+        // A cursor that is not a stored name still starts the page after it.
+        let (page, _) = snap.page_records("runs", Some(&ids[10][..5]), 3).unwrap();
+        let want: Vec<&String> = ids
+            .iter()
+            .filter(|i| i.as_str() > &ids[10][..5])
+            .take(3)
+            .collect();
+        assert_eq!(page.iter().collect::<Vec<_>>(), want);
+
+        // One more record: the remembered counts of unchanged directories still hold.
+        let extra = blake3::hash(b"extra").to_hex().to_string();
+        store
+            .transact("one more", |tx| {
+                tx.put(&run_path(&extra, "json"), b"{}").map(|_| ())
+            })
+            .unwrap();
+        assert_eq!(
+            store.snapshot().unwrap().count_records("runs").unwrap(),
+            301
+        );
+        assert_eq!(
+            snap.count_records("runs").unwrap(),
+            300,
+            "the old view is unchanged"
+        );
     }
 }

@@ -262,16 +262,7 @@ impl Project {
             Some(n) => crate::project::paths::node_runs_dir(n),
             None => "runs".to_owned(),
         };
-        let mut ids: BTreeSet<String> = snap
-            .walk(&dir)?
-            .into_iter()
-            .filter_map(|(p, _)| {
-                let f = p.rsplit('/').next()?;
-                let stem = f.strip_suffix(".json")?;
-                (stem.len() == 64 && stem.bytes().all(|b| b.is_ascii_hexdigit()))
-                    .then(|| stem.to_owned())
-            })
-            .collect();
+        // The runs still queued or executing here, which the index does not hold yet.
         let queue = self.run_queue();
         let mut queued = BTreeMap::new();
         for r in queue
@@ -280,17 +271,35 @@ impl Project {
             .chain(queue.claimed()?.into_iter().map(|(r, _)| r))
             .filter(|r| node.is_none_or(|n| r.node == *n))
         {
-            ids.insert(r.id.to_hex());
             queued.insert(r.id.to_hex(), r);
         }
-        let total = ids.len();
-        let page: Vec<&String> = match after {
-            Some(a) => ids
-                .range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
-                .take(limit)
-                .collect(),
-            None => ids.iter().take(limit).collect(),
-        };
+        let mut unrecorded = 0;
+        for r in queued.values() {
+            let path = match node {
+                Some(n) => crate::project::paths::node_run(n, &r.id),
+                None => crate::project::paths::run(&r.id),
+            };
+            if snap.blob_id(&path)?.is_none() {
+                unrecorded += 1;
+            }
+        }
+        let total = snap.count_records(&dir)? + unrecorded;
+        let (stored, more) = snap.page_records(&dir, after, limit)?;
+        let mut ids: BTreeSet<String> = stored
+            .into_iter()
+            .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .collect();
+        // Queued runs after the cursor join the page where they sort; anything beyond
+        // the page's last stored run waits for the next page (unless the index is done).
+        let bound = if more { ids.last().cloned() } else { None };
+        ids.extend(
+            queued
+                .keys()
+                .filter(|id| after.is_none_or(|a| id.as_str() > a))
+                .filter(|id| bound.as_ref().is_none_or(|b| *id <= b))
+                .cloned(),
+        );
+        let page: Vec<String> = ids.iter().take(limit).cloned().collect();
         let mut items = Vec::with_capacity(page.len());
         for id in &page {
             let record = match queued.remove(id.as_str()) {
@@ -304,18 +313,12 @@ impl Project {
                 items.push(RunView::new(self, r));
             }
         }
+        let rest_queued = match page.last() {
+            Some(last) => queued.keys().any(|id| id > last),
+            None => false,
+        };
         let next = match page.last() {
-            Some(last)
-                if ids
-                    .range::<str, _>((
-                        std::ops::Bound::Excluded(last.as_str()),
-                        std::ops::Bound::Unbounded,
-                    ))
-                    .next()
-                    .is_some() =>
-            {
-                Some((*last).clone())
-            }
+            Some(last) if more || ids.len() > page.len() || rest_queued => Some(last.clone()),
             _ => None,
         };
         Ok(Page { items, total, next })

@@ -83,7 +83,12 @@ async function loadSession() {
 function follow(query, onEvent) {
   if (feed) feed.close();
   feed = new EventSource("/api/events" + (query ? "?" + query : ""));
-  feed.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (e) { /* ignore */ } };
+  // One message may carry several events, one JSON object per line.
+  feed.onmessage = (m) => {
+    for (const line of m.data.split("\n")) {
+      try { onEvent(JSON.parse(line)); } catch (e) { /* ignore */ }
+    }
+  };
 }
 
 function debounce(f, ms) {

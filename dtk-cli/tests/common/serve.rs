@@ -158,6 +158,24 @@ impl Events {
         }
     }
 
+    /// The events of the next message (several `data:` lines make one message, ended by
+    /// an empty line).
+    pub fn next_message(&mut self) -> Vec<serde_json::Value> {
+        let mut line = String::new();
+        let mut events = Vec::new();
+        loop {
+            line.clear();
+            let n = self.r.read_line(&mut line).unwrap();
+            assert!(n > 0, "the event stream ended");
+            let l = line.trim_end();
+            if let Some(data) = l.strip_prefix("data: ") {
+                events.push(serde_json::from_str(data).unwrap());
+            } else if l.is_empty() && !events.is_empty() {
+                return events;
+            }
+        }
+    }
+
     /// Read events until one satisfies `f`, returning every event read.
     pub fn until(&mut self, f: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
         let mut seen = Vec::new();
