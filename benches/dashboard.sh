@@ -48,7 +48,11 @@ rows = []
 
 # 2. API pages of 100,000 runs.
 p, addr = serve(os.path.join(work, "runs"))
+t = time.perf_counter()
 first = json.loads(get(addr, f"/api/nodes/{big}/runs?limit=50"))
+rows.append(("first request after start (counts the node's 100,000 runs once)",
+             f"{(time.perf_counter() - t)*1000:.0f} ms", ""))
+log(rows[-1])
 assert first["total"] == 100000, first["total"]
 mid = "8" + "0" * 63  # run IDs are uniform: about half of them sort after this
 for label, path in [
@@ -56,11 +60,12 @@ for label, path in [
     ("a page half-way through them", f"/api/nodes/{big}/runs?limit=50&after={mid}"),
     ("first page of all 100,000 runs", "/api/runs?limit=50"),
 ]:
-    get(addr, path)
+    t = time.perf_counter(); get(addr, path); cold = time.perf_counter() - t
     ts = []
     for _ in range(20):
         t = time.perf_counter(); get(addr, path); ts.append(time.perf_counter() - t)
-    rows.append((label, f"{statistics.median(ts)*1000:.1f} ms (worst {max(ts)*1000:.1f} ms)", "< 50 ms"))
+    rows.append((label, f"{statistics.median(ts)*1000:.1f} ms (worst {max(ts)*1000:.1f} ms; "
+                        f"the first request of the path {cold*1000:.0f} ms)", "< 50 ms"))
     log(rows[-1])
 p.terminate(); p.wait()
 

@@ -631,7 +631,7 @@ impl EventFilter {
 }
 
 /// How long a connection gathers log lines before it sends them in one message.
-const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(25);
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 /// The most bytes of events gathered into one message.
 const BATCH_BYTES: usize = 64 * 1024;
 
