@@ -617,20 +617,22 @@ async fn source(
             }
         }
         SourceCommand::Pin { name, target, kind } => {
-            let is_version = kind.is_none() && dtk::id::validate_prefix(&target).is_ok();
-            if is_version {
-                let v = p.pin(&name, &target).await?;
-                if as_json {
-                    json(out, &json!({ "name": name, "pinned": v }))?;
+            match Project::pin_request(&target, kind.as_deref()) {
+                dtk::PinRequest::Version(version) => {
+                    let v = p.pin(&name, &version).await?;
+                    if as_json {
+                        json(out, &json!({ "name": name, "pinned": v }))?;
+                    }
                 }
-            } else {
-                let spec = p.relocate(&name, &target, kind.as_deref()).await?;
-                if as_json {
-                    json(out, &spec)?;
-                } else {
-                    let mut t = Table::new(&["NAME", "KIND", "LOCATION", "TAG", "PATH"]);
-                    t.row(source_row(&spec));
-                    t.print(out)?;
+                dtk::PinRequest::Relocate { location, kind } => {
+                    let spec = p.relocate(&name, &location, kind.as_deref()).await?;
+                    if as_json {
+                        json(out, &spec)?;
+                    } else {
+                        let mut t = Table::new(&["NAME", "KIND", "LOCATION", "TAG", "PATH"]);
+                        t.row(source_row(&spec));
+                        t.print(out)?;
+                    }
                 }
             }
         }
@@ -653,21 +655,20 @@ async fn source(
             }
         }
         SourceCommand::Update { names } => {
-            // NAME VERSION: record a given version instead of polling.
-            if names.len() == 2
-                && dtk::id::validate_prefix(&names[1]).is_ok()
-                && p.source(&names[1]).is_err()
-            {
-                let v = p.set_latest(&names[0], &names[1]).await?;
-                if as_json {
-                    json(out, &json!({ "name": names[0], "latest": v }))?;
-                } else {
-                    let mut t = Table::new(&["NAME", "STATUS", "LATEST"]);
-                    t.row(vec![names[0].clone(), "set".into(), v.to_string()]);
-                    t.print(out)?;
+            let names = match p.update_request(&names) {
+                dtk::UpdateRequest::SetLatest { name, version } => {
+                    let v = p.set_latest(&name, &version).await?;
+                    if as_json {
+                        json(out, &json!({ "name": name, "latest": v }))?;
+                    } else {
+                        let mut t = Table::new(&["NAME", "STATUS", "LATEST"]);
+                        t.row(vec![name, "set".into(), v.to_string()]);
+                        t.print(out)?;
+                    }
+                    return Ok(exit::OK);
                 }
-                return Ok(exit::OK);
-            }
+                dtk::UpdateRequest::Poll(names) => names,
+            };
             let outcomes = p.update_sources(&names).await?;
             let failed = outcomes.iter().any(|o| o.error.is_some());
             if as_json {
@@ -1094,126 +1095,113 @@ async fn daemon(
     as_json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
-    let stop = stop_on_signals()?;
-    let mut n = 0u64;
-    let mut failed = false;
-    let mut feed = p.subscribe();
-    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        let started = std::time::Instant::now();
-        // Runs starting and ending are written as they happen, the pass's summary after.
-        let pass = p.run_pass(dtk::scheduler::PassOptions::new().with_jobs(jobs));
-        tokio::pin!(pass);
-        // With --json, one JSON object per line: each run started or ended, then the
-        // pass's report.
-        let line = |event: dtk::events::Event| match event {
-            dtk::events::Event::RunStarted { run, node } if as_json => Some(
-                json!({ "event": "run_started", "run": run.to_hex(), "node": node.to_hex() })
-                    .to_string(),
-            ),
-            dtk::events::Event::RunFinished { run, node, status } if as_json => Some(
-                json!({
-                    "event": "run_finished",
-                    "run": run.to_hex(),
-                    "node": node.to_hex(),
-                    "status": status,
-                })
-                .to_string(),
-            ),
-            dtk::events::Event::RunStarted { run, node } => Some(format!(
-                "run {} of node {}: started",
-                run.short(),
-                node.short()
-            )),
-            dtk::events::Event::RunFinished { run, node, status } => Some(format!(
-                "run {} of node {}: {status}",
-                run.short(),
-                node.short()
-            )),
-            _ => None,
-        };
-        let result = loop {
-            tokio::select! {
-                r = &mut pass => break r,
-                event = feed.recv() => {
-                    if let Some(l) = event.ok().and_then(line) {
-                        writeln!(out, "{l}")?;
-                        out.flush()?;
-                    }
-                }
+    use dtk::daemon::DaemonOptions;
+    // The first SIGINT/SIGTERM lets the pass in progress finish; a second exits at once.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_stop = stop.clone();
+    on_signals(
+        "dkt: stopping: finishing what is in progress (signal again to exit now)",
+        move || on_stop.cancel(),
+    )?;
+    let mut options =
+        DaemonOptions::new(interval).with_pass(dtk::scheduler::PassOptions::new().with_jobs(jobs));
+    options.passes = passes;
+    // With --json, one JSON object per line: each run started or ended, then the pass's
+    // report. The first failed write ends the output (and is reported once it ends).
+    let mut written: std::io::Result<()> = Ok(());
+    let summary = p
+        .daemon(options, stop, |event| {
+            if written.is_ok() {
+                written = daemon_line(out, as_json, event).and_then(|()| out.flush());
             }
-        };
-        while let Ok(event) = feed.try_recv() {
-            if let Some(l) = line(event) {
-                writeln!(out, "{l}")?;
-            }
-        }
-        match result {
-            Ok(report) if as_json => {
-                failed |= !report.is_ok();
-                let pass = json!({ "event": "pass", "pass": n + 1, "report": report });
-                writeln!(out, "{pass}")?;
-            }
-            Err(e) if as_json => {
-                failed = true;
-                let pass = json!({
-                    "event": "pass",
-                    "pass": n + 1,
-                    "error": dtk::project::error_chain(&e),
-                });
-                writeln!(out, "{pass}")?;
-            }
-            Ok(report) => {
-                for o in report.polled.iter().filter(|o| o.error.is_some()) {
-                    writeln!(
-                        out,
-                        "poll {}: {}",
-                        o.source,
-                        o.error.as_deref().unwrap_or_default()
-                    )?;
-                }
-                for i in &report.items {
-                    let what = match (&i.outcome, &i.error) {
-                        (_, Some(e)) => format!("error: {e}"),
-                        (Some(o), None) => {
-                            format!("run {} {}", o.record().id.short(), o.record().status)
-                        }
-                        (None, None) => "skipped".into(),
-                    };
-                    writeln!(out, "node {} ({}): {what}", i.node.short(), i.reason)?;
-                }
-                failed |= !report.is_ok();
-            }
-            Err(e) => {
-                writeln!(out, "pass failed: {}", dtk::project::error_chain(&e))?;
-                failed = true;
-            }
-        }
-        out.flush()?;
-        n += 1;
-        if passes.is_some_and(|max| n >= max) {
-            break;
-        }
-        // Stopped by a signal during the pass: no next pass to announce.
-        if started.elapsed() < interval
-            && !as_json
-            && !stop.load(std::sync::atomic::Ordering::SeqCst)
-        {
-            writeln!(
-                out,
-                "pass {n} done; next pass in {}s",
-                (interval - started.elapsed()).as_secs()
-            )?;
-            out.flush()?;
-        }
-        while started.elapsed() < interval && !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
-    Ok(if failed && passes.is_some() {
+        })
+        .await;
+    written?;
+    Ok(if summary.failed && passes.is_some() {
         exit::FAILURE
     } else {
         exit::OK
     })
+}
+
+/// What `dkt daemon` prints for `event`.
+fn daemon_line(
+    out: &mut dyn Write,
+    as_json: bool,
+    event: dtk::daemon::DaemonEvent<'_>,
+) -> std::io::Result<()> {
+    use dtk::daemon::DaemonEvent;
+    match event {
+        DaemonEvent::RunStarted { run, node } if as_json => writeln!(
+            out,
+            "{}",
+            json!({ "event": "run_started", "run": run.to_hex(), "node": node.to_hex() })
+        ),
+        DaemonEvent::RunFinished { run, node, status } if as_json => writeln!(
+            out,
+            "{}",
+            json!({
+                "event": "run_finished",
+                "run": run.to_hex(),
+                "node": node.to_hex(),
+                "status": status,
+            })
+        ),
+        DaemonEvent::RunStarted { run, node } => {
+            writeln!(out, "run {} of node {}: started", run.short(), node.short())
+        }
+        DaemonEvent::RunFinished { run, node, status } => writeln!(
+            out,
+            "run {} of node {}: {status}",
+            run.short(),
+            node.short()
+        ),
+        DaemonEvent::PassEnded { number, result } if as_json => {
+            let pass = match result {
+                Ok(report) => json!({ "event": "pass", "pass": number, "report": report }),
+                Err(e) => json!({
+                    "event": "pass",
+                    "pass": number,
+                    "error": dtk::project::error_chain(e),
+                }),
+            };
+            writeln!(out, "{pass}")
+        }
+        DaemonEvent::PassEnded {
+            result: Ok(report), ..
+        } => {
+            for o in report.polled.iter().filter(|o| o.error.is_some()) {
+                writeln!(
+                    out,
+                    "poll {}: {}",
+                    o.source,
+                    o.error.as_deref().unwrap_or_default()
+                )?;
+            }
+            for i in &report.items {
+                let what = match (&i.outcome, &i.error) {
+                    (_, Some(e)) => format!("error: {e}"),
+                    (Some(o), None) => {
+                        format!("run {} {}", o.record().id.short(), o.record().status)
+                    }
+                    (None, None) => "skipped".into(),
+                };
+                writeln!(out, "node {} ({}): {what}", i.node.short(), i.reason)?;
+            }
+            Ok(())
+        }
+        DaemonEvent::PassEnded { result: Err(e), .. } => {
+            writeln!(out, "pass failed: {}", dtk::project::error_chain(e))
+        }
+        DaemonEvent::Waiting { .. } if as_json => Ok(()),
+        DaemonEvent::Waiting { next, wait } => writeln!(
+            out,
+            "pass {} done; next pass in {}s",
+            next - 1,
+            wait.as_secs()
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// A flag set by the first SIGINT/SIGTERM; a second one exits at once.

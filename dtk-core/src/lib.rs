@@ -24,6 +24,7 @@
 
 mod clone;
 pub mod config;
+pub mod daemon;
 pub mod digest;
 pub mod engine;
 mod error;
@@ -64,7 +65,7 @@ pub use model::{
     ScriptRef, SourceSpec, SourceVersion, VersionRecord,
 };
 pub use name::Name;
-pub use project::{AddSource, InitOptions, Project, UpdateOutcome};
+pub use project::{AddSource, InitOptions, PinRequest, Project, UpdateOutcome, UpdateRequest};
 pub use scheduler::{PassOptions, PassReport};
 pub use signing::{KeySetup, SigningKey};
 pub use source::{

@@ -118,6 +118,34 @@ impl AddSource {
     }
 }
 
+/// What `dkt source pin` asks for ([`Project::pin_request`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinRequest {
+    /// Pin the source to this version (an ID or a unique prefix).
+    Version(String),
+    /// Move the source to a new location, optionally of another kind.
+    Relocate {
+        /// The new location.
+        location: String,
+        /// The new kind, if it changes.
+        kind: Option<String>,
+    },
+}
+
+/// What `dkt source update` asks for ([`Project::update_request`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateRequest {
+    /// Record `version` as the latest version of `name`, without polling.
+    SetLatest {
+        /// The source.
+        name: String,
+        /// The version (an ID or a unique prefix).
+        version: String,
+    },
+    /// Poll these sources (every source when empty).
+    Poll(Vec<String>),
+}
+
 /// What [`Project::update_sources`] found for one source.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct UpdateOutcome {
@@ -1379,6 +1407,38 @@ impl Project {
             .collect())
     }
 
+    /// What `dkt source pin NAME TARGET [--kind KIND]` asks for: a version ID (or a
+    /// unique prefix of one) pins the source; anything else, or any target given with a
+    /// kind, is a new location the source moves to ([`Project::relocate`]).
+    pub fn pin_request(target: &str, kind: Option<&str>) -> PinRequest {
+        if kind.is_none() && crate::id::validate_prefix(target).is_ok() {
+            PinRequest::Version(target.to_owned())
+        } else {
+            PinRequest::Relocate {
+                location: target.to_owned(),
+                kind: kind.map(str::to_owned),
+            }
+        }
+    }
+
+    /// What `dkt source update ARGS` asks for: `NAME VERSION`, where the second word is
+    /// a version ID (or prefix) and not the name of a source, records that version as
+    /// the source's latest without polling; anything else polls the named sources (every
+    /// source when none is named).
+    pub fn update_request(&self, args: &[String]) -> UpdateRequest {
+        match args {
+            [name, version]
+                if crate::id::validate_prefix(version).is_ok() && self.source(version).is_err() =>
+            {
+                UpdateRequest::SetLatest {
+                    name: name.clone(),
+                    version: version.clone(),
+                }
+            }
+            names => UpdateRequest::Poll(names.to_vec()),
+        }
+    }
+
     /// Pin `name` to a version given in full or as a unique prefix, resolved against the
     /// source's versions.
     pub async fn pin(&self, name: &str, version: &str) -> Result<Version> {
@@ -2227,6 +2287,52 @@ pub fn normalize_subpath(p: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pin_and_update_arguments_mean_what_the_cli_says() {
+        let a = "md5:0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            Project::pin_request("0123abcd", None),
+            PinRequest::Version("0123abcd".into())
+        );
+        assert_eq!(Project::pin_request(a, None), PinRequest::Version(a.into()));
+        // A location, or anything given with a kind, moves the source.
+        assert_eq!(
+            Project::pin_request("/data/pinata", None),
+            PinRequest::Relocate {
+                location: "/data/pinata".into(),
+                kind: None
+            }
+        );
+        assert_eq!(
+            Project::pin_request("0123abcd", Some("path")),
+            PinRequest::Relocate {
+                location: "0123abcd".into(),
+                kind: Some("path".into())
+            }
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = Project::init(
+            dir.path(),
+            Arc::new(crate::source::Registry::new()),
+            InitOptions::default(),
+        )
+        .unwrap();
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            p.update_request(&args(&["src", "0123abcd"])),
+            UpdateRequest::SetLatest {
+                name: "src".into(),
+                version: "0123abcd".into()
+            }
+        );
+        assert_eq!(
+            p.update_request(&args(&["src", "other"])),
+            UpdateRequest::Poll(args(&["src", "other"]))
+        );
+        assert_eq!(p.update_request(&[]), UpdateRequest::Poll(vec![]));
+    }
 
     #[test]
     fn tags_split_only_where_meant() {
