@@ -72,35 +72,75 @@ pub struct Store {
     /// The key that signs new commits, if the project has one (shared by clones of the
     /// handle, so a key added later signs through every handle).
     signer: std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<SigningKey>>>>,
-    /// Record counts of directories, by tree, shared by every snapshot of this handle
-    /// (see [`Snapshot::count_records`]).
-    counts: std::sync::Arc<TreeCounts>,
+    /// What this handle remembers of the objects it read, shared by its snapshots.
+    memo: std::sync::Arc<Memo>,
     git_dir: PathBuf,
 }
 
-/// How many records lie below each directory, by the directory's tree object.
+/// What a store handle remembers of the objects it read: record counts of directories,
+/// decoded directories and small records, each by object ID.
 ///
-/// Derived data kept beside the history, as git keeps its commit-graph: a tree is
-/// content-addressed, so a count never goes stale, and after a commit only the
-/// directories it rewrote are counted again. Bounded: cleared when it holds more than
-/// [`TreeCounts::MAX`] trees.
+/// Derived data kept beside the history, as git keeps its commit-graph: an object is
+/// content-addressed, so nothing remembered ever goes stale, and a snapshot taken after
+/// a commit reads afresh only what the commit wrote. Bounded: each map is cleared when
+/// it passes its limit.
 #[derive(Debug, Default)]
-struct TreeCounts(std::sync::Mutex<std::collections::HashMap<ObjectId, usize>>);
+struct Memo {
+    counts: std::sync::Mutex<std::collections::HashMap<ObjectId, usize>>,
+    trees: std::sync::Mutex<std::collections::HashMap<ObjectId, std::sync::Arc<Dir>>>,
+    /// Small blobs and their total size.
+    blobs: std::sync::Mutex<(usize, std::collections::HashMap<ObjectId, std::sync::Arc<[u8]>>)>,
+}
 
-impl TreeCounts {
-    /// The most trees remembered (about 40 MB).
-    const MAX: usize = 1 << 20;
+impl Memo {
+    /// The most directory counts and decoded directories remembered.
+    const MAX_TREES: usize = 1 << 18;
+    /// The largest blob remembered, and the most bytes of blobs.
+    const MAX_BLOB: usize = 64 << 10;
+    const MAX_BLOB_BYTES: usize = 64 << 20;
 
-    fn get(&self, tree: &ObjectId) -> Option<usize> {
-        self.0.lock().ok()?.get(tree).copied()
+    fn count(&self, tree: &ObjectId) -> Option<usize> {
+        self.counts.lock().ok()?.get(tree).copied()
     }
 
-    fn put(&self, tree: ObjectId, count: usize) {
-        if let Ok(mut m) = self.0.lock() {
-            if m.len() >= Self::MAX {
+    fn put_count(&self, tree: ObjectId, count: usize) {
+        if let Ok(mut m) = self.counts.lock() {
+            if m.len() >= Self::MAX_TREES {
                 m.clear();
             }
             m.insert(tree, count);
+        }
+    }
+
+    fn tree(&self, id: &ObjectId) -> Option<std::sync::Arc<Dir>> {
+        self.trees.lock().ok()?.get(id).cloned()
+    }
+
+    fn put_tree(&self, id: ObjectId, dir: std::sync::Arc<Dir>) {
+        if let Ok(mut m) = self.trees.lock() {
+            if m.len() >= Self::MAX_TREES {
+                m.clear();
+            }
+            m.insert(id, dir);
+        }
+    }
+
+    fn blob(&self, id: &ObjectId) -> Option<std::sync::Arc<[u8]>> {
+        self.blobs.lock().ok()?.1.get(id).cloned()
+    }
+
+    fn put_blob(&self, id: ObjectId, data: &[u8]) {
+        if data.len() > Self::MAX_BLOB {
+            return;
+        }
+        if let Ok(mut m) = self.blobs.lock() {
+            if m.0 + data.len() > Self::MAX_BLOB_BYTES {
+                m.1.clear();
+                m.0 = 0;
+            }
+            if m.1.insert(id, data.into()).is_none() {
+                m.0 += data.len();
+            }
         }
     }
 }
@@ -165,7 +205,7 @@ impl Store {
             repo: std::sync::Arc::new(std::sync::RwLock::new(open_repo(git_dir)?)),
             commits: Default::default(),
             signer: Default::default(),
-            counts: Default::default(),
+            memo: Default::default(),
             git_dir: git_dir.to_owned(),
         })
     }
@@ -275,14 +315,14 @@ impl Store {
         let commit = self.tip(&repo)?.ok_or_else(|| {
             Error::corrupt(format!("{BRANCH} is missing in {}", self.git_dir.display()))
         })?;
-        match Snapshot::at(repo, commit, self.counts.clone()) {
+        match Snapshot::at(repo, commit, self.memo.clone()) {
             Ok(s) => Ok(s),
             Err(e) => {
                 // Perhaps gix lost track of the packs (see `REOPEN_EVERY`): look once more
                 // through a fresh handle before reporting the store as broken.
                 tracing::debug!(error = %e, "reading the tip failed; reopening the store");
                 self.reopen()?;
-                Snapshot::at(self.repo(), commit, self.counts.clone())
+                Snapshot::at(self.repo(), commit, self.memo.clone())
             }
         }
     }
@@ -366,7 +406,7 @@ impl Store {
 
     /// A read-only view of the records at `commit`.
     pub fn snapshot_at(&self, commit: ObjectId) -> Result<Snapshot> {
-        Snapshot::at(self.repo(), commit, self.counts.clone())
+        Snapshot::at(self.repo(), commit, self.memo.clone())
     }
 
     /// Move the branch from `from` to `to` (a descendant of it), as a compare-and-swap:
@@ -391,7 +431,7 @@ impl Store {
                 .tip(&repo)?
                 .ok_or_else(|| Error::corrupt(format!("{BRANCH} is missing")))?;
             let mut tx = Tx {
-                snap: Snapshot::at(repo.clone(), base, self.counts.clone())?,
+                snap: Snapshot::at(repo.clone(), base, self.memo.clone())?,
                 staged: BTreeMap::new(),
             };
             let value = change(&mut tx)?;
@@ -677,8 +717,8 @@ pub struct Snapshot {
     tree: ObjectId,
     /// Decoded directories, by path: each tree object is decoded at most once per view.
     dirs: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Dir>>>,
-    /// The store handle's record counts.
-    counts: std::sync::Arc<TreeCounts>,
+    /// The store handle's memo of objects.
+    memo: std::sync::Arc<Memo>,
 }
 
 /// A decoded directory: entry name -> (object, is a directory).
@@ -718,7 +758,7 @@ impl Snapshot {
     fn at(
         repo: gix::Repository,
         commit: ObjectId,
-        counts: std::sync::Arc<TreeCounts>,
+        memo: std::sync::Arc<Memo>,
     ) -> Result<Snapshot> {
         let tree = find_retrying(|| repo.find_commit(commit))
             .map_err(gix_err(format!("cannot read commit {commit}")))?
@@ -730,7 +770,7 @@ impl Snapshot {
             commit,
             tree,
             dirs: Default::default(),
-            counts,
+            memo,
         })
     }
 
@@ -805,23 +845,30 @@ impl Snapshot {
                 _ => return Ok(None),
             }
         };
-        let tree = find_retrying(|| self.repo.find_tree(id)).map_err(gix_err(format!(
-            "cannot read directory {path:?} of the records"
-        )))?;
-        let decoded = tree
-            .decode()
-            .map_err(|e| Error::store(format!("cannot decode directory {path:?}"), e))?;
-        let map: Dir = decoded
-            .entries
-            .iter()
-            .map(|e| {
-                (
-                    e.filename.to_str_lossy().into_owned(),
-                    (e.oid.to_owned(), e.mode.is_tree()),
-                )
-            })
-            .collect();
-        let map = std::sync::Arc::new(map);
+        let map = match self.memo.tree(&id) {
+            Some(map) => map,
+            None => {
+                let tree = find_retrying(|| self.repo.find_tree(id)).map_err(gix_err(
+                    format!("cannot read directory {path:?} of the records"),
+                ))?;
+                let decoded = tree
+                    .decode()
+                    .map_err(|e| Error::store(format!("cannot decode directory {path:?}"), e))?;
+                let map: Dir = decoded
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.filename.to_str_lossy().into_owned(),
+                            (e.oid.to_owned(), e.mode.is_tree()),
+                        )
+                    })
+                    .collect();
+                let map = std::sync::Arc::new(map);
+                self.memo.put_tree(id, map.clone());
+                map
+            }
+        };
         if let Ok(mut m) = self.dirs.lock() {
             m.insert(path.to_owned(), map.clone());
         }
@@ -847,10 +894,15 @@ impl Snapshot {
     }
 
     fn read_blob(&self, id: ObjectId, path: &str) -> Result<Vec<u8>> {
-        Ok(find_retrying(|| self.repo.find_blob(id))
+        if let Some(data) = self.memo.blob(&id) {
+            return Ok(data.to_vec());
+        }
+        let data = find_retrying(|| self.repo.find_blob(id))
             .map_err(gix_err(format!("cannot read record {path} ({id})")))?
             .data
-            .clone())
+            .clone();
+        self.memo.put_blob(id, &data);
+        Ok(data)
     }
 
     /// The record at `path`, decoded from JSON.
@@ -906,7 +958,7 @@ impl Snapshot {
     }
 
     fn count_tree(&self, id: ObjectId, dir: &str) -> Result<usize> {
-        if let Some(n) = self.counts.get(&id) {
+        if let Some(n) = self.memo.count(&id) {
             return Ok(n);
         }
         let mut n = 0;
@@ -917,7 +969,7 @@ impl Snapshot {
                 n += 1;
             }
         }
-        self.counts.put(id, n);
+        self.memo.put_count(id, n);
         Ok(n)
     }
 
