@@ -89,8 +89,11 @@ struct Memo {
     counts: std::sync::Mutex<std::collections::HashMap<ObjectId, usize>>,
     trees: std::sync::Mutex<std::collections::HashMap<ObjectId, std::sync::Arc<Dir>>>,
     /// Small blobs and their total size.
-    blobs: std::sync::Mutex<(usize, std::collections::HashMap<ObjectId, std::sync::Arc<[u8]>>)>,
+    blobs: std::sync::Mutex<(usize, Blobs)>,
 }
+
+/// Blobs by object ID.
+type Blobs = std::collections::HashMap<ObjectId, std::sync::Arc<[u8]>>;
 
 impl Memo {
     /// The most directory counts and decoded directories remembered.
@@ -755,11 +758,7 @@ pub struct DirEntry {
 }
 
 impl Snapshot {
-    fn at(
-        repo: gix::Repository,
-        commit: ObjectId,
-        memo: std::sync::Arc<Memo>,
-    ) -> Result<Snapshot> {
+    fn at(repo: gix::Repository, commit: ObjectId, memo: std::sync::Arc<Memo>) -> Result<Snapshot> {
         let tree = find_retrying(|| repo.find_commit(commit))
             .map_err(gix_err(format!("cannot read commit {commit}")))?
             .tree_id()
@@ -848,9 +847,9 @@ impl Snapshot {
         let map = match self.memo.tree(&id) {
             Some(map) => map,
             None => {
-                let tree = find_retrying(|| self.repo.find_tree(id)).map_err(gix_err(
-                    format!("cannot read directory {path:?} of the records"),
-                ))?;
+                let tree = find_retrying(|| self.repo.find_tree(id)).map_err(gix_err(format!(
+                    "cannot read directory {path:?} of the records"
+                )))?;
                 let decoded = tree
                     .decode()
                     .map_err(|e| Error::store(format!("cannot decode directory {path:?}"), e))?;
