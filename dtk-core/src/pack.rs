@@ -244,13 +244,19 @@ pub(crate) fn maintain(pack_dir: &Path, limit: usize) -> Result<usize> {
             let _ = std::io::Write::write_all(&mut f, crate::engine::worker_id().as_bytes());
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // `host:pid`, or `host:pid repack` for a background `git repack`, which may
+            // rightly hold it for many minutes.
             let holder = std::fs::read_to_string(&lock).unwrap_or_default();
-            let dead = crate::engine::pid_alive(holder.trim()) == Some(false);
+            let (holder, max_age) = match holder.trim().strip_suffix(" repack") {
+                Some(h) => (h.to_owned(), std::time::Duration::from_secs(3600)),
+                None => (holder.trim().to_owned(), std::time::Duration::from_secs(60)),
+            };
+            let dead = crate::engine::pid_alive(&holder) == Some(false);
             let stale = std::fs::metadata(&lock)
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > std::time::Duration::from_secs(60));
+                .is_some_and(|age| age > max_age);
             if dead || stale {
                 let _ = std::fs::remove_file(&lock);
             }

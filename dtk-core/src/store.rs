@@ -574,26 +574,53 @@ impl Store {
             }
             return;
         }
-        // Written first, so that the commits made while it runs do not start another.
+        // The repack holds the merge lock while it runs (merging packs away under it
+        // would make it fail); when a merge holds it now, the next commit tries again.
+        let lock = self.git_dir.join("objects/pack/dtk-merge.lock");
+        let me = crate::engine::worker_id();
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(mut f) => {
+                let _ = std::io::Write::write_all(&mut f, format!("{me} repack").as_bytes());
+            }
+            Err(_) => return,
+        }
+        // Written before it starts, so that the commits made meanwhile start no other.
         let _ = std::fs::write(&marker, format!("{size}\n"));
         tracing::debug!(
             bytes = size,
             "delta-compressing the store's packs in the background"
         );
+        // The shell names itself in the lock (`host:pid repack`) and removes it at the end.
         // `-f` computes deltas afresh (our packs have none to reuse); `-A` keeps
         // unreachable objects (loose), so a commit whose pack is written but whose branch
         // has not moved yet loses nothing.
-        let script = "cd \"$1\" && nice -n 10 git --git-dir . repack -A -d -f -q \
-            && du -sb objects/pack | cut -f1 > dkt-packed-bytes.tmp \
-            && mv dkt-packed-bytes.tmp dkt-packed-bytes";
-        let background = format!("({script}) </dev/null >/dev/null 2>&1 &");
-        let _ = std::process::Command::new("sh")
-            .args(["-c", &background, "sh"])
+        let script = r#"cd "$1" || exit 1
+echo "$2:$$ repack" > objects/pack/dtk-merge.lock
+nice -n 10 git --git-dir . repack -A -d -f -q \
+  && du -sb objects/pack | cut -f1 > dkt-packed-bytes.tmp \
+  && mv dkt-packed-bytes.tmp dkt-packed-bytes
+rm -f objects/pack/dtk-merge.lock"#;
+        let host = me.rsplit_once(':').map(|(h, _)| h).unwrap_or_default();
+        let spawned = std::process::Command::new("sh")
+            .args([
+                "-c",
+                r#"(sh -c "$3" sh "$1" "$2") </dev/null >/dev/null 2>&1 &"#,
+                "sh",
+            ])
             .arg(&self.git_dir)
+            .arg(host)
+            .arg(script)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
+        if !spawned.is_ok_and(|s| s.success()) {
+            let _ = std::fs::remove_file(&lock);
+        }
     }
 
     /// Pack the repository now (`git gc`), as the background maintenance does; waits for a
@@ -1375,6 +1402,12 @@ mod tests {
             "{n} records of 64 KiB were not delta-compressed: {} bytes",
             packed()
         );
+        // The repack held the merge lock and gave it back.
+        let lock = git_dir.join("objects/pack/dtk-merge.lock");
+        while lock.exists() && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!lock.exists());
         let snap = store.snapshot().unwrap();
         for i in 0..n {
             assert_eq!(snap.read(&format!("big/{i}")).unwrap().unwrap(), record(i));
