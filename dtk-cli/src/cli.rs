@@ -189,6 +189,9 @@ pub(crate) enum Command {
         /// when stderr is a terminal).
         #[arg(long)]
         follow: bool,
+        /// Run every node through the sandbox (bubblewrap), as if each said `sandbox: true`.
+        #[arg(long)]
+        sandbox: bool,
     },
     /// Run scheduling passes forever (poll, run what changed), every --interval.
     ///
@@ -493,6 +496,14 @@ pub(crate) enum NodeCommand {
         /// `overwrite` (publish anyway); default: record the run `conflict`, publish nothing.
         #[arg(long, value_name = "rerun|overwrite")]
         on_conflict: Option<String>,
+        /// Define a sandboxed node (`sandbox: true`): it runs through bubblewrap, inputs
+        /// read-only, outputs the only writable places besides a private /tmp, no
+        /// network, a clean environment, the project's .dkt hidden.
+        #[arg(long)]
+        sandbox: bool,
+        /// With --sandbox: the node may use the network (`network: true`).
+        #[arg(long, requires = "sandbox")]
+        network: bool,
         /// Only define the node; do not run it.
         #[arg(long)]
         no_run: bool,
@@ -522,6 +533,9 @@ pub(crate) enum NodeCommand {
         /// Then rerun every node below it, in topological order.
         #[arg(long)]
         downstream: bool,
+        /// Run through the sandbox (bubblewrap) even if the node does not say `sandbox: true`.
+        #[arg(long)]
+        sandbox: bool,
         /// End each run after this long (90s, 30m, 1h30m).
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,

@@ -285,8 +285,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             assume,
             timeout,
             follow,
+            sandbox,
         } => {
-            let p = open(&dir)?;
+            let p = open(&dir)?.with_sandbox(sandbox);
             let jobs = jobs_for(&p, jobs);
             let follower = Follower::start(&p, follow);
             let interrupted = cancel_on_signals(&p)?;
@@ -764,6 +765,8 @@ async fn node(
             on_success,
             on_failure,
             on_conflict,
+            sandbox,
+            network,
             no_run,
             force,
             timeout,
@@ -783,6 +786,8 @@ async fn node(
                     || on_success.is_some()
                     || on_failure.is_some()
                     || on_conflict.is_some()
+                    || sandbox
+                    || network
                 {
                     return Err(UsageError(format!(
                         "{}: a node file holds the labels, inputs, outputs and hooks; do not give them as options too",
@@ -818,6 +823,8 @@ async fn node(
                 spec.on_success = on_success;
                 spec.on_failure = on_failure;
                 spec.on_conflict = on_conflict;
+                spec.sandbox = sandbox;
+                spec.network = network;
                 spec
             };
             let timeout = timeout
@@ -904,9 +911,11 @@ async fn node(
         NodeCommand::Rerun {
             id,
             downstream,
+            sandbox,
             timeout,
             follow,
         } => {
+            let p = p.with_sandbox(sandbox);
             let (id, _) = p.node(&id)?;
             let timeout = timeout
                 .as_deref()

@@ -183,6 +183,91 @@ pub(crate) struct Step<'a> {
     pub(crate) argv: &'a [String],
     pub(crate) cwd: &'a Path,
     pub(crate) env: Vec<(String, String)>,
+    /// Run through bubblewrap with this view of the file system; the environment is then
+    /// `env` alone.
+    pub(crate) sandbox: Option<&'a Sandbox>,
+}
+
+/// The environment variable naming the bubblewrap program to use (default: `bwrap`
+/// found on `PATH`).
+pub(crate) const BWRAP_ENV: &str = "DKT_BWRAP";
+
+/// What a sandboxed command sees: the whole file system read-only, a private `/tmp`,
+/// `hide` replaced by empty directories, `read_only` and `writable` bound over that (in
+/// that order, so they may lie under a hidden directory or `/tmp`), no network unless
+/// `network`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Sandbox {
+    /// Bound read-only before `hide` is hidden (the project's directory).
+    pub(crate) visible: Vec<PathBuf>,
+    /// Replaced by an empty directory (the project's `.dkt`).
+    pub(crate) hide: Vec<PathBuf>,
+    /// Bound read-only (inputs, the rendered script).
+    pub(crate) read_only: Vec<PathBuf>,
+    /// Bound writable (outputs' staging directories, the work directory).
+    pub(crate) writable: Vec<PathBuf>,
+    /// Keep the host's network.
+    pub(crate) network: bool,
+}
+
+impl Sandbox {
+    /// The bubblewrap program: `$DKT_BWRAP` if set, else `bwrap` on `PATH`; an error
+    /// saying how to get it when there is none (a sandboxed node never runs unsandboxed).
+    pub(crate) fn program() -> std::result::Result<PathBuf, String> {
+        if let Some(p) = std::env::var_os(BWRAP_ENV).filter(|p| !p.is_empty()) {
+            let p = PathBuf::from(p);
+            return if is_executable(&p) {
+                Ok(p)
+            } else {
+                Err(format!(
+                    "this node runs sandboxed, but the bubblewrap program {} ({BWRAP_ENV}) is not an executable file; it is not run unsandboxed",
+                    p.display()
+                ))
+            };
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|d| d.join("bwrap"))
+            .find(|p| is_executable(p))
+            .ok_or_else(|| {
+                "this node runs sandboxed (sandbox: true, or --sandbox), but bubblewrap (`bwrap`) is not on PATH: install it (Debian/Ubuntu: apt-get install bubblewrap); it is not run unsandboxed".to_owned()
+            })
+    }
+
+    /// The bubblewrap arguments that run `argv` in `cwd` inside this sandbox.
+    pub(crate) fn wrap(&self, bwrap: &Path, argv: &[String], cwd: &Path) -> Vec<String> {
+        let s = |p: &Path| p.display().to_string();
+        let mut out = vec![s(bwrap), "--die-with-parent".into(), "--unshare-all".into()];
+        if self.network {
+            out.push("--share-net".into());
+        }
+        out.extend(
+            ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+                .iter()
+                .map(|a| a.to_string()),
+        );
+        out.extend(["--tmpfs".into(), "/tmp".into()]);
+        for p in self.visible.iter().filter(|p| p.exists()) {
+            out.extend(["--ro-bind".into(), s(p), s(p)]);
+        }
+        for p in self.hide.iter().filter(|p| p.exists()) {
+            out.extend(["--tmpfs".into(), s(p)]);
+        }
+        for p in self.read_only.iter().filter(|p| p.exists()) {
+            out.extend(["--ro-bind".into(), s(p), s(p)]);
+        }
+        for p in self.writable.iter().filter(|p| p.exists()) {
+            out.extend(["--bind".into(), s(p), s(p)]);
+        }
+        out.extend(["--chdir".into(), s(cwd), "--".into()]);
+        out.extend(argv.iter().cloned());
+        out
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Run `step` in a process group of its own, its output into `sink`, until it exits, its
@@ -201,8 +286,23 @@ pub(crate) async fn run(
         Ok(w) => w,
         Err(e) => return Ended::NotStarted(format!("cannot make a pipe: {e}")),
     };
-    let mut cmd = tokio::process::Command::new(&step.argv[0]);
-    cmd.args(&step.argv[1..])
+    let wrapped;
+    let argv = match step.sandbox {
+        None => step.argv,
+        Some(sandbox) => {
+            let bwrap = match Sandbox::program() {
+                Ok(p) => p,
+                Err(e) => return Ended::NotStarted(e),
+            };
+            wrapped = sandbox.wrap(&bwrap, step.argv, step.cwd);
+            &wrapped[..]
+        }
+    };
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    if step.sandbox.is_some() {
+        cmd.env_clear();
+    }
+    cmd.args(&argv[1..])
         .current_dir(step.cwd)
         .envs(step.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
