@@ -288,13 +288,36 @@ pub(crate) enum Command {
         /// Show what was derived from WHAT instead of what it derives from.
         #[arg(long)]
         downstream: bool,
-        /// Output format: manifest, dot, slsa (in-toto Statement, SLSA Provenance v1), prov (W3C PROV-JSON).
+        /// Output format: manifest, dot, slsa (in-toto Statement, SLSA Provenance v1), prov (W3C PROV-JSON), vsa (in-toto Statement, SLSA verification summary of the newest reproduction).
         #[arg(long, value_enum, default_value_t = Format::Manifest)]
         format: Format,
         /// With --format slsa: print the statement as a DSSE envelope signed with the
         /// project's key (keyid: the key's SHA256 fingerprint).
         #[arg(long)]
         sign: bool,
+    },
+    /// Run a recorded run again and compare its outputs with what it published.
+    ///
+    /// WHAT is a run ID (a prefix of at least 4 hex digits) or SOURCE:VERSION of a
+    /// version a run produced. The run's node runs again in a fresh scratch area under
+    /// .dkt/tmp, on exactly the run's recorded input versions (materialized by their
+    /// kinds), with its recorded command (a script's recorded content, not today's file),
+    /// each output starting from the version it had before the run; then every output is
+    /// compared, file by file, with the version the run published. Nothing is published
+    /// and no run is recorded: the result is recorded as a reproduction of the run (shown
+    /// by `dkt node show RUN` and `dkt inspect`). Exits 0 when every output is identical,
+    /// 1 when one differs, 3 when the run cannot be reproduced (a recorded version is no
+    /// longer available, named in the report, or the command failed).
+    Reproduce {
+        /// RUN-ID or SOURCE:VERSION.
+        what: String,
+        /// Run through the sandbox (bubblewrap) even if the node does not say `sandbox: true`.
+        #[arg(long)]
+        sandbox: bool,
+        /// Also write the result as an in-toto statement with the SLSA verification
+        /// summary predicate (https://slsa.dev/verification_summary/v1) to FILE.
+        #[arg(long, value_name = "FILE")]
+        vsa_out: Option<PathBuf>,
     },
     /// Print a shell completion script for dkt.
     ///
@@ -399,6 +422,9 @@ pub(crate) enum Format {
     Dot,
     /// An in-toto Statement with a SLSA Provenance v1 predicate.
     Slsa,
+    /// An in-toto Statement with a SLSA verification summary predicate: the newest
+    /// reproduction (`dkt reproduce`) of the run that made WHAT (or of run WHAT).
+    Vsa,
     /// A W3C PROV-JSON document.
     Prov,
 }

@@ -1894,7 +1894,7 @@ impl Project {
         }
     }
 
-    fn add_private(&self, scope: &mut Scope) {
+    pub(crate) fn add_private(&self, scope: &mut Scope) {
         for (k, v) in &self.config().vars {
             scope.private.insert(k.clone(), v.clone());
         }
@@ -1909,7 +1909,7 @@ impl Project {
 
     /// The processes to run, as argv lists; script files are rendered into `scratch`
     /// (with `None`, only checked).
-    fn plan(
+    pub(crate) fn plan(
         &self,
         node: &NodeSpec,
         scope: &Scope,
