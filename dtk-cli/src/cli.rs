@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 /// was made from.
 ///
 /// Exit codes: 0 success, 1 failure (outside the user's control, or a failed run),
-/// 2 bad usage or bad input.
+/// 2 bad usage or bad input; `dkt reproduce`: 1 differs, 3 cannot be reproduced.
 #[derive(Debug, Parser)]
 #[command(name = "dkt", version, propagate_version = true, max_term_width = 100)]
 pub(crate) struct Cli {
