@@ -352,6 +352,27 @@ fn the_sandbox_denies_writes_outside_the_outputs_hides_secrets_and_cleans_the_en
     );
     assert!(!e.path().join("in/new").exists());
     assert!(!e.path().join("new").exists());
+    // The sandboxed node's ID (which covers `sandbox`) verifies, in dkt and in the
+    // independent verifier written from docs/format.md.
+    let out = latest(&e, "out");
+    let target = format!("out:{}", &out[4..12]);
+    e.dkt(&["verify", &target]).ok();
+    let py = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/verifier/dtk_verify.py"
+        ))
+        .arg("--git-dir")
+        .arg(e.path().join(".dkt/.git"))
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "dtk_verify.py (pip install blake3 rfc8785):\n{}{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
     // A sandboxed run reproduces, sandboxed, identically.
     let node = e.dkt(&["--json", "node", "list"]).json()[0]["id"]
         .as_str()

@@ -309,6 +309,10 @@ pub async fn run_ticket(
         .iter()
         .filter_map(|(_, f)| f.get("ROOT").map(PathBuf::from))
         .collect();
+    let input_roots: Vec<PathBuf> = inputs
+        .iter()
+        .filter_map(|(_, f)| f.get("ROOT").map(PathBuf::from))
+        .collect();
     for (name, fields) in inputs.into_iter().chain(outputs) {
         scope.add(&name, fields)?;
     }
@@ -356,7 +360,9 @@ pub async fn run_ticket(
         crate::process::Sandbox {
             visible: Vec::new(),
             hide: Vec::new(),
-            read_only: vec![real(scratch)],
+            read_only: std::iter::once(real(scratch))
+                .chain(input_roots.iter().map(|p| real(p)))
+                .collect(),
             writable,
             network: ticket.network,
         }
