@@ -295,6 +295,10 @@ pub(crate) enum Command {
         /// project's key (keyid: the key's SHA256 fingerprint).
         #[arg(long)]
         sign: bool,
+        /// List the input files the run (run WHAT, or the run that made WHAT) opened:
+        /// recorded for sandboxed runs when strace was on PATH.
+        #[arg(long)]
+        files: bool,
     },
     /// Run a recorded run again and compare its outputs with what it published.
     ///

@@ -226,6 +226,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             downstream,
             format,
             sign,
+            files,
         } => {
             if sign && (dot || format != Format::Slsa) {
                 return Err(UsageError(
@@ -234,6 +235,29 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .into());
             }
             let p = open(&dir)?;
+            if files {
+                let run = p.run_of(&what)?;
+                if as_json {
+                    json(
+                        out,
+                        &json!({ "run": run.id.to_hex(), "read_files": run.read_files }),
+                    )?;
+                } else if run.read_files.is_empty() {
+                    eprintln!(
+                        "run {} recorded no list of the files it opened (only sandboxed runs do, with strace on PATH; or it opened none of its inputs' files)",
+                        run.id.short()
+                    );
+                } else {
+                    let mut t = Table::new(&["INPUT", "FILE"]);
+                    for (source, paths) in &run.read_files {
+                        for f in paths {
+                            t.row(vec![source.to_string(), f.clone()]);
+                        }
+                    }
+                    t.print(out)?;
+                }
+                return Ok(exit::OK);
+            }
             if format == Format::Vsa && !dot {
                 let run = p.run_of(&what)?;
                 let rep = p

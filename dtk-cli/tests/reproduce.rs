@@ -300,6 +300,8 @@ fn the_sandbox_denies_the_network_unless_the_node_declares_it() {
 fn the_sandbox_denies_writes_outside_the_outputs_hides_secrets_and_cleans_the_environment() {
     bwrap_works();
     let e = Env::project();
+    e.write("in/unread.txt", "never opened\n");
+    e.write("in/deep/c.txt", "opened by a relative path\n");
     setup_io(&e);
     let mut secret = e
         .cmd()
@@ -323,6 +325,7 @@ fn the_sandbox_denies_writes_outside_the_outputs_hides_secrets_and_cleans_the_en
         format!("(ls $DKT_PROJECT_ROOT/.dkt/secrets || echo hidden) > {o}/secrets"),
         format!("(test -e $DKT_PROJECT_ROOT/.dkt/config && echo seen || echo hidden) > {o}/config"),
         format!("cat ${{in:ROOT}}/a.txt > {o}/read"),
+        "cd ${in:ROOT} && cat deep/c.txt > /dev/null".to_owned(),
         format!("(env | grep -c LEAK_ME || true) > {o}/env"),
     ];
     let mut file = String::from("inputs: [in]\noutputs: [out]\nsandbox: true\nrun:\n");
@@ -373,6 +376,15 @@ fn the_sandbox_denies_writes_outside_the_outputs_hides_secrets_and_cleans_the_en
         String::from_utf8_lossy(&py.stdout),
         String::from_utf8_lossy(&py.stderr)
     );
+    // What it opened of its input (strace is installed with the test tools).
+    let files = e.dkt(&["--json", "inspect", "--files", &target]).json();
+    assert_eq!(
+        files["read_files"],
+        serde_json::json!({ "in": ["a.txt", "deep/c.txt"] }),
+        "{files}"
+    );
+    let table = e.dkt(&["inspect", "--files", &target]).ok();
+    assert!(table.contains("in") && table.contains("a.txt"), "{table}");
     // A sandboxed run reproduces, sandboxed, identically.
     let node = e.dkt(&["--json", "node", "list"]).json()[0]["id"]
         .as_str()

@@ -614,6 +614,7 @@ impl Project {
             input_digests: Vec::new(),
             log_digest: None,
             staging: None,
+            read_files: Default::default(),
             digest: None,
         });
         record.input_digests = input_digests(&snap, &record.inputs)?;
@@ -686,14 +687,16 @@ impl Project {
             }
         });
         let node = node.clone();
+        let mut read_files = BTreeMap::new();
         let result = match self.dispatcher.clone() {
             Some(d) => self.execute_remote(&d, &node, &record, timeout).await,
             None => self
-                .execute(&node, &record, timeout)
+                .execute(&node, &record, timeout, &mut read_files)
                 .await
                 .map(|(log, exec)| (log, exec, None)),
         };
         renew.abort();
+        record.read_files = read_files;
         // The claim as this process holds it: the fence of the result commit.
         let claim = record.clone();
         let (log, outcome) = match result {
@@ -1409,6 +1412,7 @@ impl Project {
         node: &NodeSpec,
         record: &RunRecord,
         timeout: Option<Duration>,
+        read_files: &mut BTreeMap<Name, Vec<String>>,
     ) -> Result<(String, Exec)> {
         let snap = self.store().snapshot()?;
         let scratch = tempfile::Builder::new()
@@ -1420,6 +1424,7 @@ impl Project {
         let scratch_real = std::fs::canonicalize(scratch.path()).at(scratch.path())?;
         let mut scope = Scope::default();
         let mut input_roots = Vec::new();
+        let mut named_roots = Vec::new();
         // Inputs at their versions.
         for sv in &record.inputs {
             let spec = read_source(&snap, &sv.source)?;
@@ -1428,6 +1433,10 @@ impl Project {
             let root = source.materialize(&sv.version, &dir).await?;
             input_roots.push(dir.clone());
             input_roots.push(root.clone());
+            named_roots.push((
+                sv.source.clone(),
+                std::fs::canonicalize(&root).unwrap_or_else(|_| root.clone()),
+            ));
             let mut fields = source.fields(Some(&sv.version), &root)?;
             // A version of a pattern source names the ref it was the tip of: that is its
             // REF, not the pattern.
@@ -1492,10 +1501,17 @@ impl Project {
         env.extend(private);
         let sandbox = self.sandboxed(node).then(|| {
             let writable = outputs.iter().map(|o| o.2.clone()).collect::<Vec<_>>();
-            self.sandbox_view(node, scratch.path(), &work, input_roots, writable, &mut env)
+            let mut view =
+                self.sandbox_view(node, scratch.path(), &work, input_roots, writable, &mut env);
+            // What the command opens of its inputs, when strace is there to say.
+            let trace = scratch.path().join("trace");
+            if std::fs::create_dir_all(&trace).is_ok() {
+                view.trace = std::fs::canonicalize(&trace).ok();
+            }
+            view
         });
         let cancel = self.cancel_token();
-        match run_steps(
+        let ended = run_steps(
             &steps,
             &work,
             &env,
@@ -1504,8 +1520,13 @@ impl Project {
             &cancel,
             &sink,
         )
-        .await
-        {
+        .await;
+        if let Some(trace) = sandbox.as_ref().and_then(|s| s.trace.as_ref()) {
+            let work_real = std::fs::canonicalize(&work).unwrap_or_else(|_| work.clone());
+            *read_files = crate::process::opened_files(trace, &work_real, &named_roots);
+            tracing::debug!(run = %record.id, files = ?read_files, "input files the run opened");
+        }
+        match ended {
             None => {}
             Some(StepsEnded::Failed { code, error }) => {
                 return Ok((sink.text(), Exec::Failed { code, error }))
@@ -1891,6 +1912,7 @@ impl Project {
             read_only,
             writable: writable.iter().map(|p| real(p)).collect(),
             network: node.network,
+            trace: None,
         }
     }
 

@@ -549,6 +549,10 @@ pub struct RunRecord {
     /// where what it wrote into its outputs was kept, one `out-SOURCE` directory per output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staging: Option<String>,
+    /// A sandboxed run traced with strace: the files of each input it opened (paths
+    /// inside the input, `/`-separated, sorted), by input.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub read_files: BTreeMap<Name, Vec<String>>,
     /// The digest of this record without this field (see [`seal`](Self::seal)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
@@ -784,6 +788,7 @@ mod tests {
             input_digests: vec![],
             log_digest: None,
             staging: None,
+            read_files: BTreeMap::new(),
             digest: None,
         };
         let mut sealed = run.clone();

@@ -208,6 +208,9 @@ pub(crate) struct Sandbox {
     pub(crate) writable: Vec<PathBuf>,
     /// Keep the host's network.
     pub(crate) network: bool,
+    /// Trace the files the command opens with strace (when it is on `PATH`) into this
+    /// directory (bound writable), one file per process.
+    pub(crate) trace: Option<PathBuf>,
 }
 
 impl Sandbox {
@@ -225,10 +228,7 @@ impl Sandbox {
                 ))
             };
         }
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .map(|d| d.join("bwrap"))
-            .find(|p| is_executable(p))
+        find_on_path("bwrap")
             .ok_or_else(|| {
                 "this node runs sandboxed (sandbox: true, or --sandbox), but bubblewrap (`bwrap`) is not on PATH: install it (Debian/Ubuntu: apt-get install bubblewrap); it is not run unsandboxed".to_owned()
             })
@@ -259,10 +259,140 @@ impl Sandbox {
         for p in self.writable.iter().filter(|p| p.exists()) {
             out.extend(["--bind".into(), s(p), s(p)]);
         }
+        let strace = self.trace.as_ref().and_then(|t| Some((t, strace()?)));
+        if let Some((dir, _)) = &strace {
+            out.extend(["--bind".into(), s(dir), s(dir)]);
+        }
         out.extend(["--chdir".into(), s(cwd), "--".into()]);
+        if let Some((dir, strace)) = &strace {
+            out.extend([
+                s(strace),
+                "-ff".into(),
+                "-qq".into(),
+                "-y".into(),
+                "-e".into(),
+                "trace=open,openat,openat2".into(),
+                "-e".into(),
+                "status=successful".into(),
+                "-o".into(),
+                // Each step is a PID namespace of its own: its PIDs repeat, so each step's
+                // files get a prefix of their own.
+                s(&dir.join(format!(
+                    "step{}",
+                    TRACE_STEP.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                ))),
+                "--".into(),
+            ]);
+        }
         out.extend(argv.iter().cloned());
         out
     }
+}
+
+/// strace, when it is on `PATH` and can trace here (checked once: a machine whose
+/// ptrace is locked down would otherwise fail every sandboxed run); `DKT_TRACE=0`
+/// turns tracing off.
+fn strace() -> Option<PathBuf> {
+    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            if std::env::var("DKT_TRACE").is_ok_and(|v| v == "0") {
+                return None;
+            }
+            let p = find_on_path("strace")?;
+            let works = std::process::Command::new(&p)
+                .args(["-f", "-qq", "-o", "/dev/null", "--", "true"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            works.then_some(p)
+        })
+        .clone()
+}
+
+static TRACE_STEP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `name` found in a directory of `PATH`.
+pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+/// The files under `roots` (by name) that the processes traced into `dir` opened
+/// successfully (not directories), as paths relative to their root; a relative path is
+/// taken relative to `cwd` (the command's starting directory).
+pub(crate) fn opened_files(
+    dir: &Path,
+    cwd: &Path,
+    roots: &[(crate::Name, PathBuf)],
+) -> std::collections::BTreeMap<crate::Name, Vec<String>> {
+    let mut out: std::collections::BTreeMap<crate::Name, std::collections::BTreeSet<String>> =
+        Default::default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        tracing::debug!(dir = %dir.display(), "no trace of the files opened");
+        return Default::default();
+    };
+    for e in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some(path) = opened_path(line) else {
+                continue;
+            };
+            let path = cwd.join(path);
+            if !path.is_file() {
+                continue;
+            }
+            for (name, root) in roots {
+                if let Ok(rel) = path.strip_prefix(root) {
+                    let rel: Vec<String> = rel
+                        .components()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .collect();
+                    if !rel.is_empty() && !rel.iter().any(|c| c == "..") {
+                        out.entry(name.clone()).or_default().insert(rel.join("/"));
+                    }
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(k, v)| (k, v.into_iter().collect()))
+        .collect()
+}
+
+/// The path of one strace line `openat(AT_FDCWD</cwd>, "PATH", FLAGS) = FD</real/path>`
+/// (also `open`, `openat2`; strace `-y` decodes the descriptor returned into the path
+/// opened, symbolic links resolved, whatever the directory the process was in) that
+/// opened something other than a directory: that decoded path, else the quoted one;
+/// `None` for anything else (failed calls, paths strace had to escape, directories).
+fn opened_path(line: &str) -> Option<&str> {
+    let call = ["openat2(", "openat(", "open("]
+        .iter()
+        .find_map(|c| line.find(c).map(|i| &line[i..]))?;
+    let (_, rest) = call.split_once('"')?;
+    let (quoted, rest) = rest.split_once('"')?;
+    if rest.contains("O_DIRECTORY") {
+        return None;
+    }
+    let (_, result) = rest.rsplit_once(") = ")?;
+    let digits = result.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let path = match result[digits..].strip_prefix('<') {
+        Some(decoded) => decoded.rsplit_once('>')?.0,
+        None => quoted,
+    };
+    if path.contains('\\') {
+        return None;
+    }
+    Some(path)
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -379,6 +509,32 @@ fn kill_group(pgid: Option<i32>, signal: Signal) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strace_lines_give_the_files_opened() {
+        assert_eq!(
+            opened_path(r#"openat(AT_FDCWD, "/in/a.txt", O_RDONLY|O_CLOEXEC) = 3"#),
+            Some("/in/a.txt")
+        );
+        assert_eq!(opened_path(r#"open("rel", O_RDONLY) = 4"#), Some("rel"));
+        assert_eq!(
+            opened_path(
+                r#"openat(AT_FDCWD, "/in", O_RDONLY|O_NONBLOCK|O_CLOEXEC|O_DIRECTORY) = 3"#
+            ),
+            None
+        );
+        assert_eq!(
+            opened_path(
+                r#"openat(AT_FDCWD, "/x", O_RDONLY) = -1 ENOENT (No such file or directory)"#
+            ),
+            None
+        );
+        assert_eq!(opened_path("+++ exited with 0 +++"), None);
+        assert_eq!(
+            opened_path(r#"openat(AT_FDCWD</in/d>, "deep/c.txt", O_RDONLY) = 3</in/d/deep/c.txt>"#),
+            Some("/in/d/deep/c.txt")
+        );
+    }
 
     #[test]
     fn captured_output_is_bounded_and_says_what_was_left_out() {

@@ -365,6 +365,7 @@ pub async fn run_ticket(
                 .collect(),
             writable,
             network: ticket.network,
+            trace: None,
         }
     });
     let ended = crate::engine::run_steps(
