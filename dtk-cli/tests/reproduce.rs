@@ -438,3 +438,65 @@ fn a_sandboxed_node_without_bubblewrap_fails_clearly_and_does_not_run() {
     );
     assert!(!e.path().join("out/ran").exists());
 }
+
+#[test]
+fn reproductions_made_in_two_copies_merge_as_a_union() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = hub_dir.path().join("hub.git");
+    git(hub_dir.path(), &["init", "-q", "--bare", "hub.git"]);
+    let upstream = hub_dir.path().join("upstream");
+    pinata_repo(&upstream);
+    let a = Env::project();
+    std::fs::create_dir_all(a.path().join("out")).unwrap();
+    a.dkt(&["remote", "add", "origin", hub.to_str().unwrap()])
+        .ok();
+    a.dkt(&["source", "add", "up", upstream.to_str().unwrap()])
+        .ok();
+    a.dkt(&["source", "add", "out", "out"]).ok();
+    let node = a
+        .dkt(&[
+            "node",
+            "run",
+            "--input=up",
+            "--output=out",
+            "cp ${up:ROOT}/README.md ${out:ROOT}/README.md",
+        ])
+        .ok()
+        .trim()
+        .to_owned();
+    let run = last_run(&a, &node);
+    a.dkt(&["push"]).ok();
+    let b = Env::new();
+    b.dkt(&["clone", hub.to_str().unwrap(), "."]).ok();
+    // B's copy of the output directory holds what the run published.
+    std::fs::create_dir_all(b.path().join("out")).unwrap();
+    std::fs::copy(
+        a.path().join("out/README.md"),
+        b.path().join("out/README.md"),
+    )
+    .unwrap();
+    for e in [&a, &b] {
+        let rep = e.dkt(&["--json", "reproduce", &run[..8]]).json();
+        assert_eq!(rep["outcome"], "identical", "{rep}");
+    }
+    a.dkt(&["remote", "add", "b", b.path().to_str().unwrap()])
+        .ok();
+    b.dkt(&["remote", "add", "a", a.path().to_str().unwrap()])
+        .ok();
+    let pulled = a.dkt(&["--json", "pull", "b"]).json();
+    assert_eq!(pulled["how"], "merged", "{pulled}");
+    b.dkt(&["pull", "a"]).ok();
+    for e in [&a, &b] {
+        let shown = e.dkt(&["--json", "node", "show", &run[..8]]).json();
+        assert_eq!(
+            shown["reproductions"].as_array().unwrap().len(),
+            2,
+            "{shown}"
+        );
+        let status = e.dkt(&["--json", "status"]).json();
+        assert!(
+            status["conflicts"].as_array().is_none_or(|c| c.is_empty()),
+            "{status}"
+        );
+    }
+}
