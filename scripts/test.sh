@@ -14,7 +14,8 @@
 #   queue's tests start servers of their own with `initdb` in temporary directories, as the
 #   unprivileged `postgres` user; openssl makes the test CA of its TLS test), chromium and
 #   chromium-driver (the dashboard's browser tests drive headless Chromium through
-#   WebDriver);
+#   WebDriver), bubblewrap (`bwrap`, the sandbox of `sandbox: true` nodes and `--sandbox`;
+#   it needs user namespaces when not run as root), strace (what a sandboxed run opened);
 # - PyPI packages: moto[server] (an S3-compatible server), prov and in-toto-attestation (the
 #   reference consumers of the provenance exports), cryptography (the test token service and
 #   the test CA of the HTTPS git server), blake3 and rfc8785 (the independent verifier of
@@ -50,6 +51,8 @@ need_cmd docker-registry docker-registry
 need_cmd skopeo skopeo
 need_cmd chromium chromium
 need_cmd chromedriver chromium-driver
+need_cmd bwrap bubblewrap
+need_cmd strace strace
 [ -x /usr/sbin/sshd ] || missing_apt+=(openssh-server)
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing_apt+=(postgresql)
 python3 -m pip --version >/dev/null 2>&1 || missing_apt+=(python3-pip)

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 /// was made from.
 ///
 /// Exit codes: 0 success, 1 failure (outside the user's control, or a failed run),
-/// 2 bad usage or bad input.
+/// 2 bad usage or bad input; `dkt reproduce`: 1 differs, 3 cannot be reproduced.
 #[derive(Debug, Parser)]
 #[command(name = "dkt", version, propagate_version = true, max_term_width = 100)]
 pub(crate) struct Cli {
@@ -189,6 +189,9 @@ pub(crate) enum Command {
         /// when stderr is a terminal).
         #[arg(long)]
         follow: bool,
+        /// Run every node through the sandbox (bubblewrap), as if each said `sandbox: true`.
+        #[arg(long)]
+        sandbox: bool,
     },
     /// Run scheduling passes forever (poll, run what changed), every --interval.
     ///
@@ -285,13 +288,40 @@ pub(crate) enum Command {
         /// Show what was derived from WHAT instead of what it derives from.
         #[arg(long)]
         downstream: bool,
-        /// Output format: manifest, dot, slsa (in-toto Statement, SLSA Provenance v1), prov (W3C PROV-JSON).
+        /// Output format: manifest, dot, slsa (in-toto Statement, SLSA Provenance v1), prov (W3C PROV-JSON), vsa (in-toto Statement, SLSA verification summary of the newest reproduction).
         #[arg(long, value_enum, default_value_t = Format::Manifest)]
         format: Format,
         /// With --format slsa: print the statement as a DSSE envelope signed with the
         /// project's key (keyid: the key's SHA256 fingerprint).
         #[arg(long)]
         sign: bool,
+        /// List the input files the run (run WHAT, or the run that made WHAT) opened:
+        /// recorded for sandboxed runs when strace was on PATH.
+        #[arg(long)]
+        files: bool,
+    },
+    /// Run a recorded run again and compare its outputs with what it published.
+    ///
+    /// WHAT is a run ID (a prefix of at least 4 hex digits) or SOURCE:VERSION of a
+    /// version a run produced. The run's node runs again in a fresh scratch area under
+    /// .dkt/tmp, on exactly the run's recorded input versions (materialized by their
+    /// kinds), with its recorded command (a script's recorded content, not today's file),
+    /// each output starting from the version it had before the run; then every output is
+    /// compared, file by file, with the version the run published. Nothing is published
+    /// and no run is recorded: the result is recorded as a reproduction of the run (shown
+    /// by `dkt node show RUN` and `dkt inspect`). Exits 0 when every output is identical,
+    /// 1 when one differs, 3 when the run cannot be reproduced (a recorded version is no
+    /// longer available, named in the report, or the command failed).
+    Reproduce {
+        /// RUN-ID or SOURCE:VERSION.
+        what: String,
+        /// Run through the sandbox (bubblewrap) even if the node does not say `sandbox: true`.
+        #[arg(long)]
+        sandbox: bool,
+        /// Also write the result as an in-toto statement with the SLSA verification
+        /// summary predicate (https://slsa.dev/verification_summary/v1) to FILE.
+        #[arg(long, value_name = "FILE")]
+        vsa_out: Option<PathBuf>,
     },
     /// Print a shell completion script for dkt.
     ///
@@ -396,6 +426,9 @@ pub(crate) enum Format {
     Dot,
     /// An in-toto Statement with a SLSA Provenance v1 predicate.
     Slsa,
+    /// An in-toto Statement with a SLSA verification summary predicate: the newest
+    /// reproduction (`dkt reproduce`) of the run that made WHAT (or of run WHAT).
+    Vsa,
     /// A W3C PROV-JSON document.
     Prov,
 }
@@ -493,6 +526,14 @@ pub(crate) enum NodeCommand {
         /// `overwrite` (publish anyway); default: record the run `conflict`, publish nothing.
         #[arg(long, value_name = "rerun|overwrite")]
         on_conflict: Option<String>,
+        /// Define a sandboxed node (`sandbox: true`): it runs through bubblewrap, inputs
+        /// read-only, outputs the only writable places besides a private /tmp, no
+        /// network, a clean environment, the project's .dkt hidden.
+        #[arg(long)]
+        sandbox: bool,
+        /// With --sandbox: the node may use the network (`network: true`).
+        #[arg(long, requires = "sandbox")]
+        network: bool,
         /// Only define the node; do not run it.
         #[arg(long)]
         no_run: bool,
@@ -522,6 +563,9 @@ pub(crate) enum NodeCommand {
         /// Then rerun every node below it, in topological order.
         #[arg(long)]
         downstream: bool,
+        /// Run through the sandbox (bubblewrap) even if the node does not say `sandbox: true`.
+        #[arg(long)]
+        sandbox: bool,
         /// End each run after this long (90s, 30m, 1h30m).
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,

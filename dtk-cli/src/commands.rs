@@ -226,6 +226,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             downstream,
             format,
             sign,
+            files,
         } => {
             if sign && (dot || format != Format::Slsa) {
                 return Err(UsageError(
@@ -234,6 +235,42 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .into());
             }
             let p = open(&dir)?;
+            if files {
+                let run = p.run_of(&what)?;
+                if as_json {
+                    json(
+                        out,
+                        &json!({ "run": run.id.to_hex(), "read_files": run.read_files }),
+                    )?;
+                } else if run.read_files.is_empty() {
+                    eprintln!(
+                        "run {} recorded no list of the files it opened (only sandboxed runs do, with strace on PATH; or it opened none of its inputs' files)",
+                        run.id.short()
+                    );
+                } else {
+                    let mut t = Table::new(&["INPUT", "FILE"]);
+                    for (source, paths) in &run.read_files {
+                        for f in paths {
+                            t.row(vec![source.to_string(), f.clone()]);
+                        }
+                    }
+                    t.print(out)?;
+                }
+                return Ok(exit::OK);
+            }
+            if format == Format::Vsa && !dot {
+                let run = p.run_of(&what)?;
+                let rep = p
+                    .reproductions(&run.id)?
+                    .pop()
+                    .ok_or_else(|| dtk::Error::NotFound {
+                        what: "reproduction",
+                        name: format!("of run {}", run.id.short()),
+                        hint: format!(": run `dkt reproduce {}` first", run.id.short()),
+                    })?;
+                json(out, &rep.to_vsa(&p)?)?;
+                return Ok(exit::OK);
+            }
             let m = p
                 .inspect(
                     &what,
@@ -258,6 +295,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
                 Format::Slsa => json(out, &m.to_slsa(&p)?)?,
                 Format::Prov => json(out, &m.to_prov())?,
+                Format::Vsa => unreachable!("handled above"),
                 Format::Manifest => {
                     if !as_json {
                         writeln!(
@@ -265,6 +303,11 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                             "# manifest for {what}{}",
                             if downstream { " (downstream)" } else { "" }
                         )?;
+                        if let Ok(run) = p.run_of(&what) {
+                            for r in p.reproductions(&run.id)? {
+                                writeln!(out, "# {}", reproduction_line(&r))?;
+                            }
+                        }
                         if let Some(d) = &m.root_digest {
                             // Seals name their scheme (`blake3-jcs:`); older ones are
                             // bare BLAKE3 hex.
@@ -285,8 +328,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             assume,
             timeout,
             follow,
+            sandbox,
         } => {
-            let p = open(&dir)?;
+            let p = open(&dir)?.with_sandbox(sandbox);
             let jobs = jobs_for(&p, jobs);
             let follower = Follower::start(&p, follow);
             let interrupted = cancel_on_signals(&p)?;
@@ -477,6 +521,25 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             let jobs = jobs_for(&p, jobs);
             let interval = dtk::engine::parse_duration(&interval)?;
             return daemon(p, interval, jobs, passes, as_json, out).await;
+        }
+        Command::Reproduce {
+            what,
+            sandbox,
+            vsa_out,
+        } => {
+            let p = open(&dir)?;
+            let _interrupted = cancel_on_signals(&p)?;
+            let rep = p.reproduce(&what, sandbox).await?;
+            if let Some(file) = &vsa_out {
+                let text = serde_json::to_string_pretty(&rep.to_vsa(&p)?)? + "\n";
+                std::fs::write(file, text).map_err(|e| dtk::Error::io(file, e))?;
+            }
+            if as_json {
+                json(out, &rep)?;
+            } else {
+                write_reproduction(out, &rep)?;
+            }
+            return Ok(rep.exit_code());
         }
         Command::Verify {
             what,
@@ -765,6 +828,8 @@ async fn node(
             on_success,
             on_failure,
             on_conflict,
+            sandbox,
+            network,
             no_run,
             force,
             timeout,
@@ -784,6 +849,8 @@ async fn node(
                     || on_success.is_some()
                     || on_failure.is_some()
                     || on_conflict.is_some()
+                    || sandbox
+                    || network
                 {
                     return Err(UsageError(format!(
                         "{}: a node file holds the labels, inputs, outputs and hooks; do not give them as options too",
@@ -819,6 +886,8 @@ async fn node(
                 spec.on_success = on_success;
                 spec.on_failure = on_failure;
                 spec.on_conflict = on_conflict;
+                spec.sandbox = sandbox;
+                spec.network = network;
                 spec
             };
             let timeout = timeout
@@ -905,9 +974,11 @@ async fn node(
         NodeCommand::Rerun {
             id,
             downstream,
+            sandbox,
             timeout,
             follow,
         } => {
+            let p = p.with_sandbox(sandbox);
             let (id, _) = p.node(&id)?;
             let timeout = timeout
                 .as_deref()
@@ -1048,6 +1119,7 @@ async fn node(
             let log = p.run_log(&rec.id)?;
             let status = p.effective_status(&rec);
             let script = p.node(&rec.node.to_hex()).ok().and_then(|(_, n)| n.script);
+            let reproductions = p.reproductions(&rec.id)?;
             if as_json {
                 let mut v = serde_json::to_value(&rec)?;
                 v["status"] = json!(status);
@@ -1055,6 +1127,7 @@ async fn node(
                 if let Some(s) = &script {
                     v["script"] = json!(s);
                 }
+                v["reproductions"] = json!(reproductions);
                 json(out, &v)?;
             } else {
                 writeln!(out, "run      {}", rec.id.to_hex())?;
@@ -1074,6 +1147,9 @@ async fn node(
                 writeln!(out, "outputs  {}", sv_list(&rec.outputs))?;
                 if let Some(s) = &rec.staging {
                     writeln!(out, "staging  {s}  (what the run wrote: out-SOURCE per output; nothing was published)")?;
+                }
+                for r in &reproductions {
+                    writeln!(out, "reproduced {}", reproduction_line(r))?;
                 }
                 writeln!(out, "--- log")?;
                 write!(out, "{log}")?;
@@ -1450,4 +1526,96 @@ fn key(p: Project, cmd: KeyCommand, as_json: bool, out: &mut dyn Write) -> anyho
         writeln!(out, "record       {}", info.record)?;
     }
     Ok(exit::OK)
+}
+
+/// One line about a reproduction: when, how it came out, what differed.
+fn reproduction_line(r: &dtk::reproduce::Reproduction) -> String {
+    let mut line = format!(
+        "{} {} {}{}",
+        r.id.get(..8).unwrap_or(&r.id),
+        fmt_ms(r.ended_ms),
+        r.outcome,
+        if r.sandbox { " (sandboxed)" } else { "" }
+    );
+    let differing: Vec<String> = r
+        .outputs
+        .iter()
+        .filter(|o| !o.identical)
+        .map(|o| {
+            let files: Vec<&str> = o
+                .added
+                .iter()
+                .map(|f| f.path.as_str())
+                .chain(o.removed.iter().map(|f| f.path.as_str()))
+                .chain(o.changed.iter().map(|f| f.path.as_str()))
+                .collect();
+            format!("{}: {}", o.source, files.join(", "))
+        })
+        .collect();
+    if !differing.is_empty() {
+        line.push_str(&format!(" ({})", differing.join("; ")));
+    }
+    if let Some(u) = &r.unavailable {
+        line.push_str(&format!(" ({} unavailable)", u.version));
+    }
+    line
+}
+
+fn fmt_ms(ms: u64) -> String {
+    dtk::inspect::rfc3339(ms)
+}
+
+/// The report of `dkt reproduce`.
+fn write_reproduction(
+    out: &mut dyn Write,
+    r: &dtk::reproduce::Reproduction,
+) -> std::io::Result<()> {
+    use dtk::reproduce::Outcome;
+    writeln!(
+        out,
+        "reproduction {} of run {} (node {}){}: {}",
+        r.id.get(..8).unwrap_or(&r.id),
+        r.run.short(),
+        r.node.short(),
+        if r.sandbox { ", sandboxed" } else { "" },
+        r.outcome
+    )?;
+    if let Some(u) = &r.unavailable {
+        writeln!(out, "  {} is no longer available: {}", u.version, u.error)?;
+    }
+    if r.outcome == Outcome::Failed {
+        match (r.exit_code, &r.error) {
+            (Some(c), _) => writeln!(out, "  the command failed (exit status {c})")?,
+            (None, Some(e)) => writeln!(out, "  the command failed: {e}")?,
+            (None, None) => writeln!(out, "  the command failed")?,
+        }
+    }
+    for o in &r.outputs {
+        if let Some(e) = &o.error {
+            writeln!(out, "  {}:{} cannot be compared: {e}", o.source, o.recorded)?;
+            continue;
+        }
+        if let Some(n) = &o.note {
+            writeln!(out, "  {}: {n}", o.source)?;
+        }
+        if o.identical {
+            writeln!(out, "  {}:{} identical", o.source, o.recorded)?;
+            continue;
+        }
+        writeln!(out, "  {}:{} differs:", o.source, o.recorded)?;
+        for f in &o.added {
+            writeln!(out, "    added    {} ({} bytes)", f.path, f.size)?;
+        }
+        for f in &o.removed {
+            writeln!(out, "    removed  {} ({} bytes)", f.path, f.size)?;
+        }
+        for f in &o.changed {
+            writeln!(
+                out,
+                "    changed  {} ({} -> {} bytes)",
+                f.path, f.recorded_size, f.reproduced_size
+            )?;
+        }
+    }
+    Ok(())
 }

@@ -1224,3 +1224,35 @@ fn a_run_whose_worker_dies_runs_again_on_another_in_the_same_pass() {
         "hello\n"
     );
 }
+
+#[test]
+fn a_sandboxed_node_runs_sandboxed_on_a_remote_worker() {
+    let pg = Postgres::start();
+    let c = coordinator(&pg, "30s");
+    let e = &c.e;
+    e.write("data/d.txt", "data\n");
+    e.write(
+        "pipeline.yml",
+        "sources:\n  - name: data\n    location: ./data\n  - name: o\n  - name: plain\nnodes:\n  - inputs: [data]\n    outputs: [o]\n    sandbox: true\n    run:\n      - cp ${data:ROOT}/d.txt ${o:ROOT}/d.txt\n      - (echo x > ${data:ROOT}/new && echo wrote || echo denied) > ${o:ROOT}/input\n      - (echo x > /tmp/x && echo wrote || echo denied) > ${o:ROOT}/tmp\n      - (env | grep -c PGPASSWORD || true) > ${o:ROOT}/env\n  - inputs: [data]\n    outputs: [plain]\n    run:\n      - (echo x > ${data:ROOT}/new && echo wrote || echo denied) > ${plain:ROOT}/input\n",
+    );
+    e.dkt(&["apply", "pipeline.yml"]).ok();
+    let home = Home::new(&[]);
+    let _w = home.spawn(&pg, "linux", 1);
+    wait_for("a worker in `dkt worker list`", || {
+        let list = e.dkt(&["--json", "worker", "list"]);
+        list.code() == 0 && list.json().as_array().unwrap().len() == 1
+    });
+    let ran = e.dkt(&["--json", "run"]);
+    assert_eq!(ran.code(), 0, "{}\n{}", ran.stdout(), ran.stderr());
+    let o = location(e, "o");
+    let read = |f: &str| std::fs::read_to_string(o.join(f)).unwrap();
+    assert_eq!(read("d.txt"), "data\n");
+    assert_eq!(read("input"), "denied\n");
+    assert_eq!(read("tmp"), "wrote\n");
+    assert_eq!(read("env"), "0\n", "the worker's environment stays out");
+    // The same write, unsandboxed on the same worker, works: the sandbox denied it.
+    assert_eq!(
+        std::fs::read_to_string(location(e, "plain").join("input")).unwrap(),
+        "wrote\n"
+    );
+}

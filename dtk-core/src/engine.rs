@@ -131,6 +131,12 @@ pub struct NodeFile {
     /// (default: record the run `conflict`, publish nothing).
     #[serde(default)]
     pub on_conflict: Option<crate::model::OnConflict>,
+    /// Run through bubblewrap (inputs read-only, no network, a clean environment).
+    #[serde(default)]
+    pub sandbox: bool,
+    /// A sandboxed node may use the network.
+    #[serde(default)]
+    pub network: bool,
 }
 
 /// `retry:` of a node file: a count, or a count and a backoff.
@@ -205,6 +211,15 @@ impl NodeFile {
         spec.on_success = self.on_success.clone();
         spec.on_failure = self.on_failure.clone();
         spec.on_conflict = self.on_conflict;
+        spec.sandbox = self.sandbox;
+        spec.network = self.network;
+        if self.network && !self.sandbox {
+            return Err(Error::invalid(
+                "node file",
+                "network",
+                "`network: true` only means something with `sandbox: true` (a node that is not sandboxed has the network)",
+            ));
+        }
         spec.retry = match &self.retry {
             None => None,
             Some(RetryDecl::Count(count)) => Some(crate::model::Retry {
@@ -599,6 +614,7 @@ impl Project {
             input_digests: Vec::new(),
             log_digest: None,
             staging: None,
+            read_files: Default::default(),
             digest: None,
         });
         record.input_digests = input_digests(&snap, &record.inputs)?;
@@ -671,14 +687,16 @@ impl Project {
             }
         });
         let node = node.clone();
+        let mut read_files = BTreeMap::new();
         let result = match self.dispatcher.clone() {
             Some(d) => self.execute_remote(&d, &node, &record, timeout).await,
             None => self
-                .execute(&node, &record, timeout)
+                .execute(&node, &record, timeout, &mut read_files)
                 .await
                 .map(|(log, exec)| (log, exec, None)),
         };
         renew.abort();
+        record.read_files = read_files;
         // The claim as this process holds it: the fence of the result commit.
         let claim = record.clone();
         let (log, outcome) = match result {
@@ -1394,6 +1412,7 @@ impl Project {
         node: &NodeSpec,
         record: &RunRecord,
         timeout: Option<Duration>,
+        read_files: &mut BTreeMap<Name, Vec<String>>,
     ) -> Result<(String, Exec)> {
         let snap = self.store().snapshot()?;
         let scratch = tempfile::Builder::new()
@@ -1404,12 +1423,20 @@ impl Project {
         // The scratch area as it really is, before any command ran.
         let scratch_real = std::fs::canonicalize(scratch.path()).at(scratch.path())?;
         let mut scope = Scope::default();
+        let mut input_roots = Vec::new();
+        let mut named_roots = Vec::new();
         // Inputs at their versions.
         for sv in &record.inputs {
             let spec = read_source(&snap, &sv.source)?;
             let source = self.open_source(&spec)?;
             let dir = ensure_dir(&scratch.path().join(format!("in-{}", sv.source)))?;
             let root = source.materialize(&sv.version, &dir).await?;
+            input_roots.push(dir.clone());
+            input_roots.push(root.clone());
+            named_roots.push((
+                sv.source.clone(),
+                std::fs::canonicalize(&root).unwrap_or_else(|_| root.clone()),
+            ));
             let mut fields = source.fields(Some(&sv.version), &root)?;
             // A version of a pattern source names the ref it was the tip of: that is its
             // REF, not the pattern.
@@ -1472,8 +1499,34 @@ impl Project {
         ];
         env.extend(scope.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.extend(private);
+        let sandbox = self.sandboxed(node).then(|| {
+            let writable = outputs.iter().map(|o| o.2.clone()).collect::<Vec<_>>();
+            let mut view =
+                self.sandbox_view(node, scratch.path(), &work, input_roots, writable, &mut env);
+            // What the command opens of its inputs, when strace is there to say.
+            let trace = scratch.path().join("trace");
+            if std::fs::create_dir_all(&trace).is_ok() {
+                view.trace = std::fs::canonicalize(&trace).ok();
+            }
+            view
+        });
         let cancel = self.cancel_token();
-        match run_steps(&steps, &work, &env, timeout, &cancel, &sink).await {
+        let ended = run_steps(
+            &steps,
+            &work,
+            &env,
+            sandbox.as_ref(),
+            timeout,
+            &cancel,
+            &sink,
+        )
+        .await;
+        if let Some(trace) = sandbox.as_ref().and_then(|s| s.trace.as_ref()) {
+            let work_real = std::fs::canonicalize(&work).unwrap_or_else(|_| work.clone());
+            *read_files = crate::process::opened_files(trace, &work_real, &named_roots);
+            tracing::debug!(run = %record.id, files = ?read_files, "input files the run opened");
+        }
+        match ended {
             None => {}
             Some(StepsEnded::Failed { code, error }) => {
                 return Ok((sink.text(), Exec::Failed { code, error }))
@@ -1598,8 +1651,15 @@ impl Project {
                 vars.insert(k, v);
             }
         }
+        let sandbox = self.sandboxed(node);
         let ticket = Ticket {
-            format: remote::TICKET_FORMAT,
+            format: if sandbox {
+                remote::TICKET_FORMAT_SANDBOX
+            } else {
+                remote::TICKET_FORMAT
+            },
+            sandbox,
+            network: sandbox && node.network,
             run: record.id,
             node: record.node,
             attempt: record.attempt,
@@ -1822,7 +1882,41 @@ impl Project {
         self.plan(node, &scope, None).map(|_| ())
     }
 
-    fn add_private(&self, scope: &mut Scope) {
+    /// The sandbox a run of `node` executes in (`sandbox: true`, `--sandbox`): the
+    /// project's directory read-only with its `.dkt` hidden, the inputs (`inputs`) and
+    /// the scratch area's rendered script read-only, `writable` (the outputs' staging
+    /// directories) and the work directory writable, the network only if the node
+    /// declares it. `env` becomes the whole environment: it gets `PATH` (dkt's own) and
+    /// `HOME`/`TMPDIR` (`/tmp`), nothing else of dkt's environment.
+    pub(crate) fn sandbox_view(
+        &self,
+        node: &NodeSpec,
+        scratch: &Path,
+        work: &Path,
+        inputs: Vec<PathBuf>,
+        mut writable: Vec<PathBuf>,
+        env: &mut Vec<(String, String)>,
+    ) -> crate::process::Sandbox {
+        let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+        let mut read_only: Vec<PathBuf> = inputs.iter().map(|p| real(p)).collect();
+        read_only.push(real(&scratch.join("script")));
+        writable.push(work.to_owned());
+        let path =
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned());
+        env.push(("PATH".to_owned(), path));
+        env.push(("HOME".to_owned(), "/tmp".to_owned()));
+        env.push(("TMPDIR".to_owned(), "/tmp".to_owned()));
+        crate::process::Sandbox {
+            visible: vec![real(self.root())],
+            hide: vec![real(self.dkt_dir())],
+            read_only,
+            writable: writable.iter().map(|p| real(p)).collect(),
+            network: node.network,
+            trace: None,
+        }
+    }
+
+    pub(crate) fn add_private(&self, scope: &mut Scope) {
         for (k, v) in &self.config().vars {
             scope.private.insert(k.clone(), v.clone());
         }
@@ -1837,7 +1931,7 @@ impl Project {
 
     /// The processes to run, as argv lists; script files are rendered into `scratch`
     /// (with `None`, only checked).
-    fn plan(
+    pub(crate) fn plan(
         &self,
         node: &NodeSpec,
         scope: &Scope,
@@ -1934,6 +2028,7 @@ pub(crate) async fn run_steps(
     steps: &[Vec<String>],
     work: &Path,
     env: &[(String, String)],
+    sandbox: Option<&crate::process::Sandbox>,
     timeout: Option<Duration>,
     cancel: &tokio_util::sync::CancellationToken,
     sink: &crate::process::Sink,
@@ -1944,6 +2039,7 @@ pub(crate) async fn run_steps(
                 argv: step,
                 cwd: work,
                 env: env.to_vec(),
+                sandbox,
             },
             timeout,
             cancel,

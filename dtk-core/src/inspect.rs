@@ -176,7 +176,7 @@ struct Walker<'a> {
 
 /// `ms` (milliseconds since the Unix epoch) as RFC 3339 UTC with milliseconds
 /// (`2025-11-26T15:13:20.123Z`).
-fn rfc3339(ms: u64) -> String {
+pub fn rfc3339(ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_millis(t).to_string()
 }

@@ -43,6 +43,7 @@ pub mod project;
 pub mod queue;
 pub mod records;
 pub mod remote;
+pub mod reproduce;
 pub mod scheduler;
 pub mod signing;
 pub mod source;

@@ -149,6 +149,14 @@ pub struct NodeSpec {
     /// [`RunStatus::Conflict`] and publish nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_conflict: Option<OnConflict>,
+    /// Run through bubblewrap (`sandbox: true`): inputs read-only, outputs the only
+    /// writable places besides a private `/tmp`, no network unless [`network`](Self::network),
+    /// a clean environment, the project's `.dkt` hidden.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox: bool,
+    /// A sandboxed node may use the network (`network: true`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network: bool,
 }
 
 /// What a run does when an output moved while it ran (`on-conflict:` of a node).
@@ -247,6 +255,8 @@ impl NodeSpec {
             script: None,
             retry: None,
             on_conflict: None,
+            sandbox: false,
+            network: false,
         }
     }
 
@@ -274,7 +284,9 @@ impl NodeSpec {
     /// the path as given and `blake3:HEX` of the content (nodes without one end after
     /// `on-failure`, as before scripts were recorded, so their IDs are unchanged). A node
     /// with a retry policy ends with one more field still, `retry`, whose two items are
-    /// the count (decimal) and the backoff as written.
+    /// the count (decimal) and the backoff as written. A node with an on-conflict policy
+    /// ends with `on-conflict` (one item, the policy); a sandboxed node then with
+    /// `sandbox` (no item), and one that may use the network with `network` (no item).
     pub fn canonical_encoding(&self) -> Vec<u8> {
         let mut n = self.clone();
         n.normalize();
@@ -324,6 +336,12 @@ impl NodeSpec {
         }
         if let Some(policy) = n.on_conflict {
             field("on-conflict", &[policy.as_str()]);
+        }
+        if n.sandbox {
+            field("sandbox", &[]);
+        }
+        if n.network {
+            field("network", &[]);
         }
         out
     }
@@ -531,6 +549,10 @@ pub struct RunRecord {
     /// where what it wrote into its outputs was kept, one `out-SOURCE` directory per output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staging: Option<String>,
+    /// A sandboxed run traced with strace: the files of each input it opened (paths
+    /// inside the input, `/`-separated, sorted), by input.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub read_files: BTreeMap<Name, Vec<String>>,
     /// The digest of this record without this field (see [`seal`](Self::seal)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
@@ -766,6 +788,7 @@ mod tests {
             input_digests: vec![],
             log_digest: None,
             staging: None,
+            read_files: BTreeMap::new(),
             digest: None,
         };
         let mut sealed = run.clone();

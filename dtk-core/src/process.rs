@@ -183,6 +183,221 @@ pub(crate) struct Step<'a> {
     pub(crate) argv: &'a [String],
     pub(crate) cwd: &'a Path,
     pub(crate) env: Vec<(String, String)>,
+    /// Run through bubblewrap with this view of the file system; the environment is then
+    /// `env` alone.
+    pub(crate) sandbox: Option<&'a Sandbox>,
+}
+
+/// The environment variable naming the bubblewrap program to use (default: `bwrap`
+/// found on `PATH`).
+pub(crate) const BWRAP_ENV: &str = "DKT_BWRAP";
+
+/// What a sandboxed command sees: the whole file system read-only, a private `/tmp`,
+/// `hide` replaced by empty directories, `read_only` and `writable` bound over that (in
+/// that order, so they may lie under a hidden directory or `/tmp`), no network unless
+/// `network`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Sandbox {
+    /// Bound read-only before `hide` is hidden (the project's directory).
+    pub(crate) visible: Vec<PathBuf>,
+    /// Replaced by an empty directory (the project's `.dkt`).
+    pub(crate) hide: Vec<PathBuf>,
+    /// Bound read-only (inputs, the rendered script).
+    pub(crate) read_only: Vec<PathBuf>,
+    /// Bound writable (outputs' staging directories, the work directory).
+    pub(crate) writable: Vec<PathBuf>,
+    /// Keep the host's network.
+    pub(crate) network: bool,
+    /// Trace the files the command opens with strace (when it is on `PATH`) into this
+    /// directory (bound writable), one file per process.
+    pub(crate) trace: Option<PathBuf>,
+}
+
+impl Sandbox {
+    /// The bubblewrap program: `$DKT_BWRAP` if set, else `bwrap` on `PATH`; an error
+    /// saying how to get it when there is none (a sandboxed node never runs unsandboxed).
+    pub(crate) fn program() -> std::result::Result<PathBuf, String> {
+        if let Some(p) = std::env::var_os(BWRAP_ENV).filter(|p| !p.is_empty()) {
+            let p = PathBuf::from(p);
+            return if is_executable(&p) {
+                Ok(p)
+            } else {
+                Err(format!(
+                    "this node runs sandboxed, but the bubblewrap program {} ({BWRAP_ENV}) is not an executable file; it is not run unsandboxed",
+                    p.display()
+                ))
+            };
+        }
+        find_on_path("bwrap")
+            .ok_or_else(|| {
+                "this node runs sandboxed (sandbox: true, or --sandbox), but bubblewrap (`bwrap`) is not on PATH: install it (Debian/Ubuntu: apt-get install bubblewrap); it is not run unsandboxed".to_owned()
+            })
+    }
+
+    /// The bubblewrap arguments that run `argv` in `cwd` inside this sandbox.
+    pub(crate) fn wrap(&self, bwrap: &Path, argv: &[String], cwd: &Path) -> Vec<String> {
+        let s = |p: &Path| p.display().to_string();
+        let mut out = vec![s(bwrap), "--die-with-parent".into(), "--unshare-all".into()];
+        if self.network {
+            out.push("--share-net".into());
+        }
+        out.extend(
+            ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+                .iter()
+                .map(|a| a.to_string()),
+        );
+        out.extend(["--tmpfs".into(), "/tmp".into()]);
+        for p in self.visible.iter().filter(|p| p.exists()) {
+            out.extend(["--ro-bind".into(), s(p), s(p)]);
+        }
+        for p in self.hide.iter().filter(|p| p.exists()) {
+            out.extend(["--tmpfs".into(), s(p)]);
+        }
+        for p in self.read_only.iter().filter(|p| p.exists()) {
+            out.extend(["--ro-bind".into(), s(p), s(p)]);
+        }
+        for p in self.writable.iter().filter(|p| p.exists()) {
+            out.extend(["--bind".into(), s(p), s(p)]);
+        }
+        let strace = self.trace.as_ref().and_then(|t| Some((t, strace()?)));
+        if let Some((dir, _)) = &strace {
+            out.extend(["--bind".into(), s(dir), s(dir)]);
+        }
+        out.extend(["--chdir".into(), s(cwd), "--".into()]);
+        if let Some((dir, strace)) = &strace {
+            out.extend([
+                s(strace),
+                "-ff".into(),
+                "-qq".into(),
+                "-y".into(),
+                "-e".into(),
+                "trace=open,openat,openat2".into(),
+                "-e".into(),
+                "status=successful".into(),
+                "-o".into(),
+                // Each step is a PID namespace of its own: its PIDs repeat, so each step's
+                // files get a prefix of their own.
+                s(&dir.join(format!(
+                    "step{}",
+                    TRACE_STEP.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                ))),
+                "--".into(),
+            ]);
+        }
+        out.extend(argv.iter().cloned());
+        out
+    }
+}
+
+/// strace, when it is on `PATH` and can trace here (checked once: a machine whose
+/// ptrace is locked down would otherwise fail every sandboxed run); `DKT_TRACE=0`
+/// turns tracing off.
+fn strace() -> Option<PathBuf> {
+    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            if std::env::var("DKT_TRACE").is_ok_and(|v| v == "0") {
+                return None;
+            }
+            let p = find_on_path("strace")?;
+            let works = std::process::Command::new(&p)
+                .args(["-f", "-qq", "-o", "/dev/null", "--", "true"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            works.then_some(p)
+        })
+        .clone()
+}
+
+static TRACE_STEP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `name` found in a directory of `PATH`.
+pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+/// The files under `roots` (by name) that the processes traced into `dir` opened
+/// successfully (not directories), as paths relative to their root; a relative path is
+/// taken relative to `cwd` (the command's starting directory).
+pub(crate) fn opened_files(
+    dir: &Path,
+    cwd: &Path,
+    roots: &[(crate::Name, PathBuf)],
+) -> std::collections::BTreeMap<crate::Name, Vec<String>> {
+    let mut out: std::collections::BTreeMap<crate::Name, std::collections::BTreeSet<String>> =
+        Default::default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        tracing::debug!(dir = %dir.display(), "no trace of the files opened");
+        return Default::default();
+    };
+    for e in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some(path) = opened_path(line) else {
+                continue;
+            };
+            let path = cwd.join(path);
+            if !path.is_file() {
+                continue;
+            }
+            for (name, root) in roots {
+                if let Ok(rel) = path.strip_prefix(root) {
+                    let rel: Vec<String> = rel
+                        .components()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .collect();
+                    if !rel.is_empty() && !rel.iter().any(|c| c == "..") {
+                        out.entry(name.clone()).or_default().insert(rel.join("/"));
+                    }
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(k, v)| (k, v.into_iter().collect()))
+        .collect()
+}
+
+/// The path of one strace line `openat(AT_FDCWD</cwd>, "PATH", FLAGS) = FD</real/path>`
+/// (also `open`, `openat2`; strace `-y` decodes the descriptor returned into the path
+/// opened, symbolic links resolved, whatever the directory the process was in) that
+/// opened something other than a directory: that decoded path, else the quoted one;
+/// `None` for anything else (failed calls, paths strace had to escape, directories).
+fn opened_path(line: &str) -> Option<&str> {
+    let call = ["openat2(", "openat(", "open("]
+        .iter()
+        .find_map(|c| line.find(c).map(|i| &line[i..]))?;
+    let (_, rest) = call.split_once('"')?;
+    let (quoted, rest) = rest.split_once('"')?;
+    if rest.contains("O_DIRECTORY") {
+        return None;
+    }
+    let (_, result) = rest.rsplit_once(") = ")?;
+    let digits = result.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let path = match result[digits..].strip_prefix('<') {
+        Some(decoded) => decoded.rsplit_once('>')?.0,
+        None => quoted,
+    };
+    if path.contains('\\') {
+        return None;
+    }
+    Some(path)
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Run `step` in a process group of its own, its output into `sink`, until it exits, its
@@ -201,8 +416,23 @@ pub(crate) async fn run(
         Ok(w) => w,
         Err(e) => return Ended::NotStarted(format!("cannot make a pipe: {e}")),
     };
-    let mut cmd = tokio::process::Command::new(&step.argv[0]);
-    cmd.args(&step.argv[1..])
+    let wrapped;
+    let argv = match step.sandbox {
+        None => step.argv,
+        Some(sandbox) => {
+            let bwrap = match Sandbox::program() {
+                Ok(p) => p,
+                Err(e) => return Ended::NotStarted(e),
+            };
+            wrapped = sandbox.wrap(&bwrap, step.argv, step.cwd);
+            &wrapped[..]
+        }
+    };
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    if step.sandbox.is_some() {
+        cmd.env_clear();
+    }
+    cmd.args(&argv[1..])
         .current_dir(step.cwd)
         .envs(step.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -279,6 +509,32 @@ fn kill_group(pgid: Option<i32>, signal: Signal) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strace_lines_give_the_files_opened() {
+        assert_eq!(
+            opened_path(r#"openat(AT_FDCWD, "/in/a.txt", O_RDONLY|O_CLOEXEC) = 3"#),
+            Some("/in/a.txt")
+        );
+        assert_eq!(opened_path(r#"open("rel", O_RDONLY) = 4"#), Some("rel"));
+        assert_eq!(
+            opened_path(
+                r#"openat(AT_FDCWD, "/in", O_RDONLY|O_NONBLOCK|O_CLOEXEC|O_DIRECTORY) = 3"#
+            ),
+            None
+        );
+        assert_eq!(
+            opened_path(
+                r#"openat(AT_FDCWD, "/x", O_RDONLY) = -1 ENOENT (No such file or directory)"#
+            ),
+            None
+        );
+        assert_eq!(opened_path("+++ exited with 0 +++"), None);
+        assert_eq!(
+            opened_path(r#"openat(AT_FDCWD</in/d>, "deep/c.txt", O_RDONLY) = 3</in/d/deep/c.txt>"#),
+            Some("/in/d/deep/c.txt")
+        );
+    }
 
     #[test]
     fn captured_output_is_bounded_and_says_what_was_left_out() {

@@ -260,6 +260,9 @@ pub struct Project {
     pub(crate) dispatcher: Option<Arc<dyn crate::remote::Dispatcher>>,
     /// The user's allowed-signers file, when not the default (see [`crate::signing`]).
     allowed_signers: Option<PathBuf>,
+    /// Run every node this process executes sandboxed (`--sandbox`), not only those
+    /// whose definition says so.
+    sandbox_all: bool,
 }
 
 /// How many sources a poll reads at once (a slow remote delays only its own slot).
@@ -605,6 +608,7 @@ impl Project {
             queue: Arc::new(crate::queue::LocalQueue::new(queue_dir)),
             dispatcher: None,
             allowed_signers: None,
+            sandbox_all: false,
         };
         project.check_kinds()?;
         // Sources an upgraded store marked as made by dtk stay so only where their
@@ -786,6 +790,18 @@ impl Project {
     pub fn with_cwd(mut self, cwd: impl Into<PathBuf>) -> Self {
         self.cwd = cwd.into();
         self
+    }
+
+    /// Run every node this project handle executes through the sandbox (`--sandbox`),
+    /// whether or not its definition says `sandbox: true`.
+    pub fn with_sandbox(mut self, all: bool) -> Self {
+        self.sandbox_all = all;
+        self
+    }
+
+    /// Whether a run of `node` by this handle is sandboxed.
+    pub fn sandboxed(&self, node: &crate::NodeSpec) -> bool {
+        node.sandbox || self.sandbox_all
     }
 
     /// With `progress` receiving the progress of long transfers (downloads, uploads).

@@ -628,6 +628,7 @@ mod tests {
             input_digests: Vec::new(),
             log_digest: None,
             staging: None,
+            read_files: Default::default(),
             digest: None,
         }
     }

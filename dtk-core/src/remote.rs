@@ -32,6 +32,10 @@ use crate::{Command, Fields, Name, NodeId, Result, RunId, Secrets, SourceSpec, V
 /// The format of [`Ticket`] and [`TicketResult`]; a worker refuses other formats.
 pub const TICKET_FORMAT: u32 = 1;
 
+/// The format of a ticket of a sandboxed node (workers older than sandboxing refuse it
+/// instead of running the command unsandboxed).
+pub const TICKET_FORMAT_SANDBOX: u32 = 2;
+
 /// Where a shipped tree's root appears in the field values of a ticket; the worker
 /// replaces it with the directory it extracted the tree into.
 pub const ROOT_PLACEHOLDER: &str = "/.dkt-remote-root";
@@ -71,6 +75,13 @@ pub struct Ticket {
     /// The kinds' settings (`[kind.NAME]` tables of the coordinator's `.dkt/config`).
     #[serde(default)]
     pub settings: BTreeMap<String, BTreeMap<String, String>>,
+    /// Run the command through bubblewrap (a sandboxed node): such a ticket has format
+    /// [`TICKET_FORMAT_SANDBOX`], so a worker that cannot sandbox refuses it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox: bool,
+    /// A sandboxed command may use the network.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network: bool,
     /// The run's time limit, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -294,6 +305,14 @@ pub async fn run_ticket(
         ));
     }
     let mut scope = crate::engine::Scope::default();
+    let output_roots: Vec<PathBuf> = outputs
+        .iter()
+        .filter_map(|(_, f)| f.get("ROOT").map(PathBuf::from))
+        .collect();
+    let input_roots: Vec<PathBuf> = inputs
+        .iter()
+        .filter_map(|(_, f)| f.get("ROOT").map(PathBuf::from))
+        .collect();
     for (name, fields) in inputs.into_iter().chain(outputs) {
         scope.add(&name, fields)?;
     }
@@ -328,7 +347,37 @@ pub async fn run_ticket(
     env.extend(scope.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend(scope.used_private());
     let timeout = ticket.timeout_ms.map(Duration::from_millis);
-    let ended = crate::engine::run_steps(&steps, &work, &env, timeout, cancel, &sink).await;
+    let sandbox = ticket.sandbox.then(|| {
+        env.push((
+            "PATH".to_owned(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        ));
+        env.push(("HOME".to_owned(), "/tmp".to_owned()));
+        env.push(("TMPDIR".to_owned(), "/tmp".to_owned()));
+        let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+        let mut writable: Vec<PathBuf> = output_roots.iter().map(|p| real(p)).collect();
+        writable.push(real(&work));
+        crate::process::Sandbox {
+            visible: Vec::new(),
+            hide: Vec::new(),
+            read_only: std::iter::once(real(scratch))
+                .chain(input_roots.iter().map(|p| real(p)))
+                .collect(),
+            writable,
+            network: ticket.network,
+            trace: None,
+        }
+    });
+    let ended = crate::engine::run_steps(
+        &steps,
+        &work,
+        &env,
+        sandbox.as_ref(),
+        timeout,
+        cancel,
+        &sink,
+    )
+    .await;
     let log = secrets.redact(&sink.text());
     let ending = match ended {
         None => Ending::Success {

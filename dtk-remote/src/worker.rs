@@ -289,7 +289,7 @@ async fn run_prepared(
     ctx: &Context,
     artifacts: &ArtifactStore,
 ) -> Result<(String, Ending)> {
-    if ticket.format != remote::TICKET_FORMAT {
+    if ticket.format != remote::TICKET_FORMAT && ticket.format != remote::TICKET_FORMAT_SANDBOX {
         return Ok((
             String::new(),
             Ending::Error {

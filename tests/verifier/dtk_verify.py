@@ -188,6 +188,12 @@ def node_encoding(spec):
     policy = spec.get("on_conflict")
     if policy is not None:
         out += enc_field("on-conflict", [policy])
+    for flag in ("sandbox", "network"):
+        value = spec.get(flag, False)
+        if not isinstance(value, bool):
+            raise ValueError(flag + " is not a boolean")
+        if value:
+            out += enc_field(flag, [])
     return out
 
 
