@@ -48,6 +48,7 @@ fn run(
         input_digests: vec![],
         log_digest: None,
         staging: None,
+        read_files: Default::default(),
         digest: None,
     };
     r.seal().expect("seal");

@@ -96,6 +96,7 @@ fn project(rt: &tokio::runtime::Runtime) -> (PathBuf, Project) {
                     input_digests: vec![],
                     log_digest: None,
                     staging: None,
+                    read_files: Default::default(),
                     digest: None,
                 };
                 r.seal().expect("seal");

@@ -33,6 +33,7 @@ fn record(i: usize) -> RunRecord {
         input_digests: vec![],
         log_digest: None,
         staging: None,
+        read_files: Default::default(),
         digest: None,
     }
 }

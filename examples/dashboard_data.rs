@@ -50,6 +50,7 @@ fn run(node: &NodeSpec, inputs: Vec<SourceVersion>, status: RunStatus, t: u64) -
         input_digests: vec![],
         log_digest: None,
         staging: None,
+        read_files: Default::default(),
         digest: None,
     };
     r.seal().expect("seal");
