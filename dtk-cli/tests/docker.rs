@@ -311,18 +311,66 @@ fn docker_sources_poll_feed_nodes_and_publish() {
         ])
         .fails(2);
     assert!(err.contains("127.0.0.1:1/Bad/Name"), "{err}");
-    // A missing tag too.
-    let err = e
+    // A tag that does not exist yet is added without a version, with a note (a node may
+    // publish it first), in JSON too.
+    let j = e
         .dkt(&[
+            "--json",
             "source",
             "add",
-            "none",
+            "fresh",
             &format!("{loc}:nope"),
             "-k",
             "docker",
         ])
-        .fails(2);
-    assert!(err.contains("nope"), "{err}");
+        .json();
+    assert_eq!(j["tag"], "nope", "{j}");
+    assert!(j["latest"].is_null(), "{j}");
+    let note = j["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("\"nope\"") && note.contains("does not exist yet"),
+        "{j}"
+    );
+    let list = e.dkt(&["--json", "source", "list"]).json();
+    assert!(source(&list, "fresh")["latest"].is_null(), "{list}");
+    // Polling it again is a note, not a failure.
+    let up = e.dkt(&["--json", "source", "update", "fresh"]).json();
+    assert!(up[0]["error"].is_null(), "{up}");
+    assert!(
+        up[0]["note"].as_str().unwrap_or_default().contains("nope"),
+        "{up}"
+    );
+    let up = e.dkt(&["source", "update", "fresh"]).ok();
+    assert!(up.contains("no version yet"), "{up}");
+    // A node publishes it for the first time: the tag is created, its digest recorded.
+    e.dkt(&[
+        "node",
+        "run",
+        "--input=img",
+        "--output=fresh",
+        "rm -rf ${fresh:ROOT}/* && cp -R ${img:ROOT}/. ${fresh:ROOT}/",
+    ])
+    .ok();
+    let list = e.dkt(&["--json", "source", "list"]).json();
+    let created = source(&list, "fresh")["latest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(created.starts_with("sha256:"), "{list}");
+    let up = e.dkt(&["source", "update", "fresh"]).ok();
+    assert!(up.contains("unchanged"), "{up}");
+    // An unreachable registry is still an error, quoting the source.
+    let err = e
+        .dkt(&[
+            "source",
+            "add",
+            "gone",
+            "127.0.0.1:1/team/app:v1",
+            "-k",
+            "docker",
+        ])
+        .fails(1);
+    assert!(err.contains("\"gone\""), "{err}");
 }
 
 #[test]

@@ -134,8 +134,11 @@ impl Kind for DockerKind {
             // The tags it matches are read at each poll (none yet is fine); listing them
             // once checks the registry and the credentials.
             client.tags().await?;
-        } else if client.manifest(&tag).await?.is_none() {
-            return Err(tag_not_found(&tag, &client));
+        } else {
+            // A tag that does not exist yet is fine (a node may publish it first: the
+            // source then has no version until it does); an unreachable registry or
+            // refused credentials are errors here.
+            client.manifest(&tag).await?;
         }
         let mut spec = SourceSpec::new(new.name, KIND, r.location());
         spec.tag = Some(tag);
@@ -152,7 +155,7 @@ fn tag_not_found(tag: &str, client: &Client) -> Error {
         what: "docker tag",
         name: tag.to_owned(),
         hint: format!(
-            " in {} (the registry has no such tag, or no such repository)",
+            " in {} (the registry has no such tag, or no such repository, yet)",
             client.shown()
         ),
     }
