@@ -620,13 +620,20 @@ async fn source(
                 path,
                 tag,
             };
-            let spec = p.add_source(add).await?;
+            let (spec, note) = p.add_source_noted(add).await?;
             if as_json {
-                json(out, &spec)?;
+                let mut v = serde_json::to_value(&spec)?;
+                if let (Some(n), Some(obj)) = (&note, v.as_object_mut()) {
+                    obj.insert("note".to_owned(), json!(n));
+                }
+                json(out, &v)?;
             } else {
                 let mut t = Table::new(&["NAME", "KIND", "LOCATION", "TAG", "PATH"]);
                 t.row(source_row(&spec));
                 t.print(out)?;
+                if let Some(n) = &note {
+                    eprintln!("note: {n}");
+                }
             }
         }
         SourceCommand::List => {
@@ -758,6 +765,9 @@ async fn source(
                             .collect::<Vec<_>>()
                             .join(", "),
                         (None, true, _) => "frozen".to_owned(),
+                        (None, false, true) if o.note.is_some() => {
+                            "no version yet: the tag does not exist".to_owned()
+                        }
                         (None, false, true) => "unchanged".to_owned(),
                         (None, false, false) => format!(
                             "updated from {}",

@@ -273,16 +273,61 @@ fn docker_sources_poll_feed_nodes_and_publish() {
     .ok();
     let list = e.dkt(&["--json", "source", "list"]).json();
     assert_eq!(source(&list, "pub")["latest"], d0);
-    e.dkt(&[
-        "node",
-        "run",
-        "--input=img",
-        "--output=pub",
-        "rm -rf ${pub:ROOT}/* && cp -R ${img:ROOT}/. ${pub:ROOT}/",
-    ])
-    .ok();
+    let pub_node = e
+        .dkt(&[
+            "node",
+            "run",
+            "--input=img",
+            "--output=pub",
+            "rm -rf ${pub:ROOT}/* && cp -R ${img:ROOT}/. ${pub:ROOT}/",
+        ])
+        .ok()
+        .trim()
+        .to_owned();
+    let run = e.dkt(&["--json", "node", "log", &pub_node]).json()[0].clone();
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    // The image pushed carries the run's provenance as annotations, so its digest is not
+    // the layout's: the version recorded is the digest of the manifest actually pushed.
     let list = e.dkt(&["--json", "source", "list"]).json();
-    assert_eq!(source(&list, "pub")["latest"], d2);
+    let pushed = source(&list, "pub")["latest"].as_str().unwrap().to_owned();
+    assert_ne!(pushed, d2);
+    assert_eq!(run["outputs"][0]["version"], pushed, "{run}");
+    let out = Command::new(bin("skopeo"))
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}", reg.location("team/pub:v1")))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        sha256(&out.stdout),
+        pushed,
+        "the tag holds the recorded digest"
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = &manifest["annotations"];
+    assert_eq!(a["dev.dtk.run"], run_id, "{manifest}");
+    assert_eq!(
+        a["dev.dtk.node"].as_str().map(|n| n.starts_with(&pub_node)),
+        Some(true),
+        "{manifest}"
+    );
+    let m = a["dev.dtk.manifest"].as_str().unwrap_or_default();
+    assert!(m.starts_with("blake3:") && m.len() == 71, "{manifest}");
+    let created = a["org.opencontainers.image.created"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(created.len() == 20 && created.ends_with('Z'), "{manifest}");
+    // The rest of the manifest is the layout's (same config and layers).
+    let original: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(e.path().join("img2/blobs/sha256").join(&d2[7..])).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["layers"], original["layers"]);
+    assert_eq!(manifest["config"], original["config"]);
     let log = e.dkt(&["--json", "source", "log", "pub"]).json();
     let versions: Vec<&str> = log
         .as_array()
@@ -290,9 +335,9 @@ fn docker_sources_poll_feed_nodes_and_publish() {
         .iter()
         .map(|v| v["version"].as_str().unwrap())
         .collect();
-    assert_eq!(versions, [d2.as_str(), d0.as_str()], "{log}");
+    assert_eq!(versions, [pushed.as_str(), d0.as_str()], "{log}");
     // The image reference (what `${pub:IMAGE}` says) finds the manifest of the run's output.
-    let image = format!("{}@{d2}", reg.location("team/pub"));
+    let image = format!("{}@{pushed}", reg.location("team/pub"));
     let m = e.dkt(&["--json", "inspect", &image]).json();
     let last = m.as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["source"], "pub", "{m}");
@@ -311,18 +356,66 @@ fn docker_sources_poll_feed_nodes_and_publish() {
         ])
         .fails(2);
     assert!(err.contains("127.0.0.1:1/Bad/Name"), "{err}");
-    // A missing tag too.
-    let err = e
+    // A tag that does not exist yet is added without a version, with a note (a node may
+    // publish it first), in JSON too.
+    let j = e
         .dkt(&[
+            "--json",
             "source",
             "add",
-            "none",
+            "fresh",
             &format!("{loc}:nope"),
             "-k",
             "docker",
         ])
-        .fails(2);
-    assert!(err.contains("nope"), "{err}");
+        .json();
+    assert_eq!(j["tag"], "nope", "{j}");
+    assert!(j["latest"].is_null(), "{j}");
+    let note = j["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("\"nope\"") && note.contains("does not exist yet"),
+        "{j}"
+    );
+    let list = e.dkt(&["--json", "source", "list"]).json();
+    assert!(source(&list, "fresh")["latest"].is_null(), "{list}");
+    // Polling it again is a note, not a failure.
+    let up = e.dkt(&["--json", "source", "update", "fresh"]).json();
+    assert!(up[0]["error"].is_null(), "{up}");
+    assert!(
+        up[0]["note"].as_str().unwrap_or_default().contains("nope"),
+        "{up}"
+    );
+    let up = e.dkt(&["source", "update", "fresh"]).ok();
+    assert!(up.contains("no version yet"), "{up}");
+    // A node publishes it for the first time: the tag is created, its digest recorded.
+    e.dkt(&[
+        "node",
+        "run",
+        "--input=img",
+        "--output=fresh",
+        "rm -rf ${fresh:ROOT}/* && cp -R ${img:ROOT}/. ${fresh:ROOT}/",
+    ])
+    .ok();
+    let list = e.dkt(&["--json", "source", "list"]).json();
+    let created = source(&list, "fresh")["latest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(created.starts_with("sha256:"), "{list}");
+    let up = e.dkt(&["source", "update", "fresh"]).ok();
+    assert!(up.contains("unchanged"), "{up}");
+    // An unreachable registry is still an error, quoting the source.
+    let err = e
+        .dkt(&[
+            "source",
+            "add",
+            "gone",
+            "127.0.0.1:1/team/app:v1",
+            "-k",
+            "docker",
+        ])
+        .fails(1);
+    assert!(err.contains("\"gone\""), "{err}");
 }
 
 #[test]

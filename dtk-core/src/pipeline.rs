@@ -746,7 +746,7 @@ impl Project {
                 ApplyStatus::Updated
             }
         };
-        let (_, latest) = self.poll_resolved(&mut spec).await?;
+        let (_, latest, _) = self.poll_resolved(&mut spec).await?;
         Ok(PlannedSource {
             spec,
             status,

@@ -167,6 +167,17 @@ pub struct UpdateOutcome {
     /// For a pattern source: each followed ref that appeared, moved or was deleted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refs: Vec<RefChange>,
+    /// Why a source without a version still has none (its tag does not exist yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The note for a source whose tag does not exist yet (`e` says which).
+fn not_yet_note(e: &Error) -> String {
+    format!(
+        "{e}: it does not exist yet, so no version is recorded until it appears \
+         (dkt source update) or a node publishes to it"
+    )
 }
 
 /// A ref of a pattern source that appeared, moved or was deleted at a poll.
@@ -923,6 +934,14 @@ impl Project {
     /// Nothing is recorded unless everything succeeds: the name is free and valid, the
     /// kind is known, the location, tag and sub-path resolve, and the poll works.
     pub async fn add_source(&self, add: AddSource) -> Result<SourceSpec> {
+        self.add_source_noted(add).await.map(|(spec, _)| spec)
+    }
+
+    /// [`Project::add_source`], with a note for the user when the source was added
+    /// without a version: a publishable source whose tag does not exist yet (a docker tag
+    /// a node will publish for the first time) is added, and its first version is recorded
+    /// when the tag appears or a node publishes to it.
+    pub async fn add_source_noted(&self, add: AddSource) -> Result<(SourceSpec, Option<String>)> {
         let name = Name::new(&add.name)?;
         let snap = self.store.snapshot()?;
         if crate::records::source_exists(&snap, &name)? {
@@ -934,7 +953,7 @@ impl Project {
         let mut spec = self
             .resolve_source(&add, None, &snap, &BTreeMap::new())
             .await?;
-        let (source, latest) = self.poll_resolved(&mut spec).await?;
+        let (source, latest, note) = self.poll_resolved(&mut spec).await?;
         let message = format!("source add {name} ({} {})", spec.kind, spec.location);
         let result = self.store.transact(&message, |tx| {
             if tx.exists(&paths::source(&spec.name))? {
@@ -958,7 +977,7 @@ impl Project {
         if spec.owned {
             self.mark_owned(&spec.name)?;
         }
-        Ok(self.localized(&spec))
+        Ok((self.localized(&spec), note))
     }
 
     /// `.dkt/owned/<name>`: this machine made the source's location (a temporary
@@ -1188,7 +1207,7 @@ impl Project {
     pub(crate) async fn poll_resolved(
         &self,
         spec: &mut SourceSpec,
-    ) -> Result<(Arc<dyn Source>, Vec<VersionInfo>)> {
+    ) -> Result<(Arc<dyn Source>, Vec<VersionInfo>, Option<String>)> {
         let source = self.open_source(spec)?;
         let polled = if spec.is_pattern() {
             source.heads().await
@@ -1197,6 +1216,15 @@ impl Project {
         };
         let polled = match polled {
             Ok(l) => l,
+            // A tag that does not exist yet, of a kind a node can publish to: no version
+            // until it appears or a node publishes it (its kind's `resolve` has already
+            // reached the location and checked the credentials).
+            Err(e @ Error::NotFound { .. })
+                if !spec.is_pattern() && source.capabilities().publish =>
+            {
+                spec.latest = None;
+                return Ok((source, Vec::new(), Some(not_yet_note(&e))));
+            }
             Err(e) => {
                 if spec.owned {
                     let _ = source.remove().await;
@@ -1209,10 +1237,10 @@ impl Project {
             let (change, _) = heads_change(spec, polled);
             spec.heads = change.heads.unwrap_or(before);
             spec.latest = change.latest;
-            return Ok((source, change.record));
+            return Ok((source, change.record, None));
         }
         spec.latest = polled.first().map(|l| l.version.clone());
-        Ok((source, polled))
+        Ok((source, polled, None))
     }
 
     /// Poll the named sources (all when `names` is empty) and record new latest versions.
@@ -1318,6 +1346,7 @@ impl Project {
                 skipped: r.is_none() && spec.frozen,
                 publishing: in_flight.get(&spec.name).copied().filter(|_| r.is_none()),
                 refs: Vec::new(),
+                note: None,
             };
             match r {
                 Some(Ok(Polled::One(info))) => {
@@ -1340,6 +1369,12 @@ impl Project {
                     if change.heads.is_some() {
                         changed.push((spec.name.clone(), change));
                     }
+                }
+                // Still no version (a tag not published yet): a note, not a failure.
+                Some(Err(e @ Error::NotFound { .. }))
+                    if spec.latest.is_none() && !spec.is_pattern() =>
+                {
+                    o.note = Some(not_yet_note(&e))
                 }
                 Some(Err(e)) => o.error = Some(error_chain(&e)),
                 None => {}

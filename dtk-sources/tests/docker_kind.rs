@@ -660,18 +660,24 @@ async fn resolve_rejects_bad_locations_quoting_them() {
 
 #[tokio::test]
 async fn resolve_missing_tag_or_repository() {
+    // A tag (or repository) that does not exist yet resolves (a node may publish it
+    // first); `latest` then says it is not there, quoting it.
     let env = env();
     let (reg, _, _) = seeded(&env);
-    let e = resolve(&env.ctx, &reg.location("team/app:nope"), None)
+    let spec = resolve(&env.ctx, &reg.location("team/app:nope"), None)
         .await
-        .unwrap_err();
+        .unwrap();
+    assert_eq!(spec.tag.as_deref(), Some("nope"));
+    let src = DockerKind::default().open(&env.ctx, &spec).unwrap();
+    let e = src.latest().await.unwrap_err();
     assert!(matches!(e, Error::NotFound { .. }), "{e}");
-    eprintln!("{e}");
     assert!(e.to_string().contains("\"nope\""), "{e}");
     assert!(e.to_string().contains(&reg.location("team/app")), "{e}");
-    let e = resolve(&env.ctx, &reg.location("team/none"), None)
+    let spec = resolve(&env.ctx, &reg.location("team/none"), None)
         .await
-        .unwrap_err();
+        .unwrap();
+    let src = DockerKind::default().open(&env.ctx, &spec).unwrap();
+    let e = src.latest().await.unwrap_err();
     assert!(matches!(e, Error::NotFound { .. }), "{e}");
     assert!(e.to_string().contains("team/none"), "{e}");
 }

@@ -27,7 +27,9 @@
 //!   and checked against its digest and size.
 //! - **Publish** pushes an OCI image layout: missing blobs (streamed from disk), then the
 //!   manifests, then the manifest under the tag; the version is the `sha256:` of the exact
-//!   manifest bytes pushed.
+//!   manifest bytes pushed. For a run, the top manifest carries its provenance as
+//!   annotations (`dev.dtk.run`, `dev.dtk.node`, `dev.dtk.manifest`,
+//!   `org.opencontainers.image.created`).
 //! - **Credentials**: the `DOCKER_TOKEN` secret, `USER:PASSWORD` (or `USER:ACCESS_TOKEN`),
 //!   is sent as Basic credentials to the token realm a registry names, or to the registry
 //!   when it asks for Basic; a value without `:` is sent as a bearer token. It never
@@ -134,8 +136,11 @@ impl Kind for DockerKind {
             // The tags it matches are read at each poll (none yet is fine); listing them
             // once checks the registry and the credentials.
             client.tags().await?;
-        } else if client.manifest(&tag).await?.is_none() {
-            return Err(tag_not_found(&tag, &client));
+        } else {
+            // A tag that does not exist yet is fine (a node may publish it first: the
+            // source then has no version until it does); an unreachable registry or
+            // refused credentials are errors here.
+            client.manifest(&tag).await?;
         }
         let mut spec = SourceSpec::new(new.name, KIND, r.location());
         spec.tag = Some(tag);
@@ -152,7 +157,7 @@ fn tag_not_found(tag: &str, client: &Client) -> Error {
         what: "docker tag",
         name: tag.to_owned(),
         hint: format!(
-            " in {} (the registry has no such tag, or no such repository)",
+            " in {} (the registry has no such tag, or no such repository, yet)",
             client.shown()
         ),
     }
@@ -453,6 +458,125 @@ impl Source for DockerSource {
     /// Push the OCI image layout `dir` under the source's tag. Its `index.json` must list
     /// one manifest, or exactly one named after the tag.
     async fn publish(&self, dir: &Path) -> Result<VersionInfo> {
+        self.push_layout(dir, None).await
+    }
+
+    /// [`publish`](Source::publish) after checking the tag is still at `options.expected`;
+    /// for a run, the top manifest pushed carries the run's provenance as annotations
+    /// (see [`provenance_annotations`]), so the version is the digest of the annotated
+    /// manifest actually pushed.
+    async fn publish_with(
+        &self,
+        dir: &Path,
+        options: &dtk_core::PublishOptions,
+    ) -> Result<VersionInfo> {
+        if !options.overwrite {
+            dtk_core::source::check_expected(self, options).await?;
+        }
+        self.push_layout(dir, provenance_annotations(options)).await
+    }
+
+    /// Fetch the manifest by digest and re-hash the bytes.
+    async fn verify(&self, version: &Version) -> Result<Verification> {
+        let digest = digest_of(version)?;
+        let client = self.client()?;
+        match client.manifest(&digest).await {
+            Ok(Some(m)) if m.digest == digest => Ok(Verification::Verified),
+            Ok(Some(m)) => Ok(Verification::Mismatch {
+                expected: version.clone(),
+                found: to_version(self, &m.digest)?.version,
+            }),
+            Ok(None) => Ok(Verification::Unavailable(format!(
+                "{} no longer has manifest {digest}",
+                client.shown()
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The annotation with the run that published an image (its full ID).
+pub const RUN_ANNOTATION: &str = "dev.dtk.run";
+/// The annotation with the node of that run (its full ID).
+pub const NODE_ANNOTATION: &str = "dev.dtk.node";
+/// The annotation with the run's input manifest digest (`blake3:...`, as a git commit's
+/// `Dkt-Manifest:` trailer).
+pub const MANIFEST_ANNOTATION: &str = "dev.dtk.manifest";
+/// When the image was published (OCI image spec, pre-defined annotation keys).
+const CREATED_ANNOTATION: &str = "org.opencontainers.image.created";
+
+/// The annotations a run's image gets: `org.opencontainers.image.created` (now, RFC 3339),
+/// `dev.dtk.run`, `dev.dtk.node`, `dev.dtk.manifest`; `None` when no run publishes.
+fn provenance_annotations(
+    options: &dtk_core::PublishOptions,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let run = options.run.as_ref()?;
+    let mut a = std::collections::BTreeMap::new();
+    let now = std::time::SystemTime::now();
+    a.insert(CREATED_ANNOTATION.to_owned(), humantime_rfc3339(now));
+    a.insert(RUN_ANNOTATION.to_owned(), run.clone());
+    if let Some(n) = &options.node {
+        a.insert(NODE_ANNOTATION.to_owned(), n.clone());
+    }
+    if let Some(m) = &options.manifest {
+        a.insert(MANIFEST_ANNOTATION.to_owned(), m.clone());
+    }
+    Some(a)
+}
+
+/// `t` as RFC 3339 UTC with seconds (`2025-11-26T15:13:20Z`).
+fn humantime_rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// `bytes` (a manifest or index) with `annotations` added to its own.
+fn annotate(
+    bytes: &[u8],
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> std::result::Result<Vec<u8>, String> {
+    let mut m: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let obj = m.as_object_mut().ok_or("not a JSON object")?;
+    let entry = obj
+        .entry("annotations")
+        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    let map = entry
+        .as_object_mut()
+        .ok_or("its annotations are not an object")?;
+    for (k, v) in annotations {
+        map.insert(k.clone(), serde_json::Value::String(v.clone()));
+    }
+    serde_json::to_vec(&m).map_err(|e| e.to_string())
+}
+
+impl DockerSource {
+    /// Push the OCI image layout `dir` under the tag, the top manifest with `annotations`
+    /// added when given; the version of the bytes pushed.
+    async fn push_layout(
+        &self,
+        dir: &Path,
+        annotations: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<VersionInfo> {
         if self.spec.is_pattern() {
             return Err(Error::invalid(
                 "docker tag",
@@ -541,9 +665,18 @@ impl Source for DockerSource {
                 .await?;
         }
         // Children first, then the top manifest under the tag.
-        let Some((_, top_bytes, top_type)) = manifests.first().cloned() else {
+        let Some((top_desc, mut top_bytes, top_type)) = manifests.first().cloned() else {
             return Err(self.err("nothing to publish"));
         };
+        if let Some(a) = &annotations {
+            top_bytes = annotate(&top_bytes, a).map_err(|e| {
+                Error::invalid(
+                    "OCI image layout",
+                    dir.display().to_string(),
+                    format!("manifest {}: {e}", top_desc.digest),
+                )
+            })?;
+        }
         for (d, bytes, media_type) in manifests.iter().skip(1).rev() {
             client.put_manifest(&d.digest, media_type, bytes).await?;
         }
@@ -552,22 +685,30 @@ impl Source for DockerSource {
             .await?;
         to_version(self, &layout::sha256_digest(&top_bytes))
     }
+}
 
-    /// Fetch the manifest by digest and re-hash the bytes.
-    async fn verify(&self, version: &Version) -> Result<Verification> {
-        let digest = digest_of(version)?;
-        let client = self.client()?;
-        match client.manifest(&digest).await {
-            Ok(Some(m)) if m.digest == digest => Ok(Verification::Verified),
-            Ok(Some(m)) => Ok(Verification::Mismatch {
-                expected: version.clone(),
-                found: to_version(self, &m.digest)?.version,
-            }),
-            Ok(None) => Ok(Verification::Unavailable(format!(
-                "{} no longer has manifest {digest}",
-                client.shown()
-            ))),
-            Err(e) => Err(e),
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        let at =
+            |s: u64| humantime_rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(1_764_170_000), "2025-11-26T15:13:20Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn annotations_are_added_keeping_the_rest() {
+        let m = br#"{"schemaVersion":2,"config":{"digest":"x"},"annotations":{"a":"b"}}"#;
+        let mut add = std::collections::BTreeMap::new();
+        add.insert(RUN_ANNOTATION.to_owned(), "r".to_owned());
+        let out: serde_json::Value = serde_json::from_slice(&annotate(m, &add).unwrap()).unwrap();
+        assert_eq!(out["annotations"]["a"], "b");
+        assert_eq!(out["annotations"][RUN_ANNOTATION], "r");
+        assert_eq!(out["config"]["digest"], "x");
+        assert!(annotate(b"[1]", &add).is_err());
     }
 }
