@@ -48,6 +48,8 @@ fn run(
         input_digests: vec![],
         log_digest: None,
         staging: None,
+        worker_key: None,
+        worker_signature: None,
         digest: None,
     };
     r.seal().expect("seal");

@@ -96,6 +96,8 @@ fn project(rt: &tokio::runtime::Runtime) -> (PathBuf, Project) {
                     input_digests: vec![],
                     log_digest: None,
                     staging: None,
+                    worker_key: None,
+                    worker_signature: None,
                     digest: None,
                 };
                 r.seal().expect("seal");

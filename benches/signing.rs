@@ -31,6 +31,8 @@ fn record(i: usize) -> RunRecord {
         input_digests: vec![],
         log_digest: None,
         staging: None,
+        worker_key: None,
+        worker_signature: None,
         digest: None,
     }
 }

@@ -50,6 +50,8 @@ fn run(node: &NodeSpec, inputs: Vec<SourceVersion>, status: RunStatus, t: u64) -
         input_digests: vec![],
         log_digest: None,
         staging: None,
+        worker_key: None,
+        worker_signature: None,
         digest: None,
     };
     r.seal().expect("seal");

@@ -531,6 +531,14 @@ pub struct RunRecord {
     /// where what it wrote into its outputs was kept, one `out-SOURCE` directory per output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staging: Option<String>,
+    /// A run executed by a remote worker: the OpenSSH SHA-256 fingerprint (`SHA256:...`) of
+    /// the worker's own key, which signed its result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_key: Option<String>,
+    /// A run executed by a remote worker: what the worker signed about it and its
+    /// signature, checked by the coordinator before publishing and by `dkt verify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_signature: Option<crate::remote::WorkerSignature>,
     /// The digest of this record without this field (see [`seal`](Self::seal)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
@@ -766,6 +774,8 @@ mod tests {
             input_digests: vec![],
             log_digest: None,
             staging: None,
+            worker_key: None,
+            worker_signature: None,
             digest: None,
         };
         let mut sealed = run.clone();

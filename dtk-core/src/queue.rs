@@ -628,6 +628,8 @@ mod tests {
             input_digests: Vec::new(),
             log_digest: None,
             staging: None,
+            worker_key: None,
+            worker_signature: None,
             digest: None,
         }
     }
