@@ -1396,4 +1396,102 @@ mod tests {
         );
         assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
+
+    #[test]
+    fn a_forged_worker_key_or_statement_is_a_mismatch() {
+        use super::*;
+        use crate::remote::{ResultStatement, WorkerSignature, STATEMENT_TYPE};
+        let key = crate::SigningKey::generate("w@x").unwrap_or_else(|e| panic!("{e}"));
+        let other = crate::SigningKey::generate("o@x").unwrap_or_else(|e| panic!("{e}"));
+        let run_id: RunId = "09".repeat(32).parse().unwrap_or_else(|e| panic!("{e}"));
+        let node: crate::NodeId = "07".repeat(32).parse().unwrap_or_else(|e| panic!("{e}"));
+        let statement = ResultStatement {
+            kind: STATEMENT_TYPE.into(),
+            run: run_id,
+            node,
+            attempt: 0,
+            inputs: Vec::new(),
+            outputs: BTreeMap::new(),
+            log: crate::digest::blob(b"log"),
+            ending: "success".into(),
+            exit_code: None,
+            worker: "h:1".into(),
+        };
+        let (_, signature) = statement.sign(&key).unwrap_or_else(|e| panic!("{e}"));
+        let mut run: RunRecord = serde_json::from_value(serde_json::json!({
+            "id": run_id, "node": node, "inputs": [], "status": "success", "queued_ms": 0,
+            "worker": "h:1", "log_digest": crate::digest::blob(b"log"),
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        run.worker_key = Some(key.fingerprint());
+        run.worker_signature = Some(WorkerSignature {
+            statement,
+            signature,
+        });
+        let check = |run: &RunRecord| {
+            let bytes = serde_json::to_vec(run).unwrap_or_default();
+            let mut report = VerifyReport {
+                target: String::new(),
+                checks: Vec::new(),
+            };
+            verify_worker(
+                "run x",
+                run,
+                &bytes,
+                &crate::signing::AllowedSigners::default(),
+                &mut report,
+            );
+            report
+        };
+        let good = check(&run);
+        assert!(good.is_ok(), "{:?}", good.checks);
+        assert!(good
+            .checks
+            .iter()
+            .any(|c| c.check == format!("signed by worker key {}", key.fingerprint())));
+        // Another key named in the record.
+        let mut forged = run.clone();
+        forged.worker_key = Some(other.fingerprint());
+        assert!(!check(&forged).is_ok());
+        // The statement changed (another worker named), or the run's worker changed.
+        let mut forged = run.clone();
+        if let Some(s) = forged.worker_signature.as_mut() {
+            s.statement.worker = "evil:1".into();
+        }
+        assert!(!check(&forged).is_ok());
+        let mut forged = run.clone();
+        forged.worker = Some("evil:1".into());
+        assert!(!check(&forged).is_ok());
+        // A key named with no signature.
+        let mut forged = run.clone();
+        forged.worker_signature = None;
+        assert!(!check(&forged).is_ok());
+        // Re-signed by another key, which the record now names: valid, but a workers file
+        // that lists only the real key does not trust it.
+        let mut forged = run.clone();
+        if let Some(s) = forged.worker_signature.as_mut() {
+            s.signature = s.statement.sign(&other).unwrap_or_else(|e| panic!("{e}")).1;
+        }
+        forged.worker_key = Some(other.fingerprint());
+        assert!(check(&forged).is_ok());
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("workers");
+        std::fs::write(
+            &file,
+            key.allowed_signers_line_for(crate::signing::WORKER_NAMESPACE)
+                .unwrap_or_default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut workers = crate::signing::AllowedSigners::default();
+        workers
+            .add_file_for(&file, crate::signing::WORKER_NAMESPACE)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let bytes = serde_json::to_vec(&forged).unwrap_or_default();
+        let mut report = VerifyReport {
+            target: String::new(),
+            checks: Vec::new(),
+        };
+        verify_worker("run x", &forged, &bytes, &workers, &mut report);
+        assert!(!report.is_ok(), "{:?}", report.checks);
+    }
 }
