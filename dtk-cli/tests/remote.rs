@@ -1302,6 +1302,38 @@ fn workers_sign_their_results_and_the_record_names_their_key() {
     assert_eq!(check("worker statement")["result"], "ok");
     assert_eq!(check("worker log")["result"], "ok");
     assert_eq!(check("worker key trusted")["result"], "skipped");
+    // The independent verifier (written from docs/format.md) checks the same signature.
+    let py = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/verifier/dtk_verify.py"
+        ))
+        .arg("--git-dir")
+        .arg(e.path().join(".dkt/.git"))
+        .args([run_id.as_str(), "--json"])
+        .output()
+        .expect("python3 runs the independent verifier");
+    let py_report: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap_or_else(|err| {
+        panic!(
+            "independent verifier: {err}: {}{}",
+            String::from_utf8_lossy(&py.stdout),
+            String::from_utf8_lossy(&py.stderr)
+        )
+    });
+    assert_eq!(py.status.code(), Some(0), "{py_report}");
+    let py_checks = py_report["checks"].as_array().unwrap();
+    for name in [
+        format!("signed by worker key {fingerprint}"),
+        "worker statement".to_owned(),
+        "worker log".to_owned(),
+    ] {
+        assert!(
+            py_checks
+                .iter()
+                .any(|c| c["check"] == name.as_str() && c["result"] == "ok"),
+            "{name}: {py_report}"
+        );
+    }
 
     // The coordinator trusts only the workers its file lists.
     let config = e.path().join(".dkt/config");
