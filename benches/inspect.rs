@@ -49,6 +49,8 @@ fn run(
         log_digest: None,
         staging: None,
         read_files: Default::default(),
+        worker_key: None,
+        worker_signature: None,
         digest: None,
     };
     r.seal().expect("seal");

@@ -97,6 +97,8 @@ fn project(rt: &tokio::runtime::Runtime) -> (PathBuf, Project) {
                     log_digest: None,
                     staging: None,
                     read_files: Default::default(),
+                    worker_key: None,
+                    worker_signature: None,
                     digest: None,
                 };
                 r.seal().expect("seal");

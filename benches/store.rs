@@ -34,6 +34,8 @@ fn record(i: usize) -> RunRecord {
         log_digest: None,
         staging: None,
         read_files: Default::default(),
+        worker_key: None,
+        worker_signature: None,
         digest: None,
     }
 }

@@ -51,6 +51,8 @@ fn run(node: &NodeSpec, inputs: Vec<SourceVersion>, status: RunStatus, t: u64) -
         log_digest: None,
         staging: None,
         read_files: Default::default(),
+        worker_key: None,
+        worker_signature: None,
         digest: None,
     };
     r.seal().expect("seal");

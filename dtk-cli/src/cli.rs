@@ -270,6 +270,11 @@ pub(crate) enum Command {
         /// directory in the user's cache directory.
         #[arg(long, value_name = "DIR", requires = "queue")]
         dir: Option<PathBuf>,
+        /// The worker's own ed25519 SSH key (OpenSSH format, unencrypted), which signs
+        /// every result it sends; default: `worker-key` in its directory (--dir), made on
+        /// first start (mode 0600).
+        #[arg(long, value_name = "FILE", requires = "queue")]
+        key: Option<PathBuf>,
     },
     /// Show the provenance of an artifact: everything it was made from.
     ///
@@ -619,6 +624,16 @@ pub(crate) enum WorkerCommand {
         /// The run queue (default: the project's `[queue] url`).
         #[arg(long, value_name = "URL", env = "DKT_QUEUE")]
         queue: Option<String>,
+    },
+    /// Print the public half of the worker's signing key as an allowed-signers line (for
+    /// a coordinator's `[queue] workers` file), making the key first if it has none.
+    Key {
+        /// The worker's key file (default: `worker-key` in its directory).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// The worker's own directory, as given to `dkt worker --dir`.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 

@@ -408,6 +408,14 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             ..
         } => return crate::remote::list(&dir, queue, as_json, out).await,
         Command::Worker {
+            action:
+                Some(WorkerCommand::Key {
+                    key,
+                    dir: worker_dir,
+                }),
+            ..
+        } => return crate::remote::print_key(&dir, key, worker_dir, as_json, out),
+        Command::Worker {
             action: None,
             labels,
             jobs,
@@ -416,6 +424,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             artifacts,
             secrets,
             dir: worker_dir,
+            key,
         } => {
             let stop = stop_on_signals()?;
             let args = crate::remote::WorkerArgs {
@@ -426,6 +435,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                 artifacts,
                 secrets,
                 dir: worker_dir,
+                key,
             };
             return crate::remote::worker(&dir, args, stop, as_json, out).await;
         }
@@ -1153,6 +1163,9 @@ async fn node(
                     writeln!(out, "error    {e}")?;
                 }
                 writeln!(out, "worker   {}", or_dash(rec.worker.as_ref()))?;
+                if let Some(k) = &rec.worker_key {
+                    writeln!(out, "signed   by worker key {k}")?;
+                }
                 writeln!(out, "inputs   {}", sv_list(&rec.inputs))?;
                 writeln!(out, "outputs  {}", sv_list(&rec.outputs))?;
                 if let Some(s) = &rec.staging {

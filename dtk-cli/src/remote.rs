@@ -62,6 +62,84 @@ pub(crate) struct WorkerArgs {
     pub(crate) artifacts: Option<String>,
     pub(crate) secrets: Option<PathBuf>,
     pub(crate) dir: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
+}
+
+/// The worker's directory: the one given, else `dkt-worker` in the user's cache directory.
+fn worker_dir(cwd: &Path, given: Option<PathBuf>) -> PathBuf {
+    match given {
+        Some(d) => cwd.join(d),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("dkt-worker"),
+    }
+}
+
+/// The name of a worker's key file in its directory.
+const WORKER_KEY: &str = "worker-key";
+
+/// The worker's signing key: the file given, else `worker-key` in its directory, made
+/// (mode 0600) when absent. The principal of a new key is `dkt-worker@HOST`.
+fn worker_key(
+    cwd: &Path,
+    given: Option<PathBuf>,
+    dir: &Path,
+) -> anyhow::Result<(dtk::SigningKey, PathBuf)> {
+    let path = match given {
+        Some(f) => {
+            let f = cwd.join(f);
+            if !f.is_file() {
+                return Err(crate::commands::UsageError(format!(
+                    "--key {}: no such file (make one with ssh-keygen -t ed25519 -N '' -f FILE, or leave --key out for a key kept in the worker's directory)",
+                    f.display()
+                ))
+                .into());
+            }
+            f
+        }
+        None => dir.join(WORKER_KEY),
+    };
+    let principal = dtk::signing::default_principal().replacen("dtk@", "dkt-worker@", 1);
+    let (key, made) = dtk::SigningKey::load_or_generate(&path, &principal)?;
+    if made {
+        tracing::info!(
+            "made the worker's signing key {} ({})",
+            path.display(),
+            key.fingerprint()
+        );
+    }
+    Ok((key, path))
+}
+
+/// `dkt worker key`: the worker key's public half, as an allowed-signers line.
+pub(crate) fn print_key(
+    cwd: &Path,
+    key: Option<PathBuf>,
+    dir: Option<PathBuf>,
+    as_json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let dir = worker_dir(cwd, dir);
+    std::fs::create_dir_all(&dir)?;
+    let (key, path) = worker_key(cwd, key, &dir)?;
+    let line = key.allowed_signers_line_for(dtk::signing::WORKER_NAMESPACE)?;
+    if as_json {
+        json(
+            out,
+            &json!({
+                "fingerprint": key.fingerprint(),
+                "principal": key.principal(),
+                "public_key": key.public_openssh()?,
+                "allowed_signers": line.trim_end(),
+                "path": path,
+            }),
+        )?;
+    } else {
+        write!(out, "{line}")?;
+    }
+    Ok(crate::exit::OK)
 }
 
 /// `dkt worker --queue URL`: serve a remote run queue.
@@ -92,15 +170,9 @@ pub(crate) async fn worker(
         }
         None => dtk::Secrets::default(),
     };
-    let dir = match args.dir {
-        Some(d) => cwd.join(d),
-        None => std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(std::env::temp_dir)
-            .join("dkt-worker"),
-    };
+    let dir = worker_dir(cwd, args.dir);
     std::fs::create_dir_all(&dir)?;
+    let (key, _) = worker_key(cwd, args.key, &dir)?;
     let queue = PgQueue::new(&args.queue, password(&secrets))?;
     let setup = dtk_remote::WorkerSetup {
         queue,
@@ -112,13 +184,15 @@ pub(crate) async fn worker(
         artifacts: args.artifacts,
         registry: dtk::default_registry(),
         progress: crate::progress::for_terminal(),
+        key: Arc::new(key),
     };
     if !as_json {
         eprintln!(
-            "dkt worker {}: serving {} (labels {})",
+            "dkt worker {}: serving {} (labels {}), signing with {}",
             dtk::engine::worker_id(),
             args.queue,
-            labels.join(",")
+            labels.join(","),
+            setup.key.fingerprint()
         );
     }
     // Lines as things happen, on stdout (one JSON object each with --json), written here:

@@ -1225,6 +1225,244 @@ fn a_run_whose_worker_dies_runs_again_on_another_in_the_same_pass() {
     );
 }
 
+impl Home {
+    /// `dkt --json worker key` as the worker would run it (the key made on first ask, in
+    /// its directory).
+    fn key(&self) -> serde_json::Value {
+        let mut cmd = Command::new(shared_dkt());
+        cmd.args(["--json", "worker", "key", "--dir"])
+            .arg(self.dir.path().join("work"))
+            .current_dir(self.dir.path())
+            .env("HOME", self.dir.path());
+        if let Some((uid, gid)) = worker_ids() {
+            cmd.uid(uid).gid(gid);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "dkt worker key: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// Install (or drop, with `None`) a trigger that changes what a worker sends before the
+/// coordinator reads it: `set` is the jsonb path and `value` the new value.
+fn tamper(pg: &Postgres, change: Option<(&str, &str)>) {
+    pg.sql("DROP TRIGGER IF EXISTS dkt_tamper ON dkt_runs");
+    if let Some((path, value)) = change {
+        pg.sql(&format!(
+            "CREATE OR REPLACE FUNCTION dkt_tamper() RETURNS trigger AS $$ BEGIN
+               IF NEW.state = 'done' AND NEW.result IS NOT NULL THEN
+                 NEW.result := jsonb_set(NEW.result, '{path}', to_jsonb('{value}'::text));
+               END IF;
+               RETURN NEW;
+             END $$ LANGUAGE plpgsql"
+        ));
+        pg.sql(
+            "CREATE TRIGGER dkt_tamper BEFORE UPDATE ON dkt_runs FOR EACH ROW EXECUTE FUNCTION dkt_tamper()",
+        );
+    }
+}
+
+#[test]
+fn workers_sign_their_results_and_the_record_names_their_key() {
+    let pg = Postgres::start();
+    let c = coordinator(&pg, "30s");
+    let e = &c.e;
+    setup_io(e);
+    let home = Home::new(&[]);
+    let key = home.key();
+    let fingerprint = key["fingerprint"].as_str().unwrap().to_owned();
+    let line = key["allowed_signers"].as_str().unwrap().to_owned();
+    assert!(fingerprint.starts_with("SHA256:"), "{key}");
+    assert!(
+        line.contains("namespaces=\"dtk-worker-result\" ssh-ed25519 "),
+        "{line}"
+    );
+    let key_file = home.dir.path().join("work/worker-key");
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // The private key's body: it must appear nowhere but in its file.
+    let private = std::fs::read_to_string(&key_file).unwrap();
+    let body: String = private
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let secret_part = &body[body.len() - 40..];
+    assert_eq!(home.key()["fingerprint"], fingerprint, "the same key");
+
+    let w = home.spawn(&pg, "linux", 1);
+    let cmd = "cat ${in:ROOT}/a.txt; date +%s%N > ${out:ROOT}/stamp";
+    e.dkt(&["node", "run", "--input=in", "--output=out", cmd])
+        .ok();
+    let node = e.dkt(&["--json", "node", "list"]).json()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = runs(e, &node)[0].clone();
+    assert_eq!(run["status"], "success", "{run}\n{}", w.output());
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let rec = e.dkt(&["--json", "node", "show", &run_id]).json();
+    assert_eq!(rec["worker_key"], fingerprint.as_str(), "{rec}");
+    assert_eq!(rec["worker"], w.id());
+    let st = &rec["worker_signature"]["statement"];
+    assert_eq!(st["type"], "dtk-worker-result/1");
+    assert_eq!(st["run"], run_id.as_str());
+    assert_eq!(st["ending"], "success");
+    assert_eq!(st["log"], rec["log_digest"]);
+    assert!(
+        st["outputs"]["out"]
+            .as_str()
+            .unwrap()
+            .starts_with("blake3:"),
+        "{st}"
+    );
+    let shown = e.dkt(&["node", "show", &run_id]).ok();
+    assert!(
+        shown.contains(&format!("signed   by worker key {fingerprint}")),
+        "{shown}"
+    );
+    let manifest = e.dkt(&["--json", "inspect", &run_id]).json();
+    assert!(manifest.to_string().contains(&fingerprint), "{manifest}");
+    // dkt verify checks it again, and says which key signed.
+    let verified = e.dkt(&["verify", &run_id]).ok();
+    assert!(
+        verified.contains(&format!("signed by worker key {fingerprint}")),
+        "{verified}"
+    );
+    let report = e.dkt(&["--json", "verify", &run_id]).json();
+    let check = |name: &str| -> serde_json::Value {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"].as_str().unwrap().starts_with(name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no check {name}: {report}"))
+    };
+    assert_eq!(check("signed by worker key")["result"], "ok");
+    assert_eq!(check("worker statement")["result"], "ok");
+    assert_eq!(check("worker log")["result"], "ok");
+    assert_eq!(check("worker key trusted")["result"], "skipped");
+    // The independent verifier (written from docs/format.md) checks the same signature.
+    let py = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/verifier/dtk_verify.py"
+        ))
+        .arg("--git-dir")
+        .arg(e.path().join(".dkt/.git"))
+        .args([run_id.as_str(), "--json"])
+        .output()
+        .expect("python3 runs the independent verifier");
+    let py_report: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap_or_else(|err| {
+        panic!(
+            "independent verifier: {err}: {}{}",
+            String::from_utf8_lossy(&py.stdout),
+            String::from_utf8_lossy(&py.stderr)
+        )
+    });
+    assert_eq!(py.status.code(), Some(0), "{py_report}");
+    let py_checks = py_report["checks"].as_array().unwrap();
+    for name in [
+        format!("signed by worker key {fingerprint}"),
+        "worker statement".to_owned(),
+        "worker log".to_owned(),
+    ] {
+        assert!(
+            py_checks
+                .iter()
+                .any(|c| c["check"] == name.as_str() && c["result"] == "ok"),
+            "{name}: {py_report}"
+        );
+    }
+
+    // The coordinator trusts only the workers its file lists.
+    let config = e.path().join(".dkt/config");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen("[queue]\n", "[queue]\nworkers = \"workers.allowed\"\n", 1),
+    )
+    .unwrap();
+    std::fs::write(e.path().join("workers.allowed"), format!("{line}\n")).unwrap();
+    let report = e.dkt(&["--json", "verify", &run_id]).json();
+    let trusted = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["check"]
+                .as_str()
+                .unwrap()
+                .starts_with("worker key trusted")
+        })
+        .cloned()
+        .unwrap();
+    assert_eq!(trusted["result"], "ok", "{trusted}");
+    let stamp = || std::fs::read_to_string(e.path().join("out/stamp")).unwrap();
+    let published = stamp();
+    e.dkt(&["node", "rerun", &node]).ok();
+    assert_eq!(runs(e, &node)[0]["status"], "success");
+    assert_ne!(stamp(), published);
+    let published = stamp();
+
+    // A key the file does not list: refused, nothing published.
+    let other = Home::new(&[]);
+    let other_line = other.key()["allowed_signers"].as_str().unwrap().to_owned();
+    std::fs::write(e.path().join("workers.allowed"), format!("{other_line}\n")).unwrap();
+    let err = e.dkt(&["node", "rerun", &node]).fails(1);
+    let refused = runs(e, &node)[0].clone();
+    assert_eq!(refused["status"], "failure", "{refused}");
+    let why = refused["error"].as_str().unwrap();
+    assert!(
+        why.contains(&fingerprint) && why.contains("does not list") && why.contains(&w.id()),
+        "{why}\n{err}"
+    );
+    assert_eq!(stamp(), published, "nothing was published");
+    assert!(refused.get("worker_key").is_none(), "{refused}");
+    // ... and dkt verify now says the earlier run's key is not trusted.
+    e.dkt(&["verify", &run_id]).fails(1);
+    std::fs::write(e.path().join("workers.allowed"), format!("{line}\n")).unwrap();
+
+    // What the worker sent, changed on the way (its log, an output's archive digest):
+    // refused naming the worker, nothing published.
+    for (path, value) in [
+        ("{log}", "forged log"),
+        (
+            "{ending,outputs,out,blake3}",
+            "blake3:0000000000000000000000000000000000000000000000000000000000000000",
+        ),
+    ] {
+        tamper(&pg, Some((path, value)));
+        e.dkt(&["node", "rerun", &node]).fails(1);
+        let bad = runs(e, &node)[0].clone();
+        assert_eq!(bad["status"], "failure", "{bad}");
+        let why = bad["error"].as_str().unwrap();
+        assert!(
+            why.contains("does not match its signature") && why.contains(&w.id()),
+            "{path}: {why}"
+        );
+        assert_eq!(stamp(), published, "nothing was published");
+    }
+    tamper(&pg, None);
+    e.dkt(&["node", "rerun", &node]).ok();
+    assert_eq!(runs(e, &node)[0]["status"], "success");
+
+    // The private key is nowhere but in its file.
+    let everything = format!(
+        "{}{}{}",
+        history_text(e),
+        w.output(),
+        e.dkt(&["--json", "node", "show", &run_id]).ok()
+    );
+    assert!(!everything.contains(secret_part));
+    assert!(!everything.contains("PRIVATE KEY"));
+    drop(w);
+}
+
 #[test]
 fn a_sandboxed_node_runs_sandboxed_on_a_remote_worker() {
     let pg = Postgres::start();

@@ -113,6 +113,11 @@ pub struct QueueConfig {
     /// password comes from the secret `PGPASSWORD` or the environment variable of that
     /// name, never from this file.
     pub url: Option<String>,
+    /// An allowed-signers file (git's format; a path relative to the project's root)
+    /// listing the keys of the workers trusted to execute its runs: a result signed by a
+    /// key it does not list is refused, and nothing is published. Without it, any worker
+    /// key is accepted (and recorded).
+    pub workers: Option<String>,
 }
 
 /// `[artifacts]` of the configuration.

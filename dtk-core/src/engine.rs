@@ -615,6 +615,8 @@ impl Project {
             log_digest: None,
             staging: None,
             read_files: Default::default(),
+            worker_key: None,
+            worker_signature: None,
             digest: None,
         });
         record.input_digests = input_digests(&snap, &record.inputs)?;
@@ -701,9 +703,14 @@ impl Project {
         let claim = record.clone();
         let (log, outcome) = match result {
             Ok((log, exec, executed_by)) => {
-                // A remote run's record names the worker (the machine) that executed it.
-                if let Some(w) = executed_by {
-                    record.worker = Some(w);
+                // A remote run's record names the worker (the machine) that executed it,
+                // and the key that signed its result.
+                if let Some(by) = executed_by {
+                    record.worker = Some(by.worker);
+                    if let Some((key, signature)) = by.key {
+                        record.worker_key = Some(key);
+                        record.worker_signature = Some(signature);
+                    }
                 }
                 (log, exec)
             }
@@ -1548,8 +1555,10 @@ impl Project {
         node: &NodeSpec,
         record: &RunRecord,
         timeout: Option<Duration>,
-    ) -> Result<(String, Exec, Option<String>)> {
+    ) -> Result<(String, Exec, Option<ExecutedBy>)> {
         use crate::remote::{self, Materialize, Ticket, TicketInput, TicketOutput};
+        // Refused before anything is shipped: a workers file that is set but missing.
+        let trusted = crate::signing::coordinator_workers(self)?;
         let snap = self.store().snapshot()?;
         let scratch = tempfile::Builder::new()
             .prefix(&format!("run-{}-", record.id.short()))
@@ -1679,9 +1688,30 @@ impl Project {
             run: record.id,
             node: record.node,
         });
+        let sent = ticket.clone();
         let result = d.dispatch(ticket, self.cancel_token()).await?;
-        let worker = Some(result.worker.clone());
         let log = self.secrets().redact(&result.log);
+        let mut by = ExecutedBy {
+            worker: result.worker.clone(),
+            key: None,
+        };
+        // A result from a worker is signed by its key, over what it ran and produced; the
+        // dispatcher's own (a run cancelled, or whose worker was lost) is not.
+        let made_here = result.signature.is_none()
+            && matches!(
+                result.ending,
+                remote::Ending::Cancelled | remote::Ending::Interrupted { .. }
+            );
+        if !made_here {
+            match remote::check_result(&sent, &result, trusted.as_ref()) {
+                Ok(key) => by.key = Some(key),
+                Err(why) => {
+                    tracing::warn!(run = %record.id.short(), "{why}");
+                    return Ok((log, Exec::Error(why), Some(by)));
+                }
+            }
+        }
+        let worker = Some(by);
         let exec = match result.ending {
             remote::Ending::Success { outputs: shipped } => {
                 for (name, _, stage, _) in &staged {
@@ -2084,6 +2114,14 @@ pub(crate) async fn run_steps(
 /// An output being staged: its name, its source, its staging directory and the version
 /// the run started from.
 type Staged = (Name, Arc<dyn Source>, PathBuf, Option<crate::Version>);
+
+/// Who executed a remote run: the worker (`host:pid`) and, once its result's signature
+/// was checked, its key's fingerprint and the signature its record keeps.
+#[derive(Debug)]
+struct ExecutedBy {
+    worker: String,
+    key: Option<(String, crate::remote::WorkerSignature)>,
+}
 
 enum Exec {
     Success(Vec<(SourceVersion, crate::VersionInfo)>),

@@ -105,6 +105,9 @@ pub struct RunEntry {
     /// Who ran it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// The key of the remote worker that signed its result (`SHA256:...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_key: Option<String>,
     /// Its status.
     pub status: crate::RunStatus,
     /// When it started (RFC 3339).
@@ -280,6 +283,7 @@ impl<'a> Walker<'a> {
             script: node.as_ref().and_then(|n| n.script.clone()),
             labels: node.map(|n| n.labels).unwrap_or_default(),
             worker: run.worker.clone(),
+            worker_key: run.worker_key.clone(),
             status: self.project.effective_status(run),
             started: run.started_ms.map(rfc3339),
             ended: run.ended_ms.map(rfc3339),
@@ -584,6 +588,7 @@ impl Project {
         };
         let mut digests: BTreeMap<SourceVersion, Option<String>> = BTreeMap::new();
         let mut versions = BTreeSet::new();
+        let workers = crate::signing::verifier_workers(self, self.allowed_signers())?;
         for entry in &manifest.entries {
             match entry {
                 Entry::Version(v) => {
@@ -591,7 +596,7 @@ impl Project {
                     self.verify_version(&snap, &v.full, &mut report, &mut digests)
                         .await?
                 }
-                Entry::Run(r) => verify_run(&snap, &r.full, &digests, &mut report)?,
+                Entry::Run(r) => verify_run(&snap, &r.full, &digests, &workers, &mut report)?,
                 Entry::Link(_) => {}
             }
         }
@@ -766,12 +771,16 @@ fn verify_run(
     snap: &Snapshot,
     run: &RunRecord,
     digests: &BTreeMap<SourceVersion, Option<String>>,
+    workers: &crate::signing::AllowedSigners,
     report: &mut VerifyReport,
 ) -> Result<()> {
     let subject = format!("run {}", run.id.short());
     let path = paths::run(&run.id);
     match snap.read(&path)? {
-        Some(bytes) => seal_check(report, &subject, &bytes),
+        Some(bytes) => {
+            seal_check(report, &subject, &bytes);
+            verify_worker(&subject, run, &bytes, workers, report);
+        }
         None => report.record(
             &subject,
             "record",
@@ -862,6 +871,134 @@ fn verify_run(
         );
     }
     Ok(())
+}
+
+/// Check the signature of the worker that executed a remote run (`docs/format.md`, "Worker
+/// signatures"): over the statement as stored (`bytes` is the record), by the key the
+/// record names, about this run; its log; and whether the key is trusted.
+fn verify_worker(
+    subject: &str,
+    run: &RunRecord,
+    bytes: &[u8],
+    workers: &crate::signing::AllowedSigners,
+    report: &mut VerifyReport,
+) {
+    let raw: Option<serde_json::Value> = serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("worker_signature").cloned());
+    let (sig, raw) = match (&run.worker_signature, raw) {
+        (Some(sig), Some(raw)) => (sig, raw),
+        (None, _) => {
+            if let Some(key) = &run.worker_key {
+                report.record(
+                    subject,
+                    "worker signature",
+                    format!("a signature by worker key {key}"),
+                    "none".into(),
+                );
+            }
+            return;
+        }
+        (Some(_), None) => return, // not reached: the record was read from these bytes
+    };
+    let statement = raw.get("statement").cloned().unwrap_or_default();
+    let checked = crate::digest::canonical_json(&statement)
+        .map_err(|e| e.to_string())
+        .and_then(|b| {
+            crate::signing::verify_signature(crate::signing::WORKER_NAMESPACE, &b, &sig.signature)
+        });
+    let key = match checked {
+        Ok(key) => key,
+        Err(why) => {
+            report.record(
+                subject,
+                "worker signature",
+                format!(
+                    "a valid signature by worker key {} over the recorded statement",
+                    run.worker_key.as_deref().unwrap_or("(none named)")
+                ),
+                why,
+            );
+            return;
+        }
+    };
+    let fingerprint = crate::signing::fingerprint(&key);
+    if run.worker_key.as_deref() != Some(fingerprint.as_str()) {
+        report.record(
+            subject,
+            "worker signature",
+            format!(
+                "a signature by the worker key the record names ({})",
+                run.worker_key.as_deref().unwrap_or("none")
+            ),
+            format!("a valid signature by {fingerprint}"),
+        );
+    } else {
+        report.ok(subject, &format!("signed by worker key {fingerprint}"));
+    }
+    let st = &sig.statement;
+    let about = |run_id: &RunId,
+                 node: &crate::NodeId,
+                 attempt: u32,
+                 inputs: &[SourceVersion],
+                 worker: &str| {
+        format!(
+            "run {} node {} attempt {attempt} inputs [{}] worker {worker}",
+            run_id.to_hex(),
+            node.to_hex(),
+            list(inputs)
+        )
+    };
+    report.record(
+        subject,
+        "worker statement",
+        about(
+            &run.id,
+            &run.node,
+            run.attempt,
+            &run.inputs,
+            run.worker.as_deref().unwrap_or("-"),
+        ),
+        about(&st.run, &st.node, st.attempt, &st.inputs, &st.worker),
+    );
+    if run.log_digest.as_deref() == Some(st.log.as_str()) {
+        report.ok(subject, "worker log");
+    } else {
+        report.skip(
+            subject,
+            "worker log",
+            &format!(
+                "the stored log ({}) is not the one the worker signed ({}): the coordinator redacted its own secrets from it",
+                run.log_digest.as_deref().unwrap_or("none"),
+                st.log
+            ),
+        );
+    }
+    match workers.find(key.key_data()) {
+        Some(s) => report.ok(
+            subject,
+            &format!("worker key trusted ({})", s.principals.join(",")),
+        ),
+        None if workers.is_empty() => report.skip(
+            subject,
+            "worker key trusted",
+            "no allowed-signers file lists worker keys ([queue] workers, or a line with namespaces=\"dtk-worker-result\" in the user's)",
+        ),
+        None => report.record(
+            subject,
+            "worker key trusted",
+            format!(
+                "a worker key listed in {}",
+                workers
+                    .files()
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+            format!("untrusted key {fingerprint}"),
+        ),
+    }
 }
 
 /// Check that every link touching one of `versions` is stored under its own ID.
@@ -1258,5 +1395,103 @@ mod tests {
             "2025-11-26T15:13:20.123Z"
         );
         assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn a_forged_worker_key_or_statement_is_a_mismatch() {
+        use super::*;
+        use crate::remote::{ResultStatement, WorkerSignature, STATEMENT_TYPE};
+        let key = crate::SigningKey::generate("w@x").unwrap_or_else(|e| panic!("{e}"));
+        let other = crate::SigningKey::generate("o@x").unwrap_or_else(|e| panic!("{e}"));
+        let run_id: RunId = "09".repeat(32).parse().unwrap_or_else(|e| panic!("{e}"));
+        let node: crate::NodeId = "07".repeat(32).parse().unwrap_or_else(|e| panic!("{e}"));
+        let statement = ResultStatement {
+            kind: STATEMENT_TYPE.into(),
+            run: run_id,
+            node,
+            attempt: 0,
+            inputs: Vec::new(),
+            outputs: BTreeMap::new(),
+            log: crate::digest::blob(b"log"),
+            ending: "success".into(),
+            exit_code: None,
+            worker: "h:1".into(),
+        };
+        let (_, signature) = statement.sign(&key).unwrap_or_else(|e| panic!("{e}"));
+        let mut run: RunRecord = serde_json::from_value(serde_json::json!({
+            "id": run_id, "node": node, "inputs": [], "status": "success", "queued_ms": 0,
+            "worker": "h:1", "log_digest": crate::digest::blob(b"log"),
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        run.worker_key = Some(key.fingerprint());
+        run.worker_signature = Some(WorkerSignature {
+            statement,
+            signature,
+        });
+        let check = |run: &RunRecord| {
+            let bytes = serde_json::to_vec(run).unwrap_or_default();
+            let mut report = VerifyReport {
+                target: String::new(),
+                checks: Vec::new(),
+            };
+            verify_worker(
+                "run x",
+                run,
+                &bytes,
+                &crate::signing::AllowedSigners::default(),
+                &mut report,
+            );
+            report
+        };
+        let good = check(&run);
+        assert!(good.is_ok(), "{:?}", good.checks);
+        assert!(good
+            .checks
+            .iter()
+            .any(|c| c.check == format!("signed by worker key {}", key.fingerprint())));
+        // Another key named in the record.
+        let mut forged = run.clone();
+        forged.worker_key = Some(other.fingerprint());
+        assert!(!check(&forged).is_ok());
+        // The statement changed (another worker named), or the run's worker changed.
+        let mut forged = run.clone();
+        if let Some(s) = forged.worker_signature.as_mut() {
+            s.statement.worker = "evil:1".into();
+        }
+        assert!(!check(&forged).is_ok());
+        let mut forged = run.clone();
+        forged.worker = Some("evil:1".into());
+        assert!(!check(&forged).is_ok());
+        // A key named with no signature.
+        let mut forged = run.clone();
+        forged.worker_signature = None;
+        assert!(!check(&forged).is_ok());
+        // Re-signed by another key, which the record now names: valid, but a workers file
+        // that lists only the real key does not trust it.
+        let mut forged = run.clone();
+        if let Some(s) = forged.worker_signature.as_mut() {
+            s.signature = s.statement.sign(&other).unwrap_or_else(|e| panic!("{e}")).1;
+        }
+        forged.worker_key = Some(other.fingerprint());
+        assert!(check(&forged).is_ok());
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("workers");
+        std::fs::write(
+            &file,
+            key.allowed_signers_line_for(crate::signing::WORKER_NAMESPACE)
+                .unwrap_or_default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut workers = crate::signing::AllowedSigners::default();
+        workers
+            .add_file_for(&file, crate::signing::WORKER_NAMESPACE)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let bytes = serde_json::to_vec(&forged).unwrap_or_default();
+        let mut report = VerifyReport {
+            target: String::new(),
+            checks: Vec::new(),
+        };
+        verify_worker("run x", &forged, &bytes, &workers, &mut report);
+        assert!(!report.is_ok(), "{:?}", report.checks);
     }
 }

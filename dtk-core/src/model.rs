@@ -553,6 +553,14 @@ pub struct RunRecord {
     /// inside the input, `/`-separated, sorted), by input.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub read_files: BTreeMap<Name, Vec<String>>,
+    /// A run executed by a remote worker: the OpenSSH SHA-256 fingerprint (`SHA256:...`) of
+    /// the worker's own key, which signed its result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_key: Option<String>,
+    /// A run executed by a remote worker: what the worker signed about it and its
+    /// signature, checked by the coordinator before publishing and by `dkt verify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_signature: Option<crate::remote::WorkerSignature>,
     /// The digest of this record without this field (see [`seal`](Self::seal)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
@@ -789,6 +797,8 @@ mod tests {
             log_digest: None,
             staging: None,
             read_files: BTreeMap::new(),
+            worker_key: None,
+            worker_signature: None,
             digest: None,
         };
         let mut sealed = run.clone();

@@ -629,6 +629,8 @@ mod tests {
             log_digest: None,
             staging: None,
             read_files: Default::default(),
+            worker_key: None,
+            worker_signature: None,
             digest: None,
         }
     }

@@ -191,6 +191,182 @@ pub struct TicketResult {
     /// are shipped again).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub corrupt: Vec<String>,
+    /// The key that signed this result (a result the dispatcher made itself, for a run
+    /// cancelled or whose worker was lost, has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<Signer>,
+    /// The worker's armored SSHSIG signature (namespace
+    /// [`WORKER_NAMESPACE`](crate::signing::WORKER_NAMESPACE)) of the canonical JSON of the
+    /// result's [`ResultStatement`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// The key of a worker, as its results name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signer {
+    /// The key's OpenSSH SHA-256 fingerprint (`SHA256:...`).
+    pub fingerprint: String,
+    /// The public key, in OpenSSH format.
+    pub public_key: String,
+}
+
+/// The type of a [`ResultStatement`] (its `type` member).
+pub const STATEMENT_TYPE: &str = "dtk-worker-result/1";
+
+/// What a worker signs about a run it executed (`docs/format.md`, "Worker signatures"):
+/// which run, on which inputs, what it produced and how it ended. The signed bytes are its
+/// canonical JSON (RFC 8785, as for seals); the coordinator rebuilds it from what it sent
+/// (the ticket) and what it received (the result, the archives' digests, the log) and
+/// checks the signature against that, and the run record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultStatement {
+    /// [`STATEMENT_TYPE`].
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The run.
+    pub run: RunId,
+    /// Its node.
+    pub node: NodeId,
+    /// The attempt.
+    pub attempt: u32,
+    /// The input versions it ran on, in the ticket's order (the run record's).
+    pub inputs: Vec<crate::SourceVersion>,
+    /// Each output's shipped archive: `blake3:HEX` (successful runs only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<Name, String>,
+    /// `blake3:HEX` of the log the worker sent (UTF-8).
+    pub log: String,
+    /// How it ended: `success`, `failed`, `cancelled`, `interrupted`, `error`.
+    pub ending: String,
+    /// The exit code, for a failed run that exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The worker (`host:pid`).
+    pub worker: String,
+}
+
+impl ResultStatement {
+    /// The statement of `ending` with `log`, for `ticket`, by `worker`.
+    pub fn new(ticket: &Ticket, ending: &Ending, log: &str, worker: &str) -> ResultStatement {
+        let (status, outputs, exit_code) = match ending {
+            Ending::Success { outputs } => (
+                "success",
+                outputs
+                    .iter()
+                    .map(|(n, s)| (n.clone(), s.blake3.clone()))
+                    .collect(),
+                None,
+            ),
+            Ending::Failed { code, .. } => ("failed", BTreeMap::new(), *code),
+            Ending::Cancelled => ("cancelled", BTreeMap::new(), None),
+            Ending::Interrupted { .. } => ("interrupted", BTreeMap::new(), None),
+            Ending::Error { .. } => ("error", BTreeMap::new(), None),
+        };
+        ResultStatement {
+            kind: STATEMENT_TYPE.to_owned(),
+            run: ticket.run,
+            node: ticket.node,
+            attempt: ticket.attempt,
+            inputs: ticket
+                .inputs
+                .iter()
+                .map(|i| crate::SourceVersion {
+                    source: i.name.clone(),
+                    version: i.version.clone(),
+                })
+                .collect(),
+            outputs,
+            log: crate::digest::blob(log.as_bytes()),
+            ending: status.to_owned(),
+            exit_code,
+            worker: worker.to_owned(),
+        }
+    }
+
+    /// The bytes signed: the statement's canonical JSON (RFC 8785).
+    pub fn signed_bytes(&self) -> Result<Vec<u8>> {
+        let value = serde_json::to_value(self)
+            .map_err(|e| crate::Error::corrupt(format!("cannot encode a statement: {e}")))?;
+        crate::digest::canonical_json(&value)
+    }
+
+    /// Sign it with `key`: the signer and the armored signature.
+    pub fn sign(&self, key: &crate::signing::SigningKey) -> Result<(Signer, String)> {
+        let signature = key.sign_in(crate::signing::WORKER_NAMESPACE, &self.signed_bytes()?)?;
+        Ok((
+            Signer {
+                fingerprint: key.fingerprint(),
+                public_key: key.public_openssh()?,
+            },
+            signature,
+        ))
+    }
+}
+
+/// A run's signature by the worker that executed it, as its record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSignature {
+    /// What the worker signed.
+    pub statement: ResultStatement,
+    /// The armored SSHSIG signature of its canonical JSON (namespace
+    /// [`WORKER_NAMESPACE`](crate::signing::WORKER_NAMESPACE)), which carries the public key.
+    pub signature: String,
+}
+
+/// Check `result`'s signature against what the coordinator sent (`ticket`) and received
+/// (`result`: its ending, the archives' digests it names, which the artifact store checks
+/// again on arrival, and its log); `trusted`, when given, must list the key. The key's
+/// fingerprint and the record's signature, or why the result is refused (naming the
+/// worker).
+pub fn check_result(
+    ticket: &Ticket,
+    result: &TicketResult,
+    trusted: Option<&crate::signing::AllowedSigners>,
+) -> std::result::Result<(String, WorkerSignature), String> {
+    let worker = &result.worker;
+    let Some(signature) = &result.signature else {
+        return Err(format!(
+            "worker {worker} sent an unsigned result (a worker signs its results with its own key since this dkt version: run the same dkt version on the coordinator and the workers); nothing was published"
+        ));
+    };
+    let statement = ResultStatement::new(ticket, &result.ending, &result.log, worker);
+    let bytes = statement.signed_bytes().map_err(|e| e.to_string())?;
+    let key = crate::signing::verify_signature(crate::signing::WORKER_NAMESPACE, &bytes, signature)
+        .map_err(|why| {
+            format!(
+                "the result of worker {worker} does not match its signature: {why} (the log, an output's archive or the ending changed between the worker and this coordinator, or the result was forged); nothing was published"
+            )
+        })?;
+    let fingerprint = crate::signing::fingerprint(&key);
+    if let Some(s) = &result.signer {
+        if s.fingerprint != fingerprint {
+            return Err(format!(
+                "worker {worker} names key {} but its result is signed by {fingerprint}; nothing was published",
+                s.fingerprint
+            ));
+        }
+    }
+    if let Some(trusted) = trusted {
+        if trusted.find(key.key_data()).is_none() {
+            return Err(format!(
+                "worker {worker} signed its result with key {fingerprint}, which the workers' allowed-signers file ({}) does not list; nothing was published (add the line `dkt worker key` prints on that worker)",
+                trusted
+                    .files()
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    Ok((
+        fingerprint,
+        WorkerSignature {
+            statement,
+            signature: signature.clone(),
+        },
+    ))
 }
 
 /// Hands tickets to workers and brings their results back (see the [module docs](self)).
@@ -387,4 +563,193 @@ pub async fn run_ticket(
         Some(crate::engine::StepsEnded::Cancelled) => Ending::Cancelled,
     };
     Ok((log, ending))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signing::{AllowedSigners, SigningKey, WORKER_NAMESPACE};
+
+    fn ticket() -> Ticket {
+        let node: NodeId = "07".repeat(32).parse().unwrap_or_else(|e| panic!("{e}"));
+        Ticket {
+            format: TICKET_FORMAT,
+            run: "09".repeat(32).parse().unwrap_or_else(|e| panic!("{e}")),
+            node,
+            attempt: 1,
+            labels: Vec::new(),
+            command: Command::Argv(vec!["true".into()]),
+            script: None,
+            inputs: vec![TicketInput {
+                name: Name::new("src").unwrap_or_else(|e| panic!("{e}")),
+                version: "md5:d41d8cd98f00b204e9800998ecf8427e"
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{e}")),
+                from: Materialize::Kind {
+                    spec: SourceSpec::new(
+                        Name::new("src").unwrap_or_else(|e| panic!("{e}")),
+                        "git",
+                        "https://example.invalid/r.git",
+                    ),
+                },
+            }],
+            outputs: Vec::new(),
+            vars: BTreeMap::new(),
+            secrets: Vec::new(),
+            settings: BTreeMap::new(),
+            timeout_ms: None,
+            sandbox: false,
+            network: false,
+            artifacts: "file:///nowhere".into(),
+            lease_ms: 1000,
+        }
+    }
+
+    fn signed(key: &SigningKey, ticket: &Ticket, log: &str) -> TicketResult {
+        let mut outputs = BTreeMap::new();
+        outputs.insert(
+            Name::new("out").unwrap_or_else(|e| panic!("{e}")),
+            Shipped {
+                key: "runs/x/out.tar".into(),
+                blake3: format!("blake3:{}", "ab".repeat(32)),
+                size: 10,
+                file: None,
+            },
+        );
+        let ending = Ending::Success { outputs };
+        let st = ResultStatement::new(ticket, &ending, log, "host:1");
+        let (signer, signature) = st.sign(key).unwrap_or_else(|e| panic!("{e}"));
+        TicketResult {
+            ending,
+            log: log.into(),
+            worker: "host:1".into(),
+            corrupt: Vec::new(),
+            signer: Some(signer),
+            signature: Some(signature),
+        }
+    }
+
+    #[test]
+    fn a_worker_result_is_checked_against_what_arrived() {
+        let key = SigningKey::generate("w@x").unwrap_or_else(|e| panic!("{e}"));
+        let t = ticket();
+        let result = signed(&key, &t, "hello\n");
+        let (fp, sig) = check_result(&t, &result, None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(fp, key.fingerprint());
+        assert_eq!(sig.statement.log, crate::digest::blob(b"hello\n"));
+        assert_eq!(sig.statement.kind, STATEMENT_TYPE);
+        // The signed bytes are the statement's canonical JSON: sorted members, no spaces.
+        let bytes =
+            String::from_utf8(sig.statement.signed_bytes().unwrap_or_default()).unwrap_or_default();
+        assert!(
+            bytes.starts_with(
+                "{\"attempt\":1,\"ending\":\"success\",\"inputs\":[{\"source\":\"src\""
+            ),
+            "{bytes}"
+        );
+
+        // The log changed on the way.
+        let mut bad = result.clone();
+        bad.log = "hello, tampered\n".into();
+        let why = check_result(&t, &bad, None).err().unwrap_or_default();
+        assert!(
+            why.contains("worker host:1") && why.contains("nothing was published"),
+            "{why}"
+        );
+        // An output's archive digest changed.
+        let mut bad = result.clone();
+        if let Ending::Success { outputs } = &mut bad.ending {
+            for s in outputs.values_mut() {
+                s.blake3 = format!("blake3:{}", "cd".repeat(32));
+            }
+        }
+        assert!(check_result(&t, &bad, None).is_err());
+        // Another run, another attempt.
+        let mut other = t.clone();
+        other.attempt = 2;
+        assert!(check_result(&other, &result, None).is_err());
+        // Unsigned.
+        let mut bad = result.clone();
+        bad.signature = None;
+        assert!(check_result(&t, &bad, None)
+            .err()
+            .unwrap_or_default()
+            .contains("unsigned"));
+        // A commit signature (namespace git) of the same bytes is not a worker's.
+        let mut bad = result.clone();
+        bad.signature = Some(
+            key.sign_commit(&sig.statement.signed_bytes().unwrap_or_default())
+                .unwrap_or_default(),
+        );
+        assert!(check_result(&t, &bad, None).is_err());
+
+        // Trust: a workers file that lists the key, and one that does not.
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("workers");
+        let other = SigningKey::generate("o@x").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            &file,
+            other
+                .allowed_signers_line_for(WORKER_NAMESPACE)
+                .unwrap_or_default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut trusted = AllowedSigners::default();
+        trusted
+            .add_file_for(&file, WORKER_NAMESPACE)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let why = check_result(&t, &result, Some(&trusted))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            why.contains(&key.fingerprint()) && why.contains("does not list"),
+            "{why}"
+        );
+        let line = key
+            .allowed_signers_line_for(WORKER_NAMESPACE)
+            .unwrap_or_default();
+        assert!(line.contains("namespaces=\"dtk-worker-result\""), "{line}");
+        std::fs::write(&file, line).unwrap_or_else(|e| panic!("{e}"));
+        let mut trusted = AllowedSigners::default();
+        trusted
+            .add_file_for(&file, WORKER_NAMESPACE)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(check_result(&t, &result, Some(&trusted)).is_ok());
+        // A line for commits only does not trust a worker.
+        std::fs::write(&file, key.allowed_signers_line().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut trusted = AllowedSigners::default();
+        trusted
+            .add_file_for(&file, WORKER_NAMESPACE)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(check_result(&t, &result, Some(&trusted)).is_err());
+        // Nothing secret in what travels or is recorded.
+        let shown = format!(
+            "{}{}",
+            serde_json::to_string(&result).unwrap_or_default(),
+            serde_json::to_string(&sig).unwrap_or_default()
+        );
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    }
+
+    #[test]
+    fn a_worker_key_is_made_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("worker-key");
+        let (a, made) =
+            SigningKey::load_or_generate(&path, "w@x").unwrap_or_else(|e| panic!("{e}"));
+        assert!(made);
+        let (b, made) =
+            SigningKey::load_or_generate(&path, "w@x").unwrap_or_else(|e| panic!("{e}"));
+        assert!(!made);
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or_default();
+            assert_eq!(mode, 0o600);
+        }
+    }
 }

@@ -39,6 +39,9 @@ use crate::{Error, IoResultExt, Result};
 
 /// The SSHSIG namespace of commit signatures (what git uses).
 pub const NAMESPACE: &str = "git";
+/// The SSHSIG namespace of a remote worker's signed result (see
+/// [`crate::remote::ResultStatement`]).
+pub const WORKER_NAMESPACE: &str = "dtk-worker-result";
 /// The project's private signing key, in `.dkt` (never committed).
 pub const KEY_FILE: &str = "signing-key";
 /// The project's trust-on-first-use allowed-signers file, in `.dkt` (never committed).
@@ -229,14 +232,36 @@ impl SigningKey {
     /// Sign a commit's payload (the commit without its `gpgsig` header): the armored
     /// SSHSIG, as git puts it in the header, without a final newline.
     pub fn sign_commit(&self, payload: &[u8]) -> Result<String> {
+        self.sign_in(NAMESPACE, payload)
+    }
+
+    /// An armored SSHSIG signature (SHA-512) of `message` in `namespace`, without a final
+    /// newline.
+    pub fn sign_in(&self, namespace: &str, message: &[u8]) -> Result<String> {
         let sig = self
             .key
-            .sign(NAMESPACE, HashAlg::Sha512, payload)
-            .map_err(key_err("cannot sign a commit"))?;
+            .sign(namespace, HashAlg::Sha512, message)
+            .map_err(key_err("cannot sign"))?;
         let pem = sig
             .to_pem(LineEnding::LF)
             .map_err(key_err("cannot encode a signature"))?;
         Ok(pem.trim_end().to_owned())
+    }
+
+    /// The key at `path`, made (a new ed25519 key signing as `principal`, saved with mode
+    /// 0600) when the file does not exist; `true` when it was made.
+    pub fn load_or_generate(path: &Path, principal: &str) -> Result<(SigningKey, bool)> {
+        if path.exists() {
+            warn_if_readable(path);
+            return Ok((SigningKey::load(path, None)?, false));
+        }
+        let key = SigningKey::generate(principal)?;
+        match key.save(path) {
+            Ok(()) => Ok((key, true)),
+            // Made meanwhile by another process: use that one.
+            Err(Error::AlreadyExists { .. }) => Ok((SigningKey::load(path, None)?, false)),
+            Err(e) => Err(e),
+        }
     }
 
     /// A raw ed25519 signature of `message` (64 bytes).
@@ -251,13 +276,19 @@ impl SigningKey {
 
     /// This key as one line of an allowed-signers file (`PRINCIPAL namespaces="git" KEY`).
     pub fn allowed_signers_line(&self) -> Result<String> {
+        self.allowed_signers_line_for(NAMESPACE)
+    }
+
+    /// This key as one line of an allowed-signers file trusting it for `namespace`
+    /// (`PRINCIPAL namespaces="NAMESPACE" KEY`).
+    pub fn allowed_signers_line_for(&self, namespace: &str) -> Result<String> {
         let mut public = self.public_key().clone();
         public.set_comment("");
         let key = public
             .to_openssh()
             .map_err(key_err("cannot encode the public key"))?;
         Ok(format!(
-            "{} namespaces=\"{NAMESPACE}\" {}\n",
+            "{} namespaces=\"{namespace}\" {}\n",
             self.principal,
             key.trim()
         ))
@@ -304,6 +335,12 @@ impl AllowedSigners {
     /// `cert-authority`, `valid-after` or `valid-before` are not supported by dtk and are
     /// left out (with a warning), so they never trust more than git would.
     pub fn add_file(&mut self, path: &Path) -> Result<()> {
+        self.add_file_for(path, NAMESPACE)
+    }
+
+    /// Add the lines of the allowed-signers file at `path` that trust keys for
+    /// `namespace` (as [`add_file`](Self::add_file) does for `git`).
+    pub fn add_file_for(&mut self, path: &Path, namespace: &str) -> Result<()> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -315,7 +352,7 @@ impl AllowedSigners {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            match parse_allowed_line(line) {
+            match parse_allowed_line(line, namespace) {
                 Ok(Some((principals, key))) => self.signers.push(AllowedSigner {
                     principals,
                     key,
@@ -361,7 +398,10 @@ fn split_options(s: &str) -> (&str, &str) {
     (s, "")
 }
 
-fn parse_allowed_line(line: &str) -> std::result::Result<Option<(Vec<String>, PublicKey)>, String> {
+fn parse_allowed_line(
+    line: &str,
+    namespace: &str,
+) -> std::result::Result<Option<(Vec<String>, PublicKey)>, String> {
     let (principals, rest) = split_options(line);
     let principals: Vec<String> = principals
         .trim_matches('"')
@@ -392,7 +432,7 @@ fn parse_allowed_line(line: &str) -> std::result::Result<Option<(Vec<String>, Pu
         let (name, value) = opt.split_once('=').unwrap_or((opt, ""));
         match name.to_ascii_lowercase().as_str() {
             "namespaces" => {
-                if !value.trim_matches('"').split(',').any(|n| n == NAMESPACE) {
+                if !value.trim_matches('"').split(',').any(|n| n == namespace) {
                     return Ok(None);
                 }
             }
@@ -426,7 +466,7 @@ pub fn user_allowed_signers() -> Option<PathBuf> {
 pub fn trust(path: &Path, line: &str) -> Result<()> {
     let mut known = AllowedSigners::default();
     known.add_file(path)?;
-    if let Ok(Some((_, key))) = parse_allowed_line(line.trim()) {
+    if let Ok(Some((_, key))) = parse_allowed_line(line.trim(), NAMESPACE) {
         if known.find(key.key_data()).is_some() {
             return Ok(());
         }
@@ -463,8 +503,14 @@ pub(crate) fn load_project_key(dkt: &Path) -> Result<Option<Arc<SigningKey>>> {
     if !path.exists() {
         return Ok(None);
     }
+    warn_if_readable(&path);
+    Ok(Some(Arc::new(SigningKey::load(&path, None)?)))
+}
+
+/// Warn when the private key at `path` is readable by others.
+fn warn_if_readable(path: &Path) {
     #[cfg(unix)]
-    if let Ok(meta) = std::fs::metadata(&path) {
+    if let Ok(meta) = std::fs::metadata(path) {
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -474,7 +520,38 @@ pub(crate) fn load_project_key(dkt: &Path) -> Result<Option<Arc<SigningKey>>> {
             );
         }
     }
-    Ok(Some(Arc::new(SigningKey::load(&path, None)?)))
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+/// Check the armored SSHSIG `armored` of `message` in `namespace`: the key that made it
+/// (its fingerprint is `key.fingerprint(HashAlg::Sha256)`), or why it does not verify.
+pub fn verify_signature(
+    namespace: &str,
+    message: &[u8],
+    armored: &str,
+) -> std::result::Result<PublicKey, String> {
+    let sig =
+        SshSig::from_pem(armored.as_bytes()).map_err(|e| format!("not an SSH signature ({e})"))?;
+    let key = PublicKey::from(sig.public_key().clone());
+    if sig.namespace() != namespace {
+        return Err(format!(
+            "signed in namespace {:?}, not {namespace:?}",
+            sig.namespace()
+        ));
+    }
+    key.verify(namespace, message, &sig).map_err(|e| {
+        format!(
+            "the signature by {} does not verify ({e})",
+            key.fingerprint(HashAlg::Sha256)
+        )
+    })?;
+    Ok(key)
+}
+
+/// The OpenSSH SHA-256 fingerprint of `key` (`SHA256:...`).
+pub fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
 }
 
 /// After a clone: trust the signers the cloned history names (`signers/`), recording them
@@ -493,7 +570,7 @@ pub(crate) fn trust_cloned_signers(project: &Project) -> Result<usize> {
         };
         let line = String::from_utf8_lossy(&bytes);
         let line = format!("{}\n", line.trim());
-        if parse_allowed_line(line.trim()).is_ok_and(|l| l.is_some()) {
+        if parse_allowed_line(line.trim(), NAMESPACE).is_ok_and(|l| l.is_some()) {
             trust(&file, &line)?;
             n += 1;
         } else {
@@ -619,6 +696,49 @@ pub fn trusted_signers(project: &Project, user: Option<&Path>) -> Result<Allowed
         trusted.add_file(&p)?;
     }
     trusted.add_file(&project.dkt_dir().join(TRUST_FILE))?;
+    Ok(trusted)
+}
+
+/// The workers' allowed-signers file of `project` (`[queue] workers`, relative to its
+/// root), if it sets one.
+pub fn workers_file(project: &Project) -> Option<PathBuf> {
+    project
+        .config()
+        .queue
+        .workers
+        .as_deref()
+        .map(|f| project.root().join(f))
+}
+
+/// The worker keys the coordinator accepts results from: `None` (any key) unless
+/// `[queue] workers` names an allowed-signers file, which must exist.
+pub fn coordinator_workers(project: &Project) -> Result<Option<AllowedSigners>> {
+    let Some(file) = workers_file(project) else {
+        return Ok(None);
+    };
+    if !file.is_file() {
+        return Err(Error::invalid(
+            "setting",
+            format!("[queue] workers = {:?}", file.display().to_string()),
+            "no such file: it lists the keys of the trusted workers, one allowed-signers line each (`dkt worker key` prints a worker's)",
+        ));
+    }
+    let mut trusted = AllowedSigners::default();
+    trusted.add_file_for(&file, WORKER_NAMESPACE)?;
+    Ok(Some(trusted))
+}
+
+/// The worker keys `dkt verify` trusts: the lines of `[queue] workers` and of the user's
+/// allowed-signers file (`user`, else [`user_allowed_signers`]) that trust keys for
+/// [`WORKER_NAMESPACE`].
+pub fn verifier_workers(project: &Project, user: Option<&Path>) -> Result<AllowedSigners> {
+    let mut trusted = AllowedSigners::default();
+    if let Some(f) = workers_file(project) {
+        trusted.add_file_for(&f, WORKER_NAMESPACE)?;
+    }
+    if let Some(p) = user.map(Path::to_owned).or_else(user_allowed_signers) {
+        trusted.add_file_for(&p, WORKER_NAMESPACE)?;
+    }
     Ok(trusted)
 }
 
@@ -856,7 +976,7 @@ msg\n\n gpgsig not a header\n"
             CommitSignature::Untrusted { .. }
         ));
         let line = key.allowed_signers_line().unwrap_or_default();
-        let (principals, public) = parse_allowed_line(line.trim())
+        let (principals, public) = parse_allowed_line(line.trim(), NAMESPACE)
             .ok()
             .flatten()
             .unwrap_or_else(|| panic!("{line}"));
@@ -880,20 +1000,31 @@ msg\n\n gpgsig not a header\n"
         assert_eq!(verify_commit(&payload, &trusted), CommitSignature::Unsigned);
     }
 
+    fn parse_allowed_line_git(
+        l: &str,
+    ) -> std::result::Result<Option<(Vec<String>, PublicKey)>, String> {
+        parse_allowed_line(l, NAMESPACE)
+    }
+
     #[test]
     fn allowed_signers_lines_as_git_writes_them() {
         let key =
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHhyM7kKqYlSG1698SBegewTfuE5AJUJTl1Rfwub9hLY";
-        let ok = |l: &str| parse_allowed_line(l).ok().flatten().map(|(p, _)| p);
+        let ok = |l: &str| {
+            parse_allowed_line(l, NAMESPACE)
+                .ok()
+                .flatten()
+                .map(|(p, _)| p)
+        };
         assert_eq!(ok(&format!("a@x {key} c")), Some(vec!["a@x".to_owned()]));
         assert_eq!(
             ok(&format!("a@x,b@y namespaces=\"file,git\" {key}")),
             Some(vec!["a@x".to_owned(), "b@y".to_owned()])
         );
         assert_eq!(ok(&format!("a@x namespaces=\"file\" {key}")), None);
-        assert!(parse_allowed_line(&format!("a@x cert-authority {key}")).is_err());
-        assert!(parse_allowed_line(&format!("a@x valid-before=\"2020\" {key}")).is_err());
-        assert!(parse_allowed_line("a@x ssh-ed25519 !!!").is_err());
+        assert!(parse_allowed_line_git(&format!("a@x cert-authority {key}")).is_err());
+        assert!(parse_allowed_line_git(&format!("a@x valid-before=\"2020\" {key}")).is_err());
+        assert!(parse_allowed_line_git("a@x ssh-ed25519 !!!").is_err());
     }
 
     #[test]

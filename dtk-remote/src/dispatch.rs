@@ -161,6 +161,8 @@ impl Dispatcher for RemoteDispatcher {
                 log: String::new(),
                 worker: "-".to_owned(),
                 corrupt: Vec::new(),
+                signer: None,
+                signature: None,
             },
             Some(Collected::Expired { worker }) => TicketResult {
                 ending: Ending::Interrupted {
@@ -172,6 +174,8 @@ impl Dispatcher for RemoteDispatcher {
                 log: String::new(),
                 worker,
                 corrupt: Vec::new(),
+                signer: None,
+                signature: None,
             },
             None => {
                 // Given up here (Ctrl-C, SIGTERM): the worker is told to stop.
@@ -184,6 +188,8 @@ impl Dispatcher for RemoteDispatcher {
                     log: String::new(),
                     worker: "-".to_owned(),
                     corrupt: Vec::new(),
+                    signer: None,
+                    signature: None,
                 });
             }
         };

@@ -43,6 +43,9 @@ pub struct WorkerSetup {
     pub registry: Arc<Registry>,
     /// Where transfers report progress.
     pub progress: Arc<dyn Progress>,
+    /// Its own key, which signs every result it sends (see
+    /// [`dtk_core::remote::ResultStatement`]); its `Debug` shows the fingerprint only.
+    pub key: Arc<dtk_core::SigningKey>,
 }
 
 /// Something a worker did, for its output.
@@ -248,11 +251,15 @@ async fn execute(setup: &WorkerSetup, me: &str, ticket: Ticket) -> Result<Option
         );
         return Ok(None);
     }
+    let statement = remote::ResultStatement::new(&ticket, &ending, &log, me);
+    let (signer, signature) = statement.sign(&setup.key)?;
     let result = TicketResult {
         ending,
         log,
         worker: me.to_owned(),
         corrupt,
+        signer: Some(signer),
+        signature: Some(signature),
     };
     if !queue.finish(&ticket.run, me, &result).await? {
         tracing::warn!(

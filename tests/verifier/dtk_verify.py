@@ -42,6 +42,58 @@ class StoreError(Exception):
     pass
 
 
+def _ssh_strings(data):
+    """Split an SSH wire-format buffer into its length-prefixed strings."""
+    out = []
+    while data:
+        if len(data) < 4:
+            raise ValueError("truncated SSH string")
+        n = int.from_bytes(data[:4], "big")
+        if len(data) < 4 + n:
+            raise ValueError("truncated SSH string")
+        out.append(data[4:4 + n])
+        data = data[4 + n:]
+    return out
+
+
+def _ssh_string(b):
+    return len(b).to_bytes(4, "big") + b
+
+
+def sshsig_verify(namespace, message, armored):
+    """Check an armored SSHSIG (ed25519) of `message` in `namespace` (the format of
+    OpenSSH's PROTOCOL.sshsig); returns the key's `SHA256:` fingerprint, raises ValueError
+    when it does not verify, ImportError without the module cryptography."""
+    import base64
+    import hashlib
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    lines = [l.strip() for l in armored.strip().splitlines()]
+    if not lines or lines[0] != "-----BEGIN SSH SIGNATURE-----" or lines[-1] != "-----END SSH SIGNATURE-----":
+        raise ValueError("not an armored SSH signature")
+    blob = base64.b64decode("".join(lines[1:-1]))
+    if blob[:6] != b"SSHSIG" or int.from_bytes(blob[6:10], "big") != 1:
+        raise ValueError("not an SSHSIG blob")
+    pub, ns, reserved, hash_alg, sig = _ssh_strings(blob[10:])
+    if ns.decode() != namespace:
+        raise ValueError(f"namespace {ns.decode()!r}, not {namespace!r}")
+    kind, raw_pub = _ssh_strings(pub)
+    sig_kind, raw_sig = _ssh_strings(sig)
+    if kind != b"ssh-ed25519" or sig_kind != b"ssh-ed25519":
+        raise ValueError("not an ed25519 signature")
+    h = {b"sha512": hashlib.sha512, b"sha256": hashlib.sha256}.get(hash_alg)
+    if h is None:
+        raise ValueError(f"hash {hash_alg!r}")
+    signed = (b"SSHSIG" + _ssh_string(ns) + _ssh_string(reserved) + _ssh_string(hash_alg)
+              + _ssh_string(h(message).digest()))
+    fp = "SHA256:" + base64.b64encode(hashlib.sha256(pub).digest()).decode().rstrip("=")
+    try:
+        Ed25519PublicKey.from_public_bytes(raw_pub).verify(raw_sig, signed)
+    except InvalidSignature:
+        raise ValueError(f"the signature by {fp} does not verify")
+    return fp
+
+
 # ---------------------------------------------------------------------------------------
 # Reading the store with git plumbing
 
@@ -524,6 +576,8 @@ class Verifier:
             log = self.s.read(run_path(run_id, "log"))
             self.add(subject, "log digest",
                      log is not None and log_digest == "blake3:" + b3(log))
+        # Worker signatures (a run executed by a remote worker)
+        self.check_worker(subject, rec)
         # check 7: index entries are the run record's blob
         blob = self.s.oid(path)
         if isinstance(node, str) and HEX64.match(node):
@@ -536,6 +590,44 @@ class Verifier:
                 except (TypeError, KeyError, IndexError):
                     continue
                 self.add(subject, f"consumers index ({p})", self.s.oid(p) == blob)
+
+    def check_worker(self, subject, rec):
+        """'Worker signatures': the SSHSIG over the stored statement's canonical JSON, by
+        the key `worker_key` names, about this run; its log. Trust is not checked here."""
+        ws, key = rec.get("worker_signature"), rec.get("worker_key")
+        if ws is None:
+            if key is not None:
+                self.add(subject, "worker signature", False, "worker_key without worker_signature")
+            return
+        st = ws.get("statement") if isinstance(ws, dict) else None
+        if not isinstance(st, dict):
+            self.add(subject, "worker signature", False, "no statement")
+            return
+        try:
+            fp = sshsig_verify("dtk-worker-result", rfc8785.dumps(st), ws.get("signature", ""))
+        except ImportError:
+            self.add(subject, "worker signature", None,
+                     "the Python module cryptography is needed to check ed25519 signatures")
+            fp = None
+        except ValueError as e:
+            self.add(subject, "worker signature", False, str(e))
+            return
+        if fp is not None:
+            if fp == key:
+                self.add(subject, f"signed by worker key {fp}", True)
+            else:
+                self.add(subject, "worker signature", False, f"signed by {fp}, record names {key}")
+
+        def about(r, worker):
+            return (r.get("run", r.get("id")), r.get("node"), r.get("attempt"),
+                    json.dumps(r.get("inputs")), worker)
+        self.add(subject, "worker statement",
+                 about(st, st.get("worker")) == about(rec, rec.get("worker", "-")))
+        if st.get("log") == rec.get("log_digest"):
+            self.add(subject, "worker log", True)
+        else:
+            self.add(subject, "worker log", None, "the stored log is not the one the worker signed")
+        self.add(subject, "worker key trusted", None, "trust is not checked by this verifier")
 
     def check_link(self, path, link):
         f, t = link["from"], link["to"]
