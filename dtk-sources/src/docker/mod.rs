@@ -463,7 +463,7 @@ impl Source for DockerSource {
 
     /// [`publish`](Source::publish) after checking the tag is still at `options.expected`;
     /// for a run, the top manifest pushed carries the run's provenance as annotations
-    /// (see [`provenance_annotations`]), so the version is the digest of the annotated
+    /// (see `provenance_annotations`), so the version is the digest of the annotated
     /// manifest actually pushed.
     async fn publish_with(
         &self,
