@@ -125,8 +125,10 @@
 //!
 //! # Writing a source kind
 //!
-//! A kind is a plugin: implement two traits from `dtk-core` (a plugin depends on
-//! `dtk-core` alone), register the kind, and run the conformance suite in your tests.
+//! A kind is a plugin: implement two traits from `dtk-api`, the contract crate (a plugin
+//! depends on `dtk-api` alone: the traits, versions, names, errors and secrets, with no
+//! metadata store, no git and no engine; `dtk` and `dtk-core` re-export it at the same
+//! paths), register the kind, and run the conformance suite in your tests.
 //! `examples/custom_source.rs` (kind in `examples/feed/mod.rs`) is a complete one, a
 //! release feed whose versions are the `sha256:` of each artifact, with its tests in
 //! `tests/custom_source.rs`; `cargo run -p dtk --example custom_source` shows it in a
@@ -255,18 +257,21 @@
 //!
 //! Test the plugin with the conformance suite that every built-in kind passes: plain
 //! `async` checks of the contract above, shipped as library code behind the
-//! `conformance` feature of `dtk-core`:
+//! `conformance` feature of `dtk-api`:
 //!
 //! ```toml
+//! [dependencies]
+//! dtk-api = "0.1"
+//!
 //! [dev-dependencies]
-//! dtk-core = { version = "0.1", features = ["conformance"] }
+//! dtk-api = { version = "0.1", features = ["conformance"] }
 //! ```
 //!
 //! ```no_run
 //! use std::path::Path;
 //!
 //! use dtk::{Context, Kind, Name, NewSource, Secrets};
-//! use dtk_core::conformance::{check_all, Fixture};
+//! use dtk_api::conformance::{check_all, Fixture};
 //!
 //! /// Resolve `location` with `kind`, open the source and run every check on it. Call it
 //! /// from a `#[tokio::test]` with a fixture location and a temporary directory.
@@ -304,7 +309,7 @@
 //! | `http`  | no      | the `http` kind: one artifact at a URL, versioned by the `sha256:` of its content |
 //! | `hockeyapp` | no  | the `hockeyapp` kind: the builds of a HockeyApp (API v2) app |
 //! | `all-kinds` | no  | every kind above, with `https` |
-//! | `conformance` | no | the conformance suite (`dtk::conformance`, from `dtk_core::conformance`) for plugin authors' tests |
+//! | `conformance` | no | the conformance suite (`dtk::conformance`, from `dtk_api::conformance`) for plugin authors' tests |
 //! | `remote` | no     | remote execution (`dtk::dtk_remote`): the PostgreSQL run queue, the artifact store, the coordinator's dispatcher ([`Project::set_dispatcher`]) and the worker |
 //!
 //! With `default-features = false` this crate has no kind at all and

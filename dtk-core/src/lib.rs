@@ -6,20 +6,21 @@
 //! sources. dtk records every version it sees or produces, and for each produced version
 //! exactly which run of which node made it from which input versions.
 //!
-//! This crate holds what every consumer and every plugin shares:
+//! This crate holds the model, the store and the engine:
 //!
 //! - the identifiers: [`Version`] (`ALGO:HEX`), [`Name`], [`NodeId`], [`RunId`];
 //! - the records: [`SourceSpec`], [`NodeSpec`], [`RunRecord`], [`VersionRecord`], [`Link`];
 //! - the [`Graph`] that keeps the flow bipartite and acyclic;
-//! - the plugin contract: the [`Kind`] and [`Source`] traits and the [`Registry`];
 //! - the metadata [`Store`], a bare git repository in `.dkt/.git`;
-//! - the [`Project`] handle that ties them together;
-//! - behind the `conformance` feature, the checks every `Source` must pass.
+//! - the [`Project`] handle that ties them together: scheduling, runs, provenance;
+//! - re-exported from `dtk-api`, the plugin contract: the [`Kind`] and [`Source`] traits,
+//!   the [`Registry`], [`Error`], and behind the `conformance` feature the checks every
+//!   `Source` must pass.
 //!
 //! Most users want the `dtk` facade crate, which re-exports this one together with the
-//! source kinds. A plugin author depends on `dtk-core` alone: implement [`Kind`] and
-//! [`Source`], register the kind into a [`Registry`], and run
-//! `dtk_core::conformance::check_all` in the plugin's tests.
+//! source kinds. A plugin author depends on `dtk-api` alone (it carries no store and no
+//! git): implement [`Kind`] and [`Source`], register the kind into a [`Registry`], and
+//! run `dtk_api::conformance::check_all` in the plugin's tests.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod clone;
@@ -27,16 +28,15 @@ pub mod config;
 pub mod daemon;
 pub mod digest;
 pub mod engine;
-mod error;
+pub(crate) use dtk_api::error;
 pub mod events;
 pub mod graph;
-pub mod id;
+pub use dtk_api::id;
 pub mod inspect;
 pub mod lifecycle;
 pub mod model;
-mod name;
 mod pack;
-pub mod pattern;
+pub use dtk_api::pattern;
 pub mod pipeline;
 mod process;
 pub mod project;
@@ -46,35 +46,35 @@ pub mod remote;
 pub mod reproduce;
 pub mod scheduler;
 pub mod signing;
-pub mod source;
+pub use dtk_api::source;
 pub mod store;
 pub mod sync;
 pub mod views;
 pub mod worker;
 
 #[cfg(feature = "conformance")]
-pub mod conformance;
+pub use dtk_api::conformance;
 
 pub use config::{Config, Secrets};
+pub use dtk_api::Name;
+pub use dtk_api::{resolve_version, Algo, Version};
+pub use dtk_api::{
+    Capabilities, Context, Fields, Kind, NewSource, NoProgress, Progress, PublishOptions, Registry,
+    Source, Transfer, Verification, VersionInfo,
+};
+pub use dtk_api::{Error, IoResultExt, Result};
 pub use engine::{NodeFile, RunOptions, RunOutcome};
-pub use error::{Error, IoResultExt, Result};
 pub use graph::Graph;
-pub use id::{resolve_version, Algo, Version};
 pub use inspect::{InspectOptions, Manifest, VerifyReport};
 pub use model::{
     Command, Link, NodeId, NodeSpec, OnConflict, Origin, Retry, RunId, RunRecord, RunStatus,
     ScriptRef, SourceSpec, SourceVersion, VersionRecord,
 };
-pub use name::Name;
 pub use project::{AddSource, InitOptions, PinRequest, Project, UpdateOutcome, UpdateRequest};
 pub use scheduler::{PassOptions, PassReport};
 pub use signing::{KeySetup, SigningKey};
-pub use source::{
-    Capabilities, Context, Fields, Kind, NewSource, NoProgress, Progress, PublishOptions, Registry,
-    Source, Transfer, Verification, VersionInfo,
-};
 pub use store::Store;
 pub use worker::{WorkerOptions, WorkerReport};
 
 /// Re-exported so plugins use the same `async_trait` as the traits.
-pub use async_trait::async_trait;
+pub use dtk_api::async_trait;

@@ -39,7 +39,7 @@ pub mod s3;
 ))]
 mod speed;
 
-use dtk_core::Registry;
+use dtk_api::Registry;
 
 /// Register every kind compiled into this crate.
 pub fn register_all(registry: &mut Registry) -> &mut Registry {

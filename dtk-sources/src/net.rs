@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use dtk_core::{Context, Error, IoResultExt, Result};
+use dtk_api::{Context, Error, IoResultExt, Result};
 
 pub(crate) use crate::speed::LowSpeed;
 use md5::Digest as _;

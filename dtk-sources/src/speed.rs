@@ -2,7 +2,7 @@
 //! `hockeyapp`, `s3`).
 
 /// The slowest transfer a download accepts, in bytes a second over a whole
-/// [`dtk_core::Context::network_timeout`].
+/// [`dtk_api::Context::network_timeout`].
 pub(crate) const LOW_SPEED: u64 = 1024;
 
 /// The low-speed limit: a server that trickles bytes passes every read timeout, so a

@@ -10,9 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dtk_core::conformance::{check_all, Fixture};
-use dtk_core::source::{Progress, Transfer};
-use dtk_core::{
+use dtk_api::conformance::{check_all, Fixture};
+use dtk_api::source::{Progress, Transfer};
+use dtk_api::{
     Context, Error, Kind, Name, NewSource, Secrets, Source, SourceSpec, Verification, Version,
 };
 use dtk_sources::docker::DockerKind;
@@ -520,7 +520,7 @@ fn env_with(token: Option<&str>) -> Env {
     let mut secrets = Secrets::default();
     if let Some(t) = token {
         secrets
-            .set(&root.join("secrets"), dtk_core::config::DOCKER_TOKEN, t)
+            .set(&root.join("secrets"), dtk_api::secrets::DOCKER_TOKEN, t)
             .unwrap();
     }
     let mut ctx = Context::new(&root.join("dkt"), secrets);
@@ -547,7 +547,7 @@ fn new_source(location: &str, tag: Option<&str>) -> NewSource {
     }
 }
 
-async fn resolve(ctx: &Context, location: &str, tag: Option<&str>) -> dtk_core::Result<SourceSpec> {
+async fn resolve(ctx: &Context, location: &str, tag: Option<&str>) -> dtk_api::Result<SourceSpec> {
     DockerKind::default()
         .resolve(ctx, new_source(location, tag))
         .await
@@ -1794,7 +1794,7 @@ async fn a_tag_pattern_follows_every_matching_tag() {
     assert_eq!(spec.tag.as_deref(), Some("v1.*"));
     let src = DockerKind::default().open(&env.ctx, &spec).unwrap();
     assert!(src.capabilities().patterns);
-    let heads = |hs: Vec<dtk_core::VersionInfo>| -> Vec<(Version, String)> {
+    let heads = |hs: Vec<dtk_api::VersionInfo>| -> Vec<(Version, String)> {
         hs.into_iter()
             .map(|h| (h.version, h.extra["REF"].clone()))
             .collect()
@@ -1858,7 +1858,7 @@ async fn publishing_to_a_tag_that_does_not_exist_creates_it_and_a_moved_tag_is_r
     let two = Image::single("two", "amd64");
     let layout = two.write_layout(&env.dir("l-two"), "fresh");
     // Expecting no version: the tag is created.
-    let options = dtk_core::PublishOptions::new().expecting(None);
+    let options = dtk_api::PublishOptions::new().expecting(None);
     let v = fresh.publish_with(&layout, &options).await.unwrap();
     assert_eq!(v.version, two.version());
     assert_eq!(fresh.latest().await.unwrap().version, two.version());
@@ -1867,7 +1867,7 @@ async fn publishing_to_a_tag_that_does_not_exist_creates_it_and_a_moved_tag_is_r
     let three = Image::single("three", "amd64");
     let layout = three.write_layout(&env.dir("l-three"), "fresh");
     for expected in [None, Some(one.version())] {
-        let options = dtk_core::PublishOptions::new().expecting(expected.clone());
+        let options = dtk_api::PublishOptions::new().expecting(expected.clone());
         match fresh.publish_with(&layout, &options).await.unwrap_err() {
             Error::OutputMoved {
                 expected: e, found, ..

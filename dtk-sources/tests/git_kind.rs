@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtk_core::conformance::{check_all, Fixture};
-use dtk_core::{Context, Error, Kind, Name, NewSource, Secrets, Source, SourceSpec, Version};
+use dtk_api::conformance::{check_all, Fixture};
+use dtk_api::{Context, Error, Kind, Name, NewSource, Secrets, Source, SourceSpec, Version};
 use dtk_sources::git::{GitKind, GitSource};
 
 // ---------------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ async fn resolve(
     location: &str,
     tag: Option<&str>,
     path: Option<&str>,
-) -> dtk_core::Result<SourceSpec> {
+) -> dtk_api::Result<SourceSpec> {
     GitKind::default()
         .resolve(ctx, new_source("git", location, tag, path))
         .await
@@ -99,7 +99,7 @@ async fn open(
     GitKind::default().open(ctx, &spec).expect("open")
 }
 
-fn hexes(vs: &[dtk_core::VersionInfo]) -> Vec<String> {
+fn hexes(vs: &[dtk_api::VersionInfo]) -> Vec<String> {
     vs.iter().map(|v| v.version.hex().to_owned()).collect()
 }
 
@@ -216,7 +216,7 @@ fn kind_metadata() {
     assert_eq!(k.aliases(), &["github"]);
     let c = k.capabilities();
     assert!(c.history && c.subpath && c.tags && c.publish && c.patterns);
-    let mut registry = dtk_core::Registry::new();
+    let mut registry = dtk_api::Registry::new();
     registry.register(Arc::new(GitKind::default()));
     assert_eq!(registry.get("GitHub").unwrap().name(), "git");
 }
@@ -588,7 +588,7 @@ async fn token_never_shows() {
     secrets
         .set(
             &e.root.join("secrets"),
-            dtk_core::config::GITHUB_TOKEN,
+            dtk_api::secrets::GITHUB_TOKEN,
             CANARY,
         )
         .unwrap();

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use dtk_core::{Context, Kind, Name, NewSource, Secrets, Source, SourceSpec, Version};
+use dtk_api::{Context, Kind, Name, NewSource, Secrets, Source, SourceSpec, Version};
 use dtk_sources::git::GitKind;
 
 #[path = "support/trees.rs"]
@@ -80,7 +80,7 @@ fn lines(s: &str) -> Vec<String> {
         .collect()
 }
 
-fn hexes(vs: &[dtk_core::VersionInfo]) -> Vec<String> {
+fn hexes(vs: &[dtk_api::VersionInfo]) -> Vec<String> {
     vs.iter().map(|v| v.version.hex().to_owned()).collect()
 }
 

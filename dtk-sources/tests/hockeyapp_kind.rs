@@ -7,9 +7,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtk_core::config::HOCKEYAPP_TOKEN;
-use dtk_core::conformance::{check_all, Fixture};
-use dtk_core::{Context, Error, Kind, Name, NewSource, Source, SourceSpec, Verification, Version};
+use dtk_api::conformance::{check_all, Fixture};
+use dtk_api::secrets::HOCKEYAPP_TOKEN;
+use dtk_api::{Context, Error, Kind, Name, NewSource, Source, SourceSpec, Verification, Version};
 use dtk_sources::hockeyapp::HockeyAppKind;
 use serde_json::json;
 use support::{closed_port, context, md5_hex, Server};
@@ -294,7 +294,7 @@ async fn publish_uploads_a_build_and_its_number_comes_back() {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("Docker-2247.dmg"), b"dmg 2247").unwrap();
     std::fs::write(out.join("notes.md"), "Fixed *everything*.").unwrap();
-    let options = dtk_core::PublishOptions::new().expecting(Some(before.clone()));
+    let options = dtk_api::PublishOptions::new().expecting(Some(before.clone()));
     let v = source.publish_with(&out, &options).await.unwrap();
     assert_eq!(v.version, md5v(b"dmg 2247"));
     assert_eq!(v.extra["BUILD"], "2247", "the number the service gave");
@@ -329,7 +329,7 @@ async fn publish_uploads_a_build_and_its_number_comes_back() {
     server.set_builds(APP, serde_json::Value::Array(list));
     std::fs::remove_file(out.join("notes.md")).unwrap();
     std::fs::write(out.join("Docker-2247.dmg"), b"dmg 2247").unwrap();
-    let options = dtk_core::PublishOptions::new().expecting(Some(v.version.clone()));
+    let options = dtk_api::PublishOptions::new().expecting(Some(v.version.clone()));
     let err = source.publish_with(&out, &options).await.unwrap_err();
     assert!(matches!(err, Error::OutputMoved { .. }), "{err}");
     assert_eq!(source.latest().await.unwrap().version, md5v(b"dmg 2248"));

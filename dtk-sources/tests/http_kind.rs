@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtk_core::conformance::{check_all, Fixture};
-use dtk_core::{Context, Error, Kind, Name, NewSource, Source, SourceSpec, Verification, Version};
+use dtk_api::conformance::{check_all, Fixture};
+use dtk_api::{Context, Error, Kind, Name, NewSource, Source, SourceSpec, Verification, Version};
 use dtk_sources::http::{HttpKind, HttpSource};
 use support::{closed_port, context, sha256_hex, Server};
 
@@ -232,7 +232,7 @@ async fn fields_materialize_and_verify() {
         "source kind \"http\" does not support publish"
     );
     let err = source
-        .publish_with(dir.path(), &dtk_core::PublishOptions::new().expecting(None))
+        .publish_with(dir.path(), &dtk_api::PublishOptions::new().expecting(None))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NotSupported { .. }), "{err}");

@@ -9,8 +9,8 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use dtk_core::conformance::{check_all, Fixture};
-use dtk_core::{Context, Error, Kind, Name, NewSource, Secrets, Source, Version};
+use dtk_api::conformance::{check_all, Fixture};
+use dtk_api::{Context, Error, Kind, Name, NewSource, Secrets, Source, Version};
 use dtk_sources::path::{digest, PathKind, PathSource, TREE_HEADER};
 use md5::{Digest as _, Md5};
 
@@ -851,7 +851,7 @@ fn infer_scores_local_paths_only() {
 #[test]
 fn open_rejects_relative_locations() {
     let tmp = tempfile::tempdir().unwrap();
-    let spec = dtk_core::SourceSpec::new(Name::new("s").unwrap(), "path", "relative/dir");
+    let spec = dtk_api::SourceSpec::new(Name::new("s").unwrap(), "path", "relative/dir");
     let e = PathKind::default()
         .open(&ctx(tmp.path()), &spec)
         .unwrap_err();

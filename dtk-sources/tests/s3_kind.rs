@@ -8,9 +8,9 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use dtk_core::config::{AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY};
-use dtk_core::conformance::{check_all, Fixture};
-use dtk_core::{
+use dtk_api::conformance::{check_all, Fixture};
+use dtk_api::secrets::{AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY};
+use dtk_api::{
     Context, Error, Kind, Name, NewSource, Secrets, Source, SourceSpec, Verification, Version,
 };
 use dtk_sources::s3::{S3Kind, CONTENT_DIR};

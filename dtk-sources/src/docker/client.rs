@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use dtk_core::{Context, Error, Result};
+use dtk_api::{Context, Error, Result};
 use reqwest::header::{
     HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
 };
@@ -279,7 +279,7 @@ impl Client {
         let base = format!("{scheme}://{}", reference.api_host());
         let credential = ctx
             .secrets
-            .get(dtk_core::config::DOCKER_TOKEN)
+            .get(dtk_api::secrets::DOCKER_TOKEN)
             .and_then(Credential::parse)
             .or_else(|| docker_config_credential(&reference.registry));
         Ok(Client {
@@ -946,7 +946,7 @@ impl Client {
 /// A request body streaming `file` in 64 KiB chunks, reporting progress.
 fn file_body(
     file: impl tokio::io::AsyncRead + Unpin + Send + 'static,
-    transfer: Box<dyn dtk_core::source::Transfer>,
+    transfer: Box<dyn dtk_api::source::Transfer>,
 ) -> reqwest::Body {
     let stream = futures::stream::unfold(Some((file, transfer)), |state| async move {
         let (mut file, mut transfer) = state?;
@@ -966,9 +966,9 @@ fn file_body(
 
 /// One transfer's progress, shared by the chunks of a chunked upload.
 #[derive(Clone)]
-struct SharedTransfer(std::sync::Arc<Mutex<Box<dyn dtk_core::source::Transfer>>>);
+struct SharedTransfer(std::sync::Arc<Mutex<Box<dyn dtk_api::source::Transfer>>>);
 
-impl dtk_core::source::Transfer for SharedTransfer {
+impl dtk_api::source::Transfer for SharedTransfer {
     fn advance(&mut self, bytes: u64) {
         match self.0.lock() {
             Ok(mut t) => t.advance(bytes),

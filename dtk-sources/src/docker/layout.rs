@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use dtk_core::{Error, IoResultExt, Result};
+use dtk_api::{Error, IoResultExt, Result};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 

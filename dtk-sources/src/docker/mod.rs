@@ -45,8 +45,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use dtk_core::source::not_supported;
-use dtk_core::{
+use dtk_api::source::not_supported;
+use dtk_api::{
     Capabilities, Context, Error, Fields, Kind, NewSource, Result, Source, SourceSpec,
     Verification, Version, VersionInfo,
 };
@@ -62,10 +62,10 @@ const MAX_DEPTH: usize = 3;
 /// Blobs downloaded or uploaded at once (docker itself does 3 downloads and 5 uploads).
 const TRANSFERS: usize = 4;
 
-/// The `docker` kind. Register it into a [`dtk_core::Registry`]:
+/// The `docker` kind. Register it into a [`dtk_api::Registry`]:
 ///
 /// ```
-/// let mut registry = dtk_core::Registry::new();
+/// let mut registry = dtk_api::Registry::new();
 /// registry.register(std::sync::Arc::new(dtk_sources::docker::DockerKind::default()));
 /// assert_eq!(registry.get("docker").unwrap().name(), "docker");
 /// ```
@@ -132,7 +132,7 @@ impl Kind for DockerKind {
         };
         reference::check_tag(&tag)?;
         let client = Client::new(ctx, new.name.as_str(), r.clone())?;
-        if dtk_core::pattern::is_pattern(&tag) {
+        if dtk_api::pattern::is_pattern(&tag) {
             // The tags it matches are read at each poll (none yet is fine); listing them
             // once checks the registry and the credentials.
             client.tags().await?;
@@ -311,7 +311,7 @@ fn check_fetched(src: &DockerSource, m: &client::Fetched, d: &Descriptor) -> Res
 
 /// The `sha256:` digest a version names.
 fn digest_of(version: &Version) -> Result<String> {
-    if version.algo() != dtk_core::Algo::Sha256 {
+    if version.algo() != dtk_api::Algo::Sha256 {
         return Err(Error::invalid(
             "version",
             version.to_string(),
@@ -361,7 +361,7 @@ impl Source for DockerSource {
     /// List the repository's tags and fetch the manifest of each tag the pattern matches;
     /// tags in reverse name order (a registry keeps no dates).
     async fn heads(&self) -> Result<Vec<VersionInfo>> {
-        let pattern = dtk_core::pattern::TagPattern::new(self.tag())?;
+        let pattern = dtk_api::pattern::TagPattern::new(self.tag())?;
         let client = self.client()?;
         let mut tags: Vec<String> = client
             .tags()
@@ -375,7 +375,7 @@ impl Source for DockerSource {
             // A tag deleted between the listing and this fetch is simply gone.
             if let Some(m) = client.manifest(&t).await? {
                 let mut v = to_version(self, &m.digest)?;
-                v.extra.insert(dtk_core::pattern::REF_FIELD.to_owned(), t);
+                v.extra.insert(dtk_api::pattern::REF_FIELD.to_owned(), t);
                 out.push(v);
             }
         }
@@ -407,7 +407,7 @@ impl Source for DockerSource {
         if self.spec.is_pattern() {
             // The tag each version came from (dtk sets it from the version's record).
             f.insert(
-                dtk_core::pattern::REF_FIELD.to_owned(),
+                dtk_api::pattern::REF_FIELD.to_owned(),
                 self.tag().to_owned(),
             );
         }
@@ -418,7 +418,7 @@ impl Source for DockerSource {
     /// Write the image at `version` into `scratch` as an OCI image layout and return
     /// `scratch`. `oci-layout` and `index.json` are written last.
     async fn materialize(&self, version: &Version, scratch: &Path) -> Result<PathBuf> {
-        if version.algo() != dtk_core::Algo::Sha256 {
+        if version.algo() != dtk_api::Algo::Sha256 {
             return Err(Error::NotFound {
                 what: "version",
                 name: version.to_string(),
@@ -468,10 +468,10 @@ impl Source for DockerSource {
     async fn publish_with(
         &self,
         dir: &Path,
-        options: &dtk_core::PublishOptions,
+        options: &dtk_api::PublishOptions,
     ) -> Result<VersionInfo> {
         if !options.overwrite {
-            dtk_core::source::check_expected(self, options).await?;
+            dtk_api::source::check_expected(self, options).await?;
         }
         self.push_layout(dir, provenance_annotations(options)).await
     }
@@ -508,7 +508,7 @@ const CREATED_ANNOTATION: &str = "org.opencontainers.image.created";
 /// The annotations a run's image gets: `org.opencontainers.image.created` (now, RFC 3339),
 /// `dev.dtk.run`, `dev.dtk.node`, `dev.dtk.manifest`; `None` when no run publishes.
 fn provenance_annotations(
-    options: &dtk_core::PublishOptions,
+    options: &dtk_api::PublishOptions,
 ) -> Option<std::collections::BTreeMap<String, String>> {
     let run = options.run.as_ref()?;
     let mut a = std::collections::BTreeMap::new();

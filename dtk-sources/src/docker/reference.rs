@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use dtk_core::{Error, Result};
+use dtk_api::{Error, Result};
 
 /// The registry name docker uses for Docker Hub (what `REGISTRY` shows).
 pub(crate) const HUB: &str = "docker.io";
@@ -221,8 +221,8 @@ fn check_repo(repo: &str) -> std::result::Result<(), String> {
 
 /// Check a tag: up to 128 letters, digits, `_`, `.` and `-`, not starting with `.` or `-`.
 pub(crate) fn check_tag(tag: &str) -> Result<()> {
-    if dtk_core::pattern::is_pattern(tag) {
-        dtk_core::pattern::TagPattern::new(tag)?;
+    if dtk_api::pattern::is_pattern(tag) {
+        dtk_api::pattern::TagPattern::new(tag)?;
         let ok = tag.len() <= 128
             && tag.bytes().all(|b| {
                 b.is_ascii_alphanumeric()

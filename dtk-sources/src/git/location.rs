@@ -3,7 +3,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use dtk_core::{Error, Result};
+use dtk_api::{Error, Result};
 
 /// The schemes a git location may start with (compared case-insensitively).
 const URL_SCHEMES: &[&str] = &["https://", "http://", "ssh://", "git://", "file://"];

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dtk_core::{Error, Result};
+use dtk_api::{Error, Result};
 use gix::bstr::ByteSlice;
 use md5::{Digest, Md5};
 

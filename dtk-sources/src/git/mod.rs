@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use dtk_core::{
+use dtk_api::{
     Algo, Capabilities, Context, Error, Fields, Kind, NewSource, Result, Source, SourceSpec,
     Version, VersionInfo,
 };
@@ -70,7 +70,7 @@ pub const SETTINGS: &[&str] = &["github_url", "author", "committer"];
 /// nothing: the token is then never sent).
 fn github_auth(ctx: &Context) -> Option<GithubAuth> {
     let base = location::github_base(ctx.setting(KIND, "github_url")).ok()?;
-    GithubAuth::new(ctx.secrets.get(dtk_core::config::GITHUB_TOKEN), &base)
+    GithubAuth::new(ctx.secrets.get(dtk_api::secrets::GITHUB_TOKEN), &base)
 }
 
 /// The kind's name, stored in every spec.
@@ -78,10 +78,10 @@ const KIND: &str = "git";
 /// The alias that expands `USER/REPO`.
 const GITHUB: &str = "github";
 
-/// The `git` kind, with its `github` alias. Register it into a [`dtk_core::Registry`]:
+/// The `git` kind, with its `github` alias. Register it into a [`dtk_api::Registry`]:
 ///
 /// ```
-/// let mut registry = dtk_core::Registry::new();
+/// let mut registry = dtk_api::Registry::new();
 /// registry.register(std::sync::Arc::new(dtk_sources::git::GitKind::default()));
 /// assert_eq!(registry.get("github").unwrap().name(), "git");
 /// ```
@@ -185,9 +185,9 @@ impl Kind for GitKind {
         let spec_path = path.clone();
         let m = mirror.clone();
         let n = name.clone();
-        if let Some(t) = tag.as_deref().filter(|t| dtk_core::pattern::is_pattern(t)) {
+        if let Some(t) = tag.as_deref().filter(|t| dtk_api::pattern::is_pattern(t)) {
             // A pattern: the refs it matches are read at each poll (none yet is fine).
-            dtk_core::pattern::TagPattern::new(t)?;
+            dtk_api::pattern::TagPattern::new(t)?;
             let mut spec = SourceSpec::new(new.name, KIND, normalized.location);
             spec.tag = Some(t.to_owned());
             spec.path = path;
@@ -319,7 +319,7 @@ impl GitSource {
     /// newest first (ties by name). A branch shadows a tag of the same name.
     fn heads_blocking(inner: &Inner) -> Result<Vec<(ObjectId, String)>> {
         let name = inner.spec.name.as_str();
-        let pattern = dtk_core::pattern::TagPattern::new(inner.spec.tag.as_deref().unwrap_or(""))?;
+        let pattern = dtk_api::pattern::TagPattern::new(inner.spec.tag.as_deref().unwrap_or(""))?;
         let mut repo = inner
             .mirror
             .open()
@@ -543,7 +543,7 @@ fn to_version(id: ObjectId) -> Result<VersionInfo> {
 /// The version of a pattern source's head, with its ref.
 fn head_version((id, r): (ObjectId, String)) -> Result<VersionInfo> {
     let mut v = to_version(id)?;
-    v.extra.insert(dtk_core::pattern::REF_FIELD.to_owned(), r);
+    v.extra.insert(dtk_api::pattern::REF_FIELD.to_owned(), r);
     Ok(v)
 }
 
@@ -805,7 +805,7 @@ impl Source for GitSource {
     }
 
     async fn publish(&self, dir: &Path) -> Result<VersionInfo> {
-        self.publish_with(dir, &dtk_core::PublishOptions::new())
+        self.publish_with(dir, &dtk_api::PublishOptions::new())
             .await
     }
 
@@ -817,7 +817,7 @@ impl Source for GitSource {
     async fn publish_with(
         &self,
         dir: &Path,
-        options: &dtk_core::PublishOptions,
+        options: &dtk_api::PublishOptions,
     ) -> Result<VersionInfo> {
         let spec = &self.inner.spec;
         let tag = spec.tag.clone().unwrap_or_default();
@@ -929,7 +929,7 @@ impl Source for GitSource {
 
     /// Re-hash the commit object in the mirror (`sha1("commit <len>\0" + data)`) and compare
     /// it with the version; a commit missing from the mirror is unavailable.
-    async fn verify(&self, version: &Version) -> Result<dtk_core::Verification> {
+    async fn verify(&self, version: &Version) -> Result<dtk_api::Verification> {
         use sha1::sha1_hex;
         let commit = commit_of(version)?;
         let inner = self.inner.clone();
@@ -940,7 +940,7 @@ impl Source for GitSource {
                 .open()
                 .map_err(|e| open_error(inner.spec.name.as_str(), &inner.mirror, e))?;
             let Ok(object) = repo.find_object(commit) else {
-                return Ok(dtk_core::Verification::Unavailable(format!(
+                return Ok(dtk_api::Verification::Unavailable(format!(
                     "commit {commit} is not in the mirror of {}",
                     redact_url(&inner.mirror.location)
                 )));
@@ -949,9 +949,9 @@ impl Source for GitSource {
             framed.extend_from_slice(&object.data);
             let found = sha1_hex(&framed);
             if found == version.hex() {
-                Ok(dtk_core::Verification::Verified)
+                Ok(dtk_api::Verification::Verified)
             } else {
-                Ok(dtk_core::Verification::Mismatch {
+                Ok(dtk_api::Verification::Mismatch {
                     expected: version.clone(),
                     found: format!("sha1:{found}").parse()?,
                 })

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use dtk_core::{Error, Result};
+use dtk_api::{Error, Result};
 
 use super::location::redact_url;
 use super::KIND;

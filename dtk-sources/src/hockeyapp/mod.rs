@@ -39,8 +39,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use dtk_core::config::HOCKEYAPP_TOKEN;
-use dtk_core::{
+use dtk_api::secrets::HOCKEYAPP_TOKEN;
+use dtk_api::{
     async_trait, Algo, Capabilities, Context, Error, Fields, IoResultExt, Kind, NewSource, Result,
     Source, SourceSpec, Verification, Version, VersionInfo,
 };

@@ -30,8 +30,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use dtk_core::source::not_supported;
-use dtk_core::{
+use dtk_api::source::not_supported;
+use dtk_api::{
     async_trait, Algo, Capabilities, Context, Error, Fields, IoResultExt, Kind, NewSource, Result,
     Source, SourceSpec, Verification, Version, VersionInfo,
 };

@@ -32,7 +32,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use dtk_core::{IoResultExt, Result};
+use dtk_api::{IoResultExt, Result};
 use md5::{Digest as _, Md5};
 
 const MAGIC: &[u8; 8] = b"DTKPATHC";
@@ -74,7 +74,7 @@ impl Stat {
 /// The cache file of the source rooted at `root` (absolute), under `cache_dir`.
 pub(crate) fn file_for(cache_dir: &Path, root: &[u8]) -> PathBuf {
     let key = Md5::digest(root);
-    cache_dir.join(dtk_core::id::hex(&key))
+    cache_dir.join(dtk_api::id::hex(&key))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -263,7 +263,7 @@ impl Pending {
             .at(dir)?;
         write_to(tmp.as_file(), threshold_ns, root, count, entries).at(tmp.path())?;
         tmp.persist(&dest)
-            .map_err(|e| dtk_core::Error::io(&dest, e.error))?;
+            .map_err(|e| dtk_api::Error::io(&dest, e.error))?;
         Ok(())
     }
 }

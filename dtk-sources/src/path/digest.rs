@@ -24,7 +24,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use dtk_core::{Algo, Error, Result, Version};
+use dtk_api::{Algo, Error, Result, Version};
 use md5::{Digest as _, Md5};
 use rayon::prelude::*;
 

@@ -26,8 +26,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use dtk_core::source::not_supported;
-use dtk_core::{
+use dtk_api::source::not_supported;
+use dtk_api::{
     async_trait, Capabilities, Context, Error, Fields, IoResultExt, Kind, Name, NewSource, Result,
     Source, SourceSpec, Verification, Version, VersionInfo,
 };
@@ -411,7 +411,7 @@ impl Source for PathSource {
     async fn publish_with(
         &self,
         dir: &Path,
-        options: &dtk_core::PublishOptions,
+        options: &dtk_api::PublishOptions,
     ) -> Result<VersionInfo> {
         if options.overwrite {
             return self.publish(dir).await;

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtk_core::config::{AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY};
-use dtk_core::{Context, Error, Result};
+use dtk_api::secrets::{AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY};
+use dtk_api::{Context, Error, Result};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsCredential};
 use object_store::client::{HttpError, HttpErrorKind};
 use object_store::{BackoffConfig, ClientOptions, RetryConfig, StaticCredentialProvider};

@@ -23,7 +23,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use dtk_core::{Algo, Error, Result, Version};
+use dtk_api::{Algo, Error, Result, Version};
 use md5::{Digest as _, Md5};
 
 /// The first line of the encoding.

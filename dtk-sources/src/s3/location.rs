@@ -1,7 +1,7 @@
 //! Where an `s3` source is: a bucket and a key prefix, parsed from what the user typed
 //! (`s3://bucket/prefix`, or `bucket[/prefix]` with `-k s3`) and from `-p PATH`.
 
-use dtk_core::{Error, Result};
+use dtk_api::{Error, Result};
 
 /// The URL scheme of `s3` locations.
 pub(crate) const SCHEME: &str = "s3://";

@@ -44,8 +44,8 @@ mod transfer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use dtk_core::source::not_supported;
-use dtk_core::{
+use dtk_api::source::not_supported;
+use dtk_api::{
     async_trait, Capabilities, Context, Error, Fields, Kind, NewSource, Progress, Result, Source,
     SourceSpec, Verification, Version, VersionInfo,
 };
@@ -365,10 +365,10 @@ impl Source for S3Source {
     async fn publish_with(
         &self,
         dir: &Path,
-        options: &dtk_core::PublishOptions,
+        options: &dtk_api::PublishOptions,
     ) -> Result<VersionInfo> {
         if !options.overwrite {
-            dtk_core::source::check_expected(self, options).await?;
+            dtk_api::source::check_expected(self, options).await?;
         }
         let attributes = transfer::provenance_attributes(options);
         transfer::publish(self, dir, &attributes).await?;

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use dtk_core::{Error, Result};
+use dtk_api::{Error, Result};
 
 /// What one profile holds, merged over both files (the credentials file wins for keys).
 #[derive(Clone, Default, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use dtk_core::{Error, IoResultExt, Result, Version};
+use dtk_api::{Error, IoResultExt, Result, Version};
 use futures::{StreamExt, TryStreamExt};
 use md5::{Digest as _, Md5};
 use object_store::path::Path as Key;
@@ -143,7 +143,7 @@ async fn fetch(
             file.write_all(&chunk[..]).await.at(*path)?;
         }
     }
-    Ok((written, dtk_core::id::hex(&hash.finalize())))
+    Ok((written, dtk_api::id::hex(&hash.finalize())))
 }
 
 /// The received bytes must match the listing: same size, and the md5 when the ETag is one.
@@ -284,7 +284,7 @@ async fn file_md5(src: &S3Source, path: &Path) -> Result<String> {
             }
             h.update(&buf[..n]);
         }
-        Ok(dtk_core::id::hex(&h.finalize()))
+        Ok(dtk_api::id::hex(&h.finalize()))
     })
     .await
     .map_err(|e| Error::Backend {
@@ -304,7 +304,7 @@ struct Done {
 
 /// The user-defined metadata (`x-amz-meta-NAME`) each object a run uploads carries:
 /// `dkt-run`, `dkt-node`, `dkt-manifest`, from `options`.
-pub(super) fn provenance_attributes(options: &dtk_core::PublishOptions) -> Attributes {
+pub(super) fn provenance_attributes(options: &dtk_api::PublishOptions) -> Attributes {
     let mut a = Attributes::new();
     for (k, v) in [
         ("dkt-run", &options.run),

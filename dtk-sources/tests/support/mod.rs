@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use dtk_core::{Context, Secrets};
+use dtk_api::{Context, Secrets};
 
 mod server;
 pub use server::*;

@@ -1,4 +1,4 @@
-//! The one error type of `dtk-core`.
+//! The one error type of dtk (`dtk-api`, re-exported by `dtk-core` and `dtk`).
 
 use std::path::PathBuf;
 

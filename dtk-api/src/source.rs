@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secrets;
+use crate::secrets::Secrets;
 use crate::{Error, Name, Result, SourceSpec, Version};
 
 /// What a kind can do. Operations a kind does not support return
@@ -100,9 +100,9 @@ pub struct PublishOptions {
     pub run: Option<String>,
     /// The node of that run (its full ID).
     pub node: Option<String>,
-    /// The run's input manifest digest (`blake3:HEX`, see
-    /// [`crate::digest::input_manifest`]), for kinds that record it in the artifact (a
-    /// git commit's `Dkt-Manifest:` trailer).
+    /// The run's input manifest digest (`blake3:HEX`, the digest `dkt inspect` shows
+    /// and `dtk_core::digest::input_manifest` computes), for kinds that record it in the
+    /// artifact (a git commit's `Dkt-Manifest:` trailer).
     pub manifest: Option<String>,
 }
 

@@ -12,13 +12,13 @@
 //! - `[abc]`, `[a-z]`, `[!0-9]` match one character of (or not of) the set.
 //!
 //! ```
-//! use dtk_core::pattern::TagPattern;
+//! use dtk_api::pattern::TagPattern;
 //! let p = TagPattern::new("release/*").unwrap();
 //! assert!(p.matches("release/1.0"));
 //! assert!(!p.matches("release/1.0/rc"));
 //! assert!(!p.matches("main"));
-//! assert!(dtk_core::pattern::is_pattern("v1.*"));
-//! assert!(!dtk_core::pattern::is_pattern("feature/x"));
+//! assert!(dtk_api::pattern::is_pattern("v1.*"));
+//! assert!(!dtk_api::pattern::is_pattern("feature/x"));
 //! ```
 
 use crate::{Error, Result};

@@ -7,7 +7,7 @@
 //! #[tokio::test]
 //! async fn conforms() {
 //!     let source = my_kind.open(&ctx, &spec).unwrap();
-//!     dtk_core::conformance::check_all(&*source, &Fixture::new(scratch_dir)).await.unwrap();
+//!     dtk_api::conformance::check_all(&*source, &Fixture::new(scratch_dir)).await.unwrap();
 //! }
 //! ```
 //!
