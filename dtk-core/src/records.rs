@@ -1,4 +1,4 @@
-//! Typed records over the store's layout ([`crate::project::paths`]): a source is
+//! Typed records over the store's layout ([`paths`]): a source is
 //! kept as its declaration (`sources/`) and its mutable state (`state/`), which readers
 //! see together as one [`SourceSpec`]; versions are content-addressed records, with the
 //! time they were first seen kept beside them (`seen/`).
@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::now_ms;
-use crate::project::paths;
+use crate::source::VersionInfo;
 use crate::store::{Read, Snapshot, Tx};
 use crate::{Error, Name, Result, SourceSpec, Version, VersionRecord};
 
@@ -221,4 +221,185 @@ pub fn indexed_runs(snap: &Snapshot, dir: &str) -> Result<Vec<crate::RunRecord>>
         }
     }
     Ok(out)
+}
+
+/// Paths of records in the store, as `docs/format.md` describes them (store format 4).
+///
+/// Every directory that grows with the project is fanned out by one hex digit per level
+/// (16 entries a level), so that a commit rewrites a few small trees whatever the number
+/// of sources, nodes, versions or runs: records keyed by a hash (node, run, version IDs)
+/// by that hash's own first digits, records keyed by a name (sources) by the first digits
+/// of the BLAKE3 of the name ([`paths::fan`]).
+pub mod paths {
+    use crate::{Name, NodeId, RunId, Version};
+
+    /// `x/y`: the first two hex digits of BLAKE3 of `key`, as two directory levels.
+    pub fn fan(key: &str) -> String {
+        let h = blake3::hash(key.as_bytes()).to_hex();
+        format!("{}/{}", &h[..1], &h[1..2])
+    }
+
+    /// `x/y` from the first two digits of a hex string.
+    fn fan_hex(hex: &str) -> String {
+        format!("{}/{}", &hex[..1], &hex[1..2])
+    }
+
+    /// `sources/<x>/<y>/<name>.json`: a source's declaration (kind, location, tag, path,
+    /// parent), which changes only when the source is moved.
+    pub fn source(name: &Name) -> String {
+        format!("sources/{}/{name}.json", fan(name.as_str()))
+    }
+    /// `state/<x>/<y>/<name>.json`: a source's mutable state (latest, pinned, frozen).
+    pub fn source_state(name: &Name) -> String {
+        format!("state/{}/{name}.json", fan(name.as_str()))
+    }
+    /// `versions/<x>/<y>/<name>`: the versions of a source.
+    pub fn versions_dir(name: &Name) -> String {
+        format!("versions/{}/{name}", fan(name.as_str()))
+    }
+    /// `versions/<x>/<y>/<name>/<h1>/<h2>/<algo>-<hex>.json`, where `h1`, `h2` are the
+    /// version's first two hex digits: the version record, content-addressed (the same
+    /// fact recorded in two clones is the same blob).
+    pub fn version(name: &Name, v: &Version) -> String {
+        format!(
+            "{}/{}/{}-{}.json",
+            versions_dir(name),
+            fan_hex(v.hex()),
+            v.algo(),
+            v.hex()
+        )
+    }
+    /// `seen/<x>/<y>/<name>/<h1>/<h2>/<algo>-<hex>`: when this project first saw the
+    /// version (milliseconds since the epoch, decimal), kept apart from the record so that
+    /// the record is the same object everywhere; merged by taking the earlier.
+    pub fn seen(name: &Name, v: &Version) -> String {
+        format!(
+            "seen/{}/{name}/{}/{}-{}",
+            fan(name.as_str()),
+            fan_hex(v.hex()),
+            v.algo(),
+            v.hex()
+        )
+    }
+    /// `seen/<x>/<y>/<name>`
+    pub fn seen_dir(name: &Name) -> String {
+        format!("seen/{}/{name}", fan(name.as_str()))
+    }
+    /// `scripts/<h1>/<h2>/<blake3-hex>`: the content of a script file a node runs.
+    pub fn script(hex: &str) -> String {
+        format!("scripts/{}/{hex}", fan_hex(hex))
+    }
+    /// `nodes/<h1>/<h2>/<node-id>.json`
+    pub fn node(id: &NodeId) -> String {
+        let h = id.to_hex();
+        format!("nodes/{}/{h}.json", fan_hex(&h))
+    }
+    /// `runs/<a>/<b>/<c>/<d>/<run-id>.json`, where `abcd` are the run ID's first four hex
+    /// digits: four levels of 16 keep every tree a commit rewrites small.
+    pub fn run(id: &RunId) -> String {
+        let h = id.to_hex();
+        format!("{}/{h}.json", run_dir(&h))
+    }
+    /// `runs/<a>/<b>/<c>/<d>/<run-id>.log`
+    pub fn run_log(id: &RunId) -> String {
+        let h = id.to_hex();
+        format!("{}/{h}.log", run_dir(&h))
+    }
+    /// `runs/<a>/<b>/<c>/<d>/<run-id>.hook.log`: the output of the run's hook, which
+    /// runs after the run is recorded (so it is not part of the sealed log).
+    pub fn run_hook_log(id: &RunId) -> String {
+        let h = id.to_hex();
+        format!("{}/{h}.hook.log", run_dir(&h))
+    }
+    /// `runs/<a>/<b>/<c>/<d>` for a hex run ID (or a prefix of at least 4 digits).
+    pub fn run_dir(hex: &str) -> String {
+        format!(
+            "runs/{}/{}/{}/{}",
+            &hex[..1],
+            &hex[1..2],
+            &hex[2..3],
+            &hex[3..4]
+        )
+    }
+    /// `node-runs/<n1>/<n2>/<node-id>/<r1>/<r2>/<run-id>.json` (the run record's blob,
+    /// indexed by node).
+    pub fn node_run(node: &NodeId, run: &RunId) -> String {
+        let h = run.to_hex();
+        format!("{}/{}/{h}.json", node_runs_dir(node), fan_hex(&h))
+    }
+    /// `node-runs/<n1>/<n2>/<node-id>`
+    pub fn node_runs_dir(node: &NodeId) -> String {
+        let h = node.to_hex();
+        format!("node-runs/{}/{h}", fan_hex(&h))
+    }
+    /// `consumers/<x>/<y>/<source>/<h1>/<h2>/<algo>-<hex>/<run-id>.json` (successful runs
+    /// that read a version).
+    pub fn consumer(input: &crate::SourceVersion, run: &RunId) -> String {
+        format!("{}/{}.json", consumers_dir(input), run.to_hex())
+    }
+    /// `consumers/<x>/<y>/<source>/<h1>/<h2>/<algo>-<hex>`: the runs that read a version.
+    pub fn consumers_dir(input: &crate::SourceVersion) -> String {
+        let v = &input.version;
+        format!(
+            "consumers/{}/{}/{}/{}-{}",
+            fan(input.source.as_str()),
+            input.source,
+            fan_hex(v.hex()),
+            v.algo(),
+            v.hex()
+        )
+    }
+    /// `links/<h1>/<h2>/<link-id>.json`
+    pub fn link(id: &str) -> String {
+        format!("links/{}/{id}.json", fan_hex(id))
+    }
+    /// `conflicts/<h1>/<h2>/<hex>.json`, `hex` the BLAKE3 of `path`: the report of a
+    /// merge that found the record at `path` changed differently on both sides.
+    pub fn conflict(path: &str) -> String {
+        let h = blake3::hash(path.as_bytes()).to_hex();
+        format!("conflicts/{}/{h}.json", fan_hex(&h))
+    }
+}
+
+pub(crate) fn read_source(snap: &Snapshot, name: &Name) -> Result<SourceSpec> {
+    crate::records::get_source(snap, name)?.ok_or_else(|| Error::NotFound {
+        what: "source",
+        name: name.to_string(),
+        hint: " (see `dkt source list`)".to_owned(),
+    })
+}
+
+/// The provenance of a produced version: the sealed run record that made it.
+pub(crate) type Produced<'a> = Option<&'a crate::RunRecord>;
+
+/// Record `info` as a version of `name` if it is not recorded yet. Records are never
+/// rewritten: a record's digest is part of the hash chain of everything made from it.
+pub(crate) fn record_version(
+    tx: &mut Tx,
+    name: &Name,
+    info: &VersionInfo,
+    produced: Produced<'_>,
+) -> Result<()> {
+    let path = paths::version(name, &info.version);
+    if tx.exists(&path)? {
+        return Ok(());
+    }
+    crate::records::mark_seen(tx, name, &info.version)?;
+    let origin = crate::records::get_source(tx, name)?.map(|spec| crate::model::Origin::of(&spec));
+    let mut record = VersionRecord {
+        source: name.clone(),
+        version: info.version.clone(),
+        recorded_ms: None,
+        seq: None,
+        run: produced.map(|r| r.id),
+        node: produced.map(|r| r.node),
+        inputs: produced.map(|r| r.inputs.clone()).unwrap_or_default(),
+        extra: info.extra.clone(),
+        run_digest: produced.and_then(|r| r.digest.clone()),
+        origin,
+        digest: None,
+    };
+    record.seal()?;
+    tx.put_json(&path, &record)?;
+    Ok(())
 }
