@@ -378,7 +378,7 @@ impl Store {
         message: &str,
         change: impl FnMut(&mut Tx) -> Result<T>,
     ) -> Result<(T, Option<ObjectId>)> {
-        self.commit_change(message, None, change)
+        blocking(|| self.commit_change(message, None, change))
     }
 
     /// Like [`transact`](Self::transact), but the commit is a merge: its second parent is
@@ -391,7 +391,7 @@ impl Store {
         theirs: ObjectId,
         change: impl FnMut(&mut Tx) -> Result<T>,
     ) -> Result<(T, ObjectId)> {
-        let (value, commit) = self.commit_change(message, Some(theirs), change)?;
+        let (value, commit) = blocking(|| self.commit_change(message, Some(theirs), change))?;
         let commit = commit.ok_or_else(|| Error::corrupt("a merge made no commit"))?;
         Ok((value, commit))
     }
@@ -626,6 +626,10 @@ rm -f objects/pack/dtk-merge.lock"#;
     /// Pack the repository now (`git gc`), as the background maintenance does; waits for a
     /// background `git gc` that is already running.
     pub fn pack(&self) -> Result<()> {
+        blocking(|| self.pack_now())
+    }
+
+    fn pack_now(&self) -> Result<()> {
         let started = Instant::now();
         loop {
             let out = std::process::Command::new("git")
@@ -1184,6 +1188,20 @@ pub(crate) fn decode<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T>
     serde_json::from_slice(bytes).map_err(|e| Error::store(format!("record {path} is corrupt"), e))
 }
 
+/// Run `f`, which blocks on the disk (a commit writes objects, a pack, an index and a ref,
+/// and syncs them; packing runs `git`), without stalling the async executor that called
+/// it. On a multi-threaded tokio runtime the worker first hands its other tasks to
+/// another thread ([`tokio::task::block_in_place`]), so a dashboard or a daemon sharing
+/// the runtime keeps answering while a run commits; with no runtime, or on a
+/// current-thread runtime (where nothing else could run meanwhile anyway), `f` runs in
+/// place.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Encode a record as the store keeps it: pretty JSON with a final newline, so that
 /// `git show` and `git diff` of the metadata repository read well.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -1358,6 +1376,45 @@ mod tests {
             &hex[2..3],
             &hex[3..4]
         )
+    }
+
+    /// A commit made from async code leaves the executor free: on a runtime with a single
+    /// worker thread, a task that commits waits, inside its commit, for another task to
+    /// answer. Without handing the worker over that would never happen (the wait gives
+    /// up after a minute, and the test fails).
+    #[test]
+    fn a_commit_does_not_stall_the_executor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(&dir.path().join("git")).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (ping, mut pinged) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (pong, ponged) = std::sync::mpsc::channel::<()>();
+        let answered = runtime.block_on(async move {
+            let other = tokio::spawn(async move {
+                pinged.recv().await.unwrap();
+                pong.send(()).unwrap();
+            });
+            let committer = tokio::spawn(async move {
+                store
+                    .transact("a commit that waits for another task", |tx| {
+                        ping.send(()).unwrap();
+                        let answered = ponged.recv_timeout(Duration::from_secs(60)).is_ok();
+                        tx.put("answered", if answered { b"yes" } else { b"no" })?;
+                        Ok(answered)
+                    })
+                    .map(|(answered, _)| answered)
+            });
+            other.await.unwrap();
+            committer.await.unwrap().unwrap()
+        });
+        assert!(
+            answered,
+            "the other task did not run while a commit blocked"
+        );
     }
 
     /// Commits of whole, similar, incompressible records pass the threshold: `git repack`
