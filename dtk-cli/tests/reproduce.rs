@@ -441,18 +441,8 @@ fn a_sandboxed_node_without_bubblewrap_fails_clearly_and_does_not_run() {
 
 #[test]
 fn reproductions_made_in_two_copies_merge_as_a_union() {
-    let hub_dir = tempfile::tempdir().unwrap();
-    let hub = hub_dir.path().join("hub.git");
-    git(hub_dir.path(), &["init", "-q", "--bare", "hub.git"]);
-    let upstream = hub_dir.path().join("upstream");
-    pinata_repo(&upstream);
-    let a = Env::project();
-    std::fs::create_dir_all(a.path().join("out")).unwrap();
-    a.dkt(&["remote", "add", "origin", hub.to_str().unwrap()])
-        .ok();
-    a.dkt(&["source", "add", "up", upstream.to_str().unwrap()])
-        .ok();
-    a.dkt(&["source", "add", "out", "out"]).ok();
+    // `_hub_dir` keeps the hub alive until the end of the test.
+    let common::world::World { a, b, _hub_dir, .. } = common::world::world();
     let node = a
         .dkt(&[
             "node",
@@ -466,10 +456,8 @@ fn reproductions_made_in_two_copies_merge_as_a_union() {
         .to_owned();
     let run = last_run(&a, &node);
     a.dkt(&["push"]).ok();
-    let b = Env::new();
-    b.dkt(&["clone", hub.to_str().unwrap(), "."]).ok();
+    b.dkt(&["pull"]).ok();
     // B's copy of the output directory holds what the run published.
-    std::fs::create_dir_all(b.path().join("out")).unwrap();
     std::fs::copy(
         a.path().join("out/README.md"),
         b.path().join("out/README.md"),

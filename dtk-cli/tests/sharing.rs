@@ -2,6 +2,7 @@
 //! merge), `status`, on real git remotes (a bare repository, a path, `git daemon`).
 
 mod common;
+use common::world::{world, World};
 use common::*;
 use serde_json::Value;
 use std::path::Path;
@@ -14,43 +15,6 @@ fn records_tree(e: &Env) -> String {
     )
     .trim()
     .to_owned()
-}
-
-/// A bare hub, an upstream git repository (outside every copy), and copy A with a git
-/// source `up` and a path output `out` inside the project, pushed to the hub; copy B
-/// cloned from the hub.
-struct World {
-    _hub_dir: tempfile::TempDir,
-    hub: String,
-    upstream: std::path::PathBuf,
-    a: Env,
-    b: Env,
-}
-
-fn world() -> World {
-    let hub_dir = tempfile::tempdir().unwrap();
-    let hub = hub_dir.path().join("hub.git");
-    git(hub_dir.path(), &["init", "-q", "--bare", "hub.git"]);
-    let upstream = hub_dir.path().join("upstream");
-    pinata_repo(&upstream);
-    let a = Env::project();
-    std::fs::create_dir_all(a.path().join("out")).unwrap();
-    a.dkt(&["remote", "add", "origin", hub.to_str().unwrap()])
-        .ok();
-    a.dkt(&["source", "add", "up", upstream.to_str().unwrap()])
-        .ok();
-    a.dkt(&["source", "add", "out", "out"]).ok();
-    a.dkt(&["push"]).ok();
-    let b = Env::new();
-    b.dkt(&["clone", hub.to_str().unwrap(), "."]).ok();
-    std::fs::create_dir_all(b.path().join("out")).unwrap();
-    World {
-        hub: hub.display().to_string(),
-        _hub_dir: hub_dir,
-        upstream,
-        a,
-        b,
-    }
 }
 
 fn commit_upstream(w: &World, text: &str) -> String {
@@ -369,9 +333,11 @@ fn git_daemon(dir: &Path) -> Daemon {
         .local_addr()
         .unwrap()
         .port();
-    let child = std::process::Command::new("git")
+    // `git daemon` runs `git-daemon` as its child, which killing `git` would leave
+    // behind (holding the port and the test's output): run `git-daemon` itself.
+    let exec_path = git(dir, &["--exec-path"]);
+    let child = std::process::Command::new(Path::new(exec_path.trim()).join("git-daemon"))
         .args([
-            "daemon",
             "--reuseaddr",
             "--export-all",
             "--enable=receive-pack",
@@ -380,6 +346,7 @@ fn git_daemon(dir: &Path) -> Daemon {
             &format!("--base-path={}", dir.display()),
         ])
         .arg(dir)
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("git daemon (Debian package git) is needed");
