@@ -759,6 +759,7 @@ impl Project {
                     });
                 }
                 self.drop_obsolete_pending(&record);
+                self.attach_statements(&record).await;
                 if let Some(hook) = &node.on_success {
                     self.hook(hook, &record, "success").await;
                 }
