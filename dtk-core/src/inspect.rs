@@ -509,7 +509,13 @@ impl Project {
             }
         } else {
             for s in sources.iter().filter(|s| s.kind == "s3") {
-                let prefix = s.location.trim_end_matches('/');
+                // The sub-path (`-p`) is part of the prefix.
+                let mut prefix = s.location.trim_end_matches('/').to_owned();
+                if let Some(p) = s.path.as_deref().map(|p| p.trim_matches('/')) {
+                    if !p.is_empty() && p != "." {
+                        prefix = format!("{prefix}/{p}");
+                    }
+                }
                 let inside = what == prefix || what.starts_with(&format!("{prefix}/"));
                 if let (true, Some(v)) = (inside, s.current()) {
                     consider(&s.name, v)?;
