@@ -1880,3 +1880,103 @@ async fn publishing_to_a_tag_that_does_not_exist_creates_it_and_a_moved_tag_is_r
         assert_eq!(fresh.latest().await.unwrap().version, two.version());
     }
 }
+
+/// A statement naming run `run` of node `node`, as `dkt inspect --format slsa` does.
+fn statement(run: &str, node: &str) -> dtk_core::source::Attestation {
+    let s = serde_json::json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "predicateType": "https://slsa.dev/provenance/v1",
+        "predicate": {
+            "buildDefinition": { "externalParameters": { "node": node } },
+            "runDetails": { "metadata": { "invocationId": run } },
+        },
+    });
+    dtk_core::source::Attestation::new(
+        dtk_core::source::Attestation::IN_TOTO,
+        serde_json::to_vec(&s).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn statements_attach_as_referrers_and_name_the_run() {
+    let env = env();
+    let (reg, one, v1) = seeded(&env);
+    let src = open(&env.ctx, &reg.location("team/app"), None).await;
+    assert!(src.capabilities().attestations);
+    let image = format!("{}@{}", reg.location("team/app"), one.digest());
+    // Pushed by skopeo: no annotations, no referrers, so nothing to say.
+    assert_eq!(src.provenance_of(&image).await.unwrap(), None);
+    src.attach(&one.version(), &statement("aaaa1111", "n1"))
+        .await
+        .unwrap();
+    let p = src
+        .provenance_of(&image)
+        .await
+        .unwrap()
+        .expect("provenance");
+    assert_eq!(p.run.as_deref(), Some("aaaa1111"));
+    assert_eq!(p.node.as_deref(), Some("n1"));
+    assert_eq!(p.version, Some(one.version()));
+    assert!(p.found_in.contains("referrer"), "{}", p.found_in);
+    // Attaching the same statement again lists it once; a newer one is listed after it
+    // and is the one read.
+    src.attach(&one.version(), &statement("aaaa1111", "n1"))
+        .await
+        .unwrap();
+    src.attach(&one.version(), &statement("bbbb2222", "n2"))
+        .await
+        .unwrap();
+    let p = src
+        .provenance_of(&image)
+        .await
+        .unwrap()
+        .expect("provenance");
+    assert_eq!(p.run.as_deref(), Some("bbbb2222"));
+    let (status, _, body) = http_get(
+        reg.ip,
+        reg.port,
+        &format!("/v2/team/app/referrers/{}", one.digest()),
+    );
+    assert_eq!(
+        status, 404,
+        "the registry offers the referrers API now: {body}"
+    );
+    let tag = format!("sha256-{}", &one.digest()[7..]);
+    let tags = src_tags(&reg).await;
+    assert!(tags.contains(&tag), "{tags:?}");
+    let mut cmd = Command::new(find_bin("skopeo"));
+    cmd.args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}:{tag}", reg.location("team/app")));
+    let index: serde_json::Value = serde_json::from_str(&run(cmd)).unwrap();
+    let listed = index["manifests"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{index}");
+    assert!(listed
+        .iter()
+        .all(|m| m["artifactType"] == dtk_core::source::Attestation::IN_TOTO));
+    // The other image of the repository has none; another repository is not this
+    // source's; a digest the registry does not have is not found.
+    let other = format!("{}@{}", reg.location("team/app"), v1.digest());
+    assert_eq!(src.provenance_of(&other).await.unwrap(), None);
+    let elsewhere = format!("{}@{}", reg.location("team/other"), one.digest());
+    assert_eq!(src.provenance_of(&elsewhere).await.unwrap(), None);
+    let missing = format!("{}@sha256:{}", reg.location("team/app"), "0".repeat(64));
+    assert!(matches!(
+        src.provenance_of(&missing).await,
+        Err(Error::NotFound { .. })
+    ));
+    let absent: Version = format!("sha256:{}", "0".repeat(64)).parse().unwrap();
+    let err = src.attach(&absent, &statement("c", "n")).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+}
+
+/// The tags of `team/app` (from the distribution API's tag list).
+async fn src_tags(reg: &Registry) -> Vec<String> {
+    let (_, _, body) = http_get(reg.ip, reg.port, "/v2/team/app/tags/list");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect()
+}

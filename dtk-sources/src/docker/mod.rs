@@ -504,9 +504,7 @@ impl Source for DockerSource {
                 subject.digest
             )));
         }
-        let created = humantime_rfc3339(std::time::SystemTime::now());
-        let referrer =
-            referrers::push(client, &subject.descriptor(), attestation, &created).await?;
+        let referrer = referrers::push(client, &subject.descriptor(), attestation).await?;
         tracing::debug!(source = self.name(), %digest, %referrer, "statement attached");
         Ok(())
     }

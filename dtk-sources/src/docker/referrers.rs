@@ -34,14 +34,11 @@ fn descriptor(media_type: &str, bytes: &[u8]) -> Descriptor {
     }
 }
 
-/// The artifact manifest carrying `attestation` about `subject`, created at `created`
-/// (RFC 3339): an OCI image manifest with `artifactType` the statement's media type, the
-/// empty config, the statement as its one layer.
-pub(crate) fn artifact_manifest(
-    subject: &Descriptor,
-    attestation: &Attestation,
-    created: &str,
-) -> Vec<u8> {
+/// The artifact manifest carrying `attestation` about `subject`: an OCI image manifest
+/// with `artifactType` the statement's media type, the empty config, the statement as its
+/// one layer. No date in it (the statement has its own): the same statement about the same
+/// subject is the same manifest, so attaching it again adds nothing.
+pub(crate) fn artifact_manifest(subject: &Descriptor, attestation: &Attestation) -> Vec<u8> {
     let m = json!({
         "schemaVersion": 2,
         "mediaType": layout::OCI_MANIFEST,
@@ -53,7 +50,6 @@ pub(crate) fn artifact_manifest(
             "digest": subject.digest,
             "size": subject.size,
         },
-        "annotations": { "org.opencontainers.image.created": created },
     });
     serde_json::to_vec(&m).unwrap_or_default()
 }
@@ -68,7 +64,6 @@ pub(crate) async fn push(
     client: &Client,
     subject: &Descriptor,
     attestation: &Attestation,
-    created: &str,
 ) -> Result<String> {
     client
         .ensure_blob(&descriptor(EMPTY_TYPE, EMPTY), EMPTY)
@@ -79,7 +74,7 @@ pub(crate) async fn push(
             &attestation.bytes,
         )
         .await?;
-    let bytes = artifact_manifest(subject, attestation, created);
+    let bytes = artifact_manifest(subject, attestation);
     let digest = layout::sha256_digest(&bytes);
     let api = client
         .put_manifest(&digest, layout::OCI_MANIFEST, &bytes)
@@ -90,13 +85,6 @@ pub(crate) async fn push(
     let tag = fallback_tag(&subject.digest);
     let mut entry = descriptor(layout::OCI_MANIFEST, &bytes);
     entry.artifact_type = Some(attestation.media_type.clone());
-    entry.annotations = Some(
-        [(
-            "org.opencontainers.image.created".to_owned(),
-            created.to_owned(),
-        )]
-        .into(),
-    );
     let mut index = match client.manifest(&tag).await? {
         Some(f) if f.media_type == layout::OCI_INDEX => serde_json::from_slice(&f.bytes)
             .map_err(|e| client.err(format!("the referrers index {tag} is not JSON: {e}")))?,
@@ -174,8 +162,7 @@ mod tests {
         let subject = descriptor(layout::OCI_MANIFEST, b"image");
         let a = Attestation::new(Attestation::IN_TOTO, b"{\"_type\":1}".to_vec());
         let m: serde_json::Value =
-            serde_json::from_slice(&artifact_manifest(&subject, &a, "2025-01-01T00:00:00Z"))
-                .unwrap();
+            serde_json::from_slice(&artifact_manifest(&subject, &a)).unwrap();
         assert_eq!(m["artifactType"], Attestation::IN_TOTO);
         assert_eq!(m["subject"]["digest"], subject.digest);
         assert_eq!(m["config"]["mediaType"], EMPTY_TYPE);
@@ -185,6 +172,12 @@ mod tests {
         );
         assert_eq!(m["config"]["size"], 2);
         assert_eq!(m["layers"][0]["size"], 11);
+        // The same statement about the same subject is the same manifest.
+        assert_eq!(
+            artifact_manifest(&subject, &a),
+            artifact_manifest(&subject, &a)
+        );
+        assert!(m.get("annotations").is_none(), "{m}");
         assert_eq!(
             fallback_tag(&subject.digest),
             format!("sha256-{}", &subject.digest[7..])
