@@ -1343,6 +1343,7 @@ impl Project {
         tracing::warn!(run = %rec.id.short(), status = %rec.status, "recovered a run whose worker died publishing its outputs");
         if rec.status == RunStatus::Success {
             self.drop_obsolete_pending(&rec);
+            self.attach_statements(&rec).await;
         }
         for o in &rec.outputs {
             self.events().send(crate::events::Event::VersionRecorded {
