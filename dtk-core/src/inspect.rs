@@ -557,8 +557,26 @@ impl Project {
     /// whatever happens here: a statement that cannot be attached is a warning, and the
     /// records still give it (`dkt inspect --format slsa`).
     pub(crate) async fn attach_statements(&self, run: &RunRecord) {
-        for sv in &run.outputs {
-            if let Err(e) = self.attach_statement(sv).await {
+        // The outputs' specs, read from one snapshot (dropped before any await).
+        let specs: Result<Vec<(SourceVersion, SourceSpec)>> = (|| {
+            if run.outputs.is_empty() {
+                return Ok(Vec::new());
+            }
+            let snap = self.store().snapshot()?;
+            run.outputs
+                .iter()
+                .map(|sv| Ok((sv.clone(), read_source(&snap, &sv.source)?)))
+                .collect()
+        })();
+        let specs = match specs {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(run = %run.id.short(), "could not attach provenance statements: {e}");
+                return;
+            }
+        };
+        for (sv, spec) in &specs {
+            if let Err(e) = self.attach_statement(sv, spec).await {
                 tracing::warn!(
                     run = %run.id.short(),
                     "could not attach the provenance statement of {sv} to the artifact: {}",
@@ -568,9 +586,8 @@ impl Project {
         }
     }
 
-    async fn attach_statement(&self, sv: &SourceVersion) -> Result<()> {
-        let spec = read_source(&self.store().snapshot()?, &sv.source)?;
-        let source = self.open_source(&spec)?;
+    async fn attach_statement(&self, sv: &SourceVersion, spec: &SourceSpec) -> Result<()> {
+        let source = self.open_source(spec)?;
         if !source.capabilities().attestations {
             return Ok(());
         }
@@ -597,11 +614,14 @@ impl Project {
         if self.registry().get(kind).is_err() {
             return Err(not_recorded);
         }
-        let snap = self.store().snapshot()?;
-        let mut specs: Vec<SourceSpec> = crate::records::all_sources(&snap)?
-            .into_iter()
-            .filter(|s| s.kind == kind)
-            .collect();
+        // Read before any await (a snapshot stays on its thread).
+        let mut specs: Vec<SourceSpec> = {
+            let snap = self.store().snapshot()?;
+            crate::records::all_sources(&snap)?
+                .into_iter()
+                .filter(|s| s.kind == kind)
+                .collect()
+        };
         if let Ok(name) = Name::new("artifact") {
             specs.push(SourceSpec::new(name, kind, location));
         }
