@@ -29,6 +29,10 @@ pub struct Capabilities {
     pub tags: bool,
     /// The kind follows tag patterns ([`crate::pattern`]): [`Source::heads`] works.
     pub patterns: bool,
+    /// [`Source::attach`] works: the kind can attach a statement to what it published
+    /// (an OCI referrer of an image).
+    #[serde(default)]
+    pub attestations: bool,
 }
 
 impl Capabilities {
@@ -59,6 +63,11 @@ impl Capabilities {
     /// With [`patterns`](Self::patterns).
     pub fn with_patterns(mut self, yes: bool) -> Self {
         self.patterns = yes;
+        self
+    }
+    /// With [`attestations`](Self::attestations).
+    pub fn with_attestations(mut self, yes: bool) -> Self {
+        self.attestations = yes;
         self
     }
 }
@@ -135,6 +144,58 @@ impl PublishOptions {
         self.run = Some(run.into());
         self.node = Some(node.into());
         self
+    }
+}
+
+/// A statement about a published version that a kind attaches to the artifact itself
+/// (see [`Source::attach`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Attestation {
+    /// The statement's media type ([`Attestation::IN_TOTO`] for an in-toto statement).
+    pub media_type: String,
+    /// The statement's bytes, exactly as attached.
+    pub bytes: Vec<u8>,
+}
+
+impl Attestation {
+    /// The media type of an in-toto statement (what `dkt inspect --format slsa` prints).
+    pub const IN_TOTO: &'static str = "application/vnd.in-toto+json";
+
+    /// `bytes` of `media_type`.
+    pub fn new(media_type: impl Into<String>, bytes: Vec<u8>) -> Self {
+        Attestation {
+            media_type: media_type.into(),
+            bytes,
+        }
+    }
+}
+
+/// Where an artifact came from, as the artifact itself says (see
+/// [`Source::provenance_of`]): what a run wrote into it when it published it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ArtifactProvenance {
+    /// The version of the source the artifact is, when the kind can tell (an image's
+    /// digest).
+    pub version: Option<Version>,
+    /// The run that published it (its full ID).
+    pub run: Option<String>,
+    /// The node of that run (its full ID).
+    pub node: Option<String>,
+    /// The run's input manifest digest (`blake3:HEX`).
+    pub manifest: Option<String>,
+    /// Where this was read (`image annotations`, `object metadata`, ...), for messages.
+    pub found_in: String,
+}
+
+impl ArtifactProvenance {
+    /// Provenance read from `found_in`, with nothing known yet.
+    pub fn new(found_in: impl Into<String>) -> Self {
+        ArtifactProvenance {
+            found_in: found_in.into(),
+            ..Self::default()
+        }
     }
 }
 
@@ -396,6 +457,38 @@ pub trait Source: Debug + Send + Sync + 'static {
     async fn remove(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Attach `attestation`, a statement about `version` (which this source published),
+    /// to the artifact in the source's own store, where tools that read the artifact find
+    /// it (an image gets an OCI referrer).
+    ///
+    /// # Behavior
+    /// - Called after the run that published `version` was recorded, with the statement
+    ///   `dkt inspect SOURCE:VERSION --format slsa` prints: its subject is the published
+    ///   artifact's own digest, and its run ended, which is only known then.
+    /// - Attaching the same statement twice leaves one copy.
+    /// - Kinds without [`Capabilities::attestations`] return [`Error::NotSupported`] (the
+    ///   default).
+    async fn attach(&self, version: &Version, attestation: &Attestation) -> Result<()> {
+        let _ = (version, attestation);
+        Err(not_supported(self, "attaching statements"))
+    }
+
+    /// What the artifact `reference` (an image `REPO@sha256:...`, an `s3://` URL) says
+    /// about the run that published it, when it is in this source's store.
+    ///
+    /// # Behavior
+    /// - `Ok(None)` when `reference` is not an artifact of this source's store (another
+    ///   repository or bucket, another kind's syntax), or it carries no provenance; the
+    ///   default.
+    /// - An artifact that should be there but cannot be read is [`Error::Backend`]; one
+    ///   that is not there is [`Error::NotFound`].
+    /// - Reads the artifact's metadata only (annotations, object metadata, referrers),
+    ///   never its content.
+    async fn provenance_of(&self, reference: &str) -> Result<Option<ArtifactProvenance>> {
+        let _ = reference;
+        Ok(None)
+    }
 }
 
 /// The kinds that dtk knows of but that may be compiled out, with the cargo feature of the
@@ -517,6 +610,12 @@ macro_rules! forward_source {
             }
             async fn verify(&self, version: &Version) -> Result<Verification> {
                 (**self).verify(version).await
+            }
+            async fn attach(&self, version: &Version, attestation: &Attestation) -> Result<()> {
+                (**self).attach(version, attestation).await
+            }
+            async fn provenance_of(&self, reference: &str) -> Result<Option<ArtifactProvenance>> {
+                (**self).provenance_of(reference).await
             }
         }
     };

@@ -281,7 +281,9 @@ pub(crate) enum Command {
     /// WHAT is SOURCE:VERSION (any unique prefix, e.g. tests:d41d8cd9), a node ID, a
     /// run ID, or an artifact reference: a git commit (40 hex digits or sha1:HEX), an
     /// image (REPO@sha256:HEX, as a docker source's IMAGE field gives it) or an S3 URL
-    /// (s3://BUCKET/KEY, in an s3 source's prefix). Prints `# manifest for WHAT` and a
+    /// (s3://BUCKET/KEY, in an s3 source's prefix). An image or S3 object no source
+    /// recorded is looked up in itself (the image's annotations or provenance referrers,
+    /// the object's metadata) for the run that published it. Prints `# manifest for WHAT` and a
     /// JSON array of every version and run in its ancestry, ancestors first (with --json:
     /// the array alone).
     Inspect {

@@ -560,3 +560,189 @@ fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// `GET path` of the registry on loopback port `port` (plain HTTP/1.0, no credentials):
+/// the status and the body.
+fn http_get(port: u16, path: &str) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAccept: application/vnd.oci.image.index.v1+json\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, raw[end + 4..].to_vec())
+}
+
+/// `skopeo inspect --raw` of `reference` (on the test registry).
+fn raw_manifest(reference: &str) -> Vec<u8> {
+    let out = Command::new(bin("skopeo"))
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo inspect {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Check an in-toto statement with the reference consumer (as `dkt inspect --format slsa`
+/// output is checked in `inspect.rs`).
+fn check_slsa(e: &Env, statement: &[u8], deps: usize) -> String {
+    let f = e.write("statement.json", std::str::from_utf8(statement).unwrap());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/check_provenance.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(["slsa", f.to_str().unwrap(), &deps.to_string()])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "consumer rejected the statement (pip install in-toto-attestation):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn published_images_carry_their_statement_as_a_referrer() {
+    let reg = Registry::start(false);
+    let e = Env::project();
+    image_layout(&e.path().join("img1"), "one", "v1");
+    reg.push(&e.path().join("img1"), "team/app", "v1");
+    e.dkt(&[
+        "source",
+        "add",
+        "img",
+        &reg.location("team/app:v1"),
+        "-k",
+        "docker",
+    ])
+    .ok();
+    let d0 = image_layout(&e.path().join("img0"), "zero", "v1");
+    reg.push(&e.path().join("img0"), "team/pub", "v1");
+    e.dkt(&[
+        "source",
+        "add",
+        "pub",
+        &reg.location("team/pub:v1"),
+        "-k",
+        "docker",
+    ])
+    .ok();
+    let node = e
+        .dkt(&[
+            "node",
+            "run",
+            "--input=img",
+            "--output=pub",
+            "rm -rf ${pub:ROOT}/* && cp -R ${img:ROOT}/. ${pub:ROOT}/",
+        ])
+        .ok()
+        .trim()
+        .to_owned();
+    let run = e.dkt(&["--json", "node", "log", &node]).json()[0].clone();
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let pushed = run["outputs"][0]["version"].as_str().unwrap().to_owned();
+    assert!(pushed.starts_with("sha256:") && pushed != d0, "{run}");
+    // Debian's docker-registry 2.8 has no referrers API: the referrer is listed under the
+    // fallback tag of the distribution spec, `sha256-HEX` of the image's digest.
+    let (status, _) = http_get(reg.port, &format!("/v2/team/pub/referrers/{pushed}"));
+    assert_eq!(status, 404, "this registry offers the referrers API now");
+    let tag = format!("sha256-{}", &pushed[7..]);
+    let index: serde_json::Value =
+        serde_json::from_slice(&raw_manifest(&reg.location(&format!("team/pub:{tag}")))).unwrap();
+    assert_eq!(
+        index["mediaType"], "application/vnd.oci.image.index.v1+json",
+        "{index}"
+    );
+    let listed = index["manifests"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{index}");
+    assert_eq!(listed[0]["artifactType"], "application/vnd.in-toto+json");
+    let referrer = listed[0]["digest"].as_str().unwrap().to_owned();
+    // The referrer: an artifact manifest whose subject is the image.
+    let bytes = raw_manifest(&format!("{}@{referrer}", reg.location("team/pub")));
+    assert_eq!(sha256(&bytes), referrer);
+    assert_eq!(listed[0]["size"], bytes.len());
+    let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(m["artifactType"], "application/vnd.in-toto+json", "{m}");
+    assert_eq!(m["subject"]["digest"], pushed, "{m}");
+    let image = raw_manifest(&format!("{}@{pushed}", reg.location("team/pub")));
+    assert_eq!(m["subject"]["size"], image.len(), "{m}");
+    assert_eq!(
+        m["config"]["mediaType"],
+        "application/vnd.oci.empty.v1+json"
+    );
+    assert_eq!(m["config"]["digest"], sha256(b"{}"));
+    let layer = &m["layers"][0];
+    assert_eq!(layer["mediaType"], "application/vnd.in-toto+json", "{m}");
+    // Its one layer is the statement `dkt inspect --format slsa` prints for the version,
+    // and it loads in the reference consumer.
+    let (status, statement) = http_get(
+        reg.port,
+        &format!("/v2/team/pub/blobs/{}", layer["digest"].as_str().unwrap()),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(sha256(&statement), layer["digest"].as_str().unwrap());
+    let said: serde_json::Value = serde_json::from_slice(&statement).unwrap();
+    let slsa = e
+        .dkt(&["inspect", "--format", "slsa", &format!("pub:{pushed}")])
+        .json();
+    assert_eq!(said, slsa);
+    assert_eq!(said["subject"][0]["digest"]["sha256"], &pushed[7..]);
+    assert_eq!(
+        said["predicate"]["runDetails"]["metadata"]["invocationId"],
+        run_id
+    );
+    let ok = check_slsa(&e, &statement, 1);
+    assert!(ok.contains("1 dependencies"), "{ok}");
+    // A copy of the image in a repository no source follows: its annotations name the run,
+    // so `dkt inspect` finds the version the run published.
+    let out = Command::new(bin("skopeo"))
+        .args(["--insecure-policy", "copy", "--quiet", "--preserve-digests"])
+        .args(["--src-tls-verify=false", "--dest-tls-verify=false"])
+        .arg(format!("docker://{}@{pushed}", reg.location("team/pub")))
+        .arg(format!("docker://{}:copy", reg.location("team/mirror")))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copy = format!("{}@{pushed}", reg.location("team/mirror"));
+    let m = e.dkt(&["--json", "inspect", &copy]).json();
+    let last = m.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["source"], "pub", "{m}");
+    assert_eq!(last["digest"], pushed, "{m}");
+    // A project without the run's records says which run the image names.
+    let fresh = Env::project();
+    let err = fresh.dkt(&["inspect", &copy]).fails(2);
+    assert!(
+        err.contains(&run_id) && err.contains("annotations"),
+        "{err}"
+    );
+    // An image without provenance is simply not found.
+    let plain = format!("{}@{d0}", reg.location("team/pub"));
+    let err = fresh.dkt(&["inspect", &plain]).fails(2);
+    assert!(
+        err.contains("no source of the project recorded it"),
+        "{err}"
+    );
+}

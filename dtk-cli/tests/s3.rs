@@ -140,6 +140,42 @@ fn s3_sources_feed_a_node_that_publishes_to_s3() {
     assert_eq!(by_url, by_version);
     let err = e.dkt(&["inspect", "s3://other-bucket/x"]).fails(2);
     assert!(err.contains("s3://other-bucket/x"), "{err}");
+    // An object no source's prefix holds is found by its metadata (a HEAD): the provenance
+    // object beside the prefix names the run, whose manifest this is.
+    let beside = e
+        .dkt(&["--json", "inspect", "s3://bkt/out.dkt-provenance.json"])
+        .json();
+    let runs_in: Vec<&Value> = beside
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x.get("command").is_some())
+        .collect();
+    assert_eq!(runs_in.len(), 1, "{beside}");
+    assert!(
+        run_id.starts_with(runs_in[0]["ID"].as_str().unwrap()),
+        "{beside}"
+    );
+    // A project without the run's records says which run the object names.
+    let fresh = Env::new();
+    fresh
+        .dkt(&[
+            "init",
+            "--aws-access-key-id",
+            KEY_ID,
+            "--aws-secret-access-key",
+            SECRET,
+        ])
+        .ok();
+    let fresh_config = fresh.path().join(".dkt/config");
+    let mut text = std::fs::read_to_string(&fresh_config).unwrap_or_default();
+    text.push_str(&format!(
+        "\n[kind.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\n",
+        m.endpoint
+    ));
+    std::fs::write(&fresh_config, text).unwrap();
+    let err = fresh.dkt(&["inspect", "s3://bkt/out/joined.txt"]).fails(2);
+    assert!(err.contains(run_id) && err.contains("metadata"), "{err}");
 
     // Provenance: the output's manifest names the s3 input at its version.
     let manifest = e

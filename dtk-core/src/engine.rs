@@ -759,6 +759,7 @@ impl Project {
                     });
                 }
                 self.drop_obsolete_pending(&record);
+                self.attach_statements(&record).await;
                 if let Some(hook) = &node.on_success {
                     self.hook(hook, &record, "success").await;
                 }
@@ -1342,6 +1343,7 @@ impl Project {
         tracing::warn!(run = %rec.id.short(), status = %rec.status, "recovered a run whose worker died publishing its outputs");
         if rec.status == RunStatus::Success {
             self.drop_obsolete_pending(&rec);
+            self.attach_statements(&rec).await;
         }
         for o in &rec.outputs {
             self.events().send(crate::events::Event::VersionRecorded {

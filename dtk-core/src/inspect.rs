@@ -398,9 +398,25 @@ impl<'a> Walker<'a> {
 impl Project {
     /// Resolve what `dkt inspect`/`dkt verify` were given: `SRC:ID` (any unique prefix),
     /// a node ID or a run ID (prefixes of at least 4 digits).
+    ///
+    /// An image or S3 reference that no source recorded is looked up in the artifact
+    /// itself ([`crate::Source::provenance_of`]: an image's annotations or referrers, an
+    /// object's metadata), asking the project's sources of its kind, then one opened at the
+    /// reference's own repository or bucket: the run it names is the target (its output
+    /// of that version, when the run made it). A run this project has no record of is
+    /// [`Error::NotFound`] naming it.
     pub async fn resolve_target(&self, what: &str) -> Result<Target> {
-        if let Some(sv) = self.artifact(what)? {
-            return Ok(Target::Version(sv));
+        match self.artifact(what) {
+            Ok(Some(sv)) => return Ok(Target::Version(sv)),
+            Ok(None) => {}
+            Err(
+                e @ Error::NotFound {
+                    what: "artifact", ..
+                },
+            ) => {
+                return self.artifact_from_itself(what, e).await;
+            }
+            Err(e) => return Err(e),
         }
         if what.contains(':') {
             return self.resolve_source_version(what).await.map(Target::Version);
@@ -493,7 +509,13 @@ impl Project {
             }
         } else {
             for s in sources.iter().filter(|s| s.kind == "s3") {
-                let prefix = s.location.trim_end_matches('/');
+                // The sub-path (`-p`) is part of the prefix.
+                let mut prefix = s.location.trim_end_matches('/').to_owned();
+                if let Some(p) = s.path.as_deref().map(|p| p.trim_matches('/')) {
+                    if !p.is_empty() && p != "." {
+                        prefix = format!("{prefix}/{p}");
+                    }
+                }
                 let inside = what == prefix || what.starts_with(&format!("{prefix}/"));
                 if let (true, Some(v)) = (inside, s.current()) {
                     consider(&s.name, v)?;
@@ -519,6 +541,140 @@ impl Project {
                 prefix: what.to_owned(),
                 matches: many.iter().map(|sv| sv.to_string()).collect(),
             }),
+        }
+    }
+
+    /// Attach to each output `run` published whose kind can hold it
+    /// ([`crate::Capabilities::attestations`]) the run's SLSA statement for that output,
+    /// exactly what `dkt inspect SOURCE:VERSION --format slsa` prints (see
+    /// [`crate::Source::attach`]).
+    ///
+    /// This happens after the run is recorded, not as part of the publish: the statement's
+    /// subject is the artifact's own digest (for an image, the digest of the annotated
+    /// manifest, known only once pushed) and its `finishedOn` is when the run ended, so a
+    /// statement built before would either name the outputs without their digests or
+    /// differ from the one the records give. The outputs are published and recorded
+    /// whatever happens here: a statement that cannot be attached is a warning, and the
+    /// records still give it (`dkt inspect --format slsa`).
+    pub(crate) async fn attach_statements(&self, run: &RunRecord) {
+        // The outputs' specs, read from one snapshot (dropped before any await).
+        let specs: Result<Vec<(SourceVersion, SourceSpec)>> = (|| {
+            if run.outputs.is_empty() {
+                return Ok(Vec::new());
+            }
+            let snap = self.store().snapshot()?;
+            run.outputs
+                .iter()
+                .map(|sv| Ok((sv.clone(), read_source(&snap, &sv.source)?)))
+                .collect()
+        })();
+        let specs = match specs {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(run = %run.id.short(), "could not attach provenance statements: {e}");
+                return;
+            }
+        };
+        for (sv, spec) in &specs {
+            if let Err(e) = self.attach_statement(sv, spec).await {
+                tracing::warn!(
+                    run = %run.id.short(),
+                    "could not attach the provenance statement of {sv} to the artifact: {}",
+                    crate::project::error_chain(&e)
+                );
+            }
+        }
+    }
+
+    async fn attach_statement(&self, sv: &SourceVersion, spec: &SourceSpec) -> Result<()> {
+        let source = self.open_source(spec)?;
+        if !source.capabilities().attestations {
+            return Ok(());
+        }
+        let manifest = self.manifest(Target::Version(sv.clone()), InspectOptions::new())?;
+        let statement = manifest.to_slsa(self)?;
+        let bytes = serde_json::to_vec(&statement)
+            .map_err(|e| Error::corrupt(format!("cannot encode the statement: {e}")))?;
+        let attestation =
+            crate::source::Attestation::new(crate::source::Attestation::IN_TOTO, bytes);
+        source.attach(&sv.version, &attestation).await
+    }
+
+    /// [`Project::resolve_target`] for an artifact reference the records do not have
+    /// (`not_recorded`, returned when the artifact says nothing either).
+    async fn artifact_from_itself(&self, what: &str, not_recorded: Error) -> Result<Target> {
+        let (kind, location) = if let Some(rest) = what.strip_prefix("s3://") {
+            let bucket = rest.split('/').next().unwrap_or_default();
+            ("s3", format!("s3://{bucket}"))
+        } else if let Some((name, _)) = what.split_once("@sha256:") {
+            ("docker", name.to_owned())
+        } else {
+            return Err(not_recorded);
+        };
+        if self.registry().get(kind).is_err() {
+            return Err(not_recorded);
+        }
+        // Read before any await (a snapshot stays on its thread).
+        let mut specs: Vec<SourceSpec> = {
+            let snap = self.store().snapshot()?;
+            crate::records::all_sources(&snap)?
+                .into_iter()
+                .filter(|s| s.kind == kind)
+                .collect()
+        };
+        if let Ok(name) = Name::new("artifact") {
+            specs.push(SourceSpec::new(name, kind, location));
+        }
+        let mut failure = None;
+        let mut found = None;
+        for spec in &specs {
+            let asked = match self.open_source(spec) {
+                Ok(source) => source.provenance_of(what).await,
+                Err(e) => Err(e),
+            };
+            match asked {
+                Ok(Some(p)) if p.run.is_some() => {
+                    found = Some(p);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        let Some(p) = found else {
+            return Err(failure.unwrap_or(not_recorded));
+        };
+        let run = p.run.clone().unwrap_or_default();
+        match self.run_record(&run) {
+            Ok(r) => {
+                let made = p
+                    .version
+                    .as_ref()
+                    .and_then(|v| r.outputs.iter().find(|o| &o.version == v));
+                Ok(match made {
+                    Some(sv) => Target::Version(sv.clone()),
+                    None => Target::Run(r.id),
+                })
+            }
+            Err(Error::NotFound { .. }) | Err(Error::Invalid { .. }) => {
+                let mut said = format!("run {run}");
+                if let Some(n) = &p.node {
+                    said.push_str(&format!(" of node {n}"));
+                }
+                if let Some(m) = &p.manifest {
+                    said.push_str(&format!(", input manifest {m}"));
+                }
+                Err(Error::NotFound {
+                    what: "run",
+                    name: run.clone(),
+                    hint: format!(
+                        " in this project's records: {} of {what} name {said}; inspect it \
+                         in the project that ran it",
+                        p.found_in
+                    ),
+                })
+            }
+            Err(e) => Err(e),
         }
     }
 

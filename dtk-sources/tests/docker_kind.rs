@@ -1880,3 +1880,257 @@ async fn publishing_to_a_tag_that_does_not_exist_creates_it_and_a_moved_tag_is_r
         assert_eq!(fresh.latest().await.unwrap().version, two.version());
     }
 }
+
+/// A statement naming run `run` of node `node`, as `dkt inspect --format slsa` does.
+fn statement(run: &str, node: &str) -> dtk_core::source::Attestation {
+    let s = serde_json::json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "predicateType": "https://slsa.dev/provenance/v1",
+        "predicate": {
+            "buildDefinition": { "externalParameters": { "node": node } },
+            "runDetails": { "metadata": { "invocationId": run } },
+        },
+    });
+    dtk_core::source::Attestation::new(
+        dtk_core::source::Attestation::IN_TOTO,
+        serde_json::to_vec(&s).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn statements_attach_as_referrers_and_name_the_run() {
+    let env = env();
+    let (reg, one, v1) = seeded(&env);
+    let src = open(&env.ctx, &reg.location("team/app"), None).await;
+    assert!(src.capabilities().attestations);
+    let image = format!("{}@{}", reg.location("team/app"), one.digest());
+    // Pushed by skopeo: no annotations, no referrers, so nothing to say.
+    assert_eq!(src.provenance_of(&image).await.unwrap(), None);
+    src.attach(&one.version(), &statement("aaaa1111", "n1"))
+        .await
+        .unwrap();
+    let p = src
+        .provenance_of(&image)
+        .await
+        .unwrap()
+        .expect("provenance");
+    assert_eq!(p.run.as_deref(), Some("aaaa1111"));
+    assert_eq!(p.node.as_deref(), Some("n1"));
+    assert_eq!(p.version, Some(one.version()));
+    assert!(p.found_in.contains("referrer"), "{}", p.found_in);
+    // Attaching the same statement again lists it once; a newer one is listed after it
+    // and is the one read.
+    src.attach(&one.version(), &statement("aaaa1111", "n1"))
+        .await
+        .unwrap();
+    src.attach(&one.version(), &statement("bbbb2222", "n2"))
+        .await
+        .unwrap();
+    let p = src
+        .provenance_of(&image)
+        .await
+        .unwrap()
+        .expect("provenance");
+    assert_eq!(p.run.as_deref(), Some("bbbb2222"));
+    let (status, _, body) = http_get(
+        reg.ip,
+        reg.port,
+        &format!("/v2/team/app/referrers/{}", one.digest()),
+    );
+    assert_eq!(
+        status, 404,
+        "the registry offers the referrers API now: {body}"
+    );
+    let tag = format!("sha256-{}", &one.digest()[7..]);
+    let tags = src_tags(&reg).await;
+    assert!(tags.contains(&tag), "{tags:?}");
+    let mut cmd = Command::new(find_bin("skopeo"));
+    cmd.args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}:{tag}", reg.location("team/app")));
+    let index: serde_json::Value = serde_json::from_str(&run(cmd)).unwrap();
+    let listed = index["manifests"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{index}");
+    assert!(listed
+        .iter()
+        .all(|m| m["artifactType"] == dtk_core::source::Attestation::IN_TOTO));
+    // The other image of the repository has none; another repository is not this
+    // source's; a digest the registry does not have is not found.
+    let other = format!("{}@{}", reg.location("team/app"), v1.digest());
+    assert_eq!(src.provenance_of(&other).await.unwrap(), None);
+    let elsewhere = format!("{}@{}", reg.location("team/other"), one.digest());
+    assert_eq!(src.provenance_of(&elsewhere).await.unwrap(), None);
+    let missing = format!("{}@sha256:{}", reg.location("team/app"), "0".repeat(64));
+    assert!(matches!(
+        src.provenance_of(&missing).await,
+        Err(Error::NotFound { .. })
+    ));
+    let absent: Version = format!("sha256:{}", "0".repeat(64)).parse().unwrap();
+    let err = src.attach(&absent, &statement("c", "n")).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+}
+
+/// The tags of `team/app` (from the distribution API's tag list).
+async fn src_tags(reg: &Registry) -> Vec<String> {
+    let (_, _, body) = http_get(reg.ip, reg.port, "/v2/team/app/tags/list");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A registry that offers the referrers API (as distribution 3 and zot do), scripted:
+/// it serves one image manifest and every blob asked for, answers a manifest pushed with
+/// a `subject` with `OCI-Subject`, and lists it at `GET /v2/team/app/referrers/DIGEST`.
+/// Every request line is kept.
+struct ApiRegistry {
+    port: u16,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl ApiRegistry {
+    fn start(image: Vec<u8>, statement: Vec<u8>) -> ApiRegistry {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let pushed = Arc::new(Mutex::new(None::<Vec<u8>>));
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                let _ = r.read_line(&mut line);
+                let mut length = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+                let mut body = vec![0u8; length];
+                let _ = r.read_exact(&mut body);
+                let line = line.trim().to_owned();
+                seen.lock().unwrap().push(line.clone());
+                let mut parts = line.split_whitespace();
+                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let image_digest = sha256(&image);
+                let statement_digest = sha256(&statement);
+                let referrer = pushed.lock().unwrap().clone();
+                let (status, headers, reply): (&str, String, Vec<u8>) = match (method, path) {
+                    ("GET", "/v2/") => ("200 OK", String::new(), Vec::new()),
+                    ("HEAD", p) if p.starts_with("/v2/team/app/blobs/") => {
+                        ("200 OK", String::new(), Vec::new())
+                    }
+                    ("GET", p) if p == format!("/v2/team/app/blobs/{statement_digest}") => {
+                        ("200 OK", String::new(), statement.clone())
+                    }
+                    ("GET", p) if p == format!("/v2/team/app/manifests/{image_digest}") => (
+                        "200 OK",
+                        "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n".into(),
+                        image.clone(),
+                    ),
+                    ("PUT", p) if p.starts_with("/v2/team/app/manifests/sha256:") => {
+                        *pushed.lock().unwrap() = Some(body.clone());
+                        (
+                            "201 Created",
+                            format!(
+                                "OCI-Subject: {image_digest}\r\nDocker-Content-Digest: {}\r\n",
+                                sha256(&body)
+                            ),
+                            Vec::new(),
+                        )
+                    }
+                    ("GET", p)
+                        if referrer.as_ref().is_some_and(|m| {
+                            p == format!("/v2/team/app/manifests/{}", sha256(m))
+                        }) =>
+                    {
+                        (
+                            "200 OK",
+                            "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n".into(),
+                            referrer.clone().unwrap(),
+                        )
+                    }
+                    ("GET", p) if p == format!("/v2/team/app/referrers/{image_digest}") => {
+                        let manifests: Vec<serde_json::Value> = referrer
+                            .iter()
+                            .map(|m| {
+                                let mut d =
+                                    descriptor("application/vnd.oci.image.manifest.v1+json", m);
+                                d["artifactType"] = "application/vnd.in-toto+json".into();
+                                d
+                            })
+                            .collect();
+                        let index = serde_json::json!({
+                            "schemaVersion": 2,
+                            "mediaType": "application/vnd.oci.image.index.v1+json",
+                            "manifests": manifests,
+                        });
+                        (
+                            "200 OK",
+                            "Content-Type: application/vnd.oci.image.index.v1+json\r\n".into(),
+                            serde_json::to_vec(&index).unwrap(),
+                        )
+                    }
+                    _ => ("404 Not Found", String::new(), Vec::new()),
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    reply.len()
+                );
+                if method != "HEAD" {
+                    let _ = s.write_all(&reply);
+                }
+            }
+        });
+        ApiRegistry { port, requests }
+    }
+}
+
+#[tokio::test]
+async fn with_the_referrers_api_no_fallback_tag_is_written() {
+    let env = env();
+    let config = descriptor("application/vnd.oci.image.config.v1+json", b"{}");
+    let image = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config,
+        "layers": [],
+    }))
+    .unwrap();
+    let attestation = statement("cccc3333", "n3");
+    let reg = ApiRegistry::start(image.clone(), attestation.bytes.clone());
+    let location = format!("127.0.0.1:{}/team/app", reg.port);
+    let spec = SourceSpec::new(Name::new("src").unwrap(), "docker", &location);
+    let src = DockerKind::default().open(&env.ctx, &spec).unwrap();
+    let version: Version = sha256(&image).parse().unwrap();
+    src.attach(&version, &attestation).await.unwrap();
+    let p = src
+        .provenance_of(&format!("{location}@{version}"))
+        .await
+        .unwrap()
+        .expect("provenance");
+    assert_eq!(p.run.as_deref(), Some("cccc3333"));
+    let requests = reg.requests.lock().unwrap().clone();
+    let tag = format!("sha256-{}", &sha256(&image)[7..]);
+    assert!(
+        !requests.iter().any(|r| r.contains(&tag)),
+        "the fallback tag was used: {requests:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("GET /v2/team/app/referrers/sha256:")),
+        "{requests:#?}"
+    );
+}

@@ -201,6 +201,7 @@ impl Fetched {
             size: self.bytes.len() as u64,
             annotations: None,
             platform: None,
+            artifact_type: None,
         }
     }
 }
@@ -294,7 +295,7 @@ impl Client {
         })
     }
 
-    fn err(&self, message: impl Into<String>) -> Error {
+    pub(crate) fn err(&self, message: impl Into<String>) -> Error {
         Error::backend(KIND, &self.source, message)
     }
 
@@ -904,12 +905,14 @@ impl Client {
     }
 
     /// `PUT` manifest `bytes` of `media_type` under `reference` (a tag or its digest).
+    /// True when the registry answered with an `OCI-Subject` header: it processed the
+    /// manifest's `subject` (it offers the referrers API).
     pub(crate) async fn put_manifest(
         &self,
         reference: &str,
         media_type: &str,
         bytes: &[u8],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let url = self.url(&format!("manifests/{reference}"));
         let resp = self
             .send(Access::Push, &url, |c| {
@@ -939,7 +942,75 @@ impl Client {
                 )));
             }
         }
-        Ok(())
+        Ok(resp.headers().contains_key("oci-subject"))
+    }
+
+    /// Upload `bytes` as blob `d` unless the repository has it (through a temporary file
+    /// in the context's temporary directory).
+    pub(crate) async fn ensure_blob(&self, d: &Descriptor, bytes: &[u8]) -> Result<()> {
+        if self.has_blob(&d.digest).await? {
+            return Ok(());
+        }
+        let tmp = &self.ctx.tmp_dir;
+        std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
+        let file = tempfile::NamedTempFile::new_in(tmp).map_err(|e| Error::io(tmp, e))?;
+        std::fs::write(file.path(), bytes).map_err(|e| Error::io(file.path(), e))?;
+        self.upload_blob(d, file.path()).await
+    }
+
+    /// `GET /v2/REPO/referrers/DIGEST` (the referrers API): the image index listing the
+    /// manifests whose `subject` is `digest`; `None` when the registry answers 404 (it
+    /// does not offer the API: see the referrers tag schema).
+    pub(crate) async fn referrers(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        let url = self.url(&format!("referrers/{digest}"));
+        let resp = self
+            .send(Access::Pull, &url, |c| {
+                Ok(c.get(&url).header(ACCEPT, layout::OCI_INDEX))
+            })
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(self
+                .failure(
+                    &format!("the referrers of {digest} in {}", self.shown()),
+                    resp,
+                )
+                .await);
+        }
+        self.read_limited(resp, MAX_MANIFEST, &url).await.map(Some)
+    }
+
+    /// Download the (small) blob `d` into memory, checking its size and digest.
+    pub(crate) async fn small_blob(&self, d: &Descriptor, limit: u64) -> Result<Vec<u8>> {
+        if d.size > limit {
+            return Err(self.err(format!(
+                "blob {} of {} is {} bytes, more than the {limit} expected",
+                d.digest,
+                self.shown(),
+                d.size
+            )));
+        }
+        let url = self.url(&format!("blobs/{}", d.digest));
+        let resp = self.send(Access::Pull, &url, |c| Ok(c.get(&url))).await?;
+        if !resp.status().is_success() {
+            return Err(self
+                .failure(&format!("blob {} of {}", d.digest, self.shown()), resp)
+                .await);
+        }
+        let bytes = self.read_limited(resp, limit, &url).await?;
+        let found = layout::sha256_digest(&bytes);
+        if found != d.digest || bytes.len() as u64 != d.size {
+            return Err(self.err(format!(
+                "blob {} of {}: received {} bytes hashing to {found}, expected {} bytes",
+                d.digest,
+                self.shown(),
+                bytes.len(),
+                d.size
+            )));
+        }
+        Ok(bytes)
     }
 }
 

@@ -52,6 +52,9 @@ pub(crate) struct Descriptor {
     /// The platform of a manifest in an index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) platform: Option<serde_json::Value>,
+    /// The type of the artifact a manifest is (a referrer's `artifactType`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) artifact_type: Option<String>,
 }
 
 impl Descriptor {

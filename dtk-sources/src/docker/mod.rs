@@ -40,6 +40,7 @@
 mod client;
 mod layout;
 mod reference;
+mod referrers;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -80,6 +81,7 @@ fn capabilities() -> Capabilities {
         .with_publish(true)
         .with_tags(true)
         .with_patterns(true)
+        .with_attestations(true)
 }
 
 #[async_trait]
@@ -474,6 +476,95 @@ impl Source for DockerSource {
             dtk_api::source::check_expected(self, options).await?;
         }
         self.push_layout(dir, provenance_annotations(options)).await
+    }
+
+    /// Push `attestation` as an OCI 1.1 referrer of the image at `version`: an artifact
+    /// manifest (`artifactType` the statement's media type, the empty config, the
+    /// statement as its one layer) whose `subject` is the image's manifest, listed under
+    /// the referrers tag `sha256-HEX` when the registry does not offer the referrers API.
+    async fn attach(
+        &self,
+        version: &Version,
+        attestation: &dtk_core::source::Attestation,
+    ) -> Result<()> {
+        let digest = digest_of(version)?;
+        let client = self.client()?;
+        let subject = client
+            .manifest(&digest)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: "version",
+                name: version.to_string(),
+                hint: format!(": {} no longer has that manifest", client.shown()),
+            })?;
+        if subject.digest != digest {
+            return Err(self.err(format!(
+                "manifest {digest} of {}: the bytes received hash to {}",
+                client.shown(),
+                subject.digest
+            )));
+        }
+        let referrer = referrers::push(client, &subject.descriptor(), attestation).await?;
+        tracing::debug!(source = self.name(), %digest, %referrer, "statement attached");
+        Ok(())
+    }
+
+    /// For `[REGISTRY/]REPO@sha256:HEX` of this source's repository: the `dev.dtk.*`
+    /// annotations of the manifest, else the run named by an in-toto statement among its
+    /// referrers (`predicate.runDetails.metadata.invocationId`).
+    async fn provenance_of(
+        &self,
+        reference: &str,
+    ) -> Result<Option<dtk_core::source::ArtifactProvenance>> {
+        let Some((name, digest)) = reference.split_once('@') else {
+            return Ok(None);
+        };
+        let Ok(r) = Reference::parse(name) else {
+            return Ok(None);
+        };
+        if r.registry != self.reference.registry || r.repo != self.reference.repo {
+            return Ok(None);
+        }
+        let version: Version = digest.parse().map_err(|e: Error| {
+            Error::invalid("image reference", reference, format!("bad digest: {e}"))
+        })?;
+        let digest = digest_of(&version)?;
+        let client = self.client()?;
+        let m = client
+            .manifest(&digest)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: "image",
+                name: reference.to_owned(),
+                hint: format!(" ({} has no such manifest)", client.shown()),
+            })?;
+        let v: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap_or_default();
+        let note = |key: &str| v["annotations"][key].as_str().map(str::to_owned);
+        if let Some(run) = note(RUN_ANNOTATION) {
+            let mut p = dtk_core::source::ArtifactProvenance::new("the image's annotations");
+            p.version = Some(version);
+            p.run = Some(run);
+            p.node = note(NODE_ANNOTATION);
+            p.manifest = note(MANIFEST_ANNOTATION);
+            return Ok(Some(p));
+        }
+        let statements =
+            referrers::statements(client, &digest, dtk_core::source::Attestation::IN_TOTO).await?;
+        for s in statements.iter().rev() {
+            let s: serde_json::Value = serde_json::from_slice(s).unwrap_or_default();
+            let run = s["predicate"]["runDetails"]["metadata"]["invocationId"].as_str();
+            if let Some(run) = run {
+                let mut p =
+                    dtk_core::source::ArtifactProvenance::new("the image's provenance referrer");
+                p.version = Some(version);
+                p.run = Some(run.to_owned());
+                p.node = s["predicate"]["buildDefinition"]["externalParameters"]["node"]
+                    .as_str()
+                    .map(str::to_owned);
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
     }
 
     /// Fetch the manifest by digest and re-hash the bytes.

@@ -400,6 +400,53 @@ impl Source for S3Source {
         Ok(info)
     }
 
+    /// For `s3://BUCKET/KEY` of this source's bucket: the `x-amz-meta-dkt-run`, `-dkt-node`
+    /// and `-dkt-manifest` metadata of that object (a `HEAD`; no version: the object alone
+    /// does not tell the listing's).
+    async fn provenance_of(
+        &self,
+        reference: &str,
+    ) -> Result<Option<dtk_core::source::ArtifactProvenance>> {
+        let Some(rest) = reference.strip_prefix(SCHEME) else {
+            return Ok(None);
+        };
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket != self.location.bucket || key.is_empty() || key.ends_with('/') {
+            return Ok(None);
+        }
+        let path = object_store::path::Path::parse(key)
+            .map_err(|e| Error::invalid("S3 key", key, e.to_string()))?;
+        let what = format!("reading the metadata of {reference}");
+        let options = object_store::GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        let got = match self.conn.meta.get_opts(&path, options).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::NotFound {
+                    what: "S3 object",
+                    name: reference.to_owned(),
+                    hint: String::new(),
+                })
+            }
+            Err(e) => return Err(self.error(&what, &e)),
+        };
+        let meta = |k: &str| {
+            got.attributes
+                .get(&object_store::Attribute::Metadata(k.to_owned().into()))
+                .map(|v| v.as_ref().to_owned())
+        };
+        let Some(run) = meta("dkt-run") else {
+            return Ok(None);
+        };
+        let mut p = dtk_core::source::ArtifactProvenance::new("the object's metadata");
+        p.run = Some(run);
+        p.node = meta("dkt-node");
+        p.manifest = meta("dkt-manifest");
+        Ok(Some(p))
+    }
+
     /// Re-list the prefix and compare its digest; when it matches, download every object
     /// whose ETag is a plain md5 and check it (unless `check_md5 = "false"`).
     async fn verify(&self, version: &Version) -> Result<Verification> {
