@@ -1882,7 +1882,7 @@ async fn publishing_to_a_tag_that_does_not_exist_creates_it_and_a_moved_tag_is_r
 }
 
 /// A statement naming run `run` of node `node`, as `dkt inspect --format slsa` does.
-fn statement(run: &str, node: &str) -> dtk_core::source::Attestation {
+fn statement(run: &str, node: &str) -> dtk_api::source::Attestation {
     let s = serde_json::json!({
         "_type": "https://in-toto.io/Statement/v1",
         "predicateType": "https://slsa.dev/provenance/v1",
@@ -1891,8 +1891,8 @@ fn statement(run: &str, node: &str) -> dtk_core::source::Attestation {
             "runDetails": { "metadata": { "invocationId": run } },
         },
     });
-    dtk_core::source::Attestation::new(
-        dtk_core::source::Attestation::IN_TOTO,
+    dtk_api::source::Attestation::new(
+        dtk_api::source::Attestation::IN_TOTO,
         serde_json::to_vec(&s).unwrap(),
     )
 }
@@ -1952,7 +1952,7 @@ async fn statements_attach_as_referrers_and_name_the_run() {
     assert_eq!(listed.len(), 2, "{index}");
     assert!(listed
         .iter()
-        .all(|m| m["artifactType"] == dtk_core::source::Attestation::IN_TOTO));
+        .all(|m| m["artifactType"] == dtk_api::source::Attestation::IN_TOTO));
     // The other image of the repository has none; another repository is not this
     // source's; a digest the registry does not have is not found.
     let other = format!("{}@{}", reg.location("team/app"), v1.digest());

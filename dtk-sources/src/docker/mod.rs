@@ -485,7 +485,7 @@ impl Source for DockerSource {
     async fn attach(
         &self,
         version: &Version,
-        attestation: &dtk_core::source::Attestation,
+        attestation: &dtk_api::source::Attestation,
     ) -> Result<()> {
         let digest = digest_of(version)?;
         let client = self.client()?;
@@ -515,7 +515,7 @@ impl Source for DockerSource {
     async fn provenance_of(
         &self,
         reference: &str,
-    ) -> Result<Option<dtk_core::source::ArtifactProvenance>> {
+    ) -> Result<Option<dtk_api::source::ArtifactProvenance>> {
         let Some((name, digest)) = reference.split_once('@') else {
             return Ok(None);
         };
@@ -541,7 +541,7 @@ impl Source for DockerSource {
         let v: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap_or_default();
         let note = |key: &str| v["annotations"][key].as_str().map(str::to_owned);
         if let Some(run) = note(RUN_ANNOTATION) {
-            let mut p = dtk_core::source::ArtifactProvenance::new("the image's annotations");
+            let mut p = dtk_api::source::ArtifactProvenance::new("the image's annotations");
             p.version = Some(version);
             p.run = Some(run);
             p.node = note(NODE_ANNOTATION);
@@ -549,13 +549,13 @@ impl Source for DockerSource {
             return Ok(Some(p));
         }
         let statements =
-            referrers::statements(client, &digest, dtk_core::source::Attestation::IN_TOTO).await?;
+            referrers::statements(client, &digest, dtk_api::source::Attestation::IN_TOTO).await?;
         for s in statements.iter().rev() {
             let s: serde_json::Value = serde_json::from_slice(s).unwrap_or_default();
             let run = s["predicate"]["runDetails"]["metadata"]["invocationId"].as_str();
             if let Some(run) = run {
                 let mut p =
-                    dtk_core::source::ArtifactProvenance::new("the image's provenance referrer");
+                    dtk_api::source::ArtifactProvenance::new("the image's provenance referrer");
                 p.version = Some(version);
                 p.run = Some(run.to_owned());
                 p.node = s["predicate"]["buildDefinition"]["externalParameters"]["node"]

@@ -4,8 +4,8 @@
 //! (`sha256-HEX`, an image index listing the referrers), which registries without the API
 //! (the CNCF distribution registry 2.x) need.
 
-use dtk_core::source::Attestation;
-use dtk_core::Result;
+use dtk_api::source::Attestation;
+use dtk_api::Result;
 use serde_json::json;
 
 use super::client::Client;

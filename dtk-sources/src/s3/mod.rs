@@ -406,7 +406,7 @@ impl Source for S3Source {
     async fn provenance_of(
         &self,
         reference: &str,
-    ) -> Result<Option<dtk_core::source::ArtifactProvenance>> {
+    ) -> Result<Option<dtk_api::source::ArtifactProvenance>> {
         let Some(rest) = reference.strip_prefix(SCHEME) else {
             return Ok(None);
         };
@@ -440,7 +440,7 @@ impl Source for S3Source {
         let Some(run) = meta("dkt-run") else {
             return Ok(None);
         };
-        let mut p = dtk_core::source::ArtifactProvenance::new("the object's metadata");
+        let mut p = dtk_api::source::ArtifactProvenance::new("the object's metadata");
         p.run = Some(run);
         p.node = meta("dkt-node");
         p.manifest = meta("dkt-manifest");
