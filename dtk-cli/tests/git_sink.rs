@@ -115,6 +115,27 @@ fn a_node_publishes_a_commit_to_a_branch() {
     // Run again on the same content: nothing to commit, the version stays.
     e.dkt(&["node", "rerun", &node]).ok();
     assert_eq!(tip(&up), now);
+    // Another project follows the branch after someone else committed on top, so the run's
+    // commit is in its mirror but not in its records: the commit's own trailers name the
+    // run, its node and its manifest, which that project has no record of.
+    let (_, work) = (&up, _work);
+    git(&work, &["pull", "-q", "origin", "master"]);
+    std::fs::write(work.join("b.txt"), "by hand\n").unwrap();
+    git(&work, &["add", "b.txt"]);
+    git(&work, &["commit", "-q", "-m", "by hand"]);
+    git(&work, &["push", "-q", "origin", "HEAD:master"]);
+    let other = Env::project();
+    other
+        .dkt(&["source", "add", "site", up.to_str().unwrap()])
+        .ok();
+    assert_ne!(latest(&other, "site"), format!("sha1:{now}"));
+    let err = other.dkt(&["inspect", &now]).fails(2);
+    assert!(err.contains(&run_id), "{err}");
+    assert!(err.contains("commit trailers"), "{err}");
+    assert!(err.contains(&manifest), "{err}");
+    // A commit dtk did not make says nothing: it is simply not found.
+    let err = other.dkt(&["inspect", &format!("sha1:{before}")]).fails(2);
+    assert!(!err.contains(&run_id) && err.contains(&before), "{err}");
 }
 
 #[test]

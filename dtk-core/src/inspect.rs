@@ -399,9 +399,10 @@ impl Project {
     /// Resolve what `dkt inspect`/`dkt verify` were given: `SRC:ID` (any unique prefix),
     /// a node ID or a run ID (prefixes of at least 4 digits).
     ///
-    /// An image or S3 reference that no source recorded is looked up in the artifact
-    /// itself ([`crate::Source::provenance_of`]: an image's annotations or referrers, an
-    /// object's metadata), asking the project's sources of its kind, then one opened at the
+    /// An image, S3 or git commit reference that no source recorded is looked up in the
+    /// artifact itself ([`crate::Source::provenance_of`]: an image's annotations or
+    /// referrers, an object's metadata, a commit's `Dkt-Run:` trailers), asking the
+    /// project's sources of its kind, then, for an image or an object, one opened at the
     /// reference's own repository or bucket: the run it names is the target (its output
     /// of that version, when the run made it). A run this project has no record of is
     /// [`Error::NotFound`] naming it.
@@ -424,8 +425,15 @@ impl Project {
         let run = self.run_record(what);
         let node = self.node(what);
         if run.is_err() && node.is_err() && what.len() == 40 {
-            if let Some(sv) = self.artifact(&format!("sha1:{what}"))? {
-                return Ok(Target::Version(sv));
+            match self.artifact(&format!("sha1:{what}")) {
+                Ok(Some(sv)) => return Ok(Target::Version(sv)),
+                Ok(None) => {}
+                Err(
+                    e @ Error::NotFound {
+                        what: "artifact", ..
+                    },
+                ) => return self.artifact_from_itself(what, e).await,
+                Err(e) => return Err(e),
             }
         }
         match (run, node) {
@@ -603,11 +611,15 @@ impl Project {
     /// [`Project::resolve_target`] for an artifact reference the records do not have
     /// (`not_recorded`, returned when the artifact says nothing either).
     async fn artifact_from_itself(&self, what: &str, not_recorded: Error) -> Result<Target> {
+        // A commit is looked for in the project's git sources only (their mirrors), an
+        // image or an object also at its own repository or bucket.
         let (kind, location) = if let Some(rest) = what.strip_prefix("s3://") {
             let bucket = rest.split('/').next().unwrap_or_default();
-            ("s3", format!("s3://{bucket}"))
+            ("s3", Some(format!("s3://{bucket}")))
         } else if let Some((name, _)) = what.split_once("@sha256:") {
-            ("docker", name.to_owned())
+            ("docker", Some(name.to_owned()))
+        } else if what.strip_prefix("sha1:").unwrap_or(what).len() == 40 {
+            ("git", None)
         } else {
             return Err(not_recorded);
         };
@@ -622,7 +634,7 @@ impl Project {
                 .filter(|s| s.kind == kind)
                 .collect()
         };
-        if let Ok(name) = Name::new("artifact") {
+        if let (Ok(name), Some(location)) = (Name::new("artifact"), location) {
             specs.push(SourceSpec::new(name, kind, location));
         }
         let mut failure = None;

@@ -560,6 +560,29 @@ fn commit_of(version: &Version) -> Result<ObjectId> {
         .map_err(|_| Error::invalid("version", version.to_string(), "not a commit id"))
 }
 
+/// The run a commit message's trailers name (what publishing to a git output writes), if
+/// any.
+fn provenance_from_trailers(
+    message: &str,
+    commit: ObjectId,
+) -> Option<dtk_api::source::ArtifactProvenance> {
+    // Trailers are the last paragraph's `Key: value` lines.
+    let last = message.trim_end().rsplit("\n\n").next().unwrap_or_default();
+    let trailer = |key: &str| {
+        last.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let run = trailer("Dkt-Run")?;
+    let mut p = dtk_api::source::ArtifactProvenance::new("commit trailers");
+    p.version = format!("sha1:{commit}").parse().ok();
+    p.run = Some(run);
+    p.node = trailer("Dkt-Node");
+    p.manifest = trailer("Dkt-Manifest");
+    Some(p)
+}
+
 /// The branch the mirror's `HEAD` names (the remote's default branch), without `refs/heads/`.
 fn default_branch(repo: &gix::Repository, name: &str, mirror: &Mirror) -> Result<String> {
     let shown = redact_url(&mirror.location);
@@ -923,6 +946,39 @@ impl Source for GitSource {
                         .map(|v| v.version),
                 }),
             }
+        })
+        .await
+    }
+
+    /// A commit dtk published names its run in trailers (`Dkt-Run:`, `Dkt-Node:`,
+    /// `Dkt-Manifest:`); `reference` is `sha1:HEX` or a full 40-digit commit ID. Read
+    /// from the mirror as the last poll left it (nothing is fetched): a commit the mirror
+    /// does not hold, or one without a `Dkt-Run:` trailer, is `None`.
+    async fn provenance_of(
+        &self,
+        reference: &str,
+    ) -> Result<Option<dtk_api::source::ArtifactProvenance>> {
+        let hex = reference.strip_prefix("sha1:").unwrap_or(reference);
+        let Ok(commit) = ObjectId::from_hex(hex.to_ascii_lowercase().as_bytes()) else {
+            return Ok(None);
+        };
+        let inner = self.inner.clone();
+        blocking(self.name(), move || {
+            if !inner.mirror.exists() {
+                return Ok(None);
+            }
+            let repo = inner
+                .mirror
+                .open()
+                .map_err(|e| open_error(inner.spec.name.as_str(), &inner.mirror, e))?;
+            let Ok(found) = repo.find_commit(commit) else {
+                return Ok(None);
+            };
+            let message = found
+                .message_raw()
+                .map(|m| String::from_utf8_lossy(m).into_owned())
+                .unwrap_or_default();
+            Ok(provenance_from_trailers(&message, commit))
         })
         .await
     }
