@@ -203,6 +203,23 @@ fn s3_sources_feed_a_node_that_publishes_to_s3() {
     let verify = e.dkt(&["verify", &format!("out:{}", &out_v[4..12])]);
     assert!(verify.out.status.success(), "{}", verify.stderr());
 
+    // Someone adds an object by hand and the prefix moves on: an object the run wrote
+    // still finds the run's own version (its metadata names the run), not the prefix's
+    // current one; the object without metadata finds the current version.
+    m.put("bkt", "out/by-hand.txt", b"h");
+    e.dkt(&["source", "update", "out"]).ok();
+    let current = latest(&e, "out");
+    assert_ne!(current, out_v);
+    let by_url = e
+        .dkt(&["--json", "inspect", "s3://bkt/out/joined.txt"])
+        .json();
+    assert_eq!(by_url, by_version, "the exact version the run wrote");
+    let by_hand = e
+        .dkt(&["--json", "inspect", "s3://bkt/out/by-hand.txt"])
+        .json();
+    let last = by_hand.as_array().unwrap().last().unwrap();
+    assert_eq!(last["digest"], current, "{by_hand}");
+
     // The secret key never reaches the records.
     let history = git(e.path(), &["--git-dir", ".dkt/.git", "log", "-p", "--all"]);
     assert!(!history.contains(SECRET));

@@ -408,6 +408,20 @@ impl Project {
     /// [`Error::NotFound`] naming it.
     pub async fn resolve_target(&self, what: &str) -> Result<Target> {
         match self.artifact(what) {
+            // An object inside a source's prefix: the records know the prefix's current
+            // version, the object's own metadata the exact run that wrote it (the prefix
+            // may have moved on since); the metadata wins when it names a run on record.
+            Ok(Some(sv)) if what.starts_with("s3://") => {
+                let not_found = Error::NotFound {
+                    what: "artifact",
+                    name: what.to_owned(),
+                    hint: String::new(),
+                };
+                return Ok(self
+                    .artifact_from_itself(what, not_found)
+                    .await
+                    .unwrap_or(Target::Version(sv)));
+            }
             Ok(Some(sv)) => return Ok(Target::Version(sv)),
             Ok(None) => {}
             Err(
@@ -659,10 +673,21 @@ impl Project {
         let run = p.run.clone().unwrap_or_default();
         match self.run_record(&run) {
             Ok(r) => {
-                let made = p
-                    .version
-                    .as_ref()
-                    .and_then(|v| r.outputs.iter().find(|o| &o.version == v));
+                let made = match &p.version {
+                    Some(v) => r.outputs.iter().find(|o| &o.version == v),
+                    // The artifact does not say which version it is (an S3 object): the
+                    // run's one output of that kind, if it has exactly one.
+                    None => {
+                        let snap = self.store().snapshot()?;
+                        let mut of_kind = r.outputs.iter().filter(|o| {
+                            read_source(&snap, &o.source).is_ok_and(|spec| spec.kind == kind)
+                        });
+                        match (of_kind.next(), of_kind.next()) {
+                            (Some(one), None) => Some(one),
+                            _ => None,
+                        }
+                    }
+                };
                 Ok(match made {
                     Some(sv) => Target::Version(sv.clone()),
                     None => Target::Run(r.id),
