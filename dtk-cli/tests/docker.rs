@@ -204,6 +204,34 @@ fn source<'a>(list: &'a serde_json::Value, name: &str) -> &'a serde_json::Value 
         .unwrap_or_else(|| panic!("no source {name} in {list}"))
 }
 
+/// Follow `team/pub:v1` of `reg` as source `pub`.
+fn add_pub(e: &Env, reg: &Registry) {
+    e.dkt(&[
+        "source",
+        "add",
+        "pub",
+        &reg.location("team/pub:v1"),
+        "-k",
+        "docker",
+    ])
+    .ok();
+}
+
+/// Run a node that copies the image of source `img` into the docker output `pub`
+/// (which pushes it); its ID.
+fn copy_img_to_pub(e: &Env) -> String {
+    e.dkt(&[
+        "node",
+        "run",
+        "--input=img",
+        "--output=pub",
+        "rm -rf ${pub:ROOT}/* && cp -R ${img:ROOT}/. ${pub:ROOT}/",
+    ])
+    .ok()
+    .trim()
+    .to_owned()
+}
+
 #[test]
 fn docker_sources_poll_feed_nodes_and_publish() {
     let reg = Registry::start(false);
@@ -262,28 +290,10 @@ fn docker_sources_poll_feed_nodes_and_publish() {
     // A node writing an OCI layout into a docker output publishes it.
     let d0 = image_layout(&e.path().join("img0"), "zero", "v1");
     reg.push(&e.path().join("img0"), "team/pub", "v1");
-    e.dkt(&[
-        "source",
-        "add",
-        "pub",
-        &reg.location("team/pub:v1"),
-        "-k",
-        "docker",
-    ])
-    .ok();
+    add_pub(&e, &reg);
     let list = e.dkt(&["--json", "source", "list"]).json();
     assert_eq!(source(&list, "pub")["latest"], d0);
-    let pub_node = e
-        .dkt(&[
-            "node",
-            "run",
-            "--input=img",
-            "--output=pub",
-            "rm -rf ${pub:ROOT}/* && cp -R ${img:ROOT}/. ${pub:ROOT}/",
-        ])
-        .ok()
-        .trim()
-        .to_owned();
+    let pub_node = copy_img_to_pub(&e);
     let run = e.dkt(&["--json", "node", "log", &pub_node]).json()[0].clone();
     let run_id = run["id"].as_str().unwrap().to_owned();
     // The image pushed carries the run's provenance as annotations, so its digest is not
@@ -637,26 +647,8 @@ fn published_images_carry_their_statement_as_a_referrer() {
     .ok();
     let d0 = image_layout(&e.path().join("img0"), "zero", "v1");
     reg.push(&e.path().join("img0"), "team/pub", "v1");
-    e.dkt(&[
-        "source",
-        "add",
-        "pub",
-        &reg.location("team/pub:v1"),
-        "-k",
-        "docker",
-    ])
-    .ok();
-    let node = e
-        .dkt(&[
-            "node",
-            "run",
-            "--input=img",
-            "--output=pub",
-            "rm -rf ${pub:ROOT}/* && cp -R ${img:ROOT}/. ${pub:ROOT}/",
-        ])
-        .ok()
-        .trim()
-        .to_owned();
+    add_pub(&e, &reg);
+    let node = copy_img_to_pub(&e);
     let run = e.dkt(&["--json", "node", "log", &node]).json()[0].clone();
     let run_id = run["id"].as_str().unwrap().to_owned();
     let pushed = run["outputs"][0]["version"].as_str().unwrap().to_owned();

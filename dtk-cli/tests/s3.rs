@@ -25,13 +25,8 @@ fn latest(e: &Env, name: &str) -> String {
         .to_owned()
 }
 
-#[test]
-fn s3_sources_feed_a_node_that_publishes_to_s3() {
-    let m = Moto::start();
-    m.create_bucket("bkt");
-    m.put("bkt", "in/a.txt", b"a-");
-    m.put("bkt", "elsewhere/x", b"x");
-
+/// A new project with the S3 credentials as secrets and `m` as the kind's endpoint.
+fn project_on(m: &Moto) -> Env {
     let e = Env::new();
     e.dkt(&[
         "init",
@@ -48,6 +43,17 @@ fn s3_sources_feed_a_node_that_publishes_to_s3() {
         m.endpoint
     ));
     std::fs::write(&config, text).unwrap();
+    e
+}
+
+#[test]
+fn s3_sources_feed_a_node_that_publishes_to_s3() {
+    let m = Moto::start();
+    m.create_bucket("bkt");
+    m.put("bkt", "in/a.txt", b"a-");
+    m.put("bkt", "elsewhere/x", b"x");
+
+    let e = project_on(&m);
 
     // Add and list.
     let out = e
@@ -157,23 +163,7 @@ fn s3_sources_feed_a_node_that_publishes_to_s3() {
         "{beside}"
     );
     // A project without the run's records says which run the object names.
-    let fresh = Env::new();
-    fresh
-        .dkt(&[
-            "init",
-            "--aws-access-key-id",
-            KEY_ID,
-            "--aws-secret-access-key",
-            SECRET,
-        ])
-        .ok();
-    let fresh_config = fresh.path().join(".dkt/config");
-    let mut text = std::fs::read_to_string(&fresh_config).unwrap_or_default();
-    text.push_str(&format!(
-        "\n[kind.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\n",
-        m.endpoint
-    ));
-    std::fs::write(&fresh_config, text).unwrap();
+    let fresh = project_on(&m);
     let err = fresh.dkt(&["inspect", "s3://bkt/out/joined.txt"]).fails(2);
     assert!(err.contains(run_id) && err.contains("metadata"), "{err}");
 

@@ -203,6 +203,32 @@ impl DockerSource {
         self.spec.tag.as_deref().unwrap_or(DEFAULT_TAG)
     }
 
+    /// The manifest `version` names, fetched from the registry and checked against its
+    /// digest; a registry that no longer has it is `NotFound`.
+    async fn checked_manifest(
+        &self,
+        client: &Client,
+        version: &Version,
+    ) -> Result<client::Fetched> {
+        let digest = digest_of(version)?;
+        let fetched = client
+            .manifest(&digest)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: "version",
+                name: version.to_string(),
+                hint: format!(": {} no longer has that manifest", client.shown()),
+            })?;
+        if fetched.digest != digest {
+            return Err(self.err(format!(
+                "manifest {digest} of {}: the bytes received hash to {}",
+                client.shown(),
+                fetched.digest
+            )));
+        }
+        Ok(fetched)
+    }
+
     fn client(&self) -> Result<&Client> {
         if let Some(c) = self.client.get() {
             return Ok(c);
@@ -430,23 +456,8 @@ impl Source for DockerSource {
                 ),
             });
         }
-        let digest = digest_of(version)?;
         let client = self.client()?;
-        let top = client
-            .manifest(&digest)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                what: "version",
-                name: version.to_string(),
-                hint: format!(": {} no longer has that manifest", client.shown()),
-            })?;
-        if top.digest != digest {
-            return Err(self.err(format!(
-                "manifest {digest} of {}: the bytes received hash to {}",
-                client.shown(),
-                top.digest
-            )));
-        }
+        let top = self.checked_manifest(client, version).await?;
         let desc = top.descriptor();
         self.pull_tree(client, top, scratch).await?;
         layout::write_atomic(&scratch.join("oci-layout"), layout::oci_layout_file())?;
@@ -487,23 +498,9 @@ impl Source for DockerSource {
         version: &Version,
         attestation: &dtk_api::source::Attestation,
     ) -> Result<()> {
-        let digest = digest_of(version)?;
         let client = self.client()?;
-        let subject = client
-            .manifest(&digest)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                what: "version",
-                name: version.to_string(),
-                hint: format!(": {} no longer has that manifest", client.shown()),
-            })?;
-        if subject.digest != digest {
-            return Err(self.err(format!(
-                "manifest {digest} of {}: the bytes received hash to {}",
-                client.shown(),
-                subject.digest
-            )));
-        }
+        let subject = self.checked_manifest(client, version).await?;
+        let digest = &subject.digest;
         let referrer = referrers::push(client, &subject.descriptor(), attestation).await?;
         tracing::debug!(source = self.name(), %digest, %referrer, "statement attached");
         Ok(())
