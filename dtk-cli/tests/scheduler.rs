@@ -63,6 +63,18 @@ fn a_pass_runs_what_changed_in_topological_order() {
         "1\n"
     );
     assert_eq!(e.dkt(&["run"]).ok(), "nothing to run\n");
+    // The no-op pass remembered which run records say `success` (derived data, outside
+    // the store); a torn memo is not trusted: the records are read again.
+    let memo = e.path().join(".dkt/cache/succeeded");
+    let text = std::fs::read_to_string(&memo).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        4,
+        "a header, two records, the end: {text}"
+    );
+    std::fs::write(&memo, text.replace("end\n", "")).unwrap();
+    assert_eq!(e.dkt(&["run"]).ok(), "nothing to run\n");
+    assert_eq!(std::fs::read_to_string(&memo).unwrap(), text);
     // A change upstream: the dry run says which input moved, and that n2 follows.
     e.write("a/x", "2\n");
     let dry = e.dkt(&["run", "--dry-run"]).ok();
