@@ -212,8 +212,20 @@ impl Project {
         }
         // One view of the records until something runs (then the next level needs a new one).
         let mut snap = self.store().snapshot()?;
+        // What a pass plans depends only on the records (and the clock, for retries): a
+        // pass that found nothing to run at this very commit, and that the clock did not
+        // hold back, is not planned again.
+        let noop_memo = self.dkt_dir().join("cache").join(NOOP_MEMO);
+        let plain = !options.dry_run && options.assume.is_empty();
+        let unchanged = snap.commit() == before.commit();
+        if plain && unchanged && read_noop_memo(&noop_memo) == Some(snap.commit()) {
+            return Ok(PassReport {
+                polled,
+                items: Vec::new(),
+            });
+        }
         let active = crate::project::active_nodes(&snap)?;
-        let mut sources = if snap.commit() == before.commit() {
+        let mut sources = if unchanged {
             specs
                 .into_iter()
                 .map(|s| {
@@ -229,7 +241,7 @@ impl Project {
         } else {
             crate::records::all_states(&snap)?
         };
-        let graph = if snap.commit() == before.commit() {
+        let graph = if unchanged {
             crate::project::graph_of(&snap, sources.keys(), &active)?
         } else {
             crate::project::build_graph(&snap)?
@@ -256,6 +268,7 @@ impl Project {
         }
         let mut items = Vec::new();
         let mut moving: BTreeSet<NodeId> = BTreeSet::new();
+        let mut held_back = false;
         let mut succeeded = SucceededMemo::load(self.dkt_dir().join("cache").join(SUCCEEDED_MEMO));
         let semaphore = Arc::new(tokio::sync::Semaphore::new(options.jobs.max(1)));
         for (_, ids) in by_level {
@@ -286,7 +299,7 @@ impl Project {
                 let several = candidates.len() > 1;
                 let mut any = false;
                 for inputs in candidates {
-                    match self.reason(&snap, &id, spec, &inputs, &mut succeeded) {
+                    match self.reason(&snap, &id, spec, &inputs, &mut succeeded, &mut held_back) {
                         Ok(Some(reason)) => {
                             any = true;
                             planned.push((id, reason, several.then_some(inputs)))
@@ -370,6 +383,9 @@ impl Project {
         if !options.dry_run {
             succeeded.save();
         }
+        if plain && unchanged && items.is_empty() && !held_back {
+            write_noop_memo(&noop_memo, snap.commit());
+        }
         Ok(PassReport { polled, items })
     }
 
@@ -381,6 +397,7 @@ impl Project {
         node: &NodeSpec,
         inputs: &[SourceVersion],
         succeeded: &mut SucceededMemo,
+        held_back: &mut bool,
     ) -> Result<Option<Reason>> {
         // One probe of the attempts serves both questions below.
         let last_number = crate::engine::last_attempt_number(snap, id, inputs)?;
@@ -435,6 +452,8 @@ impl Project {
                     .unwrap_or(0)
                     .saturating_add(wait.as_millis() as u64);
                 if crate::model::now_ms() < due {
+                    // Not yet: a later pass on the same records may run it.
+                    *held_back = true;
                     return Ok(None);
                 }
                 return Ok(Some(Reason::Retry {
@@ -465,6 +484,44 @@ impl Project {
                     .collect(),
             },
         }))
+    }
+}
+
+/// The file under `.dkt/cache` naming the commit at which a whole pass found nothing to
+/// run (derived data: the plan of a pass is a function of the commit it reads, but for
+/// retries waiting on the clock, which keep a pass from writing it).
+const NOOP_MEMO: &str = "noop";
+/// Its first line, naming its format.
+const NOOP_HEADER: &str = "dtk noop 1";
+
+/// The commit `.dkt/cache/noop` names, if it is whole (ends with a line `end`).
+fn read_noop_memo(path: &std::path::Path) -> Option<gix::ObjectId> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != NOOP_HEADER {
+        return None;
+    }
+    let id = gix::ObjectId::from_hex(lines.next()?.as_bytes()).ok()?;
+    (lines.next()? == "end").then_some(id)
+}
+
+/// Name `commit` in `.dkt/cache/noop`, unless it already does; failing only costs the
+/// next pass its planning.
+fn write_noop_memo(path: &std::path::Path, commit: gix::ObjectId) {
+    if read_noop_memo(path) == Some(commit) {
+        return;
+    }
+    let Some(dir) = path.parent() else {
+        return;
+    };
+    let text = format!("{NOOP_HEADER}\n{commit}\nend\n");
+    let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    });
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "cannot write {}", path.display());
     }
 }
 
