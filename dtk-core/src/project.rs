@@ -1970,7 +1970,8 @@ const KINDS_MEMO: &str = "dtk kinds 1";
 fn read_kinds_memo(path: &Path, dir: gix::ObjectId) -> Option<Vec<String>> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut lines = text.lines();
-    if lines.next()? != KINDS_MEMO || lines.next()? != dir.to_string() {
+    if lines.next()? != KINDS_MEMO || gix::ObjectId::from_hex(lines.next()?.as_bytes()).ok()? != dir
+    {
         return None;
     }
     let mut kinds = Vec::new();
