@@ -325,6 +325,21 @@ async fn reopening_without_the_kind_names_it_and_the_source() {
 
     let reopened = Project::open(dir.path(), registry()).unwrap();
     assert_eq!(reopened.source("releases").unwrap().kind, "feed");
+
+    // Opening with the kind remembered the kinds in use; without it, the open still
+    // fails, and names the source.
+    let err = Project::open(dir.path(), dtk::default_registry()).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownKind { kind, .. } if kind == "feed"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("releases"), "{err}");
+    // A memo that is torn or of another directory is not trusted.
+    let memo = dir.path().join(".dkt/cache/kinds");
+    let text = std::fs::read_to_string(&memo).unwrap();
+    assert!(text.contains("\nfeed\n"), "{text}");
+    std::fs::write(&memo, text.replace("feed\nend\n", "")).unwrap();
+    assert!(Project::open(dir.path(), dtk::default_registry()).is_err());
 }
 
 #[tokio::test]

@@ -63,6 +63,21 @@ fn a_pass_runs_what_changed_in_topological_order() {
         "1\n"
     );
     assert_eq!(e.dkt(&["run"]).ok(), "nothing to run\n");
+    // The no-op pass remembered which run records say `success` (derived data, outside
+    // the store); a torn memo is not trusted: the records are read again.
+    let memo = e.path().join(".dkt/cache/succeeded");
+    let text = std::fs::read_to_string(&memo).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        4,
+        "a header, two records, the end: {text}"
+    );
+    std::fs::write(&memo, text.replace("end\n", "")).unwrap();
+    // (The pass is also remembered as one with nothing to run at this commit: without
+    // that memo, the next pass plans again.)
+    std::fs::remove_file(e.path().join(".dkt/cache/noop")).unwrap();
+    assert_eq!(e.dkt(&["run"]).ok(), "nothing to run\n");
+    assert_eq!(std::fs::read_to_string(&memo).unwrap(), text);
     // A change upstream: the dry run says which input moved, and that n2 follows.
     e.write("a/x", "2\n");
     let dry = e.dkt(&["run", "--dry-run"]).ok();
@@ -511,4 +526,33 @@ fn concurrent_commands_lose_nothing() {
         "one commit per source add, none lost"
     );
     git(e.path(), &["--git-dir", ".dkt/.git", "fsck", "--strict"]);
+}
+
+#[test]
+fn a_retry_held_back_by_its_backoff_runs_once_due() {
+    let e = Env::project();
+    e.write("in/a.txt", "a\n");
+    std::fs::create_dir_all(e.path().join("out")).unwrap();
+    e.dkt(&["source", "add", "in", "in"]).ok();
+    e.dkt(&["source", "add", "out", "out"]).ok();
+    e.write(
+        "node.yml",
+        "inputs: [in]\noutputs: [out]\nrun: exit 4\nretry: {count: 1, backoff: 1s}\n",
+    );
+    let id = e.dkt(&["node", "run", "--no-run", "node.yml"]).ok();
+    let id = id.trim().to_owned();
+    e.dkt(&["run"]).fails(1);
+    assert_eq!(statuses(&e, &id), ["failure"]);
+    // Passes on the same records run nothing until the backoff has passed; none of them
+    // may be remembered as a pass with nothing to run.
+    wait_for("the retry", || {
+        let pass = e.dkt(&["run"]);
+        match pass.code() {
+            0 => false,
+            1 => true,
+            _ => panic!("{}{}", pass.stdout(), pass.stderr()),
+        }
+    });
+    assert_eq!(statuses(&e, &id), ["failure", "failure"]);
+    assert_eq!(e.dkt(&["run"]).ok(), "nothing to run\n");
 }

@@ -2586,6 +2586,19 @@ pub(crate) fn last_attempt(
     node: &NodeId,
     inputs: &[SourceVersion],
 ) -> Result<Option<RunRecord>> {
+    match last_attempt_number(snap, node, inputs)? {
+        Some(a) => snap.read_json(&paths::run(&RunId::compute(node, inputs, a))),
+        None => Ok(None),
+    }
+}
+
+/// The number of the last recorded attempt of `node` on `inputs` (see [`last_attempt`]),
+/// found by probing which records exist, without reading any.
+pub(crate) fn last_attempt_number(
+    snap: &Snapshot,
+    node: &NodeId,
+    inputs: &[SourceVersion],
+) -> Result<Option<u32>> {
     let path = |a: u32| paths::run(&RunId::compute(node, inputs, a));
     let exists = |a: u32| -> Result<bool> { Ok(snap.blob_id(&path(a))?.is_some()) };
     // Attempts are recorded in order, except one whose process died: it stays unrecorded
@@ -2626,7 +2639,7 @@ pub(crate) fn last_attempt(
         if next > lo && exists(next)? {
             lo = next;
         } else {
-            return snap.read_json(&path(lo));
+            return Ok(Some(lo));
         }
     }
 }

@@ -175,16 +175,20 @@ impl Project {
         for (name, _) in &options.assume {
             crate::project::read_source(&self.store().snapshot()?, name)?;
         }
+        // Every source's declaration and state is read and decoded once a pass: the view
+        // they come from serves the rest of the pass unless the polls recorded something.
+        let before = self.store().snapshot()?;
+        let specs = crate::records::all_sources(&before)?;
         let polled = if options.no_poll {
             if !options.dry_run {
                 self.recover_publishing().await?;
             }
             Vec::new()
         } else {
-            let to_poll = self
-                .sources()?
-                .into_iter()
+            let to_poll = specs
+                .iter()
                 .filter(|s| s.pinned.is_none())
+                .map(|s| self.localized(s))
                 .collect();
             self.poll(to_poll, !options.dry_run).await?
         };
@@ -206,8 +210,43 @@ impl Project {
         if !options.dry_run && self.dispatcher.is_none() && !self.live_workers()?.is_empty() {
             options.run.queue = true;
         }
-        let graph = self.graph()?;
-        let nodes: BTreeMap<NodeId, NodeSpec> = self.nodes()?.into_iter().collect();
+        // One view of the records until something runs (then the next level needs a new one).
+        let mut snap = self.store().snapshot()?;
+        // What a pass plans depends only on the records (and the clock, for retries): a
+        // pass that found nothing to run at this very commit, and that the clock did not
+        // hold back, is not planned again.
+        let noop_memo = self.dkt_dir().join("cache").join(NOOP_MEMO);
+        let plain = !options.dry_run && options.assume.is_empty();
+        let unchanged = snap.commit() == before.commit();
+        if plain && unchanged && read_noop_memo(&noop_memo) == Some(snap.commit()) {
+            return Ok(PassReport {
+                polled,
+                items: Vec::new(),
+            });
+        }
+        let active = crate::project::active_nodes(&snap)?;
+        let mut sources = if unchanged {
+            specs
+                .into_iter()
+                .map(|s| {
+                    let state = crate::records::SourceState {
+                        latest: s.latest,
+                        pinned: s.pinned,
+                        frozen: s.frozen,
+                        heads: s.heads,
+                    };
+                    (s.name, state)
+                })
+                .collect()
+        } else {
+            crate::records::all_states(&snap)?
+        };
+        let graph = if unchanged {
+            crate::project::graph_of(&snap, sources.keys(), &active)?
+        } else {
+            crate::project::build_graph(&snap)?
+        };
+        let nodes: BTreeMap<NodeId, NodeSpec> = active.into_iter().collect();
         let order = graph.topo_nodes();
         // Level of each node: 1 + the highest level of the nodes writing its inputs.
         let mut level: BTreeMap<NodeId, usize> = BTreeMap::new();
@@ -229,9 +268,8 @@ impl Project {
         }
         let mut items = Vec::new();
         let mut moving: BTreeSet<NodeId> = BTreeSet::new();
-        // One view of the records until something runs (then the next level needs a new one).
-        let mut snap = self.store().snapshot()?;
-        let mut sources = crate::records::all_states(&snap)?;
+        let mut held_back = false;
+        let mut succeeded = SucceededMemo::load(self.dkt_dir().join("cache").join(SUCCEEDED_MEMO));
         let semaphore = Arc::new(tokio::sync::Semaphore::new(options.jobs.max(1)));
         for (_, ids) in by_level {
             let mut planned = Vec::new();
@@ -261,7 +299,7 @@ impl Project {
                 let several = candidates.len() > 1;
                 let mut any = false;
                 for inputs in candidates {
-                    match self.reason(&snap, &id, spec, &inputs) {
+                    match self.reason(&snap, &id, spec, &inputs, &mut succeeded, &mut held_back) {
                         Ok(Some(reason)) => {
                             any = true;
                             planned.push((id, reason, several.then_some(inputs)))
@@ -342,6 +380,12 @@ impl Project {
                 }
             }
         }
+        if !options.dry_run {
+            succeeded.save();
+        }
+        if plain && unchanged && items.is_empty() && !held_back {
+            write_noop_memo(&noop_memo, snap.commit());
+        }
         Ok(PassReport { polled, items })
     }
 
@@ -352,10 +396,35 @@ impl Project {
         id: &NodeId,
         node: &NodeSpec,
         inputs: &[SourceVersion],
+        succeeded: &mut SucceededMemo,
+        held_back: &mut bool,
     ) -> Result<Option<Reason>> {
         // One probe of the attempts serves both questions below.
-        let last = crate::engine::last_attempt(snap, id, inputs)?;
+        let last_number = crate::engine::last_attempt_number(snap, id, inputs)?;
+        let last_blob = match last_number {
+            Some(a) => snap.blob_id(&crate::project::paths::run(&crate::RunId::compute(
+                id, inputs, a,
+            )))?,
+            None => None,
+        };
+        // A record known to say `success` (its blob ID names its bytes) is not read again.
+        if let Some(blob) = last_blob {
+            if succeeded.contains(blob) {
+                return Ok(None);
+            }
+        }
+        let last: Option<crate::RunRecord> = match last_number {
+            Some(a) => snap.read_json(&crate::project::paths::run(&crate::RunId::compute(
+                id, inputs, a,
+            )))?,
+            None => None,
+        };
         if crate::engine::success_up_to(snap, id, inputs, last.as_ref())?.is_some() {
+            if let (Some(blob), Some(RunStatus::Success)) =
+                (last_blob, last.as_ref().map(|l| l.status))
+            {
+                succeeded.insert(blob);
+            }
             return Ok(None);
         }
         // A run on these very inputs failed: the node is `failed`, not "never ran". It runs
@@ -383,6 +452,8 @@ impl Project {
                     .unwrap_or(0)
                     .saturating_add(wait.as_millis() as u64);
                 if crate::model::now_ms() < due {
+                    // Not yet: a later pass on the same records may run it.
+                    *held_back = true;
                     return Ok(None);
                 }
                 return Ok(Some(Reason::Retry {
@@ -413,6 +484,131 @@ impl Project {
                     .collect(),
             },
         }))
+    }
+}
+
+/// The file under `.dkt/cache` naming the commit at which a whole pass found nothing to
+/// run (derived data: the plan of a pass is a function of the commit it reads, but for
+/// retries waiting on the clock, which keep a pass from writing it).
+const NOOP_MEMO: &str = "noop";
+/// Its first line, naming its format.
+const NOOP_HEADER: &str = "dtk noop 1";
+
+/// The commit `.dkt/cache/noop` names, if it is whole (ends with a line `end`).
+fn read_noop_memo(path: &std::path::Path) -> Option<gix::ObjectId> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != NOOP_HEADER {
+        return None;
+    }
+    let id = gix::ObjectId::from_hex(lines.next()?.as_bytes()).ok()?;
+    (lines.next()? == "end").then_some(id)
+}
+
+/// Name `commit` in `.dkt/cache/noop`, unless it already does; failing only costs the
+/// next pass its planning.
+fn write_noop_memo(path: &std::path::Path, commit: gix::ObjectId) {
+    if read_noop_memo(path) == Some(commit) {
+        return;
+    }
+    let Some(dir) = path.parent() else {
+        return;
+    };
+    let text = format!("{NOOP_HEADER}\n{commit}\nend\n");
+    let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    });
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "cannot write {}", path.display());
+    }
+}
+
+/// The file under `.dkt/cache` remembering which run records say `success`.
+const SUCCEEDED_MEMO: &str = "succeeded";
+/// Its first line, naming its format.
+const SUCCEEDED_HEADER: &str = "dtk succeeded 1";
+
+/// The run records a pass found to say `success`, by blob ID: derived data kept outside
+/// the store (`.dkt/cache/succeeded`), like git's commit-graph. A blob ID names the
+/// record's bytes, so what it says never changes and the memo never goes stale; it only
+/// spares the next no-op pass reading and decoding the last record of every node. A
+/// memo that is missing, torn (no final `end` line) or not understood is ignored.
+struct SucceededMemo {
+    path: std::path::PathBuf,
+    loaded: std::collections::HashSet<gix::ObjectId>,
+    /// The records this pass found successful (what the memo holds next time).
+    used: std::collections::HashSet<gix::ObjectId>,
+}
+
+impl SucceededMemo {
+    fn load(path: std::path::PathBuf) -> Self {
+        let loaded = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| {
+                let mut lines = text.lines();
+                if lines.next()? != SUCCEEDED_HEADER {
+                    return None;
+                }
+                let mut ids = std::collections::HashSet::new();
+                for line in lines {
+                    if line == "end" {
+                        return Some(ids);
+                    }
+                    ids.insert(gix::ObjectId::from_hex(line.as_bytes()).ok()?);
+                }
+                None
+            })
+            .unwrap_or_default();
+        SucceededMemo {
+            path,
+            loaded,
+            used: Default::default(),
+        }
+    }
+
+    /// True when the record `blob` is known to say `success`.
+    fn contains(&mut self, blob: gix::ObjectId) -> bool {
+        let known = self.loaded.contains(&blob);
+        if known {
+            self.used.insert(blob);
+        }
+        known
+    }
+
+    /// Remember that the record `blob` says `success`.
+    fn insert(&mut self, blob: gix::ObjectId) {
+        self.used.insert(blob);
+    }
+
+    /// Write the records this pass found successful, if that is not what was loaded (so
+    /// records no longer current drop out); failing only costs the next pass some reads.
+    fn save(&self) {
+        if self.used == self.loaded {
+            return;
+        }
+        let Some(dir) = self.path.parent() else {
+            return;
+        };
+        let mut ids: Vec<&gix::ObjectId> = self.used.iter().collect();
+        ids.sort();
+        let mut text = String::with_capacity(16 + 41 * ids.len());
+        text.push_str(SUCCEEDED_HEADER);
+        text.push('\n');
+        for id in ids {
+            text.push_str(&id.to_string());
+            text.push('\n');
+        }
+        text.push_str("end\n");
+        let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut f| {
+            std::io::Write::write_all(&mut f, text.as_bytes())?;
+            f.persist(&self.path).map_err(|e| e.error)?;
+            Ok(())
+        });
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "cannot write {}", self.path.display());
+        }
     }
 }
 

@@ -964,6 +964,15 @@ impl Snapshot {
         Ok(Some(map))
     }
 
+    /// The object ID of the directory at `path` ("" for the root), if there is one: two
+    /// views whose directories have the same ID hold the same records below it.
+    pub fn dir_id(&self, path: &str) -> Result<Option<ObjectId>> {
+        if path.is_empty() {
+            return Ok(Some(self.tree));
+        }
+        Ok(self.entry(path)?.filter(|(_, dir)| *dir).map(|(id, _)| id))
+    }
+
     /// The object id of the record at `path`.
     pub fn blob_id(&self, path: &str) -> Result<Option<ObjectId>> {
         Ok(self.entry(path)?.filter(|(_, dir)| !dir).map(|(id, _)| id))

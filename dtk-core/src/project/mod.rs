@@ -17,7 +17,7 @@
 //! | sharing: fetch, pull, push | [`crate::sync`] |
 //! | the records and their layout in the store, format upgrades | [`crate::records`] |
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -347,9 +347,25 @@ impl Project {
         Err(Error::NoProject(start))
     }
 
+    /// Fail when a source of the project has a kind this build does not register. The
+    /// kinds in use are remembered with the ID of the `sources` directory they were read
+    /// from (`.dkt/cache/kinds`, derived data like git's commit-graph: a directory ID never
+    /// names other contents), so an open whose declarations did not change decodes none
+    /// of them, only looks the remembered kinds up.
     fn check_kinds(&self) -> Result<()> {
+        let snap = self.store.snapshot()?;
+        let dir = snap.dir_id("sources")?;
+        let memo_path = self.dkt.join("cache").join("kinds");
+        if let Some(dir) = dir {
+            if let Some(kinds) = read_kinds_memo(&memo_path, dir) {
+                if kinds.iter().all(|k| self.registry.get(k).is_ok()) {
+                    return Ok(());
+                }
+            }
+        }
+        let sources = crate::records::all_sources(&snap)?;
         let mut unknown: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for s in self.sources()? {
+        for s in &sources {
             if self.registry.get(&s.kind).is_err() {
                 unknown
                     .entry(s.kind.clone())
@@ -358,6 +374,10 @@ impl Project {
             }
         }
         if unknown.is_empty() {
+            if let Some(dir) = dir {
+                let kinds: BTreeSet<&str> = sources.iter().map(|s| s.kind.as_str()).collect();
+                write_kinds_memo(&memo_path, dir, &kinds);
+            }
             return Ok(());
         }
         let kinds: Vec<String> = unknown.keys().cloned().collect();
@@ -555,14 +575,7 @@ impl Project {
 
     /// Every node, sorted by ID.
     pub fn nodes(&self) -> Result<Vec<(NodeId, NodeSpec)>> {
-        let snap = self.store.snapshot()?;
-        let retired = crate::lifecycle::retired(&snap)?;
-        let nodes: Vec<NodeSpec> = snap.read_tree_json("nodes")?;
-        Ok(nodes
-            .into_iter()
-            .map(|n| (n.id(), n))
-            .filter(|(id, _)| !retired.contains(id))
-            .collect())
+        active_nodes(&self.store.snapshot()?)
     }
 
     /// Every node ever defined, retired ones included, with whether each is retired.
@@ -644,6 +657,61 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// The nodes of `snap` that are not retired, in the order of their records (by ID).
+pub(crate) fn active_nodes(snap: &Snapshot) -> Result<Vec<(NodeId, NodeSpec)>> {
+    let retired = crate::lifecycle::retired(snap)?;
+    let nodes: Vec<NodeSpec> = snap.read_tree_json("nodes")?;
+    Ok(nodes
+        .into_iter()
+        .map(|n| (n.id(), n))
+        .filter(|(id, _)| !retired.contains(id))
+        .collect())
+}
+
+/// The first line of `.dkt/cache/kinds`, naming its format.
+const KINDS_MEMO: &str = "dtk kinds 1";
+
+/// The kinds the memo at `path` lists, if it was written for the `sources` directory `dir`
+/// and is whole (it ends with a line `end`); anything else is ignored, never trusted.
+fn read_kinds_memo(path: &Path, dir: gix::ObjectId) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != KINDS_MEMO || gix::ObjectId::from_hex(lines.next()?.as_bytes()).ok()? != dir
+    {
+        return None;
+    }
+    let mut kinds = Vec::new();
+    for line in lines {
+        if line == "end" {
+            return Some(kinds);
+        }
+        kinds.push(line.to_owned());
+    }
+    None
+}
+
+/// Remember `kinds` as those of the `sources` directory `dir` (see [`read_kinds_memo`]);
+/// a memo that cannot be written only costs the next open a full read.
+fn write_kinds_memo(path: &Path, dir: gix::ObjectId, kinds: &BTreeSet<&str>) {
+    let Some(parent) = path.parent() else {
+        return;
+    };
+    let mut text = format!("{KINDS_MEMO}\n{dir}\n");
+    for k in kinds {
+        text.push_str(k);
+        text.push('\n');
+    }
+    text.push_str("end\n");
+    let written = tempfile::NamedTempFile::new_in(parent).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    });
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "cannot write {}", path.display());
+    }
+}
+
 pub(crate) fn build_graph(snap: &Snapshot) -> Result<Graph> {
     build_graph_without(snap, &[])
 }
@@ -651,18 +719,30 @@ pub(crate) fn build_graph(snap: &Snapshot) -> Result<Graph> {
 /// The graph of the active nodes of `snap`, leaving out `skip` too (nodes about to be
 /// retired).
 pub(crate) fn build_graph_without(snap: &Snapshot, skip: &[NodeId]) -> Result<Graph> {
-    let mut g = Graph::new();
     let sources: Vec<SourceSpec> = snap.read_tree_json("sources")?;
-    for s in &sources {
-        g.add_source(&s.name);
-    }
     let nodes: Vec<NodeSpec> = snap.read_tree_json("nodes")?;
     let retired = crate::lifecycle::retired(snap)?;
-    for n in &nodes {
-        let id = n.id();
-        if !retired.contains(&id) && !skip.contains(&id) {
-            g.add_node(id, &n.inputs, &n.outputs)?;
-        }
+    let active: Vec<(NodeId, NodeSpec)> = nodes
+        .into_iter()
+        .map(|n| (n.id(), n))
+        .filter(|(id, _)| !retired.contains(id) && !skip.contains(id))
+        .collect();
+    graph_of(snap, sources.iter().map(|s| &s.name), &active)
+}
+
+/// The graph of `sources` and the active `nodes` (as read from `snap` by the caller, who
+/// needs them too: a scheduling pass decodes each record once), with the links of `snap`.
+pub(crate) fn graph_of<'a>(
+    snap: &Snapshot,
+    sources: impl IntoIterator<Item = &'a Name>,
+    nodes: &[(NodeId, NodeSpec)],
+) -> Result<Graph> {
+    let mut g = Graph::new();
+    for s in sources {
+        g.add_source(s);
+    }
+    for (id, n) in nodes {
+        g.add_node(*id, &n.inputs, &n.outputs)?;
     }
     let links: Vec<Link> = snap.read_tree_json("links")?;
     for l in &links {

@@ -93,16 +93,18 @@ pub fn digest(root: &Path, cache: Option<&Path>) -> Result<TreeDigest> {
             None
         }
     });
-    let md = fs::metadata(root).map_err(|e| Error::io(root, e))?;
     // `root` itself is followed: if it is a link, read through its target (files are
-    // opened with O_NOFOLLOW). The cache stays keyed by `root` as given.
+    // opened with O_NOFOLLOW). The cache stays keyed by `root` as given. (One `lstat`
+    // serves a root that is no link, the usual case.)
     let resolved;
-    let root = match fs::symlink_metadata(root) {
+    let (md, root) = match fs::symlink_metadata(root) {
         Ok(m) if m.file_type().is_symlink() => {
+            let md = fs::metadata(root).map_err(|e| Error::io(root, e))?;
             resolved = fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
-            resolved.as_path()
+            (md, resolved.as_path())
         }
-        _ => root,
+        Ok(m) => (m, root),
+        Err(e) => return Err(Error::io(root, e)),
     };
     let single_file = md.is_file();
     if !single_file && !md.is_dir() {
