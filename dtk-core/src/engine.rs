@@ -1498,16 +1498,7 @@ impl Project {
             run: record.id,
             node: record.node,
         });
-        let mut env: Vec<(String, String)> = vec![
-            (
-                "DKT_PROJECT_ROOT".to_owned(),
-                self.root().display().to_string(),
-            ),
-            ("DKT_RUN_ID".to_owned(), record.id.to_hex()),
-            ("DKT_NODE_ID".to_owned(), record.node.to_hex()),
-        ];
-        env.extend(scope.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env.extend(private);
+        let mut env = self.run_env(record.id, record.node, &scope, private);
         let sandbox = self.sandboxed(node).then(|| {
             let writable = outputs.iter().map(|o| o.2.clone()).collect::<Vec<_>>();
             let mut view =
@@ -2052,6 +2043,31 @@ pub(crate) enum StepsEnded {
     },
     /// The run was cancelled.
     Cancelled,
+}
+
+impl Project {
+    /// The environment of a run's command: `DKT_PROJECT_ROOT`, `DKT_RUN_ID` and
+    /// `DKT_NODE_ID`, then the scope's variables, then the private values it uses (the
+    /// same for a run and for its reproduction).
+    pub(crate) fn run_env(
+        &self,
+        run: RunId,
+        node: NodeId,
+        scope: &Scope,
+        private: impl IntoIterator<Item = (String, String)>,
+    ) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = vec![
+            (
+                "DKT_PROJECT_ROOT".to_owned(),
+                self.root().display().to_string(),
+            ),
+            ("DKT_RUN_ID".to_owned(), run.to_hex()),
+            ("DKT_NODE_ID".to_owned(), node.to_hex()),
+        ];
+        env.extend(scope.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(private);
+        env
+    }
 }
 
 /// Run `steps` in order in `work`, stopping at the first that does not succeed; `None`

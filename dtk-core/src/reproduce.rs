@@ -527,16 +527,7 @@ impl Project {
             crate::events::Events::default(),
             self.secrets().clone(),
         );
-        let mut env: Vec<(String, String)> = vec![
-            (
-                "DKT_PROJECT_ROOT".to_owned(),
-                self.root().display().to_string(),
-            ),
-            ("DKT_RUN_ID".to_owned(), run.id.to_hex()),
-            ("DKT_NODE_ID".to_owned(), run.node.to_hex()),
-        ];
-        env.extend(scope.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env.extend(scope.used_private());
+        let mut env = self.run_env(run.id, run.node, &scope, scope.used_private());
         let sandbox = sandboxed.then(|| {
             let writable = stages.iter().map(|s| s.2.clone()).collect();
             self.sandbox_view(node, scratch, &work, input_roots, writable, &mut env)
