@@ -136,7 +136,7 @@ impl Memo {
         self.blobs.lock().ok()?.1.get(id).cloned()
     }
 
-    fn put_blob(&self, id: ObjectId, data: &[u8]) {
+    fn put_shared_blob(&self, id: ObjectId, data: &std::sync::Arc<[u8]>) {
         if data.len() > Self::MAX_BLOB {
             return;
         }
@@ -145,7 +145,7 @@ impl Memo {
                 m.1.clear();
                 m.0 = 0;
             }
-            if m.1.insert(id, data.into()).is_none() {
+            if m.1.insert(id, data.clone()).is_none() {
                 m.0 += data.len();
             }
         }
@@ -992,21 +992,28 @@ impl Snapshot {
     }
 
     fn read_blob(&self, id: ObjectId, path: &str) -> Result<Vec<u8>> {
+        self.shared_blob(id, path).map(|data| data.to_vec())
+    }
+
+    /// The bytes of the blob `id`, shared with the handle's memo when it keeps them (a
+    /// record decoded straight from them is not copied first).
+    fn shared_blob(&self, id: ObjectId, path: &str) -> Result<std::sync::Arc<[u8]>> {
         if let Some(data) = self.memo.blob(&id) {
-            return Ok(data.to_vec());
+            return Ok(data);
         }
-        let data = find_retrying(|| self.repo.find_blob(id))
+        let data: std::sync::Arc<[u8]> = find_retrying(|| self.repo.find_blob(id))
             .map_err(gix_err(format!("cannot read record {path} ({id})")))?
             .data
-            .clone();
-        self.memo.put_blob(id, &data);
+            .as_slice()
+            .into();
+        self.memo.put_shared_blob(id, &data);
         Ok(data)
     }
 
     /// The record at `path`, decoded from JSON.
     pub fn read_json<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
-        match self.read(path)? {
-            Some(bytes) => decode(path, &bytes).map(Some),
+        match self.blob_id(path)? {
+            Some(id) => decode(path, &self.shared_blob(id, path)?).map(Some),
             None => Ok(None),
         }
     }
@@ -1144,7 +1151,7 @@ impl Snapshot {
             .filter(|e| !e.is_dir && e.name.ends_with(".json"))
             .map(|e| {
                 let path = format!("{dir}/{}", e.name);
-                decode(&path, &self.read_blob(e.id, &path)?)
+                decode(&path, &self.shared_blob(e.id, &path)?)
             })
             .collect()
     }
@@ -1188,7 +1195,7 @@ impl Snapshot {
         self.walk(dir)?
             .into_iter()
             .filter(|(p, _)| p.ends_with(".json"))
-            .map(|(p, id)| decode(&p, &self.read_blob(id, &p)?))
+            .map(|(p, id)| decode(&p, &self.shared_blob(id, &p)?))
             .collect()
     }
 }
