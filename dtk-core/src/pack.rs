@@ -168,6 +168,8 @@ pub(crate) fn write<'a>(
 struct Existing {
     stem: PathBuf,
     weight: u64,
+    /// When its index was written.
+    written: Option<std::time::SystemTime>,
 }
 
 /// Keep the number of packs in `pack_dir` low: when there are more than `limit`, merge the
@@ -222,10 +224,12 @@ pub(crate) fn maintain(pack_dir: &Path, limit: usize) -> Result<usize> {
         if stem.with_extension("keep").exists() {
             continue; // git's marker: never repack this one
         }
-        let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+        let meta = e.metadata().ok();
+        let size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
         packs.push(Existing {
             weight: size.saturating_sub(1072) / 28,
             stem,
+            written: meta.and_then(|m| m.modified().ok()),
         });
     }
     if packs.len() <= limit {
@@ -252,11 +256,66 @@ pub(crate) fn maintain(pack_dir: &Path, limit: usize) -> Result<usize> {
                 None => (holder.trim().to_owned(), std::time::Duration::from_secs(60)),
             };
             let dead = crate::engine::pid_alive(&holder) == Some(false);
+            let taken = std::fs::metadata(&lock).and_then(|m| m.modified()).ok();
+            let stale = taken
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > max_age);
+            if dead || stale {
+                let _ = std::fs::remove_file(&lock);
+                return Ok(0);
+            }
+            if let (Some(started), true) = (taken, max_age.as_secs() > 60) {
+                return merge_beside_repack(pack_dir, &packs, started, limit);
+            }
+            return Ok(0);
+        }
+        Err(e) => return Err(Error::io(&lock, e)),
+    }
+    let result = merge(pack_dir, &packs[..take]);
+    let _ = std::fs::remove_file(&lock);
+    result
+}
+
+/// While a background `git repack -A -d` holds the merge lock (taken at `started`), the
+/// packs that commits write meanwhile would pile up, one per commit, for as long as it
+/// runs (minutes on a large store or a loaded machine). `git repack -d` deletes only the
+/// packs it found when it began, so those written after it started (5 s after the lock
+/// was taken, a margin for it to list them) are merged among
+/// themselves, as usual, once there are more than half of `limit`; merges of that kind
+/// take turns through their own lock, `dtk-merge-new.lock`.
+fn merge_beside_repack(
+    pack_dir: &Path,
+    packs: &[Existing],
+    started: std::time::SystemTime,
+    limit: usize,
+) -> Result<usize> {
+    // A margin for the repack to list the packs it will delete: it does that as it
+    // starts, within milliseconds of the lock.
+    let after = started + std::time::Duration::from_secs(5);
+    let newer: Vec<&Existing> = packs
+        .iter()
+        .filter(|p| p.written.is_some_and(|w| w > after))
+        .collect();
+    if newer.len() <= limit / 2 {
+        return Ok(0);
+    }
+    let lock = pack_dir.join("dtk-merge-new.lock");
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&lock)
+    {
+        Ok(mut f) => {
+            let _ = std::io::Write::write_all(&mut f, crate::engine::worker_id().as_bytes());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let holder = std::fs::read_to_string(&lock).unwrap_or_default();
+            let dead = crate::engine::pid_alive(holder.trim()) == Some(false);
             let stale = std::fs::metadata(&lock)
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > max_age);
+                .is_some_and(|age| age > std::time::Duration::from_secs(60));
             if dead || stale {
                 let _ = std::fs::remove_file(&lock);
             }
@@ -264,7 +323,15 @@ pub(crate) fn maintain(pack_dir: &Path, limit: usize) -> Result<usize> {
         }
         Err(e) => return Err(Error::io(&lock, e)),
     }
-    let result = merge(pack_dir, &packs[..take]);
+    let chosen: Vec<Existing> = newer
+        .into_iter()
+        .map(|p| Existing {
+            stem: p.stem.clone(),
+            weight: p.weight,
+            written: p.written,
+        })
+        .collect();
+    let result = merge(pack_dir, &chosen);
     let _ = std::fs::remove_file(&lock);
     result
 }
@@ -585,6 +652,69 @@ mod tests {
     }
 
     /// Run git on the repository `git_dir`; its standard output.
+    /// While a background repack holds the merge lock, the packs written after it began
+    /// are merged among themselves; the packs it is repacking and its lock are left alone.
+    #[test]
+    fn packs_written_during_a_repack_are_merged_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        git_in(dir.path(), &["init", "--bare", "-q"]);
+        let pack_dir = dir.path().join("objects/pack");
+        let ago = |secs| std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+        let mut ids = Vec::new();
+        let mut write_one = |i: u32| {
+            let data = format!("object {i}\n").into_bytes();
+            let id = gix::objs::compute_hash(gix::hash::Kind::Sha1, Kind::Blob, &data).unwrap();
+            ids.push(id);
+            write(&pack_dir, [(id, Kind::Blob, data.as_slice())].into_iter())
+                .unwrap()
+                .unwrap()
+        };
+        // Ten packs from before the repack began, the lock it took two minutes ago.
+        let mut before = Vec::new();
+        for i in 0..10 {
+            let idx = write_one(i);
+            std::fs::File::options()
+                .write(true)
+                .open(&idx)
+                .unwrap()
+                .set_modified(ago(180))
+                .unwrap();
+            before.push(idx);
+        }
+        let lock = pack_dir.join("dtk-merge.lock");
+        let holder = format!("{} repack", crate::engine::worker_id());
+        std::fs::write(&lock, holder.as_bytes()).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&lock)
+            .unwrap()
+            .set_modified(ago(120))
+            .unwrap();
+        // Twenty packs written since.
+        for i in 10..30 {
+            write_one(i);
+        }
+        assert_eq!(glob_idx(dir.path()).len(), 30);
+        assert_eq!(maintain(&pack_dir, 24).unwrap(), 20);
+        let left = glob_idx(dir.path());
+        assert_eq!(
+            left.len(),
+            11,
+            "the ten old packs and the merged one: {left:?}"
+        );
+        assert!(
+            before.iter().all(|p| p.exists()),
+            "the repack's packs are untouched"
+        );
+        assert_eq!(std::fs::read_to_string(&lock).unwrap(), holder);
+        assert!(!pack_dir.join("dtk-merge-new.lock").exists());
+        for id in &ids {
+            git_in(dir.path(), &["cat-file", "-e", &id.to_string()]);
+        }
+        // With few new packs, nothing is merged.
+        assert_eq!(maintain(&pack_dir, 24).unwrap(), 0);
+    }
+
     fn git_in(git_dir: &Path, args: &[&str]) -> String {
         let out = std::process::Command::new("git")
             .arg("--git-dir")
