@@ -164,7 +164,7 @@ pub(crate) fn write<'a>(
 
 /// A pack of the directory: its path without extension and (from the size of its index)
 /// about how many objects it holds.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Existing {
     stem: PathBuf,
     weight: u64,
@@ -192,12 +192,10 @@ pub(crate) fn maintain(pack_dir: &Path, limit: usize) -> Result<usize> {
         if name.as_encoded_bytes().starts_with(b"tmp_pack_") {
             // Left by a process killed while writing (git's `gc` removes them after two
             // weeks; a writer is done within seconds).
-            let old = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+            let old = older_than(
+                e.metadata().and_then(|m| m.modified()).ok(),
+                std::time::Duration::from_secs(3600),
+            );
             if old {
                 let _ = std::fs::remove_file(e.path());
             }
@@ -206,12 +204,10 @@ pub(crate) fn maintain(pack_dir: &Path, limit: usize) -> Result<usize> {
         if let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".pack")) {
             // A pack without its index was left by a process killed between the two
             // renames: no ref points into it (objects are indexed before a ref moves).
-            let old = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+            let old = older_than(
+                e.metadata().and_then(|m| m.modified()).ok(),
+                std::time::Duration::from_secs(3600),
+            );
             if old && !pack_dir.join(format!("{stem}.idx")).exists() {
                 let _ = std::fs::remove_file(e.path());
             }
@@ -237,43 +233,76 @@ pub(crate) fn maintain(pack_dir: &Path, limit: usize) -> Result<usize> {
     }
     packs.sort_by_key(|p| p.weight);
     let take = geometric_split(&packs, 2).max(limit / 2);
-    let lock = pack_dir.join("dtk-merge.lock");
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&lock)
-    {
-        Ok(mut f) => {
-            // Who merges: a lock whose process is gone is recovered at once.
-            let _ = std::io::Write::write_all(&mut f, crate::engine::worker_id().as_bytes());
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            // `host:pid`, or `host:pid repack` for a background `git repack`, which may
-            // rightly hold it for many minutes.
-            let holder = std::fs::read_to_string(&lock).unwrap_or_default();
-            let (holder, max_age) = match holder.trim().strip_suffix(" repack") {
-                Some(h) => (h.to_owned(), std::time::Duration::from_secs(3600)),
-                None => (holder.trim().to_owned(), std::time::Duration::from_secs(60)),
-            };
-            let dead = crate::engine::pid_alive(&holder) == Some(false);
-            let taken = std::fs::metadata(&lock).and_then(|m| m.modified()).ok();
-            let stale = taken
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > max_age);
-            if dead || stale {
-                let _ = std::fs::remove_file(&lock);
-                return Ok(0);
-            }
-            if let (Some(started), true) = (taken, max_age.as_secs() > 60) {
-                return merge_beside_repack(pack_dir, &packs, started, limit);
-            }
-            return Ok(0);
-        }
-        Err(e) => return Err(Error::io(&lock, e)),
+    match MergeLock::take(pack_dir.join("dtk-merge.lock"))? {
+        Taken::Held(_lock) => merge(pack_dir, &packs[..take]),
+        Taken::Busy {
+            repack_since: Some(started),
+        } => merge_beside_repack(pack_dir, &packs, started, limit),
+        Taken::Busy { repack_since: None } | Taken::Recovered => Ok(0),
     }
-    let result = merge(pack_dir, &packs[..take]);
-    let _ = std::fs::remove_file(&lock);
-    result
+}
+
+/// A merge lock file, taken with `O_EXCL` and naming its holder (`host:pid`, or
+/// `host:pid repack` for a background `git repack`); removed when dropped.
+struct MergeLock(PathBuf);
+
+/// What became of an attempt to take a [`MergeLock`].
+enum Taken {
+    /// The lock is ours until this is dropped.
+    Held(MergeLock),
+    /// Its holder is gone (or it is older than its holder may rightly keep it: a minute, an
+    /// hour for a repack): it was removed, and the next attempt takes it.
+    Recovered,
+    /// A live holder has it; `repack_since` is when a background repack took it.
+    Busy {
+        repack_since: Option<std::time::SystemTime>,
+    },
+}
+
+impl MergeLock {
+    fn take(path: PathBuf) -> Result<Taken> {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                let _ = std::io::Write::write_all(&mut f, crate::engine::worker_id().as_bytes());
+                Ok(Taken::Held(MergeLock(path)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let (holder, repack) = match holder.trim().strip_suffix(" repack") {
+                    Some(h) => (h, true),
+                    None => (holder.trim(), false),
+                };
+                let max_age = std::time::Duration::from_secs(if repack { 3600 } else { 60 });
+                let taken = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+                let dead = crate::engine::pid_alive(holder) == Some(false);
+                if dead || older_than(taken, max_age) {
+                    let _ = std::fs::remove_file(&path);
+                    return Ok(Taken::Recovered);
+                }
+                Ok(Taken::Busy {
+                    repack_since: taken.filter(|_| repack),
+                })
+            }
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+}
+
+impl Drop for MergeLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Whether a file modified at `modified` is older than `age` (false when unknown).
+fn older_than(modified: Option<std::time::SystemTime>, age: std::time::Duration) -> bool {
+    modified
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|elapsed| elapsed > age)
 }
 
 /// While a background `git repack -A -d` holds the merge lock (taken at `started`), the
@@ -292,48 +321,18 @@ fn merge_beside_repack(
     // A margin for the repack to list the packs it will delete: it does that as it
     // starts, within milliseconds of the lock.
     let after = started + std::time::Duration::from_secs(5);
-    let newer: Vec<&Existing> = packs
+    let newer: Vec<Existing> = packs
         .iter()
         .filter(|p| p.written.is_some_and(|w| w > after))
+        .cloned()
         .collect();
     if newer.len() <= limit / 2 {
         return Ok(0);
     }
-    let lock = pack_dir.join("dtk-merge-new.lock");
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&lock)
-    {
-        Ok(mut f) => {
-            let _ = std::io::Write::write_all(&mut f, crate::engine::worker_id().as_bytes());
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let holder = std::fs::read_to_string(&lock).unwrap_or_default();
-            let dead = crate::engine::pid_alive(holder.trim()) == Some(false);
-            let stale = std::fs::metadata(&lock)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > std::time::Duration::from_secs(60));
-            if dead || stale {
-                let _ = std::fs::remove_file(&lock);
-            }
-            return Ok(0);
-        }
-        Err(e) => return Err(Error::io(&lock, e)),
+    match MergeLock::take(pack_dir.join("dtk-merge-new.lock"))? {
+        Taken::Held(_lock) => merge(pack_dir, &newer),
+        Taken::Busy { .. } | Taken::Recovered => Ok(0),
     }
-    let chosen: Vec<Existing> = newer
-        .into_iter()
-        .map(|p| Existing {
-            stem: p.stem.clone(),
-            weight: p.weight,
-            written: p.written,
-        })
-        .collect();
-    let result = merge(pack_dir, &chosen);
-    let _ = std::fs::remove_file(&lock);
-    result
 }
 
 /// How many of `packs` (sorted by weight, ascending) to roll into one, as git's
