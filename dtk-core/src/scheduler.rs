@@ -495,19 +495,19 @@ const NOOP_MEMO: &str = "noop";
 const NOOP_HEADER: &str = "dtk noop 1";
 
 /// The commit `.dkt/cache/noop` names, if it is whole (ends with a line `end`).
-fn read_noop_memo(path: &std::path::Path) -> Option<gix::ObjectId> {
+fn read_noop_memo(path: &std::path::Path) -> Option<crate::store::Oid> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut lines = text.lines();
     if lines.next()? != NOOP_HEADER {
         return None;
     }
-    let id = gix::ObjectId::from_hex(lines.next()?.as_bytes()).ok()?;
+    let id = crate::store::Oid::from_hex(lines.next()?).ok()?;
     (lines.next()? == "end").then_some(id)
 }
 
 /// Name `commit` in `.dkt/cache/noop`, unless it already does; failing only costs the
 /// next pass its planning.
-fn write_noop_memo(path: &std::path::Path, commit: gix::ObjectId) {
+fn write_noop_memo(path: &std::path::Path, commit: crate::store::Oid) {
     if read_noop_memo(path) == Some(commit) {
         return;
     }
@@ -537,9 +537,9 @@ const SUCCEEDED_HEADER: &str = "dtk succeeded 1";
 /// memo that is missing, torn (no final `end` line) or not understood is ignored.
 struct SucceededMemo {
     path: std::path::PathBuf,
-    loaded: std::collections::HashSet<gix::ObjectId>,
+    loaded: std::collections::HashSet<crate::store::Oid>,
     /// The records this pass found successful (what the memo holds next time).
-    used: std::collections::HashSet<gix::ObjectId>,
+    used: std::collections::HashSet<crate::store::Oid>,
 }
 
 impl SucceededMemo {
@@ -556,7 +556,7 @@ impl SucceededMemo {
                     if line == "end" {
                         return Some(ids);
                     }
-                    ids.insert(gix::ObjectId::from_hex(line.as_bytes()).ok()?);
+                    ids.insert(crate::store::Oid::from_hex(line).ok()?);
                 }
                 None
             })
@@ -569,7 +569,7 @@ impl SucceededMemo {
     }
 
     /// True when the record `blob` is known to say `success`.
-    fn contains(&mut self, blob: gix::ObjectId) -> bool {
+    fn contains(&mut self, blob: crate::store::Oid) -> bool {
         let known = self.loaded.contains(&blob);
         if known {
             self.used.insert(blob);
@@ -578,7 +578,7 @@ impl SucceededMemo {
     }
 
     /// Remember that the record `blob` says `success`.
-    fn insert(&mut self, blob: gix::ObjectId) {
+    fn insert(&mut self, blob: crate::store::Oid) {
         self.used.insert(blob);
     }
 
@@ -591,7 +591,7 @@ impl SucceededMemo {
         let Some(dir) = self.path.parent() else {
             return;
         };
-        let mut ids: Vec<&gix::ObjectId> = self.used.iter().collect();
+        let mut ids: Vec<&crate::store::Oid> = self.used.iter().collect();
         ids.sort();
         let mut text = String::with_capacity(16 + 41 * ids.len());
         text.push_str(SUCCEEDED_HEADER);

@@ -29,8 +29,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::store::Oid;
 use base64ct::{Base64, Encoding};
-use gix::ObjectId;
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
 use crate::inspect::{Check, Target, VerifyReport};
@@ -655,11 +655,15 @@ pub fn split_signed_commit(raw: &[u8]) -> (Vec<u8>, Option<String>) {
 }
 
 /// The first parent of the commit `raw`, if any.
-fn first_parent(raw: &[u8]) -> Option<ObjectId> {
+fn first_parent(raw: &[u8]) -> Option<Oid> {
     raw.split(|b| *b == b'\n')
         .take_while(|l| !l.is_empty())
         .find_map(|l| l.strip_prefix(b"parent "))
-        .and_then(|hex| ObjectId::from_hex(hex).ok())
+        .and_then(|hex| {
+            std::str::from_utf8(hex)
+                .ok()
+                .and_then(|h| Oid::from_hex(h).ok())
+        })
 }
 
 /// Check the signature of the commit `raw` against `trusted`.
@@ -786,7 +790,7 @@ pub fn check_history(
     let mut id = head;
     loop {
         let raw = store.commit_bytes(id)?;
-        let subject = format!("commit {}", &id.to_hex().to_string()[..8]);
+        let subject = format!("commit {}", id.short(8));
         let trusted_keys = || {
             if trusted.files().is_empty() {
                 "a key in an allowed-signers file (none found)".to_owned()

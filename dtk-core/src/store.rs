@@ -21,6 +21,55 @@ use serde::Serialize;
 use crate::signing::SigningKey;
 use crate::{Error, Result};
 
+/// The ID of an object of the metadata store: a record, a directory of records, or a
+/// commit. Objects are content-addressed (a SHA-1, as git names them), so two stores that
+/// hold the same record hold it under the same ID. Shown and parsed as 40 hex digits.
+///
+/// dtk's own type, so that the library's users do not depend on the types of the git
+/// implementation beneath the store.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Oid(ObjectId);
+
+impl Oid {
+    /// Parse an ID from its 40 hex digits.
+    pub fn from_hex(hex: &str) -> Result<Oid> {
+        ObjectId::from_hex(hex.as_bytes())
+            .map(Oid)
+            .map_err(|_| Error::invalid("object ID", hex, "is not 40 hex digits"))
+    }
+
+    /// The ID as 40 hex digits.
+    pub fn to_hex(&self) -> String {
+        self.0.to_string()
+    }
+
+    /// The first `len` hex digits, to show.
+    pub fn short(&self, len: usize) -> String {
+        let mut hex = self.0.to_string();
+        hex.truncate(len);
+        hex
+    }
+}
+
+impl std::fmt::Display for Oid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Debug for Oid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Oid({})", self.0)
+    }
+}
+
+impl std::str::FromStr for Oid {
+    type Err = Error;
+    fn from_str(hex: &str) -> Result<Oid> {
+        Oid::from_hex(hex)
+    }
+}
+
 /// The branch holding the project's records.
 pub const BRANCH: &str = "refs/heads/main";
 
@@ -266,7 +315,8 @@ impl Store {
     }
 
     /// The raw bytes of commit `id` (headers, a blank line, the message), as git hashes them.
-    pub fn commit_bytes(&self, id: ObjectId) -> Result<Vec<u8>> {
+    pub fn commit_bytes(&self, id: Oid) -> Result<Vec<u8>> {
+        let id = id.0;
         let repo = self.repo();
         let c = find_retrying(|| repo.find_commit(id))
             .map_err(gix_err(format!("cannot read commit {id}")))?;
@@ -377,8 +427,9 @@ impl Store {
         &self,
         message: &str,
         change: impl FnMut(&mut Tx) -> Result<T>,
-    ) -> Result<(T, Option<ObjectId>)> {
-        blocking(|| self.commit_change(message, None, change))
+    ) -> Result<(T, Option<Oid>)> {
+        let (value, commit) = blocking(|| self.commit_change(message, None, change))?;
+        Ok((value, commit.map(Oid)))
     }
 
     /// Like [`transact`](Self::transact), but the commit is a merge: its second parent is
@@ -388,38 +439,39 @@ impl Store {
     pub fn merge<T>(
         &self,
         message: &str,
-        theirs: ObjectId,
+        theirs: Oid,
         change: impl FnMut(&mut Tx) -> Result<T>,
-    ) -> Result<(T, ObjectId)> {
-        let (value, commit) = blocking(|| self.commit_change(message, Some(theirs), change))?;
+    ) -> Result<(T, Oid)> {
+        let (value, commit) = blocking(|| self.commit_change(message, Some(theirs.0), change))?;
         let commit = commit.ok_or_else(|| Error::corrupt("a merge made no commit"))?;
-        Ok((value, commit))
+        Ok((value, Oid(commit)))
     }
 
     /// The commit the branch points to now.
-    pub fn head(&self) -> Result<ObjectId> {
+    pub fn head(&self) -> Result<Oid> {
         self.tip(&self.repo())?
+            .map(Oid)
             .ok_or_else(|| Error::corrupt(format!("{BRANCH} is missing")))
     }
 
     /// The commit a reference (`refs/remotes/origin/main`) points to, if it exists.
-    pub fn reference(&self, name: &str) -> Result<Option<ObjectId>> {
+    pub fn reference(&self, name: &str) -> Result<Option<Oid>> {
         let repo = self.repo();
         let r = repo
             .try_find_reference(name)
             .map_err(gix_err(format!("cannot read {name}")))?;
-        Ok(r.and_then(|r| r.target().try_id().map(|id| id.to_owned())))
+        Ok(r.and_then(|r| r.target().try_id().map(|id| Oid(id.to_owned()))))
     }
 
     /// A read-only view of the records at `commit`.
-    pub fn snapshot_at(&self, commit: ObjectId) -> Result<Snapshot> {
-        Snapshot::at(self.repo(), commit, self.memo.clone())
+    pub fn snapshot_at(&self, commit: Oid) -> Result<Snapshot> {
+        Snapshot::at(self.repo(), commit.0, self.memo.clone())
     }
 
     /// Move the branch from `from` to `to` (a descendant of it), as a compare-and-swap:
     /// fails if the branch moved meanwhile.
-    pub fn fast_forward(&self, from: ObjectId, to: ObjectId) -> Result<()> {
-        self.move_branch(&self.repo(), Some(from), to)
+    pub fn fast_forward(&self, from: Oid, to: Oid) -> Result<()> {
+        self.move_branch(&self.repo(), Some(from.0), to.0)
     }
 
     fn commit_change<T>(
@@ -745,7 +797,7 @@ rm -f objects/pack/dtk-merge.lock"#;
     }
 
     /// The commit history of the branch, newest first, as (commit id, message) pairs.
-    pub fn history(&self, limit: usize) -> Result<Vec<(ObjectId, String)>> {
+    pub fn history(&self, limit: usize) -> Result<Vec<(Oid, String)>> {
         let repo = self.repo();
         let Some(tip) = self.tip(&repo)? else {
             return Ok(Vec::new());
@@ -765,7 +817,7 @@ rm -f objects/pack/dtk-merge.lock"#;
                 .trim_end()
                 .to_owned();
             cur = c.parent_ids().next().map(|p| p.detach());
-            out.push((id, msg));
+            out.push((Oid(id), msg));
         }
         Ok(out)
     }
@@ -831,9 +883,9 @@ pub struct Difference {
     /// The file's path.
     pub path: String,
     /// Its blob in the view [`Snapshot::diff`] was called on.
-    pub ours: Option<ObjectId>,
+    pub ours: Option<Oid>,
     /// Its blob in the other view.
-    pub theirs: Option<ObjectId>,
+    pub theirs: Option<Oid>,
 }
 
 /// An entry of a directory of the records.
@@ -842,7 +894,7 @@ pub struct DirEntry {
     /// The entry's file name.
     pub name: String,
     /// The object it points to.
-    pub id: ObjectId,
+    pub id: Oid,
     /// True for a sub-directory.
     pub is_dir: bool,
 }
@@ -864,8 +916,8 @@ impl Snapshot {
     }
 
     /// The commit this view shows.
-    pub fn commit(&self) -> ObjectId {
-        self.commit
+    pub fn commit(&self) -> Oid {
+        Oid(self.commit)
     }
 
     /// The files that differ between this view and `other`: each path with its blob here
@@ -899,8 +951,8 @@ impl Snapshot {
                 if a_file != b_file {
                     out.push(Difference {
                         path,
-                        ours: a_file,
-                        theirs: b_file,
+                        ours: a_file.map(Oid),
+                        theirs: b_file.map(Oid),
                     });
                 }
             }
@@ -966,29 +1018,36 @@ impl Snapshot {
 
     /// The object ID of the directory at `path` ("" for the root), if there is one: two
     /// views whose directories have the same ID hold the same records below it.
-    pub fn dir_id(&self, path: &str) -> Result<Option<ObjectId>> {
+    pub fn dir_id(&self, path: &str) -> Result<Option<Oid>> {
         if path.is_empty() {
-            return Ok(Some(self.tree));
+            return Ok(Some(Oid(self.tree)));
         }
-        Ok(self.entry(path)?.filter(|(_, dir)| *dir).map(|(id, _)| id))
+        Ok(self
+            .entry(path)?
+            .filter(|(_, dir)| *dir)
+            .map(|(id, _)| Oid(id)))
     }
 
     /// The object id of the record at `path`.
-    pub fn blob_id(&self, path: &str) -> Result<Option<ObjectId>> {
+    pub fn blob_id(&self, path: &str) -> Result<Option<Oid>> {
+        Ok(self.git_blob_id(path)?.map(Oid))
+    }
+
+    fn git_blob_id(&self, path: &str) -> Result<Option<ObjectId>> {
         Ok(self.entry(path)?.filter(|(_, dir)| !dir).map(|(id, _)| id))
     }
 
     /// The bytes of the record at `path`, if it exists.
     pub fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        match self.blob_id(path)? {
+        match self.git_blob_id(path)? {
             Some(id) => self.read_blob(id, path).map(Some),
             None => Ok(None),
         }
     }
 
     /// The bytes of the blob `id` (a record whose path is known by other means).
-    pub fn blob(&self, id: ObjectId) -> Result<Vec<u8>> {
-        self.read_blob(id, &id.to_string())
+    pub fn blob(&self, id: Oid) -> Result<Vec<u8>> {
+        self.read_blob(id.0, &id.to_string())
     }
 
     fn read_blob(&self, id: ObjectId, path: &str) -> Result<Vec<u8>> {
@@ -1012,7 +1071,7 @@ impl Snapshot {
 
     /// The record at `path`, decoded from JSON.
     pub fn read_json<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
-        match self.blob_id(path)? {
+        match self.git_blob_id(path)? {
             Some(id) => decode(path, &self.shared_blob(id, path)?).map(Some),
             None => Ok(None),
         }
@@ -1044,7 +1103,7 @@ impl Snapshot {
             .iter()
             .map(|e| DirEntry {
                 name: e.filename.to_str_lossy().into_owned(),
-                id: e.oid.to_owned(),
+                id: Oid(e.oid.to_owned()),
                 is_dir: e.mode.is_tree(),
             })
             .collect())
@@ -1069,7 +1128,7 @@ impl Snapshot {
         let mut n = 0;
         for e in self.tree_entries(id, dir)? {
             if e.is_dir {
-                n += self.count_tree(e.id, &format!("{dir}/{}", e.name))?;
+                n += self.count_tree(e.id.0, &format!("{dir}/{}", e.name))?;
             } else if e.name.ends_with(".json") {
                 n += 1;
             }
@@ -1134,7 +1193,7 @@ impl Snapshot {
                 }) {
                     continue;
                 }
-                self.page_tree(e.id, &format!("{dir}/{}", e.name), &sub, after, want, out)?;
+                self.page_tree(e.id.0, &format!("{dir}/{}", e.name), &sub, after, want, out)?;
             } else if let Some(stem) = e.name.strip_suffix(".json") {
                 if after.is_none_or(|a| stem > a) {
                     out.push(stem.to_owned());
@@ -1151,7 +1210,7 @@ impl Snapshot {
             .filter(|e| !e.is_dir && e.name.ends_with(".json"))
             .map(|e| {
                 let path = format!("{dir}/{}", e.name);
-                decode(&path, &self.shared_blob(e.id, &path)?)
+                decode(&path, &self.shared_blob(e.id.0, &path)?)
             })
             .collect()
     }
@@ -1168,7 +1227,7 @@ impl Snapshot {
 
     /// The paths of the files below `dir`, at any depth, with their blob IDs (in tree
     /// order).
-    pub fn walk(&self, dir: &str) -> Result<Vec<(String, ObjectId)>> {
+    pub fn walk(&self, dir: &str) -> Result<Vec<(String, Oid)>> {
         let mut out = Vec::new();
         let mut stack = vec![dir.to_owned()];
         while let Some(d) = stack.pop() {
@@ -1195,7 +1254,7 @@ impl Snapshot {
         self.walk(dir)?
             .into_iter()
             .filter(|(p, _)| p.ends_with(".json"))
-            .map(|(p, id)| decode(&p, &self.shared_blob(id, &p)?))
+            .map(|(p, id)| decode(&p, &self.shared_blob(id.0, &p)?))
             .collect()
     }
 }
@@ -1296,7 +1355,7 @@ impl Tx {
     }
 
     /// Stage `bytes` at `path`, returning the blob's id.
-    pub fn put(&mut self, path: &str, bytes: &[u8]) -> Result<ObjectId> {
+    pub fn put(&mut self, path: &str, bytes: &[u8]) -> Result<Oid> {
         let id = self
             .snap
             .repo
@@ -1304,13 +1363,13 @@ impl Tx {
             .map_err(gix_err(format!("cannot write record {path}")))?
             .detach();
         self.stage(path, Some(id));
-        Ok(id)
+        Ok(Oid(id))
     }
 
     /// The blob at `path`, staged or in the base view.
-    pub fn blob_id(&self, path: &str) -> Result<Option<ObjectId>> {
+    pub fn blob_id(&self, path: &str) -> Result<Option<Oid>> {
         match self.staged.get(path) {
-            Some(e) => Ok(*e),
+            Some(e) => Ok(e.map(Oid)),
             None => self.snap.blob_id(path),
         }
     }
@@ -1339,13 +1398,13 @@ impl Tx {
     }
 
     /// Stage `value` as JSON at `path`.
-    pub fn put_json<T: Serialize>(&mut self, path: &str, value: &T) -> Result<ObjectId> {
+    pub fn put_json<T: Serialize>(&mut self, path: &str, value: &T) -> Result<Oid> {
         self.put(path, &encode(value)?)
     }
 
     /// Stage an existing blob at `path` (an index entry pointing at a record).
-    pub fn put_id(&mut self, path: &str, id: ObjectId) {
-        self.stage(path, Some(id));
+    pub fn put_id(&mut self, path: &str, id: Oid) {
+        self.stage(path, Some(id.0));
     }
 
     /// Stage the removal of `path`.
@@ -1383,6 +1442,22 @@ impl Read for Tx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Object IDs print and parse as git's 40 hex digits; anything else is refused,
+    /// quoting what was given.
+    #[test]
+    fn object_ids_are_hex() {
+        let hex = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391";
+        let id: Oid = hex.parse().unwrap();
+        assert_eq!(id.to_string(), hex);
+        assert_eq!(id.to_hex(), hex);
+        assert_eq!(id.short(8), "e69de29b");
+        assert_eq!(format!("{id:?}"), format!("Oid({hex})"));
+        for bad in ["e69de29b", "not-hex", ""] {
+            let err = Oid::from_hex(bad).unwrap_err().to_string();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+    }
 
     fn run_path(hex: &str, ext: &str) -> String {
         format!(

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command as Process;
 
-use gix::ObjectId;
+use crate::store::Oid;
 use serde::Serialize;
 
 use crate::project::paths;
@@ -374,7 +374,7 @@ impl Project {
         }
         let base_id = self.merge_base(store.head()?, theirs)?;
         let base = store.snapshot_at(base_id)?;
-        let message = format!("pull {remote}: merge {}", &theirs.to_string()[..8]);
+        let message = format!("pull {remote}: merge {}", theirs.short(8));
         let (merged, _) = store.merge(&message, theirs, |tx| {
             let ours_commit = tx.base().commit();
             let mut m = Merge {
@@ -403,7 +403,7 @@ impl Project {
         Ok(outcome)
     }
 
-    fn is_ancestor(&self, a: ObjectId, b: ObjectId) -> Result<bool> {
+    fn is_ancestor(&self, a: Oid, b: Oid) -> Result<bool> {
         let status = self
             .git()
             .args([
@@ -417,7 +417,7 @@ impl Project {
         Ok(status.success())
     }
 
-    fn merge_base(&self, a: ObjectId, b: ObjectId) -> Result<ObjectId> {
+    fn merge_base(&self, a: Oid, b: Oid) -> Result<Oid> {
         let out = self
             .git_output("merge-base", &["merge-base", &a.to_string(), &b.to_string()])
             .map_err(|_| {
@@ -426,7 +426,7 @@ impl Project {
                         .into(),
                 )
             })?;
-        ObjectId::from_hex(out.trim().as_bytes())
+        Oid::from_hex(out.trim())
             .map_err(|e| Error::corrupt(format!("git merge-base printed {out:?}: {e}")))
     }
 
@@ -460,9 +460,9 @@ struct Merge<'a> {
     project: &'a Project,
     base: &'a Snapshot,
     theirs: &'a Snapshot,
-    ours_commit: ObjectId,
-    theirs_commit: ObjectId,
-    base_commit: ObjectId,
+    ours_commit: Oid,
+    theirs_commit: Oid,
+    base_commit: Oid,
     records: usize,
     renumbered: Vec<(RunId, RunId)>,
     conflicts: Vec<Conflict>,
@@ -510,7 +510,7 @@ impl Merge<'_> {
         let ours = self.project.store().snapshot_at(tx.base().commit())?;
         let theirs_changes = self.base.diff(self.theirs)?;
         let ours_changes = self.base.diff(&ours)?;
-        let mut run_conflicts: Vec<(String, ObjectId, ObjectId)> = Vec::new();
+        let mut run_conflicts: Vec<(String, Oid, Oid)> = Vec::new();
         let mut reports = Vec::new();
         for d in &theirs_changes {
             let (b, t) = (d.ours, d.theirs);
@@ -586,7 +586,7 @@ impl Merge<'_> {
     }
 
     /// Stage their blob `t` at `path` (or its removal).
-    fn take(&mut self, tx: &mut Tx, path: &str, t: Option<ObjectId>) -> Result<()> {
+    fn take(&mut self, tx: &mut Tx, path: &str, t: Option<Oid>) -> Result<()> {
         self.records += 1;
         match t {
             Some(t) => tx.put_id(path, t),
@@ -597,7 +597,7 @@ impl Merge<'_> {
 
     /// Take their run record `blob`: write its index entries (node runs; consumers when
     /// it succeeded) and bring its log from `from`.
-    fn index_run(&mut self, tx: &mut Tx, blob: ObjectId, from: &Snapshot) -> Result<()> {
+    fn index_run(&mut self, tx: &mut Tx, blob: Oid, from: &Snapshot) -> Result<()> {
         let run: RunRecord = decode_blob(from, blob)?;
         if let Some(log) = from.blob_id(&paths::run_log(&run.id))? {
             tx.put_id(&paths::run_log(&run.id), log);
@@ -608,8 +608,8 @@ impl Merge<'_> {
 
     /// Two records of one version: keep the one made by the run that ended first (a
     /// produced version over a polled one), else the smaller bytes.
-    fn pick_version(&self, ours: &Snapshot, o: ObjectId, t: ObjectId) -> Result<ObjectId> {
-        let key = |snap: &Snapshot, id: ObjectId| -> Result<(u8, u64, Vec<u8>)> {
+    fn pick_version(&self, ours: &Snapshot, o: Oid, t: Oid) -> Result<Oid> {
+        let key = |snap: &Snapshot, id: Oid| -> Result<(u8, u64, Vec<u8>)> {
             let bytes = snap.blob(id)?;
             let v: VersionRecord = crate::store::decode("version record", &bytes)?;
             let ended = match v.run {
@@ -629,7 +629,7 @@ impl Merge<'_> {
     }
 
     /// The time of the last commit of `side` since the common ancestor that changed `path`.
-    fn changed_at(&self, side: ObjectId, path: &str) -> Result<i64> {
+    fn changed_at(&self, side: Oid, path: &str) -> Result<i64> {
         let out = self.project.git_output(
             "log",
             &[
@@ -652,8 +652,8 @@ impl Merge<'_> {
         tx: &mut Tx,
         ours: &Snapshot,
         path: &str,
-        o: Option<ObjectId>,
-        t: Option<ObjectId>,
+        o: Option<Oid>,
+        t: Option<Oid>,
         what: String,
     ) -> Result<()> {
         let ov = match o {
@@ -693,12 +693,12 @@ impl Merge<'_> {
         tx: &mut Tx,
         ours: &Snapshot,
         path: &str,
-        b: Option<ObjectId>,
-        o: Option<ObjectId>,
-        t: Option<ObjectId>,
+        b: Option<Oid>,
+        o: Option<Oid>,
+        t: Option<Oid>,
     ) -> Result<()> {
         let read = |snap: &Snapshot,
-                    id: Option<ObjectId>|
+                    id: Option<Oid>|
          -> Result<serde_json::Map<String, serde_json::Value>> {
             Ok(match id {
                 Some(id) => {
@@ -837,8 +837,8 @@ impl Merge<'_> {
         tx: &mut Tx,
         ours: &Snapshot,
         path: &str,
-        o: ObjectId,
-        t: ObjectId,
+        o: Oid,
+        t: Oid,
     ) -> Result<()> {
         let ours_run: RunRecord = decode_blob(ours, o)?;
         let their_run: RunRecord = decode_blob(self.theirs, t)?;
@@ -1015,7 +1015,7 @@ fn set(
 }
 
 /// Stage the index entries of `run`, whose record is the blob `blob`.
-fn index(tx: &mut Tx, run: &RunRecord, blob: ObjectId) {
+fn index(tx: &mut Tx, run: &RunRecord, blob: Oid) {
     tx.put_id(&paths::node_run(&run.node, &run.id), blob);
     if run.status == RunStatus::Success {
         for sv in &run.inputs {
@@ -1024,11 +1024,11 @@ fn index(tx: &mut Tx, run: &RunRecord, blob: ObjectId) {
     }
 }
 
-fn decode_blob<T: serde::de::DeserializeOwned>(snap: &Snapshot, id: ObjectId) -> Result<T> {
+fn decode_blob<T: serde::de::DeserializeOwned>(snap: &Snapshot, id: Oid) -> Result<T> {
     crate::store::decode(&id.to_string(), &snap.blob(id)?)
 }
 
-fn time_at(snap: &Snapshot, id: ObjectId) -> Result<u64> {
+fn time_at(snap: &Snapshot, id: Oid) -> Result<u64> {
     Ok(String::from_utf8_lossy(&snap.blob(id)?)
         .trim()
         .parse()

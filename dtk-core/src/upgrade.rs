@@ -81,7 +81,7 @@ fn upgrade_v1(store: &Store) -> Result<()> {
         }
         let base = tx.base();
         // (from, to) for every record that moves.
-        let mut moves: Vec<(String, String, gix::ObjectId)> = Vec::new();
+        let mut moves: Vec<(String, String, crate::store::Oid)> = Vec::new();
         let files = |dir: &str| -> Result<Vec<crate::store::DirEntry>> {
             Ok(base.list(dir)?.into_iter().filter(|e| !e.is_dir).collect())
         };

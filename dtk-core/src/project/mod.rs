@@ -673,11 +673,10 @@ const KINDS_MEMO: &str = "dtk kinds 1";
 
 /// The kinds the memo at `path` lists, if it was written for the `sources` directory `dir`
 /// and is whole (it ends with a line `end`); anything else is ignored, never trusted.
-fn read_kinds_memo(path: &Path, dir: gix::ObjectId) -> Option<Vec<String>> {
+fn read_kinds_memo(path: &Path, dir: crate::store::Oid) -> Option<Vec<String>> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut lines = text.lines();
-    if lines.next()? != KINDS_MEMO || gix::ObjectId::from_hex(lines.next()?.as_bytes()).ok()? != dir
-    {
+    if lines.next()? != KINDS_MEMO || crate::store::Oid::from_hex(lines.next()?).ok()? != dir {
         return None;
     }
     let mut kinds = Vec::new();
@@ -692,7 +691,7 @@ fn read_kinds_memo(path: &Path, dir: gix::ObjectId) -> Option<Vec<String>> {
 
 /// Remember `kinds` as those of the `sources` directory `dir` (see [`read_kinds_memo`]);
 /// a memo that cannot be written only costs the next open a full read.
-fn write_kinds_memo(path: &Path, dir: gix::ObjectId, kinds: &BTreeSet<&str>) {
+fn write_kinds_memo(path: &Path, dir: crate::store::Oid, kinds: &BTreeSet<&str>) {
     let Some(parent) = path.parent() else {
         return;
     };
