@@ -1,25 +1,31 @@
-//! The metadata store: every record of a project, committed to a bare git repository.
+//! The metadata store: every record of a project, committed to a content-addressed store
+//! with one branch.
 //!
-//! The store is one branch, `refs/heads/main`, of the repository in `.dkt/.git`. Its tree
-//! holds one JSON file per record (layout in `docs/format.md`). Each change is one
-//! commit; the branch is moved by compare-and-swap, so concurrent writers retry on top of
-//! each other instead of losing updates, and objects are always written before the ref,
-//! so a process killed at any point leaves the last committed state intact.
+//! The records layer ([`Store`], [`Snapshot`], [`Tx`]) reads and writes the records as
+//! files of a tree (one JSON file per record; layout in `docs/format.md`). Beneath it, a
+//! [`MetadataStore`] keeps the objects (records, directories, commits) and moves the
+//! branch; dtk ships one, [`GitStore`]: the branch `refs/heads/main` of the bare git
+//! repository in `.dkt/.git`. Each change is one commit; the branch is moved by
+//! compare-and-swap, so concurrent writers retry on top of each other instead of losing
+//! updates, and objects are always written before the branch moves, so a process killed
+//! at any point leaves the last committed state intact.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gix::bstr::ByteSlice;
-use gix::objs::tree::EntryKind;
-use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
-use gix::refs::Target;
 use gix::ObjectId;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::signing::SigningKey;
 use crate::{Error, Result};
+
+mod git;
+#[cfg(test)]
+mod memory;
+pub use git::GitStore;
 
 /// The ID of an object of the metadata store: a record, a directory of records, or a
 /// commit. Objects are content-addressed (a SHA-1, as git names them), so two stores that
@@ -36,6 +42,16 @@ impl Oid {
         ObjectId::from_hex(hex.as_bytes())
             .map(Oid)
             .map_err(|_| Error::invalid("object ID", hex, "is not 40 hex digits"))
+    }
+
+    /// The ID from its 20 bytes.
+    pub fn from_bytes(bytes: [u8; 20]) -> Oid {
+        Oid(ObjectId::from(bytes))
+    }
+
+    /// The ID's 20 bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 
     /// The ID as 40 hex digits.
@@ -79,55 +95,110 @@ pub const FORMAT: &str = "dtk-store 4\n";
 /// How long a writer keeps retrying a contended update before giving up.
 const CAS_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How many packs the store lets accumulate before merging them (see
-/// [`Store::maybe_pack`]).
-const PACK_LIMIT: usize = 24;
+/// What the records layer needs of the storage beneath it: content-addressed objects
+/// (records, directories of records, commits), read and written through [`Objects`], and
+/// one branch, the records' history, moved by compare-and-swap.
+///
+/// [`GitStore`] is the implementation dtk ships (and the one `dkt push`/`pull` and
+/// signing work with); another (a database, an object store) plugs in with
+/// [`Store::with_backend`]. The contract, which the store tests hold every implementation
+/// to:
+/// - an object's ID is a function of its content alone, and is the git ID of the same
+///   object (so records merge between stores and `dkt verify` checks them);
+/// - objects written through [`Objects`] become durable at [`Objects::persist`], before
+///   the branch is moved onto them;
+/// - [`move_branch`](Self::move_branch) succeeds only if the branch is still at `from`,
+///   and is durable when it returns.
+pub trait MetadataStore: Send + Sync + std::fmt::Debug {
+    /// Where the store lives, for messages (a git store: its `.git` directory).
+    fn location(&self) -> &Path;
 
-/// The size of packs below which the store is never delta-compressed in the background
-/// (see `Store::maybe_delta_compress`).
-const DELTA_MIN_BYTES: u64 = 4 << 20;
+    /// The commit the records' branch points to (`None` before the first commit).
+    fn tip(&self) -> Result<Option<Oid>>;
 
-/// A ref lock file older than this was left by a dead process (a live writer holds it for
-/// well under a millisecond).
-const STALE_LOCK_AGE: Duration = Duration::from_secs(10);
+    /// The commit another reference points to (`refs/remotes/origin/main`), if it exists.
+    fn reference(&self, name: &str) -> Result<Option<Oid>>;
 
-/// Open the repository in `git_dir`, ignoring the user's and the system's git
-/// configuration.
-fn open_repo(git_dir: &Path) -> Result<gix::ThreadSafeRepository> {
-    // Every commit adds a small pack until they are merged: leave gix room for many (a
-    // slot per pack index).
-    let options = gix::open::Options::isolated().object_store_slots(
-        gix::odb::store::init::Slots::AsNeededByDiskState {
-            multiplier: 2.0,
-            minimum: 1024,
-        },
-    );
-    let repo = gix::open_opts(git_dir, options).map_err(gix_err(format!(
-        "cannot open the metadata repository {}",
-        git_dir.display()
-    )))?;
-    Ok(repo.into_sync())
+    /// A handle on the objects, for one snapshot or, with `write`, one commit attempt
+    /// (whose new objects are kept until [`Objects::persist`]).
+    fn objects(&self, write: bool) -> Result<Box<dyn Objects>>;
+
+    /// Move the branch from `from` (`None`: it must not exist yet) to `to`, as a
+    /// compare-and-swap; durable when it returns.
+    fn move_branch(&self, from: Option<Oid>, to: Oid) -> Result<()>;
+
+    /// After [`move_branch`](Self::move_branch) from `base` failed: whether it is worth
+    /// retrying (the branch moved on, or another writer holds it) rather than a failure.
+    fn contended(&self, base: Oid) -> Result<bool>;
+
+    /// Called after each commit lands, to keep reads fast (merging packs, say). Never
+    /// fails the commit.
+    fn committed(&self) {}
+
+    /// Look at the storage afresh (after a read failed: a handle may have lost track of
+    /// files another process rewrote).
+    fn refresh(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Sign every commit written from now on with `key` (`None`: unsigned).
+    fn set_signer(&self, key: Option<Arc<SigningKey>>);
+
+    /// The key that signs new commits, if any.
+    fn signer(&self) -> Option<Arc<SigningKey>>;
+
+    /// Compact the storage now (for git, `git gc`).
+    fn pack(&self) -> Result<()>;
 }
 
-fn gix_err(message: impl Into<String>) -> impl FnOnce(gix::Error) -> Error {
-    let message = message.into();
-    move |e| Error::store(message, e)
+/// The objects of a [`MetadataStore`], through one handle.
+pub trait Objects: Send {
+    /// The commit `id`.
+    fn commit(&self, id: Oid) -> Result<Commit>;
+
+    /// The entries of the directory `id`, in the order they are stored (by name).
+    fn tree(&self, id: Oid) -> Result<Vec<DirEntry>>;
+
+    /// The bytes of the record `id`.
+    fn blob(&self, id: Oid) -> Result<Arc<[u8]>>;
+
+    /// The ID of the empty directory.
+    fn empty_tree(&self) -> Oid;
+
+    /// Keep `bytes` as a record; its ID.
+    fn write_blob(&self, bytes: &[u8]) -> Result<Oid>;
+
+    /// The directory `base` with `edits` applied (a path to a record, or `None` to remove
+    /// it; directories are created and removed as needed), written; its ID.
+    fn write_tree(&self, base: Oid, edits: &BTreeMap<String, Option<Oid>>) -> Result<Oid>;
+
+    /// A commit of `tree` on `parents` with `message`, signed if the store signs; its ID.
+    fn write_commit(&self, tree: Oid, parents: &[Oid], message: &str) -> Result<Oid>;
+
+    /// Make every object written through this handle durable.
+    fn persist(&self) -> Result<()>;
 }
 
-/// The git-backed metadata store of a project.
+/// A commit, as [`Objects::commit`] reads it.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// Its directory of records.
+    pub tree: Oid,
+    /// Its parents, the first one first.
+    pub parents: Vec<Oid>,
+    /// Its message, without trailing white space.
+    pub message: String,
+    /// Its bytes as hashed (headers, a blank line, the message).
+    pub raw: Vec<u8>,
+}
+
+/// The metadata store of a project: the records layer over a [`MetadataStore`]. Cheap to
+/// clone; clones share the backend and what was read.
 #[derive(Clone)]
 pub struct Store {
-    /// Replaced by a freshly opened one every [`REOPEN_EVERY`] commits and when a lookup
-    /// keeps failing (see [`Store::reopen`]); clones share it.
-    repo: std::sync::Arc<std::sync::RwLock<gix::ThreadSafeRepository>>,
-    /// Commits made through this handle (and its clones) since it was last opened.
-    commits: std::sync::Arc<std::sync::atomic::AtomicU32>,
-    /// The key that signs new commits, if the project has one (shared by clones of the
-    /// handle, so a key added later signs through every handle).
-    signer: std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<SigningKey>>>>,
+    backend: Arc<dyn MetadataStore>,
     /// What this handle remembers of the objects it read, shared by its snapshots.
-    memo: std::sync::Arc<Memo>,
-    git_dir: PathBuf,
+    memo: Arc<Memo>,
 }
 
 /// What a store handle remembers of the objects it read: record counts of directories,
@@ -139,14 +210,14 @@ pub struct Store {
 /// it passes its limit.
 #[derive(Debug, Default)]
 struct Memo {
-    counts: std::sync::Mutex<std::collections::HashMap<ObjectId, usize>>,
-    trees: std::sync::Mutex<std::collections::HashMap<ObjectId, std::sync::Arc<Dir>>>,
+    counts: std::sync::Mutex<std::collections::HashMap<Oid, usize>>,
+    trees: std::sync::Mutex<std::collections::HashMap<Oid, std::sync::Arc<Dir>>>,
     /// Small blobs and their total size.
     blobs: std::sync::Mutex<(usize, Blobs)>,
 }
 
 /// Blobs by object ID.
-type Blobs = std::collections::HashMap<ObjectId, std::sync::Arc<[u8]>>;
+type Blobs = std::collections::HashMap<Oid, std::sync::Arc<[u8]>>;
 
 impl Memo {
     /// The most directory counts and decoded directories remembered.
@@ -155,11 +226,11 @@ impl Memo {
     const MAX_BLOB: usize = 64 << 10;
     const MAX_BLOB_BYTES: usize = 64 << 20;
 
-    fn count(&self, tree: &ObjectId) -> Option<usize> {
+    fn count(&self, tree: &Oid) -> Option<usize> {
         self.counts.lock().ok()?.get(tree).copied()
     }
 
-    fn put_count(&self, tree: ObjectId, count: usize) {
+    fn put_count(&self, tree: Oid, count: usize) {
         if let Ok(mut m) = self.counts.lock() {
             if m.len() >= Self::MAX_TREES {
                 m.clear();
@@ -168,11 +239,11 @@ impl Memo {
         }
     }
 
-    fn tree(&self, id: &ObjectId) -> Option<std::sync::Arc<Dir>> {
+    fn tree(&self, id: &Oid) -> Option<std::sync::Arc<Dir>> {
         self.trees.lock().ok()?.get(id).cloned()
     }
 
-    fn put_tree(&self, id: ObjectId, dir: std::sync::Arc<Dir>) {
+    fn put_tree(&self, id: Oid, dir: std::sync::Arc<Dir>) {
         if let Ok(mut m) = self.trees.lock() {
             if m.len() >= Self::MAX_TREES {
                 m.clear();
@@ -181,11 +252,11 @@ impl Memo {
         }
     }
 
-    fn blob(&self, id: &ObjectId) -> Option<std::sync::Arc<[u8]>> {
+    fn blob(&self, id: &Oid) -> Option<std::sync::Arc<[u8]>> {
         self.blobs.lock().ok()?.1.get(id).cloned()
     }
 
-    fn put_shared_blob(&self, id: ObjectId, data: &std::sync::Arc<[u8]>) {
+    fn put_shared_blob(&self, id: Oid, data: &std::sync::Arc<[u8]>) {
         if data.len() > Self::MAX_BLOB {
             return;
         }
@@ -201,219 +272,115 @@ impl Memo {
     }
 }
 
-/// How many commits a long-lived handle makes before it opens the repository afresh. Every
-/// commit adds a pack and merging deletes packs; gix's object store tracks each in a slot
-/// and degrades (then fails to find new packs) after thousands of them in one process.
-const REOPEN_EVERY: u32 = 256;
-
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("git_dir", &self.git_dir)
+            .field("backend", &self.backend)
             .finish()
     }
 }
 
-/// The signature of every commit: fixed, so commits never depend on the user's git
-/// identity (CI has none).
-fn signature() -> gix::actor::Signature {
-    gix::actor::Signature {
-        name: "dtk".into(),
-        email: "dtk@localhost".into(),
-        time: gix::date::Time::now_utc(),
-    }
-}
-
 impl Store {
-    /// Create a new store in `git_dir` (which must not exist yet) with its first commit.
+    /// Create a new git store in `git_dir` (which must not exist yet) with its first
+    /// commit.
     pub fn init(git_dir: &Path) -> Result<Store> {
         Store::init_signed(git_dir, None)
     }
 
-    /// Create a new store in `git_dir` (which must not exist yet) whose commits, the first
-    /// one included, are signed with `signer` (unsigned when `None`).
-    pub fn init_signed(
-        git_dir: &Path,
-        signer: Option<std::sync::Arc<SigningKey>>,
-    ) -> Result<Store> {
-        if git_dir.exists() {
-            return Err(Error::AlreadyExists {
-                what: "metadata repository",
-                name: git_dir.display().to_string(),
-            });
-        }
-        let repo = gix::init_bare(git_dir).map_err(gix_err(format!(
-            "cannot create a git repository in {}",
-            git_dir.display()
-        )))?;
-        drop(repo);
-        let head = git_dir.join("HEAD");
-        std::fs::write(&head, format!("ref: {BRANCH}\n")).map_err(|e| Error::io(&head, e))?;
-        let store = Store::open(git_dir)?;
+    /// Create a new git store in `git_dir` (which must not exist yet) whose commits, the
+    /// first one included, are signed with `signer` (unsigned when `None`).
+    pub fn init_signed(git_dir: &Path, signer: Option<Arc<SigningKey>>) -> Result<Store> {
+        let store = Store::with_backend(Arc::new(GitStore::init(git_dir)?));
         store.set_signer(signer);
         store.commit_initial()?;
         Ok(store)
     }
 
-    /// Open the store in `git_dir`, ignoring the user's and the system's git configuration.
+    /// Open the git store in `git_dir`, ignoring the user's and the system's git
+    /// configuration.
     pub fn open(git_dir: &Path) -> Result<Store> {
-        Ok(Store {
-            repo: std::sync::Arc::new(std::sync::RwLock::new(open_repo(git_dir)?)),
-            commits: Default::default(),
-            signer: Default::default(),
+        Ok(Store::with_backend(Arc::new(GitStore::open(git_dir)?)))
+    }
+
+    /// The records layer over `backend`. A backend without a branch yet gets its first
+    /// commit (the format record) here.
+    pub fn create(backend: Arc<dyn MetadataStore>) -> Result<Store> {
+        let store = Store::with_backend(backend);
+        if store.backend.tip()?.is_none() {
+            store.commit_initial()?;
+        }
+        Ok(store)
+    }
+
+    /// The records layer over `backend`, as it is.
+    pub fn with_backend(backend: Arc<dyn MetadataStore>) -> Store {
+        Store {
+            backend,
             memo: Default::default(),
-            git_dir: git_dir.to_owned(),
-        })
+        }
+    }
+
+    /// The storage beneath the records.
+    pub fn backend(&self) -> &Arc<dyn MetadataStore> {
+        &self.backend
     }
 
     /// Sign every commit made from now on through this handle and its clones with `key`
     /// (`None`: unsigned commits). See [`crate::signing`].
-    pub fn set_signer(&self, key: Option<std::sync::Arc<SigningKey>>) {
-        *self.signer.write().unwrap_or_else(|e| e.into_inner()) = key;
+    pub fn set_signer(&self, key: Option<Arc<SigningKey>>) {
+        self.backend.set_signer(key)
     }
 
     /// The key that signs this handle's commits, if any.
-    pub fn signer(&self) -> Option<std::sync::Arc<SigningKey>> {
-        self.signer
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Write a commit object of `tree` on `parents`, signed in git's SSH signature format
-    /// (a `gpgsig` header after `committer`) when the store has a signing key.
-    fn write_commit(
-        &self,
-        repo: &gix::Repository,
-        message: &str,
-        tree: ObjectId,
-        parents: &[ObjectId],
-    ) -> Result<ObjectId> {
-        let sig = signature();
-        let mut commit = gix::objs::Commit {
-            tree,
-            parents: parents.iter().copied().collect(),
-            author: sig.clone(),
-            committer: sig,
-            encoding: None,
-            message: message.into(),
-            extra_headers: Vec::new(),
-        };
-        if let Some(key) = self.signer() {
-            // The signed payload is the commit exactly as it is without the header: git
-            // strips `gpgsig` (and its continuation lines) and checks what remains.
-            let mut payload = Vec::with_capacity(512);
-            gix::objs::WriteTo::write_to(&commit, &mut payload)
-                .map_err(|e| Error::store("cannot encode a commit", e))?;
-            let armored = key.sign_commit(&payload)?;
-            commit.extra_headers.push(("gpgsig".into(), armored.into()));
-        }
-        Ok(repo
-            .write_object(&commit)
-            .map_err(gix_err("cannot write a commit"))?
-            .detach())
+    pub fn signer(&self) -> Option<Arc<SigningKey>> {
+        self.backend.signer()
     }
 
     /// The raw bytes of commit `id` (headers, a blank line, the message), as git hashes them.
     pub fn commit_bytes(&self, id: Oid) -> Result<Vec<u8>> {
-        let id = id.0;
-        let repo = self.repo();
-        let c = find_retrying(|| repo.find_commit(id))
-            .map_err(gix_err(format!("cannot read commit {id}")))?;
-        Ok(c.data.clone())
+        Ok(self.backend.objects(false)?.commit(id)?.raw)
     }
 
-    /// Write the objects `repo` holds in memory as one pack.
-    fn persist(&self, repo: &gix::Repository) -> Result<()> {
-        let objects = repo.objects.reset_object_memory().unwrap_or_default();
-        crate::pack::write(
-            &self.git_dir.join("objects/pack"),
-            objects
-                .iter()
-                .map(|(id, (kind, data))| (*id, *kind, data.as_slice())),
-        )?;
-        Ok(())
-    }
-
-    /// Open the repository afresh for this handle and its clones (views already taken keep
-    /// the one they had).
-    fn reopen(&self) -> Result<()> {
-        let fresh = open_repo(&self.git_dir)?;
-        *self.repo.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-        self.commits.store(0, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// The repository's directory (`.dkt/.git`).
+    /// Where the store lives: for the git store, the repository's directory (`.dkt/.git`).
     pub fn git_dir(&self) -> &Path {
-        &self.git_dir
-    }
-
-    fn repo(&self) -> gix::Repository {
-        let mut r = self
-            .repo
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .to_thread_local();
-        r.object_cache_size_if_unset(16 * 1024 * 1024);
-        r
-    }
-
-    fn tip(&self, repo: &gix::Repository) -> Result<Option<ObjectId>> {
-        let r = repo
-            .try_find_reference(BRANCH)
-            .map_err(gix_err(format!("cannot read {BRANCH}")))?;
-        Ok(r.and_then(|r| r.target().try_id().map(|id| id.to_owned())))
+        self.backend.location()
     }
 
     /// A read-only view of the records at the current tip.
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let repo = self.repo();
-        let commit = self.tip(&repo)?.ok_or_else(|| {
-            Error::corrupt(format!("{BRANCH} is missing in {}", self.git_dir.display()))
-        })?;
-        match Snapshot::at(repo, commit, self.memo.clone()) {
+        let commit = self.head()?;
+        match Snapshot::at(self.backend.objects(false)?, commit, self.memo.clone()) {
             Ok(s) => Ok(s),
             Err(e) => {
-                // Perhaps gix lost track of the packs (see `REOPEN_EVERY`): look once more
-                // through a fresh handle before reporting the store as broken.
+                // Perhaps the handle lost track of files another process rewrote (gix of
+                // packs merged away): look once more through a fresh one before reporting
+                // the store as broken.
                 tracing::debug!(error = %e, "reading the tip failed; reopening the store");
-                self.reopen()?;
-                Snapshot::at(self.repo(), commit, self.memo.clone())
+                self.backend.refresh()?;
+                Snapshot::at(self.backend.objects(false)?, commit, self.memo.clone())
             }
         }
     }
 
     fn commit_initial(&self) -> Result<()> {
-        let repo = self.repo().with_object_memory();
-        let blob = repo
-            .write_blob(FORMAT)
-            .map_err(gix_err("cannot write the format record"))?
-            .detach();
-        let mut editor = repo
-            .edit_tree(ObjectId::empty_tree(repo.object_hash()))
-            .map_err(gix_err("cannot edit the empty tree"))?;
-        editor
-            .upsert("format", EntryKind::Blob, blob)
-            .map_err(gix_err("cannot add the format record"))?;
+        let objects = self.backend.objects(true)?;
+        let mut edits = BTreeMap::new();
+        edits.insert(
+            "format".to_owned(),
+            Some(objects.write_blob(FORMAT.as_bytes())?),
+        );
         // A signed project records its key's public half from the first commit on.
         if let Some(key) = self.signer() {
             let line = key.allowed_signers_line()?;
-            let blob = repo
-                .write_blob(line.as_bytes())
-                .map_err(gix_err("cannot write the signer record"))?
-                .detach();
-            editor
-                .upsert(key.record_path().as_str(), EntryKind::Blob, blob)
-                .map_err(gix_err("cannot add the signer record"))?;
+            edits.insert(
+                key.record_path(),
+                Some(objects.write_blob(line.as_bytes())?),
+            );
         }
-        let tree = editor
-            .write()
-            .map_err(gix_err("cannot write a tree"))?
-            .detach();
-        let commit = self.write_commit(&repo, "init: empty Datakit project", tree, &[])?;
-        self.persist(&repo)?;
-        self.move_branch(&repo, None, commit)
+        let tree = objects.write_tree(objects.empty_tree(), &edits)?;
+        let commit = objects.write_commit(tree, &[], "init: empty Datakit project")?;
+        objects.persist()?;
+        self.backend.move_branch(None, commit)
     }
 
     /// Apply `change` atomically as one commit whose message is `message`.
@@ -428,8 +395,7 @@ impl Store {
         message: &str,
         change: impl FnMut(&mut Tx) -> Result<T>,
     ) -> Result<(T, Option<Oid>)> {
-        let (value, commit) = blocking(|| self.commit_change(message, None, change))?;
-        Ok((value, commit.map(Oid)))
+        blocking(|| self.commit_change(message, None, change))
     }
 
     /// Like [`transact`](Self::transact), but the commit is a merge: its second parent is
@@ -442,102 +408,73 @@ impl Store {
         theirs: Oid,
         change: impl FnMut(&mut Tx) -> Result<T>,
     ) -> Result<(T, Oid)> {
-        let (value, commit) = blocking(|| self.commit_change(message, Some(theirs.0), change))?;
+        let (value, commit) = blocking(|| self.commit_change(message, Some(theirs), change))?;
         let commit = commit.ok_or_else(|| Error::corrupt("a merge made no commit"))?;
-        Ok((value, Oid(commit)))
+        Ok((value, commit))
     }
 
     /// The commit the branch points to now.
     pub fn head(&self) -> Result<Oid> {
-        self.tip(&self.repo())?
-            .map(Oid)
-            .ok_or_else(|| Error::corrupt(format!("{BRANCH} is missing")))
+        self.backend.tip()?.ok_or_else(|| {
+            Error::corrupt(format!(
+                "{BRANCH} is missing in {}",
+                self.backend.location().display()
+            ))
+        })
     }
 
     /// The commit a reference (`refs/remotes/origin/main`) points to, if it exists.
     pub fn reference(&self, name: &str) -> Result<Option<Oid>> {
-        let repo = self.repo();
-        let r = repo
-            .try_find_reference(name)
-            .map_err(gix_err(format!("cannot read {name}")))?;
-        Ok(r.and_then(|r| r.target().try_id().map(|id| Oid(id.to_owned()))))
+        self.backend.reference(name)
     }
 
     /// A read-only view of the records at `commit`.
     pub fn snapshot_at(&self, commit: Oid) -> Result<Snapshot> {
-        Snapshot::at(self.repo(), commit.0, self.memo.clone())
+        Snapshot::at(self.backend.objects(false)?, commit, self.memo.clone())
     }
 
     /// Move the branch from `from` to `to` (a descendant of it), as a compare-and-swap:
     /// fails if the branch moved meanwhile.
     pub fn fast_forward(&self, from: Oid, to: Oid) -> Result<()> {
-        self.move_branch(&self.repo(), Some(from.0), to.0)
+        blocking(|| self.backend.move_branch(Some(from), to))
     }
 
     fn commit_change<T>(
         &self,
         message: &str,
-        theirs: Option<ObjectId>,
+        theirs: Option<Oid>,
         mut change: impl FnMut(&mut Tx) -> Result<T>,
-    ) -> Result<(T, Option<ObjectId>)> {
-        // New objects stay in memory until the commit is complete, then go to disk as one
-        // pack (see `pack`).
-        let repo = self.repo().with_object_memory();
+    ) -> Result<(T, Option<Oid>)> {
         let started = Instant::now();
         let mut attempt: u32 = 0;
         loop {
-            let base = self
-                .tip(&repo)?
-                .ok_or_else(|| Error::corrupt(format!("{BRANCH} is missing")))?;
+            let base = self.head()?;
+            // New objects stay with the handle until the commit is complete, then become
+            // durable at once (for git, as one pack).
             let mut tx = Tx {
-                snap: Snapshot::at(repo.clone(), base, self.memo.clone())?,
+                snap: Snapshot::at(self.backend.objects(true)?, base, self.memo.clone())?,
                 staged: BTreeMap::new(),
             };
             let value = change(&mut tx)?;
             if tx.staged.is_empty() && theirs.is_none() {
                 return Ok((value, None));
             }
-            let repo = &tx.snap.repo;
+            let objects = &tx.snap.objects;
             let base_tree = tx.snap.tree;
-            let tree = find_retrying(|| {
-                let mut editor = repo.edit_tree(base_tree)?;
-                for (path, entry) in &tx.staged {
-                    match entry {
-                        Some(id) => editor.upsert(path.as_str(), EntryKind::Blob, *id),
-                        None => editor.remove(path.as_str()),
-                    }?;
-                }
-                Ok(editor.write()?.detach())
-            })
-            .map_err(gix_err("cannot write the records tree"))?;
+            let tree = objects.write_tree(base_tree, &tx.staged)?;
             if tree == base_tree && theirs.is_none() {
                 return Ok((value, None));
             }
-            let commit = self.write_commit(
-                repo,
-                message,
-                tree,
-                &std::iter::once(base).chain(theirs).collect::<Vec<_>>(),
-            )?;
-            self.persist(repo)?;
-            match self.move_branch(repo, Some(base), commit) {
+            let parents: Vec<Oid> = std::iter::once(base).chain(theirs).collect();
+            let commit = objects.write_commit(tree, &parents, message)?;
+            objects.persist()?;
+            match self.backend.move_branch(Some(base), commit) {
                 Ok(()) => {
-                    self.maybe_pack();
-                    let n = self
-                        .commits
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if n + 1 >= REOPEN_EVERY {
-                        // The commit has landed: a failure here must not report it as failed.
-                        if let Err(e) = self.reopen() {
-                            tracing::warn!(error = %e, "could not reopen the metadata store");
-                        }
-                    }
+                    self.backend.committed();
                     return Ok((value, Some(commit)));
                 }
                 Err(e) => {
-                    let moved = self.tip(repo)? != Some(base);
-                    let locked = self.lock_held()?;
-                    if !(moved || locked) {
+                    if !self.backend.contended(base)? {
                         return Err(e);
                     }
                     if started.elapsed() > CAS_TIMEOUT {
@@ -556,290 +493,29 @@ impl Store {
         }
     }
 
-    /// Keep reads fast as records accumulate. Each commit adds one small pack; when there
-    /// are more than [`PACK_LIMIT`], the smallest are merged (see `pack::maintain`: byte
-    /// copies, no decompression, geometric like `git repack --geometric=2`). Loose objects
-    /// (written by other tools) are left to `git gc --auto`, started in the background
-    /// when git's own estimate from one of the 256 object directories says so. Errors here
-    /// never fail the commit that has already landed.
-    fn maybe_pack(&self) {
-        let objects = self.git_dir.join("objects");
-        let packs = std::fs::read_dir(objects.join("pack"))
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter(|e| e.file_name().as_encoded_bytes().ends_with(b".idx"))
-                    .count()
-            })
-            .unwrap_or(0);
-        if packs > PACK_LIMIT {
-            if let Err(e) = crate::pack::maintain(&objects.join("pack"), PACK_LIMIT) {
-                tracing::warn!(error = %e, "could not merge the store's packs");
-            }
-            self.maybe_delta_compress();
-        }
-        let loose = std::fs::read_dir(objects.join("17"))
-            .map(|d| d.count())
-            .unwrap_or(0);
-        // git's own gc.auto default: about 6,700 loose objects, i.e. 27 in one directory.
-        if loose <= 27 {
-            return;
-        }
-        let script = "git --git-dir \"$1\" -c gc.autoDetach=false gc --auto --quiet </dev/null >/dev/null 2>&1 &";
-        let _ = std::process::Command::new("sh")
-            .args(["-c", script, "sh"])
-            .arg(&self.git_dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-
-    /// Our packs hold whole objects (no deltas), so a store grows about twice as fast
-    /// as git would pack it. When the packs have doubled since the last delta
-    /// compression (and pass [`DELTA_MIN_BYTES`]), `git repack` packs them again with
-    /// deltas in the background, at a lower priority, and records the size it left in
-    /// `dkt-packed-bytes`: each byte is recompressed O(1) times on average, and the store
-    /// stays within about 1.6x of a fully delta-compressed one. Without `git`, nothing
-    /// happens (the store stays readable, only larger).
-    fn maybe_delta_compress(&self) {
-        let pack_dir = self.git_dir.join("objects/pack");
-        let size: u64 = std::fs::read_dir(&pack_dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
-        let marker = self.git_dir.join("dkt-packed-bytes");
-        let last: Option<u64> = std::fs::read_to_string(&marker)
-            .ok()
-            .and_then(|t| t.trim().parse().ok());
-        let due = match last {
-            // An older store: start counting from here.
-            None => false,
-            Some(last) => size > DELTA_MIN_BYTES && size > last.saturating_mul(2),
-        };
-        if !due || self.git_dir.join("gc.pid").exists() {
-            if last.is_none() {
-                let _ = std::fs::write(&marker, format!("{size}\n"));
-            }
-            return;
-        }
-        // The repack holds the merge lock while it runs (merging packs away under it
-        // would make it fail); when a merge holds it now, the next commit tries again.
-        let lock = self.git_dir.join("objects/pack/dtk-merge.lock");
-        let me = crate::engine::worker_id();
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&lock)
-        {
-            Ok(mut f) => {
-                let _ = std::io::Write::write_all(&mut f, format!("{me} repack").as_bytes());
-            }
-            Err(_) => return,
-        }
-        // Written before it starts, so that the commits made meanwhile start no other.
-        let _ = std::fs::write(&marker, format!("{size}\n"));
-        tracing::debug!(
-            bytes = size,
-            "delta-compressing the store's packs in the background"
-        );
-        // The shell names itself in the lock (`host:pid repack`) and removes it at the end.
-        // `-f` computes deltas afresh (our packs have none to reuse); `-A` keeps
-        // unreachable objects (loose), so a commit whose pack is written but whose branch
-        // has not moved yet loses nothing.
-        let script = r#"cd "$1" || exit 1
-echo "$2:$$ repack" > objects/pack/dtk-merge.lock
-nice -n 10 git --git-dir . repack -A -d -f -q \
-  && du -sb objects/pack | cut -f1 > dkt-packed-bytes.tmp \
-  && mv dkt-packed-bytes.tmp dkt-packed-bytes
-rm -f objects/pack/dtk-merge.lock"#;
-        let host = me.rsplit_once(':').map(|(h, _)| h).unwrap_or_default();
-        let spawned = std::process::Command::new("sh")
-            .args([
-                "-c",
-                r#"(sh -c "$3" sh "$1" "$2") </dev/null >/dev/null 2>&1 &"#,
-                "sh",
-            ])
-            .arg(&self.git_dir)
-            .arg(host)
-            .arg(script)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-        if !spawned.is_ok_and(|s| s.success()) {
-            let _ = std::fs::remove_file(&lock);
-        }
-    }
-
     /// Pack the repository now (`git gc`), as the background maintenance does; waits for a
     /// background `git gc` that is already running.
     pub fn pack(&self) -> Result<()> {
-        blocking(|| self.pack_now())
-    }
-
-    fn pack_now(&self) -> Result<()> {
-        let started = Instant::now();
-        loop {
-            let out = std::process::Command::new("git")
-                .arg("--git-dir")
-                .arg(&self.git_dir)
-                .args(["gc", "--quiet"])
-                .output()
-                .map_err(|e| Error::io("git", e))?;
-            if out.status.success() {
-                return Ok(());
-            }
-            let busy = self.git_dir.join("gc.pid").exists();
-            if !busy || started.elapsed() > Duration::from_secs(600) {
-                return Err(Error::corrupt(format!(
-                    "git gc failed in {}: {}",
-                    self.git_dir.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    /// True when a lock file that guards the branch exists: the branch's own lock, or
-    /// `packed-refs.lock` (once `git gc` has packed the branch, every update of it also
-    /// takes that one). A lock older than [`STALE_LOCK_AGE`] was left by a killed process
-    /// (a live writer holds it for well under a millisecond): it is removed (the update it
-    /// guarded never happened, since a lock is renamed into place on success) and `true` is
-    /// returned so the caller retries. While a live `git gc` of this repository runs (its
-    /// `gc.pid` names a process alive on this host), its locks are waited for, whatever
-    /// their age.
-    fn lock_held(&self) -> Result<bool> {
-        let mut held = false;
-        for lock in [
-            self.git_dir.join(format!("{BRANCH}.lock")),
-            self.git_dir.join("packed-refs.lock"),
-        ] {
-            let age = match std::fs::metadata(&lock) {
-                Ok(m) => m
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .unwrap_or_default(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(&lock, e)),
-            };
-            held = true;
-            if age > STALE_LOCK_AGE && !self.gc_running() {
-                tracing::warn!(lock = %lock.display(), "removing a stale lock left by a dead process");
-                match std::fs::remove_file(&lock) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io(&lock, e)),
-                }
-            }
-        }
-        Ok(held)
-    }
-
-    /// True while a `git gc` of this repository runs on this machine (`gc.pid` holds
-    /// `PID HOSTNAME`, as git writes it, of a live process).
-    fn gc_running(&self) -> bool {
-        let Ok(text) = std::fs::read_to_string(self.git_dir.join("gc.pid")) else {
-            return false;
-        };
-        let mut parts = text.split_whitespace();
-        let (Some(pid), Some(host)) = (parts.next(), parts.next()) else {
-            return false;
-        };
-        let worker = format!("{host}:{pid}");
-        crate::engine::pid_alive(&worker) == Some(true)
-    }
-
-    fn move_branch(
-        &self,
-        repo: &gix::Repository,
-        old: Option<ObjectId>,
-        new: ObjectId,
-    ) -> Result<()> {
-        let expected = match old {
-            Some(id) => PreviousValue::MustExistAndMatch(Target::Object(id)),
-            None => PreviousValue::MustNotExist,
-        };
-        let edit = RefEdit {
-            change: Change::Update {
-                log: LogChange {
-                    mode: RefLog::AndReference,
-                    force_create_reflog: false,
-                    message: "dtk".into(),
-                },
-                expected,
-                new: Target::Object(new),
-            },
-            name: BRANCH
-                .try_into()
-                .map_err(|e| Error::store("bad branch name", e))?,
-            deref: false,
-        };
-        let sig = signature();
-        let mut buf = gix::date::parse::TimeBuf::default();
-        repo.edit_references_as([edit], Some(sig.to_ref(&mut buf)))
-            .map_err(gix_err(format!("cannot move {BRANCH}")))?;
-        // The ref's new content and its rename on the disk (the objects were synced
-        // before: see `pack::put`).
-        let loose = self.git_dir.join(BRANCH);
-        if let Ok(f) = std::fs::File::open(&loose) {
-            f.sync_all().map_err(|e| Error::io(&loose, e))?;
-        }
-        if let Some(dir) = loose.parent() {
-            crate::pack::sync_dir(dir)?;
-        }
-        Ok(())
+        blocking(|| self.backend.pack())
     }
 
     /// The commit history of the branch, newest first, as (commit id, message) pairs.
     pub fn history(&self, limit: usize) -> Result<Vec<(Oid, String)>> {
-        let repo = self.repo();
-        let Some(tip) = self.tip(&repo)? else {
+        let Some(tip) = self.backend.tip()? else {
             return Ok(Vec::new());
         };
+        let objects = self.backend.objects(false)?;
         let mut out = Vec::new();
         let mut cur = Some(tip);
         while let Some(id) = cur {
             if out.len() >= limit {
                 break;
             }
-            let c =
-                find_retrying(|| repo.find_commit(id)).map_err(gix_err("cannot read a commit"))?;
-            let msg = c
-                .message_raw()
-                .map_err(gix_err("cannot read a commit message"))?
-                .to_str_lossy()
-                .trim_end()
-                .to_owned();
-            cur = c.parent_ids().next().map(|p| p.detach());
-            out.push((Oid(id), msg));
+            let c = objects.commit(id)?;
+            cur = c.parents.first().copied();
+            out.push((id, c.message));
         }
         Ok(out)
-    }
-}
-
-/// Look an object up, again after a short pause when that fails, up to about 30 ms in all.
-/// A concurrent repack moves objects from small packs into a merged one and then deletes
-/// the small ones; a lookup that lands in between can miss (git re-reads the pack
-/// directory and retries in the same way). An object that is really missing still fails.
-fn find_retrying<T>(
-    mut find: impl FnMut() -> std::result::Result<T, gix::Error>,
-) -> std::result::Result<T, gix::Error> {
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match find() {
-            Ok(v) => return Ok(v),
-            Err(e) if pause > Duration::from_millis(16) => return Err(e),
-            Err(_) => {
-                std::thread::sleep(pause);
-                pause *= 2;
-            }
-        }
     }
 }
 
@@ -857,9 +533,9 @@ fn backoff(attempt: u32) {
 
 /// A read-only view of the store at one commit.
 pub struct Snapshot {
-    repo: gix::Repository,
-    commit: ObjectId,
-    tree: ObjectId,
+    objects: Box<dyn Objects>,
+    commit: Oid,
+    tree: Oid,
     /// Decoded directories, by path: each tree object is decoded at most once per view.
     dirs: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Dir>>>,
     /// The store handle's memo of objects.
@@ -867,7 +543,7 @@ pub struct Snapshot {
 }
 
 /// A decoded directory: entry name -> (object, is a directory).
-type Dir = std::collections::HashMap<String, (ObjectId, bool)>;
+type Dir = std::collections::HashMap<String, (Oid, bool)>;
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -900,14 +576,10 @@ pub struct DirEntry {
 }
 
 impl Snapshot {
-    fn at(repo: gix::Repository, commit: ObjectId, memo: std::sync::Arc<Memo>) -> Result<Snapshot> {
-        let tree = find_retrying(|| repo.find_commit(commit))
-            .map_err(gix_err(format!("cannot read commit {commit}")))?
-            .tree_id()
-            .map_err(gix_err(format!("cannot read the tree of commit {commit}")))?
-            .detach();
+    fn at(objects: Box<dyn Objects>, commit: Oid, memo: Arc<Memo>) -> Result<Snapshot> {
+        let tree = objects.commit(commit)?.tree;
         Ok(Snapshot {
-            repo,
+            objects,
             commit,
             tree,
             dirs: Default::default(),
@@ -917,7 +589,7 @@ impl Snapshot {
 
     /// The commit this view shows.
     pub fn commit(&self) -> Oid {
-        Oid(self.commit)
+        self.commit
     }
 
     /// The files that differ between this view and `other`: each path with its blob here
@@ -951,8 +623,8 @@ impl Snapshot {
                 if a_file != b_file {
                     out.push(Difference {
                         path,
-                        ours: a_file.map(Oid),
-                        theirs: b_file.map(Oid),
+                        ours: a_file,
+                        theirs: b_file,
                     });
                 }
             }
@@ -961,7 +633,7 @@ impl Snapshot {
         Ok(out)
     }
 
-    fn entry(&self, path: &str) -> Result<Option<(ObjectId, bool)>> {
+    fn entry(&self, path: &str) -> Result<Option<(Oid, bool)>> {
         let (dir, name) = match path.rsplit_once('/') {
             Some((d, n)) => (d, n),
             None => ("", path),
@@ -989,21 +661,10 @@ impl Snapshot {
         let map = match self.memo.tree(&id) {
             Some(map) => map,
             None => {
-                let tree = find_retrying(|| self.repo.find_tree(id)).map_err(gix_err(format!(
-                    "cannot read directory {path:?} of the records"
-                )))?;
-                let decoded = tree
-                    .decode()
-                    .map_err(|e| Error::store(format!("cannot decode directory {path:?}"), e))?;
-                let map: Dir = decoded
-                    .entries
-                    .iter()
-                    .map(|e| {
-                        (
-                            e.filename.to_str_lossy().into_owned(),
-                            (e.oid.to_owned(), e.mode.is_tree()),
-                        )
-                    })
+                let map: Dir = self
+                    .tree_entries(id, path)?
+                    .into_iter()
+                    .map(|e| (e.name, (e.id, e.is_dir)))
                     .collect();
                 let map = std::sync::Arc::new(map);
                 self.memo.put_tree(id, map.clone());
@@ -1020,26 +681,19 @@ impl Snapshot {
     /// views whose directories have the same ID hold the same records below it.
     pub fn dir_id(&self, path: &str) -> Result<Option<Oid>> {
         if path.is_empty() {
-            return Ok(Some(Oid(self.tree)));
+            return Ok(Some(self.tree));
         }
-        Ok(self
-            .entry(path)?
-            .filter(|(_, dir)| *dir)
-            .map(|(id, _)| Oid(id)))
+        Ok(self.entry(path)?.filter(|(_, dir)| *dir).map(|(id, _)| id))
     }
 
     /// The object id of the record at `path`.
     pub fn blob_id(&self, path: &str) -> Result<Option<Oid>> {
-        Ok(self.git_blob_id(path)?.map(Oid))
-    }
-
-    fn git_blob_id(&self, path: &str) -> Result<Option<ObjectId>> {
         Ok(self.entry(path)?.filter(|(_, dir)| !dir).map(|(id, _)| id))
     }
 
     /// The bytes of the record at `path`, if it exists.
     pub fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        match self.git_blob_id(path)? {
+        match self.blob_id(path)? {
             Some(id) => self.read_blob(id, path).map(Some),
             None => Ok(None),
         }
@@ -1047,31 +701,30 @@ impl Snapshot {
 
     /// The bytes of the blob `id` (a record whose path is known by other means).
     pub fn blob(&self, id: Oid) -> Result<Vec<u8>> {
-        self.read_blob(id.0, &id.to_string())
+        self.read_blob(id, &id.to_string())
     }
 
-    fn read_blob(&self, id: ObjectId, path: &str) -> Result<Vec<u8>> {
+    fn read_blob(&self, id: Oid, path: &str) -> Result<Vec<u8>> {
         self.shared_blob(id, path).map(|data| data.to_vec())
     }
 
     /// The bytes of the blob `id`, shared with the handle's memo when it keeps them (a
     /// record decoded straight from them is not copied first).
-    fn shared_blob(&self, id: ObjectId, path: &str) -> Result<std::sync::Arc<[u8]>> {
+    fn shared_blob(&self, id: Oid, path: &str) -> Result<Arc<[u8]>> {
         if let Some(data) = self.memo.blob(&id) {
             return Ok(data);
         }
-        let data: std::sync::Arc<[u8]> = find_retrying(|| self.repo.find_blob(id))
-            .map_err(gix_err(format!("cannot read record {path} ({id})")))?
-            .data
-            .as_slice()
-            .into();
+        let data = self
+            .objects
+            .blob(id)
+            .map_err(|e| Error::store(format!("cannot read record {path} ({id})"), e))?;
         self.memo.put_shared_blob(id, &data);
         Ok(data)
     }
 
     /// The record at `path`, decoded from JSON.
     pub fn read_json<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
-        match self.git_blob_id(path)? {
+        match self.blob_id(path)? {
             Some(id) => decode(path, &self.shared_blob(id, path)?).map(Some),
             None => Ok(None),
         }
@@ -1092,21 +745,10 @@ impl Snapshot {
     }
 
     /// The entries of the tree `id` (the directory `dir`, for errors), sorted by name.
-    fn tree_entries(&self, id: ObjectId, dir: &str) -> Result<Vec<DirEntry>> {
-        let tree = find_retrying(|| self.repo.find_tree(id))
-            .map_err(gix_err(format!("cannot read directory {dir}")))?;
-        let decoded = tree
-            .decode()
-            .map_err(|e| Error::store(format!("cannot decode directory {dir}"), e))?;
-        Ok(decoded
-            .entries
-            .iter()
-            .map(|e| DirEntry {
-                name: e.filename.to_str_lossy().into_owned(),
-                id: Oid(e.oid.to_owned()),
-                is_dir: e.mode.is_tree(),
-            })
-            .collect())
+    fn tree_entries(&self, id: Oid, dir: &str) -> Result<Vec<DirEntry>> {
+        self.objects
+            .tree(id)
+            .map_err(|e| Error::store(format!("cannot read directory {dir:?} of the records"), e))
     }
 
     /// How many records (`.json` files) lie below `dir`, at any depth.
@@ -1121,14 +763,14 @@ impl Snapshot {
         }
     }
 
-    fn count_tree(&self, id: ObjectId, dir: &str) -> Result<usize> {
+    fn count_tree(&self, id: Oid, dir: &str) -> Result<usize> {
         if let Some(n) = self.memo.count(&id) {
             return Ok(n);
         }
         let mut n = 0;
         for e in self.tree_entries(id, dir)? {
             if e.is_dir {
-                n += self.count_tree(e.id.0, &format!("{dir}/{}", e.name))?;
+                n += self.count_tree(e.id, &format!("{dir}/{}", e.name))?;
             } else if e.name.ends_with(".json") {
                 n += 1;
             }
@@ -1138,7 +780,7 @@ impl Snapshot {
     }
 
     /// The tree of directory `dir` ("" for the root), if it exists.
-    fn entry_or_root(&self, dir: &str) -> Result<Option<ObjectId>> {
+    fn entry_or_root(&self, dir: &str) -> Result<Option<Oid>> {
         if dir.is_empty() {
             return Ok(Some(self.tree));
         }
@@ -1173,7 +815,7 @@ impl Snapshot {
 
     fn page_tree(
         &self,
-        id: ObjectId,
+        id: Oid,
         dir: &str,
         prefix: &str,
         after: Option<&str>,
@@ -1193,7 +835,7 @@ impl Snapshot {
                 }) {
                     continue;
                 }
-                self.page_tree(e.id.0, &format!("{dir}/{}", e.name), &sub, after, want, out)?;
+                self.page_tree(e.id, &format!("{dir}/{}", e.name), &sub, after, want, out)?;
             } else if let Some(stem) = e.name.strip_suffix(".json") {
                 if after.is_none_or(|a| stem > a) {
                     out.push(stem.to_owned());
@@ -1210,7 +852,7 @@ impl Snapshot {
             .filter(|e| !e.is_dir && e.name.ends_with(".json"))
             .map(|e| {
                 let path = format!("{dir}/{}", e.name);
-                decode(&path, &self.shared_blob(e.id.0, &path)?)
+                decode(&path, &self.shared_blob(e.id, &path)?)
             })
             .collect()
     }
@@ -1254,7 +896,7 @@ impl Snapshot {
         self.walk(dir)?
             .into_iter()
             .filter(|(p, _)| p.ends_with(".json"))
-            .map(|(p, id)| decode(&p, &self.shared_blob(id.0, &p)?))
+            .map(|(p, id)| decode(&p, &self.shared_blob(id, &p)?))
             .collect()
     }
 }
@@ -1289,7 +931,7 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 /// Staged edits on top of a snapshot; see [`Store::transact`].
 pub struct Tx {
     snap: Snapshot,
-    staged: BTreeMap<String, Option<ObjectId>>,
+    staged: BTreeMap<String, Option<Oid>>,
 }
 
 impl std::fmt::Debug for Tx {
@@ -1358,18 +1000,17 @@ impl Tx {
     pub fn put(&mut self, path: &str, bytes: &[u8]) -> Result<Oid> {
         let id = self
             .snap
-            .repo
+            .objects
             .write_blob(bytes)
-            .map_err(gix_err(format!("cannot write record {path}")))?
-            .detach();
+            .map_err(|e| Error::store(format!("cannot write record {path}"), e))?;
         self.stage(path, Some(id));
-        Ok(Oid(id))
+        Ok(id)
     }
 
     /// The blob at `path`, staged or in the base view.
     pub fn blob_id(&self, path: &str) -> Result<Option<Oid>> {
         match self.staged.get(path) {
-            Some(e) => Ok(e.map(Oid)),
+            Some(e) => Ok(*e),
             None => self.snap.blob_id(path),
         }
     }
@@ -1385,7 +1026,7 @@ impl Tx {
 
     /// Stage `entry` at `path`. Writing a record that a merge reported as a conflict
     /// (`conflicts/`) resolves the conflict: its report is removed in the same commit.
-    fn stage(&mut self, path: &str, entry: Option<ObjectId>) {
+    fn stage(&mut self, path: &str, entry: Option<Oid>) {
         self.staged.insert(path.to_owned(), entry);
         if !path.starts_with("conflicts/") {
             let report = crate::project::paths::conflict(path);
@@ -1404,7 +1045,7 @@ impl Tx {
 
     /// Stage an existing blob at `path` (an index entry pointing at a record).
     pub fn put_id(&mut self, path: &str, id: Oid) {
-        self.stage(path, Some(id.0));
+        self.stage(path, Some(id));
     }
 
     /// Stage the removal of `path`.
@@ -1442,6 +1083,87 @@ impl Read for Tx {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use git::DELTA_MIN_BYTES;
+
+    /// The same changes, through the records layer, over the git store and over a second
+    /// implementation of [`MetadataStore`] kept in memory: every directory, record and
+    /// listing comes out the same, under the same IDs (the trait's contract: git's object
+    /// IDs), and a writer that loses the compare-and-swap retries on top of the winner.
+    #[test]
+    fn the_records_layer_reads_the_same_over_either_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = Store::init(&dir.path().join("git")).unwrap();
+        let memory = Arc::new(memory::MemoryStore::default());
+        let mem = Store::create(memory.clone()).unwrap();
+        assert_eq!(
+            git.snapshot().unwrap().dir_id("").unwrap(),
+            mem.snapshot().unwrap().dir_id("").unwrap(),
+            "the first commits differ"
+        );
+        let mut trees = Vec::new();
+        for store in [&git, &mem] {
+            let first = store.snapshot().unwrap();
+            for i in 0..40u32 {
+                let hex = format!("{:08x}", i.wrapping_mul(2_654_435_761));
+                store
+                    .transact(&format!("run {i}"), |tx| {
+                        tx.put_json(&run_path(&hex, "json"), &serde_json::json!({ "i": i }))?;
+                        tx.put("sources/a/state", format!("{i}\n").as_bytes())?;
+                        if i % 10 == 9 {
+                            tx.remove(&run_path(
+                                &format!("{:08x}", (i - 9).wrapping_mul(2_654_435_761)),
+                                "json",
+                            ));
+                        }
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+            // Staging what is already there makes no commit.
+            let (_, none) = store
+                .transact("again", |tx| {
+                    tx.put("sources/a/state", b"39\n")?;
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(none, None);
+            // A writer whose base moves under it (another handle commits first) retries.
+            let other = store.clone();
+            let mut attempts = 0;
+            let (_, landed) = store
+                .transact("late", |tx| {
+                    attempts += 1;
+                    if attempts == 1 {
+                        other
+                            .transact("early", |tx| tx.put("early", b"1\n").map(|_| ()))
+                            .unwrap();
+                    }
+                    tx.put("late", b"2\n").map(|_| ())
+                })
+                .unwrap();
+            assert_eq!(attempts, 2);
+            let snap = store.snapshot().unwrap();
+            assert_eq!(Some(snap.commit()), landed);
+            assert_eq!(snap.read("early").unwrap().as_deref(), Some(&b"1\n"[..]));
+            assert_eq!(snap.read("late").unwrap().as_deref(), Some(&b"2\n"[..]));
+            assert_eq!(snap.count_records("runs").unwrap(), 36);
+            let (page, more) = snap.page_records("runs", None, 10).unwrap();
+            assert_eq!(page.len(), 10);
+            assert!(more);
+            assert!(page.windows(2).all(|w| w[0] < w[1]));
+            let diff = snap.diff(&first).unwrap();
+            assert_eq!(diff.len(), 36 + 3, "{diff:?}");
+            let history = store.history(100).unwrap();
+            assert_eq!(history.len(), 43);
+            assert_eq!(history[0].1, "late");
+            assert_eq!(history[42].1, "init: empty Datakit project");
+            let walked: Vec<(String, Oid)> = snap.walk("").unwrap();
+            trees.push((snap.dir_id("").unwrap(), walked, page));
+        }
+        assert_eq!(trees[0], trees[1]);
+        // Every object lives in the memory backend: one per commit, record and directory.
+        assert!(memory.len() > 43 + 36);
+    }
 
     /// Object IDs print and parse as git's 40 hex digits; anything else is refused,
     /// quoting what was given.

@@ -1,0 +1,599 @@
+//! The git implementation of [`MetadataStore`]: the records on the branch
+//! `refs/heads/main` of a bare repository (`.dkt/.git`), read through gix.
+//!
+//! Each commit's new objects are written as one pack (see `crate::pack`), fsynced before
+//! the branch moves; the branch moves by compare-and-swap (a ref transaction expecting the
+//! old value). Packs are merged in the committing process once more than [`PACK_LIMIT`]
+//! pile up, and delta-compressed by `git repack` in the background when they have
+//! doubled, so the store stays near the size `git gc --aggressive` would make of it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use gix::bstr::ByteSlice;
+use gix::objs::tree::EntryKind;
+use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
+use gix::refs::Target;
+use gix::ObjectId;
+
+use super::{Commit, DirEntry, MetadataStore, Objects, Oid, BRANCH};
+use crate::signing::SigningKey;
+use crate::{Error, Result};
+
+/// How many packs the store lets accumulate before merging them (see
+/// [`GitStore::maybe_pack`]).
+const PACK_LIMIT: usize = 24;
+
+/// The size of packs below which the store is never delta-compressed in the background
+/// (see [`GitStore::maybe_delta_compress`]).
+pub(super) const DELTA_MIN_BYTES: u64 = 4 << 20;
+
+/// A ref lock file older than this was left by a dead process (a live writer holds it for
+/// well under a millisecond).
+const STALE_LOCK_AGE: Duration = Duration::from_secs(10);
+
+/// How many commits a long-lived handle makes before it opens the repository afresh. Every
+/// commit adds a pack and merging deletes packs; gix's object store tracks each in a slot
+/// and degrades (then fails to find new packs) after thousands of them in one process.
+const REOPEN_EVERY: u32 = 256;
+
+/// Open the repository in `git_dir`, ignoring the user's and the system's git
+/// configuration.
+fn open_repo(git_dir: &Path) -> Result<gix::ThreadSafeRepository> {
+    // Every commit adds a small pack until they are merged: leave gix room for many (a
+    // slot per pack index).
+    let options = gix::open::Options::isolated().object_store_slots(
+        gix::odb::store::init::Slots::AsNeededByDiskState {
+            multiplier: 2.0,
+            minimum: 1024,
+        },
+    );
+    let repo = gix::open_opts(git_dir, options).map_err(gix_err(format!(
+        "cannot open the metadata repository {}",
+        git_dir.display()
+    )))?;
+    Ok(repo.into_sync())
+}
+
+fn gix_err(message: impl Into<String>) -> impl FnOnce(gix::Error) -> Error {
+    let message = message.into();
+    move |e| Error::store(message, e)
+}
+
+/// The signature of every commit: fixed, so commits never depend on the user's git
+/// identity (CI has none).
+fn signature() -> gix::actor::Signature {
+    gix::actor::Signature {
+        name: "dtk".into(),
+        email: "dtk@localhost".into(),
+        time: gix::date::Time::now_utc(),
+    }
+}
+
+/// A metadata store in a bare git repository.
+pub struct GitStore {
+    /// Replaced by a freshly opened one every [`REOPEN_EVERY`] commits and when a lookup
+    /// keeps failing (see [`MetadataStore::refresh`]).
+    repo: RwLock<gix::ThreadSafeRepository>,
+    /// Commits made through this handle since it was last opened.
+    commits: AtomicU32,
+    /// The key that signs new commits, if the project has one.
+    signer: RwLock<Option<Arc<SigningKey>>>,
+    git_dir: PathBuf,
+}
+
+impl std::fmt::Debug for GitStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitStore")
+            .field("git_dir", &self.git_dir)
+            .finish()
+    }
+}
+
+impl GitStore {
+    /// Create an empty bare repository in `git_dir` (which must not exist yet) whose `HEAD`
+    /// names the records' branch, and open it.
+    pub fn init(git_dir: &Path) -> Result<GitStore> {
+        if git_dir.exists() {
+            return Err(Error::AlreadyExists {
+                what: "metadata repository",
+                name: git_dir.display().to_string(),
+            });
+        }
+        let repo = gix::init_bare(git_dir).map_err(gix_err(format!(
+            "cannot create a git repository in {}",
+            git_dir.display()
+        )))?;
+        drop(repo);
+        let head = git_dir.join("HEAD");
+        std::fs::write(&head, format!("ref: {BRANCH}\n")).map_err(|e| Error::io(&head, e))?;
+        GitStore::open(git_dir)
+    }
+
+    /// Open the repository in `git_dir`, ignoring the user's and the system's git
+    /// configuration.
+    pub fn open(git_dir: &Path) -> Result<GitStore> {
+        Ok(GitStore {
+            repo: RwLock::new(open_repo(git_dir)?),
+            commits: AtomicU32::new(0),
+            signer: RwLock::new(None),
+            git_dir: git_dir.to_owned(),
+        })
+    }
+
+    fn repo(&self) -> gix::Repository {
+        let mut r = self
+            .repo
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .to_thread_local();
+        r.object_cache_size_if_unset(16 * 1024 * 1024);
+        r
+    }
+
+    fn find_reference(&self, name: &str) -> Result<Option<Oid>> {
+        let repo = self.repo();
+        let r = repo
+            .try_find_reference(name)
+            .map_err(gix_err(format!("cannot read {name}")))?;
+        Ok(r.and_then(|r| r.target().try_id().map(|id| Oid(id.to_owned()))))
+    }
+
+    /// Keep reads fast as records accumulate. Each commit adds one small pack; when there
+    /// are more than [`PACK_LIMIT`], the smallest are merged (see `pack::maintain`: byte
+    /// copies, no decompression, geometric like `git repack --geometric=2`). Loose objects
+    /// (written by other tools) are left to `git gc --auto`, started in the background
+    /// when git's own estimate from one of the 256 object directories says so. Errors here
+    /// never fail the commit that has already landed.
+    fn maybe_pack(&self) {
+        let objects = self.git_dir.join("objects");
+        let packs = std::fs::read_dir(objects.join("pack"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().as_encoded_bytes().ends_with(b".idx"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if packs > PACK_LIMIT {
+            if let Err(e) = crate::pack::maintain(&objects.join("pack"), PACK_LIMIT) {
+                tracing::warn!(error = %e, "could not merge the store's packs");
+            }
+            self.maybe_delta_compress();
+        }
+        let loose = std::fs::read_dir(objects.join("17"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        // git's own gc.auto default: about 6,700 loose objects, i.e. 27 in one directory.
+        if loose <= 27 {
+            return;
+        }
+        let script = "git --git-dir \"$1\" -c gc.autoDetach=false gc --auto --quiet </dev/null >/dev/null 2>&1 &";
+        let _ = std::process::Command::new("sh")
+            .args(["-c", script, "sh"])
+            .arg(&self.git_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+
+    /// Our packs hold whole objects (no deltas), so a store grows about twice as fast
+    /// as git would pack it. When the packs have doubled since the last delta
+    /// compression (and pass [`DELTA_MIN_BYTES`]), `git repack` packs them again with
+    /// deltas in the background, at a lower priority, and records the size it left in
+    /// `dkt-packed-bytes`: each byte is recompressed O(1) times on average, and the store
+    /// stays within about 1.6x of a fully delta-compressed one. Without `git`, nothing
+    /// happens (the store stays readable, only larger).
+    fn maybe_delta_compress(&self) {
+        let pack_dir = self.git_dir.join("objects/pack");
+        let size: u64 = std::fs::read_dir(&pack_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        let marker = self.git_dir.join("dkt-packed-bytes");
+        let last: Option<u64> = std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        let due = match last {
+            // An older store: start counting from here.
+            None => false,
+            Some(last) => size > DELTA_MIN_BYTES && size > last.saturating_mul(2),
+        };
+        if !due || self.git_dir.join("gc.pid").exists() {
+            if last.is_none() {
+                let _ = std::fs::write(&marker, format!("{size}\n"));
+            }
+            return;
+        }
+        // The repack holds the merge lock while it runs (merging packs away under it
+        // would make it fail); when a merge holds it now, the next commit tries again.
+        let lock = self.git_dir.join("objects/pack/dtk-merge.lock");
+        let me = crate::engine::worker_id();
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(mut f) => {
+                let _ = std::io::Write::write_all(&mut f, format!("{me} repack").as_bytes());
+            }
+            Err(_) => return,
+        }
+        // Written before it starts, so that the commits made meanwhile start no other.
+        let _ = std::fs::write(&marker, format!("{size}\n"));
+        tracing::debug!(
+            bytes = size,
+            "delta-compressing the store's packs in the background"
+        );
+        // The shell names itself in the lock (`host:pid repack`) and removes it at the end.
+        // `-f` computes deltas afresh (our packs have none to reuse); `-A` keeps
+        // unreachable objects (loose), so a commit whose pack is written but whose branch
+        // has not moved yet loses nothing.
+        let script = r#"cd "$1" || exit 1
+echo "$2:$$ repack" > objects/pack/dtk-merge.lock
+nice -n 10 git --git-dir . repack -A -d -f -q \
+  && du -sb objects/pack | cut -f1 > dkt-packed-bytes.tmp \
+  && mv dkt-packed-bytes.tmp dkt-packed-bytes
+rm -f objects/pack/dtk-merge.lock"#;
+        let host = me.rsplit_once(':').map(|(h, _)| h).unwrap_or_default();
+        let spawned = std::process::Command::new("sh")
+            .args([
+                "-c",
+                r#"(sh -c "$3" sh "$1" "$2") </dev/null >/dev/null 2>&1 &"#,
+                "sh",
+            ])
+            .arg(&self.git_dir)
+            .arg(host)
+            .arg(script)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !spawned.is_ok_and(|s| s.success()) {
+            let _ = std::fs::remove_file(&lock);
+        }
+    }
+
+    /// True when a lock file that guards the branch exists: the branch's own lock, or
+    /// `packed-refs.lock` (once `git gc` has packed the branch, every update of it also
+    /// takes that one). A lock older than [`STALE_LOCK_AGE`] was left by a killed process
+    /// (a live writer holds it for well under a millisecond): it is removed (the update it
+    /// guarded never happened, since a lock is renamed into place on success) and `true` is
+    /// returned so the caller retries. While a live `git gc` of this repository runs (its
+    /// `gc.pid` names a process alive on this host), its locks are waited for, whatever
+    /// their age.
+    fn lock_held(&self) -> Result<bool> {
+        let mut held = false;
+        for lock in [
+            self.git_dir.join(format!("{BRANCH}.lock")),
+            self.git_dir.join("packed-refs.lock"),
+        ] {
+            let age = match std::fs::metadata(&lock) {
+                Ok(m) => m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .unwrap_or_default(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(&lock, e)),
+            };
+            held = true;
+            if age > STALE_LOCK_AGE && !self.gc_running() {
+                tracing::warn!(lock = %lock.display(), "removing a stale lock left by a dead process");
+                match std::fs::remove_file(&lock) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(&lock, e)),
+                }
+            }
+        }
+        Ok(held)
+    }
+
+    /// True while a `git gc` of this repository runs on this machine (`gc.pid` holds
+    /// `PID HOSTNAME`, as git writes it, of a live process).
+    fn gc_running(&self) -> bool {
+        let Ok(text) = std::fs::read_to_string(self.git_dir.join("gc.pid")) else {
+            return false;
+        };
+        let mut parts = text.split_whitespace();
+        let (Some(pid), Some(host)) = (parts.next(), parts.next()) else {
+            return false;
+        };
+        let worker = format!("{host}:{pid}");
+        crate::engine::pid_alive(&worker) == Some(true)
+    }
+
+    fn pack_now(&self) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let out = std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(&self.git_dir)
+                .args(["gc", "--quiet"])
+                .output()
+                .map_err(|e| Error::io("git", e))?;
+            if out.status.success() {
+                return Ok(());
+            }
+            let busy = self.git_dir.join("gc.pid").exists();
+            if !busy || started.elapsed() > Duration::from_secs(600) {
+                return Err(Error::corrupt(format!(
+                    "git gc failed in {}: {}",
+                    self.git_dir.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl MetadataStore for GitStore {
+    fn location(&self) -> &Path {
+        &self.git_dir
+    }
+
+    fn tip(&self) -> Result<Option<Oid>> {
+        self.find_reference(BRANCH)
+    }
+
+    fn reference(&self, name: &str) -> Result<Option<Oid>> {
+        self.find_reference(name)
+    }
+
+    fn objects(&self, write: bool) -> Result<Box<dyn Objects>> {
+        let repo = self.repo();
+        let repo = if write {
+            // New objects stay in memory until the commit is complete, then go to disk as
+            // one pack (see `persist`).
+            repo.with_object_memory()
+        } else {
+            repo
+        };
+        Ok(Box::new(GitObjects {
+            repo,
+            signer: self.signer(),
+            pack_dir: self.git_dir.join("objects/pack"),
+        }))
+    }
+
+    fn move_branch(&self, from: Option<Oid>, to: Oid) -> Result<()> {
+        let expected = match from {
+            Some(id) => PreviousValue::MustExistAndMatch(Target::Object(id.0)),
+            None => PreviousValue::MustNotExist,
+        };
+        let edit = RefEdit {
+            change: Change::Update {
+                log: LogChange {
+                    mode: RefLog::AndReference,
+                    force_create_reflog: false,
+                    message: "dtk".into(),
+                },
+                expected,
+                new: Target::Object(to.0),
+            },
+            name: BRANCH
+                .try_into()
+                .map_err(|e| Error::store("bad branch name", e))?,
+            deref: false,
+        };
+        let sig = signature();
+        let mut buf = gix::date::parse::TimeBuf::default();
+        self.repo()
+            .edit_references_as([edit], Some(sig.to_ref(&mut buf)))
+            .map_err(gix_err(format!("cannot move {BRANCH}")))?;
+        // The ref's new content and its rename on the disk (the objects were synced
+        // before: see `pack::put`).
+        let loose = self.git_dir.join(BRANCH);
+        if let Ok(f) = std::fs::File::open(&loose) {
+            f.sync_all().map_err(|e| Error::io(&loose, e))?;
+        }
+        if let Some(dir) = loose.parent() {
+            crate::pack::sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    fn contended(&self, base: Oid) -> Result<bool> {
+        let moved = self.tip()? != Some(base);
+        let locked = self.lock_held()?;
+        Ok(moved || locked)
+    }
+
+    fn committed(&self) {
+        self.maybe_pack();
+        let n = self.commits.fetch_add(1, Ordering::Relaxed);
+        if n + 1 >= REOPEN_EVERY {
+            // The commit has landed: a failure here must not report it as failed.
+            if let Err(e) = self.refresh() {
+                tracing::warn!(error = %e, "could not reopen the metadata store");
+            }
+        }
+    }
+
+    /// Open the repository afresh (snapshots already taken keep the one they had).
+    fn refresh(&self) -> Result<()> {
+        let fresh = open_repo(&self.git_dir)?;
+        *self.repo.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        self.commits.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn set_signer(&self, key: Option<Arc<SigningKey>>) {
+        *self.signer.write().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+
+    fn signer(&self) -> Option<Arc<SigningKey>> {
+        self.signer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// `git gc`; waits for a background `git gc` that is already running.
+    fn pack(&self) -> Result<()> {
+        self.pack_now()
+    }
+}
+
+/// The objects of a [`GitStore`] through one gix handle (with its object cache); a
+/// writing handle keeps new objects in memory until [`Objects::persist`].
+struct GitObjects {
+    repo: gix::Repository,
+    signer: Option<Arc<SigningKey>>,
+    pack_dir: PathBuf,
+}
+
+impl Objects for GitObjects {
+    fn commit(&self, id: Oid) -> Result<Commit> {
+        let c = find_retrying(|| self.repo.find_commit(id.0))
+            .map_err(gix_err(format!("cannot read commit {id}")))?;
+        let tree = c
+            .tree_id()
+            .map_err(gix_err(format!("cannot read the tree of commit {id}")))?
+            .detach();
+        let message = c
+            .message_raw()
+            .map_err(gix_err(format!("cannot read the message of commit {id}")))?
+            .to_str_lossy()
+            .trim_end()
+            .to_owned();
+        Ok(Commit {
+            tree: Oid(tree),
+            parents: c.parent_ids().map(|p| Oid(p.detach())).collect(),
+            message,
+            raw: c.data.clone(),
+        })
+    }
+
+    fn tree(&self, id: Oid) -> Result<Vec<DirEntry>> {
+        let tree = find_retrying(|| self.repo.find_tree(id.0))
+            .map_err(gix_err(format!("cannot read tree {id}")))?;
+        let decoded = tree
+            .decode()
+            .map_err(|e| Error::store(format!("cannot decode tree {id}"), e))?;
+        Ok(decoded
+            .entries
+            .iter()
+            .map(|e| DirEntry {
+                name: e.filename.to_str_lossy().into_owned(),
+                id: Oid(e.oid.to_owned()),
+                is_dir: e.mode.is_tree(),
+            })
+            .collect())
+    }
+
+    fn blob(&self, id: Oid) -> Result<Arc<[u8]>> {
+        Ok(find_retrying(|| self.repo.find_blob(id.0))
+            .map_err(gix_err(format!("cannot read blob {id}")))?
+            .data
+            .as_slice()
+            .into())
+    }
+
+    fn empty_tree(&self) -> Oid {
+        Oid(ObjectId::empty_tree(self.repo.object_hash()))
+    }
+
+    fn write_blob(&self, bytes: &[u8]) -> Result<Oid> {
+        Ok(Oid(self
+            .repo
+            .write_blob(bytes)
+            .map_err(gix_err("cannot write a record"))?
+            .detach()))
+    }
+
+    fn write_tree(&self, base: Oid, edits: &BTreeMap<String, Option<Oid>>) -> Result<Oid> {
+        let tree = find_retrying(|| {
+            let mut editor = self.repo.edit_tree(base.0)?;
+            for (path, entry) in edits {
+                match entry {
+                    Some(id) => editor.upsert(path.as_str(), EntryKind::Blob, id.0),
+                    None => editor.remove(path.as_str()),
+                }?;
+            }
+            Ok(editor.write()?.detach())
+        })
+        .map_err(gix_err("cannot write the records tree"))?;
+        Ok(Oid(tree))
+    }
+
+    fn write_commit(&self, tree: Oid, parents: &[Oid], message: &str) -> Result<Oid> {
+        let commit = commit_object(tree, parents, message, self.signer.as_deref())?;
+        Ok(Oid(self
+            .repo
+            .write_object(&commit)
+            .map_err(gix_err("cannot write a commit"))?
+            .detach()))
+    }
+
+    /// Write the objects held in memory as one pack.
+    fn persist(&self) -> Result<()> {
+        let objects = self.repo.objects.reset_object_memory().unwrap_or_default();
+        crate::pack::write(
+            &self.pack_dir,
+            objects
+                .iter()
+                .map(|(id, (kind, data))| (*id, *kind, data.as_slice())),
+        )?;
+        Ok(())
+    }
+}
+
+/// A commit object of `tree` on `parents`, signed in git's SSH signature format (a
+/// `gpgsig` header after `committer`) when there is a signing key.
+pub(super) fn commit_object(
+    tree: Oid,
+    parents: &[Oid],
+    message: &str,
+    signer: Option<&SigningKey>,
+) -> Result<gix::objs::Commit> {
+    let sig = signature();
+    let mut commit = gix::objs::Commit {
+        tree: tree.0,
+        parents: parents.iter().map(|p| p.0).collect(),
+        author: sig.clone(),
+        committer: sig,
+        encoding: None,
+        message: message.into(),
+        extra_headers: Vec::new(),
+    };
+    if let Some(key) = signer {
+        // The signed payload is the commit exactly as it is without the header: git
+        // strips `gpgsig` (and its continuation lines) and checks what remains.
+        let mut payload = Vec::with_capacity(512);
+        gix::objs::WriteTo::write_to(&commit, &mut payload)
+            .map_err(|e| Error::store("cannot encode a commit", e))?;
+        let armored = key.sign_commit(&payload)?;
+        commit.extra_headers.push(("gpgsig".into(), armored.into()));
+    }
+    Ok(commit)
+}
+
+/// Look an object up, again after a short pause when that fails, up to about 30 ms in all.
+/// A concurrent repack moves objects from small packs into a merged one and then deletes
+/// the small ones; a lookup that lands in between can miss (git re-reads the pack
+/// directory and retries in the same way). An object that is really missing still fails.
+fn find_retrying<T>(
+    mut find: impl FnMut() -> std::result::Result<T, gix::Error>,
+) -> std::result::Result<T, gix::Error> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match find() {
+            Ok(v) => return Ok(v),
+            Err(e) if pause > Duration::from_millis(16) => return Err(e),
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+        }
+    }
+}
