@@ -150,15 +150,12 @@ pub(crate) fn write<'a>(
     }
     let (pack, idx, checksum) = encode(objects)?;
     let name = format!("pack-{checksum}");
-    let pack_path = pack_dir.join(format!("{name}.pack"));
     let idx_path = pack_dir.join(format!("{name}.idx"));
     if idx_path.exists() {
         // The same objects in the same order: already there.
         return Ok(Some(idx_path));
     }
-    put(pack_dir, &pack_path, &pack)?;
-    put(pack_dir, &idx_path, &idx)?;
-    sync_dir(pack_dir)?;
+    put_pair(pack_dir, &pack_dir.join(name), &pack, &idx)?;
     Ok(Some(idx_path))
 }
 
@@ -471,9 +468,7 @@ fn merge(pack_dir: &Path, packs: &[Existing]) -> Result<usize> {
     pack.extend_from_slice(&body);
     drop(body);
     pack.extend_from_slice(checksum.as_bytes());
-    put(pack_dir, &stem.with_extension("pack"), &pack)?;
-    put(pack_dir, &stem.with_extension("idx"), &idx)?;
-    sync_dir(pack_dir)?;
+    put_pair(pack_dir, &stem, &pack, &idx)?;
     for p in packs {
         if p.stem == stem || skipped.contains(&p.stem) {
             continue;
@@ -486,8 +481,31 @@ fn merge(pack_dir: &Path, packs: &[Existing]) -> Result<usize> {
     Ok(packs.len() - skipped.len())
 }
 
-/// Write `bytes` to `path` through a temporary file in `dir` and a rename.
-fn put(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+/// Write a pack and its index as `stem.pack` and `stem.idx` in `dir`, durably: each goes
+/// to a temporary file whose data is synced (the two at once, on two threads: the disk
+/// takes one flush for both), then the pack is renamed into place, then the index (a
+/// reader looks for indices), then the directory is synced.
+fn put_pair(dir: &Path, stem: &Path, pack: &[u8], idx: &[u8]) -> Result<()> {
+    let (pack_tmp, idx_tmp) = std::thread::scope(|s| {
+        let idx_tmp = s.spawn(|| synced_temp(dir, idx));
+        let pack_tmp = synced_temp(dir, pack);
+        let idx_tmp = idx_tmp
+            .join()
+            .unwrap_or_else(|_| Err(Error::corrupt("writing a pack index panicked")));
+        (pack_tmp, idx_tmp)
+    });
+    let (pack_tmp, idx_tmp) = (pack_tmp?, idx_tmp?);
+    for (tmp, ext) in [(pack_tmp, "pack"), (idx_tmp, "idx")] {
+        let path = stem.with_extension(ext);
+        tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+    }
+    sync_dir(dir)
+}
+
+/// `bytes` in a new temporary file in `dir`, on the disk before it has its name (and long
+/// before a ref points into it), as git does with core.fsync: a power loss never leaves a
+/// ref pointing at a pack that did not reach the disk.
+fn synced_temp(dir: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
     let mut tmp = match tempfile::Builder::new()
         .prefix("tmp_pack_")
         .tempfile_in(dir)
@@ -503,14 +521,10 @@ fn put(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
         Err(e) => return Err(Error::io(dir, e)),
     };
     std::io::Write::write_all(&mut tmp, bytes).map_err(|e| Error::io(tmp.path(), e))?;
-    // On the disk before it has its name (and long before a ref points into it), as git
-    // does with core.fsync: a power loss never leaves a ref pointing at a pack that did
-    // not reach the disk.
     tmp.as_file()
         .sync_data()
         .map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    Ok(tmp)
 }
 
 /// Make the renames in `dir` durable (fsync of the directory).

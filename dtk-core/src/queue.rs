@@ -161,8 +161,21 @@ impl LocalQueue {
         Ok(d)
     }
 
-    /// Write `run` to `to` through a temporary file, so no reader sees half a record.
+    /// Write `run` to `to` through a temporary file, so no reader sees half a record;
+    /// synced to the disk first (see [`write_volatile`](Self::write_volatile)).
     fn write(&self, to: &Path, run: &RunRecord) -> Result<()> {
+        self.write_file(to, run, true)
+    }
+
+    /// Like [`write`](Self::write), without waiting for the disk: for an entry that is
+    /// worth nothing after a power loss (the claim of a run this process executes at once,
+    /// which dies with it). A power loss may leave such an entry torn; a listing removes
+    /// it (see `list`).
+    fn write_volatile(&self, to: &Path, run: &RunRecord) -> Result<()> {
+        self.write_file(to, run, false)
+    }
+
+    fn write_file(&self, to: &Path, run: &RunRecord, durable: bool) -> Result<()> {
         let dir = to.parent().unwrap_or(&self.dir);
         let mut tmp = tempfile::Builder::new()
             .prefix(&format!(".tmp-{}-", std::process::id()))
@@ -170,16 +183,33 @@ impl LocalQueue {
             .at(dir)?;
         serde_json::to_writer(&mut tmp, run)
             .map_err(|e| Error::store(format!("cannot write {}", to.display()), e))?;
-        tmp.as_file().sync_all().at(to)?;
+        if durable {
+            tmp.as_file().sync_all().at(to)?;
+        }
         tmp.persist(to).map_err(|e| Error::io(to, e.error))?;
         Ok(())
     }
 
     fn read(path: &Path) -> Result<Option<RunRecord>> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Error::store(format!("queue entry {} is corrupt", path.display()), e)),
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(r) => Ok(Some(r)),
+                // Only a power loss tears a claim (every entry is complete before it has
+                // its name, and a claim is not synced: see `write_volatile`), and its
+                // holder died with it: it is removed, and the run is planned afresh.
+                Err(e) if path.parent().and_then(|d| d.file_name()) == Some(RUNNING.as_ref()) => {
+                    tracing::warn!(entry = %path.display(), error = %e, "removing a claim torn by a power loss");
+                    match std::fs::remove_file(path) {
+                        Ok(()) => Ok(None),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                        Err(e) => Err(Error::io(path, e)),
+                    }
+                }
+                Err(e) => Err(Error::store(
+                    format!("queue entry {} is corrupt", path.display()),
+                    e,
+                )),
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(path, e)),
         }
@@ -368,7 +398,8 @@ impl RunQueue for LocalQueue {
             self.dir
                 .join(RUNNING)
                 .join(format!(".new-{}-{}", run.id.to_hex(), std::process::id()));
-        self.write(&aside, run)?;
+        // Not synced: the run lives only in this process, and a power loss ends both.
+        self.write_volatile(&aside, run)?;
         let linked = std::fs::hard_link(&aside, &running);
         let _ = std::fs::remove_file(&aside);
         match linked {
@@ -633,6 +664,28 @@ mod tests {
             worker_signature: None,
             digest: None,
         }
+    }
+
+    /// A claim torn by a power loss (claims are not synced) is removed when read, so the
+    /// run is planned afresh; a torn pending entry (those are synced: a power loss cannot
+    /// tear one) is an error that names it.
+    #[test]
+    fn a_torn_claim_is_removed_and_a_torn_pending_entry_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = LocalQueue::new(dir.path());
+        let (a, b) = (run(7), run(8));
+        assert!(q.claim(&a).unwrap());
+        assert!(q.enqueue(&b).unwrap());
+        let claim = q.path(RUNNING, &a.id);
+        std::fs::write(&claim, b"{\"id\": \"").unwrap();
+        assert!(q.claimed().unwrap().is_empty());
+        assert!(!claim.exists());
+        assert!(q.get(&a.id).unwrap().is_none());
+        let pending = q.path(PENDING, &b.id);
+        std::fs::write(&pending, b"").unwrap();
+        let err = q.pending().unwrap_err().to_string();
+        assert!(err.contains(&pending.display().to_string()), "{err}");
+        assert!(pending.exists());
     }
 
     #[test]
