@@ -390,16 +390,24 @@ impl MetadataStore for GitStore {
         self.repo()
             .edit_references_as([edit], Some(sig.to_ref(&mut buf)))
             .map_err(gix_err(format!("cannot move {BRANCH}")))?;
-        // The ref's new content and its rename on the disk (the objects were synced
-        // before: see `pack::put`).
+        // The ref's new content and its rename on the disk, the two at once (the objects
+        // were synced before: see `pack::put_pair`).
         let loose = self.git_dir.join(BRANCH);
-        if let Ok(f) = std::fs::File::open(&loose) {
-            f.sync_all().map_err(|e| Error::io(&loose, e))?;
-        }
-        if let Some(dir) = loose.parent() {
-            crate::pack::sync_dir(dir)?;
-        }
-        Ok(())
+        std::thread::scope(|s| {
+            let dir = s.spawn(|| match loose.parent() {
+                Some(dir) => crate::pack::sync_dir(dir),
+                None => Ok(()),
+            });
+            let file = match std::fs::File::open(&loose) {
+                Ok(f) => f.sync_all().map_err(|e| Error::io(&loose, e)),
+                // (The edit leaves a loose ref; without one there is nothing to sync.)
+                Err(_) => Ok(()),
+            };
+            let dir = dir
+                .join()
+                .unwrap_or_else(|_| Err(Error::corrupt("syncing the refs directory panicked")));
+            file.and(dir)
+        })
     }
 
     fn contended(&self, base: Oid) -> Result<bool> {
