@@ -467,23 +467,14 @@ impl Project {
                 }
             }
             Exec::Failed { code, error } => {
-                record.status = RunStatus::Failure;
                 record.exit_code = code;
-                record.error = error.map(|e| self.secrets().redact(&e));
-                self.finish_run(
-                    &claim,
-                    &record,
-                    &log,
-                    &format!(
-                        "run {} of node {}: failure",
-                        record.id.short(),
-                        node_id.short()
-                    ),
-                    |_| Ok(()),
-                )?;
-                if let Some(hook) = &node.on_failure {
-                    self.hook(hook, &record, "failure").await;
-                }
+                self.record_failure(&claim, &mut record, &log, &node, error)
+                    .await?;
+            }
+            // A run that could not be executed at all is recorded as one whose command failed.
+            Exec::Error(e) => {
+                self.record_failure(&claim, &mut record, &log, &node, Some(e))
+                    .await?;
             }
             Exec::Conflict {
                 why,
@@ -544,24 +535,6 @@ impl Project {
                     |_| Ok(()),
                 )?;
             }
-            Exec::Error(e) => {
-                record.status = RunStatus::Failure;
-                record.error = Some(self.secrets().redact(&e));
-                self.finish_run(
-                    &claim,
-                    &record,
-                    &log,
-                    &format!(
-                        "run {} of node {}: failure",
-                        record.id.short(),
-                        node_id.short()
-                    ),
-                    |_| Ok(()),
-                )?;
-                if let Some(hook) = &node.on_failure {
-                    self.hook(hook, &record, "failure").await;
-                }
-            }
         }
         let _ = std::fs::remove_file(self.live_log_path(&record.id));
         self.events().send(crate::events::Event::RunFinished {
@@ -575,6 +548,29 @@ impl Project {
     /// Forget the pending runs of `done`'s node queued before it started on other inputs:
     /// the newer result `done` published supersedes them, and executing one later would
     /// publish an older result over it.
+    /// Record `record` as failed with `error`, and run the node's `on_failure` hook.
+    async fn record_failure(
+        &self,
+        claim: &RunRecord,
+        record: &mut RunRecord,
+        log: &str,
+        node: &NodeSpec,
+        error: Option<String>,
+    ) -> Result<()> {
+        record.status = RunStatus::Failure;
+        record.error = error.map(|e| self.secrets().redact(&e));
+        let message = format!(
+            "run {} of node {}: failure",
+            record.id.short(),
+            record.node.short()
+        );
+        self.finish_run(claim, record, log, &message, |_| Ok(()))?;
+        if let Some(hook) = &node.on_failure {
+            self.hook(hook, record, "failure").await;
+        }
+        Ok(())
+    }
+
     fn drop_obsolete_pending(&self, done: &RunRecord) {
         let started = done.started_ms.unwrap_or(done.queued_ms);
         let Ok(pending) = self.run_queue().pending() else {
