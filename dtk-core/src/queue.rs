@@ -175,14 +175,16 @@ impl LocalQueue {
         self.write_file(to, run, false)
     }
 
-    fn write_file(&self, to: &Path, run: &RunRecord, durable: bool) -> Result<()> {
+    /// Write `value` as JSON to `to` through a temporary file (in one `write`).
+    fn write_file<T: Serialize>(&self, to: &Path, value: &T, durable: bool) -> Result<()> {
         let dir = to.parent().unwrap_or(&self.dir);
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| Error::store(format!("cannot write {}", to.display()), e))?;
         let mut tmp = tempfile::Builder::new()
             .prefix(&format!(".tmp-{}-", std::process::id()))
             .tempfile_in(dir)
             .at(dir)?;
-        serde_json::to_writer(&mut tmp, run)
-            .map_err(|e| Error::store(format!("cannot write {}", to.display()), e))?;
+        std::io::Write::write_all(&mut tmp, &bytes).at(to)?;
         if durable {
             tmp.as_file().sync_all().at(to)?;
         }
@@ -471,16 +473,7 @@ impl RunQueue for LocalQueue {
         self.ensure(INTENTS)?;
         let to = self.path(INTENTS, &intent.run.id);
         let dir = to.parent().unwrap_or(&self.dir);
-        let mut tmp = tempfile::Builder::new()
-            .prefix(&format!(".tmp-{}-", std::process::id()))
-            .tempfile_in(dir)
-            .at(dir)?;
-        serde_json::to_writer(&mut tmp, intent)
-            .map_err(|e| Error::store(format!("cannot write {}", to.display()), e))?;
-        if durable {
-            tmp.as_file().sync_all().at(&to)?;
-        }
-        tmp.persist(&to).map_err(|e| Error::io(&to, e.error))?;
+        self.write_file(&to, intent, durable)?;
         if durable {
             // The rename itself must survive a crash before anything is published.
             std::fs::File::open(dir)
