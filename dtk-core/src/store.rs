@@ -90,14 +90,17 @@ pub struct Store {
 /// it passes its limit.
 #[derive(Debug, Default)]
 struct Memo {
-    counts: std::sync::Mutex<std::collections::HashMap<ObjectId, usize>>,
-    trees: std::sync::Mutex<std::collections::HashMap<ObjectId, std::sync::Arc<Dir>>>,
+    counts: std::sync::Mutex<ById<usize>>,
+    trees: std::sync::Mutex<ById<std::sync::Arc<Dir>>>,
     /// Small blobs and their total size.
     blobs: std::sync::Mutex<(usize, Blobs)>,
 }
 
+/// A map keyed by object ID, hashed by the ID's own first bytes (it is already a hash).
+type ById<V> = gix::hashtable::HashMap<ObjectId, V>;
+
 /// Blobs by object ID.
-type Blobs = std::collections::HashMap<ObjectId, std::sync::Arc<[u8]>>;
+type Blobs = ById<std::sync::Arc<[u8]>>;
 
 impl Memo {
     /// The most directory counts and decoded directories remembered.
@@ -1371,6 +1374,11 @@ pub trait Read {
 impl Read for Snapshot {
     fn read_bytes(&self, path: &str) -> Result<Option<Vec<u8>>> {
         self.read(path)
+    }
+
+    /// Decoded straight from the bytes the memo shares, without a copy.
+    fn read_record<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        self.read_json(path)
     }
 }
 
