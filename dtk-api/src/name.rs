@@ -103,9 +103,40 @@ impl AsRef<str> for Name {
 
 impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Name::new(&s).map_err(serde::de::Error::custom)
+        parse_str(d, Name::new)
     }
+}
+
+/// Deserialize a string with `parse`, reading it in place when the input lends it (a
+/// record decoded from bytes) rather than copying it into a `String` first; errors are
+/// those of deserializing a `String`, then of `parse`.
+pub(crate) fn parse_str<'de, D, T, E>(
+    d: D,
+    parse: impl FnOnce(&str) -> std::result::Result<T, E>,
+) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    E: fmt::Display,
+{
+    struct Visit<F>(F);
+    impl<'de, T, E: fmt::Display, F: FnOnce(&str) -> std::result::Result<T, E>>
+        serde::de::Visitor<'de> for Visit<F>
+    {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<X: serde::de::Error>(self, s: &str) -> std::result::Result<T, X> {
+            (self.0)(s).map_err(X::custom)
+        }
+        fn visit_bytes<X: serde::de::Error>(self, b: &[u8]) -> std::result::Result<T, X> {
+            match std::str::from_utf8(b) {
+                Ok(s) => self.visit_str(s),
+                Err(_) => Err(X::invalid_value(serde::de::Unexpected::Bytes(b), &self)),
+            }
+        }
+    }
+    d.deserialize_string(Visit(parse))
 }
 
 #[cfg(test)]

@@ -170,8 +170,9 @@ pub struct Manifest {
 struct Walker<'a> {
     project: &'a Project,
     snap: Snapshot,
-    sources: BTreeMap<Name, Option<SourceSpec>>,
-    links: Option<Vec<Link>>,
+    /// The kind and location of each source read so far (`None`: no such source).
+    sources: BTreeMap<Name, Option<(String, String)>>,
+    links: Option<std::rc::Rc<[Link]>>,
     seen_versions: BTreeSet<SourceVersion>,
     seen_runs: BTreeSet<RunId>,
     entries: Vec<Entry>,
@@ -197,26 +198,27 @@ impl<'a> Walker<'a> {
         })
     }
 
-    fn source(&mut self, name: &Name) -> Result<Option<SourceSpec>> {
+    /// The kind and location of source `name` as declared today; `None` when there is no
+    /// such source.
+    fn source(&mut self, name: &Name) -> Result<Option<(String, String)>> {
         if let Some(s) = self.sources.get(name) {
             return Ok(s.clone());
         }
-        let s = match read_source(&self.snap, name) {
-            Ok(s) => Some(s),
-            Err(Error::NotFound { .. }) => None,
-            Err(e) => return Err(e),
-        };
+        // The declaration says both; the source's state (latest, pinned) is not read.
+        let s = crate::records::get_declaration(&self.snap, name)?.map(|s| (s.kind, s.location));
         self.sources.insert(name.clone(), s.clone());
         Ok(s)
     }
 
-    fn links(&mut self) -> Result<Vec<Link>> {
-        if self.links.is_none() {
-            let mut l: Vec<Link> = self.snap.read_tree_json("links")?;
-            l.sort_by(|a, b| (&a.from, &a.to).cmp(&(&b.from, &b.to)));
-            self.links = Some(l);
+    fn links(&mut self) -> Result<std::rc::Rc<[Link]>> {
+        if let Some(l) = &self.links {
+            return Ok(l.clone());
         }
-        Ok(self.links.clone().unwrap_or_default())
+        let mut l: Vec<Link> = self.snap.read_tree_json("links")?;
+        l.sort_by(|a, b| (&a.from, &a.to).cmp(&(&b.from, &b.to)));
+        let l: std::rc::Rc<[Link]> = l.into();
+        self.links = Some(l.clone());
+        Ok(l)
     }
 
     fn version_record(&self, sv: &SourceVersion) -> Result<Option<VersionRecord>> {
@@ -233,26 +235,23 @@ impl<'a> Walker<'a> {
     fn version_entry(
         &mut self,
         sv: &SourceVersion,
-        rec: &Option<VersionRecord>,
+        rec: Option<&VersionRecord>,
     ) -> Result<VersionEntry> {
         // Where the version came from: its sealed origin, else (older records) the
         // source's declaration today.
         let spec = match rec.as_ref().and_then(|r| r.origin.as_ref()) {
-            Some(o) => Some(o.apply_to(&SourceSpec::new(sv.source.clone(), "", ""))),
+            Some(o) => {
+                let s = o.apply_to(&SourceSpec::new(sv.source.clone(), "", ""));
+                Some((s.kind, s.location))
+            }
             None => self.source(&sv.source)?,
         };
-        let kind = spec
-            .as_ref()
-            .map(|s| s.kind.clone())
-            .unwrap_or_else(|| "-".into());
+        let (kind, url) = spec.unwrap_or_else(|| ("-".into(), "-".into()));
         let is_commit = sv.version.algo() == crate::Algo::Sha1 && kind == "git";
         Ok(VersionEntry {
             id: sv.version.short().to_owned(),
             source: sv.source.clone(),
-            url: spec
-                .as_ref()
-                .map(|s| s.location.clone())
-                .unwrap_or_else(|| "-".into()),
+            url,
             kind,
             commit: is_commit.then(|| sv.version.to_string()),
             digest: (!is_commit).then(|| sv.version.to_string()),
@@ -271,7 +270,7 @@ impl<'a> Walker<'a> {
         })
     }
 
-    fn run_entry(&self, run: &RunRecord) -> Result<RunEntry> {
+    fn run_entry(&self, run: RunRecord) -> Result<RunEntry> {
         let node: Option<NodeSpec> = self.snap.read_json(&paths::node(&run.node))?;
         Ok(RunEntry {
             id: run.id.short(),
@@ -284,7 +283,7 @@ impl<'a> Walker<'a> {
             labels: node.map(|n| n.labels).unwrap_or_default(),
             worker: run.worker.clone(),
             worker_key: run.worker_key.clone(),
-            status: self.project.effective_status(run),
+            status: self.project.effective_status(&run),
             started: run.started_ms.map(rfc3339),
             ended: run.ended_ms.map(rfc3339),
             inputs: run
@@ -298,29 +297,81 @@ impl<'a> Walker<'a> {
                 .map(|o| o.version.short().to_owned())
                 .collect(),
             record: run.digest.clone(),
-            full: run.clone(),
+            full: run,
         })
     }
 
     /// Ancestors first (post-order), inputs in source order.
     fn up_version(&mut self, sv: &SourceVersion) -> Result<()> {
-        if !self.seen_versions.insert(sv.clone()) {
-            return Ok(());
-        }
-        let rec = self.version_record(sv)?;
-        if let Some(run) = rec.as_ref().and_then(|r| r.run) {
-            self.up_run(&run)?;
-        }
-        for link in self.links()? {
-            if &link.to == sv {
-                self.up_version(&link.from)?;
-            }
-        }
-        let entry = self.version_entry(sv, &rec)?;
-        self.entries.push(Entry::Version(entry));
-        for link in self.links()? {
-            if &link.to == sv {
-                self.push_link(link);
+        self.up(Up::Version(sv.clone()))
+    }
+
+    fn up_run(&mut self, id: &RunId) -> Result<()> {
+        self.up(Up::Run(*id))
+    }
+
+    /// The upstream walk, depth-first with a stack of its own rather than by recursion
+    /// (a chain of thousands of runs would overflow a thread's stack): reads and entries
+    /// come in the order of the recursive definition, where a version's run (and so its
+    /// ancestry) comes first, then the versions linked to it, then the version itself and
+    /// its links, and a run's inputs come before the run.
+    fn up(&mut self, start: Up) -> Result<()> {
+        let mut stack = vec![start];
+        while let Some(step) = stack.pop() {
+            match step {
+                Up::Version(sv) => {
+                    if !self.seen_versions.insert(sv.clone()) {
+                        continue;
+                    }
+                    let rec = self.version_record(&sv)?.map(Box::new);
+                    let run = rec.as_ref().and_then(|r| r.run);
+                    stack.push(Up::Linked { sv, rec, next: 0 });
+                    if let Some(run) = run {
+                        stack.push(Up::Run(run));
+                    }
+                }
+                Up::Linked { sv, rec, next } => {
+                    let links = self.links()?;
+                    match (next..links.len()).find(|&j| links[j].to == sv) {
+                        Some(j) => {
+                            stack.push(Up::Linked {
+                                sv,
+                                rec,
+                                next: j + 1,
+                            });
+                            stack.push(Up::Version(links[j].from.clone()));
+                        }
+                        None => {
+                            let entry = self.version_entry(&sv, rec.as_deref())?;
+                            self.entries.push(Entry::Version(entry));
+                            for link in links.iter() {
+                                if link.to == sv {
+                                    self.push_link(link.clone());
+                                }
+                            }
+                        }
+                    }
+                }
+                Up::Run(id) => {
+                    if !self.seen_runs.insert(id) {
+                        continue;
+                    }
+                    let run = Box::new(self.run_record(&id)?);
+                    stack.push(Up::Inputs { run, next: 0 });
+                }
+                Up::Inputs { run, next } => match run.inputs.get(next).cloned() {
+                    Some(input) => {
+                        stack.push(Up::Inputs {
+                            run,
+                            next: next + 1,
+                        });
+                        stack.push(Up::Version(input));
+                    }
+                    None => {
+                        let e = self.run_entry(*run)?;
+                        self.entries.push(Entry::Run(Box::new(e)));
+                    }
+                },
             }
         }
         Ok(())
@@ -335,25 +386,12 @@ impl<'a> Walker<'a> {
         }));
     }
 
-    fn up_run(&mut self, id: &RunId) -> Result<()> {
-        if !self.seen_runs.insert(*id) {
-            return Ok(());
-        }
-        let run = self.run_record(id)?;
-        for i in &run.inputs {
-            self.up_version(i)?;
-        }
-        let e = self.run_entry(&run)?;
-        self.entries.push(Entry::Run(Box::new(e)));
-        Ok(())
-    }
-
     /// The outputs of `run`, after it (for run and node targets).
     fn outputs_of(&mut self, run: &RunRecord) -> Result<()> {
         for o in &run.outputs {
             if self.seen_versions.insert(o.clone()) {
                 let rec = self.version_record(o)?;
-                let e = self.version_entry(o, &rec)?;
+                let e = self.version_entry(o, rec.as_ref())?;
                 self.entries.push(Entry::Version(e));
             }
         }
@@ -362,37 +400,98 @@ impl<'a> Walker<'a> {
 
     /// Descendants after (pre-order).
     fn down_version(&mut self, sv: &SourceVersion) -> Result<()> {
-        if !self.seen_versions.insert(sv.clone()) {
-            return Ok(());
-        }
-        let rec = self.version_record(sv)?;
-        let entry = self.version_entry(sv, &rec)?;
-        self.entries.push(Entry::Version(entry));
-        let dir = crate::project::paths::consumers_dir(sv);
-        let runs = crate::records::indexed_runs(&self.snap, &dir)?;
-        for run in runs {
-            self.down_run(&run)?;
-        }
-        for link in self.links()? {
-            if &link.from == sv {
-                self.push_link(link.clone());
-                self.down_version(&link.to)?;
+        self.down(Down::Version(sv.clone()))
+    }
+
+    fn down_run(&mut self, run: &RunRecord) -> Result<()> {
+        self.down(Down::Run(Box::new(run.clone())))
+    }
+
+    /// The downstream walk, depth-first with a stack of its own (see [`Walker::up`]): a
+    /// version, then what each run that read it made, then the versions linked from it.
+    fn down(&mut self, start: Down) -> Result<()> {
+        let mut stack = vec![start];
+        while let Some(step) = stack.pop() {
+            match step {
+                Down::Version(sv) => {
+                    if !self.seen_versions.insert(sv.clone()) {
+                        continue;
+                    }
+                    let rec = self.version_record(&sv)?;
+                    let entry = self.version_entry(&sv, rec.as_ref())?;
+                    self.entries.push(Entry::Version(entry));
+                    let dir = crate::project::paths::consumers_dir(&sv);
+                    let mut runs = crate::records::indexed_runs(&self.snap, &dir)?;
+                    runs.reverse();
+                    stack.push(Down::Linked { sv, next: 0 });
+                    stack.push(Down::Runs(runs));
+                }
+                Down::Runs(mut runs) => {
+                    if let Some(run) = runs.pop() {
+                        stack.push(Down::Runs(runs));
+                        stack.push(Down::Run(Box::new(run)));
+                    }
+                }
+                Down::Linked { sv, next } => {
+                    let links = self.links()?;
+                    if let Some(j) = (next..links.len()).find(|&j| links[j].from == sv) {
+                        self.push_link(links[j].clone());
+                        stack.push(Down::Linked { sv, next: j + 1 });
+                        stack.push(Down::Version(links[j].to.clone()));
+                    }
+                }
+                Down::Run(run) => {
+                    if !self.seen_runs.insert(run.id) {
+                        continue;
+                    }
+                    let mut outputs = run.outputs.clone();
+                    let e = self.run_entry(*run)?;
+                    self.entries.push(Entry::Run(Box::new(e)));
+                    outputs.reverse();
+                    stack.push(Down::Versions(outputs));
+                }
+                Down::Versions(mut versions) => {
+                    if let Some(sv) = versions.pop() {
+                        stack.push(Down::Versions(versions));
+                        stack.push(Down::Version(sv));
+                    }
+                }
             }
         }
         Ok(())
     }
+}
 
-    fn down_run(&mut self, run: &RunRecord) -> Result<()> {
-        if !self.seen_runs.insert(run.id) {
-            return Ok(());
-        }
-        let e = self.run_entry(run)?;
-        self.entries.push(Entry::Run(Box::new(e)));
-        for o in &run.outputs {
-            self.down_version(o)?;
-        }
-        Ok(())
-    }
+/// A step of the upstream walk ([`Walker::up`]).
+enum Up {
+    /// A version to visit.
+    Version(SourceVersion),
+    /// A version whose run was walked: the versions linked to it from link `next` on,
+    /// then itself.
+    Linked {
+        sv: SourceVersion,
+        rec: Option<Box<VersionRecord>>,
+        next: usize,
+    },
+    /// A run to visit.
+    Run(RunId),
+    /// A run whose inputs before `next` were walked.
+    Inputs { run: Box<RunRecord>, next: usize },
+}
+
+/// A step of the downstream walk ([`Walker::down`]).
+enum Down {
+    /// A version to visit.
+    Version(SourceVersion),
+    /// Runs to visit, the next one last.
+    Runs(Vec<RunRecord>),
+    /// A version whose consumers were walked: the versions linked from it, from link
+    /// `next` on.
+    Linked { sv: SourceVersion, next: usize },
+    /// A run to visit.
+    Run(Box<RunRecord>),
+    /// Versions to visit, the next one last.
+    Versions(Vec<SourceVersion>),
 }
 
 impl Project {
@@ -1580,6 +1679,137 @@ impl Manifest {
 
 #[cfg(test)]
 mod tests {
+    /// A chain `c0 -> step 1 -> c1 -> ... -> cN`, written as records (nothing runs).
+    fn chain_project(dir: &std::path::Path, n: usize) -> crate::Project {
+        use crate::project::paths;
+        use crate::{Command, Name, NodeSpec, RunId, RunRecord, RunStatus, SourceSpec};
+        use crate::{SourceVersion, Version, VersionRecord};
+        let p = crate::Project::init(
+            dir,
+            std::sync::Arc::new(crate::source::Registry::new()),
+            crate::InitOptions::default(),
+        )
+        .unwrap();
+        let sv = |i: usize| SourceVersion {
+            source: Name::new(&format!("c{i}")).unwrap(),
+            version: format!("md5:{:032x}", i + 1).parse::<Version>().unwrap(),
+        };
+        p.store()
+            .transact("chain", |tx| {
+                for i in 0..=n {
+                    let mut s = SourceSpec::new(sv(i).source, "path", format!("/nowhere/c{i}"));
+                    s.latest = Some(sv(i).version);
+                    crate::records::put_source(tx, &s)?;
+                }
+                let mut previous: Option<RunRecord> = None;
+                for i in 0..=n {
+                    if i > 0 {
+                        let mut node = NodeSpec::new(Command::Argv(vec![format!("step {i}")]));
+                        node.inputs = vec![sv(i - 1).source];
+                        node.outputs = vec![sv(i).source];
+                        tx.put_json(&paths::node(&node.id()), &node)?;
+                        let mut r = RunRecord {
+                            id: RunId::compute(&node.id(), &[sv(i - 1)], 0),
+                            node: node.id(),
+                            attempt: 0,
+                            inputs: vec![sv(i - 1)],
+                            outputs: vec![sv(i)],
+                            status: RunStatus::Success,
+                            exit_code: Some(0),
+                            error: None,
+                            worker: Some("test:1".into()),
+                            queued_ms: i as u64,
+                            started_ms: Some(i as u64),
+                            ended_ms: Some(i as u64 + 1),
+                            lease_until_ms: None,
+                            input_digests: vec![],
+                            log_digest: None,
+                            staging: None,
+                            read_files: Default::default(),
+                            worker_key: None,
+                            worker_signature: None,
+                            digest: None,
+                        };
+                        r.seal()?;
+                        let id = tx.put_json(&paths::run(&r.id), &r)?;
+                        tx.put_id(&paths::consumer(&sv(i - 1), &r.id), id);
+                        previous = Some(r);
+                    }
+                    let run = previous.as_ref();
+                    let mut v = VersionRecord {
+                        source: sv(i).source,
+                        version: sv(i).version,
+                        recorded_ms: None,
+                        seq: None,
+                        run: run.map(|r| r.id),
+                        node: run.map(|r| r.node),
+                        inputs: run.map(|r| r.inputs.clone()).unwrap_or_default(),
+                        extra: Default::default(),
+                        run_digest: run.and_then(|r| r.digest.clone()),
+                        origin: None,
+                        digest: None,
+                    };
+                    v.seal()?;
+                    tx.put_json(&paths::version(&v.source, &v.version), &v)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        p
+    }
+
+    /// A long chain is walked without recursion: its manifests (upstream from the end,
+    /// downstream from the start) fit a thread with a small stack, in the documented order.
+    #[test]
+    fn a_long_chain_is_walked_on_a_small_stack() {
+        use super::*;
+        const N: usize = 2000;
+        let dir = tempfile::tempdir().unwrap();
+        let p = chain_project(dir.path(), N);
+        let sv = |i: usize| SourceVersion {
+            source: Name::new(&format!("c{i}")).unwrap(),
+            version: format!("md5:{:032x}", i + 1).parse::<Version>().unwrap(),
+        };
+        let (up, down) = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .stack_size(1 << 20)
+                .spawn_scoped(s, || {
+                    let up = p.manifest(Target::Version(sv(N)), InspectOptions::new());
+                    let down = p.manifest(
+                        Target::Version(sv(0)),
+                        InspectOptions::new().with_downstream(true),
+                    );
+                    (up.unwrap(), down.unwrap())
+                })
+                .unwrap()
+                .join()
+                .unwrap()
+        });
+        let names = |m: &Manifest| -> Vec<String> {
+            m.entries
+                .iter()
+                .map(|e| match e {
+                    Entry::Version(v) => format!("{} {}", v.source, v.kind),
+                    Entry::Run(r) => format!("run {}", r.full.outputs[0].source),
+                    Entry::Link(l) => format!("link {}", l.to),
+                })
+                .collect()
+        };
+        // Upstream: ancestors first, each run before its output.
+        let mut expected = vec!["c0 path".to_owned()];
+        for i in 1..=N {
+            expected.push(format!("run c{i}"));
+            expected.push(format!("c{i} path"));
+        }
+        assert_eq!(names(&up), expected);
+        assert_eq!(
+            up.root_digest.as_deref().map(|d| d.starts_with("blake3")),
+            Some(true)
+        );
+        // Downstream: the same order here, a version before the runs that read it.
+        assert_eq!(names(&down), expected);
+    }
+
     #[test]
     fn rfc3339_formats() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");

@@ -335,8 +335,7 @@ macro_rules! hash_id {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
+                d.deserialize_string(HexIdVisitor(std::marker::PhantomData::<$name>))
             }
         }
     };
@@ -352,6 +351,26 @@ hash_id!(
     RunId,
     "run ID"
 );
+
+/// Deserializes an ID from its hex string, read in place when the input lends it (a
+/// record decoded from bytes) rather than copied into a `String` first.
+struct HexIdVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: FromStr<Err = Error>> serde::de::Visitor<'de> for HexIdVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<T, E> {
+        s.parse().map_err(E::custom)
+    }
+    fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> std::result::Result<T, E> {
+        match std::str::from_utf8(b) {
+            Ok(s) => self.visit_str(s),
+            Err(_) => Err(E::invalid_value(serde::de::Unexpected::Bytes(b), &self)),
+        }
+    }
+}
 
 fn parse_hex32(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 {
@@ -648,6 +667,57 @@ mod tests {
 
     fn n(s: &str) -> Name {
         Name::new(s).unwrap()
+    }
+
+    /// Names, versions and IDs are read in place from the record's bytes when they can
+    /// be; escaped strings, values and non-strings decode (or fail) as before.
+    #[test]
+    fn ids_names_and_versions_decode_in_place_or_not() {
+        let id = RunId([0xab; 32]);
+        let hex = id.to_hex();
+        let text = format!(
+            r#"{{"source":"c\u0031","version":"MD5:{}","run":"{hex}"}}"#,
+            "0".repeat(31) + "A"
+        );
+        #[derive(Deserialize)]
+        struct Probe {
+            source: Name,
+            version: Version,
+            run: RunId,
+        }
+        for p in [
+            serde_json::from_str::<Probe>(&text).unwrap(),
+            serde_json::from_slice::<Probe>(text.as_bytes()).unwrap(),
+            serde_json::from_value::<Probe>(serde_json::from_str(&text).unwrap()).unwrap(),
+        ] {
+            assert_eq!(p.source, n("c1"));
+            assert_eq!(p.version.to_string(), format!("md5:{}a", "0".repeat(31)));
+            assert_eq!(p.run, id);
+        }
+        let plain: Name = serde_json::from_str(r#""c2""#).unwrap();
+        assert_eq!(plain, n("c2"));
+        let e = serde_json::from_str::<Name>("5").unwrap_err().to_string();
+        assert!(e.contains("expected a string"), "{e}");
+        let e = serde_json::from_str::<Version>("[]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected a string"), "{e}");
+        let e = serde_json::from_str::<NodeId>("{}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected a string"), "{e}");
+        let e = serde_json::from_str::<Name>(r#""a/b""#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'/'"), "{e}");
+        let e = serde_json::from_str::<Version>(r#""md5:12""#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hex digits"), "{e}");
+        let e = serde_json::from_str::<RunId>(r#""abc""#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("64 hex digits"), "{e}");
     }
 
     fn design_node() -> NodeSpec {

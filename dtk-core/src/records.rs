@@ -97,6 +97,13 @@ pub fn get_source(r: &impl Read, name: &Name) -> Result<Option<SourceSpec>> {
     Ok(Some(spec))
 }
 
+/// The declaration of source `name` alone (its state unread: `latest`, `pinned`, `frozen`
+/// and `heads` are left empty); `None` when there is none. For readers that need only
+/// where a source is and of what kind, such as a provenance manifest.
+pub fn get_declaration(r: &impl Read, name: &Name) -> Result<Option<SourceSpec>> {
+    r.read_record::<SourceSpec>(&paths::source(name))
+}
+
 /// Store `spec`: its declaration and its state, each only if it changed.
 pub fn put_source(tx: &mut Tx, spec: &SourceSpec) -> Result<()> {
     let decl = declaration(spec);
@@ -235,8 +242,18 @@ pub mod paths {
 
     /// `x/y`: the first two hex digits of BLAKE3 of `key`, as two directory levels.
     pub fn fan(key: &str) -> String {
-        let h = blake3::hash(key.as_bytes()).to_hex();
-        format!("{}/{}", &h[..1], &h[1..2])
+        let mut out = String::with_capacity(3);
+        push_fan(&mut out, key);
+        out
+    }
+
+    /// Append [`fan`]`(key)` to `out`.
+    fn push_fan(out: &mut String, key: &str) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let first = blake3::hash(key.as_bytes()).as_bytes()[0];
+        out.push(DIGITS[usize::from(first >> 4)] as char);
+        out.push('/');
+        out.push(DIGITS[usize::from(first & 15)] as char);
     }
 
     /// `x/y` from the first two digits of a hex string.
@@ -244,30 +261,59 @@ pub mod paths {
         format!("{}/{}", &hex[..1], &hex[1..2])
     }
 
+    /// Append [`fan_hex`]`(hex)` to `out`.
+    fn push_fan_hex(out: &mut String, hex: &str) {
+        out.push_str(&hex[..1]);
+        out.push('/');
+        out.push_str(&hex[1..2]);
+    }
+
+    /// `<top>/<x>/<y>/<name>`, [`fan`] of the name: a source's place below `top`.
+    fn by_name(top: &str, name: &Name, extra: usize) -> String {
+        let mut out = String::with_capacity(top.len() + 5 + name.as_str().len() + extra);
+        out.push_str(top);
+        out.push('/');
+        push_fan(&mut out, name.as_str());
+        out.push('/');
+        out.push_str(name.as_str());
+        out
+    }
+
+    /// Append `/<h1>/<h2>/<algo>-<hex>` for version `v`.
+    fn push_version(out: &mut String, v: &Version) {
+        out.push('/');
+        push_fan_hex(out, v.hex());
+        out.push('/');
+        out.push_str(v.algo().name());
+        out.push('-');
+        out.push_str(v.hex());
+    }
+
     /// `sources/<x>/<y>/<name>.json`: a source's declaration (kind, location, tag, path,
     /// parent), which changes only when the source is moved.
     pub fn source(name: &Name) -> String {
-        format!("sources/{}/{name}.json", fan(name.as_str()))
+        let mut out = by_name("sources", name, 5);
+        out.push_str(".json");
+        out
     }
     /// `state/<x>/<y>/<name>.json`: a source's mutable state (latest, pinned, frozen).
     pub fn source_state(name: &Name) -> String {
-        format!("state/{}/{name}.json", fan(name.as_str()))
+        let mut out = by_name("state", name, 5);
+        out.push_str(".json");
+        out
     }
     /// `versions/<x>/<y>/<name>`: the versions of a source.
     pub fn versions_dir(name: &Name) -> String {
-        format!("versions/{}/{name}", fan(name.as_str()))
+        by_name("versions", name, 0)
     }
     /// `versions/<x>/<y>/<name>/<h1>/<h2>/<algo>-<hex>.json`, where `h1`, `h2` are the
     /// version's first two hex digits: the version record, content-addressed (the same
     /// fact recorded in two clones is the same blob).
     pub fn version(name: &Name, v: &Version) -> String {
-        format!(
-            "{}/{}/{}-{}.json",
-            versions_dir(name),
-            fan_hex(v.hex()),
-            v.algo(),
-            v.hex()
-        )
+        let mut out = by_name("versions", name, 16 + v.hex().len());
+        push_version(&mut out, v);
+        out.push_str(".json");
+        out
     }
     /// `seen/<x>/<y>/<name>/<h1>/<h2>/<algo>-<hex>`: when this project first saw the
     /// version (milliseconds since the epoch, decimal), kept apart from the record so that
@@ -292,13 +338,24 @@ pub mod paths {
     /// `nodes/<h1>/<h2>/<node-id>.json`
     pub fn node(id: &NodeId) -> String {
         let h = id.to_hex();
-        format!("nodes/{}/{h}.json", fan_hex(&h))
+        let mut out = String::with_capacity(15 + h.len());
+        out.push_str("nodes/");
+        push_fan_hex(&mut out, &h);
+        out.push('/');
+        out.push_str(&h);
+        out.push_str(".json");
+        out
     }
     /// `runs/<a>/<b>/<c>/<d>/<run-id>.json`, where `abcd` are the run ID's first four hex
     /// digits: four levels of 16 keep every tree a commit rewrites small.
     pub fn run(id: &RunId) -> String {
         let h = id.to_hex();
-        format!("{}/{h}.json", run_dir(&h))
+        let mut out = String::with_capacity(18 + h.len());
+        push_run_dir(&mut out, &h);
+        out.push('/');
+        out.push_str(&h);
+        out.push_str(".json");
+        out
     }
     /// `runs/<a>/<b>/<c>/<d>/<run-id>.log`
     pub fn run_log(id: &RunId) -> String {
@@ -313,13 +370,18 @@ pub mod paths {
     }
     /// `runs/<a>/<b>/<c>/<d>` for a hex run ID (or a prefix of at least 4 digits).
     pub fn run_dir(hex: &str) -> String {
-        format!(
-            "runs/{}/{}/{}/{}",
-            &hex[..1],
-            &hex[1..2],
-            &hex[2..3],
-            &hex[3..4]
-        )
+        let mut out = String::with_capacity(12);
+        push_run_dir(&mut out, hex);
+        out
+    }
+
+    /// Append [`run_dir`]`(hex)` to `out`.
+    fn push_run_dir(out: &mut String, hex: &str) {
+        out.push_str("runs");
+        for i in 0..4 {
+            out.push('/');
+            out.push_str(&hex[i..i + 1]);
+        }
     }
     /// `node-runs/<n1>/<n2>/<node-id>/<r1>/<r2>/<run-id>.json` (the run record's blob,
     /// indexed by node).
@@ -402,4 +464,69 @@ pub(crate) fn record_version(
     record.seal()?;
     tx.put_json(&path, &record)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::paths;
+    use crate::{Name, NodeId, RunId, SourceVersion, Version};
+
+    /// The paths are built piece by piece to spare allocations; they must stay exactly
+    /// what `docs/format.md` describes (the formulas below are the original ones).
+    #[test]
+    fn paths_follow_the_documented_layout() {
+        let fan = |key: &str| {
+            let h = blake3::hash(key.as_bytes()).to_hex();
+            format!("{}/{}", &h[..1], &h[1..2])
+        };
+        let fan_hex = |hex: &str| format!("{}/{}", &hex[..1], &hex[1..2]);
+        for (i, name) in ["a", "c0", "c1000", "noise", "données-é", "x.y_z"]
+            .iter()
+            .enumerate()
+        {
+            let name = Name::new(name).unwrap();
+            let n = name.as_str();
+            assert_eq!(paths::fan(n), fan(n));
+            assert_eq!(paths::source(&name), format!("sources/{}/{n}.json", fan(n)));
+            assert_eq!(
+                paths::source_state(&name),
+                format!("state/{}/{n}.json", fan(n))
+            );
+            assert_eq!(
+                paths::versions_dir(&name),
+                format!("versions/{}/{n}", fan(n))
+            );
+            for v in [
+                format!("md5:{:032x}", i * 7919 + 1),
+                format!("sha1:{:040X}", i + 0xabc),
+                format!("blake3:{:064x}", i + 5),
+            ] {
+                let v: Version = v.parse().unwrap();
+                assert_eq!(
+                    paths::version(&name, &v),
+                    format!(
+                        "{}/{}/{}-{}.json",
+                        paths::versions_dir(&name),
+                        fan_hex(v.hex()),
+                        v.algo(),
+                        v.hex()
+                    )
+                );
+                let sv = SourceVersion {
+                    source: name.clone(),
+                    version: v,
+                };
+                let run = RunId([(i as u8).wrapping_mul(37).wrapping_add(200); 32]);
+                assert!(paths::consumer(&sv, &run).ends_with(&format!("/{}.json", run.to_hex())));
+            }
+            let id = NodeId([(i as u8).wrapping_mul(41).wrapping_add(3); 32]);
+            let h = id.to_hex();
+            assert_eq!(paths::node(&id), format!("nodes/{}/{h}.json", fan_hex(&h)));
+            let run = RunId([(i as u8).wrapping_mul(19).wrapping_add(171); 32]);
+            let h = run.to_hex();
+            let dir = format!("runs/{}/{}/{}/{}", &h[..1], &h[1..2], &h[2..3], &h[3..4]);
+            assert_eq!(paths::run_dir(&h), dir);
+            assert_eq!(paths::run(&run), format!("{dir}/{h}.json"));
+        }
+    }
 }

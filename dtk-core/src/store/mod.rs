@@ -210,14 +210,17 @@ pub struct Store {
 /// it passes its limit.
 #[derive(Debug, Default)]
 struct Memo {
-    counts: std::sync::Mutex<std::collections::HashMap<Oid, usize>>,
-    trees: std::sync::Mutex<std::collections::HashMap<Oid, std::sync::Arc<Dir>>>,
+    counts: std::sync::Mutex<ById<usize>>,
+    trees: std::sync::Mutex<ById<std::sync::Arc<Dir>>>,
     /// Small blobs and their total size.
     blobs: std::sync::Mutex<(usize, Blobs)>,
 }
 
+/// A map keyed by object ID, hashed by the ID's own first bytes (it is already a hash).
+type ById<V> = gix::hashtable::HashMap<Oid, V>;
+
 /// Blobs by object ID.
-type Blobs = std::collections::HashMap<Oid, std::sync::Arc<[u8]>>;
+type Blobs = ById<std::sync::Arc<[u8]>>;
 
 impl Memo {
     /// The most directory counts and decoded directories remembered.
@@ -1071,6 +1074,11 @@ pub trait Read {
 impl Read for Snapshot {
     fn read_bytes(&self, path: &str) -> Result<Option<Vec<u8>>> {
         self.read(path)
+    }
+
+    /// Decoded straight from the bytes the memo shares, without a copy.
+    fn read_record<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        self.read_json(path)
     }
 }
 
