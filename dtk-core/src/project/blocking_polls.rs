@@ -126,24 +126,13 @@ impl Batch {
 
     /// Wait for every job pushed; the outcomes come back in the order they were pushed,
     /// each with its position.
-    pub(crate) async fn finish(self) -> Vec<(usize, Finished)> {
-        let Batch {
-            shared,
-            positions,
-            bound,
-            ..
-        } = self;
-        if positions.is_empty() {
+    pub(crate) async fn finish(mut self) -> Vec<(usize, Finished)> {
+        if self.positions.is_empty() {
             return Vec::new();
         }
-        let wake = {
-            let mut s = shared.lock();
-            s.closed = true;
-            s.waiting > 0
-        };
-        if wake {
-            shared.more.notify_all();
-        }
+        self.close(false);
+        let shared = Arc::clone(&self.shared);
+        let bound = self.bound;
         loop {
             let deadline = {
                 let s = shared.lock();
@@ -192,11 +181,39 @@ impl Batch {
             }
         }
         let results = std::mem::take(&mut shared.lock().results);
-        positions
+        std::mem::take(&mut self.positions)
             .into_iter()
             .zip(results)
             .map(|(p, r)| (p, r.unwrap_or(Finished::TimedOut)))
             .collect()
+    }
+}
+
+impl Batch {
+    /// No more jobs come; with `drop_queued`, the jobs not started yet are dropped too.
+    fn close(&self, drop_queued: bool) {
+        let (wake, dropped) = {
+            let mut s = self.shared.lock();
+            s.closed = true;
+            let dropped = if drop_queued {
+                std::mem::take(&mut s.queue)
+            } else {
+                VecDeque::new()
+            };
+            (s.waiting > 0, dropped)
+        };
+        drop(dropped); // (outside the lock)
+        if wake {
+            self.shared.more.notify_all();
+        }
+    }
+}
+
+impl Drop for Batch {
+    /// A batch dropped before [`Batch::finish`] returned (a pass cancelled, a panic) lets
+    /// its threads go and starts no more jobs.
+    fn drop(&mut self) {
+        self.close(true);
     }
 }
 
@@ -337,6 +354,38 @@ mod tests {
                 }
                 _ => panic!("job {i}: unexpected outcome"),
             }
+        }
+    }
+
+    /// A batch dropped before it finished (a cancelled pass) starts no more jobs: those
+    /// still queued are dropped at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_batch_starts_no_more_jobs() {
+        let released = Arc::new(AtomicBool::new(false));
+        let token = Arc::new(());
+        let mut batch = Batch::new(20, Duration::from_secs(60));
+        for i in 0..20 {
+            let released = Arc::clone(&released);
+            let token = Arc::clone(&token);
+            batch.push(
+                i,
+                Box::new(move || {
+                    let _token = token;
+                    while !released.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Ok(version(i))
+                }),
+            );
+        }
+        drop(batch);
+        // Only the jobs already started still hold the token.
+        assert!(Arc::strong_count(&token) <= 1 + MAX_THREADS);
+        released.store(true, Ordering::SeqCst);
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while Arc::strong_count(&token) > 1 {
+            assert!(Instant::now() < give_up, "the started jobs never ended");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
