@@ -249,6 +249,12 @@
 //! let registry = Arc::new(registry); // for Project::init, open, discover
 //! ```
 //!
+//! A kind whose poll is local, blocking work (reading the file system, as `path` does) can
+//! also give it as a job with [`Source::blocking_latest`]: a pass then runs such polls
+//! one after another on a few blocking threads, which is much cheaper than awaiting
+//! thousands of `latest` calls that each hand their work to a blocking thread. Anything
+//! that may wait on a network stays in `latest`.
+//!
 //! Kinds are explicit: a [`Registry`] holds them by name ([`Registry::register`]),
 //! [`default_registry`] holds those compiled in. A project must be opened with a registry
 //! that knows every kind its sources use: otherwise [`Project::open`] fails with

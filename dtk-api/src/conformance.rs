@@ -21,6 +21,7 @@
 //! | check | what it holds the kind to |
 //! |---|---|
 //! | [`latest_is_stable`] | two polls without a change agree |
+//! | [`blocking_latest_agrees`] | a blocking poll, where the kind has one, agrees with `latest` |
 //! | [`versions_agree_with_latest`] | history newest first, no duplicates; else `NotSupported` |
 //! | [`prefixes_resolve`] | a version's short and `ALGO:` prefixes find it among the versions |
 //! | [`materialize_latest`] | the latest version materializes, `ROOT` names it |
@@ -207,6 +208,23 @@ pub async fn latest_is_stable(source: &dyn Source) -> Check {
         return fail(format!(
             "latest changed without a change: {} then {}",
             a.version, b.version
+        ));
+    }
+    Ok(())
+}
+
+/// A kind's [`Source::blocking_latest`], if it has one, gives what `latest` gives (the
+/// job runs on the calling thread here).
+pub async fn blocking_latest_agrees(source: &dyn Source) -> Check {
+    let Some(job) = source.blocking_latest() else {
+        return Ok(());
+    };
+    let blocking = job().map_err(|e| format!("the blocking poll failed: {e}"))?;
+    let awaited = latest(source).await?;
+    if blocking.version != awaited.version {
+        return fail(format!(
+            "the blocking poll gives {} but latest {}",
+            blocking.version, awaited.version
         ));
     }
     Ok(())
@@ -579,6 +597,10 @@ pub async fn check_all(source: &dyn Source, fixture: &Fixture) -> Result<(), Str
     let named = |name: &str, r: Check| r.map_err(|e| format!("{name}: {e}"));
     named("latest_is_stable", latest_is_stable(source).await)?;
     named(
+        "blocking_latest_agrees",
+        blocking_latest_agrees(source).await,
+    )?;
+    named(
         "versions_agree_with_latest",
         versions_agree_with_latest(source).await,
     )?;
@@ -631,6 +653,7 @@ mod tests {
         PublishNotPolled,
         PublishDropsAFile,
         PublishNotSupportedWrongOperation,
+        BlockingPollDisagrees,
     }
 
     /// A version's files, by name.
@@ -685,6 +708,18 @@ mod tests {
                 n = 2;
             }
             Ok(VersionInfo::new(Self::version(n - 1)))
+        }
+        fn blocking_latest(&self) -> Option<crate::source::BlockingPoll> {
+            let mut n = self.len();
+            if self.flaw == Flaw::PublishNotPolled && n > 2 {
+                n = 2;
+            }
+            let v = if self.flaw == Flaw::BlockingPollDisagrees {
+                Self::version(n)
+            } else {
+                Self::version(n - 1)
+            };
+            Some(Box::new(move || Ok(VersionInfo::new(v))))
         }
         async fn versions(&self) -> Result<Vec<VersionInfo>> {
             if !self.history {
@@ -830,6 +865,12 @@ mod tests {
                 "materialize_twice",
             ),
             (false, false, Flaw::VerifyAcceptsAnything, "verify_contract"),
+            (
+                false,
+                false,
+                Flaw::BlockingPollDisagrees,
+                "blocking_latest_agrees",
+            ),
             (true, true, Flaw::PublishNotPolled, "publish_contract"),
             (false, true, Flaw::PublishDropsAFile, "publish_contract"),
             (

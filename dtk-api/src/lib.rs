@@ -38,8 +38,8 @@ pub use id::{resolve_version, Algo, Version};
 pub use name::Name;
 pub use secrets::Secrets;
 pub use source::{
-    Capabilities, Context, Fields, Kind, NewSource, NoProgress, Progress, PublishOptions, Registry,
-    Source, Transfer, Verification, VersionInfo,
+    BlockingPoll, Capabilities, Context, Fields, Kind, NewSource, NoProgress, Progress,
+    PublishOptions, Registry, Source, Transfer, Verification, VersionInfo,
 };
 pub use spec::SourceSpec;
 

@@ -72,6 +72,9 @@ impl Capabilities {
     }
 }
 
+/// A poll to run on a blocking thread: see [`Source::blocking_latest`].
+pub type BlockingPoll = Box<dyn FnOnce() -> Result<VersionInfo> + Send + 'static>;
+
 /// A version as a kind reports it, with the kind's extra columns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionInfo {
@@ -375,6 +378,22 @@ pub trait Source: Debug + Send + Sync + 'static {
     /// - An unreachable location is an [`Error::Backend`] within a bounded time.
     async fn latest(&self) -> Result<VersionInfo>;
 
+    /// For a kind whose poll is local, blocking work (the `path` kind reads the file
+    /// system): [`latest`](Source::latest) as a job to run on a blocking thread, giving the
+    /// same answer. `None` (the default) when the kind has no such job; dtk then awaits
+    /// `latest`.
+    ///
+    /// dtk runs many such jobs one after another on a few blocking threads, which costs
+    /// far less than one blocking task per source when thousands of sources are polled.
+    ///
+    /// # Behavior
+    /// - Making the job does no I/O: the work is done when it is called.
+    /// - The job may block, but only for local work: anything that may wait on a network
+    ///   belongs in `latest`.
+    fn blocking_latest(&self) -> Option<BlockingPoll> {
+        None
+    }
+
     /// Poll a source whose tag is a pattern ([`crate::pattern`]) and return the tip of
     /// every ref (branch, tag, image tag) the pattern matches now, newest first, each with
     /// the ref's name in [`VersionInfo::extra`] under [`crate::pattern::REF_FIELD`].
@@ -582,6 +601,9 @@ macro_rules! forward_source {
             }
             async fn latest(&self) -> Result<VersionInfo> {
                 (**self).latest().await
+            }
+            fn blocking_latest(&self) -> Option<BlockingPoll> {
+                (**self).blocking_latest()
             }
             async fn versions(&self) -> Result<Vec<VersionInfo>> {
                 (**self).versions().await

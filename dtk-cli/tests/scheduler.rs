@@ -556,3 +556,75 @@ fn a_retry_held_back_by_its_backoff_runs_once_due() {
     assert_eq!(statuses(&e, &id), ["failure", "failure"]);
     assert_eq!(e.dkt(&["run"]).ok(), "nothing to run\n");
 }
+
+/// The files below `dir` with their inode, size and modification time.
+fn files_with_stat(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, u64, u128)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        if md.is_dir() {
+            out.extend(files_with_stat(&p));
+        } else {
+            let mtime = md
+                .modified()
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            out.push((p, md.ino(), md.size(), mtime));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Sleep into the next second of the wall clock.
+fn next_second() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    std::thread::sleep(
+        Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos()))
+            + Duration::from_millis(20),
+    );
+}
+
+/// Many path sources, polled together on a few threads: a no-op pass writes nothing to
+/// their stat caches, and an edit of the same size made right after a pass is seen by
+/// the next one, in that source only.
+#[test]
+fn many_path_sources_a_noop_pass_writes_nothing_and_the_next_sees_an_edit() {
+    let e = Env::project();
+    let n = 40;
+    let mut yml = String::from("sources:\n");
+    for i in 0..n {
+        e.write(&format!("s{i}/x"), &format!("{i:03}\n"));
+        yml += &format!("  - name: s{i}\n    location: ./s{i}\n");
+    }
+    e.write("sources.yml", &yml);
+    e.dkt(&["apply", "sources.yml"]).ok();
+    let before: Vec<String> = (0..n).map(|i| latest(&e, &format!("s{i}"))).collect();
+    // Caches written in the second of their files are hashed again (and rewritten) by the
+    // first pass of a later second; after that, a pass only reads them.
+    next_second();
+    assert_eq!(e.dkt(&["run"]).ok(), "nothing to run\n");
+    let caches = e.path().join(".dkt/cache/path");
+    let stat = files_with_stat(&caches);
+    assert_eq!(stat.len(), n, "one cache per source: {stat:?}");
+    assert_eq!(e.dkt(&["run"]).ok(), "nothing to run\n");
+    assert_eq!(
+        files_with_stat(&caches),
+        stat,
+        "a no-op pass writes nothing"
+    );
+
+    // Right after that pass (likely within its second), the same size.
+    e.write("s17/x", "917\n");
+    e.dkt(&["run"]).ok();
+    for (i, was) in before.iter().enumerate() {
+        let now = latest(&e, &format!("s{i}"));
+        assert_eq!(&now != was, i == 17, "source s{i}: {was} -> {now}");
+    }
+}

@@ -353,6 +353,68 @@ fn edits_in_the_same_second_as_the_digest_are_checked_again() {
     assert_eq!(second.version, first.version);
 }
 
+/// The files of `dir` and below with their stat (inode, size, mtime): what a no-op poll
+/// must leave alone.
+fn files_with_stat(dir: &Path) -> Vec<(PathBuf, u64, u64, SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let md = fs::symlink_metadata(&p).unwrap();
+        if md.is_dir() {
+            out.extend(files_with_stat(&p));
+        } else {
+            out.push((p, md.ino(), md.size(), md.modified().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The poll dtk runs on its blocking threads agrees with `latest`; once the cache is
+/// warm it creates, writes or leaves behind no file; and an edit made right after it, in
+/// the same second and of the same size, is seen by the next one.
+#[tokio::test]
+async fn blocking_poll_agrees_writes_nothing_and_sees_edits_right_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = ctx(tmp.path());
+    let root = tmp.path().join("t");
+    fixed_tree(&root);
+    let src = open(&ctx, &root, None).await;
+    let poll = |s: &PathSource| s.blocking_latest().expect("a blocking poll")().unwrap();
+    next_second();
+    let first = poll(&src);
+    assert_eq!(first, src.latest().await.unwrap());
+    assert_eq!(first.version, v(&root));
+    // (Files written in the second of a digest are hashed again, and cached with a later
+    // threshold, by the first digest of a later second.)
+    next_second();
+    assert_eq!(poll(&src), first);
+    let cache_dir = src.cache_path().parent().unwrap().to_owned();
+    let before = files_with_stat(&cache_dir);
+    assert_eq!(before.len(), 1, "one cache file: {before:?}");
+    for _ in 0..3 {
+        assert_eq!(poll(&src), first);
+    }
+    assert_eq!(
+        files_with_stat(&cache_dir),
+        before,
+        "a no-op poll writes nothing"
+    );
+
+    // Same size, right after a poll (within its second, as like as not): seen.
+    let file = root.join("data/a.csv");
+    fs::write(&file, b"x,y\n1,3\n").unwrap();
+    let edited = poll(&src);
+    assert_ne!(edited, first);
+    assert_eq!(edited.version, v(&root));
+    // And again, at once: the cache written by the poll just now is not trusted blindly.
+    fs::write(&file, b"x,y\n1,4\n").unwrap();
+    let again = poll(&src);
+    assert_ne!(again, edited);
+    assert_eq!(again.version, v(&root));
+}
+
 #[test]
 fn corrupt_cache_is_ignored_and_rebuilt() {
     let tmp = tempfile::tempdir().unwrap();

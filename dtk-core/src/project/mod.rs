@@ -28,6 +28,7 @@ use crate::source::{Context, Registry, Source, VersionInfo};
 use crate::store::{Snapshot, Store};
 use crate::{Error, Link, Name, NodeId, NodeSpec, Result, SourceSpec, VersionRecord};
 
+mod blocking_polls;
 mod nodes;
 mod poll;
 mod sources;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::source::{Source, VersionInfo};
 use crate::{Error, Name, Result, RunId, SourceSpec, Version};
 
+use super::blocking_polls::Finished;
 use super::{error_chain, Project, POLL_TIMEOUT};
 use crate::records::record_version;
 
@@ -187,8 +188,9 @@ impl Project {
         self.poll(selected, true).await
     }
 
-    /// Poll `selected` concurrently (frozen ones are skipped), each within
-    /// [`POLL_TIMEOUT`]; with `record`, new latest versions land in one commit.
+    /// Poll `selected` (localized specs, as [`Project::localized`] gives them)
+    /// concurrently (frozen ones are skipped), each within [`POLL_TIMEOUT`]; with
+    /// `record`, new latest versions land in one commit.
     pub(crate) async fn poll(
         &self,
         selected: Vec<SourceSpec>,
@@ -216,45 +218,83 @@ impl Project {
             }
         }
         let in_flight = self.publishing_outputs()?;
-        let busy = &in_flight;
-        let polls = selected.iter().map(|spec| async move {
-            if spec.frozen || busy.contains_key(&spec.name) {
-                return (spec, None);
+        // Every source is opened with one context. A poll that is local, blocking work
+        // (a path source's) runs with the others of its sort on a few blocking threads;
+        // the others are awaited, a few at once.
+        let ctx = self.context();
+        let timed_out = |spec: &SourceSpec| {
+            Error::backend(
+                &spec.kind,
+                spec.name.as_str(),
+                format!("polling took longer than {}s", POLL_TIMEOUT.as_secs()),
+            )
+        };
+        let mut results: Vec<Option<Result<Polled>>> = Vec::with_capacity(selected.len());
+        // The blocking polls start while the rest are being opened.
+        let mut blocking = super::blocking_polls::Batch::new(selected.len(), POLL_TIMEOUT);
+        let mut awaited = Vec::new();
+        for (i, spec) in selected.iter().enumerate() {
+            results.push(None);
+            if spec.frozen || in_flight.contains_key(&spec.name) {
+                continue;
             }
-            let r = match self.open_source(spec) {
-                Ok(s) => {
-                    let poll = async {
-                        if spec.is_pattern() {
-                            s.heads().await.map(Polled::Heads)
-                        } else {
-                            s.latest().await.map(Polled::One)
-                        }
-                    };
-                    match tokio::time::timeout(POLL_TIMEOUT, poll).await {
-                        Ok(r) => r,
-                        Err(_) => Err(Error::backend(
-                            &spec.kind,
-                            spec.name.as_str(),
-                            format!("polling took longer than {}s", POLL_TIMEOUT.as_secs()),
-                        )),
+            // (`selected` holds localized specs already.)
+            let opened = self
+                .registry
+                .get(&spec.kind)
+                .and_then(|k| k.open(&ctx, spec));
+            match opened {
+                Ok(s) => match (!spec.is_pattern()).then(|| s.blocking_latest()).flatten() {
+                    Some(job) => blocking.push(i, job),
+                    None => awaited.push((i, s)),
+                },
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        let polls = awaited.into_iter().map(|(i, s)| {
+            let spec = &selected[i];
+            async move {
+                let poll = async {
+                    if spec.is_pattern() {
+                        s.heads().await.map(Polled::Heads)
+                    } else {
+                        s.latest().await.map(Polled::One)
                     }
-                }
-                Err(e) => Err(e),
-            };
-            (spec, Some(r))
+                };
+                let r = match tokio::time::timeout(POLL_TIMEOUT, poll).await {
+                    Ok(r) => r,
+                    Err(_) => Err(timed_out(spec)),
+                };
+                (i, r)
+            }
         });
         // At most a few polls at once: each may take a blocking thread, and thousands of
         // them at once cost more in threads than they save.
         // (Unordered, so that one slow remote holds only its own slot; then put back in
         // order.)
-        let mut results: Vec<(usize, _)> =
+        let (polled, ran): (Vec<(usize, _)>, _) = tokio::join!(
             futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
-                futures::stream::iter(polls.enumerate().map(|(i, f)| async move { (i, f.await) })),
+                futures::stream::iter(polls),
                 POLL_CONCURRENCY,
-            ))
-            .await;
-        results.sort_by_key(|(i, _)| *i);
-        let results = results.into_iter().map(|(_, r)| r);
+            )),
+            blocking.finish(),
+        );
+        for (i, r) in polled {
+            results[i] = Some(r);
+        }
+        for (i, finished) in ran {
+            let spec = &selected[i];
+            results[i] = Some(match finished {
+                Finished::Done(r) => r.map(Polled::One),
+                Finished::Panicked(what) => Err(Error::backend(
+                    &spec.kind,
+                    spec.name.as_str(),
+                    format!("the poll panicked: {what}"),
+                )),
+                Finished::TimedOut => Err(timed_out(spec)),
+            });
+        }
+        let results = selected.iter().zip(results);
         let mut outcomes = Vec::new();
         // What changed, per source: the new latest, the versions to record, the new heads.
         let mut changed: Vec<(Name, Change)> = Vec::new();

@@ -20,14 +20,15 @@
 //! entries are out of order is ignored (and rebuilt by the next digest), never trusted.
 //!
 //! The racy rule (git's "racy git"): a digest records, as the threshold, the start of the
-//! second in which it began, taken from the cache file system's clock (the modification
-//! time of a file created then) or the system clock, whichever is earlier. An entry is
-//! trusted only if its stat matches *and* both its mtime and ctime are strictly older than
-//! the threshold; otherwise the file is hashed again. The threshold is never later than
-//! the cache file's own write time, so this implies git's rule.
+//! second in which it began, by the system clock (the clock local file systems stamp files
+//! with; no file is created to read it). An entry is trusted only if its stat matches
+//! *and* both its mtime and ctime are strictly older than the threshold; otherwise the
+//! file is hashed again. The threshold is never later than the cache file's own write
+//! time, so this implies git's rule. A digest that hashed nothing and found the same files
+//! leaves the cache file as it is: a no-op poll writes nothing.
 
 use std::fs;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -40,6 +41,8 @@ const FORMAT: u32 = 1;
 /// Bytes of an entry besides its path: length, size, mtime, ctime, ino, dev, mode, md5.
 const ENTRY_FIXED: usize = 4 + 8 * 5 + 4 + 16;
 const NS_PER_SEC: i64 = 1_000_000_000;
+/// The buffer a cache file is first read into (it grows for a larger file).
+const READ_HINT: usize = 8 << 10;
 
 /// What `lstat` says about a regular file, as far as the cache compares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,8 +99,12 @@ pub(crate) struct Loaded {
 impl Loaded {
     /// Load the cache at `path` for `root`; anything wrong gives an empty cache.
     pub(crate) fn load(path: &Path, root: &[u8]) -> Self {
-        let buf = match fs::read(path) {
-            Ok(b) => b,
+        // (No `fs::read`: the size it asks for first costs a system call per source, and
+        // most caches are small.)
+        let mut buf = Vec::with_capacity(READ_HINT);
+        let read = fs::File::open(path).and_then(|mut f| f.read_to_end(&mut buf));
+        let buf = match read {
+            Ok(_) => buf,
             Err(e) => {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(cache = %path.display(), error = %e, "cannot read the stat cache; rebuilding it");

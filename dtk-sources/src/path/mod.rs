@@ -28,8 +28,8 @@ use std::sync::Arc;
 
 use dtk_api::source::not_supported;
 use dtk_api::{
-    async_trait, Capabilities, Context, Error, Fields, IoResultExt, Kind, Name, NewSource, Result,
-    Source, SourceSpec, Verification, Version, VersionInfo,
+    async_trait, BlockingPoll, Capabilities, Context, Error, Fields, IoResultExt, Kind, Name,
+    NewSource, Result, Source, SourceSpec, Verification, Version, VersionInfo,
 };
 
 pub use digest::{cache_file, digest, TreeDigest, TREE_HEADER};
@@ -342,6 +342,16 @@ impl Source for PathSource {
 
     async fn latest(&self) -> Result<VersionInfo> {
         Ok(VersionInfo::new(self.digest().await?.version))
+    }
+
+    /// The digest, on the calling thread: dtk runs the polls of many path sources one
+    /// after another on a few blocking threads instead of a blocking task each.
+    fn blocking_latest(&self) -> Option<BlockingPoll> {
+        let root = self.root.clone();
+        let cache = self.cache.clone();
+        Some(Box::new(move || {
+            Ok(VersionInfo::new(digest(&root, Some(&cache))?.version))
+        }))
     }
 
     async fn versions(&self) -> Result<Vec<VersionInfo>> {
