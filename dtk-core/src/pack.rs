@@ -169,6 +169,16 @@ struct Existing {
     written: Option<std::time::SystemTime>,
 }
 
+/// What [`maintain`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Maintained {
+    /// How many packs were merged into one.
+    pub(crate) merged: usize,
+    /// Packs with deltas holding some of the same objects were met: merging by byte copies
+    /// cannot join them (each was left as it is), only a repack can.
+    pub(crate) overlapping: bool,
+}
+
 /// Keep the number of packs in `pack_dir` low: when there are more than `limit`, merge the
 /// smallest ones, choosing them as `git repack --geometric=2` does (what remains forms a
 /// geometric progression, so each object is rewritten O(log n) times over the life of the
@@ -180,8 +190,8 @@ struct Existing {
 /// merged pack is in place before the old ones are deleted (index first), so every object
 /// stays readable throughout; a reader that looked between the two retries. One process
 /// merges at a time (`dtk-merge.lock`, taken with `O_EXCL`; one older than a minute was
-/// left by a killed process). Returns how many packs were merged.
-pub(crate) fn maintain(pack_dir: &Path, limit: usize) -> Result<usize> {
+/// left by a killed process). Says how many packs were merged, and whether packs with deltas overlapped.
+pub(crate) fn maintain(pack_dir: &Path, limit: usize) -> Result<Maintained> {
     let mut packs = Vec::new();
     for e in std::fs::read_dir(pack_dir).map_err(|e| Error::io(pack_dir, e))? {
         let Ok(e) = e else { continue };
@@ -226,7 +236,7 @@ pub(crate) fn maintain(pack_dir: &Path, limit: usize) -> Result<usize> {
         });
     }
     if packs.len() <= limit {
-        return Ok(0);
+        return Ok(Maintained::default());
     }
     packs.sort_by_key(|p| p.weight);
     let take = geometric_split(&packs, 2).max(limit / 2);
@@ -235,7 +245,7 @@ pub(crate) fn maintain(pack_dir: &Path, limit: usize) -> Result<usize> {
         Taken::Busy {
             repack_since: Some(started),
         } => merge_beside_repack(pack_dir, &packs, started, limit),
-        Taken::Busy { repack_since: None } | Taken::Recovered => Ok(0),
+        Taken::Busy { repack_since: None } | Taken::Recovered => Ok(Maintained::default()),
     }
 }
 
@@ -314,7 +324,7 @@ fn merge_beside_repack(
     packs: &[Existing],
     started: std::time::SystemTime,
     limit: usize,
-) -> Result<usize> {
+) -> Result<Maintained> {
     // A margin for the repack to list the packs it will delete: it does that as it
     // starts, within milliseconds of the lock.
     let after = started + std::time::Duration::from_secs(5);
@@ -324,11 +334,11 @@ fn merge_beside_repack(
         .cloned()
         .collect();
     if newer.len() <= limit / 2 {
-        return Ok(0);
+        return Ok(Maintained::default());
     }
     match MergeLock::take(pack_dir.join("dtk-merge-new.lock"))? {
         Taken::Held(_lock) => merge(pack_dir, &newer),
-        Taken::Busy { .. } | Taken::Recovered => Ok(0),
+        Taken::Busy { .. } | Taken::Recovered => Ok(Maintained::default()),
     }
 }
 
@@ -384,31 +394,32 @@ fn read_index(idx: &[u8]) -> Option<Vec<(ObjectId, u32, u64)>> {
 
 /// Roll `packs` into one new pack, then delete them. A pack that cannot be read as
 /// expected stops the merge before anything is written or deleted.
-fn merge(pack_dir: &Path, packs: &[Existing]) -> Result<usize> {
+fn merge(pack_dir: &Path, packs: &[Existing]) -> Result<Maintained> {
     let mut skipped: Vec<std::path::PathBuf> = Vec::new();
     let mut body = Vec::new();
     let mut entries: Vec<(ObjectId, u32, u64)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
+    let mut overlapping = false;
     for p in packs {
         let (Ok(idx), Ok(data)) = (
             std::fs::read(p.stem.with_extension("idx")),
             std::fs::read(p.stem.with_extension("pack")),
         ) else {
-            return Ok(0); // merged or removed by someone else meanwhile
+            return Ok(Maintained::default()); // merged or removed by someone else meanwhile
         };
         let Some(mut listed) = read_index(&idx) else {
-            return Ok(0);
+            return Ok(Maintained::default());
         };
         if data.len() < 32
             || &data[..4] != b"PACK"
             || data[8..12] != (listed.len() as u32).to_be_bytes()
         {
-            return Ok(0);
+            return Ok(Maintained::default());
         }
         let end = (data.len() - 20) as u64;
         listed.sort_by_key(|e| e.2);
         if listed.iter().any(|e| e.2 < 12 || e.2 >= end) {
-            return Ok(0);
+            return Ok(Maintained::default());
         }
         // Never copy a damaged entry into a new pack with a valid checksum (and then delete
         // the original): every entry's CRC-32 must match its index, and the pack its
@@ -436,7 +447,12 @@ fn merge(pack_dir: &Path, packs: &[Existing]) -> Result<usize> {
             .any(|e| matches!((data[e.2 as usize] >> 4) & 7, 6 | 7));
         if has_deltas {
             if listed.iter().any(|e| seen.contains(&e.0)) {
-                return Ok(0);
+                // Copied whole, it would hold some objects twice (two `git repack`s
+                // overlap, or a repack and a pack written while it ran): left as it is,
+                // for a repack to join (see `Maintained::overlapping`).
+                skipped.push(p.stem.clone());
+                overlapping = true;
+                continue;
             }
             let base = 12 + body.len() as u64;
             body.extend_from_slice(&data[12..end as usize]);
@@ -454,8 +470,11 @@ fn merge(pack_dir: &Path, packs: &[Existing]) -> Result<usize> {
             }
         }
     }
-    if entries.is_empty() {
-        return Ok(0);
+    if entries.is_empty() || packs.len() - skipped.len() < 2 {
+        return Ok(Maintained {
+            merged: 0,
+            overlapping,
+        });
     }
     let mut header = Vec::with_capacity(12);
     header.extend_from_slice(b"PACK");
@@ -478,7 +497,10 @@ fn merge(pack_dir: &Path, packs: &[Existing]) -> Result<usize> {
             let _ = std::fs::remove_file(p.stem.with_extension(ext));
         }
     }
-    Ok(packs.len() - skipped.len())
+    Ok(Maintained {
+        merged: packs.len() - skipped.len(),
+        overlapping,
+    })
 }
 
 /// Write a pack and its index as `stem.pack` and `stem.idx` in `dir`, durably: each goes
@@ -627,7 +649,7 @@ mod tests {
         }
         assert_eq!(glob_idx(dir.path()).len(), 11); // ours and git's
         assert_eq!(
-            maintain(&pack_dir, 20).unwrap(),
+            maintain(&pack_dir, 20).unwrap().merged,
             0,
             "under the limit: nothing to do"
         );
@@ -642,7 +664,7 @@ mod tests {
             .unwrap()
             .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
             .unwrap();
-        let merged = maintain(&pack_dir, 4).unwrap();
+        let merged = maintain(&pack_dir, 4).unwrap().merged;
         assert!(merged >= 2, "{merged}");
         assert!(fresh.exists() && !stale.exists());
         let left = glob_idx(dir.path());
@@ -655,7 +677,7 @@ mod tests {
         }
         // Everything into one, the pack with deltas included.
         while glob_idx(dir.path()).len() > 1 {
-            assert!(maintain(&pack_dir, 0).unwrap() >= 2);
+            assert!(maintain(&pack_dir, 0).unwrap().merged >= 2);
         }
         git(&["verify-pack", &glob_idx(dir.path())[0]]);
         for id in &ids {
@@ -665,6 +687,88 @@ mod tests {
     }
 
     /// Run git on the repository `git_dir`; its standard output.
+    /// Write `texts` as blobs and pack them with `git pack-objects` (similar texts become
+    /// deltas); their IDs.
+    fn git_delta_pack(git_dir: &Path, texts: &[String]) -> Vec<String> {
+        let mut ids = Vec::new();
+        for text in texts {
+            let mut child = std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(git_dir)
+                .args(["hash-object", "-w", "--stdin"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            ids.push(String::from_utf8(out.stdout).unwrap().trim().to_owned());
+        }
+        let mut child = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(git_dir)
+            .args(["pack-objects", "-q"])
+            .arg(git_dir.join("objects/pack/pack"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), ids.join("\n").as_bytes())
+            .unwrap();
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success());
+        ids
+    }
+
+    /// Two packs with deltas that share objects (two `git repack`s that overlap) cannot be
+    /// joined by byte copies: one is left as it is and the merge says so (the store then
+    /// asks git for a repack), while every other pack is merged. Before, the whole merge
+    /// gave up, so packs piled up by the hundred and every commit re-read the big ones.
+    #[test]
+    fn overlapping_delta_packs_do_not_stop_merging() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| git_in(dir.path(), args);
+        git(&["init", "--bare", "-q"]);
+        let text = |i: usize| -> String {
+            let mut t: String = (0..2000).map(|j| format!("line {j}\n")).collect();
+            t.push_str(&format!("version {i}\n"));
+            t
+        };
+        let mut ids = git_delta_pack(dir.path(), &(0..5).map(text).collect::<Vec<_>>());
+        ids.extend(git_delta_pack(
+            dir.path(),
+            &(3..8).map(text).collect::<Vec<_>>(),
+        ));
+        for idx in glob_idx(dir.path()) {
+            assert!(git(&["verify-pack", "-v", &idx]).contains("chain length"));
+        }
+        let pack_dir = dir.path().join("objects/pack");
+        for i in 0..30 {
+            let data = format!("record {i}\n");
+            let id = gix::objs::compute_hash(gix::hash::Kind::Sha1, Kind::Blob, data.as_bytes())
+                .unwrap();
+            ids.push(id.to_string());
+            write(
+                &pack_dir,
+                std::iter::once((id, Kind::Blob, data.as_bytes())),
+            )
+            .unwrap();
+        }
+        assert_eq!(glob_idx(dir.path()).len(), 32);
+        let done = maintain(&pack_dir, 24).unwrap();
+        assert!(done.overlapping, "{done:?}");
+        assert_eq!(done.merged, 31, "{done:?}");
+        let left = glob_idx(dir.path());
+        assert_eq!(left.len(), 2, "{left:?}");
+        for idx in &left {
+            git(&["verify-pack", idx]);
+        }
+        for id in &ids {
+            git(&["cat-file", "-e", id]);
+        }
+        assert!(!pack_dir.join("dtk-merge.lock").exists());
+    }
+
     /// While a background repack holds the merge lock, the packs written after it began
     /// are merged among themselves; the packs it is repacking and its lock are left alone.
     #[test]
@@ -708,7 +812,7 @@ mod tests {
             write_one(i);
         }
         assert_eq!(glob_idx(dir.path()).len(), 30);
-        assert_eq!(maintain(&pack_dir, 24).unwrap(), 20);
+        assert_eq!(maintain(&pack_dir, 24).unwrap().merged, 20);
         let left = glob_idx(dir.path());
         assert_eq!(
             left.len(),
@@ -725,7 +829,7 @@ mod tests {
             git_in(dir.path(), &["cat-file", "-e", &id.to_string()]);
         }
         // With few new packs, nothing is merged.
-        assert_eq!(maintain(&pack_dir, 24).unwrap(), 0);
+        assert_eq!(maintain(&pack_dir, 24).unwrap().merged, 0);
     }
 
     fn git_in(git_dir: &Path, args: &[&str]) -> String {

@@ -158,10 +158,14 @@ impl GitStore {
             })
             .unwrap_or(0);
         if packs > PACK_LIMIT {
-            if let Err(e) = crate::pack::maintain(&objects.join("pack"), PACK_LIMIT) {
-                tracing::warn!(error = %e, "could not merge the store's packs");
-            }
-            self.maybe_delta_compress();
+            let overlapping = match crate::pack::maintain(&objects.join("pack"), PACK_LIMIT) {
+                Ok(m) => m.overlapping,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not merge the store's packs");
+                    false
+                }
+            };
+            self.maybe_delta_compress(overlapping);
         }
         let loose = std::fs::read_dir(objects.join("17"))
             .map(|d| d.count())
@@ -187,7 +191,11 @@ impl GitStore {
     /// `dkt-packed-bytes`: each byte is recompressed O(1) times on average, and the store
     /// stays within about 1.6x of a fully delta-compressed one. Without `git`, nothing
     /// happens (the store stays readable, only larger).
-    fn maybe_delta_compress(&self) {
+    ///
+    /// With `overlapping` (merging met packs with deltas that share objects, which byte
+    /// copies cannot join, so they would be read at every merge and never merged), the
+    /// repack is due whatever the size, at most once in ten minutes.
+    fn maybe_delta_compress(&self, overlapping: bool) {
         let pack_dir = self.git_dir.join("objects/pack");
         let size: u64 = std::fs::read_dir(&pack_dir)
             .map(|d| {
@@ -201,7 +209,13 @@ impl GitStore {
         let last: Option<u64> = std::fs::read_to_string(&marker)
             .ok()
             .and_then(|t| t.trim().parse().ok());
+        let recently = std::fs::metadata(&marker)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < Duration::from_secs(600));
         let due = match last {
+            _ if overlapping => !recently,
             // An older store: start counting from here.
             None => false,
             Some(last) => size > DELTA_MIN_BYTES && size > last.saturating_mul(2),
