@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::graph::Graph;
 use crate::model::now_ms;
+use crate::records::paths;
 use crate::store::{Snapshot, Tx};
 use crate::{Error, Name, NodeId, NodeSpec, Project, Result};
 
@@ -43,17 +44,6 @@ pub struct Retired {
     pub reason: String,
 }
 
-/// `node-names/<name>.json`
-pub(crate) fn name_path(name: &Name) -> String {
-    format!("node-names/{name}.json")
-}
-
-/// `retired/<h1>/<h2>/<node-id>.json`
-pub(crate) fn retired_path(id: &NodeId) -> String {
-    let h = id.to_hex();
-    format!("retired/{}/{}/{h}.json", &h[..1], &h[1..2])
-}
-
 /// The retired nodes of `snap`.
 pub(crate) fn retired(snap: &Snapshot) -> Result<BTreeSet<NodeId>> {
     Ok(snap
@@ -75,17 +65,17 @@ pub(crate) fn named(snap: &Snapshot, name: &str) -> Result<Option<NodeId>> {
         return Ok(None);
     };
     Ok(snap
-        .read_json::<NodeName>(&name_path(&name))?
+        .read_json::<NodeName>(&paths::node_name(&name))?
         .map(|n| n.node))
 }
 
 /// Retire `id` in `tx` (and drop the names it held).
 pub(crate) fn retire(tx: &mut Tx, id: &NodeId, reason: &str) -> Result<()> {
-    if tx.exists(&retired_path(id))? {
+    if tx.exists(&paths::retired(id))? {
         return Ok(());
     }
     tx.put_json(
-        &retired_path(id),
+        &paths::retired(id),
         &Retired {
             node: *id,
             retired_ms: now_ms(),
@@ -106,7 +96,7 @@ pub(crate) fn retire(tx: &mut Tx, id: &NodeId, reason: &str) -> Result<()> {
 /// Give `name` to `id` in `tx`; the node that held it, if another, is retired and
 /// returned.
 pub(crate) fn give_name(tx: &mut Tx, name: &Name, id: &NodeId) -> Result<Option<NodeId>> {
-    let path = name_path(name);
+    let path = paths::node_name(name);
     let previous = tx.read_json::<NodeName>(&path)?.map(|n| n.node);
     if previous == Some(*id) {
         return Ok(None);
@@ -174,7 +164,7 @@ impl Project {
         let (id, _) = self.node(id_or_name)?;
         let message = format!("node rm {}", id.short());
         self.store().transact(&message, |tx| {
-            if tx.exists(&retired_path(&id))? {
+            if tx.exists(&paths::retired(&id))? {
                 return Err(Error::Conflict(format!(
                     "node {} is already removed",
                     id.short()
@@ -190,7 +180,7 @@ impl Project {
         Ok(self
             .store()
             .snapshot()?
-            .blob_id(&retired_path(id))?
+            .blob_id(&paths::retired(id))?
             .is_some())
     }
 

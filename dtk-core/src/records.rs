@@ -346,6 +346,29 @@ pub mod paths {
         out.push_str(".json");
         out
     }
+    /// `node-names/<name>.json`: the node a name was given to.
+    pub fn node_name(name: &Name) -> String {
+        format!("node-names/{name}.json")
+    }
+    /// `retired/<h1>/<h2>/<node-id>.json`: a node that no longer runs.
+    pub fn retired(id: &NodeId) -> String {
+        let h = id.to_hex();
+        let mut out = String::with_capacity(17 + h.len());
+        out.push_str("retired/");
+        push_fan_hex(&mut out, &h);
+        out.push('/');
+        out.push_str(&h);
+        out.push_str(".json");
+        out
+    }
+    /// `nodes/<h1>/<h2>`: the directory of the nodes whose hex ID starts with `hex` (at
+    /// least 2 digits).
+    pub fn node_dir(hex: &str) -> String {
+        let mut out = String::with_capacity(10);
+        out.push_str("nodes/");
+        push_fan_hex(&mut out, hex);
+        out
+    }
     /// `runs/<a>/<b>/<c>/<d>/<run-id>.json`, where `abcd` are the run ID's first four hex
     /// digits: four levels of 16 keep every tree a commit rewrites small.
     pub fn run(id: &RunId) -> String {
@@ -522,6 +545,10 @@ mod tests {
             let id = NodeId([(i as u8).wrapping_mul(41).wrapping_add(3); 32]);
             let h = id.to_hex();
             assert_eq!(paths::node(&id), format!("nodes/{}/{h}.json", fan_hex(&h)));
+            assert_eq!(
+                paths::node(&id),
+                format!("{}/{h}.json", paths::node_dir(&h[..4]))
+            );
             let run = RunId([(i as u8).wrapping_mul(19).wrapping_add(171); 32]);
             let h = run.to_hex();
             let dir = format!("runs/{}/{}/{}/{}", &h[..1], &h[1..2], &h[2..3], &h[3..4]);

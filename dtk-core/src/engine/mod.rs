@@ -216,7 +216,7 @@ impl Project {
             .read_json(&paths::node(node_id))?
             .ok_or_else(|| Error::not_found("node", node_id.short()))?;
         if snap
-            .blob_id(&crate::lifecycle::retired_path(node_id))?
+            .blob_id(&crate::records::paths::retired(node_id))?
             .is_some()
         {
             return Err(Error::Conflict(format!(

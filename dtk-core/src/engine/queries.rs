@@ -23,7 +23,7 @@ impl Project {
         }
         // The prefix names the fanned-out directory holding its node (retired nodes too:
         // their history stays readable), so only that directory is read.
-        let dir = format!("nodes/{}/{}", &p[..1], &p[1..2]);
+        let dir = paths::node_dir(&p);
         let candidates: Vec<String> = snap
             .list(&dir)?
             .into_iter()

@@ -64,7 +64,7 @@ impl Project {
         self.check_variables(&unrecorded)?;
         let message = format!("node add {} ({})", id.short(), node.command.display_line());
         self.store.transact(&message, |tx| {
-            if tx.exists(&crate::lifecycle::retired_path(&id))? {
+            if tx.exists(&crate::records::paths::retired(&id))? {
                 return Err(Error::Conflict(format!(
                     "node {} was removed; its definition cannot be used again as it is \
                      (change it, e.g. its labels, to make a new node)",
