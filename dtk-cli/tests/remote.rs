@@ -502,13 +502,18 @@ fn upstream() -> Upstream {
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-q", "-m", "v1"]);
     let port = free_port();
-    let daemon = Command::new("git")
-        .args([
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-        ])
+    // `git daemon` runs `git-daemon` as its child, which killing `git` would leave behind
+    // (listening, after the test): run `git-daemon` itself.
+    let exec_path = String::from_utf8(
+        Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .expect("git is needed")
+            .stdout,
+    )
+    .unwrap();
+    let daemon = Command::new(Path::new(exec_path.trim()).join("git-daemon"))
+        .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
         .arg(format!("--port={port}"))
         .arg(format!("--base-path={}", dir.path().display()))
         .arg(dir.path())

@@ -18,6 +18,7 @@
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -287,7 +288,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A server process, killed (and reaped) when dropped.
+/// A server process in a process group of its own, killed with every process it forked
+/// (`git daemon` and `sshd` fork one per connection) and reaped when dropped.
 struct Server {
     child: Child,
     port: u16,
@@ -296,6 +298,10 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -311,6 +317,7 @@ fn start_server(name: &str, dir: tempfile::TempDir, make: impl Fn(u16) -> Comman
         let port = free_port();
         let log = File::create(&log_path).unwrap();
         let mut child = make(port)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
