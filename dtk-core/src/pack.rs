@@ -601,35 +601,14 @@ mod tests {
         let git = |args: &[&str]| git_in(dir.path(), args);
         git(&["init", "--bare", "-q"]);
         // A pack with deltas: similar large blobs, packed by git.
-        let mut ids = Vec::new();
-        for i in 0..5 {
-            let mut text: String = (0..2000).map(|j| format!("line {j}\n")).collect();
-            text.push_str(&format!("version {i}\n"));
-            let mut child = std::process::Command::new("git")
-                .arg("--git-dir")
-                .arg(dir.path())
-                .args(["hash-object", "-w", "--stdin"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
-            let out = child.wait_with_output().unwrap();
-            ids.push(String::from_utf8(out.stdout).unwrap().trim().to_owned());
-        }
-        let mut child = std::process::Command::new("git")
-            .arg("--git-dir")
-            .arg(dir.path())
-            .args(["pack-objects", "-q"])
-            .arg(dir.path().join("objects/pack/pack"))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(child.stdin.as_mut().unwrap(), ids.join("\n").as_bytes())
-            .unwrap();
-        drop(child.stdin.take());
-        assert!(child.wait().unwrap().success());
+        let texts: Vec<String> = (0..5)
+            .map(|i| {
+                let mut text: String = (0..2000).map(|j| format!("line {j}\n")).collect();
+                text.push_str(&format!("version {i}\n"));
+                text
+            })
+            .collect();
+        let mut ids = git_delta_pack(dir.path(), &texts);
         assert!(git(&["verify-pack", "-v", &glob_idx(dir.path())[0]]).contains("chain length"));
         // Ten small packs of ours, one object repeated in two of them.
         let pack_dir = dir.path().join("objects/pack");

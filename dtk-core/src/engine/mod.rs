@@ -446,13 +446,7 @@ impl Project {
                 );
                 let rec = sealed_run(&record, Some(&log))?;
                 self.finish_run(&claim, &rec, &log, &message, |tx| {
-                    for (sv, info) in &outputs {
-                        crate::records::update_state(tx, &sv.source, |spec| {
-                            spec.latest = Some(sv.version.clone());
-                        })?;
-                        record_version(tx, &sv.source, info, Some(&rec))?;
-                    }
-                    Ok(())
+                    record_outputs(tx, &outputs, &rec)
                 })?;
                 for o in &record.outputs {
                     self.events().send(crate::events::Event::VersionRecorded {
@@ -496,15 +490,7 @@ impl Project {
                         record.id.short(),
                         node_id.short()
                     ),
-                    |tx| {
-                        for (sv, info) in &published {
-                            crate::records::update_state(tx, &sv.source, |spec| {
-                                spec.latest = Some(sv.version.clone());
-                            })?;
-                            record_version(tx, &sv.source, info, Some(&rec))?;
-                        }
-                        Ok(())
-                    },
+                    |tx| record_outputs(tx, &published, &rec),
                 )?;
             }
             Exec::Superseded(why) => {
@@ -1115,6 +1101,21 @@ pub(crate) fn write_run(
     }
     if let Some(log) = log {
         tx.put(&paths::run_log(&record.id), log.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Record the versions `run` published as its outputs' latest, with their provenance.
+pub(crate) fn record_outputs(
+    tx: &mut Tx,
+    published: &[(SourceVersion, crate::VersionInfo)],
+    run: &RunRecord,
+) -> Result<()> {
+    for (sv, info) in published {
+        crate::records::update_state(tx, &sv.source, |spec| {
+            spec.latest = Some(sv.version.clone());
+        })?;
+        record_version(tx, &sv.source, info, Some(run))?;
     }
     Ok(())
 }

@@ -245,12 +245,7 @@ impl Project {
                 }
             }
             write_run(tx, &rec, Some(&log))?;
-            for (sv, info) in &outputs {
-                crate::records::update_state(tx, &sv.source, |spec| {
-                    spec.latest = Some(sv.version.clone());
-                })?;
-                record_version(tx, &sv.source, info, Some(&rec))?;
-            }
+            record_outputs(tx, &outputs, &rec)?;
             Ok(true)
         })?;
         self.run_queue().finish(&rec.id)?;
