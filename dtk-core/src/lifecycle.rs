@@ -47,7 +47,7 @@ pub struct Retired {
 /// The retired nodes of `snap`.
 pub(crate) fn retired(snap: &Snapshot) -> Result<BTreeSet<NodeId>> {
     Ok(snap
-        .walk("retired")?
+        .walk(crate::records::paths::RETIRED_DIR)?
         .into_iter()
         .filter_map(|(p, _)| p.rsplit('/').next()?.strip_suffix(".json")?.parse().ok())
         .collect())

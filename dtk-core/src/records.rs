@@ -354,7 +354,8 @@ pub mod paths {
     pub fn retired(id: &NodeId) -> String {
         let h = id.to_hex();
         let mut out = String::with_capacity(17 + h.len());
-        out.push_str("retired/");
+        out.push_str(RETIRED_DIR);
+        out.push('/');
         push_fan_hex(&mut out, &h);
         out.push('/');
         out.push_str(&h);
@@ -434,6 +435,12 @@ pub mod paths {
             v.hex()
         )
     }
+    /// `retired/`: the directory of [`retired`] nodes.
+    pub const RETIRED_DIR: &str = "retired";
+
+    /// `conflicts/`: the directory of [`conflict`] reports.
+    pub const CONFLICTS_DIR: &str = "conflicts";
+
     /// `links/<h1>/<h2>/<link-id>.json`
     pub fn link(id: &str) -> String {
         format!("links/{}/{id}.json", fan_hex(id))
@@ -442,7 +449,7 @@ pub mod paths {
     /// merge that found the record at `path` changed differently on both sides.
     pub fn conflict(path: &str) -> String {
         let h = blake3::hash(path.as_bytes()).to_hex();
-        format!("conflicts/{}/{h}.json", fan_hex(&h))
+        format!("{CONFLICTS_DIR}/{}/{h}.json", fan_hex(&h))
     }
 }
 

@@ -437,7 +437,7 @@ impl Project {
 }
 
 fn conflicts(snap: &Snapshot) -> Result<Vec<Conflict>> {
-    snap.read_tree_json("conflicts")
+    snap.read_tree_json(crate::project::paths::CONFLICTS_DIR)
 }
 
 /// A project directory, its `.dkt` or a bare repository path, as the path of the
@@ -499,7 +499,7 @@ fn class(path: &str) -> Class {
         "sources" => Class::Declaration,
         "state" => Class::State,
         "node-names" => Class::NodeName,
-        "conflicts" => Class::Report,
+        crate::project::paths::CONFLICTS_DIR => Class::Report,
         "format" => Class::Format,
         _ => Class::Fact,
     }
