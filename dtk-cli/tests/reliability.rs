@@ -358,10 +358,16 @@ fn a_run_killed_between_publishing_and_recording_is_completed_with_its_provenanc
         assert!(verified.contains("verified"), "{point}: {verified}");
         let shown = e.dkt(&["node", "show", &run[..8]]).ok();
         assert!(shown.contains("recorded by"), "{point}: {shown}");
-        // Nothing left behind: no intent, no claim, no scratch copy.
+        // Nothing left behind: no intent, no claim, no scratch copy (an emptied scratch
+        // area kept for the next run, `tmp/free-*`, holds nothing but an empty `work/`).
         for dir in ["queue/intents", "queue/publishing", "queue/settling", "tmp"] {
             let left: Vec<_> = std::fs::read_dir(e.path().join(".dkt").join(dir))
-                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| !free_scratch(&e.path()))
+                        .map(|e| e.file_name())
+                        .collect()
+                })
                 .unwrap_or_default();
             assert!(left.is_empty(), "{point}: {dir} holds {left:?}");
         }

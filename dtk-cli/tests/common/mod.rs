@@ -238,3 +238,20 @@ pub fn design_pipeline(e: &Env) -> String {
     .trim()
     .to_owned()
 }
+
+/// An emptied scratch area kept for the next run: `.dkt/tmp/free-<k>` holding only an
+/// empty `work/`.
+pub fn free_scratch(p: &std::path::Path) -> bool {
+    p.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("free-"))
+        && std::fs::read_dir(p).is_ok_and(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .collect::<Vec<_>>()
+                .iter()
+                .all(|w| {
+                    w.ends_with("work")
+                        && std::fs::read_dir(w).is_ok_and(|mut w| w.next().is_none())
+                })
+        })
+}

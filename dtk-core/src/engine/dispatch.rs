@@ -18,10 +18,7 @@ impl Project {
         // Refused before anything is shipped: a workers file that is set but missing.
         let trusted = crate::signing::coordinator_workers(self)?;
         let snap = self.store().snapshot()?;
-        let scratch = tempfile::Builder::new()
-            .prefix(&format!("run-{}-", record.id.short()))
-            .tempdir_in(ensure_dir(&self.dkt_dir().join("tmp"))?)
-            .at(self.dkt_dir().join("tmp"))?;
+        let scratch = super::Scratch::new(&self.dkt_dir().join("tmp"), &record.id)?;
         let scratch_real = std::fs::canonicalize(scratch.path()).at(scratch.path())?;
         let mut scope = Scope::default();
         let mut inputs = Vec::new();

@@ -28,6 +28,9 @@ mod nodefile;
 mod publish;
 mod queries;
 mod scope;
+mod scratch;
+
+use scratch::Scratch;
 
 pub use nodefile::{
     parse_duration, parse_wait, validate_labels, NodeFile, RetryDecl, StringOrList,
@@ -840,11 +843,8 @@ impl Project {
         read_files: &mut BTreeMap<Name, Vec<String>>,
     ) -> Result<(String, Exec)> {
         let snap = self.store().snapshot()?;
-        let scratch = tempfile::Builder::new()
-            .prefix(&format!("run-{}-", record.id.short()))
-            .tempdir_in(ensure_dir(&self.dkt_dir().join("tmp"))?)
-            .at(self.dkt_dir().join("tmp"))?;
-        let work = ensure_dir(&scratch.path().join("work"))?;
+        let scratch = Scratch::new(&self.dkt_dir().join("tmp"), &record.id)?;
+        let work = scratch.work();
         // The scratch area as it really is, before any command ran.
         let scratch_real = std::fs::canonicalize(scratch.path()).at(scratch.path())?;
         let mut scope = Scope::default();

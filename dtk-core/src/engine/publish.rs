@@ -94,7 +94,9 @@ impl Project {
                 })
                 .unwrap_or_default()
         };
-        let scratch = entries(&self.dkt_dir().join("tmp"));
+        // (Free scratch areas, `free-*`, belong to no run.)
+        let mut scratch = entries(&self.dkt_dir().join("tmp"));
+        scratch.retain(|(name, _)| name.starts_with("run-"));
         let logs = entries(&self.dkt_dir().join("logs"));
         if scratch.is_empty() && logs.is_empty() {
             return Ok(());
@@ -274,7 +276,7 @@ impl Project {
         node: &NodeSpec,
         record: &RunRecord,
         log: String,
-        scratch: tempfile::TempDir,
+        scratch: super::Scratch,
         scratch_real: &Path,
         outputs: Vec<Staged>,
     ) -> Result<(String, Exec)> {
