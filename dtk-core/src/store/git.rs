@@ -7,10 +7,9 @@
 //! pile up, and delta-compressed by `git repack` in the background when they have
 //! doubled, so the store stays near the size `git gc --aggressive` would make of it.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use gix::bstr::ByteSlice;
@@ -26,6 +25,10 @@ use crate::{Error, Result};
 /// How many packs the store lets accumulate before merging them (see
 /// [`GitStore::maybe_pack`]).
 const PACK_LIMIT: usize = 24;
+
+/// git's own `gc.auto` default, about 6,700 loose objects: this many in one of the 256
+/// object directories.
+const LOOSE_LIMIT: usize = 27;
 
 /// The size of packs below which the store is never delta-compressed in the background
 /// (see [`GitStore::maybe_delta_compress`]).
@@ -83,6 +86,15 @@ pub struct GitStore {
     /// The key that signs new commits, if the project has one.
     signer: RwLock<Option<Arc<SigningKey>>>,
     git_dir: PathBuf,
+    /// Pack maintenance running in the background (see [`GitStore::maintain`]), joined
+    /// before the next one starts and when the store is dropped.
+    maintenance: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for GitStore {
+    fn drop(&mut self) {
+        self.wait_for_maintenance();
+    }
 }
 
 impl std::fmt::Debug for GitStore {
@@ -121,6 +133,7 @@ impl GitStore {
             commits: AtomicU32::new(0),
             signer: RwLock::new(None),
             git_dir: git_dir.to_owned(),
+            maintenance: Mutex::new(None),
         })
     }
 
@@ -142,14 +155,48 @@ impl GitStore {
         Ok(r.and_then(|r| r.target().try_id().map(|id| Oid(id.to_owned()))))
     }
 
-    /// Keep reads fast as records accumulate. Each commit adds one small pack; when there
-    /// are more than [`PACK_LIMIT`], the smallest are merged (see `pack::maintain`: byte
-    /// copies, no decompression, geometric like `git repack --geometric=2`). Loose objects
-    /// (written by other tools) are left to `git gc --auto`, started in the background
-    /// when git's own estimate from one of the 256 object directories says so. Errors here
-    /// never fail the commit that has already landed.
-    fn maybe_pack(&self) {
-        let objects = self.git_dir.join("objects");
+    /// Start [`maybe_pack`](Self::maybe_pack) on a thread of its own when it has work:
+    /// merging a dozen packs and deleting them takes milliseconds, which the commit that
+    /// landed does not wait for. One runs at a time per handle (a handle whose last one
+    /// still runs starts none; another process's merge is kept out by the merge lock).
+    fn maintain(&self) {
+        let mut running = self.maintenance.lock().unwrap_or_else(|e| e.into_inner());
+        if running.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        if let Some(done) = running.take() {
+            let _ = done.join();
+        }
+        let (packs, loose) = Self::counts(&self.git_dir);
+        if packs <= PACK_LIMIT && loose <= LOOSE_LIMIT {
+            return;
+        }
+        let git_dir = self.git_dir.clone();
+        match std::thread::Builder::new()
+            .name("dtk-pack".into())
+            .spawn(move || Self::maybe_pack(&git_dir))
+        {
+            Ok(h) => *running = Some(h),
+            Err(_) => Self::maybe_pack(&self.git_dir),
+        }
+    }
+
+    /// Wait for the background maintenance, if one runs.
+    fn wait_for_maintenance(&self) {
+        let running = self
+            .maintenance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = running {
+            let _ = h.join();
+        }
+    }
+
+    /// How many packs the store has, and how many loose objects are in one of the 256
+    /// object directories (git's own estimate of the loose objects, `gc.auto`).
+    fn counts(git_dir: &Path) -> (usize, usize) {
+        let objects = git_dir.join("objects");
         let packs = std::fs::read_dir(objects.join("pack"))
             .map(|d| {
                 d.filter_map(|e| e.ok())
@@ -157,6 +204,21 @@ impl GitStore {
                     .count()
             })
             .unwrap_or(0);
+        let loose = std::fs::read_dir(objects.join("17"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        (packs, loose)
+    }
+
+    /// Keep reads fast as records accumulate. Each commit adds one small pack; when there
+    /// are more than [`PACK_LIMIT`], the smallest are merged (see `pack::maintain`: byte
+    /// copies, no decompression, geometric like `git repack --geometric=2`). Loose objects
+    /// (written by other tools) are left to `git gc --auto`, started in the background
+    /// when git's own estimate from one of the 256 object directories says so. Errors here
+    /// never fail the commit that has already landed.
+    fn maybe_pack(git_dir: &Path) {
+        let objects = git_dir.join("objects");
+        let (packs, loose) = Self::counts(git_dir);
         if packs > PACK_LIMIT {
             let overlapping = match crate::pack::maintain(&objects.join("pack"), PACK_LIMIT) {
                 Ok(m) => m.overlapping,
@@ -165,19 +227,15 @@ impl GitStore {
                     false
                 }
             };
-            self.maybe_delta_compress(overlapping);
+            Self::maybe_delta_compress(git_dir, overlapping);
         }
-        let loose = std::fs::read_dir(objects.join("17"))
-            .map(|d| d.count())
-            .unwrap_or(0);
-        // git's own gc.auto default: about 6,700 loose objects, i.e. 27 in one directory.
-        if loose <= 27 {
+        if loose <= LOOSE_LIMIT {
             return;
         }
         let script = "git --git-dir \"$1\" -c gc.autoDetach=false gc --auto --quiet </dev/null >/dev/null 2>&1 &";
         let _ = std::process::Command::new("sh")
             .args(["-c", script, "sh"])
-            .arg(&self.git_dir)
+            .arg(git_dir)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -195,8 +253,8 @@ impl GitStore {
     /// With `overlapping` (merging met packs with deltas that share objects, which byte
     /// copies cannot join, so they would be read at every merge and never merged), the
     /// repack is due whatever the size, at most once in ten minutes.
-    fn maybe_delta_compress(&self, overlapping: bool) {
-        let pack_dir = self.git_dir.join("objects/pack");
+    fn maybe_delta_compress(git_dir: &Path, overlapping: bool) {
+        let pack_dir = git_dir.join("objects/pack");
         let size: u64 = std::fs::read_dir(&pack_dir)
             .map(|d| {
                 d.filter_map(|e| e.ok())
@@ -205,7 +263,7 @@ impl GitStore {
                     .sum()
             })
             .unwrap_or(0);
-        let marker = self.git_dir.join("dkt-packed-bytes");
+        let marker = git_dir.join("dkt-packed-bytes");
         let last: Option<u64> = std::fs::read_to_string(&marker)
             .ok()
             .and_then(|t| t.trim().parse().ok());
@@ -220,7 +278,7 @@ impl GitStore {
             None => false,
             Some(last) => size > DELTA_MIN_BYTES && size > last.saturating_mul(2),
         };
-        if !due || self.git_dir.join("gc.pid").exists() {
+        if !due || git_dir.join("gc.pid").exists() {
             if last.is_none() {
                 let _ = std::fs::write(&marker, format!("{size}\n"));
             }
@@ -228,7 +286,7 @@ impl GitStore {
         }
         // The repack holds the merge lock while it runs (merging packs away under it
         // would make it fail); when a merge holds it now, the next commit tries again.
-        let lock = self.git_dir.join("objects/pack/dtk-merge.lock");
+        let lock = git_dir.join("objects/pack/dtk-merge.lock");
         let me = crate::engine::worker_id();
         match std::fs::OpenOptions::new()
             .write(true)
@@ -263,7 +321,7 @@ rm -f objects/pack/dtk-merge.lock"#;
                 r#"(sh -c "$3" sh "$1" "$2") </dev/null >/dev/null 2>&1 &"#,
                 "sh",
             ])
-            .arg(&self.git_dir)
+            .arg(git_dir)
             .arg(host)
             .arg(script)
             .stdin(std::process::Stdio::null())
@@ -326,6 +384,7 @@ rm -f objects/pack/dtk-merge.lock"#;
     }
 
     fn pack_now(&self) -> Result<()> {
+        self.wait_for_maintenance();
         let started = Instant::now();
         loop {
             let out = std::process::Command::new("git")
@@ -431,7 +490,7 @@ impl MetadataStore for GitStore {
     }
 
     fn committed(&self) {
-        self.maybe_pack();
+        self.maintain();
         let n = self.commits.fetch_add(1, Ordering::Relaxed);
         if n + 1 >= REOPEN_EVERY {
             // The commit has landed: a failure here must not report it as failed.
@@ -533,19 +592,12 @@ impl Objects for GitObjects {
             .detach()))
     }
 
-    fn write_tree(&self, base: Oid, edits: &BTreeMap<String, Option<Oid>>) -> Result<Oid> {
-        let tree = find_retrying(|| {
-            let mut editor = self.repo.edit_tree(base.0)?;
-            for (path, entry) in edits {
-                match entry {
-                    Some(id) => editor.upsert(path.as_str(), EntryKind::Blob, id.0),
-                    None => editor.remove(path.as_str()),
-                }?;
-            }
-            Ok(editor.write()?.detach())
-        })
-        .map_err(gix_err("cannot write the records tree"))?;
-        Ok(Oid(tree))
+    fn write_dir(&self, entries: &[DirEntry]) -> Result<Oid> {
+        Ok(Oid(self
+            .repo
+            .write_object(tree_object(entries))
+            .map_err(gix_err("cannot write a directory of the records"))?
+            .detach()))
     }
 
     fn write_commit(&self, tree: Oid, parents: &[Oid], message: &str) -> Result<Oid> {
@@ -568,6 +620,24 @@ impl Objects for GitObjects {
         )?;
         Ok(())
     }
+}
+
+/// The tree object of `entries`, in git's order.
+pub(super) fn tree_object(entries: &[DirEntry]) -> gix::objs::Tree {
+    let mut tree = gix::objs::Tree::empty();
+    tree.entries = entries
+        .iter()
+        .map(|e| gix::objs::tree::Entry {
+            mode: match e.is_dir {
+                true => EntryKind::Tree.into(),
+                false => EntryKind::Blob.into(),
+            },
+            filename: e.name.as_str().into(),
+            oid: e.id.0,
+        })
+        .collect();
+    tree.entries.sort();
+    tree
 }
 
 /// A commit object of `tree` on `parents`, signed in git's SSH signature format (a

@@ -116,57 +116,6 @@ impl MemoryObjects {
             .map_err(|e| Error::store("cannot encode an object", e))?;
         self.put(object.kind(), data)
     }
-
-    /// `base` (a directory, if any) with `edits` (paths relative to it) applied; `None`
-    /// when nothing is left in it.
-    fn edit(&self, base: Option<Oid>, edits: &[(&str, Option<Oid>)]) -> Result<Option<Oid>> {
-        let mut entries: BTreeMap<String, (Oid, bool)> = match base {
-            Some(id) => self
-                .tree(id)?
-                .into_iter()
-                .map(|e| (e.name, (e.id, e.is_dir)))
-                .collect(),
-            None => BTreeMap::new(),
-        };
-        let mut below: BTreeMap<&str, Vec<(&str, Option<Oid>)>> = BTreeMap::new();
-        for (path, entry) in edits {
-            match path.split_once('/') {
-                Some((dir, rest)) => below.entry(dir).or_default().push((rest, *entry)),
-                None => match entry {
-                    Some(id) => {
-                        entries.insert((*path).to_owned(), (*id, false));
-                    }
-                    None => {
-                        entries.remove(*path);
-                    }
-                },
-            }
-        }
-        for (dir, edits) in below {
-            let base = entries.get(dir).filter(|e| e.1).map(|e| e.0);
-            match self.edit(base, &edits)? {
-                Some(id) => entries.insert(dir.to_owned(), (id, true)),
-                None => entries.remove(dir),
-            };
-        }
-        if entries.is_empty() {
-            return Ok(None);
-        }
-        let mut tree = gix::objs::Tree::empty();
-        for (name, (id, is_dir)) in entries {
-            tree.entries.push(gix::objs::tree::Entry {
-                mode: if is_dir {
-                    gix::objs::tree::EntryKind::Tree.into()
-                } else {
-                    gix::objs::tree::EntryKind::Blob.into()
-                },
-                filename: name.into(),
-                oid: id.0,
-            });
-        }
-        tree.entries.sort();
-        self.put_object(&tree).map(Some)
-    }
 }
 
 impl Objects for MemoryObjects {
@@ -208,16 +157,8 @@ impl Objects for MemoryObjects {
         self.put(Kind::Blob, bytes.to_vec())
     }
 
-    fn write_tree(&self, base: Oid, edits: &BTreeMap<String, Option<Oid>>) -> Result<Oid> {
-        let edits: Vec<(&str, Option<Oid>)> = edits.iter().map(|(p, e)| (p.as_str(), *e)).collect();
-        let base = (base != self.empty_tree()).then_some(base);
-        match self.edit(base, &edits)? {
-            Some(id) => Ok(id),
-            None => {
-                let empty = gix::objs::Tree::empty();
-                self.put_object(&empty)
-            }
-        }
+    fn write_dir(&self, entries: &[DirEntry]) -> Result<Oid> {
+        self.put_object(&super::git::tree_object(entries))
     }
 
     fn write_commit(&self, tree: Oid, parents: &[Oid], message: &str) -> Result<Oid> {

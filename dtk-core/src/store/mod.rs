@@ -168,9 +168,8 @@ pub trait Objects: Send {
     /// Keep `bytes` as a record; its ID.
     fn write_blob(&self, bytes: &[u8]) -> Result<Oid>;
 
-    /// The directory `base` with `edits` applied (a path to a record, or `None` to remove
-    /// it; directories are created and removed as needed), written; its ID.
-    fn write_tree(&self, base: Oid, edits: &BTreeMap<String, Option<Oid>>) -> Result<Oid>;
+    /// Keep a directory of `entries` (in any order; names are unique); its ID.
+    fn write_dir(&self, entries: &[DirEntry]) -> Result<Oid>;
 
     /// A commit of `tree` on `parents` with `message`, signed if the store signs; its ID.
     fn write_commit(&self, tree: Oid, parents: &[Oid], message: &str) -> Result<Oid>;
@@ -210,6 +209,8 @@ pub struct Store {
 /// it passes its limit.
 #[derive(Debug, Default)]
 struct Memo {
+    /// The directory of each commit.
+    commits: std::sync::Mutex<ById<Oid>>,
     counts: std::sync::Mutex<ById<usize>>,
     trees: std::sync::Mutex<ById<std::sync::Arc<Dir>>>,
     /// Small blobs and their total size.
@@ -228,6 +229,19 @@ impl Memo {
     /// The largest blob remembered, and the most bytes of blobs.
     const MAX_BLOB: usize = 64 << 10;
     const MAX_BLOB_BYTES: usize = 64 << 20;
+
+    fn commit_tree(&self, commit: &Oid) -> Option<Oid> {
+        self.commits.lock().ok()?.get(commit).copied()
+    }
+
+    fn put_commit_tree(&self, commit: Oid, tree: Oid) {
+        if let Ok(mut m) = self.commits.lock() {
+            if m.len() >= Self::MAX_TREES {
+                m.clear();
+            }
+            m.insert(commit, tree);
+        }
+    }
 
     fn count(&self, tree: &Oid) -> Option<usize> {
         self.counts.lock().ok()?.get(tree).copied()
@@ -257,6 +271,13 @@ impl Memo {
 
     fn blob(&self, id: &Oid) -> Option<std::sync::Arc<[u8]>> {
         self.blobs.lock().ok()?.1.get(id).cloned()
+    }
+
+    /// Remember a blob as it is written (copied, if small enough to be remembered).
+    fn put_blob(&self, id: Oid, data: &[u8]) {
+        if data.len() <= Self::MAX_BLOB {
+            self.put_shared_blob(id, &std::sync::Arc::from(data));
+        }
     }
 
     fn put_shared_blob(&self, id: Oid, data: &std::sync::Arc<[u8]>) {
@@ -380,7 +401,7 @@ impl Store {
                 Some(objects.write_blob(line.as_bytes())?),
             );
         }
-        let tree = objects.write_tree(objects.empty_tree(), &edits)?;
+        let tree = write_edited(objects.as_ref(), &self.memo, &|_| Ok(None), &edits)?;
         let commit = objects.write_commit(tree, &[], "init: empty Datakit project")?;
         objects.persist()?;
         self.backend.move_branch(None, commit)
@@ -464,12 +485,21 @@ impl Store {
             }
             let objects = &tx.snap.objects;
             let base_tree = tx.snap.tree;
-            let tree = objects.write_tree(base_tree, &tx.staged)?;
+            // The directories are edited here, from the decoded (remembered) ones of the
+            // base: the backend only keeps the objects.
+            let tree = write_edited(
+                objects.as_ref(),
+                &self.memo,
+                &|dir| tx.snap.dir(dir),
+                &tx.staged,
+            )?;
             if tree == base_tree && theirs.is_none() {
                 return Ok((value, None));
             }
             let parents: Vec<Oid> = std::iter::once(base).chain(theirs).collect();
             let commit = objects.write_commit(tree, &parents, message)?;
+            // The views taken after this commit find its directory without reading it back.
+            self.memo.put_commit_tree(commit, tree);
             objects.persist()?;
             match self.backend.move_branch(Some(base), commit) {
                 Ok(()) => {
@@ -578,9 +608,88 @@ pub struct DirEntry {
     pub is_dir: bool,
 }
 
+/// The directory whose entries `base` gives (by path, `""` for the root; `None` for
+/// none) with `edits` applied (a path to a record, or `None` to remove it; directories
+/// are created and removed as needed), written through `objects` and remembered in
+/// `memo`; its ID. Only the directories on the edited paths are read and written.
+fn write_edited(
+    objects: &dyn Objects,
+    memo: &Memo,
+    base: &dyn Fn(&str) -> Result<Option<Arc<Dir>>>,
+    edits: &BTreeMap<String, Option<Oid>>,
+) -> Result<Oid> {
+    let edits: Vec<(&str, Option<Oid>)> = edits.iter().map(|(p, e)| (p.as_str(), *e)).collect();
+    match edit_dir(objects, memo, base, "", true, &edits)? {
+        Some(id) => Ok(id),
+        None => objects.write_dir(&[]),
+    }
+}
+
+/// [`write_edited`] of the directory `dir` (whose base is read only if `exists`), its
+/// `edits` relative to it; `None` when nothing is left in it.
+fn edit_dir(
+    objects: &dyn Objects,
+    memo: &Memo,
+    base: &dyn Fn(&str) -> Result<Option<Arc<Dir>>>,
+    dir: &str,
+    exists: bool,
+    edits: &[(&str, Option<Oid>)],
+) -> Result<Option<Oid>> {
+    let mut entries: Dir = match exists {
+        true => base(dir)?.map(|d| (*d).clone()).unwrap_or_default(),
+        false => Dir::default(),
+    };
+    let mut below: BTreeMap<&str, Vec<(&str, Option<Oid>)>> = BTreeMap::new();
+    for (path, entry) in edits {
+        match path.split_once('/') {
+            Some((sub, rest)) => below.entry(sub).or_default().push((rest, *entry)),
+            None => match entry {
+                Some(id) => {
+                    entries.insert((*path).to_owned(), (*id, false));
+                }
+                None => {
+                    entries.remove(*path);
+                }
+            },
+        }
+    }
+    for (sub, edits) in below {
+        let path = match dir {
+            "" => sub.to_owned(),
+            _ => format!("{dir}/{sub}"),
+        };
+        let exists = entries.get(sub).is_some_and(|e| e.1);
+        match edit_dir(objects, memo, base, &path, exists, &edits)? {
+            Some(id) => entries.insert(sub.to_owned(), (id, true)),
+            None => entries.remove(sub),
+        };
+    }
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let list: Vec<DirEntry> = entries
+        .iter()
+        .map(|(name, (id, is_dir))| DirEntry {
+            name: name.clone(),
+            id: *id,
+            is_dir: *is_dir,
+        })
+        .collect();
+    let id = objects.write_dir(&list)?;
+    memo.put_tree(id, Arc::new(entries));
+    Ok(Some(id))
+}
+
 impl Snapshot {
     fn at(objects: Box<dyn Objects>, commit: Oid, memo: Arc<Memo>) -> Result<Snapshot> {
-        let tree = objects.commit(commit)?.tree;
+        let tree = match memo.commit_tree(&commit) {
+            Some(tree) => tree,
+            None => {
+                let tree = objects.commit(commit)?.tree;
+                memo.put_commit_tree(commit, tree);
+                tree
+            }
+        };
         Ok(Snapshot {
             objects,
             commit,
@@ -1006,6 +1115,8 @@ impl Tx {
             .objects
             .write_blob(bytes)
             .map_err(|e| Error::store(format!("cannot write record {path}"), e))?;
+        // Read back by the next views (the run recorded, the version published).
+        self.snap.memo.put_blob(id, bytes);
         self.stage(path, Some(id));
         Ok(id)
     }
@@ -1031,7 +1142,8 @@ impl Tx {
     /// (`conflicts/`) resolves the conflict: its report is removed in the same commit.
     fn stage(&mut self, path: &str, entry: Option<Oid>) {
         self.staged.insert(path.to_owned(), entry);
-        if !path.starts_with("conflicts/") {
+        let reports = crate::project::paths::CONFLICTS_DIR;
+        if !(path.starts_with(reports) && path[reports.len()..].starts_with('/')) {
             let report = crate::project::paths::conflict(path);
             if self.snap.blob_id(&report).ok().flatten().is_some()
                 && !self.staged.contains_key(&report)
