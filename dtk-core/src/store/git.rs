@@ -3,8 +3,8 @@
 //!
 //! Each commit's new objects are written as one pack (see `crate::pack`), fsynced before
 //! the branch moves; the branch moves by compare-and-swap (a ref transaction expecting the
-//! old value). Packs are merged in the committing process once more than [`PACK_LIMIT`]
-//! pile up, and delta-compressed by `git repack` in the background when they have
+//! old value). Packs are merged (on a thread of the committing process, which the commit
+//! does not wait for) once more than [`PACK_LIMIT`] pile up, and delta-compressed by `git repack` in the background when they have
 //! doubled, so the store stays near the size `git gc --aggressive` would make of it.
 
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use gix::bstr::ByteSlice;
 use gix::objs::tree::EntryKind;
+use gix::objs::Kind;
 use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
 use gix::refs::Target;
 use gix::ObjectId;
@@ -585,28 +586,16 @@ impl Objects for GitObjects {
     }
 
     fn write_blob(&self, bytes: &[u8]) -> Result<Oid> {
-        Ok(Oid(self
-            .repo
-            .write_blob(bytes)
-            .map_err(gix_err("cannot write a record"))?
-            .detach()))
+        self.put(Kind::Blob, bytes, "a record")
     }
 
     fn write_dir(&self, entries: &[DirEntry]) -> Result<Oid> {
-        Ok(Oid(self
-            .repo
-            .write_object(tree_object(entries))
-            .map_err(gix_err("cannot write a directory of the records"))?
-            .detach()))
+        self.put_object(&tree_object(entries), "a directory of the records")
     }
 
     fn write_commit(&self, tree: Oid, parents: &[Oid], message: &str) -> Result<Oid> {
         let commit = commit_object(tree, parents, message, self.signer.as_deref())?;
-        Ok(Oid(self
-            .repo
-            .write_object(&commit)
-            .map_err(gix_err("cannot write a commit"))?
-            .detach()))
+        self.put_object(&commit, "a commit")
     }
 
     /// Write the objects held in memory as one pack.
@@ -638,6 +627,26 @@ pub(super) fn tree_object(entries: &[DirEntry]) -> gix::objs::Tree {
         .collect();
     tree.entries.sort();
     tree
+}
+
+impl GitObjects {
+    /// Keep `bytes` as an object of `kind` (`what`, for errors) in the handle's memory,
+    /// without looking it up first as gix's own writes do (a lookup through every pack
+    /// index and a loose-object `stat`, for objects that are nearly always new; one
+    /// written again is a duplicate in the commit's pack, which a merge drops).
+    fn put(&self, kind: Kind, bytes: &[u8], what: &str) -> Result<Oid> {
+        gix::objs::Write::write_buf(&self.repo.objects, kind, bytes)
+            .map(Oid)
+            .map_err(|e| Error::store(format!("cannot write {what}"), e))
+    }
+
+    fn put_object(&self, object: &impl gix::objs::WriteTo, what: &str) -> Result<Oid> {
+        let mut buf = Vec::with_capacity(object.size() as usize);
+        object
+            .write_to(&mut buf)
+            .map_err(|e| Error::store(format!("cannot encode {what}"), e))?;
+        self.put(object.kind(), &buf, what)
+    }
 }
 
 /// A commit object of `tree` on `parents`, signed in git's SSH signature format (a
