@@ -299,6 +299,29 @@ impl MergeLock {
     }
 }
 
+/// The merge lock of `pack_dir`, waited for (up to `patience`) while a merge or a
+/// background repack holds it: whoever runs `git gc` holds it, so that no merge or repack
+/// deletes a pack from under it (git then fails, "could not find pack").
+pub(crate) fn hold_merge_lock(pack_dir: &Path, patience: std::time::Duration) -> Result<impl Drop> {
+    let started = std::time::Instant::now();
+    loop {
+        match MergeLock::take(pack_dir.join("dtk-merge.lock"))? {
+            Taken::Held(lock) => return Ok(lock),
+            Taken::Recovered => continue,
+            Taken::Busy { .. } if started.elapsed() < patience => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            Taken::Busy { .. } => {
+                return Err(Error::Conflict(format!(
+                    "the packs of {} are being merged or repacked, still after {}s",
+                    pack_dir.display(),
+                    patience.as_secs()
+                )))
+            }
+        }
+    }
+}
+
 impl Drop for MergeLock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
@@ -809,6 +832,33 @@ mod tests {
         }
         // With few new packs, nothing is merged.
         assert_eq!(maintain(&pack_dir, 24).unwrap().merged, 0);
+    }
+
+    #[test]
+    fn git_gc_waits_for_the_merge_lock_and_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = hold_merge_lock(dir.path(), std::time::Duration::ZERO).unwrap();
+        let lock = dir.path().join("dtk-merge.lock");
+        assert!(lock.exists());
+        // While it is held (by a live process: this one), another holder is refused once
+        // its patience runs out.
+        match hold_merge_lock(dir.path(), std::time::Duration::ZERO) {
+            Err(Error::Conflict(why)) => assert!(why.contains("merged or repacked"), "{why}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("taken twice"),
+        }
+        // A waiting holder gets it once it is released.
+        let started = std::time::Instant::now();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        let again = hold_merge_lock(dir.path(), std::time::Duration::from_secs(10)).unwrap();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+        release.join().unwrap();
+        assert!(lock.exists());
+        drop(again);
+        assert!(!lock.exists());
     }
 
     fn git_in(git_dir: &Path, args: &[&str]) -> String {

@@ -386,6 +386,11 @@ rm -f objects/pack/dtk-merge.lock"#;
 
     fn pack_now(&self) -> Result<()> {
         self.wait_for_maintenance();
+        // No merge and no background repack deletes a pack while git gc runs.
+        let _merges_held = crate::pack::hold_merge_lock(
+            &self.git_dir.join("objects/pack"),
+            Duration::from_secs(600),
+        )?;
         let started = Instant::now();
         loop {
             let out = std::process::Command::new("git")
