@@ -660,9 +660,15 @@ fn edit_dir(
         };
         let exists = entries.get(sub).is_some_and(|e| e.1);
         match edit_dir(objects, memo, base, &path, exists, &edits)? {
-            Some(id) => entries.insert(sub.to_owned(), (id, true)),
-            None => entries.remove(sub),
-        };
+            Some(id) => {
+                entries.insert(sub.to_owned(), (id, true));
+            }
+            // (Removing below a record that is not a directory leaves the record.)
+            None if exists => {
+                entries.remove(sub);
+            }
+            None => {}
+        }
     }
     if entries.is_empty() {
         return Ok(None);
@@ -1287,6 +1293,82 @@ mod tests {
 
     /// Object IDs print and parse as git's 40 hex digits; anything else is refused,
     /// quoting what was given.
+    /// Directories are edited by the records layer: a directory emptied by a removal goes,
+    /// and so do its parents left empty; a record that is not a directory survives a
+    /// removal below it; the same edits give the same directory IDs as git's own tree
+    /// of the same content (checked by `git` itself), and the next view reads them.
+    #[test]
+    fn directories_are_edited_as_git_would_write_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let git_dir = dir.path().join("git");
+        let store = Store::init(&git_dir).unwrap();
+        store
+            .transact("add", |tx| {
+                tx.put("a/b/c.json", b"1")?;
+                tx.put("a/b/d.json", b"2")?;
+                tx.put("a/e.json", b"3")?;
+                tx.put("f", b"4")?;
+                Ok(())
+            })
+            .unwrap();
+        store
+            .transact("remove", |tx| {
+                tx.remove("a/b/c.json");
+                tx.remove("a/b/d.json");
+                tx.remove("f/x.json");
+                Ok(())
+            })
+            .unwrap();
+        let snap = store.snapshot().unwrap();
+        assert_eq!(snap.read("a/e.json").unwrap().as_deref(), Some(&b"3"[..]));
+        assert_eq!(snap.read("f").unwrap().as_deref(), Some(&b"4"[..]));
+        assert!(snap.dir_id("a/b").unwrap().is_none(), "emptied, gone");
+        let listed = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&git_dir)
+            .args(["ls-tree", "-r", "--name-only", "refs/heads/main"])
+            .output()
+            .unwrap();
+        let listed = String::from_utf8(listed.stdout).unwrap();
+        assert_eq!(
+            listed
+                .lines()
+                .filter(|l| *l != "format")
+                .collect::<Vec<_>>(),
+            ["a/e.json", "f"]
+        );
+        let fsck = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&git_dir)
+            .args(["fsck", "--strict"])
+            .output()
+            .unwrap();
+        assert!(
+            fsck.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fsck.stderr)
+        );
+        // git, given the entries of `a`, writes the same tree (the same ID).
+        let ours = snap.dir_id("a").unwrap().unwrap().to_hex();
+        let entries = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&git_dir)
+            .args(["ls-tree", "refs/heads/main:a"])
+            .output()
+            .unwrap();
+        let mut mktree = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&git_dir)
+            .args(["mktree"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(mktree.stdin.as_mut().unwrap(), &entries.stdout).unwrap();
+        let theirs = mktree.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8(theirs.stdout).unwrap().trim(), ours);
+    }
+
     #[test]
     fn object_ids_are_hex() {
         let hex = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391";
@@ -1382,9 +1464,12 @@ mod tests {
                 .and_then(|t| t.trim().parse().ok())
                 .unwrap_or(u64::MAX)
         };
-        // (A guard against a hang, not a timing: the repack takes under a second here.)
+        // (A guard against a hang, not a timing: the repack takes under a second here, but
+        // runs at a lower priority, so other work on a saturated machine can hold it up for
+        // a long while: it once took over a minute beside a CI build.)
         let start = Instant::now();
-        while packed() > DELTA_MIN_BYTES / 4 && start.elapsed() < Duration::from_secs(60) {
+        let patience = Duration::from_secs(300);
+        while packed() > DELTA_MIN_BYTES / 4 && start.elapsed() < patience {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(
@@ -1394,7 +1479,7 @@ mod tests {
         );
         // The repack held the merge lock and gave it back.
         let lock = git_dir.join("objects/pack/dtk-merge.lock");
-        while lock.exists() && start.elapsed() < Duration::from_secs(60) {
+        while lock.exists() && start.elapsed() < patience {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(!lock.exists());
