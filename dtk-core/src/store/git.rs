@@ -4,8 +4,9 @@
 //! Each commit's new objects are written as one pack (see `crate::pack`), fsynced before
 //! the branch moves; the branch moves by compare-and-swap (a ref transaction expecting the
 //! old value). Packs are merged (on a thread of the committing process, which the commit
-//! does not wait for) once more than [`PACK_LIMIT`] pile up, and delta-compressed by `git repack` in the background when they have
-//! doubled, so the store stays near the size `git gc --aggressive` would make of it.
+//! does not wait for) once more than [`PACK_LIMIT`] pile up, and delta-compressed by
+//! `git repack` in the background when they have doubled, so the store stays near the
+//! size `git gc --aggressive` would make of it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
