@@ -31,8 +31,20 @@ fn type_number(kind: Kind) -> u8 {
     }
 }
 
-/// Append the zlib stream of `data` to `out`.
-fn deflate(c: &mut Compress, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
+/// Objects up to this size go into a pack as zlib streams of one stored (uncompressed)
+/// block: deflate makes nothing smaller of them (a 28-byte directory comes out at 39 bytes
+/// either way), and a compressed stream first resets the compressor, which clears its
+/// 64 KiB hash table (most of a commit's objects are this small).
+const STORE_UP_TO: usize = 128;
+
+/// Append the zlib stream of `data` to `out`: compressed with `c` (made when first
+/// needed), or stored when it is small.
+fn deflate(c: &mut Option<Compress>, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    if data.len() <= STORE_UP_TO {
+        stored(data, out);
+        return Ok(());
+    }
+    let c = c.get_or_insert_with(|| Compress::new(Compression::BEST_SPEED));
     c.reset();
     let start = out.len();
     out.resize(start + data.len() + data.len() / 1000 + 64, 0);
@@ -53,6 +65,24 @@ fn deflate(c: &mut Compress, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
             return Ok(());
         }
     }
+}
+
+/// `data` (at most 65,535 bytes) as a zlib stream (RFC 1950) of one final stored block
+/// (RFC 1951).
+fn stored(data: &[u8], out: &mut Vec<u8>) {
+    let len = u16::try_from(data.len()).expect("a stored block holds at most 65,535 bytes");
+    // CMF 0x78 (deflate, 32 KiB window), FLG 0x01 (no dictionary, fastest; 0x7801 is a
+    // multiple of 31); then BFINAL = 1, BTYPE = 00, LEN and its complement.
+    out.extend_from_slice(&[0x78, 0x01, 0x01]);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(data);
+    let (mut a, mut b) = (1u32, 0u32);
+    for &byte in data {
+        a = (a + u32::from(byte)) % 65521;
+        b = (b + a) % 65521;
+    }
+    out.extend_from_slice(&((b << 16) | a).to_be_bytes());
 }
 
 fn sha1(parts: &[&[u8]]) -> Result<ObjectId> {
@@ -76,7 +106,7 @@ pub(crate) fn encode<'a>(
     pack.extend_from_slice(&(count as u32).to_be_bytes());
     // (id, crc32 of the entry, offset of the entry)
     let mut entries: Vec<(ObjectId, u32, u64)> = Vec::with_capacity(count);
-    let mut c = Compress::new(Compression::BEST_SPEED);
+    let mut c = None;
     for (id, kind, data) in objects {
         let offset = pack.len();
         let mut size = data.len() as u64;
@@ -590,13 +620,21 @@ mod tests {
         let git = |args: &[&str]| git_in(dir.path(), args);
         git(&["init", "--bare", "-q"]);
         let big: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
-        let blobs: Vec<(ObjectId, Kind, Vec<u8>)> = [b"hello\n".to_vec(), Vec::new(), big]
-            .into_iter()
-            .map(|data| {
-                let id = gix::objs::compute_hash(gix::hash::Kind::Sha1, Kind::Blob, &data).unwrap();
-                (id, Kind::Blob, data)
-            })
-            .collect();
+        // Small ones are stored, up to the boundary; the rest compressed.
+        let blobs: Vec<(ObjectId, Kind, Vec<u8>)> = [
+            b"hello\n".to_vec(),
+            Vec::new(),
+            vec![7u8; STORE_UP_TO],
+            vec![7u8; STORE_UP_TO + 1],
+            (0..=255u8).cycle().take(STORE_UP_TO).collect(),
+            big,
+        ]
+        .into_iter()
+        .map(|data| {
+            let id = gix::objs::compute_hash(gix::hash::Kind::Sha1, Kind::Blob, &data).unwrap();
+            (id, Kind::Blob, data)
+        })
+        .collect();
         let idx = write(
             &dir.path().join("objects/pack"),
             blobs.iter().map(|(id, k, d)| (*id, *k, d.as_slice())),
@@ -613,7 +651,7 @@ mod tests {
                 .unwrap();
             assert_eq!(&out.stdout, data);
         }
-        assert!(git(&["count-objects", "-v"]).contains("\nin-pack: 3\n"));
+        assert!(git(&["count-objects", "-v"]).contains("\nin-pack: 6\n"));
     }
 
     /// Small packs of ours and a pack `git gc` wrote (with deltas) are merged into one that
