@@ -610,7 +610,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// git itself verifies and reads what we write.
@@ -899,7 +899,8 @@ mod tests {
         assert!(!lock.exists());
     }
 
-    fn git_in(git_dir: &Path, args: &[&str]) -> String {
+    /// `git --git-dir GIT_DIR ARGS...`, which must succeed; its output.
+    pub(crate) fn git_in(git_dir: &Path, args: &[&str]) -> String {
         let out = std::process::Command::new("git")
             .arg("--git-dir")
             .arg(git_dir)

@@ -231,42 +231,27 @@ impl Memo {
     const MAX_BLOB_BYTES: usize = 64 << 20;
 
     fn commit_tree(&self, commit: &Oid) -> Option<Oid> {
-        self.commits.lock().ok()?.get(commit).copied()
+        remembered(&self.commits, commit)
     }
 
     fn put_commit_tree(&self, commit: Oid, tree: Oid) {
-        if let Ok(mut m) = self.commits.lock() {
-            if m.len() >= Self::MAX_TREES {
-                m.clear();
-            }
-            m.insert(commit, tree);
-        }
+        remember(&self.commits, commit, tree);
     }
 
     fn count(&self, tree: &Oid) -> Option<usize> {
-        self.counts.lock().ok()?.get(tree).copied()
+        remembered(&self.counts, tree)
     }
 
     fn put_count(&self, tree: Oid, count: usize) {
-        if let Ok(mut m) = self.counts.lock() {
-            if m.len() >= Self::MAX_TREES {
-                m.clear();
-            }
-            m.insert(tree, count);
-        }
+        remember(&self.counts, tree, count);
     }
 
     fn tree(&self, id: &Oid) -> Option<std::sync::Arc<Dir>> {
-        self.trees.lock().ok()?.get(id).cloned()
+        remembered(&self.trees, id)
     }
 
     fn put_tree(&self, id: Oid, dir: std::sync::Arc<Dir>) {
-        if let Ok(mut m) = self.trees.lock() {
-            if m.len() >= Self::MAX_TREES {
-                m.clear();
-            }
-            m.insert(id, dir);
-        }
+        remember(&self.trees, id, dir);
     }
 
     fn blob(&self, id: &Oid) -> Option<std::sync::Arc<[u8]>> {
@@ -293,6 +278,22 @@ impl Memo {
                 m.0 += data.len();
             }
         }
+    }
+}
+
+/// What `map` remembers of `id`.
+fn remembered<V: Clone>(map: &std::sync::Mutex<ById<V>>, id: &Oid) -> Option<V> {
+    map.lock().ok()?.get(id).cloned()
+}
+
+/// Remember `value` for `id` in `map`, which is cleared first when it holds
+/// [`Memo::MAX_TREES`] entries.
+fn remember<V>(map: &std::sync::Mutex<ById<V>>, id: Oid, value: V) {
+    if let Ok(mut m) = map.lock() {
+        if m.len() >= Memo::MAX_TREES {
+            m.clear();
+        }
+        m.insert(id, value);
     }
 }
 
@@ -1323,13 +1324,8 @@ mod tests {
         assert_eq!(snap.read("a/e.json").unwrap().as_deref(), Some(&b"3"[..]));
         assert_eq!(snap.read("f").unwrap().as_deref(), Some(&b"4"[..]));
         assert!(snap.dir_id("a/b").unwrap().is_none(), "emptied, gone");
-        let listed = std::process::Command::new("git")
-            .arg("--git-dir")
-            .arg(&git_dir)
-            .args(["ls-tree", "-r", "--name-only", "refs/heads/main"])
-            .output()
-            .unwrap();
-        let listed = String::from_utf8(listed.stdout).unwrap();
+        let git = |args: &[&str]| crate::pack::tests::git_in(&git_dir, args);
+        let listed = git(&["ls-tree", "-r", "--name-only", "refs/heads/main"]);
         assert_eq!(
             listed
                 .lines()
@@ -1337,25 +1333,10 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["a/e.json", "f"]
         );
-        let fsck = std::process::Command::new("git")
-            .arg("--git-dir")
-            .arg(&git_dir)
-            .args(["fsck", "--strict"])
-            .output()
-            .unwrap();
-        assert!(
-            fsck.status.success(),
-            "{}",
-            String::from_utf8_lossy(&fsck.stderr)
-        );
+        git(&["fsck", "--strict"]);
         // git, given the entries of `a`, writes the same tree (the same ID).
         let ours = snap.dir_id("a").unwrap().unwrap().to_hex();
-        let entries = std::process::Command::new("git")
-            .arg("--git-dir")
-            .arg(&git_dir)
-            .args(["ls-tree", "refs/heads/main:a"])
-            .output()
-            .unwrap();
+        let entries = git(&["ls-tree", "refs/heads/main:a"]);
         let mut mktree = std::process::Command::new("git")
             .arg("--git-dir")
             .arg(&git_dir)
@@ -1364,7 +1345,7 @@ mod tests {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        std::io::Write::write_all(mktree.stdin.as_mut().unwrap(), &entries.stdout).unwrap();
+        std::io::Write::write_all(mktree.stdin.as_mut().unwrap(), entries.as_bytes()).unwrap();
         let theirs = mktree.wait_with_output().unwrap();
         assert_eq!(String::from_utf8(theirs.stdout).unwrap().trim(), ours);
     }
