@@ -46,6 +46,7 @@ pub mod remote;
 pub mod reproduce;
 pub mod scheduler;
 pub mod signing;
+mod unnamed;
 mod upgrade;
 pub use dtk_api::source;
 pub mod store;

@@ -9,8 +9,10 @@
 //! [`Store`](crate::store::Store)).
 //!
 //! The files appear in git's order: the `.pack` first, then the `.idx` (a reader looks for
-//! indices), each written under a temporary name and renamed into place, so a reader never
-//! sees a partial file and a killed process leaves at most an unreferenced pack behind.
+//! indices), each complete before it has its name (a file without one, named by
+//! `link(2)`, or a temporary name renamed into place: see `crate::unnamed`), so a reader
+//! never sees a partial file and a killed process leaves at most an unreferenced pack
+//! behind.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +21,7 @@ use gix::zlib::stream::deflate::{Compress, FlushCompress};
 use gix::zlib::{Compression, Status};
 use gix::ObjectId;
 
+use crate::unnamed::{self, Spares};
 use crate::{Error, Result};
 
 /// The pack type number of an object kind.
@@ -37,14 +40,33 @@ fn type_number(kind: Kind) -> u8 {
 /// 64 KiB hash table (most of a commit's objects are this small).
 const STORE_UP_TO: usize = 128;
 
-/// Append the zlib stream of `data` to `out`: compressed with `c` (made when first
-/// needed), or stored when it is small.
-fn deflate(c: &mut Option<Compress>, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
+thread_local! {
+    /// The compressor of this thread, made when first needed and kept: making one maps
+    /// and clears a few hundred KiB (its window and hash table), more than compressing a
+    /// commit's objects takes.
+    static COMPRESSOR: std::cell::RefCell<Option<Compress>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Append the zlib stream of `data` to `out`: compressed with this thread's compressor,
+/// or stored when it is small.
+fn deflate(data: &[u8], out: &mut Vec<u8>) -> Result<()> {
     if data.len() <= STORE_UP_TO {
         stored(data, out);
         return Ok(());
     }
-    let c = c.get_or_insert_with(|| Compress::new(Compression::BEST_SPEED));
+    COMPRESSOR.with(|c| match c.try_borrow_mut() {
+        Ok(mut c) => compress(
+            c.get_or_insert_with(|| Compress::new(Compression::BEST_SPEED)),
+            data,
+            out,
+        ),
+        // (Only if compressing ever compressed again on the same thread.)
+        Err(_) => compress(&mut Compress::new(Compression::BEST_SPEED), data, out),
+    })
+}
+
+/// Append the zlib stream of `data`, compressed with `c`, to `out`.
+fn compress(c: &mut Compress, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
     c.reset();
     let start = out.len();
     out.resize(start + data.len() + data.len() / 1000 + 64, 0);
@@ -106,7 +128,6 @@ pub(crate) fn encode<'a>(
     pack.extend_from_slice(&(count as u32).to_be_bytes());
     // (id, crc32 of the entry, offset of the entry)
     let mut entries: Vec<(ObjectId, u32, u64)> = Vec::with_capacity(count);
-    let mut c = None;
     for (id, kind, data) in objects {
         let offset = pack.len();
         let mut size = data.len() as u64;
@@ -118,7 +139,7 @@ pub(crate) fn encode<'a>(
             size >>= 7;
         }
         pack.push(byte);
-        deflate(&mut c, data, &mut pack)?;
+        deflate(data, &mut pack)?;
         entries.push((id, crc32fast::hash(&pack[offset..]), offset as u64));
     }
     let checksum = sha1(&[&pack])?;
@@ -169,11 +190,13 @@ fn index(mut entries: Vec<(ObjectId, u32, u64)>, checksum: ObjectId) -> Result<V
     Ok(idx)
 }
 
-/// Write `objects` as a pack and its index into `pack_dir` (`objects/pack`); returns the
-/// path of the index. An empty set writes nothing.
+/// Write `objects` as a pack and its index into `pack_dir` (`objects/pack`), into files
+/// of `spares` when it has some; returns the path of the index. An empty set writes
+/// nothing.
 pub(crate) fn write<'a>(
     pack_dir: &Path,
     objects: impl ExactSizeIterator<Item = (ObjectId, Kind, &'a [u8])>,
+    spares: &Spares,
 ) -> Result<Option<PathBuf>> {
     if objects.len() == 0 {
         return Ok(None);
@@ -185,7 +208,7 @@ pub(crate) fn write<'a>(
         // The same objects in the same order: already there.
         return Ok(Some(idx_path));
     }
-    put_pair(pack_dir, &pack_dir.join(name), &pack, &idx)?;
+    put_pair(pack_dir, &pack_dir.join(name), &pack, &idx, spares)?;
     Ok(Some(idx_path))
 }
 
@@ -195,8 +218,6 @@ pub(crate) fn write<'a>(
 struct Existing {
     stem: PathBuf,
     weight: u64,
-    /// When its index was written.
-    written: Option<std::time::SystemTime>,
 }
 
 /// What [`maintain`] did.
@@ -257,12 +278,10 @@ pub(crate) fn maintain(pack_dir: &Path, limit: usize) -> Result<Maintained> {
         if stem.with_extension("keep").exists() {
             continue; // git's marker: never repack this one
         }
-        let meta = e.metadata().ok();
-        let size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
+        let size = e.metadata().map(|m| m.len()).unwrap_or(0);
         packs.push(Existing {
             weight: size.saturating_sub(1072) / 28,
             stem,
-            written: meta.and_then(|m| m.modified().ok()),
         });
     }
     if packs.len() <= limit {
@@ -272,10 +291,8 @@ pub(crate) fn maintain(pack_dir: &Path, limit: usize) -> Result<Maintained> {
     let take = geometric_split(&packs, 2).max(limit / 2);
     match MergeLock::take(pack_dir.join("dtk-merge.lock"))? {
         Taken::Held(_lock) => merge(pack_dir, &packs[..take]),
-        Taken::Busy {
-            repack_since: Some(started),
-        } => merge_beside_repack(pack_dir, &packs, started, limit),
-        Taken::Busy { repack_since: None } | Taken::Recovered => Ok(Maintained::default()),
+        Taken::Busy { repack: true } => merge_beside_repack(pack_dir, &packs, limit),
+        Taken::Busy { repack: false } | Taken::Recovered => Ok(Maintained::default()),
     }
 }
 
@@ -290,10 +307,8 @@ enum Taken {
     /// Its holder is gone (or it is older than its holder may rightly keep it: a minute, an
     /// hour for a repack): it was removed, and the next attempt takes it.
     Recovered,
-    /// A live holder has it; `repack_since` is when a background repack took it.
-    Busy {
-        repack_since: Option<std::time::SystemTime>,
-    },
+    /// A live holder has it (`repack`: a background repack).
+    Busy { repack: bool },
 }
 
 impl MergeLock {
@@ -320,9 +335,7 @@ impl MergeLock {
                     let _ = std::fs::remove_file(&path);
                     return Ok(Taken::Recovered);
                 }
-                Ok(Taken::Busy {
-                    repack_since: taken.filter(|_| repack),
-                })
+                Ok(Taken::Busy { repack })
             }
             Err(e) => Err(Error::io(&path, e)),
         }
@@ -365,25 +378,32 @@ fn older_than(modified: Option<std::time::SystemTime>, age: std::time::Duration)
         .is_some_and(|elapsed| elapsed > age)
 }
 
-/// While a background `git repack -A -d` holds the merge lock (taken at `started`), the
-/// packs that commits write meanwhile would pile up, one per commit, for as long as it
-/// runs (minutes on a large store or a loaded machine). `git repack -d` deletes only the
-/// packs it found when it began, so those written after it started (5 s after the lock
-/// was taken, a margin for it to list them) are merged among
-/// themselves, as usual, once there are more than half of `limit`; merges of that kind
-/// take turns through their own lock, `dtk-merge-new.lock`.
-fn merge_beside_repack(
-    pack_dir: &Path,
-    packs: &[Existing],
-    started: std::time::SystemTime,
-    limit: usize,
-) -> Result<Maintained> {
-    // A margin for the repack to list the packs it will delete: it does that as it
-    // starts, within milliseconds of the lock.
-    let after = started + std::time::Duration::from_secs(5);
+/// The packs a background repack packs, one file name (`pack-<hash>.pack`) a line, written
+/// by it before it starts and deleted when it ends (see `GitStore::maybe_delta_compress`).
+pub(crate) const REPACKING: &str = "dtk-repack.packs";
+
+/// While a background repack holds the merge lock, the packs that commits write meanwhile
+/// would pile up, one per commit, for as long as it runs (minutes on a large store or a
+/// busy machine), and every commit would list them all. The repack packs, then deletes,
+/// exactly the packs named in [`REPACKING`]; the others are merged among themselves, as
+/// usual, once there are more than half of `limit`. Merges of that kind take turns through
+/// their own lock, `dtk-merge-new.lock`. Until the repack has written its list, nothing is
+/// merged.
+fn merge_beside_repack(pack_dir: &Path, packs: &[Existing], limit: usize) -> Result<Maintained> {
+    let Ok(listed) = std::fs::read_to_string(pack_dir.join(REPACKING)) else {
+        return Ok(Maintained::default());
+    };
+    let repacked: std::collections::HashSet<&str> = listed.lines().collect();
     let newer: Vec<Existing> = packs
         .iter()
-        .filter(|p| p.written.is_some_and(|w| w > after))
+        .filter(|p| {
+            let name = p.stem.with_extension("pack");
+            let name = name
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            !repacked.contains(name)
+        })
         .cloned()
         .collect();
     if newer.len() <= limit / 2 {
@@ -540,7 +560,13 @@ fn merge(pack_dir: &Path, packs: &[Existing]) -> Result<Maintained> {
     pack.extend_from_slice(&body);
     drop(body);
     pack.extend_from_slice(checksum.as_bytes());
-    put_pair(pack_dir, &stem, &pack, &idx)?;
+    put_pair(
+        pack_dir,
+        &stem,
+        &pack,
+        &idx,
+        &Spares::new(pack_dir.to_owned(), 0, PACK_MODE),
+    )?;
     for p in packs {
         if p.stem == stem || skipped.contains(&p.stem) {
             continue;
@@ -556,50 +582,99 @@ fn merge(pack_dir: &Path, packs: &[Existing]) -> Result<Maintained> {
     })
 }
 
-/// Write a pack and its index as `stem.pack` and `stem.idx` in `dir`, durably: each goes
-/// to a temporary file whose data is synced (the two at once, on two threads: the disk
-/// takes one flush for both), then the pack is renamed into place, then the index (a
-/// reader looks for indices), then the directory is synced.
-fn put_pair(dir: &Path, stem: &Path, pack: &[u8], idx: &[u8]) -> Result<()> {
-    let (pack_tmp, idx_tmp) = std::thread::scope(|s| {
-        let idx_tmp = s.spawn(|| synced_temp(dir, idx));
-        let pack_tmp = synced_temp(dir, pack);
-        let idx_tmp = idx_tmp
-            .join()
-            .unwrap_or_else(|_| Err(Error::corrupt("writing a pack index panicked")));
-        (pack_tmp, idx_tmp)
-    });
-    let (pack_tmp, idx_tmp) = (pack_tmp?, idx_tmp?);
-    for (tmp, ext) in [(pack_tmp, "pack"), (idx_tmp, "idx")] {
-        let path = stem.with_extension(ext);
-        tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
-    }
-    sync_dir(dir)
+/// The mode of pack files: read-only, as git makes them.
+pub(crate) const PACK_MODE: u32 = 0o444;
+
+/// A file of a pack being written: its bytes go in and are synced before it has its
+/// name, as git does with core.fsync, so a power loss never leaves a name (or a ref
+/// pointing into the pack) without the bytes, and a reader never sees a partial file.
+enum Staged {
+    /// Without a name until it has its bytes (`O_TMPFILE`: made ahead, or now).
+    Unnamed(std::fs::File),
+    /// Under a temporary name, renamed into place (filesystems without unnamed files).
+    Named(tempfile::NamedTempFile),
 }
 
-/// `bytes` in a new temporary file in `dir`, on the disk before it has its name (and long
-/// before a ref points into it), as git does with core.fsync: a power loss never leaves a
-/// ref pointing at a pack that did not reach the disk.
-fn synced_temp(dir: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
-    let mut tmp = match tempfile::Builder::new()
-        .prefix("tmp_pack_")
-        .tempfile_in(dir)
-    {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            tempfile::Builder::new()
-                .prefix("tmp_pack_")
-                .tempfile_in(dir)
-                .map_err(|e| Error::io(dir, e))?
+impl Staged {
+    /// `bytes` in a new file of `dir` (one of `spares`, if it has some), synced.
+    fn synced(dir: &Path, spares: &Spares, bytes: &[u8]) -> Result<Staged> {
+        let file = match spares.take() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                spares.take()
+            }
+            taken => taken,
+        };
+        let mut staged = match file {
+            Ok(f) => Staged::Unnamed(f),
+            Err(_) => Staged::Named(
+                tempfile::Builder::new()
+                    .prefix("tmp_pack_")
+                    .tempfile_in(dir)
+                    .map_err(|e| Error::io(dir, e))?,
+            ),
+        };
+        let file = staged.file();
+        std::io::Write::write_all(&mut &*file, bytes)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| Error::io(dir, e))?;
+        Ok(staged)
+    }
+
+    fn file(&mut self) -> &std::fs::File {
+        match self {
+            Staged::Unnamed(f) => f,
+            Staged::Named(t) => t.as_file(),
         }
-        Err(e) => return Err(Error::io(dir, e)),
-    };
-    std::io::Write::write_all(&mut tmp, bytes).map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.as_file()
-        .sync_data()
-        .map_err(|e| Error::io(tmp.path(), e))?;
-    Ok(tmp)
+    }
+
+    /// Give it its name.
+    fn name(self, path: &Path) -> Result<()> {
+        match self {
+            // (A pack's name is its checksum: an existing one has the same content.)
+            Staged::Unnamed(f) => match unnamed::name(&f, path) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                named => named,
+            },
+            Staged::Named(t) => t.persist(path).map(drop).map_err(|e| e.error),
+        }
+        .map_err(|e| Error::io(path, e))
+    }
+}
+
+/// Write a pack and its index as `stem.pack` and `stem.idx` in `dir`, durably: each goes
+/// into a file without a name (one of `spares`, when there are some) or with a temporary
+/// one, whose data is synced (the two at once, on two threads: the disk takes one flush
+/// for both), then the pack gets its name, then the index (a reader looks for indices),
+/// then the directory is synced.
+fn put_pair(dir: &Path, stem: &Path, pack: &[u8], idx: &[u8], spares: &Spares) -> Result<()> {
+    let unnamed = unnamed::works();
+    match write_pair(dir, stem, pack, idx, spares) {
+        // Unnamed files turned out not to work here: the usual way.
+        Err(_) if unnamed && !unnamed::works() => write_pair(
+            dir,
+            stem,
+            pack,
+            idx,
+            &Spares::new(dir.to_owned(), 0, PACK_MODE),
+        ),
+        done => done,
+    }
+}
+
+fn write_pair(dir: &Path, stem: &Path, pack: &[u8], idx: &[u8], spares: &Spares) -> Result<()> {
+    let (pack_file, idx_file) = std::thread::scope(|s| {
+        let idx_file = s.spawn(|| Staged::synced(dir, spares, idx));
+        let pack_file = Staged::synced(dir, spares, pack);
+        let idx_file = idx_file
+            .join()
+            .unwrap_or_else(|_| Err(Error::corrupt("writing a pack index panicked")));
+        (pack_file, idx_file)
+    });
+    let (pack_file, idx_file) = (pack_file?, idx_file?);
+    pack_file.name(&stem.with_extension("pack"))?;
+    idx_file.name(&stem.with_extension("idx"))?;
+    sync_dir(dir)
 }
 
 /// Make the renames in `dir` durable (fsync of the directory).
@@ -635,12 +710,33 @@ pub(crate) mod tests {
             (id, Kind::Blob, data)
         })
         .collect();
+        // Into files made ahead: nothing shows in the directory until the pack is named.
+        let pack_dir = dir.path().join("objects/pack");
+        let spares = Spares::new(pack_dir.clone(), 2, PACK_MODE);
+        spares.fill();
+        assert_eq!(spares.ready(), 2);
+        assert_eq!(std::fs::read_dir(&pack_dir).unwrap().count(), 0);
         let idx = write(
-            &dir.path().join("objects/pack"),
+            &pack_dir,
             blobs.iter().map(|(id, k, d)| (*id, *k, d.as_slice())),
+            &spares,
         )
         .unwrap()
         .unwrap();
+        assert_eq!(spares.ready(), 0);
+        let mut names: Vec<_> = std::fs::read_dir(&pack_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let stem = idx.file_stem().unwrap().to_str().unwrap();
+        assert_eq!(names, [format!("{stem}.idx"), format!("{stem}.pack")]);
+        for name in &names {
+            let mode = std::fs::metadata(pack_dir.join(name))
+                .unwrap()
+                .permissions();
+            assert!(mode.readonly(), "{name}: {mode:?}");
+        }
         git(&["verify-pack", idx.to_str().unwrap()]);
         for (id, _, data) in &blobs {
             let out = std::process::Command::new("git")
@@ -685,7 +781,12 @@ pub(crate) mod tests {
                 })
                 .collect();
             ids.push(objects[0].0.to_string());
-            write(&pack_dir, objects.into_iter()).unwrap();
+            write(
+                &pack_dir,
+                objects.into_iter(),
+                &Spares::new(pack_dir.clone(), 0, PACK_MODE),
+            )
+            .unwrap();
         }
         assert_eq!(glob_idx(dir.path()).len(), 11); // ours and git's
         assert_eq!(
@@ -791,6 +892,7 @@ pub(crate) mod tests {
             write(
                 &pack_dir,
                 std::iter::once((id, Kind::Blob, data.as_bytes())),
+                &Spares::new(pack_dir.clone(), 0, PACK_MODE),
             )
             .unwrap();
         }
@@ -816,42 +918,45 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         git_in(dir.path(), &["init", "--bare", "-q"]);
         let pack_dir = dir.path().join("objects/pack");
-        let ago = |secs| std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
         let mut ids = Vec::new();
         let mut write_one = |i: u32| {
             let data = format!("object {i}\n").into_bytes();
             let id = gix::objs::compute_hash(gix::hash::Kind::Sha1, Kind::Blob, &data).unwrap();
             ids.push(id);
-            write(&pack_dir, [(id, Kind::Blob, data.as_slice())].into_iter())
-                .unwrap()
-                .unwrap()
+            write(
+                &pack_dir,
+                [(id, Kind::Blob, data.as_slice())].into_iter(),
+                &Spares::new(pack_dir.clone(), 0, PACK_MODE),
+            )
+            .unwrap()
+            .unwrap()
         };
-        // Ten packs from before the repack began, the lock it took two minutes ago.
-        let mut before = Vec::new();
-        for i in 0..10 {
-            let idx = write_one(i);
-            std::fs::File::options()
-                .write(true)
-                .open(&idx)
-                .unwrap()
-                .set_modified(ago(180))
-                .unwrap();
-            before.push(idx);
-        }
+        // Ten packs from before the repack began, which it lists.
+        let before: Vec<PathBuf> = (0..10).map(&mut write_one).collect();
         let lock = pack_dir.join("dtk-merge.lock");
         let holder = format!("{} repack", crate::engine::worker_id());
         std::fs::write(&lock, holder.as_bytes()).unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&lock)
-            .unwrap()
-            .set_modified(ago(120))
-            .unwrap();
         // Twenty packs written since.
         for i in 10..30 {
             write_one(i);
         }
         assert_eq!(glob_idx(dir.path()).len(), 30);
+        // Until the repack has listed its packs, nothing is merged.
+        assert_eq!(maintain(&pack_dir, 24).unwrap().merged, 0);
+        let listed: String = before
+            .iter()
+            .map(|idx| {
+                format!(
+                    "{}\n",
+                    idx.with_extension("pack")
+                        .file_name()
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                )
+            })
+            .collect();
+        std::fs::write(pack_dir.join(REPACKING), listed).unwrap();
         assert_eq!(maintain(&pack_dir, 24).unwrap().merged, 20);
         let left = glob_idx(dir.path());
         assert_eq!(

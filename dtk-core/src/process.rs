@@ -92,14 +92,13 @@ pub(crate) struct Sink {
     pub(crate) node: NodeId,
     pub(crate) captured: Arc<Mutex<Captured>>,
     /// `.dkt/logs/<run-id>.log`: the live log, for `dkt node log --follow`.
-    pub(crate) live: Option<Arc<Mutex<std::fs::File>>>,
+    pub(crate) live: Option<Arc<Mutex<LiveLog>>>,
     pub(crate) events: Events,
     pub(crate) secrets: Secrets,
 }
 
 impl Sink {
-    /// A sink for `run`, with its live log file at `live` (created now; `None` if it
-    /// cannot be).
+    /// A sink for `run`, with its live log file at `live`.
     pub(crate) fn new(
         run: RunId,
         node: NodeId,
@@ -107,17 +106,11 @@ impl Sink {
         events: Events,
         secrets: Secrets,
     ) -> Sink {
-        let live = live.and_then(|p| {
-            if let Some(dir) = p.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            std::fs::File::create(&p).ok()
-        });
         Sink {
             run,
             node,
             captured: Arc::new(Mutex::new(Captured::default())),
-            live: live.map(|f| Arc::new(Mutex::new(f))),
+            live: live.map(|path| Arc::new(Mutex::new(LiveLog::Unmade(path)))),
             events,
             secrets,
         }
@@ -131,7 +124,7 @@ impl Sink {
         let text = self.secrets.redact(&String::from_utf8_lossy(bytes));
         if let Some(live) = &self.live {
             if let Ok(mut f) = live.lock() {
-                let _ = f.write_all(text.as_bytes());
+                f.write(text.as_bytes());
             }
         }
         self.events.send(Event::LogLine {
@@ -148,7 +141,7 @@ impl Sink {
         }
         if let Some(live) = &self.live {
             if let Ok(mut f) = live.lock() {
-                let _ = writeln!(f, "{text}");
+                f.write(format!("{text}\n").as_bytes());
             }
         }
         self.events.send(Event::LogLine {
@@ -161,6 +154,30 @@ impl Sink {
     /// Everything kept so far.
     pub(crate) fn text(&self) -> String {
         self.captured.lock().map(|c| c.text()).unwrap_or_default()
+    }
+}
+
+/// A run's live log file, made when the run first has something to say: a run that
+/// prints nothing makes (and removes) no file. Readers take a missing one as empty.
+#[derive(Debug)]
+pub(crate) enum LiveLog {
+    /// Not made yet: where it goes.
+    Unmade(PathBuf),
+    /// Made (or `None`: it could not be).
+    Made(Option<std::fs::File>),
+}
+
+impl LiveLog {
+    fn write(&mut self, bytes: &[u8]) {
+        if let LiveLog::Unmade(path) = self {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            *self = LiveLog::Made(std::fs::File::create(&*path).ok());
+        }
+        if let LiveLog::Made(Some(f)) = self {
+            let _ = f.write_all(bytes);
+        }
     }
 }
 

@@ -192,6 +192,25 @@ impl LocalQueue {
         Ok(())
     }
 
+    /// `run` as a new file at `to`, complete when it appears; `false` if `to` exists. A
+    /// file without a name gets the record, then the name (see `crate::unnamed`): one
+    /// file made, none renamed or removed. `None` where such files cannot be had.
+    fn create_unnamed(to: &Path, run: &RunRecord) -> Option<Result<bool>> {
+        let dir = to.parent()?;
+        let file = crate::unnamed::unnamed(dir, 0o666).ok()?;
+        let written = serde_json::to_vec(run)
+            .map_err(|e| Error::store(format!("cannot write {}", to.display()), e))
+            .and_then(|bytes| std::io::Write::write_all(&mut &file, &bytes).at(to));
+        if let Err(e) = written {
+            return Some(Err(e));
+        }
+        match crate::unnamed::name(&file, to) {
+            Ok(()) => Some(Ok(true)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some(Ok(false)),
+            Err(_) => None,
+        }
+    }
+
     fn read(path: &Path) -> Result<Option<RunRecord>> {
         match std::fs::read(path) {
             Ok(bytes) => match serde_json::from_slice(&bytes) {
@@ -396,11 +415,14 @@ impl RunQueue for LocalQueue {
         if self.path(PUBLISHING, &run.id).exists() || self.path(SETTLING, &run.id).exists() {
             return Ok(false);
         }
+        // Not synced: the run lives only in this process, and a power loss ends both.
+        if let Some(created) = Self::create_unnamed(&running, run) {
+            return created;
+        }
         let aside =
             self.dir
                 .join(RUNNING)
                 .join(format!(".new-{}-{}", run.id.to_hex(), std::process::id()));
-        // Not synced: the run lives only in this process, and a power loss ends both.
         self.write_volatile(&aside, run)?;
         let linked = std::fs::hard_link(&aside, &running);
         let _ = std::fs::remove_file(&aside);
