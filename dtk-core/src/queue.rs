@@ -732,6 +732,20 @@ mod tests {
         assert_eq!(q.claimed().unwrap().len(), 1);
         q.finish(&c.id).unwrap();
         assert!(q.claimed().unwrap().is_empty());
+        // The same where files cannot be made without names (written aside, then linked):
+        // one claim wins, it reads back whole, and nothing is left beside it.
+        let d = run(4);
+        crate::unnamed::set_works(false);
+        let (first, second) = (q.claim(&d), q.claim(&d));
+        crate::unnamed::set_works(true);
+        assert!(first.unwrap());
+        assert!(!second.unwrap());
+        assert_eq!(q.get(&d.id).unwrap().map(|r| r.id), Some(d.id));
+        let names: Vec<String> = std::fs::read_dir(dir.path().join(RUNNING))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, [format!("{}.json", d.id.to_hex())]);
     }
 
     #[test]

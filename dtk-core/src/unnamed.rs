@@ -79,6 +79,13 @@ pub(crate) fn works() -> bool {
     WORKS.load(Ordering::Relaxed)
 }
 
+/// Turn files without names off (or back on) for this process, as if the filesystem had
+/// none: the tests of the paths taken then.
+#[cfg(test)]
+pub(crate) fn set_works(on: bool) {
+    WORKS.store(on && cfg!(target_os = "linux"), Ordering::Relaxed);
+}
+
 /// A new file in `dir` without a name, open for writing, whose mode will be `mode` less
 /// the umask; `Unsupported` where there are none.
 pub(crate) fn unnamed(dir: &Path, mode: u32) -> std::io::Result<std::fs::File> {

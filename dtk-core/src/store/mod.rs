@@ -1464,10 +1464,54 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(!lock.exists());
+        // Its list of packs went with it.
+        assert!(!git_dir
+            .join("objects/pack")
+            .join(crate::pack::REPACKING)
+            .exists());
         let snap = store.snapshot().unwrap();
         for i in 0..n {
             assert_eq!(snap.read(&format!("big/{i}")).unwrap().unwrap(), record(i));
         }
+    }
+
+    /// Where files cannot be made without names (another OS, a filesystem without
+    /// `O_TMPFILE`), packs are written under temporary names and the branch moves through
+    /// gix: the same commits, the same records, nothing left behind, and git finds the
+    /// store sound.
+    #[test]
+    fn without_unnamed_files_commits_take_the_usual_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let git_dir = dir.path().join("git");
+        let store = Store::init(&git_dir).unwrap();
+        store
+            .transact("one", |tx| tx.put("a/one", b"1\n").map(|_| ()))
+            .unwrap();
+        crate::unnamed::set_works(false);
+        let done = (0..30).try_for_each(|i| {
+            store
+                .transact("more", |tx| tx.put(&format!("b/{i}"), b"2\n").map(|_| ()))
+                .map(|_| ())
+        });
+        crate::unnamed::set_works(true);
+        done.unwrap();
+        store
+            .transact("last", |tx| tx.put("c/last", b"3\n").map(|_| ()))
+            .unwrap();
+        let snap = store.snapshot().unwrap();
+        assert_eq!(snap.read("a/one").unwrap().unwrap(), b"1\n");
+        assert_eq!(snap.read("b/29").unwrap().unwrap(), b"2\n");
+        assert_eq!(snap.read("c/last").unwrap().unwrap(), b"3\n");
+        let git = |args: &[&str]| crate::pack::tests::git_in(&git_dir, args);
+        assert_eq!(git(&["rev-list", "--count", BRANCH]).trim(), "33");
+        git(&["fsck", "--strict"]);
+        let left: Vec<String> = std::fs::read_dir(git_dir.join("objects/pack"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("tmp_") || n.ends_with(".lock"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(!git_dir.join("refs/heads/main.lock").exists());
     }
 
     #[test]
