@@ -41,6 +41,22 @@ fn define(e: &Env, cmd: &str) -> String {
     .to_owned()
 }
 
+/// A command that leaves something in the background holding its output: the run ends
+/// with the command, keeping what the background process printed until it let go of the
+/// output, and a line without a newline at the end.
+#[test]
+fn output_a_background_process_prints_after_the_command_is_kept() {
+    let e = Env::project();
+    setup_io(&e);
+    let id = define(&e, "(sleep 1; echo late) & printf 'first\\n'; printf 'no newline'");
+    e.dkt(&["node", "rerun", &id]).ok();
+    assert_eq!(newest_run(&e, &id).unwrap()["status"], "success");
+    let log = log_of(&e, &id);
+    assert!(log.contains("first\n"), "{log:?}");
+    assert!(log.contains("no newline"), "{log:?}");
+    assert!(log.contains("late\n"), "{log:?}");
+}
+
 #[test]
 fn stdout_and_stderr_keep_their_order_and_a_timeout_keeps_the_log() {
     let e = Env::project();
