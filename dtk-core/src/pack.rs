@@ -37,8 +37,13 @@ fn type_number(kind: Kind) -> u8 {
 /// Objects up to this size go into a pack as zlib streams of one stored (uncompressed)
 /// block: deflate makes nothing smaller of them (a 28-byte directory comes out at 39 bytes
 /// either way), and a compressed stream first resets the compressor, which clears its
-/// 64 KiB hash table (most of a commit's objects are this small).
+/// 128 KiB hash table (most of a commit's objects are this small).
 const STORE_UP_TO: usize = 128;
+
+/// Directories up to this size are stored too: they are mostly object IDs, which do not
+/// compress (a run's 448-byte directories of 16 entries came out at 412 bytes, 8% less,
+/// for about 8 µs each), and the background repack compresses them with the rest.
+const STORE_DIRS_UP_TO: usize = u16::MAX as usize;
 
 thread_local! {
     /// The compressor of this thread, made when first needed and kept: making one maps
@@ -47,10 +52,15 @@ thread_local! {
     static COMPRESSOR: std::cell::RefCell<Option<Compress>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Append the zlib stream of `data` to `out`: compressed with this thread's compressor,
-/// or stored when it is small.
-fn deflate(data: &[u8], out: &mut Vec<u8>) -> Result<()> {
-    if data.len() <= STORE_UP_TO {
+/// Append the zlib stream of `data`, an object of `kind`, to `out`: compressed with this
+/// thread's compressor, or stored when that would gain little (see [`STORE_UP_TO`],
+/// [`STORE_DIRS_UP_TO`]).
+fn deflate(kind: Kind, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    let store_up_to = match kind {
+        Kind::Tree => STORE_DIRS_UP_TO,
+        _ => STORE_UP_TO,
+    };
+    if data.len() <= store_up_to {
         stored(data, out);
         return Ok(());
     }
@@ -99,10 +109,15 @@ fn stored(data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&(!len).to_le_bytes());
     out.extend_from_slice(data);
+    // Adler-32, the sums reduced once per 5,552 bytes (the most that cannot overflow).
     let (mut a, mut b) = (1u32, 0u32);
-    for &byte in data {
-        a = (a + u32::from(byte)) % 65521;
-        b = (b + a) % 65521;
+    for chunk in data.chunks(5552) {
+        for &byte in chunk {
+            a += u32::from(byte);
+            b += a;
+        }
+        a %= 65521;
+        b %= 65521;
     }
     out.extend_from_slice(&((b << 16) | a).to_be_bytes());
 }
@@ -139,7 +154,7 @@ pub(crate) fn encode<'a>(
             size >>= 7;
         }
         pack.push(byte);
-        deflate(data, &mut pack)?;
+        deflate(kind, data, &mut pack)?;
         entries.push((id, crc32fast::hash(&pack[offset..]), offset as u64));
     }
     let checksum = sha1(&[&pack])?;
@@ -695,21 +710,41 @@ pub(crate) mod tests {
         let git = |args: &[&str]| git_in(dir.path(), args);
         git(&["init", "--bare", "-q"]);
         let big: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
-        // Small ones are stored, up to the boundary; the rest compressed.
+        let hello = b"hello\n".to_vec();
+        let hello_id = gix::objs::compute_hash(gix::hash::Kind::Sha1, Kind::Blob, &hello).unwrap();
+        // A directory of `n` entries, all naming `hello`.
+        let dir_of = |n: u32| -> Vec<u8> {
+            let mut names: Vec<String> = (0..n).map(|i| format!("f{i:05}")).collect();
+            names.sort();
+            names
+                .iter()
+                .flat_map(|name| {
+                    let mut e = format!("100644 {name}\0").into_bytes();
+                    e.extend_from_slice(hello_id.as_bytes());
+                    e
+                })
+                .collect()
+        };
+        // Small ones are stored, up to the boundary, and directories up to what one stored
+        // block holds; the rest compressed.
         let blobs: Vec<(ObjectId, Kind, Vec<u8>)> = [
-            b"hello\n".to_vec(),
-            Vec::new(),
-            vec![7u8; STORE_UP_TO],
-            vec![7u8; STORE_UP_TO + 1],
-            (0..=255u8).cycle().take(STORE_UP_TO).collect(),
-            big,
+            (Kind::Blob, hello),
+            (Kind::Blob, Vec::new()),
+            (Kind::Blob, vec![7u8; STORE_UP_TO]),
+            (Kind::Blob, vec![7u8; STORE_UP_TO + 1]),
+            (Kind::Blob, (0..=255u8).cycle().take(STORE_UP_TO).collect()),
+            (Kind::Blob, big),
+            (Kind::Tree, dir_of(16)),
+            (Kind::Tree, dir_of(1927)),
+            (Kind::Tree, dir_of(1928)),
         ]
         .into_iter()
-        .map(|data| {
-            let id = gix::objs::compute_hash(gix::hash::Kind::Sha1, Kind::Blob, &data).unwrap();
-            (id, Kind::Blob, data)
+        .map(|(kind, data)| {
+            let id = gix::objs::compute_hash(gix::hash::Kind::Sha1, kind, &data).unwrap();
+            (id, kind, data)
         })
         .collect();
+        assert!(blobs[7].2.len() <= STORE_DIRS_UP_TO && blobs[8].2.len() > STORE_DIRS_UP_TO);
         // Into files made ahead: nothing shows in the directory until the pack is named.
         let pack_dir = dir.path().join("objects/pack");
         let spares = Spares::new(pack_dir.clone(), 2, PACK_MODE);
@@ -738,16 +773,17 @@ pub(crate) mod tests {
             assert!(mode.readonly(), "{name}: {mode:?}");
         }
         git(&["verify-pack", idx.to_str().unwrap()]);
-        for (id, _, data) in &blobs {
+        for (id, kind, data) in &blobs {
             let out = std::process::Command::new("git")
                 .arg("--git-dir")
                 .arg(dir.path())
-                .args(["cat-file", "blob", &id.to_string()])
+                .args(["cat-file", &kind.to_string(), &id.to_string()])
                 .output()
                 .unwrap();
             assert_eq!(&out.stdout, data);
         }
-        assert!(git(&["count-objects", "-v"]).contains("\nin-pack: 6\n"));
+        assert!(git(&["count-objects", "-v"]).contains("\nin-pack: 9\n"));
+        git(&["fsck", "--strict"]);
     }
 
     /// Small packs of ours and a pack `git gc` wrote (with deltas) are merged into one that
