@@ -48,7 +48,10 @@ fn define(e: &Env, cmd: &str) -> String {
 fn output_a_background_process_prints_after_the_command_is_kept() {
     let e = Env::project();
     setup_io(&e);
-    let id = define(&e, "(sleep 1; echo late) & printf 'first\\n'; printf 'no newline'");
+    let id = define(
+        &e,
+        "(sleep 1; echo late) & printf 'first\\n'; printf 'no newline'",
+    );
     e.dkt(&["node", "rerun", &id]).ok();
     assert_eq!(newest_run(&e, &id).unwrap()["status"], "success");
     let log = log_of(&e, &id);
