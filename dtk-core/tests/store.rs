@@ -32,7 +32,31 @@ fn increment(store: &Store, who: &str, i: u64) {
         .unwrap();
 }
 
+/// `git fsck` of the store, once no merge or repack of a live process is deleting packs
+/// (git reads every pack, and fails on one deleted under it): the test drops its own
+/// handles first, whose merges are joined then; a background repack (a process of its
+/// own) is waited for.
 fn git_fsck(git_dir: &Path) {
+    let started = Instant::now();
+    for lock in ["dtk-merge.lock", "dtk-merge-new.lock"] {
+        let lock = git_dir.join("objects/pack").join(lock);
+        let held_by_live = || {
+            let Ok(holder) = std::fs::read_to_string(&lock) else {
+                return false;
+            };
+            let pid = holder
+                .split_whitespace()
+                .next()
+                .and_then(|w| w.rsplit_once(':'))
+                .map(|(_, pid)| pid.to_owned())
+                .unwrap_or_default();
+            Path::new("/proc").join(pid).exists()
+        };
+        // (A guard against a hang, not a timing.)
+        while held_by_live() && started.elapsed() < Duration::from_secs(300) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let out = Command::new("git")
         .arg("--git-dir")
         .arg(git_dir)
@@ -165,7 +189,9 @@ fn concurrent_threads_lose_nothing() {
         store.snapshot().unwrap().list("writes").unwrap().len() as u64,
         threads * per
     );
-    git_fsck(store.git_dir());
+    let git = store.git_dir().to_owned();
+    drop(store);
+    git_fsck(&git);
 }
 
 /// The child process of the multi-process tests (not a test of its own: ignored unless
@@ -276,17 +302,19 @@ fn commits_stay_readable_while_packs_are_merged() {
     // The flat `writes/` directory makes this store grow quadratically, so the store
     // starts a background `git repack` (delta compression), which holds the merge lock
     // while it runs and on a loaded machine may outlast the loop: let it finish (a
-    // minute at most, as a guard against a hang), then one more commit merges what
+    // few minutes at most, as a guard against a hang), then one more commit merges what
     // piled up meanwhile.
     let lock = git.join("objects/pack/dtk-merge.lock");
     let waited = Instant::now();
-    while lock.exists() && waited.elapsed() < Duration::from_secs(60) {
+    while lock.exists() && waited.elapsed() < Duration::from_secs(300) {
         std::thread::sleep(Duration::from_millis(50));
     }
     increment(&store, "me", n);
     let n = n + 1;
     let snap = store.snapshot().unwrap();
     assert_eq!(snap.list("writes").unwrap().len() as u64, n);
+    // (Dropping the handle joins the merge that commit may have started.)
+    drop((store, snap));
     let packs = std::fs::read_dir(git.join("objects/pack"))
         .unwrap()
         .filter(|e| {

@@ -37,11 +37,15 @@ const LOOSE_LIMIT: usize = 27;
 pub(super) const DELTA_MIN_BYTES: u64 = 4 << 20;
 
 /// How the store's background git commands (`repack`, `gc --auto`) are started, in `sh`:
-/// as idle work (`SCHED_IDLE`), which gets only CPU time nothing else wants, where `chrt`
-/// (util-linux) can set that, else at a low priority. A niced `git repack` beside a stream of
-/// runs on two cores made each run about 20% slower; an idle one, 2% (within the noise).
-const BACKGROUND: &str =
-    r#"$(chrt -i 0 true >/dev/null 2>&1 && echo "chrt -i 0" || echo "nice -n 10")"#;
+/// at the lowest priority. (As idle work, `SCHED_IDLE`, it got no CPU at all while the
+/// machine was saturated, a CI build say, and its merge lock kept half the packs from
+/// being merged meanwhile; at `nice -n 10` a repack beside a stream of runs on two cores
+/// made each run about 20% slower.)
+const BACKGROUND: &str = "nice -n 19";
+
+/// How long a held branch lock is tried again before the move gives up (the store's
+/// commit loop then looks at who holds it): git's `core.filesRefLockTimeout` default.
+const LOCK_PATIENCE: Duration = Duration::from_millis(100);
 
 /// A ref lock file older than this was left by a dead process (a live writer holds it for
 /// well under a millisecond).
@@ -348,8 +352,8 @@ impl GitStore {
         // packs every object of those into one (reachable or not, so a commit whose pack
         // is written but whose branch has not moved yet loses nothing), computing deltas
         // afresh (our packs have none to reuse), deletes exactly those (each index
-        // first), and removes the list and the lock. It runs only on CPU time nothing
-        // else wants (see [`BACKGROUND`]).
+        // first), and removes the list and the lock. It runs at the lowest priority (see
+        // [`BACKGROUND`]).
         let script = r#"cd "$1" || exit 1
 echo "$2:$$ repack" > objects/pack/dtk-merge.lock
 list=objects/pack/REPACKING
@@ -357,7 +361,7 @@ for idx in objects/pack/pack-*.idx; do
   stem=${idx%.idx}
   [ -e "$stem.keep" ] || [ ! -e "$stem.pack" ] || echo "${stem##*/}.pack"
 done > "$list.tmp" && mv "$list.tmp" "$list"
-if new=$(BACKGROUND git --git-dir . pack-objects --stdin-packs --no-reuse-delta \
+if [ -s "$list" ] && new=$(BACKGROUND git --git-dir . pack-objects --stdin-packs --no-reuse-delta \
     --delta-base-offset -q objects/pack/pack < "$list"); then
   while read -r p; do
     stem=objects/pack/${p%.pack}
@@ -366,7 +370,10 @@ if new=$(BACKGROUND git --git-dir . pack-objects --stdin-packs --no-reuse-delta 
   done < "$list"
   du -sb objects/pack | cut -f1 > dkt-packed-bytes.tmp && mv dkt-packed-bytes.tmp dkt-packed-bytes
 fi
-rm -f "$list" objects/pack/dtk-merge.lock"#
+rm -f "$list"
+# (Unless it was taken from us meanwhile, held past an hour, as left by a dead process.)
+[ "$(cat objects/pack/dtk-merge.lock 2>/dev/null)" = "$2:$$ repack" ] \
+  && rm -f objects/pack/dtk-merge.lock"#
             .replace("REPACKING", crate::pack::REPACKING)
             .replace("BACKGROUND", BACKGROUND);
         let host = me.rsplit_once(':').map(|(h, _)| h).unwrap_or_default();
@@ -407,15 +414,26 @@ rm -f "$list" objects/pack/dtk-merge.lock"#
         if let Err(e) = std::io::Write::write_all(&mut &file, format!("{}\n", to.0).as_bytes()) {
             return Some(Err(Error::io(&lock, e)));
         }
-        match crate::unnamed::name(&file, &lock) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Some(Err(Error::Conflict(format!(
-                    "{BRANCH} is being moved by another process (it holds {})",
-                    lock.display()
-                ))))
+        // A held lock is tried again for a moment, as git does (`core.filesRefLockTimeout`,
+        // 100 ms): its holder may be a writer whose base was stale, about to let go
+        // without moving the branch, which would leave nothing to tell this one to retry.
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match crate::unnamed::name(&file, &lock) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if started.elapsed() >= LOCK_PATIENCE {
+                        return Some(Err(Error::Conflict(format!(
+                            "{BRANCH} is being moved by another process (it holds {})",
+                            lock.display()
+                        ))));
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                Err(_) => return None,
             }
-            Err(_) => return None,
         }
         // Under the lock: the branch must still be where the caller saw it. A branch that
         // `git gc` packed (no file of its own) also waits for `packed-refs.lock`, as
