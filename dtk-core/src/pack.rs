@@ -611,8 +611,8 @@ enum Staged {
 }
 
 impl Staged {
-    /// `bytes` in a new file of `dir` (one of `spares`, if it has some), synced.
-    fn synced(dir: &Path, spares: &Spares, bytes: &[u8]) -> Result<Staged> {
+    /// A new file in `dir` (one of `spares`, if it has some).
+    fn new(dir: &Path, spares: &Spares) -> Result<Staged> {
         let file = match spares.take() {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -620,7 +620,7 @@ impl Staged {
             }
             taken => taken,
         };
-        let mut staged = match file {
+        Ok(match file {
             Ok(f) => Staged::Unnamed(f),
             Err(_) => Staged::Named(
                 tempfile::Builder::new()
@@ -628,12 +628,16 @@ impl Staged {
                     .tempfile_in(dir)
                     .map_err(|e| Error::io(dir, e))?,
             ),
-        };
-        let file = staged.file();
+        })
+    }
+
+    /// With `bytes` written and synced (`dir` names it in errors).
+    fn synced(mut self, dir: &Path, bytes: &[u8]) -> Result<Staged> {
+        let file = self.file();
         std::io::Write::write_all(&mut &*file, bytes)
             .and_then(|()| file.sync_data())
             .map_err(|e| Error::io(dir, e))?;
-        Ok(staged)
+        Ok(self)
     }
 
     fn file(&mut self) -> &std::fs::File {
@@ -659,8 +663,8 @@ impl Staged {
 
 /// Write a pack and its index as `stem.pack` and `stem.idx` in `dir`, durably: each goes
 /// into a file without a name (one of `spares`, when there are some) or with a temporary
-/// one, whose data is synced (the two at once, on two threads: the disk takes one flush
-/// for both), then the pack gets its name, then the index (a reader looks for indices),
+/// one, whose data is synced (the two at once, the index on a thread kept for such work:
+/// the disk takes one flush for both), then the pack gets its name, then the index (a reader looks for indices),
 /// then the directory is synced.
 fn put_pair(dir: &Path, stem: &Path, pack: &[u8], idx: &[u8], spares: &Spares) -> Result<()> {
     let unnamed = unnamed::works();
@@ -678,14 +682,14 @@ fn put_pair(dir: &Path, stem: &Path, pack: &[u8], idx: &[u8], spares: &Spares) -
 }
 
 fn write_pair(dir: &Path, stem: &Path, pack: &[u8], idx: &[u8], spares: &Spares) -> Result<()> {
-    let (pack_file, idx_file) = std::thread::scope(|s| {
-        let idx_file = s.spawn(|| Staged::synced(dir, spares, idx));
-        let pack_file = Staged::synced(dir, spares, pack);
-        let idx_file = idx_file
-            .join()
-            .unwrap_or_else(|_| Err(Error::corrupt("writing a pack index panicked")));
-        (pack_file, idx_file)
-    });
+    let idx_file = {
+        let (file, dir, idx) = (Staged::new(dir, spares)?, dir.to_owned(), idx.to_vec());
+        unnamed::beside(move || file.synced(&dir, &idx))
+    };
+    let pack_file = Staged::new(dir, spares).and_then(|f| f.synced(dir, pack));
+    let idx_file = idx_file
+        .join()
+        .unwrap_or_else(|| Err(Error::corrupt("writing a pack index panicked")));
     let (pack_file, idx_file) = (pack_file?, idx_file?);
     pack_file.name(&stem.with_extension("pack"))?;
     idx_file.name(&stem.with_extension("idx"))?;

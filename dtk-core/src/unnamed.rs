@@ -1,5 +1,6 @@
-//! Files made without a name (`O_TMPFILE`) and named once complete, and work left for
-//! later, off the thread that waits.
+//! Files made without a name (`O_TMPFILE`) and named once complete; work left for
+//! later, off the thread that waits ([`later`]); and work done beside it, on threads kept
+//! for that ([`beside`]).
 //!
 //! A record, a pack or a lock must never be seen half-written, so each is written first
 //! and named after. The usual way is a temporary name renamed into place; a file without
@@ -156,7 +157,14 @@ pub(crate) fn later(job: Box<dyn FnOnce() + Send>) {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("dtk-later".into())
-            .spawn(move || rx.into_iter().for_each(|job| job()))
+            .spawn(move || {
+                // At the lowest priority: this work must not take a core from the
+                // process it serves, or from the command it runs next (a Linux thread has
+                // its own priority; elsewhere this would lower the whole process).
+                #[cfg(target_os = "linux")]
+                let _ = rustix::process::setpriority_process(None, 19);
+                rx.into_iter().for_each(|job| job())
+            })
             .ok()
             .map(|_| tx)
     });
@@ -168,6 +176,76 @@ pub(crate) fn later(job: Box<dyn FnOnce() + Send>) {
         }
         None => job(),
     }
+}
+
+/// Wait until the work given to [`later`] so far is done.
+pub(crate) fn settle() {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    later(Box::new(move || {
+        let _ = tx.send(());
+    }));
+    let _ = rx.recv();
+}
+
+/// Work started on another thread, whose result the caller takes with [`Beside::join`].
+pub(crate) struct Beside<T>(std::sync::mpsc::Receiver<std::thread::Result<T>>);
+
+impl<T> Beside<T> {
+    /// Wait for the work and take its result; `None` if it panicked.
+    pub(crate) fn join(self) -> Option<T> {
+        self.0.recv().ok().and_then(|r| r.ok())
+    }
+}
+
+/// Run `job` beside the calling thread, at once, on a thread kept for such work (a few
+/// are kept idle between jobs: making one costs more than a short job, such as a flush
+/// that the caller wants to overlap with its own). On the calling thread, before
+/// returning, when no thread can be had.
+pub(crate) fn beside<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Beside<T> {
+    type Job = Box<dyn FnOnce() + Send>;
+    /// Threads kept idle, by the sending end of their queue.
+    static IDLE: std::sync::Mutex<Vec<std::sync::mpsc::Sender<Job>>> =
+        std::sync::Mutex::new(Vec::new());
+    const KEEP: usize = 4;
+    let idle = || IDLE.lock().unwrap_or_else(|e| e.into_inner());
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let mut job: Job = Box::new(move || {
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        let _ = tx.send(done);
+    });
+    loop {
+        let kept = idle().pop();
+        let thread = match kept {
+            Some(t) => t,
+            None => {
+                let (to, jobs) = std::sync::mpsc::channel::<Job>();
+                let me = to.clone();
+                let made = std::thread::Builder::new()
+                    .name("dtk-beside".into())
+                    .spawn(move || {
+                        for job in jobs {
+                            job();
+                            let mut idle = idle();
+                            if idle.len() >= KEEP {
+                                return;
+                            }
+                            idle.push(me.clone());
+                        }
+                    });
+                if made.is_err() {
+                    job();
+                    break;
+                }
+                to
+            }
+        };
+        match thread.send(job) {
+            Ok(()) => break,
+            // (That thread has ended: another.)
+            Err(unsent) => job = unsent.0,
+        }
+    }
+    Beside(rx)
 }
 
 #[cfg(test)]
@@ -215,5 +293,35 @@ mod tests {
         }
         let got: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
         assert_eq!(got, [(0, true), (1, true), (2, true)]);
+    }
+
+    /// `settle` returns once the work queued before it is done.
+    #[test]
+    fn settle_waits_for_the_work_queued_before_it() {
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&done);
+        later(Box::new(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            flag.store(true, Ordering::SeqCst);
+        }));
+        settle();
+        assert!(done.load(Ordering::SeqCst));
+    }
+
+    /// Work beside the caller runs on another thread and gives its result back; one that
+    /// panics gives none, and the threads kept for such work go on serving.
+    #[test]
+    fn beside_work_runs_on_another_thread_and_survives_a_panic() {
+        let me = std::thread::current().id();
+        let two = [
+            beside(move || std::thread::current().id() != me),
+            beside(|| true),
+        ];
+        assert_eq!(two.map(|b| b.join()), [Some(true), Some(true)]);
+        let panicked = beside(|| -> u32 { panic!("a job that fails") });
+        assert_eq!(panicked.join(), None);
+        let after: Vec<_> = (0..8u32).map(|i| beside(move || i * 2)).collect();
+        let got: Vec<_> = after.into_iter().map(|b| b.join()).collect();
+        assert_eq!(got, (0..8).map(|i| Some(i * 2)).collect::<Vec<_>>());
     }
 }

@@ -328,7 +328,7 @@ impl Project {
             }
         }
         let mut published = Vec::new();
-        if moved.is_none() {
+        if moved.is_none() && !outputs.is_empty() {
             // The intent goes first: killed from here on, this run is completed (or rolled
             // back) by the next process that looks, never left for a poll to record its
             // outputs as versions without provenance.
@@ -345,9 +345,7 @@ impl Project {
                     published: None,
                 });
             }
-            if !outputs.is_empty() {
-                self.run_queue().write_intent(&intent, true)?;
-            }
+            self.run_queue().write_intent(&intent, true)?;
             for (i, (name, source, stage, expected)) in outputs.into_iter().enumerate() {
                 // Fenced before each output: a claim taken over meanwhile (this process
                 // was stopped past its lease) publishes nothing more; its taker completes

@@ -101,7 +101,10 @@ pub struct GitStore {
     git_dir: PathBuf,
     /// Pack maintenance running in the background (see [`GitStore::maintain`]), joined
     /// before the next one starts and when the store is dropped.
-    maintenance: Mutex<Option<std::thread::JoinHandle<()>>>,
+    maintenance: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// The branch's file as it was before the last move, held open until the commit is
+    /// complete (see [`MetadataStore::move_branch`]).
+    replaced: Mutex<Option<std::fs::File>>,
     /// Files for the next commit's pack, made after the last one (see `unnamed::Spares`).
     pack_spares: Arc<crate::unnamed::Spares>,
     /// A file for the branch's next lock (see [`GitStore::move_branch_by_link`]).
@@ -150,7 +153,8 @@ impl GitStore {
             commits: AtomicU32::new(0),
             signer: RwLock::new(None),
             git_dir: git_dir.to_owned(),
-            maintenance: Mutex::new(None),
+            maintenance: Default::default(),
+            replaced: Mutex::new(None),
             pack_spares: Arc::new(crate::unnamed::Spares::new(
                 git_dir.join("objects/pack"),
                 2,
@@ -202,30 +206,32 @@ impl GitStore {
     /// merging a dozen packs and deleting them takes milliseconds, which the commit that
     /// landed does not wait for. One runs at a time per handle (a handle whose last one
     /// still runs starts none; another process's merge is kept out by the merge lock).
-    fn maintain(&self) {
-        let mut running = self.maintenance.lock().unwrap_or_else(|e| e.into_inner());
+    fn maintain(git_dir: &Path, maintenance: &Mutex<Option<std::thread::JoinHandle<()>>>) {
+        let mut running = maintenance.lock().unwrap_or_else(|e| e.into_inner());
         if running.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
         if let Some(done) = running.take() {
             let _ = done.join();
         }
-        let (packs, loose) = Self::counts(&self.git_dir);
+        let (packs, loose) = Self::counts(git_dir);
         if packs <= PACK_LIMIT && loose <= LOOSE_LIMIT {
             return;
         }
-        let git_dir = self.git_dir.clone();
+        let dir = git_dir.to_owned();
         match std::thread::Builder::new()
             .name("dtk-pack".into())
-            .spawn(move || Self::maybe_pack(&git_dir))
+            .spawn(move || Self::maybe_pack(&dir))
         {
             Ok(h) => *running = Some(h),
-            Err(_) => Self::maybe_pack(&self.git_dir),
+            Err(_) => Self::maybe_pack(git_dir),
         }
     }
 
-    /// Wait for the background maintenance, if one runs.
+    /// Wait for the background maintenance, if one runs (or is about to: the work left
+    /// for later by the last commit starts it).
     fn wait_for_maintenance(&self) {
+        crate::unnamed::settle();
         let running = self
             .maintenance
             .lock()
@@ -605,7 +611,8 @@ impl MetadataStore for GitStore {
         let loose = self.git_dir.join(BRANCH);
         // The ref's old file, held open so that replacing it does not free it: freeing
         // waits for the disk on some filesystems (ext4 mounted with `discard` trims the
-        // block there and then), and the last close, after the commit, does that instead.
+        // block there and then), and the last close, on a background thread after the
+        // commit (see `committed`), does that instead.
         let old = std::fs::File::open(&loose).ok();
         let new = match self.move_branch_by_link(&loose, from, to) {
             Some(moved) => Some(moved?),
@@ -615,23 +622,22 @@ impl MetadataStore for GitStore {
                 std::fs::File::open(&loose).ok()
             }
         };
-        crate::unnamed::later(Box::new(move || drop(old)));
+        *self.replaced.lock().unwrap_or_else(|e| e.into_inner()) = old;
         // The ref's new content and its rename on the disk, the two at once (the objects
         // were synced before: see `pack::put_pair`).
-        std::thread::scope(|s| {
-            let dir = s.spawn(|| match loose.parent() {
-                Some(dir) => crate::pack::sync_dir(dir),
-                None => Ok(()),
-            });
-            let file = match new {
-                Some(f) => f.sync_all().map_err(|e| Error::io(&loose, e)),
-                None => Ok(()),
-            };
-            let dir = dir
-                .join()
-                .unwrap_or_else(|_| Err(Error::corrupt("syncing the refs directory panicked")));
-            file.and(dir)
-        })
+        let dir = loose.parent().map(Path::to_owned);
+        let dir = crate::unnamed::beside(move || match dir {
+            Some(dir) => crate::pack::sync_dir(&dir),
+            None => Ok(()),
+        });
+        let file = match new {
+            Some(f) => f.sync_all().map_err(|e| Error::io(&loose, e)),
+            None => Ok(()),
+        };
+        let dir = dir
+            .join()
+            .unwrap_or_else(|| Err(Error::corrupt("syncing the refs directory panicked")));
+        file.and(dir)
     }
 
     fn contended(&self, base: Oid) -> Result<bool> {
@@ -641,9 +647,21 @@ impl MetadataStore for GitStore {
     }
 
     fn committed(&self) {
+        // After the commit, off the thread that waits for it, in one go (waking a thread
+        // costs about as much as each of these): the branch's old file is closed, files
+        // are made for the next commit, and the packs are looked after.
         let spares = [&self.pack_spares, &self.ref_spares].map(Arc::clone);
-        crate::unnamed::later(Box::new(move || spares.iter().for_each(|s| s.fill())));
-        self.maintain();
+        let replaced = self
+            .replaced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let (git_dir, maintenance) = (self.git_dir.clone(), Arc::clone(&self.maintenance));
+        crate::unnamed::later(Box::new(move || {
+            drop(replaced);
+            spares.iter().for_each(|s| s.fill());
+            Self::maintain(&git_dir, &maintenance);
+        }));
         let n = self.commits.fetch_add(1, Ordering::Relaxed);
         if n + 1 >= REOPEN_EVERY {
             // The commit has landed: a failure here must not report it as failed.
