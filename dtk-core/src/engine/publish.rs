@@ -22,7 +22,8 @@ impl Project {
             .collect();
         let mut mine: Vec<(RunRecord, Option<crate::queue::PublishIntent>)> = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
-        for (claim, _) in queue.claimed()? {
+        let claimed: Vec<RunRecord> = queue.claimed()?.into_iter().map(|(r, _)| r).collect();
+        for claim in &claimed {
             seen.insert(claim.id);
             let Some(intent) = intents.get(&claim.id) else {
                 continue;
@@ -30,7 +31,7 @@ impl Project {
             // A run publishing is waited for while its process lives, however long it was
             // stopped: publishing cannot be fenced, so taking it over could leave its
             // process to publish after the run was settled.
-            if !self.holder_gone(&claim) {
+            if !self.holder_gone(claim) {
                 continue;
             }
             if let Some(rec) = queue.take_over(&claim.id)? {
@@ -72,8 +73,9 @@ impl Project {
             out.extend(done);
         }
         // And the runs whose worker died before publishing, whatever their inputs (a run
-        // on inputs that have moved on is otherwise never looked at again).
-        let claimed: Vec<RunRecord> = queue.claimed()?.into_iter().map(|(r, _)| r).collect();
+        // on inputs that have moved on is otherwise never looked at again). The claims
+        // listed above will do: each is taken over exclusively, so one settled above (or
+        // ended meanwhile) is skipped, and one claimed since has a live holder.
         let refs: Vec<&RunRecord> = claimed.iter().collect();
         out.extend(self.settle_interrupted(&refs)?);
         self.sweep_leftovers()?;
