@@ -480,6 +480,57 @@ fn latest_of(e: &Env, source: &str) -> serde_json::Value {
         .clone()
 }
 
+/// A run that takes longer than its lease keeps it while its process lives: the lease is
+/// renewed as the command runs, and the passes other processes make meanwhile (each looks
+/// for runs whose holder stopped renewing) leave it alone.
+#[test]
+fn a_run_that_outlasts_its_lease_renews_it_and_is_left_alone() {
+    let e = Env::project();
+    setup_io(&e);
+    std::fs::write(e.path().join(".dkt/config"), "[worker]\nlease = \"1s\"\n").unwrap();
+    let id = e
+        .dkt(&[
+            "node",
+            "run",
+            "--no-run",
+            "--input=in",
+            "--output=out",
+            "sleep 3; echo $DKT_RUN_ID > ${out:ROOT}/who",
+        ])
+        .ok()
+        .trim()
+        .to_owned();
+    let first = e
+        .cmd()
+        .args(["run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the run to start", || {
+        runs(&e, &id)
+            .first()
+            .is_some_and(|r| r["status"] == "running")
+    });
+    // Past its lease twice over, while other passes look for dead runs.
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(2200);
+    while std::time::Instant::now() < until {
+        e.dkt(&["run"]).ok();
+        assert_eq!(statuses(&e, &id), ["running"]);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = first.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = runs(&e, &id);
+    assert_eq!(statuses(&e, &id), ["success"], "{log:?}");
+    let who = std::fs::read_to_string(e.path().join("out/who")).unwrap();
+    assert!(who.starts_with(log[0]["id"].as_str().unwrap()), "{who}");
+}
+
 #[test]
 fn a_stopped_worker_loses_its_lease_and_publishes_nothing_when_it_resumes() {
     let e = Env::project();

@@ -382,27 +382,43 @@ impl Project {
         timeout: Option<Duration>,
     ) -> Result<RunRecord> {
         let node_id = &record.node.clone();
-        let every = self.config().lease() / 6;
-        let renew = tokio::spawn({
-            let queue = self.run_queue().clone();
-            let run = record.id;
-            async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    let _ = queue.renew(&run);
-                }
-            }
-        });
         let node = node.clone();
         let mut read_files = BTreeMap::new();
-        let result = match self.dispatcher.clone() {
-            Some(d) => self.execute_remote(&d, &node, &record, timeout).await,
-            None => self
-                .execute(&node, &record, timeout, &mut read_files)
-                .await
-                .map(|(log, exec)| (log, exec, None)),
+        let execution = async {
+            match self.dispatcher.clone() {
+                Some(d) => self.execute_remote(&d, &node, &record, timeout).await,
+                None => self
+                    .execute(&node, &record, timeout, &mut read_files)
+                    .await
+                    .map(|(log, exec)| (log, exec, None)),
+            }
         };
-        renew.abort();
+        // The lease is renewed every sixth of it, on a task of its own (so that a long
+        // stretch of work on this one delays no renewal), started once a run outlasts
+        // the first sixth: most runs end before, and starting and stopping that task
+        // woke another thread twice per run.
+        let every = self.config().lease() / 6;
+        let mut renew = None;
+        let result = {
+            tokio::pin!(execution);
+            tokio::select! {
+                done = &mut execution => done,
+                () = tokio::time::sleep(every) => {
+                    let queue = self.run_queue().clone();
+                    let run = record.id;
+                    renew = Some(tokio::spawn(async move {
+                        loop {
+                            let _ = queue.renew(&run);
+                            tokio::time::sleep(every).await;
+                        }
+                    }));
+                    execution.await
+                }
+            }
+        };
+        if let Some(renew) = renew {
+            renew.abort();
+        }
         record.read_files = read_files;
         // The claim as this process holds it: the fence of the result commit.
         let claim = record.clone();
