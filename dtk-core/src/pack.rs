@@ -664,8 +664,8 @@ impl Staged {
 /// Write a pack and its index as `stem.pack` and `stem.idx` in `dir`, durably: each goes
 /// into a file without a name (one of `spares`, when there are some) or with a temporary
 /// one, whose data is synced (the two at once, the index on a thread kept for such work:
-/// the disk takes one flush for both), then the pack gets its name, then the index (a reader looks for indices),
-/// then the directory is synced.
+/// the disk takes one flush for both), then the pack gets its name, then the index (a
+/// reader looks for indices), then the directory is synced.
 fn put_pair(dir: &Path, stem: &Path, pack: &[u8], idx: &[u8], spares: &Spares) -> Result<()> {
     let unnamed = unnamed::works();
     match write_pair(dir, stem, pack, idx, spares) {
