@@ -696,10 +696,11 @@ fn write_pair(dir: &Path, stem: &Path, pack: &[u8], idx: &[u8], spares: &Spares)
     sync_dir(dir)
 }
 
-/// Make the renames in `dir` durable (fsync of the directory).
+/// Make the renames in `dir` durable: `fdatasync` of the directory, whose entries are
+/// its data (its times, which `fsync` would also write, need not be durable).
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
+        .and_then(|d| d.sync_data())
         .map_err(|e| Error::io(dir, e))
 }
 

@@ -47,6 +47,10 @@ const BACKGROUND: &str = "nice -n 19";
 /// commit loop then looks at who holds it): git's `core.filesRefLockTimeout` default.
 const LOCK_PATIENCE: Duration = Duration::from_millis(100);
 
+/// Where the branch's replaced files keep a second name until each commit is complete
+/// (see [`GitStore::keep_replaced`]), in the git directory.
+const REPLACED: &str = "dtk-replaced";
+
 /// A ref lock file older than this was left by a dead process (a live writer holds it for
 /// well under a millisecond).
 const STALE_LOCK_AGE: Duration = Duration::from_secs(10);
@@ -102,9 +106,12 @@ pub struct GitStore {
     /// Pack maintenance running in the background (see [`GitStore::maintain`]), joined
     /// before the next one starts and when the store is dropped.
     maintenance: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
-    /// The branch's file as it was before the last move, held open until the commit is
-    /// complete (see [`MetadataStore::move_branch`]).
-    replaced: Mutex<Option<std::fs::File>>,
+    /// A second name of the branch's file as it was before the last move, removed once
+    /// the commit is complete (see [`GitStore::keep_replaced`]).
+    replaced: Mutex<Option<PathBuf>>,
+    /// The branch's next file, written and being synced while the commit's objects are
+    /// (see [`MetadataStore::prepare_move`]), with the commit it names.
+    prepared: Mutex<Option<(Oid, crate::unnamed::Beside<std::io::Result<std::fs::File>>)>>,
     /// Files for the next commit's pack, made after the last one (see `unnamed::Spares`).
     pack_spares: Arc<crate::unnamed::Spares>,
     /// A file for the branch's next lock (see [`GitStore::move_branch_by_link`]).
@@ -148,6 +155,12 @@ impl GitStore {
     /// Open the repository in `git_dir`, ignoring the user's and the system's git
     /// configuration.
     pub fn open(git_dir: &Path) -> Result<GitStore> {
+        // Second names of replaced branch files left by killed processes (removing one a
+        // live process kept only frees that file sooner).
+        if let Ok(kept) = std::fs::read_dir(git_dir.join(REPLACED)) {
+            kept.flatten()
+                .for_each(|e| drop(std::fs::remove_file(e.path())));
+        }
         Ok(GitStore {
             repo: RwLock::new(open_repo(git_dir)?),
             commits: AtomicU32::new(0),
@@ -155,6 +168,7 @@ impl GitStore {
             git_dir: git_dir.to_owned(),
             maintenance: Default::default(),
             replaced: Mutex::new(None),
+            prepared: Mutex::new(None),
             pack_spares: Arc::new(crate::unnamed::Spares::new(
                 git_dir.join("objects/pack"),
                 2,
@@ -406,20 +420,36 @@ rm -f "$list"
     /// the lock over it), with the lock made ahead of time: a file without a name (see
     /// `unnamed::Spares`) gets the new content, then the lock's name by `link(2)`, which
     /// fails when the name exists, as git's `O_EXCL` does. Making a file can take long on
-    /// some filesystems (see `crate::unnamed`); this makes none. Returns the branch's new
-    /// file (not yet synced), or `None` when files without names cannot be had here (then
-    /// gix moves the branch).
+    /// some filesystems (see `crate::unnamed`); this makes none. The file is the one
+    /// [`prepare_move`](MetadataStore::prepare_move) wrote and synced, if it names `to`.
+    /// Returns the branch's new file and whether it still needs syncing, or `None` when
+    /// files without names cannot be had here (then gix moves the branch).
     fn move_branch_by_link(
         &self,
         loose: &Path,
         from: Option<Oid>,
         to: Oid,
-    ) -> Option<Result<std::fs::File>> {
-        let file = self.ref_spares.take().ok()?;
+    ) -> Option<Result<(std::fs::File, bool)>> {
         let lock = self.git_dir.join(format!("{BRANCH}.lock"));
-        if let Err(e) = std::io::Write::write_all(&mut &file, format!("{}\n", to.0).as_bytes()) {
-            return Some(Err(Error::io(&lock, e)));
-        }
+        let prepared = self
+            .prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .filter(|(id, _)| *id == to)
+            .and_then(|(_, file)| file.join());
+        let (file, unsynced) = match prepared {
+            Some(Ok(file)) => (file, false),
+            Some(Err(e)) => return Some(Err(Error::io(&lock, e))),
+            None => {
+                let file = self.ref_spares.take().ok()?;
+                let content = format!("{}\n", to.0);
+                if let Err(e) = std::io::Write::write_all(&mut &file, content.as_bytes()) {
+                    return Some(Err(Error::io(&lock, e)));
+                }
+                (file, true)
+            }
+        };
         // A held lock is tried again for a moment, as git does (`core.filesRefLockTimeout`,
         // 100 ms): its holder may be a writer whose base was stale, about to let go
         // without moving the branch, which would leave nothing to tell this one to retry.
@@ -464,7 +494,28 @@ rm -f "$list"
         if moved.is_err() {
             let _ = std::fs::remove_file(&lock);
         }
-        Some(moved.map(|()| file))
+        Some(moved.map(|()| (file, unsynced)))
+    }
+
+    /// Give the branch's file `loose` a second name, so that replacing it does not free
+    /// it: freeing waits for the disk on some filesystems (ext4 mounted with `discard`
+    /// trims the block there and then), and removing the second name, on a background
+    /// thread after the commit (see `committed`), does that instead. (Holding the old
+    /// file open would do the same, but a command started meanwhile gets a copy of every
+    /// open file until its `exec`, and its `exec` may then be the one to free it.)
+    fn keep_replaced(&self, loose: &Path) -> Option<PathBuf> {
+        static KEPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = KEPT.fetch_add(1, Ordering::Relaxed);
+        let dir = self.git_dir.join(REPLACED);
+        let kept = dir.join(format!("{}-{n}", std::process::id()));
+        match std::fs::hard_link(loose, &kept) {
+            Ok(()) => Some(kept),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {
+                std::fs::create_dir_all(&dir).ok()?;
+                std::fs::hard_link(loose, &kept).ok().map(|()| kept)
+            }
+            Err(_) => None,
+        }
     }
 
     /// Move the branch with a gix ref transaction expecting `from`.
@@ -607,33 +658,50 @@ impl MetadataStore for GitStore {
         }))
     }
 
+    fn prepare_move(&self, to: Oid) {
+        // The branch's next file, without a name until the move: written and synced now,
+        // beside the objects, the move then only has the directory to sync.
+        let Ok(file) = self.ref_spares.take() else {
+            return;
+        };
+        let content = format!("{}\n", to.0);
+        let synced = crate::unnamed::beside(move || {
+            std::io::Write::write_all(&mut &file, content.as_bytes())
+                .and_then(|()| file.sync_data())
+                .map(|()| file)
+        });
+        *self.prepared.lock().unwrap_or_else(|e| e.into_inner()) = Some((to, synced));
+    }
+
     fn move_branch(&self, from: Option<Oid>, to: Oid) -> Result<()> {
         let loose = self.git_dir.join(BRANCH);
-        // The ref's old file, held open so that replacing it does not free it: freeing
-        // waits for the disk on some filesystems (ext4 mounted with `discard` trims the
-        // block there and then), and the last close, on a background thread after the
-        // commit (see `committed`), does that instead.
-        let old = std::fs::File::open(&loose).ok();
-        let new = match self.move_branch_by_link(&loose, from, to) {
-            Some(moved) => Some(moved?),
-            None => {
-                self.move_branch_by_gix(from, to)?;
-                // (The edit leaves a loose ref; without one there is nothing to sync.)
-                std::fs::File::open(&loose).ok()
+        let old = self.keep_replaced(&loose);
+        let moved = match self.move_branch_by_link(&loose, from, to) {
+            Some(moved) => moved.map(|(file, unsynced)| unsynced.then_some(file)),
+            // (The edit leaves a loose ref; without one there is nothing to sync.)
+            None => self
+                .move_branch_by_gix(from, to)
+                .map(|()| std::fs::File::open(&loose).ok()),
+        };
+        let unsynced = match moved {
+            Ok(unsynced) => unsynced,
+            Err(e) => {
+                // Not replaced: its second name goes now.
+                if let Some(kept) = old {
+                    let _ = std::fs::remove_file(kept);
+                }
+                return Err(e);
             }
         };
         *self.replaced.lock().unwrap_or_else(|e| e.into_inner()) = old;
-        // The ref's new content and its rename on the disk, the two at once (the objects
-        // were synced before: see `pack::put_pair`).
-        let dir = loose.parent().map(Path::to_owned);
-        let dir = crate::unnamed::beside(move || match dir {
-            Some(dir) => crate::pack::sync_dir(&dir),
-            None => Ok(()),
-        });
-        let file = match new {
-            Some(f) => f.sync_all().map_err(|e| Error::io(&loose, e)),
-            None => Ok(()),
+        // The rename on the disk (the objects were synced before: see `pack::put_pair`),
+        // and the ref's new content if it was not synced beside them, the two at once.
+        let dir = loose.parent().unwrap_or(&self.git_dir).to_owned();
+        let Some(file) = unsynced else {
+            return crate::pack::sync_dir(&dir);
         };
+        let dir = crate::unnamed::beside(move || crate::pack::sync_dir(&dir));
+        let file = file.sync_all().map_err(|e| Error::io(&loose, e));
         let dir = dir
             .join()
             .unwrap_or_else(|| Err(Error::corrupt("syncing the refs directory panicked")));
@@ -648,7 +716,7 @@ impl MetadataStore for GitStore {
 
     fn committed(&self) {
         // After the commit, off the thread that waits for it, in one go (waking a thread
-        // costs about as much as each of these): the branch's old file is closed, files
+        // costs about as much as each of these): the branch's old file goes, files
         // are made for the next commit, and the packs are looked after.
         let spares = [&self.pack_spares, &self.ref_spares].map(Arc::clone);
         let replaced = self
@@ -658,7 +726,9 @@ impl MetadataStore for GitStore {
             .take();
         let (git_dir, maintenance) = (self.git_dir.clone(), Arc::clone(&self.maintenance));
         crate::unnamed::later(Box::new(move || {
-            drop(replaced);
+            if let Some(kept) = replaced {
+                let _ = std::fs::remove_file(kept);
+            }
             spares.iter().for_each(|s| s.fill());
             Self::maintain(&git_dir, &maintenance);
         }));

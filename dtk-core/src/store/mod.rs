@@ -123,6 +123,11 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     /// (whose new objects are kept until [`Objects::persist`]).
     fn objects(&self, write: bool) -> Result<Box<dyn Objects>>;
 
+    /// Told, before [`Objects::persist`], that the branch is about to move to `to`: a
+    /// store may get the move ready meanwhile (the git store writes and syncs the
+    /// branch's new file beside the objects, so that the move itself only renames it).
+    fn prepare_move(&self, _to: Oid) {}
+
     /// Move the branch from `from` (`None`: it must not exist yet) to `to`, as a
     /// compare-and-swap; durable when it returns.
     fn move_branch(&self, from: Option<Oid>, to: Oid) -> Result<()>;
@@ -499,6 +504,7 @@ impl Store {
             }
             let parents: Vec<Oid> = std::iter::once(base).chain(theirs).collect();
             let commit = objects.write_commit(tree, &parents, message)?;
+            self.backend.prepare_move(commit);
             // The views taken after this commit find its directory without reading it back.
             self.memo.put_commit_tree(commit, tree);
             objects.persist()?;
@@ -1504,6 +1510,9 @@ mod tests {
         assert_eq!(snap.read("c/last").unwrap().unwrap(), b"3\n");
         let git = |args: &[&str]| crate::pack::tests::git_in(&git_dir, args);
         assert_eq!(git(&["rev-list", "--count", BRANCH]).trim(), "33");
+        // (The store's maintenance may still be merging packs, holding its lock till done:
+        // dropping the store waits for it.)
+        drop(store);
         git(&["fsck", "--strict"]);
         let left: Vec<String> = std::fs::read_dir(git_dir.join("objects/pack"))
             .unwrap()
@@ -1512,6 +1521,57 @@ mod tests {
             .collect();
         assert!(left.is_empty(), "{left:?}");
         assert!(!git_dir.join("refs/heads/main.lock").exists());
+    }
+
+    /// The branch's replaced file keeps a second name only until its commit is complete
+    /// (one left by a killed process goes when the store is next opened), and a move got
+    /// ready for another commit (see [`MetadataStore::prepare_move`]) is not the one made.
+    #[test]
+    fn replaced_branch_files_go_and_only_the_move_made_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let git_dir = dir.path().join("git");
+        let store = Store::init(&git_dir).unwrap();
+        let kept = git_dir.join("dtk-replaced");
+        let names = || -> Vec<String> {
+            std::fs::read_dir(&kept)
+                .map(|d| {
+                    d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for i in 0..5 {
+            store
+                .transact("one", |tx| tx.put(&format!("a/{i}"), b"1\n").map(|_| ()))
+                .unwrap();
+        }
+        crate::unnamed::settle();
+        assert!(kept.is_dir(), "the second names are made there");
+        assert_eq!(names(), Vec::<String>::new());
+        // A move got ready for an object that is not the commit made: the branch still
+        // names the commit, as git reads it.
+        let blob = store
+            .transact("blob", |tx| tx.put("b/x", b"2\n"))
+            .unwrap()
+            .0;
+        store.backend.prepare_move(blob);
+        let (_, commit) = store
+            .transact("two", |tx| tx.put("c/y", b"3\n").map(|_| ()))
+            .unwrap();
+        let git = |args: &[&str]| crate::pack::tests::git_in(&git_dir, args);
+        let commit = commit.unwrap();
+        assert_eq!(git(&["rev-parse", BRANCH]).trim(), commit.to_string());
+        assert_eq!(store.head().unwrap(), commit);
+        drop(store);
+        git(&["fsck", "--strict"]);
+        // Left by a process killed mid-commit: gone on the next open.
+        std::fs::write(kept.join("999999-0"), b"old\n").unwrap();
+        let store = Store::open(&git_dir).unwrap();
+        assert_eq!(names(), Vec::<String>::new());
+        assert_eq!(
+            store.snapshot().unwrap().read("c/y").unwrap().unwrap(),
+            b"3\n"
+        );
     }
 
     #[test]
