@@ -23,6 +23,8 @@
 //! publishing.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -137,6 +139,17 @@ pub trait RunQueue: std::fmt::Debug + Send + Sync {
 #[derive(Debug, Clone)]
 pub struct LocalQueue {
     dir: PathBuf,
+    /// Claims of finished runs, kept under `free/` to be written over by the next claims
+    /// (see [`LocalQueue::recycle`]).
+    recycled: Arc<Recycled>,
+}
+
+/// Entry files a [`LocalQueue`] keeps for reuse, by their names in `free/`.
+#[derive(Debug, Default)]
+struct Recycled {
+    names: Mutex<Vec<PathBuf>>,
+    /// `free/` was made, and cleared of what dead processes left there.
+    ready: std::sync::OnceLock<()>,
 }
 
 const PENDING: &str = "pending";
@@ -144,11 +157,126 @@ const RUNNING: &str = "running";
 const PUBLISHING: &str = "publishing";
 const SETTLING: &str = "settling";
 const INTENTS: &str = "intents";
+/// Claims of finished runs, each named `<pid>-<n>` after the process that keeps it.
+const FREE: &str = "free";
+/// How many finished claims a queue keeps for reuse.
+const RECYCLE: usize = 4;
 
 impl LocalQueue {
     /// The queue kept in `dir` (created when first written).
     pub fn new(dir: impl Into<PathBuf>) -> LocalQueue {
-        LocalQueue { dir: dir.into() }
+        LocalQueue {
+            dir: dir.into(),
+            recycled: Default::default(),
+        }
+    }
+
+    /// `free/`, made (and cleared of the files of dead processes, and of an earlier
+    /// process with this one's ID) on first use.
+    fn free_dir(&self) -> PathBuf {
+        let dir = self.dir.join(FREE);
+        self.recycled.ready.get_or_init(|| {
+            let _ = std::fs::create_dir_all(&dir);
+            let me = std::process::id();
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name();
+                let pid = name
+                    .to_str()
+                    .and_then(|n| n.split_once('-'))
+                    .and_then(|(pid, _)| pid.parse::<i32>().ok());
+                // (Signal 0 only checks that it exists; EPERM: it is someone else's.)
+                let alive = pid
+                    .filter(|&p| p != me as i32)
+                    .and_then(rustix::process::Pid::from_raw)
+                    .is_some_and(|p| match rustix::process::test_kill_process(p) {
+                        Ok(()) => true,
+                        Err(e) => e == rustix::io::Errno::PERM,
+                    });
+                if !alive {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        });
+        dir
+    }
+
+    /// Keep the finished claim at `entry` for reuse instead of removing it (`false`
+    /// when it is not there or enough are kept): making a file and freeing one cost more
+    /// than writing over one on some filesystems (ext4 without a journal looks past every
+    /// inode freed in the last half-minute for each new one, and mounted with `discard`
+    /// waits for the device to trim each freed block), and a run makes and frees its
+    /// claim. An error when it could not be moved (it is not there, say).
+    fn recycle(&self, entry: &Path) -> std::io::Result<bool> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let mut names = self
+            .recycled
+            .names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if names.len() >= RECYCLE {
+            return Ok(false);
+        }
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = self.free_dir().join(format!("{}-{n}", std::process::id()));
+        std::fs::rename(entry, &name)?;
+        names.push(name);
+        Ok(true)
+    }
+
+    /// Claim `run` at `to` with a kept file (see [`recycle`](Self::recycle)): written
+    /// over where nobody reads it, then linked into place, which fails if the name
+    /// exists: an exclusive create of a complete file. `None` when none is kept (or it
+    /// went: then the usual way).
+    fn claim_recycled(&self, to: &Path, run: &RunRecord) -> Option<Result<bool>> {
+        let name = self
+            .recycled
+            .names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()?;
+        let bytes = match serde_json::to_vec(run) {
+            Ok(b) => b,
+            Err(e) => {
+                return Some(Err(Error::store(
+                    format!("cannot write {}", to.display()),
+                    e,
+                )))
+            }
+        };
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&name)
+            .and_then(|f| {
+                // Only a file of its own (a claim linked elsewhere too, say by a process
+                // killed while claiming from `pending/`, is not written over).
+                if std::os::unix::fs::MetadataExt::nlink(&f.metadata()?) != 1 {
+                    return Err(std::io::ErrorKind::AlreadyExists.into());
+                }
+                std::os::unix::fs::FileExt::write_all_at(&f, &bytes, 0)?;
+                f.set_len(bytes.len() as u64)
+            });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&name);
+            return None;
+        }
+        match std::fs::hard_link(&name, to) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&name);
+                Some(Ok(true))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                self.recycled
+                    .names
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(name);
+                Some(Ok(false))
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(&name);
+                None
+            }
+        }
     }
 
     fn path(&self, state: &str, run: &RunId) -> PathBuf {
@@ -416,6 +544,9 @@ impl RunQueue for LocalQueue {
             return Ok(false);
         }
         // Not synced: the run lives only in this process, and a power loss ends both.
+        if let Some(claimed) = self.claim_recycled(&running, run) {
+            return claimed;
+        }
         if let Some(created) = Self::create_unnamed(&running, run) {
             return created;
         }
@@ -454,6 +585,10 @@ impl RunQueue for LocalQueue {
         // The intent goes last: while it is there, the run is known to have published.
         for state in [PENDING, RUNNING, PUBLISHING, SETTLING, INTENTS] {
             let p = self.path(state, run);
+            // The claim (in one of the two) is kept for the next one.
+            if (state == RUNNING || state == PUBLISHING) && self.recycle(&p).unwrap_or(false) {
+                continue;
+            }
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -703,6 +838,54 @@ mod tests {
         assert!(pending.exists());
     }
 
+    /// A finished claim is kept and written over by the next claim (the same file, so
+    /// none is made or freed), which reads back whole and is still claimed exclusively;
+    /// what a dead process kept goes at first use.
+    #[test]
+    fn finished_claims_are_written_over_by_the_next_ones() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let free = dir.path().join(FREE);
+        std::fs::create_dir_all(&free).unwrap();
+        // (No process has pid 2^22 + 1: pids stop at 2^22.)
+        std::fs::write(free.join("4194305-0"), b"left by a dead process").unwrap();
+        let q = LocalQueue::new(dir.path());
+        let mut a = run(1);
+        a.error = Some("x".repeat(3000));
+        assert!(q.claim(&a).unwrap());
+        let first = std::fs::metadata(q.path(RUNNING, &a.id)).unwrap().ino();
+        assert!(q.begin_publish(&a.id).unwrap());
+        q.finish(&a.id).unwrap();
+        assert!(q.get(&a.id).unwrap().is_none());
+        assert!(q.claimed().unwrap().is_empty());
+        let kept: Vec<_> = std::fs::read_dir(&free)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert!(!kept[0].ends_with("4194305-0"));
+        // A shorter claim over the longer one: it reads back as itself.
+        let b = run(2);
+        assert!(q.claim(&b).unwrap());
+        assert_eq!(
+            std::fs::metadata(q.path(RUNNING, &b.id)).unwrap().ino(),
+            first
+        );
+        assert_eq!(q.get(&b.id).unwrap(), Some(b.clone()));
+        assert!(!q.claim(&b).unwrap(), "claimed once");
+        assert!(std::fs::read_dir(&free).unwrap().next().is_none());
+        // Finished while still running (a failure, say), it is kept all the same.
+        q.finish(&b.id).unwrap();
+        assert!(q.get(&b.id).unwrap().is_none());
+        let c = run(3);
+        assert!(q.claim(&c).unwrap());
+        assert_eq!(
+            std::fs::metadata(q.path(RUNNING, &c.id)).unwrap().ino(),
+            first
+        );
+        assert_eq!(q.claimed().unwrap().len(), 1);
+    }
+
     #[test]
     fn one_claim_wins_and_a_taken_claim_cannot_publish() {
         let dir = tempfile::tempdir().unwrap();
@@ -733,7 +916,9 @@ mod tests {
         q.finish(&c.id).unwrap();
         assert!(q.claimed().unwrap().is_empty());
         // The same where files cannot be made without names (written aside, then linked):
-        // one claim wins, it reads back whole, and nothing is left beside it.
+        // one claim wins, it reads back whole, and nothing is left beside it. (A queue of
+        // its own, which keeps no finished claim to write over.)
+        let q = LocalQueue::new(dir.path());
         let d = run(4);
         crate::unnamed::set_works(false);
         let (first, second) = (q.claim(&d), q.claim(&d));
