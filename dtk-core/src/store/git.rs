@@ -51,6 +51,10 @@ const LOCK_PATIENCE: Duration = Duration::from_millis(100);
 /// (see [`GitStore::keep_replaced`]), in the git directory.
 const REPLACED: &str = "dtk-replaced";
 
+/// How many commits under way at once in one process get their branch file ready (see
+/// [`MetadataStore::prepare_move`]); more are rare, and move the branch the usual way.
+const PREPARED: usize = 8;
+
 /// A ref lock file older than this was left by a dead process (a live writer holds it for
 /// well under a millisecond).
 const STALE_LOCK_AGE: Duration = Duration::from_secs(10);
@@ -109,9 +113,10 @@ pub struct GitStore {
     /// A second name of the branch's file as it was before the last move, removed once
     /// the commit is complete (see [`GitStore::keep_replaced`]).
     replaced: Mutex<Option<PathBuf>>,
-    /// The branch's next file, written and being synced while the commit's objects are
-    /// (see [`MetadataStore::prepare_move`]), with the commit it names.
-    prepared: Mutex<Option<(Oid, crate::unnamed::Beside<std::io::Result<std::fs::File>>)>>,
+    /// The branch's next files, each written and being synced while its commit's objects
+    /// are (see [`MetadataStore::prepare_move`]), with the commit it names: one per
+    /// commit under way in this process, the latest last.
+    prepared: Mutex<Vec<(Oid, crate::unnamed::Beside<std::io::Result<std::fs::File>>)>>,
     /// Files for the next commit's pack, made after the last one (see `unnamed::Spares`).
     pack_spares: Arc<crate::unnamed::Spares>,
     /// A file for the branch's next lock (see [`GitStore::move_branch_by_link`]).
@@ -168,7 +173,7 @@ impl GitStore {
             git_dir: git_dir.to_owned(),
             maintenance: Default::default(),
             replaced: Mutex::new(None),
-            prepared: Mutex::new(None),
+            prepared: Mutex::new(Vec::new()),
             pack_spares: Arc::new(crate::unnamed::Spares::new(
                 git_dir.join("objects/pack"),
                 2,
@@ -431,13 +436,12 @@ rm -f "$list"
         to: Oid,
     ) -> Option<Result<(std::fs::File, bool)>> {
         let lock = self.git_dir.join(format!("{BRANCH}.lock"));
-        let prepared = self
-            .prepared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .filter(|(id, _)| *id == to)
-            .and_then(|(_, file)| file.join());
+        let prepared = {
+            let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+            let mine = prepared.iter().position(|(id, _)| *id == to);
+            mine.map(|i| prepared.remove(i).1)
+        }
+        .and_then(|file| file.join());
         let (file, unsynced) = match prepared {
             Some(Ok(file)) => (file, false),
             Some(Err(e)) => return Some(Err(Error::io(&lock, e))),
@@ -670,7 +674,12 @@ impl MetadataStore for GitStore {
                 .and_then(|()| file.sync_data())
                 .map(|()| file)
         });
-        *self.prepared.lock().unwrap_or_else(|e| e.into_inner()) = Some((to, synced));
+        let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        // (Those of commits that never moved the branch, lost to another writer, go.)
+        if prepared.len() >= PREPARED {
+            prepared.remove(0);
+        }
+        prepared.push((to, synced));
     }
 
     fn move_branch(&self, from: Option<Oid>, to: Oid) -> Result<()> {
