@@ -110,9 +110,9 @@ pub struct GitStore {
     /// Pack maintenance running in the background (see [`GitStore::maintain`]), joined
     /// before the next one starts and when the store is dropped.
     maintenance: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
-    /// A second name of the branch's file as it was before the last move, removed once
-    /// the commit is complete (see [`GitStore::keep_replaced`]).
-    replaced: Mutex<Option<PathBuf>>,
+    /// Second names of the branch's files as they were before the last moves, removed
+    /// once each commit is complete (see [`GitStore::keep_replaced`]).
+    replaced: Mutex<Vec<PathBuf>>,
     /// The branch's next files, each written and being synced while its commit's objects
     /// are (see [`MetadataStore::prepare_move`]), with the commit it names: one per
     /// commit under way in this process, the latest last.
@@ -172,7 +172,7 @@ impl GitStore {
             signer: RwLock::new(None),
             git_dir: git_dir.to_owned(),
             maintenance: Default::default(),
-            replaced: Mutex::new(None),
+            replaced: Mutex::new(Vec::new()),
             prepared: Mutex::new(Vec::new()),
             pack_spares: Arc::new(crate::unnamed::Spares::new(
                 git_dir.join("objects/pack"),
@@ -702,7 +702,10 @@ impl MetadataStore for GitStore {
                 return Err(e);
             }
         };
-        *self.replaced.lock().unwrap_or_else(|e| e.into_inner()) = old;
+        self.replaced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(old);
         // The rename on the disk (the objects were synced before: see `pack::put_pair`),
         // and the ref's new content if it was not synced beside them, the two at once.
         let dir = loose.parent().unwrap_or(&self.git_dir).to_owned();
@@ -728,16 +731,13 @@ impl MetadataStore for GitStore {
         // costs about as much as each of these): the branch's old file goes, files
         // are made for the next commit, and the packs are looked after.
         let spares = [&self.pack_spares, &self.ref_spares].map(Arc::clone);
-        let replaced = self
-            .replaced
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let replaced =
+            std::mem::take(&mut *self.replaced.lock().unwrap_or_else(|e| e.into_inner()));
         let (git_dir, maintenance) = (self.git_dir.clone(), Arc::clone(&self.maintenance));
         crate::unnamed::later(Box::new(move || {
-            if let Some(kept) = replaced {
-                let _ = std::fs::remove_file(kept);
-            }
+            replaced
+                .iter()
+                .for_each(|kept| drop(std::fs::remove_file(kept)));
             spares.iter().for_each(|s| s.fill());
             Self::maintain(&git_dir, &maintenance);
         }));

@@ -1454,18 +1454,34 @@ mod tests {
         // (A guard against a hang, not a timing: the repack takes under a second here, but
         // runs at a lower priority, so other work on a saturated machine can hold it up for
         // a long while: it once took over a minute beside a CI build.)
+        //
+        // A repack takes the packs there when it starts; what commits write meanwhile counts
+        // towards the size it leaves (so the next one is due at twice that), and how many
+        // land meanwhile depends on the machine. So records are added, one at a time and
+        // only while no repack runs, until one has run over (nearly) all of them.
+        let lock = git_dir.join("objects/pack/dtk-merge.lock");
         let start = Instant::now();
         let patience = Duration::from_secs(300);
+        let mut written = n;
         while packed() > DELTA_MIN_BYTES / 4 && start.elapsed() < patience {
-            std::thread::sleep(Duration::from_millis(50));
+            if lock.exists() || written >= 3 * n {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            store
+                .transact("record", |tx| {
+                    tx.put(&format!("big/{written}"), &record(written))
+                        .map(|_| ())
+                })
+                .unwrap();
+            written += 1;
         }
         assert!(
             packed() < DELTA_MIN_BYTES / 4,
-            "{n} records of 64 KiB were not delta-compressed: {} bytes",
+            "{written} records of 64 KiB were not delta-compressed: {} bytes",
             packed()
         );
         // The repack held the merge lock and gave it back.
-        let lock = git_dir.join("objects/pack/dtk-merge.lock");
         while lock.exists() && start.elapsed() < patience {
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -1476,7 +1492,7 @@ mod tests {
             .join(crate::pack::REPACKING)
             .exists());
         let snap = store.snapshot().unwrap();
-        for i in 0..n {
+        for i in 0..written {
             assert_eq!(snap.read(&format!("big/{i}")).unwrap().unwrap(), record(i));
         }
     }
