@@ -184,15 +184,7 @@ impl LocalQueue {
                     .to_str()
                     .and_then(|n| n.split_once('-'))
                     .and_then(|(pid, _)| pid.parse::<i32>().ok());
-                // (Signal 0 only checks that it exists; EPERM: it is someone else's.)
-                let alive = pid
-                    .filter(|&p| p != me as i32)
-                    .and_then(rustix::process::Pid::from_raw)
-                    .is_some_and(|p| match rustix::process::test_kill_process(p) {
-                        Ok(()) => true,
-                        Err(e) => e == rustix::io::Errno::PERM,
-                    });
-                if !alive {
+                if pid.is_none_or(|p| p == me as i32 || process_gone(p)) {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
@@ -456,17 +448,10 @@ fn sweep(path: &Path, name: &str) {
     } else {
         name.rsplit('-').next()
     };
-    let Some(pid) = pid
+    if !pid
         .and_then(|p| p.parse::<i32>().ok())
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return;
-    };
-    let gone = matches!(
-        rustix::process::test_kill_process(pid),
-        Err(rustix::io::Errno::SRCH)
-    );
-    if !gone {
+        .is_some_and(process_gone)
+    {
         return;
     }
     // A claim its taker died holding (`.taking-RUN-PID` or `.retake-RUN-PID`, between
@@ -783,6 +768,17 @@ impl RunQueue for LocalQueue {
         }
         Ok(None)
     }
+}
+
+/// Whether no process `pid` exists on this machine (signal 0 only checks; a process of
+/// another user answers `EPERM`, and is there).
+fn process_gone(pid: i32) -> bool {
+    rustix::process::Pid::from_raw(pid).is_some_and(|pid| {
+        matches!(
+            rustix::process::test_kill_process(pid),
+            Err(rustix::io::Errno::SRCH)
+        )
+    })
 }
 
 #[cfg(test)]
