@@ -739,6 +739,47 @@ async fn stale_temporaries_are_removed_and_lost_mirrors_refetched() {
 }
 
 #[tokio::test]
+async fn ref_locks_left_by_a_killed_fetch_do_not_stop_the_next_ones() {
+    let e = env();
+    let r = small_repo(&e.root);
+    let source = open(&e.ctx, r.dir.to_str().unwrap(), None, None).await;
+    let first = source.latest().await.unwrap().version;
+    // A fetch killed while moving the mirror's refs leaves their lock files; git and gix
+    // then refuse to move those refs ("might need manual deletion").
+    let mirror = GitSource::new(
+        &e.ctx,
+        &resolve(&e.ctx, r.dir.to_str().unwrap(), None, None)
+            .await
+            .unwrap(),
+    )
+    .mirror_dir()
+    .to_owned();
+    let locks = [
+        "refs/heads/main.lock",
+        "refs/tags/light.lock",
+        "packed-refs.lock",
+    ];
+    for lock in locks {
+        std::fs::write(
+            mirror.join(lock),
+            "0000000000000000000000000000000000000000\n",
+        )
+        .unwrap();
+    }
+    write(&r.dir, "README", "after the kill\n");
+    let next = commit(&r.dir, "after", None);
+    git(&r.dir, &["tag", "-f", "light"]);
+    let latest = source.latest().await.unwrap().version;
+    assert_ne!(latest, first);
+    assert_eq!(latest, sha1(&next));
+    for lock in locks {
+        assert!(!mirror.join(lock).exists(), "{lock} is still there");
+    }
+    // The moved tag came through too.
+    assert_eq!(git(&mirror, &["rev-parse", "refs/tags/light"]), next);
+}
+
+#[tokio::test]
 async fn fields_name_root_commit_ref_and_url() {
     let e = env();
     let r = small_repo(&e.root);

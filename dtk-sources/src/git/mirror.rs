@@ -8,7 +8,8 @@
 //!   a half-made mirror.
 //! - Fetches of one mirror are serialized with an advisory lock (`<md5>.lock`, `flock`),
 //!   across threads and processes; a lock dies with its process, so none is ever stale.
-//!   Readers need no lock: git writes objects before refs, and each ref atomically.
+//!   Readers need no lock: git writes objects before refs, and each ref atomically. A
+//!   ref's lock file left by a killed fetch is removed by the next one, under that lock.
 //! - A fetch runs on its own thread, watched from the async side: when nothing moved (no
 //!   lock, no bytes, no progress) for the network timeout, the fetch is interrupted and an
 //!   error returned. The thread is detached rather than joined, so a fetch stuck in a
@@ -370,6 +371,7 @@ impl Mirror {
         shared.touch();
         if self.exists() {
             tracing::debug!(location = %shown, mirror = %self.dir.display(), "fetching");
+            self.remove_stale_ref_locks();
             return self.fetch_into(&self.dir, shared);
         }
         tracing::debug!(location = %shown, mirror = %self.dir.display(), "creating mirror");
@@ -403,6 +405,32 @@ impl Mirror {
                 e,
             )),
         }
+    }
+
+    /// Remove the lock files (`refs/heads/main.lock`, `packed-refs.lock`, ...) a fetch
+    /// killed while moving the mirror's refs left: git and gix never take a lock that
+    /// exists, so one left would fail every later fetch of this location. The caller
+    /// holds the mirror's lock, so no fetch is moving them now.
+    fn remove_stale_ref_locks(&self) {
+        fn walk(dir: &Path, depth: usize) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                if is_dir && depth > 0 {
+                    walk(&path, depth - 1);
+                } else if !is_dir && path.extension().is_some_and(|x| x == "lock") {
+                    tracing::info!(lock = %path.display(), "removing a lock a killed fetch left");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        // The top (`packed-refs.lock`, `HEAD.lock`, `config.lock`) and every ref below
+        // `refs/` (branch names may hold slashes).
+        walk(&self.dir, 0);
+        walk(&self.dir.join("refs"), 64);
     }
 
     /// Remove what killed fetches of this mirror left (the caller holds the lock).
