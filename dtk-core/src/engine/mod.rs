@@ -688,6 +688,11 @@ impl Project {
             Ok(None)
         })?;
         if fenced.is_none() {
+            // The next search for the last attempt on these inputs starts here.
+            self.store().remember_hint(
+                RunId::compute(&record.node, &record.inputs, 0).0,
+                record.attempt,
+            );
             self.run_queue().finish(&record.id)?;
         }
         match fenced {

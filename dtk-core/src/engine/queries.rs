@@ -242,29 +242,49 @@ pub(crate) fn last_attempt_number(
 ) -> Result<Option<u32>> {
     let path = |a: u32| paths::run(&RunId::compute(node, inputs, a));
     let exists = |a: u32| -> Result<bool> { Ok(snap.blob_id(&path(a))?.is_some()) };
+    // Where the last search ended, if it is recorded here: the search goes on from there
+    // (two probes when nothing was added, instead of two for each doubling of the
+    // attempts), and otherwise starts afresh.
+    let key = RunId::compute(node, inputs, 0).0;
+    let hinted = match snap.hint(&key) {
+        Some(h) if exists(h)? => Some(h),
+        _ => None,
+    };
     // Attempts are recorded in order, except one whose process died: it stays unrecorded
     // until someone settles it, and a later attempt may be recorded first. Such gaps are
     // few; they are looked past.
-    let mut first = None;
+    let mut first = hinted;
     for a in 0..ATTEMPT_GAP {
+        if first.is_some() {
+            break;
+        }
         if exists(a)? {
             first = Some(a);
-            break;
         }
     }
     let Some(first) = first else {
         return Ok(None);
     };
-    let mut lo = first;
+    let last = last_from(first, exists)?;
+    snap.remember_hint(key, last);
+    Ok(Some(last))
+}
+
+/// The end of the attempts recorded from `lo` (which is), by `exists`, past gaps one
+/// attempt wide.
+fn last_from(mut lo: u32, exists: impl Fn(u32) -> Result<bool>) -> Result<u32> {
     loop {
-        // The end of the run of recorded attempts from `lo`: gallop, then bisect.
+        // The end of the run of recorded attempts from `lo`: gallop (in steps that
+        // double from `lo`, so that a start near the end takes few), then bisect.
+        let mut step = 1u32;
         let mut hi = lo.saturating_add(1);
         while exists(hi)? {
             lo = hi;
-            hi = hi.saturating_mul(2);
             if lo == u32::MAX {
                 break;
             }
+            step = step.saturating_mul(2);
+            hi = lo.saturating_add(step);
         }
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
@@ -280,10 +300,63 @@ pub(crate) fn last_attempt_number(
         if next > lo && exists(next)? {
             lo = next;
         } else {
-            return Ok(Some(lo));
+            return Ok(lo);
         }
     }
 }
 
 /// How many unrecorded attempts at the start [`last_attempt`] looks past.
 const ATTEMPT_GAP: u32 = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// `last_from(start)` over the attempts `recorded`, and how many it probed.
+    fn search(recorded: &[u32], start: u32) -> (u32, u32) {
+        let probes = Cell::new(0);
+        let last = last_from(start, |a| {
+            probes.set(probes.get() + 1);
+            Ok(recorded.contains(&a))
+        })
+        .unwrap_or(u32::MAX);
+        (last, probes.get())
+    }
+
+    #[test]
+    fn the_last_attempt_is_found_past_one_wide_gaps_from_any_recorded_start() {
+        for n in [1u32, 2, 3, 7, 100, 1000] {
+            // In order, or with the second and the last but one never recorded (their
+            // processes died): the last is the last recorded, whichever recorded
+            // attempt the search starts from.
+            let full: Vec<u32> = (0..n).collect();
+            let gapped: Vec<u32> = (0..n).filter(|&a| a != 1 && a + 2 != n).collect();
+            for recorded in [full, gapped] {
+                let last = recorded.iter().copied().max().unwrap_or(0);
+                for &start in &recorded {
+                    assert_eq!(search(&recorded, start).0, last, "n {n} from {start}");
+                }
+            }
+        }
+        // A gap two wide ends the search: what lies past it is not seen from below.
+        assert_eq!(search(&[0, 1, 4, 5], 0).0, 1);
+        assert_eq!(search(&[0, 1, 4, 5], 4).0, 5);
+    }
+
+    #[test]
+    fn a_search_started_near_the_end_takes_a_few_probes() {
+        let recorded: Vec<u32> = (0..5000).collect();
+        let (last, from_start) = search(&recorded, 0);
+        assert_eq!(last, 4999);
+        let (last, from_last) = search(&recorded, 4999);
+        assert_eq!(last, 4999);
+        let (last, from_one_before) = search(&recorded, 4998);
+        assert_eq!(last, 4999);
+        // Twice the doublings from the start (gallop, then bisect), two from the last
+        // (the next, then past a gap) and a few from just before it.
+        assert!(from_start >= 20, "{from_start}");
+        assert_eq!(from_last, 2);
+        assert!(from_one_before <= 5, "{from_one_before}");
+    }
+}

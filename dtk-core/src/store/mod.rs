@@ -220,6 +220,10 @@ struct Memo {
     trees: std::sync::Mutex<ById<std::sync::Arc<Dir>>>,
     /// Small blobs and their total size.
     blobs: std::sync::Mutex<(usize, Blobs)>,
+    /// Numbers a reader found, to start from next time (see [`Snapshot::hint`]).
+    hints: std::sync::Mutex<std::collections::HashMap<[u8; 32], u32>>,
+    /// The directories of the last tree viewed, by path (see [`Memo::paths`]).
+    last_paths: std::sync::Mutex<Option<(Oid, Arc<Paths>)>>,
 }
 
 /// A map keyed by object ID, hashed by the ID's own first bytes (it is already a hash).
@@ -234,6 +238,10 @@ impl Memo {
     /// The largest blob remembered, and the most bytes of blobs.
     const MAX_BLOB: usize = 64 << 10;
     const MAX_BLOB_BYTES: usize = 64 << 20;
+    /// The most hints remembered.
+    const MAX_HINTS: usize = 1 << 16;
+    /// The most directories by path shared by the views of one tree.
+    const MAX_PATHS: usize = 1 << 16;
 
     fn commit_tree(&self, commit: &Oid) -> Option<Oid> {
         remembered(&self.commits, commit)
@@ -257,6 +265,36 @@ impl Memo {
 
     fn put_tree(&self, id: Oid, dir: std::sync::Arc<Dir>) {
         remember(&self.trees, id, dir);
+    }
+
+    /// The directories by path of views of `tree`: those of the last views, if they were
+    /// of the same tree (the views taken during one run are mostly of one tree, and each
+    /// found its directories from the top again). Only the last tree's are kept.
+    fn paths(&self, tree: Oid) -> Arc<Paths> {
+        let Ok(mut last) = self.last_paths.lock() else {
+            return Default::default();
+        };
+        match &*last {
+            Some((t, paths))
+                if *t == tree && paths.lock().is_ok_and(|p| p.len() < Self::MAX_PATHS) =>
+            {
+                Arc::clone(paths)
+            }
+            _ => {
+                let paths: Arc<Paths> = Default::default();
+                *last = Some((tree, Arc::clone(&paths)));
+                paths
+            }
+        }
+    }
+
+    fn remember_hint(&self, key: [u8; 32], value: u32) {
+        if let Ok(mut m) = self.hints.lock() {
+            if m.len() >= Memo::MAX_HINTS {
+                m.clear();
+            }
+            m.insert(key, value);
+        }
     }
 
     fn blob(&self, id: &Oid) -> Option<std::sync::Arc<[u8]>> {
@@ -374,6 +412,11 @@ impl Store {
     /// Where the store lives: for the git store, the repository's directory (`.dkt/.git`).
     pub fn git_dir(&self) -> &Path {
         self.backend.location()
+    }
+
+    /// Remember `value` under `key` for [`Snapshot::hint`].
+    pub(crate) fn remember_hint(&self, key: [u8; 32], value: u32) {
+        self.memo.remember_hint(key, value);
     }
 
     /// A read-only view of the records at the current tip.
@@ -576,14 +619,18 @@ pub struct Snapshot {
     objects: Box<dyn Objects>,
     commit: Oid,
     tree: Oid,
-    /// Decoded directories, by path: each tree object is decoded at most once per view.
-    dirs: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Dir>>>,
+    /// Decoded directories, by path: each tree object is decoded at most once per view,
+    /// and found again by path by the next views of the same tree (see [`Memo::paths`]).
+    dirs: Arc<Paths>,
     /// The store handle's memo of objects.
     memo: std::sync::Arc<Memo>,
 }
 
 /// A decoded directory: entry name -> (object, is a directory).
 type Dir = std::collections::HashMap<String, (Oid, bool)>;
+
+/// The decoded directories of one tree, by path.
+type Paths = std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Dir>>>;
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -707,7 +754,7 @@ impl Snapshot {
             objects,
             commit,
             tree,
-            dirs: Default::default(),
+            dirs: memo.paths(tree),
             memo,
         })
     }
@@ -809,6 +856,19 @@ impl Snapshot {
             return Ok(Some(self.tree));
         }
         Ok(self.entry(path)?.filter(|(_, dir)| *dir).map(|(id, _)| id))
+    }
+
+    /// A number remembered under `key` by [`remember_hint`](Self::remember_hint), in
+    /// any snapshot of this store: where a search ended last time, such as the last
+    /// attempt of a run. A guess to check against the records, never an answer: it may
+    /// come from a newer or an older snapshot, or another branch.
+    pub(crate) fn hint(&self, key: &[u8; 32]) -> Option<u32> {
+        self.memo.hints.lock().ok()?.get(key).copied()
+    }
+
+    /// Remember `value` under `key` for [`hint`](Self::hint).
+    pub(crate) fn remember_hint(&self, key: [u8; 32], value: u32) {
+        self.memo.remember_hint(key, value);
     }
 
     /// The object id of the record at `path`.
