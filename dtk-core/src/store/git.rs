@@ -9,7 +9,7 @@
 //! size `git gc --aggressive` would make of it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -121,6 +121,61 @@ pub struct GitStore {
     pack_spares: Arc<crate::unnamed::Spares>,
     /// A file for the branch's next lock (see [`GitStore::move_branch_by_link`]).
     ref_spares: Arc<crate::unnamed::Spares>,
+    /// Reading handles of the repository, kept between snapshots (see [`Idle`]).
+    idle: Arc<Idle>,
+}
+
+/// Reading handles kept between the snapshots that use them: making a handle (its object
+/// and pack caches, its view of the packs) and freeing it cost more than most snapshots'
+/// reads. A handle holds nothing that goes stale: objects are content-addressed, refs are
+/// read from disk each time, and a pack it does not know yet is looked for when an object
+/// is not found.
+#[derive(Default)]
+struct Idle {
+    handles: Mutex<Vec<gix::Repository>>,
+    /// Bumped when the repository is opened afresh: handles of an older one are not kept.
+    generation: AtomicU64,
+}
+
+impl Idle {
+    /// The most handles kept.
+    const KEEP: usize = 4;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<gix::Repository>> {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A reading handle that goes back to its store's [`Idle`] handles when dropped (if that
+/// store has not opened the repository afresh meanwhile); a writing one, with no home, is
+/// freed.
+struct Handle {
+    /// `None` only while being dropped.
+    repo: Option<gix::Repository>,
+    home: Option<(Arc<Idle>, u64)>,
+}
+
+impl std::ops::Deref for Handle {
+    type Target = gix::Repository;
+    fn deref(&self) -> &gix::Repository {
+        self.repo
+            .as_ref()
+            .expect("a handle's repository is taken only when it is dropped")
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let (Some(repo), Some((idle, generation))) = (self.repo.take(), self.home.take()) else {
+            return;
+        };
+        // (Under the lock, as the repository is opened afresh: a handle of the old one
+        // is never kept after that.)
+        let mut handles = idle.lock();
+        if idle.generation.load(Ordering::Relaxed) == generation && handles.len() < Idle::KEEP {
+            handles.push(repo);
+        }
+    }
 }
 
 impl Drop for GitStore {
@@ -184,6 +239,7 @@ impl GitStore {
                 1,
                 0o666,
             )),
+            idle: Default::default(),
         })
     }
 
@@ -197,6 +253,22 @@ impl GitStore {
         r
     }
 
+    /// A reading handle: one kept idle, or a new one.
+    fn reader(&self) -> Handle {
+        // (The generation is read before a new handle is made: one of a repository opened
+        // afresh meanwhile is then not kept.)
+        let (generation, kept) = {
+            let mut handles = self.idle.lock();
+            let generation = self.idle.generation.load(Ordering::Relaxed);
+            (generation, handles.pop())
+        };
+        let repo = kept.unwrap_or_else(|| self.repo());
+        Handle {
+            repo: Some(repo),
+            home: Some((Arc::clone(&self.idle), generation)),
+        }
+    }
+
     fn find_reference(&self, name: &str) -> Result<Option<Oid>> {
         // The common case first: a loose ref holding an object ID, one small read (gix
         // would first make a repository handle and look at `packed-refs`). Anything else
@@ -204,7 +276,7 @@ impl GitStore {
         if let Some(id) = Self::loose_ref(&self.git_dir.join(name)) {
             return Ok(Some(id));
         }
-        let repo = self.repo();
+        let repo = self.reader();
         let r = repo
             .try_find_reference(name)
             .map_err(gix_err(format!("cannot read {name}")))?;
@@ -646,13 +718,15 @@ impl MetadataStore for GitStore {
     }
 
     fn objects(&self, write: bool) -> Result<Box<dyn Objects>> {
-        let repo = self.repo();
         let repo = if write {
             // New objects stay in memory until the commit is complete, then go to disk as
             // one pack (see `persist`).
-            repo.with_object_memory()
+            Handle {
+                repo: Some(self.repo().with_object_memory()),
+                home: None,
+            }
         } else {
-            repo
+            self.reader()
         };
         Ok(Box::new(GitObjects {
             repo,
@@ -754,6 +828,9 @@ impl MetadataStore for GitStore {
     fn refresh(&self) -> Result<()> {
         let fresh = open_repo(&self.git_dir)?;
         *self.repo.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        let mut idle = self.idle.lock();
+        self.idle.generation.fetch_add(1, Ordering::Relaxed);
+        idle.clear();
         self.commits.store(0, Ordering::Relaxed);
         Ok(())
     }
@@ -778,7 +855,7 @@ impl MetadataStore for GitStore {
 /// The objects of a [`GitStore`] through one gix handle (with its object cache); a
 /// writing handle keeps new objects in memory until [`Objects::persist`].
 struct GitObjects {
-    repo: gix::Repository,
+    repo: Handle,
     signer: Option<Arc<SigningKey>>,
     pack_dir: PathBuf,
     spares: Arc<crate::unnamed::Spares>,
@@ -947,5 +1024,53 @@ fn find_retrying<T>(
                 pause *= 2;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MetadataStore, Store};
+
+    #[test]
+    fn kept_reading_handles_see_what_others_write_and_go_when_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let git_dir = dir.path().join("git");
+        let backend = Arc::new(GitStore::init(&git_dir).unwrap());
+        let reader = Store::create(backend.clone()).unwrap();
+        // Another process, writing.
+        let writing = Arc::new(GitStore::open(&git_dir).unwrap());
+        let writer = Store::with_backend(writing.clone());
+        let body = |i: usize| format!("{i}\n").into_bytes();
+        // Past the pack limit, so that packs this reader's handles know are merged
+        // away (and deleted) while they are kept.
+        for i in 0..2 * PACK_LIMIT {
+            writer
+                .transact("w", |tx| tx.put(&format!("r/{i}"), &body(i)).map(|_| ()))
+                .unwrap();
+            if i % 3 == 0 {
+                writing.wait_for_maintenance();
+            }
+            // Two views at once, then each record read afresh (the reader has not seen
+            // this one: it is not remembered by its ID).
+            let (one, two) = (reader.snapshot().unwrap(), reader.snapshot().unwrap());
+            assert_eq!(one.read(&format!("r/{i}")).unwrap(), Some(body(i)));
+            assert_eq!(two.read(&format!("r/0")).unwrap(), Some(body(0)));
+            drop((one, two));
+            let kept = backend.idle.lock().len();
+            assert!((1..=Idle::KEEP).contains(&kept), "{kept} handles kept");
+        }
+        assert_eq!(
+            reader.snapshot().unwrap().list("r").unwrap().len(),
+            2 * PACK_LIMIT
+        );
+        // Opened afresh: the handles of the old repository go, and are not kept again.
+        let old = reader.snapshot().unwrap();
+        backend.refresh().unwrap();
+        assert_eq!(backend.idle.lock().len(), 0);
+        drop(old);
+        assert_eq!(backend.idle.lock().len(), 0);
+        drop(reader.snapshot().unwrap());
+        assert_eq!(backend.idle.lock().len(), 1);
     }
 }
