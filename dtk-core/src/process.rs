@@ -4,7 +4,7 @@
 //! time limit and cancellation that end the whole process group.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -465,44 +465,53 @@ pub(crate) async fn run(
         Err(e) => return Ended::NotStarted(format!("cannot start {:?}: {e}", step.argv[0])),
     };
     let pgid = child.id().map(|p| p as i32);
-    let reading = {
-        let sink = sink.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut r = std::io::BufReader::with_capacity(64 << 10, reader);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                // Lines, or 64 KiB pieces of longer ones.
-                match Read::take(&mut r, 64 << 10).read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => sink.write(&line),
-                }
+    // The output is read on this task, beside the wait: when the command ends, its exit
+    // and the end of its output are seen in one wake-up (a thread of its own to read it
+    // was one more thread to wake, then to wait for, at the end of every run).
+    let reading = async move {
+        let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()) else {
+            return;
+        };
+        let mut r = tokio::io::BufReader::with_capacity(64 << 10, pipe);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            // Lines, or 64 KiB pieces of longer ones.
+            let mut piece = tokio::io::AsyncReadExt::take(&mut r, 64 << 10);
+            match tokio::io::AsyncBufReadExt::read_until(&mut piece, b'\n', &mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => sink.write(&line),
             }
-        })
+        }
     };
-    let limit = async {
+    let mut reading = std::pin::pin!(reading);
+    let mut read = false;
+    let mut limit = std::pin::pin!(async {
         match timeout {
             Some(t) => tokio::time::sleep(t).await,
             None => std::future::pending::<()>().await,
         }
-    };
-    let ended = tokio::select! {
-        status = child.wait() => match status {
-            Ok(s) => Ended::Exited(s),
-            Err(e) => Ended::NotStarted(format!("cannot wait for {:?}: {e}", step.argv[0])),
-        },
-        () = limit => {
-            kill_group(pgid, Signal::KILL);
-            let _ = child.wait().await;
-            Ended::TimedOut(timeout.unwrap_or_default())
-        }
-        () = cancel.cancelled() => {
-            kill_group(pgid, Signal::TERM);
-            if tokio::time::timeout(GRACE, child.wait()).await.is_err() {
+    });
+    let ended = loop {
+        tokio::select! {
+            () = &mut reading, if !read => read = true,
+            status = child.wait() => break match status {
+                Ok(s) => Ended::Exited(s),
+                Err(e) => Ended::NotStarted(format!("cannot wait for {:?}: {e}", step.argv[0])),
+            },
+            () = &mut limit => {
                 kill_group(pgid, Signal::KILL);
                 let _ = child.wait().await;
+                break Ended::TimedOut(timeout.unwrap_or_default());
             }
-            Ended::Cancelled
+            () = cancel.cancelled() => {
+                kill_group(pgid, Signal::TERM);
+                if tokio::time::timeout(GRACE, child.wait()).await.is_err() {
+                    kill_group(pgid, Signal::KILL);
+                    let _ = child.wait().await;
+                }
+                break Ended::Cancelled;
+            }
         }
     };
     if !matches!(ended, Ended::Exited(_)) {
@@ -511,7 +520,9 @@ pub(crate) async fn run(
     }
     // The output ends when every process holding the pipe is gone; a background process
     // that outlives its command keeps it open, so do not wait for it forever.
-    let _ = tokio::time::timeout(Duration::from_secs(10), reading).await;
+    if !read {
+        let _ = tokio::time::timeout(Duration::from_secs(10), reading).await;
+    }
     ended
 }
 
