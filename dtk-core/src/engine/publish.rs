@@ -14,7 +14,15 @@ impl Project {
     /// a node always carries its run.
     pub async fn recover_publishing(&self) -> Result<Vec<RunRecord>> {
         let queue = self.run_queue().clone();
-        queue.requeue_unstarted(self.config().lease())?;
+        let mut claimed: Vec<RunRecord> = queue.claimed()?.into_iter().map(|(r, _)| r).collect();
+        // (Only a claim that never started can be put back; then the claims are listed
+        // again, without it.)
+        let unstarted = claimed
+            .iter()
+            .any(|r| r.status == RunStatus::Pending && r.worker.is_none());
+        if unstarted && queue.requeue_unstarted(self.config().lease())? > 0 {
+            claimed = queue.claimed()?.into_iter().map(|(r, _)| r).collect();
+        }
         let intents: BTreeMap<RunId, crate::queue::PublishIntent> = queue
             .intents()?
             .into_iter()
@@ -22,7 +30,6 @@ impl Project {
             .collect();
         let mut mine: Vec<(RunRecord, Option<crate::queue::PublishIntent>)> = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
-        let claimed: Vec<RunRecord> = queue.claimed()?.into_iter().map(|(r, _)| r).collect();
         for claim in &claimed {
             seen.insert(claim.id);
             let Some(intent) = intents.get(&claim.id) else {
@@ -45,11 +52,15 @@ impl Project {
         }
         // An intent left without any claim: its process died while leaving the queue
         // (the result is recorded), or between taking the claim over and settling it.
-        let snap = self.store().snapshot()?;
+        let mut snap = None;
         for (id, intent) in &intents {
             if seen.contains(id) || queue.settling(id)? {
                 continue;
             }
+            let snap = match &mut snap {
+                Some(s) => s,
+                None => snap.insert(self.store().snapshot()?),
+            };
             let ended = snap
                 .read_json::<RunRecord>(&paths::run(id))?
                 .is_some_and(|r| r.status != RunStatus::Running && r.status != RunStatus::Pending);
