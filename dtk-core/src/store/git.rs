@@ -1055,7 +1055,7 @@ mod tests {
             // this one: it is not remembered by its ID).
             let (one, two) = (reader.snapshot().unwrap(), reader.snapshot().unwrap());
             assert_eq!(one.read(&format!("r/{i}")).unwrap(), Some(body(i)));
-            assert_eq!(two.read(&format!("r/0")).unwrap(), Some(body(0)));
+            assert_eq!(two.read("r/0").unwrap(), Some(body(0)));
             drop((one, two));
             let kept = backend.idle.lock().len();
             assert!((1..=Idle::KEEP).contains(&kept), "{kept} handles kept");
