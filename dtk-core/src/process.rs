@@ -544,51 +544,40 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn output_is_read_to_the_end_and_a_background_holder_is_not_waited_for() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = Sink::new(
-            RunId([7; 32]),
-            NodeId([7; 32]),
-            None,
-            Events::default(),
-            Secrets::default(),
-        );
-        let cancel = CancellationToken::new();
-        let run_one = |script: &str| {
+        // How `sh -c script` ended, and the output its sink kept.
+        let output_of = |script: &str| {
             let argv = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
-            (argv, dir.path().to_owned())
+            let cwd = dir.path().to_owned();
+            async move {
+                let sink = Sink::new(
+                    RunId([7; 32]),
+                    NodeId([7; 32]),
+                    None,
+                    Events::default(),
+                    Secrets::default(),
+                );
+                let step = Step {
+                    argv: &argv,
+                    cwd: &cwd,
+                    env: Vec::new(),
+                    sandbox: None,
+                };
+                let ended = run(step, None, &CancellationToken::new(), &sink).await;
+                (ended, sink.text())
+            }
         };
-        let (argv, cwd) =
-            run_one("i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done; echo err >&2");
-        let step = Step {
-            argv: &argv,
-            cwd: &cwd,
-            env: Vec::new(),
-            sandbox: None,
-        };
-        let ended = run(step, None, &cancel, &sink).await;
+        let (ended, text) = output_of(
+            "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done; echo err >&2",
+        )
+        .await;
         assert!(matches!(ended, Ended::Exited(s) if s.success()));
-        let text = sink.text();
         assert!(
             text.contains("line 0\n") && text.contains("line 1999\nerr\n"),
             "{text}"
         );
         // The background `sleep` keeps the pipe open after its shell exits.
-        let sink = Sink::new(
-            RunId([8; 32]),
-            NodeId([8; 32]),
-            None,
-            Events::default(),
-            Secrets::default(),
-        );
-        let (argv, cwd) = run_one("echo before; (sleep 30; echo late) & echo after");
-        let step = Step {
-            argv: &argv,
-            cwd: &cwd,
-            env: Vec::new(),
-            sandbox: None,
-        };
-        let ended = run(step, None, &cancel, &sink).await;
+        let (ended, text) = output_of("echo before; (sleep 30; echo late) & echo after").await;
         assert!(matches!(ended, Ended::Exited(s) if s.success()));
-        let text = sink.text();
         assert!(
             text.contains("before\n") && text.contains("after\n"),
             "{text}"
